@@ -1,0 +1,58 @@
+"""procwire: fast, crash-safe inter-process communication for Linux.
+
+Every mechanism keeps the signature of its :mod:`multiprocessing` twin, so that
+changing one import is enough::
+
+    from procwire import Queue          # instead of: from multiprocessing import Queue
+
+Architecture
+------------
+``procwire._core`` is a small private C module that knows only mechanics: the
+byte layout of shared segments (documented in ``_core/layout.h``), futex waits
+with monotonic deadlines, robust (owner-death aware) mutexes and the message
+ring. Everything a user touches is Python on top of it: ``_segment`` names,
+creates, attaches and cleans up segments; ``queue`` builds the message queues;
+``signals`` wraps the signal API; ``lessons`` holds the lesson's demo programs;
+``cli`` is the ``procwire`` command.
+
+The public names below are imported lazily, so that ``import procwire.signals``
+or the ``procwire`` command do not pay for what they do not use.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ProcwireError": "procwire.errors",
+    "SegmentError": "procwire.errors",
+    "MessageTooLarge": "procwire.errors",
+    "Empty": "procwire.errors",
+    "Full": "procwire.errors",
+    "Queue": "procwire.queue",
+    "SimpleQueue": "procwire.queue",
+    "JoinableQueue": "procwire.queue",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'procwire' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from procwire.errors import Empty, Full, MessageTooLarge, ProcwireError, SegmentError
+    from procwire.queue import JoinableQueue, Queue, SimpleQueue

@@ -1,0 +1,61 @@
+/*
+ * args.c -- argument parsing for METH_FASTCALL | METH_KEYWORDS methods.
+ *
+ * put() and get() are called millions of times a second; the generic
+ * PyArg_ParseTupleAndKeywords builds a tuple and a dict per call, this does
+ * not.
+ */
+#include "core.h"
+
+#include <string.h>
+
+int pw_parse_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                  const char *const *names, int nnames, int nrequired, PyObject **out)
+{
+    if (nargs > nnames) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", func,
+                     nnames, nargs);
+        return -1;
+    }
+    for (int i = 0; i < nnames; i++)
+        out[i] = i < nargs ? args[i] : NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        const char *key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
+        if (!key)
+            return -1;
+        int i = 0;
+        while (i < nnames && strcmp(key, names[i]) != 0)
+            i++;
+        if (i == nnames) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%s'", func,
+                         key);
+            return -1;
+        }
+        if (out[i]) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", func,
+                         key);
+            return -1;
+        }
+        out[i] = args[nargs + k];
+    }
+    for (int i = 0; i < nrequired; i++) {
+        if (!out[i]) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", func,
+                         names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int pw_parse_block_timeout(PyObject *block, PyObject *timeout, int64_t *deadline)
+{
+    int b = 1;
+    if (block) {
+        b = PyObject_IsTrue(block);
+        if (b < 0)
+            return -1;
+    }
+    return pw_deadline_from(b, timeout, deadline);
+}

@@ -1,0 +1,148 @@
+/*
+ * core.h -- the internal API shared by the C files of procwire._core.
+ *
+ * Rules every blocking primitive here follows (CPython's semaphore.c idiom,
+ * with monotonic deadlines):
+ *   1. try once without releasing the GIL;
+ *   2. otherwise wait with the GIL released, never longer than the deadline;
+ *   3. an interrupted wait re-takes the GIL and runs PyErr_CheckSignals(), so
+ *      Ctrl-C raises KeyboardInterrupt promptly;
+ *   4. never block on a shared mutex while holding the GIL (a thread of this
+ *      process that holds the mutex may be waiting for the GIL).
+ */
+#ifndef PROCWIRE_CORE_H
+#define PROCWIRE_CORE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "layout.h"
+
+/* ---------------------------------------------------------------- errors */
+
+/* Exception classes, created in module.c and re-exported by procwire.errors. */
+extern PyObject *PwExc_ProcwireError;   /* base of procwire's own errors        */
+extern PyObject *PwExc_SegmentError;    /* corrupt, foreign or truncated segment */
+extern PyObject *PwExc_MessageTooLarge; /* a message that can never fit         */
+extern PyObject *PwExc_Empty;           /* queue.Empty                          */
+extern PyObject *PwExc_Full;            /* queue.Full                           */
+
+/* ------------------------------------------------------------- deadlines */
+
+#define PW_FOREVER INT64_MAX
+
+/* Nanoseconds on CLOCK_MONOTONIC. */
+int64_t pw_now_ns(void);
+
+/*
+ * Turns multiprocessing's (block, timeout) pair into an absolute deadline:
+ * block=False -> now (try once); timeout=None -> PW_FOREVER; a negative
+ * timeout counts as 0, as in multiprocessing. Returns -1 with TypeError or
+ * ValueError set for a timeout that is not a real number.
+ */
+int pw_deadline_from(int block, PyObject *timeout, int64_t *deadline);
+
+/*
+ * Parses fast-call arguments against `names` (positional order); the first
+ * `nrequired` are mandatory. Absent arguments are NULL in out[]. Returns -1
+ * with TypeError set on a bad call.
+ */
+int pw_parse_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                  const char *const *names, int nnames, int nrequired, PyObject **out);
+
+/* pw_deadline_from() for optional (NULL = default) block and timeout objects. */
+int pw_parse_block_timeout(PyObject *block, PyObject *timeout, int64_t *deadline);
+
+/* ----------------------------------------------------------------- futex */
+
+/*
+ * Sleeps while *word == expected, until woken or the deadline passes.
+ * Call with the GIL held; it is released while asleep.
+ * Returns 0 when woken (or the word already differed), 1 on timeout,
+ * -1 with an exception set when a signal handler raised.
+ */
+int pw_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline);
+
+/* Wakes up to n sleepers (INT32_MAX for all). Never blocks. */
+void pw_futex_wake(_Atomic uint32_t *word, int n);
+
+/*
+ * Spins until *word != expected or spin_ns pass. Returns 1 if the word
+ * changed. Spinning only pays when the peer runs on another CPU: callers
+ * get their budget from pw_spin_budget().
+ */
+int pw_spin_while_equal(_Atomic uint64_t *word, uint64_t expected, int64_t spin_ns);
+
+/* The longest useful spin for this process, 0 if it may run on one CPU only. */
+int64_t pw_spin_budget(void);
+#define PW_SPIN_MAX_NS 50000
+
+static inline void pw_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* ---------------------------------------------------------- robust mutex */
+
+/* Initialises a process-shared robust mutex in shared memory. 0 or errno. */
+int pw_mutex_init(pthread_mutex_t *m);
+
+enum pw_lock_result {
+    PW_LOCK_ERROR = -1,      /* exception set                                */
+    PW_LOCK_OK = 0,          /* acquired                                     */
+    PW_LOCK_OWNER_DIED = 1,  /* acquired; the previous owner died holding it.
+                                The mutex was already marked consistent: the
+                                caller repairs the state it protects, if any */
+    PW_LOCK_TIMEOUT = 2      /* not acquired before the deadline             */
+};
+
+/*
+ * Locks m, waiting at most until the deadline. Call with the GIL held; if the
+ * mutex is busy the GIL is released while waiting, and signals are checked at
+ * least every PW_LOCK_SLICE_NS so Ctrl-C stays prompt.
+ */
+enum pw_lock_result pw_mutex_lock(pthread_mutex_t *m, int64_t deadline);
+#define PW_LOCK_SLICE_NS 50000000LL
+
+/* Like pw_mutex_lock but never waits: PW_LOCK_TIMEOUT when busy. */
+enum pw_lock_result pw_mutex_trylock(pthread_mutex_t *m);
+
+void pw_mutex_unlock(pthread_mutex_t *m);
+
+/* --------------------------------------------------------------- segment */
+
+/*
+ * Fills the common header except `magic`. The creator initialises the rest of
+ * the segment and then calls pw_header_publish().
+ */
+void pw_header_init(struct pw_header *h, uint32_t kind, uint64_t total_size,
+                    uint32_t header_size, uint64_t data_offset);
+void pw_header_publish(struct pw_header *h);
+
+/*
+ * Checks the common header of a segment of `size` bytes against the expected
+ * kind (0 accepts any kind). Returns 0, or -1 with SegmentError set naming
+ * `what` (the segment's name, for the message).
+ */
+int pw_header_validate(const void *base, Py_ssize_t size, uint32_t kind, const char *what);
+
+/* Human-readable name of a kind ("queue", "pipe", ...). */
+const char *pw_kind_name(uint32_t kind);
+
+/* Raises SegmentError with a formatted message. Returns -1. */
+int pw_segment_error(const char *fmt, ...);
+
+/* -------------------------------------------------------- module plumbing */
+
+int pw_ring_register(PyObject *module);
+int pw_segment_register(PyObject *module);
+
+#endif /* PROCWIRE_CORE_H */

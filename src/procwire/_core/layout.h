@@ -1,0 +1,137 @@
+/*
+ * layout.h -- the byte layout of every procwire shared-memory segment.
+ *
+ * A segment is one mapping, created by procwire and shared by every process
+ * that uses the object. It is untrusted input for everyone who attaches:
+ * nothing below is used before pw_header_validate() has checked it.
+ *
+ *   offset 0    struct pw_header        64 bytes, common to every object kind
+ *   offset 64   kind-specific header    e.g. struct pw_ring for a queue
+ *   data_offset kind-specific data      e.g. the ring's bytes (page aligned)
+ *
+ * All integers are native-endian: segments never leave the machine.
+ * Bump PW_LAYOUT_VERSION whenever any byte of this file changes meaning.
+ */
+#ifndef PROCWIRE_LAYOUT_H
+#define PROCWIRE_LAYOUT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PW_MAGIC 0x3145524957435250ULL /* "PRCWIRE1" read as little-endian */
+#define PW_LAYOUT_VERSION 1u
+#define PW_CACHELINE 64
+
+/* What the segment holds. Values are part of the layout: never reuse one. */
+enum pw_kind {
+    PW_KIND_QUEUE = 1,
+    PW_KIND_PIPE = 2,
+    PW_KIND_VALUE = 3,
+    PW_KIND_ARRAY = 4,
+    PW_KIND_LOCK = 5,
+    PW_KIND_RLOCK = 6,
+    PW_KIND_SEMAPHORE = 7,
+    PW_KIND_CONDITION = 8,
+    PW_KIND_EVENT = 9,
+    PW_KIND_BARRIER = 10,
+    PW_KIND_MAX_ = 64
+};
+
+/*
+ * The common header. The creator fills every field, then publishes the
+ * segment with one release store of `magic`: an attacher that reads the right
+ * magic (acquire) sees every other field initialised.
+ */
+struct pw_header {
+    _Atomic uint64_t magic;   /*  0: PW_MAGIC once initialised, 0 before      */
+    uint32_t version;         /*  8: PW_LAYOUT_VERSION                         */
+    uint32_t kind;            /* 12: enum pw_kind                              */
+    uint64_t total_size;      /* 16: bytes in the whole segment                */
+    uint32_t creator_pid;     /* 24: pid of the creating process               */
+    uint32_t header_size;     /* 28: sizeof the kind-specific header           */
+    uint64_t data_offset;     /* 32: where the kind-specific data starts       */
+    uint64_t created_ns;      /* 40: CLOCK_REALTIME at creation, nanoseconds   */
+    uint64_t flags;           /* 48: kind-specific flags                       */
+    uint64_t reserved;        /* 56 */
+};
+_Static_assert(sizeof(struct pw_header) == 64, "pw_header is one cache line");
+
+/*
+ * A message ring (Queue, SimpleQueue, JoinableQueue, one direction of a Pipe).
+ *
+ * Two-lock design: producers serialise on tail_lock, consumers on head_lock,
+ * so a producer and a consumer never contend. Each side publishes with ONE
+ * 64-bit release store of its position word, which packs
+ *
+ *     bits 63..32  message count (mod 2^32)
+ *     bits 31..0   byte position (mod 2^32; capacity is a power of two <= 2^30)
+ *
+ * so a record and the count that includes it become visible together. A
+ * process killed at any instruction either published its record or did not:
+ * the robust mutex hands the lock to the next process, and the ring needs no
+ * repair (see ring.c).
+ *
+ * Data: `capacity` bytes of records, each 8-byte aligned:
+ *     u32 length   payload bytes (not counting this 8-byte record header)
+ *     u32 type     enum pw_record_type
+ *     payload, then zero padding to a multiple of 8
+ * A record may wrap around the end of the data area; its 8-byte header never
+ * does (positions and capacity are multiples of 8).
+ */
+enum pw_record_type {
+    PW_REC_BYTES = 1,      /* payload is a bytes object's contents              */
+    PW_REC_BYTEARRAY = 2,  /* payload is a bytearray's contents                 */
+    PW_REC_PICKLE = 3,     /* payload is one pickle                             */
+    PW_REC_PICKLE_OOB = 4, /* u32 nparts, u32 0, u64 len[nparts], then the parts:
+                              a protocol-5 pickle and its out-of-band buffers    */
+    PW_REC_MAX_ = 5
+};
+
+#define PW_REC_HEADER 8u
+#define PW_RING_MIN_CAPACITY 4096u
+#define PW_RING_MAX_CAPACITY (1u << 30)
+
+struct pw_ring {
+    /* -- configuration, immutable after creation (64 bytes) -- */
+    uint64_t capacity;        /* data bytes, power of two                       */
+    uint32_t maxsize;         /* max messages, 0 = bounded by bytes only        */
+    uint32_t ring_flags;
+    uint64_t reserved0[6];
+
+    /* -- producer side: only producers write these lines -- */
+    pthread_mutex_t tail_lock;           /* robust, process-shared          */
+    char pad1[PW_CACHELINE - sizeof(pthread_mutex_t) % PW_CACHELINE];
+    _Atomic uint64_t tail;               /* (count << 32) | pos, published  */
+    _Atomic uint64_t total_in;           /* lifetime statistics (advisory)  */
+    _Atomic uint64_t bytes_in;
+    _Atomic uint64_t tail_owner_died;
+    uint64_t reserved1[4];
+
+    /* -- consumer side: only consumers write these lines -- */
+    pthread_mutex_t head_lock;
+    char pad2[PW_CACHELINE - sizeof(pthread_mutex_t) % PW_CACHELINE];
+    _Atomic uint64_t head;
+    _Atomic uint64_t total_out;
+    _Atomic uint64_t bytes_out;
+    _Atomic uint64_t head_owner_died;
+    uint64_t reserved2[4];
+
+    /* -- futex words. A sleeper counts itself in *_sleeping, reads the seq,
+     *    re-checks its condition, then sleeps on the seq. A waker that changed
+     *    the condition bumps the seq and wakes all sleepers. -- */
+    _Atomic uint32_t not_empty_seq;
+    _Atomic uint32_t consumers_sleeping;
+    _Atomic uint32_t not_full_seq;
+    _Atomic uint32_t producers_sleeping;
+    _Atomic uint32_t tasks_done;         /* JoinableQueue: task_done() count (mod 2^32) */
+    _Atomic uint32_t joiners_sleeping;
+    _Atomic uint32_t closed_flags;       /* Pipe: which ends are closed */
+    uint32_t reserved3;
+    uint64_t reserved4[4];
+};
+
+#define PW_RING_DATA_ALIGN 4096u
+
+#endif /* PROCWIRE_LAYOUT_H */

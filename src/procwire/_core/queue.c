@@ -1,0 +1,733 @@
+/*
+ * queue.c -- _core.Ring, the native base class of procwire's queues.
+ *
+ * procwire.queue.Queue subclasses this type, so q.put and q.get resolve
+ * straight to the C methods below with no Python frame in between. Python
+ * decides the policy: it maps the segment, chooses the serializer (passed in
+ * as `dumps` and `loads`) and names things. This file moves bytes.
+ *
+ * put() serialises in the caller, before any lock is taken, so an
+ * unpicklable object raises from put() itself and nothing else is affected.
+ */
+#include "ring.h"
+
+#include <string.h>
+
+typedef struct {
+    PyObject_HEAD
+    pw_ringref rr;
+    Py_buffer view;      /* the mapping, held while open */
+    int mapped;          /* view is held */
+    int closed;          /* close() was called */
+    int active;          /* calls in progress in this process (GIL-protected) */
+    PyObject *dumps;     /* obj -> bytes, or [pickle, buffer, ...] */
+    PyObject *loads;     /* loads(data, buffers=None) */
+    PyObject *name;      /* str, for messages */
+} RingObject;
+
+/* Messages are serialised and put in groups of this many by put_many(),
+ * which bounds the memory a huge batch needs. */
+#define PW_BATCH 256
+
+static PyObject *str_buffers; /* interned "buffers" keyword for loads() */
+
+/* ------------------------------------------------------------ lifecycle */
+
+static void release_mapping(RingObject *self)
+{
+    if (self->mapped) {
+        self->mapped = 0;
+        self->rr.ring = NULL;
+        self->rr.data = NULL;
+        PyBuffer_Release(&self->view);
+    }
+}
+
+/* Every operation brackets itself with enter()/leave(): close() from another
+ * thread must not unmap memory that a blocked put() or get() still uses. */
+static int enter(RingObject *self)
+{
+    if (!self->mapped || self->closed) {
+        PyErr_Format(PyExc_ValueError, "%U is closed", self->name ? self->name : Py_None);
+        return -1;
+    }
+    self->active++;
+    return 0;
+}
+
+static void leave(RingObject *self)
+{
+    if (--self->active == 0 && self->closed)
+        release_mapping(self);
+}
+
+static int Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "create", "capacity", "maxsize", "kind",
+                             "name", "dumps", "loads", NULL};
+    PyObject *buffer, *name, *dumps, *loads;
+    int create = 0;
+    unsigned long long capacity = 0;
+    unsigned int maxsize = 0, kind = PW_KIND_QUEUE;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$pKIIUOO:Ring", kwlist, &buffer, &create,
+                                     &capacity, &maxsize, &kind, &name, &dumps, &loads))
+        return -1;
+    if (self->mapped) {
+        PyErr_SetString(PyExc_RuntimeError, "Ring.__init__ called twice");
+        return -1;
+    }
+    if (!PyCallable_Check(dumps) || !PyCallable_Check(loads)) {
+        PyErr_SetString(PyExc_TypeError, "dumps and loads must be callables");
+        return -1;
+    }
+    if (kind == 0 || kind >= PW_KIND_MAX_) {
+        PyErr_Format(PyExc_ValueError, "invalid kind %u", kind);
+        return -1;
+    }
+    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE) < 0)
+        return -1;
+    self->mapped = 1;
+    Py_XSETREF(self->name, Py_NewRef(name));
+    Py_XSETREF(self->dumps, Py_NewRef(dumps));
+    Py_XSETREF(self->loads, Py_NewRef(loads));
+    const char *what = PyUnicode_AsUTF8(name);
+    if (!what)
+        goto fail;
+
+    struct pw_header *h = self->view.buf;
+    struct pw_ring *r = (struct pw_ring *)(h + 1);
+    uint64_t size = (uint64_t)self->view.len;
+    if (create) {
+        if (capacity < PW_RING_MIN_CAPACITY || capacity > PW_RING_MAX_CAPACITY ||
+            (capacity & (capacity - 1))) {
+            PyErr_Format(PyExc_ValueError,
+                         "capacity must be a power of two between %u and %u bytes, not %llu",
+                         PW_RING_MIN_CAPACITY, PW_RING_MAX_CAPACITY, capacity);
+            goto fail;
+        }
+        if (maxsize > INT32_MAX) {
+            PyErr_Format(PyExc_ValueError, "maxsize must be at most %d", INT32_MAX);
+            goto fail;
+        }
+        if (size != pw_ring_segment_size(capacity)) {
+            PyErr_Format(PyExc_ValueError, "buffer is %llu bytes; a ring of capacity %llu "
+                         "needs exactly %llu", (unsigned long long)size, capacity,
+                         (unsigned long long)pw_ring_segment_size(capacity));
+            goto fail;
+        }
+        uint64_t data_offset = size - capacity;
+        pw_header_init(h, kind, size, sizeof *r, data_offset);
+        int rc = pw_ring_init(r, capacity, maxsize);
+        if (rc) {
+            errno = rc;
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto fail;
+        }
+        pw_header_publish(h);
+    } else {
+        if (pw_header_validate(h, self->view.len, kind, what) < 0)
+            goto fail;
+        if (h->header_size != sizeof *r) {
+            pw_segment_error("%s is corrupt: ring header is %u bytes, expected %zu", what,
+                             h->header_size, sizeof *r);
+            goto fail;
+        }
+        if (pw_ring_validate(r, size - h->data_offset, what) < 0)
+            goto fail;
+    }
+    self->rr.ring = r;
+    self->rr.data = (uint8_t *)h + h->data_offset;
+    self->rr.capacity = r->capacity;
+    self->rr.spin_ns = PW_SPIN_MAX_NS;
+    self->rr.what = what; /* UTF-8 cached by `name`, which we keep */
+    self->closed = 0;
+    return 0;
+fail:
+    release_mapping(self);
+    return -1;
+}
+
+static void Ring_dealloc(RingObject *self)
+{
+    release_mapping(self);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->dumps);
+    Py_CLEAR(self->loads);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* ------------------------------------------------------------ messages */
+
+static void msg_release(pw_msg *m)
+{
+    for (int i = 0; i < m->nviews; i++)
+        PyBuffer_Release(&m->views[i]);
+    PyMem_Free(m->views);
+    if (m->part != m->part_inline) {
+        PyMem_Free(m->part);
+        PyMem_Free(m->part_len);
+    }
+    PyMem_Free(m->oob_prefix);
+    Py_CLEAR(m->keep);
+}
+
+static int msg_too_large(RingObject *self, uint64_t len)
+{
+    uint64_t cap = self->rr.capacity, suggest = cap;
+    while (suggest < PW_RING_MAX_CAPACITY && pw_ring_max_payload(suggest) < len)
+        suggest <<= 1;
+    if (pw_ring_max_payload(suggest) < len)
+        PyErr_Format(PwExc_MessageTooLarge,
+                     "a message of %llu bytes is larger than the biggest ring procwire "
+                     "makes (%llu bytes): send it in parts, or through a Value/Array",
+                     (unsigned long long)len, (unsigned long long)pw_ring_max_payload(suggest));
+    else
+        PyErr_Format(PwExc_MessageTooLarge,
+                     "a message of %llu bytes does not fit %U, whose ring holds %llu bytes "
+                     "(at most %llu per message): create it with capacity=%llu or more",
+                     (unsigned long long)len, self->name, (unsigned long long)cap,
+                     (unsigned long long)pw_ring_max_payload(cap), (unsigned long long)suggest);
+    return -1;
+}
+
+static int msg_set_parts(pw_msg *m, int n)
+{
+    if (n <= PW_MSG_INLINE_PARTS) {
+        m->part = m->part_inline;
+        m->part_len = m->part_len_inline;
+        return 0;
+    }
+    m->part = PyMem_Malloc(sizeof *m->part * n);
+    m->part_len = PyMem_Malloc(sizeof *m->part_len * n);
+    if (!m->part || !m->part_len) {
+        PyMem_Free(m->part);
+        PyMem_Free(m->part_len);
+        m->part = m->part_inline;
+        m->part_len = m->part_len_inline;
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* A protocol-5 pickle plus its out-of-band buffers: [pickle, buf, ...]. */
+static int msg_prepare_oob(pw_msg *m, PyObject *parts)
+{
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(parts);
+    if (n < 1 || n > 64) {
+        PyErr_Format(PyExc_ValueError, "dumps() returned %zd parts; between 1 and 64 "
+                     "are supported", n);
+        return -1;
+    }
+    m->type = PW_REC_PICKLE_OOB;
+    m->views = PyMem_Calloc((size_t)n, sizeof(Py_buffer));
+    m->oob_prefix = PyMem_Malloc(sizeof(uint64_t) * (size_t)(n + 1));
+    if (!m->views || !m->oob_prefix || msg_set_parts(m, (int)n + 1) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    m->oob_prefix[0] = (uint64_t)n;
+    m->part[0] = m->oob_prefix;
+    m->part_len[0] = sizeof(uint64_t) * (uint64_t)(n + 1);
+    m->len = m->part_len[0];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(parts, i), &m->views[i],
+                               PyBUF_SIMPLE) < 0)
+            return -1;
+        m->nviews++;
+        m->oob_prefix[i + 1] = (uint64_t)m->views[i].len;
+        m->part[i + 1] = m->views[i].buf;
+        m->part_len[i + 1] = (uint64_t)m->views[i].len;
+        m->len += (uint64_t)m->views[i].len;
+    }
+    m->nparts = (int)n + 1;
+    return 0;
+}
+
+static int msg_prepare(RingObject *self, PyObject *obj, pw_msg *m)
+{
+    memset(m, 0, sizeof *m);
+    m->part = m->part_inline;
+    m->part_len = m->part_len_inline;
+    m->nparts = 1;
+    if (PyBytes_CheckExact(obj)) {
+        /* The common case skips pickling altogether. */
+        m->type = PW_REC_BYTES;
+        m->keep = Py_NewRef(obj);
+        m->part[0] = PyBytes_AS_STRING(obj);
+        m->len = m->part_len[0] = (uint64_t)PyBytes_GET_SIZE(obj);
+    } else if (PyByteArray_CheckExact(obj)) {
+        /* An export pins the bytearray's size while we copy it. */
+        m->type = PW_REC_BYTEARRAY;
+        m->views = PyMem_Calloc(1, sizeof(Py_buffer));
+        if (!m->views) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        if (PyObject_GetBuffer(obj, &m->views[0], PyBUF_SIMPLE) < 0)
+            return -1;
+        m->nviews = 1;
+        m->part[0] = m->views[0].buf;
+        m->len = m->part_len[0] = (uint64_t)m->views[0].len;
+    } else {
+        PyObject *data = PyObject_CallOneArg(self->dumps, obj);
+        if (!data)
+            return -1;
+        m->keep = data;
+        if (PyBytes_CheckExact(data)) {
+            m->type = PW_REC_PICKLE;
+            m->part[0] = PyBytes_AS_STRING(data);
+            m->len = m->part_len[0] = (uint64_t)PyBytes_GET_SIZE(data);
+        } else if (PyList_CheckExact(data) || PyTuple_CheckExact(data)) {
+            if (msg_prepare_oob(m, data) < 0)
+                return -1;
+        } else {
+            PyErr_Format(PyExc_TypeError, "dumps() must return bytes or a list of buffers, "
+                         "not %.100s", Py_TYPE(data)->tp_name);
+            return -1;
+        }
+    }
+    if (m->len > pw_ring_max_payload(self->rr.capacity))
+        return msg_too_large(self, m->len);
+    return 0;
+}
+
+/* Turns a record into the object that was put. Steals rec->payload. */
+static PyObject *record_to_object(RingObject *self, pw_record *rec)
+{
+    PyObject *payload = rec->payload, *result;
+    switch (rec->type) {
+    case PW_REC_BYTES:
+    case PW_REC_BYTEARRAY:
+        return payload;
+    case PW_REC_PICKLE:
+        result = PyObject_CallOneArg(self->loads, payload);
+        break;
+    default: { /* PW_REC_PICKLE_OOB: loads(pickle, buffers=[...]) */
+        Py_ssize_t n = PyList_GET_SIZE(payload);
+        PyObject *buffers = PyList_GetSlice(payload, 1, n);
+        if (!buffers) {
+            result = NULL;
+            break;
+        }
+        PyObject *callargs[2] = {PyList_GET_ITEM(payload, 0), buffers};
+        PyObject *kwnames = PyTuple_Pack(1, str_buffers);
+        result = kwnames ? PyObject_Vectorcall(self->loads, callargs, 1, kwnames) : NULL;
+        Py_XDECREF(kwnames);
+        Py_DECREF(buffers);
+        break;
+    }
+    }
+    Py_DECREF(payload);
+    return result;
+}
+
+/* ------------------------------------------------------------ put / get */
+
+static PyObject *raise_full(Py_ssize_t done, Py_ssize_t n)
+{
+    if (n <= 1) {
+        PyErr_SetNone(PwExc_Full);
+        return NULL;
+    }
+    PyObject *exc = PyObject_CallFunction(PwExc_Full, "s",
+                                          "put_many() timed out: see the exception's count "
+                                          "attribute for how many items were put");
+    if (exc) {
+        PyObject *count = PyLong_FromSsize_t(done);
+        if (count && PyObject_SetAttrString(exc, "count", count) == 0)
+            PyErr_SetObject(PwExc_Full, exc);
+        Py_XDECREF(count);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+static PyObject *put_objects(RingObject *self, PyObject *const *items, Py_ssize_t n,
+                             int64_t deadline)
+{
+    pw_msg msgs[PW_BATCH];
+    Py_ssize_t total_done = 0;
+    while (total_done < n) {
+        Py_ssize_t batch = n - total_done < PW_BATCH ? n - total_done : PW_BATCH;
+        Py_ssize_t prepared = 0, done = 0;
+        int rc = 0;
+        for (; prepared < batch; prepared++) {
+            if (msg_prepare(self, items[total_done + prepared], &msgs[prepared]) < 0) {
+                msg_release(&msgs[prepared]);
+                rc = -1;
+                break;
+            }
+        }
+        if (rc == 0)
+            rc = pw_ring_put(&self->rr, msgs, prepared, &done, deadline);
+        for (Py_ssize_t i = 0; i < prepared; i++)
+            msg_release(&msgs[i]);
+        total_done += done;
+        if (rc < 0)
+            return NULL;
+        if (rc == 1)
+            return raise_full(total_done, n);
+    }
+    Py_RETURN_NONE;
+}
+
+static const char *const put_names[] = {"obj", "block", "timeout"};
+
+static PyObject *Ring_put(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames)
+{
+    PyObject *a[3];
+    int64_t deadline;
+    if (pw_parse_args("put", args, nargs, kwnames, put_names, 3, 1, a) < 0 ||
+        pw_parse_block_timeout(a[1], a[2], &deadline) < 0 || enter(self) < 0)
+        return NULL;
+    PyObject *r = put_objects(self, &a[0], 1, deadline);
+    leave(self);
+    return r;
+}
+
+static PyObject *Ring_put_nowait(RingObject *self, PyObject *obj)
+{
+    if (enter(self) < 0)
+        return NULL;
+    PyObject *r = put_objects(self, &obj, 1, 0);
+    leave(self);
+    return r;
+}
+
+static const char *const put_many_names[] = {"items", "block", "timeout"};
+
+static PyObject *Ring_put_many(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    PyObject *a[3];
+    int64_t deadline;
+    if (pw_parse_args("put_many", args, nargs, kwnames, put_many_names, 3, 1, a) < 0 ||
+        pw_parse_block_timeout(a[1], a[2], &deadline) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(a[0], "put_many() needs an iterable of items");
+    if (!seq)
+        return NULL;
+    PyObject *r = NULL;
+    if (enter(self) == 0) {
+        r = put_objects(self, PySequence_Fast_ITEMS(seq), PySequence_Fast_GET_SIZE(seq),
+                        deadline);
+        leave(self);
+    }
+    Py_DECREF(seq);
+    return r;
+}
+
+static PyObject *get_one(RingObject *self, int64_t deadline)
+{
+    pw_record rec;
+    Py_ssize_t got = pw_ring_get(&self->rr, &rec, 1, deadline);
+    if (got < 0)
+        return NULL;
+    if (got == 0) {
+        PyErr_SetNone(PwExc_Empty);
+        return NULL;
+    }
+    return record_to_object(self, &rec);
+}
+
+static const char *const get_names[] = {"block", "timeout"};
+
+static PyObject *Ring_get(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames)
+{
+    PyObject *a[2];
+    int64_t deadline;
+    if (pw_parse_args("get", args, nargs, kwnames, get_names, 2, 0, a) < 0 ||
+        pw_parse_block_timeout(a[0], a[1], &deadline) < 0 || enter(self) < 0)
+        return NULL;
+    PyObject *r = get_one(self, deadline);
+    leave(self);
+    return r;
+}
+
+static PyObject *Ring_get_nowait(RingObject *self, PyObject *unused)
+{
+    if (enter(self) < 0)
+        return NULL;
+    PyObject *r = get_one(self, 0);
+    leave(self);
+    return r;
+}
+
+static const char *const get_many_names[] = {"block", "timeout", "max_messages"};
+
+static PyObject *Ring_get_many(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    PyObject *a[3];
+    int64_t deadline;
+    Py_ssize_t max = PY_SSIZE_T_MAX;
+    if (pw_parse_args("get_many", args, nargs, kwnames, get_many_names, 3, 0, a) < 0 ||
+        pw_parse_block_timeout(a[0], a[1], &deadline) < 0)
+        return NULL;
+    if (a[2] && a[2] != Py_None) {
+        max = PyNumber_AsSsize_t(a[2], PyExc_OverflowError);
+        if (max == -1 && PyErr_Occurred())
+            return NULL;
+        if (max < 1) {
+            PyErr_Format(PyExc_ValueError, "max_messages must be at least 1, not %zd", max);
+            return NULL;
+        }
+    }
+    /* Never take more than are there now, and no more than a batch per call
+     * into the ring, so the records array stays on the stack. */
+    pw_record recs[PW_BATCH];
+    if (enter(self) < 0)
+        return NULL;
+    PyObject *result = PyList_New(0);
+    Py_ssize_t got = 0;
+    while (result && got < max) {
+        Py_ssize_t want = max - got < PW_BATCH ? max - got : PW_BATCH;
+        /* Wait only for the first message; then take what is already there. */
+        Py_ssize_t n = pw_ring_get(&self->rr, recs, want, got ? 0 : deadline);
+        if (n < 0) {
+            if (got) /* deliver what we have; the error comes back next call */
+                PyErr_Clear();
+            else
+                Py_CLEAR(result);
+            break;
+        }
+        if (n == 0) {
+            if (!got) {
+                Py_CLEAR(result);
+                PyErr_SetNone(PwExc_Empty);
+            }
+            break;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *obj = result ? record_to_object(self, &recs[i]) : NULL;
+            if (!result) {
+                Py_DECREF(recs[i].payload);
+                continue;
+            }
+            if (!obj || PyList_Append(result, obj) < 0)
+                Py_CLEAR(result);
+            Py_XDECREF(obj);
+        }
+        got += n;
+        if (n < want)
+            break;
+    }
+    leave(self);
+    return result;
+}
+
+/* ------------------------------------------------------------ state */
+
+static PyObject *Ring_qsize(RingObject *self, PyObject *unused)
+{
+    if (enter(self) < 0)
+        return NULL;
+    uint32_t n = pw_ring_count(&self->rr);
+    leave(self);
+    return PyLong_FromUnsignedLong(n);
+}
+
+static PyObject *Ring_empty(RingObject *self, PyObject *unused)
+{
+    if (enter(self) < 0)
+        return NULL;
+    uint32_t n = pw_ring_count(&self->rr);
+    leave(self);
+    return PyBool_FromLong(n == 0);
+}
+
+static PyObject *Ring_full(RingObject *self, PyObject *unused)
+{
+    if (enter(self) < 0)
+        return NULL;
+    int full;
+    if (self->rr.ring->maxsize)
+        full = pw_ring_count(&self->rr) >= self->rr.ring->maxsize;
+    else /* not even an empty message fits */
+        full = self->rr.capacity - pw_ring_used_bytes(&self->rr) < PW_REC_HEADER;
+    leave(self);
+    return PyBool_FromLong(full);
+}
+
+static PyObject *Ring_task_done(RingObject *self, PyObject *unused)
+{
+    if (enter(self) < 0)
+        return NULL;
+    struct pw_ring *r = self->rr.ring;
+    /* unfinished = messages ever put - task_done() calls, both mod 2^32; the
+     * put count is the authoritative one in the tail word, so a producer
+     * killed mid-put can never leave join() waiting for a phantom task. */
+    uint32_t done = atomic_load(&r->tasks_done);
+    for (;;) {
+        uint32_t put = pw_count(atomic_load(&r->tail));
+        if (done == put) {
+            leave(self);
+            PyErr_SetString(PyExc_ValueError, "task_done() called too many times");
+            return NULL;
+        }
+        if (atomic_compare_exchange_weak(&r->tasks_done, &done, done + 1))
+            break;
+    }
+    if (atomic_load(&r->joiners_sleeping))
+        pw_futex_wake(&r->tasks_done, INT32_MAX);
+    leave(self);
+    Py_RETURN_NONE;
+}
+
+static const char *const join_names[] = {"timeout"};
+
+static PyObject *Ring_join(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames)
+{
+    PyObject *a[1];
+    int64_t deadline;
+    if (pw_parse_args("join", args, nargs, kwnames, join_names, 1, 0, a) < 0 ||
+        pw_deadline_from(1, a[0], &deadline) < 0 || enter(self) < 0)
+        return NULL;
+    struct pw_ring *r = self->rr.ring;
+    PyObject *result = NULL;
+    for (;;) {
+        uint32_t done = atomic_load(&r->tasks_done);
+        if (done == pw_count(atomic_load(&r->tail))) {
+            result = Py_NewRef(Py_True);
+            break;
+        }
+        atomic_fetch_add(&r->joiners_sleeping, 1);
+        int rc = 0;
+        if (atomic_load(&r->tasks_done) == done)
+            rc = pw_futex_wait(&r->tasks_done, done, deadline);
+        atomic_fetch_sub(&r->joiners_sleeping, 1);
+        if (rc < 0)
+            break;
+        if (rc == 1 && atomic_load(&r->tasks_done) != pw_count(atomic_load(&r->tail))) {
+            result = Py_NewRef(Py_False);
+            break;
+        }
+    }
+    leave(self);
+    return result;
+}
+
+static PyObject *Ring_statistics(RingObject *self, PyObject *unused)
+{
+    if (enter(self) < 0)
+        return NULL;
+    struct pw_ring *r = self->rr.ring;
+    uint64_t head = atomic_load(&r->head), tail = atomic_load(&r->tail);
+    PyObject *d = Py_BuildValue(
+        "{s:K,s:I,s:I,s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I,s:I}",
+        "capacity", (unsigned long long)self->rr.capacity, "maxsize", r->maxsize,
+        "messages", pw_count(tail) - pw_count(head),
+        "bytes_used", (unsigned long long)(uint32_t)(pw_pos(tail) - pw_pos(head)),
+        "total_in", (unsigned long long)atomic_load(&r->total_in),
+        "total_out", (unsigned long long)atomic_load(&r->total_out),
+        "bytes_in", (unsigned long long)atomic_load(&r->bytes_in),
+        "bytes_out", (unsigned long long)atomic_load(&r->bytes_out),
+        "owner_died", (unsigned long long)(atomic_load(&r->tail_owner_died) +
+                                           atomic_load(&r->head_owner_died)),
+        "consumers_waiting", atomic_load(&r->consumers_sleeping),
+        "producers_waiting", atomic_load(&r->producers_sleeping),
+        "joiners_waiting", atomic_load(&r->joiners_sleeping),
+        "unfinished_tasks", pw_count(tail) - atomic_load(&r->tasks_done));
+    leave(self);
+    return d;
+}
+
+static PyObject *Ring_release(RingObject *self, PyObject *unused)
+{
+    /* Idempotent. The mapping goes when the last call in progress leaves. */
+    self->closed = 1;
+    if (self->active == 0)
+        release_mapping(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Ring_segment_size(PyObject *cls, PyObject *arg)
+{
+    unsigned long long cap = PyLong_AsUnsignedLongLong(arg);
+    if (cap == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromUnsignedLongLong(pw_ring_segment_size(cap));
+}
+
+static PyObject *Ring_get_capacity(RingObject *self, void *c)
+{
+    return PyLong_FromUnsignedLongLong(self->rr.capacity);
+}
+
+static PyObject *Ring_get_maxsize(RingObject *self, void *c)
+{
+    if (!self->mapped) /* remembered capacity stays readable; maxsize needs the header */
+        return PyLong_FromLong(0);
+    return PyLong_FromUnsignedLong(self->rr.ring->maxsize);
+}
+
+static PyObject *Ring_get_released(RingObject *self, void *c)
+{
+    return PyBool_FromLong(self->closed || !self->mapped);
+}
+
+static PyMethodDef Ring_methods[] = {
+    {"put", (PyCFunction)(void (*)(void))Ring_put, METH_FASTCALL | METH_KEYWORDS,
+     "put(obj, block=True, timeout=None)\n--\n\nPut obj into the queue. Blocks while it is "
+     "full; raises queue.Full if block is false or the timeout passes."},
+    {"put_nowait", (PyCFunction)Ring_put_nowait, METH_O,
+     "put_nowait(obj)\n--\n\nEquivalent to put(obj, False)."},
+    {"put_many", (PyCFunction)(void (*)(void))Ring_put_many, METH_FASTCALL | METH_KEYWORDS,
+     "put_many(items, block=True, timeout=None)\n--\n\nPut every item, in order, taking the "
+     "lock once per group of items. On timeout raises queue.Full whose `count` attribute "
+     "says how many items were put."},
+    {"get", (PyCFunction)(void (*)(void))Ring_get, METH_FASTCALL | METH_KEYWORDS,
+     "get(block=True, timeout=None)\n--\n\nRemove and return an item. Blocks while the queue "
+     "is empty; raises queue.Empty if block is false or the timeout passes."},
+    {"get_nowait", (PyCFunction)Ring_get_nowait, METH_NOARGS,
+     "get_nowait()\n--\n\nEquivalent to get(False)."},
+    {"get_many", (PyCFunction)(void (*)(void))Ring_get_many, METH_FASTCALL | METH_KEYWORDS,
+     "get_many(block=True, timeout=None, max_messages=None)\n--\n\nWait like get() for the "
+     "first item, then return a list of it and every item already queued behind it, up to "
+     "max_messages."},
+    {"qsize", (PyCFunction)Ring_qsize, METH_NOARGS,
+     "qsize()\n--\n\nThe number of items in the queue now."},
+    {"empty", (PyCFunction)Ring_empty, METH_NOARGS,
+     "empty()\n--\n\nTrue if the queue holds no item now."},
+    {"full", (PyCFunction)Ring_full, METH_NOARGS,
+     "full()\n--\n\nTrue if a put() would block now (maxsize items queued)."},
+    {"_task_done", (PyCFunction)Ring_task_done, METH_NOARGS, NULL},
+    {"_join", (PyCFunction)(void (*)(void))Ring_join, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"_statistics", (PyCFunction)Ring_statistics, METH_NOARGS, NULL},
+    {"_release", (PyCFunction)Ring_release, METH_NOARGS, NULL},
+    {"_segment_size", (PyCFunction)Ring_segment_size, METH_O | METH_STATIC, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Ring_getset[] = {
+    {"capacity", (getter)Ring_get_capacity, NULL, "Bytes of messages the ring holds.", NULL},
+    {"maxsize", (getter)Ring_get_maxsize, NULL, "Most messages queued at once; 0 = no count limit.", NULL},
+    {"_released", (getter)Ring_get_released, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject RingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "procwire._core.Ring",
+    .tp_basicsize = sizeof(RingObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Ring(buffer, *, create, capacity, maxsize, kind, name, dumps, loads)\n--\n\n"
+              "A multi-producer multi-consumer message ring in a shared segment.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Ring_init,
+    .tp_dealloc = (destructor)Ring_dealloc,
+    .tp_methods = Ring_methods,
+    .tp_getset = Ring_getset,
+};
+
+int pw_ring_register(PyObject *module)
+{
+    str_buffers = PyUnicode_InternFromString("buffers");
+    if (!str_buffers || PyType_Ready(&RingType) < 0)
+        return -1;
+    return PyModule_AddObjectRef(module, "Ring", (PyObject *)&RingType);
+}

@@ -1,0 +1,235 @@
+"""Shared segments: naming, creating, attaching, passing to children, cleanup.
+
+Two kinds of segment back every procwire object:
+
+* **anonymous** (the default): a ``memfd``. Nothing appears in /dev/shm, and
+  the kernel frees the memory when the last process holding it exits, even
+  after ``kill -9`` of every one of them. Children get it by inheritance
+  (fork) or by descriptor passing (spawn, forkserver).
+* **named**: ``/dev/shm/procwire.<name>``, mode 0600, so that an unrelated
+  process of the same user can attach by name. The object that created the
+  name removes it when it is closed, collected, or its process exits;
+  ``procwire clean`` removes names whose creator was killed.
+
+A named segment is fully initialised under a temporary name and then linked
+into place, so an attacher never sees a half-built header. The header itself
+is still validated on every attach: shared memory is untrusted input.
+"""
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import re
+import secrets
+import stat
+import weakref
+from multiprocessing import context as _mp_context
+from multiprocessing import reduction as _mp_reduction
+
+from procwire.errors import SegmentError
+
+SHM_DIR = "/dev/shm"
+PREFIX = "procwire."
+TEMP_MARK = ".creating-"
+MAX_NAME = 200
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` if it can name a segment, else raise a clear error."""
+    if not isinstance(name, str):
+        raise TypeError(f"a procwire name must be a str, not {type(name).__name__}")
+    if not name:
+        raise ValueError("a procwire name must not be empty")
+    if len(name) > MAX_NAME:
+        raise ValueError(f"procwire name {name[:20]!r}... is {len(name)} characters long; "
+                         f"the limit is {MAX_NAME}")
+    if "/" in name or "\0" in name:
+        raise ValueError(f"procwire name {name!r} must not contain '/' or NUL: it names a "
+                         f"file in {SHM_DIR}, not a path")
+    if ".." in name or TEMP_MARK in name:
+        raise ValueError(f"procwire name {name!r} must not contain '..' or {TEMP_MARK!r}")
+    if not _NAME_RE.match(name):
+        raise ValueError(f"procwire name {name!r} may use only letters, digits, '_', '-' "
+                         f"and '.', and must start with a letter, digit or '_'")
+    return name
+
+
+def path_of(name: str) -> str:
+    return os.path.join(SHM_DIR, PREFIX + validate_name(name))
+
+
+def _unlink_if_same(path: str, dev: int, ino: int, creator: int) -> None:
+    """Remove a name we created, unless it now names another segment.
+
+    Runs from a finalizer, so in forked children too: only the creating
+    process may remove the name.
+    """
+    if os.getpid() != creator:
+        return
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class Segment:
+    """One process's mapping of a shared segment.
+
+    ``buffer`` is the writable mmap the native core lays its structures in.
+    ``fd`` stays open for anonymous segments only: it is what children get.
+    """
+
+    __slots__ = ("buffer", "fd", "name", "size", "_finalizer", "__weakref__")
+
+    def __init__(self, buffer: mmap.mmap, fd: int, name: str | None, size: int) -> None:
+        self.buffer = buffer
+        self.fd = fd
+        self.name = name
+        self.size = size
+        self._finalizer: weakref.finalize | None = None
+
+    # -- creation -------------------------------------------------------------
+
+    @classmethod
+    def create_anonymous(cls, size: int, label: str) -> Segment:
+        fd = os.memfd_create(f"procwire:{label}", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        seg = cls(buffer, fd, None, size)
+        seg._finalizer = weakref.finalize(seg, os.close, fd)
+        return seg
+
+    @classmethod
+    def create_named(cls, name: str, size: int, initialise) -> Segment:
+        """Create /dev/shm/procwire.<name>, initialised by ``initialise(buffer)``.
+
+        The segment is built under a temporary name and linked into place only
+        when complete; ``FileExistsError`` if the name is taken.
+        """
+        final = path_of(name)
+        temp = f"{final}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temp, flags, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # the umask can only narrow it; be explicit anyway
+            os.ftruncate(fd, size)
+            buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            try:
+                initialise(buffer)
+                os.link(temp, final)  # atomic: fails if the name exists
+            except BaseException:
+                buffer.close()
+                raise
+            st = os.fstat(fd)
+        except FileExistsError:
+            raise FileExistsError(
+                errno.EEXIST,
+                f"a procwire object named {name!r} already exists; attach to it with "
+                f".attach({name!r}), or remove it with `procwire rm {name}`", final) from None
+        finally:
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        seg = cls(buffer, -1, name, size)
+        seg._finalizer = weakref.finalize(seg, _unlink_if_same, final, st.st_dev, st.st_ino,
+                                          os.getpid())
+        return seg
+
+    # -- attaching ------------------------------------------------------------
+
+    @classmethod
+    def attach_named(cls, name: str) -> Segment:
+        path = path_of(name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                errno.ENOENT, f"no procwire object is named {name!r} (see `procwire ls`)",
+                path) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SegmentError(f"{path} is a symbolic link, not a procwire segment") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise SegmentError(f"{path} is not a regular shared-memory file")
+            if st.st_uid != os.geteuid():
+                raise PermissionError(
+                    errno.EACCES, f"procwire object {name!r} belongs to uid {st.st_uid}, "
+                    f"not to you (uid {os.geteuid()}); procwire never attaches to another "
+                    f"user's segment", path)
+            if st.st_size == 0:
+                raise SegmentError(f"procwire object {name!r} at {path} is empty (0 bytes)")
+            buffer = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED,
+                               mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        return cls(buffer, -1, name, st.st_size)
+
+    @classmethod
+    def from_fd(cls, fd: int) -> Segment:
+        """Adopt a descriptor received from a parent (it becomes ours to close)."""
+        try:
+            size = os.fstat(fd).st_size
+            buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        seg = cls(buffer, fd, None, size)
+        seg._finalizer = weakref.finalize(seg, os.close, fd)
+        return seg
+
+    # -- passing to other processes ---------------------------------------------
+
+    def reduce_handle(self, what: str) -> tuple[str, object]:
+        """What a pickle of the owning object carries to reach this segment."""
+        if self.name is not None:
+            return ("name", self.name)
+        if _mp_context.get_spawning_popen() is None:
+            raise RuntimeError(
+                f"{what} objects without a name can only be shared with child processes "
+                f"through inheritance (as Process arguments); give it a name=... to pass it "
+                f"any other way")
+        return ("fd", _mp_reduction.DupFd(self.fd))
+
+    @classmethod
+    def from_handle(cls, handle: tuple[str, object]) -> Segment:
+        how, value = handle
+        if how == "name":
+            return cls.attach_named(value)  # type: ignore[arg-type]
+        return cls.from_fd(value.detach())  # type: ignore[union-attr]
+
+    # -- end of life ------------------------------------------------------------
+
+    def unlink(self) -> None:
+        """Remove the name now (the memory lives on while anyone maps it)."""
+        if self.name is None:
+            return
+        try:
+            os.unlink(path_of(self.name))
+        except FileNotFoundError:
+            pass
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+
+    def close(self) -> None:
+        """Drop this process's mapping; the creator also removes the name.
+
+        The mmap itself is closed by the garbage collector once the native
+        object has released its view of it.
+        """
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None

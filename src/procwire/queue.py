@@ -1,0 +1,241 @@
+"""Message queues: ``Queue``, ``SimpleQueue`` and ``JoinableQueue``.
+
+Drop-in replacements for their :mod:`multiprocessing` twins, built on one
+shared-memory ring (``procwire._core.Ring``):
+
+* ``put`` serialises in the calling thread and copies straight into shared
+  memory. There is no feeder thread: an unpicklable object raises from
+  ``put()`` itself, nothing hangs at exit, and a child that put items can be
+  joined at any time.
+* ``bytes`` and ``bytearray`` skip pickling; other objects use pickle
+  protocol 5, with large buffers (numpy arrays, for example) copied out of
+  band rather than through the pickle stream.
+* A process killed with SIGKILL at any instruction leaves the queue usable:
+  at most its own unfinished message is lost (see ``_core/ring.c``).
+* ``qsize()`` is exact and works everywhere.
+
+Capacity: ``maxsize`` bounds the number of messages, as in multiprocessing;
+``capacity`` bounds the bytes (default 4 MiB, rounded up to a power of two).
+A message larger than the ring raises :class:`procwire.MessageTooLarge`,
+naming the capacity that would take it.
+"""
+from __future__ import annotations
+
+import pickle
+from typing import Any, Iterable
+
+from procwire import _core
+from procwire._segment import Segment, validate_name
+
+__all__ = ["JoinableQueue", "Queue", "SimpleQueue", "DEFAULT_CAPACITY"]
+
+DEFAULT_CAPACITY = 4 * 1024 * 1024
+
+_HIGHEST = pickle.HIGHEST_PROTOCOL  # >= 5 on every Python procwire supports
+
+
+def _dumps(obj: Any) -> bytes | list:
+    """Pickle ``obj``; large contiguous buffers travel out of band.
+
+    Returns bytes, or ``[pickle, buffer, ...]`` when pickle handed out
+    buffers, which the ring then copies directly (one copy, not two).
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(obj, _HIGHEST, buffer_callback=buffers.append)
+    if not buffers:
+        return data
+    try:
+        return [data, *(b.raw() for b in buffers)]
+    except BufferError:  # a non-contiguous buffer: let pickle copy it in band
+        return pickle.dumps(obj, _HIGHEST)
+
+
+def _capacity_for(capacity: int | None) -> int:
+    if capacity is None:
+        return DEFAULT_CAPACITY
+    if not isinstance(capacity, int) or isinstance(capacity, bool):
+        raise TypeError(f"capacity must be an int number of bytes, not {type(capacity).__name__}")
+    if capacity < 4096 or capacity > 1 << 30:
+        raise ValueError(f"capacity must be between 4096 bytes and 1 GiB, not {capacity}")
+    return 1 << (capacity - 1).bit_length()  # next power of two
+
+
+def _maxsize_for(maxsize: int) -> int:
+    if not isinstance(maxsize, int) or isinstance(maxsize, bool):
+        raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
+    if maxsize > 2**31 - 1:
+        raise ValueError(f"maxsize must be at most {2**31 - 1}, not {maxsize}")
+    return max(maxsize, 0)  # <= 0 means no count limit, as in multiprocessing
+
+
+class Queue(_core.Ring):
+    """A process-safe FIFO queue in shared memory, like ``multiprocessing.Queue``.
+
+    ``Queue(maxsize=0, *, capacity=None, name=None)``
+
+    ``maxsize`` > 0 bounds the number of queued messages; ``capacity`` the
+    bytes of the ring. With ``name``, the queue appears as
+    ``/dev/shm/procwire.<name>`` and an unrelated process can open it with
+    ``Queue.attach(name)``; this object removes the name when it is closed or
+    its process exits. ``ctx`` is accepted for compatibility and ignored.
+
+    Methods implemented natively: ``put``, ``put_nowait``, ``put_many``,
+    ``get``, ``get_nowait``, ``get_many``, ``qsize``, ``empty``, ``full``.
+    """
+
+    _kind_label = "Queue"
+
+    def __init__(self, maxsize: int = 0, *, capacity: int | None = None,
+                 name: str | None = None, ctx: object = None) -> None:
+        maxsize = _maxsize_for(maxsize)
+        cap = _capacity_for(capacity)
+        size = _core.Ring._segment_size(cap)
+        if name is None:
+            segment = Segment.create_anonymous(size, self._kind_label)
+            self._setup(segment, create=True, capacity=cap, maxsize=maxsize)
+        else:
+            validate_name(name)
+
+            def initialise(buffer: Any) -> None:
+                # Lays out the ring; Segment links the name only after this.
+                self._segment = None
+                _core.Ring.__init__(self, buffer, create=True, capacity=cap, maxsize=maxsize,
+                                    kind=_core.KIND_QUEUE, name=self._display(name),
+                                    dumps=_dumps, loads=pickle.loads)
+
+            segment = Segment.create_named(name, size, initialise)
+            self._segment = segment
+
+    def _display(self, name: str | None) -> str:
+        return f"{self._kind_label}({name!r})" if name else f"anonymous {self._kind_label}"
+
+    def _setup(self, segment: Segment, *, create: bool, capacity: int = 0,
+               maxsize: int = 0) -> None:
+        self._segment = segment
+        _core.Ring.__init__(self, segment.buffer, create=create, capacity=capacity,
+                            maxsize=maxsize, kind=_core.KIND_QUEUE,
+                            name=self._display(segment.name), dumps=_dumps, loads=pickle.loads)
+
+    # -- by name ----------------------------------------------------------------
+
+    @classmethod
+    def attach(cls, name: str) -> Queue:
+        """Open the queue another process created with ``name=``.
+
+        Raises ``FileNotFoundError`` if there is none, and
+        :class:`procwire.SegmentError` if the name holds something that is not
+        a valid procwire queue.
+        """
+        segment = Segment.attach_named(name)
+        self = cls.__new__(cls)
+        try:
+            self._setup(segment, create=False)
+        except BaseException:
+            segment.close()
+            raise
+        return self
+
+    @property
+    def name(self) -> str | None:
+        """The queue's name, or None for an anonymous queue."""
+        return self._segment.name
+
+    def unlink(self) -> None:
+        """Remove the name now; processes that have the queue open keep using it."""
+        self._segment.unlink()
+
+    # -- multiprocessing.Queue's life-cycle methods -------------------------------
+
+    def close(self) -> None:
+        """Release this process's handle. Further use of it raises ValueError.
+
+        Other processes are not affected. A named queue's creator also removes
+        the name. Safe to call more than once.
+        """
+        self._release()
+        self._segment.close()
+
+    def join_thread(self) -> None:
+        """Compatibility: there is no feeder thread, so nothing to wait for."""
+        if not self._released:
+            raise AssertionError(f"{self!r} not closed")  # as multiprocessing asserts
+
+    def cancel_join_thread(self) -> None:
+        """Compatibility: there is no feeder thread, so exit never waits on the queue."""
+
+    def statistics(self) -> dict[str, int]:
+        """Live counters from the shared header: messages, bytes, waiters, owner deaths."""
+        return self._statistics()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._released else f"qsize={self.qsize()}"
+        return f"<procwire.{type(self).__name__} {self._display(self._segment.name)} {state}>"
+
+    # -- pickling: to children, or by name anywhere --------------------------------
+
+    def __reduce__(self) -> tuple:
+        handle = self._segment.reduce_handle(type(self).__name__)
+        return (_rebuild, (type(self), handle))
+
+    def put_many(self, items: Iterable[Any], block: bool = True,  # type: ignore[override]
+                 timeout: float | None = None) -> None:
+        """Put every item, in order, taking the lock once per group of items.
+
+        On timeout raises ``queue.Full``; its ``count`` attribute says how many
+        items were put.
+        """
+        return _core.Ring.put_many(self, items, block, timeout)
+
+
+def _rebuild(cls: type[Queue], handle: tuple[str, object]) -> Queue:
+    segment = Segment.from_handle(handle)
+    self = cls.__new__(cls)
+    try:
+        self._setup(segment, create=False)
+    except BaseException:
+        segment.close()
+        raise
+    return self
+
+
+class SimpleQueue(Queue):
+    """Like ``multiprocessing.SimpleQueue``: ``put``, ``get``, ``empty``, ``close``.
+
+    Same ring as :class:`Queue` (so ``get`` also takes ``block`` and
+    ``timeout``), without a message-count limit.
+    """
+
+    _kind_label = "SimpleQueue"
+
+    def __init__(self, *, capacity: int | None = None, name: str | None = None,
+                 ctx: object = None) -> None:
+        super().__init__(0, capacity=capacity, name=name)
+
+
+class JoinableQueue(Queue):
+    """Like ``multiprocessing.JoinableQueue``: a Queue with ``task_done`` and ``join``.
+
+    The count of unfinished tasks is the number of messages ever put minus the
+    ``task_done()`` calls, both kept in shared memory; a producer killed in the
+    middle of ``put`` never leaves ``join()`` waiting for a task that does not
+    exist.
+    """
+
+    _kind_label = "JoinableQueue"
+
+    def task_done(self) -> None:
+        """Mark one formerly enqueued task done; ValueError if called too often."""
+        self._task_done()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Block until every item put has been marked done.
+
+        Returns True, or False if ``timeout`` seconds passed first.
+        """
+        return self._join(timeout)

@@ -1,0 +1,109 @@
+"""Fixtures every test shares.
+
+* ``ctx``: a multiprocessing context, parametrised over fork, spawn and
+  forkserver, for tests whose body should hold under every start method.
+* An autouse leak check: a test fails if it leaves behind a child process,
+  an open file descriptor, or an entry in /dev/shm/procwire.*.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import pytest
+
+START_METHODS = ("fork", "spawn", "forkserver")
+
+
+def _noop() -> None:
+    pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _warm_multiprocessing_servers():
+    """Start the forkserver and resource tracker once, before any leak check.
+
+    Both are long-lived helpers multiprocessing starts on first use; without
+    this, the first test to use them would look like it leaked a process and
+    its descriptors.
+    """
+    for method in ("forkserver", "spawn"):
+        p = mp.get_context(method).Process(target=_noop)
+        p.start()
+        p.join(30)
+    yield
+
+
+@pytest.fixture(params=START_METHODS)
+def ctx(request):
+    return mp.get_context(request.param)
+
+
+def _open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def _shm_entries() -> set[str]:
+    return {e for e in os.listdir("/dev/shm") if e.startswith("procwire")}
+
+
+def _children() -> set[int]:
+    pids: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+        except FileNotFoundError:
+            pass
+    return pids
+
+
+def _reap(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+@pytest.fixture(autouse=True)
+def leak_check():
+    fds, shm, children = _open_fds(), _shm_entries(), _children()
+    yield
+    # Children that are exiting right now get a moment to finish.
+    deadline = time.monotonic() + 5
+    while True:
+        mp.active_children()  # reaps multiprocessing's finished children
+        extra_children = _children() - children
+        if not extra_children or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    leaked_shm = _shm_entries() - shm
+    leaked_fds = _open_fds() - fds
+    for pid in extra_children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _reap(extra_children)
+    for name in leaked_shm:
+        os.unlink(os.path.join("/dev/shm", name))
+    problems = []
+    if extra_children:
+        problems.append(f"child processes left running: {sorted(extra_children)}")
+    if leaked_shm:
+        problems.append(f"/dev/shm entries left: {sorted(leaked_shm)}")
+    if leaked_fds:
+        described = {fd: _describe_fd(fd) for fd in sorted(leaked_fds)}
+        problems.append(f"file descriptors leaked: {described}")
+    if problems:
+        pytest.fail("leak check: " + "; ".join(problems))
+
+
+def _describe_fd(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
