@@ -20,7 +20,9 @@ typedef struct {
     int mapped;          /* view is held */
     int closed;          /* close() was called */
     int active;          /* calls in progress in this process (GIL-protected) */
-    PyObject *dumps;     /* obj -> bytes, or [pickle, buffer, ...] */
+    PyObject *dumps;     /* dumps(obj, protocol) -> bytes */
+    PyObject *protocol;  /* int, the pickle protocol */
+    PyObject *dumps_buffers; /* for buffer exporters: obj -> bytes or [pickle, buffer, ...] */
     PyObject *loads;     /* loads(data, buffers=None) */
     PyObject *name;      /* str, for messages */
 } RingObject;
@@ -63,21 +65,22 @@ static void leave(RingObject *self)
 
 static int Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", "create", "capacity", "maxsize", "kind",
-                             "name", "dumps", "loads", NULL};
-    PyObject *buffer, *name, *dumps, *loads;
+    static char *kwlist[] = {"buffer", "create", "capacity", "maxsize", "kind", "name",
+                             "dumps", "protocol", "dumps_buffers", "loads", NULL};
+    PyObject *buffer, *name, *dumps, *protocol, *dumps_buffers, *loads;
     int create = 0;
     unsigned long long capacity = 0;
     unsigned int maxsize = 0, kind = PW_KIND_QUEUE;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$pKIIUOO:Ring", kwlist, &buffer, &create,
-                                     &capacity, &maxsize, &kind, &name, &dumps, &loads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$pKIIUOO!OO:Ring", kwlist, &buffer, &create,
+                                     &capacity, &maxsize, &kind, &name, &dumps, &PyLong_Type,
+                                     &protocol, &dumps_buffers, &loads))
         return -1;
     if (self->mapped) {
         PyErr_SetString(PyExc_RuntimeError, "Ring.__init__ called twice");
         return -1;
     }
-    if (!PyCallable_Check(dumps) || !PyCallable_Check(loads)) {
-        PyErr_SetString(PyExc_TypeError, "dumps and loads must be callables");
+    if (!PyCallable_Check(dumps) || !PyCallable_Check(loads) || !PyCallable_Check(dumps_buffers)) {
+        PyErr_SetString(PyExc_TypeError, "dumps, dumps_buffers and loads must be callables");
         return -1;
     }
     if (kind == 0 || kind >= PW_KIND_MAX_) {
@@ -89,6 +92,8 @@ static int Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
     self->mapped = 1;
     Py_XSETREF(self->name, Py_NewRef(name));
     Py_XSETREF(self->dumps, Py_NewRef(dumps));
+    Py_XSETREF(self->protocol, Py_NewRef(protocol));
+    Py_XSETREF(self->dumps_buffers, Py_NewRef(dumps_buffers));
     Py_XSETREF(self->loads, Py_NewRef(loads));
     const char *what = PyUnicode_AsUTF8(name);
     if (!what)
@@ -152,6 +157,8 @@ static void Ring_dealloc(RingObject *self)
     release_mapping(self);
     Py_CLEAR(self->name);
     Py_CLEAR(self->dumps);
+    Py_CLEAR(self->protocol);
+    Py_CLEAR(self->dumps_buffers);
     Py_CLEAR(self->loads);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -270,7 +277,15 @@ static int msg_prepare(RingObject *self, PyObject *obj, pw_msg *m)
         m->part[0] = m->views[0].buf;
         m->len = m->part_len[0] = (uint64_t)m->views[0].len;
     } else {
-        PyObject *data = PyObject_CallOneArg(self->dumps, obj);
+        /* Objects that export a buffer (numpy arrays, ...) may travel out
+         * of band; everything else takes the direct dumps(obj, protocol). */
+        PyObject *data;
+        if (PyObject_CheckBuffer(obj)) {
+            data = PyObject_CallOneArg(self->dumps_buffers, obj);
+        } else {
+            PyObject *callargs[2] = {obj, self->protocol};
+            data = PyObject_Vectorcall(self->dumps, callargs, 2, NULL);
+        }
         if (!data)
             return -1;
         m->keep = data;
@@ -753,7 +768,7 @@ static PyTypeObject RingType = {
     .tp_name = "procwire._core.Ring",
     .tp_basicsize = sizeof(RingObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Ring(buffer, *, create, capacity, maxsize, kind, name, dumps, loads)\n--\n\n"
+    .tp_doc = "Ring(buffer, *, create, capacity, maxsize, kind, name, dumps, protocol, dumps_buffers, loads)\n--\n\n"
               "A multi-producer multi-consumer message ring in a shared segment.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Ring_init,
