@@ -408,16 +408,13 @@ static PyObject *owner_died(LockObject *self, struct pw_lock *l)
     Py_RETURN_TRUE;
 }
 
-static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc, PyObject *block,
-                                   PyObject *timeout)
+static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
+                                   int64_t deadline)
 {
-    int64_t deadline;
     if (rc != EBUSY && rc != EDEADLK) {
         errno = rc;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    if (pw_parse_block_timeout(block, timeout, &deadline) < 0)
-        return NULL;
     if (rc == EDEADLK || mutex_holder(&l->mutex) == my_tid()) {
         /* A Lock this thread already holds: only another thread could release
          * it, and procwire locks are released by their holder only. */
@@ -484,8 +481,13 @@ static PyObject *Lock_acquire(LockObject *self, PyObject *const *args, Py_ssize_
 {
     static const char *const names[] = {"block", "timeout"};
     PyObject *a[2] = {NULL, NULL};
-    if ((nargs || kwnames) && pw_parse_args("acquire", args, nargs, kwnames, names, 2, 0, a) < 0)
-        return NULL;
+    int64_t deadline = PW_FOREVER;
+    if (nargs || kwnames) {
+        /* Parse (and reject bad timeouts) before taking the lock. */
+        if (pw_parse_args("acquire", args, nargs, kwnames, names, 2, 0, a) < 0 ||
+            pw_parse_block_timeout(a[0], a[1], &deadline) < 0)
+            return NULL;
+    }
     struct pw_lock *l = lock_of(self);
     if (!l)
         return NULL;
@@ -506,7 +508,7 @@ static PyObject *Lock_acquire(LockObject *self, PyObject *const *args, Py_ssize_
         pthread_mutex_consistent(&l->mutex);
         return owner_died(self, l);
     }
-    return lock_acquire_slow(self, l, rc, a[0], a[1]);
+    return lock_acquire_slow(self, l, rc, deadline);
 }
 
 static int lock_release(LockObject *self, struct pw_lock *l)
@@ -731,16 +733,17 @@ static PyObject *Semaphore_acquire(SyncObject *self, PyObject *const *args, Py_s
 {
     static const char *const names[] = {"block", "timeout"};
     PyObject *a[2] = {NULL, NULL};
-    if ((nargs || kwnames) && pw_parse_args("acquire", args, nargs, kwnames, names, 2, 0, a) < 0)
-        return NULL;
+    int64_t deadline = PW_FOREVER;
+    if (nargs || kwnames) {
+        if (pw_parse_args("acquire", args, nargs, kwnames, names, 2, 0, a) < 0 ||
+            pw_parse_block_timeout(a[0], a[1], &deadline) < 0)
+            return NULL;
+    }
     if (check_open(self) < 0)
         return NULL;
     struct pw_sem *s = self->p;
     if (sem_trydown(s))
         goto got;
-    int64_t deadline;
-    if (pw_parse_block_timeout(a[0], a[1], &deadline) < 0)
-        return NULL;
     if (deadline == 0)
         Py_RETURN_FALSE;
     if (spin_while_equal32(&s->value, 0) && sem_trydown(s))
@@ -898,17 +901,18 @@ static PyObject *Event_wait(SyncObject *self, PyObject *const *args, Py_ssize_t 
 {
     static const char *const names[] = {"timeout"};
     PyObject *a[1] = {NULL};
-    if ((nargs || kwnames) && pw_parse_args("wait", args, nargs, kwnames, names, 1, 0, a) < 0)
-        return NULL;
+    int64_t deadline = PW_FOREVER;
+    if (nargs || kwnames) {
+        if (pw_parse_args("wait", args, nargs, kwnames, names, 1, 0, a) < 0 ||
+            pw_deadline_from(1, a[0], &deadline) < 0)
+            return NULL;
+    }
     if (check_open(self) < 0)
         return NULL;
     struct pw_event *e = self->p;
     uint32_t s0 = atomic_load_explicit(&e->state, memory_order_acquire);
     if (s0 & 1)
         Py_RETURN_TRUE;
-    int64_t deadline;
-    if (pw_deadline_from(1, a[0], &deadline) < 0)
-        return NULL;
     if (deadline == 0)
         Py_RETURN_FALSE;
     /* A set() changes the generation bits even if a clear() follows at once. */
