@@ -59,8 +59,13 @@ def _code_of(type_: type) -> str:
 
 
 class _Handle:
-    """This process's hold on one Value/Array segment, kept alive by the ctypes
-    object built over it (the object's ``_procwire`` attribute)."""
+    """This process's hold on one Value/Array segment.
+
+    The ctypes object built over the segment keeps it as ``_wrapper``, the
+    attribute multiprocessing's own ``reduce_ctype`` pickles: so a procwire
+    RawValue/RawArray passes to children exactly as a multiprocessing one does
+    (and the two can share a ctypes type without stepping on each other).
+    """
 
     __slots__ = ("segment", "kind", "elem", "length", "__weakref__")
 
@@ -69,6 +74,23 @@ class _Handle:
         self.kind = kind
         self.elem = elem
         self.length = length
+
+    def create_memoryview(self) -> memoryview:
+        nbytes = ctypes.sizeof(self.elem) * self.length
+        start = _core.SHARED_DATA_OFFSET
+        return memoryview(self.segment.buffer)[start:start + nbytes]
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild_handle, (self.segment.reduce_handle("RawValue/RawArray"), self.elem))
+
+
+def _rebuild_handle(handle: tuple[str, object], elem: type) -> _Handle:
+    segment = Segment.from_handle(handle)
+    try:
+        return _open(segment, 0, elem)[0]
+    except BaseException:
+        segment.close()
+        raise
 
 
 def _create(kind: int, elem: type, length: int, lock_mode: int, lock_name: bytes,
@@ -98,8 +120,9 @@ def _create(kind: int, elem: type, length: int, lock_mode: int, lock_name: bytes
 def _obj_over(h: _Handle) -> Any:
     type_ = h.elem if h.kind == _core.KIND_VALUE else h.elem * h.length
     obj = type_.from_buffer(h.segment.buffer, _core.SHARED_DATA_OFFSET)
-    obj._procwire = h
-    _register(type(obj))
+    obj._wrapper = h
+    # multiprocessing's reducer: it pickles obj._wrapper, i.e. our handle.
+    _mp_reduction.ForkingPickler.register(type_, _mp_sharedctypes.reduce_ctype)
     return obj
 
 
@@ -140,30 +163,6 @@ def _lock_from_info(h: _Handle, info: dict) -> Any:
         raise ValueError(f"procwire object {h.segment.name!r} was created with a lock that "
                          f"has no name; it can only be shared with child processes")
     return None
-
-
-# ------------------------------------------------------------- pickling
-
-
-def _reduce_raw(obj: Any) -> tuple:
-    h = getattr(obj, "_procwire", None)
-    if h is None:  # a multiprocessing RawValue/RawArray of the same ctypes type
-        return _mp_sharedctypes.reduce_ctype(obj)
-    return (_rebuild_raw, (h.segment.reduce_handle("RawValue/RawArray"), h.elem))
-
-
-def _rebuild_raw(handle: tuple[str, object], elem: type) -> Any:
-    h, _ = _open(Segment.from_handle(handle), 0, elem)
-    return _obj_over(h)
-
-
-_registered: set[type] = set()
-
-
-def _register(type_: type) -> None:
-    if type_ not in _registered:
-        _mp_reduction.ForkingPickler.register(type_, _reduce_raw)
-        _registered.add(type_)
 
 
 # --------------------------------------------------------- raw objects
@@ -333,7 +332,7 @@ class SynchronizedBase:
         return self._lock.__exit__(*args)
 
     def __reduce__(self) -> tuple:
-        h = self._obj._procwire
+        h = self._obj._wrapper
         handle = h.segment.reduce_handle(type(self).__name__)
         embedded = isinstance(self._lock, RLock) and self._lock._segment is h.segment
         return (_rebuild_synchronized, (handle, h.elem, None if embedded else self._lock))
@@ -347,15 +346,15 @@ class SynchronizedBase:
     @property
     def name(self) -> str | None:
         """The name given at creation, or None."""
-        return self._obj._procwire.segment.name
+        return self._obj._wrapper.segment.name
 
     def unlink(self) -> None:
         """Remove the name now; processes that have it open keep using it."""
-        self._obj._procwire.segment.unlink()
+        self._obj._wrapper.segment.unlink()
 
     def statistics(self) -> dict[str, Any]:
         """The lock's statistics, plus the element type and length."""
-        h = self._obj._procwire
+        h = self._obj._wrapper
         s = self._lock.statistics() if hasattr(self._lock, "statistics") else {}
         return {"type": h.elem.__name__, "length": h.length, "lock": s}
 
