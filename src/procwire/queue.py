@@ -103,8 +103,11 @@ class Queue(_core.Ring):
                                     kind=_core.KIND_QUEUE, name=self._display(name),
                                     dumps=_dumps, loads=pickle.loads)
 
-            segment = Segment.create_named(name, size, initialise)
-            self._segment = segment
+            try:
+                self._segment = Segment.create_named(name, size, initialise)
+            except BaseException:
+                self._release()
+                raise
 
     def _display(self, name: str | None) -> str:
         return f"{self._kind_label}({name!r})" if name else f"anonymous {self._kind_label}"

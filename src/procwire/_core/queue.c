@@ -324,6 +324,12 @@ static PyObject *record_to_object(RingObject *self, pw_record *rec)
 
 /* ------------------------------------------------------------ put / get */
 
+static int lock_side_for_test(pthread_mutex_t *m)
+{
+    enum pw_lock_result r = pw_mutex_lock(m, PW_FOREVER);
+    return r == PW_LOCK_ERROR ? -1 : 0;
+}
+
 static PyObject *raise_full(Py_ssize_t done, Py_ssize_t n)
 {
     if (n <= 1) {
@@ -645,6 +651,37 @@ static PyObject *Ring_release(RingObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/*
+ * Crash-test hooks: take a side's lock (and optionally write a record without
+ * publishing it) and return with the lock held, so that a test process can
+ * SIGKILL itself at exactly the worst moment. Never used by the library.
+ */
+static PyObject *Ring_debug_die_holding(RingObject *self, PyObject *args)
+{
+    const char *side;
+    Py_buffer partial = {0};
+    if (!PyArg_ParseTuple(args, "s|y*:_debug_die_holding", &side, &partial))
+        return NULL;
+    struct pw_ring *r = self->rr.ring;
+    int producer = strcmp(side, "tail") == 0;
+    PyObject *result = NULL;
+    if (!self->mapped || (!producer && strcmp(side, "head") != 0)) {
+        PyErr_SetString(PyExc_ValueError, "side must be 'head' or 'tail' on an open ring");
+    } else if (lock_side_for_test(producer ? &r->tail_lock : &r->head_lock) == 0) {
+        if (producer && partial.buf) {
+            /* Half a message: bytes beyond the tail, never published. */
+            uint32_t hdr[2] = {(uint32_t)partial.len, PW_REC_BYTES};
+            uint64_t tail = atomic_load(&r->tail);
+            memcpy(self->rr.data + (pw_pos(tail) & (self->rr.capacity - 1)), hdr,
+                   sizeof hdr);
+        }
+        result = Py_NewRef(Py_None);
+    }
+    if (partial.buf)
+        PyBuffer_Release(&partial);
+    return result;
+}
+
 static PyObject *Ring_segment_size(PyObject *cls, PyObject *arg)
 {
     unsigned long long cap = PyLong_AsUnsignedLongLong(arg);
@@ -699,6 +736,7 @@ static PyMethodDef Ring_methods[] = {
     {"_join", (PyCFunction)(void (*)(void))Ring_join, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_statistics", (PyCFunction)Ring_statistics, METH_NOARGS, NULL},
     {"_release", (PyCFunction)Ring_release, METH_NOARGS, NULL},
+    {"_debug_die_holding", (PyCFunction)Ring_debug_die_holding, METH_VARARGS, NULL},
     {"_segment_size", (PyCFunction)Ring_segment_size, METH_O | METH_STATIC, NULL},
     {NULL, NULL, 0, NULL},
 };
