@@ -143,6 +143,13 @@ int pw_segment_error(const char *fmt, ...);
 /* -------------------------------------------------------- module plumbing */
 
 int pw_ring_register(PyObject *module);
+int pw_sync_register(PyObject *module);   /* sync.c: Lock, Semaphore, Event, ... */
+int pw_shared_register(PyObject *module); /* shared.c: Value and Array segments  */
+
+/* --------------------------------------------------- sync.c for shared.c */
+
+/* Initialises an embedded or standalone lock. 0 or errno. */
+int pw_lock_init(struct pw_lock *l, int recursive);
 int pw_segment_register(PyObject *module);
 
 #endif /* PROCWIRE_CORE_H */

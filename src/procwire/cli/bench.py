@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from procwire.bench import harness, queues
+from procwire.bench import sync as sync_bench
 from procwire.cli import main
 
 BASELINE = "multiprocessing"
@@ -19,6 +20,7 @@ BASELINE = "multiprocessing"
 # procwire.bench.<mechanism> and are shared with the scripts in benchmarks/.
 SUITES = {
     "queue": ("Message queues", queues.cases),
+    "sync": ("Locks, events and shared values", sync_bench.cases),
 }
 
 
