@@ -80,23 +80,9 @@ static int sliced_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadli
     return r;
 }
 
-/* Spins (GIL held) while *word == expected, for at most this process's spin
- * budget. Returns 1 if the word changed. */
 static int spin_while_equal32(_Atomic uint32_t *word, uint32_t expected)
 {
-    int64_t budget = pw_spin_budget();
-    if (budget <= 0)
-        return 0;
-    int64_t end = pw_now_ns() + budget;
-    for (;;) {
-        for (int i = 0; i < 64; i++) {
-            if (atomic_load_explicit(word, memory_order_acquire) != expected)
-                return 1;
-            pw_cpu_relax();
-        }
-        if (pw_now_ns() >= end)
-            return 0;
-    }
+    return pw_spin_while_equal32(word, expected, pw_spin_budget());
 }
 
 /* ------------------------------------------------------- common object */
@@ -442,20 +428,25 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
         int64_t end = pw_now_ns() + budget;
         if (end > deadline)
             end = deadline;
+        rc = EBUSY;
+        /* Other threads of this process run while we spin; taking the GIL
+         * back while holding the mutex is safe (core.h, rule 4). */
+        Py_BEGIN_ALLOW_THREADS
         do {
-            for (int i = 0; i < 64; i++) {
-                if (mutex_holder(&l->mutex) == 0 || mutex_owner_died(&l->mutex)) {
+            for (int i = 0; i < 64 && rc == EBUSY; i++) {
+                if (mutex_holder(&l->mutex) == 0 || mutex_owner_died(&l->mutex))
                     rc = pthread_mutex_trylock(&l->mutex);
-                    if (rc == 0)
-                        goto acquired;
-                    if (rc == EOWNERDEAD) {
-                        pthread_mutex_consistent(&l->mutex);
-                        return owner_died(self, l);
-                    }
-                }
-                pw_cpu_relax();
+                if (rc == EBUSY)
+                    pw_cpu_relax();
             }
-        } while (pw_now_ns() < end);
+        } while (rc == EBUSY && pw_now_ns() < end);
+        Py_END_ALLOW_THREADS
+        if (rc == 0)
+            goto acquired;
+        if (rc == EOWNERDEAD) {
+            pthread_mutex_consistent(&l->mutex);
+            return owner_died(self, l);
+        }
     }
     atomic_fetch_add(&l->contended, 1);
     atomic_fetch_add(&l->waiters, 1);
