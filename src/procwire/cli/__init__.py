@@ -18,3 +18,5 @@ def main() -> None:
 
 # Sub-commands register themselves on `main` as a side effect of import.
 from procwire.cli import bench  # noqa: E402,F401
+from procwire.cli import demo  # noqa: E402,F401
+from procwire.cli import signals  # noqa: E402,F401
