@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import procwire
+
 import pytest
 
 from procwire import signals
@@ -28,7 +30,9 @@ from procwire.lessons.bus import LINES, READY
 
 pytestmark = pytest.mark.timeout(60)
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+# Children import the same procwire this test does: the installed package
+# (CI), or the source tree with its in-place build (development).
+SRC = str(Path(procwire.__file__).resolve().parents[1])
 CLI = [sys.executable, "-c", "from procwire.cli import main; main()"]
 DEADLINE = 15.0  # seconds for any one expected line
 

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import procwire
+
 import pytest
 
 from procwire import signals
@@ -26,7 +28,9 @@ from procwire.lessons import LESSONS, find
 
 pytestmark = pytest.mark.timeout(120)
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+# Children import the same procwire this test does: the installed package
+# (CI), or the source tree with its in-place build (development).
+SRC = str(Path(procwire.__file__).resolve().parents[1])
 CLI = [sys.executable, "-c", "from procwire.cli import main; main()"]
 A_FEW_SECONDS = 10.0
 

@@ -17,13 +17,17 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import procwire
+
 import pytest
 
 from procwire import signals
 
 pytestmark = pytest.mark.timeout(60)
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+# Children import the same procwire this test does: the installed package
+# (CI), or the source tree with its in-place build (development).
+SRC = str(Path(procwire.__file__).resolve().parents[1])
 DEADLINE = 10.0
 
 

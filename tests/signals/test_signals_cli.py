@@ -10,11 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import procwire
+
 import pytest
 
 pytestmark = pytest.mark.timeout(60)
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+# Children import the same procwire this test does: the installed package
+# (CI), or the source tree with its in-place build (development).
+SRC = str(Path(procwire.__file__).resolve().parents[1])
 CLI = [sys.executable, "-c", "from procwire.cli import main; main()"]
 
 

@@ -12,7 +12,10 @@ import uuid
 
 import pytest
 
-SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+import procwire
+
+# Children import the same procwire this test does (installed, or the source tree).
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(procwire.__file__)))
 
 
 def unique(prefix: str) -> str:
