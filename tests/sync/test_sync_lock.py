@@ -411,3 +411,50 @@ def test_ctrl_c_sent_to_the_process_interrupts_acquire():
     finally:
         p.kill()
         join_all([p])
+
+
+
+def test_closing_a_lock_its_thread_holds_releases_it():
+    # A held robust mutex sits on its thread's robust list, which glibc and the
+    # kernel walk later: close() must not unmap it while it is held.
+    name = unique("drop")
+    lock = procwire.Lock(name=name)
+    other = procwire.Lock.attach(name)
+    try:
+        lock.acquire()
+        lock.close()
+        assert other.acquire(timeout=5)
+        other.release()
+    finally:
+        other.close()
+
+
+def test_closing_a_lock_another_thread_holds_raises():
+    name = unique("drop2")
+    lock = procwire.Lock(name=name)
+    other = procwire.Lock.attach(name)
+    held, done = threading.Event(), threading.Event()
+
+    def holder():
+        lock.acquire()
+        held.set()
+        done.wait(30)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(RuntimeError, match="held by another thread"):
+            lock.close()
+        assert not other.acquire(timeout=0.05)  # still held, still mapped
+        done.set()
+        t.join(30)
+        # The holder thread exited holding it: the kernel reports owner death.
+        with pytest.warns(procwire.OwnerDiedWarning):
+            assert other.acquire(timeout=5)
+        other.make_consistent()
+        other.release()
+        lock.close()
+    finally:
+        done.set()
+        other.close()

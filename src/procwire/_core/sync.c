@@ -361,10 +361,57 @@ static int Lock_init(LockObject *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+/*
+ * Drops this object's view of the mapping. A robust mutex held by a thread
+ * of this process sits on that thread's robust list, which glibc and the
+ * kernel walk later: unmapping it would make them touch freed memory. So a
+ * lock dropped by the thread that holds it is released first; close() of a
+ * lock another thread of this process holds raises; and if such a lock is
+ * garbage-collected (no thread can release it any more), its mapping is kept
+ * for the life of the process.
+ */
+static int lock_drop(LockObject *self, int from_close)
+{
+    struct pw_lock *l = self->lock;
+    if (l && self->base.mapped) {
+        pid_t holder = mutex_holder(&l->mutex);
+        if (holder == my_tid()) {
+            atomic_store_explicit(&l->depth, 0, memory_order_relaxed);
+            pthread_mutex_unlock(&l->mutex);
+        } else if (holder) {
+            char task[64];
+            snprintf(task, sizeof task, "/proc/self/task/%d", (int)holder);
+            if (access(task, F_OK) == 0) {
+                if (from_close) {
+                    PyErr_Format(PyExc_RuntimeError,
+                                 "%U is held by another thread of this process (tid %d); "
+                                 "release it there before closing it",
+                                 self->base.name, (int)holder);
+                    return -1;
+                }
+                self->lock = NULL;
+                self->base.mapped = 0; /* the view is deliberately never released */
+                self->base.p = NULL;
+                return 0;
+            }
+        }
+    }
+    self->lock = NULL;
+    sync_release(&self->base);
+    return 0;
+}
+
 static void Lock_dealloc(LockObject *self)
 {
-    self->lock = NULL;
+    lock_drop(self, 0);
     Sync_dealloc(&self->base);
+}
+
+static PyObject *Lock_close(LockObject *self, PyObject *unused)
+{
+    if (lock_drop(self, 1) < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static inline struct pw_lock *lock_of(LockObject *self)
@@ -661,7 +708,7 @@ static PyMethodDef Lock_methods[] = {
      "make_consistent()\n--\n\nAfter an acquire that found the previous holder dead, and "
      "after repairing the state the lock protects: clear owner_died. Hold the lock."},
     {"_stats", (PyCFunction)Lock_stats, METH_NOARGS, NULL},
-    {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
+    {"_close", (PyCFunction)Lock_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

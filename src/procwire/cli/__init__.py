@@ -38,3 +38,5 @@ def fail(error: BaseException | str, *, exit: bool = True) -> NoReturn | None:  
 # Sub-commands register themselves on `main` as a side effect of import.
 from procwire.cli import bench  # noqa: E402,F401
 from procwire.cli import objects  # noqa: E402,F401
+from procwire.cli import demo  # noqa: E402,F401
+from procwire.cli import signals  # noqa: E402,F401
