@@ -173,7 +173,7 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
         ax.set_yscale("log")
         ax.set_title(f"{label} ({'higher' if higher else 'lower'} is better)")
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0].legend(loc="lower left", fontsize="small")
+    axes[0].legend(loc="best", fontsize="small")
     m = harness.machine()
     fig.suptitle(f"procwire bench: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
                  f"Python {m['python']}", fontsize="small")
