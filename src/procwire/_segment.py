@@ -29,7 +29,10 @@ from multiprocessing import reduction as _mp_reduction
 
 from procwire.errors import SegmentError
 
-SHM_DIR = "/dev/shm"
+# Where named segments live. PROCWIRE_SHM_DIR moves them to another tmpfs
+# directory (a container's private one, or a test session's own, out of reach
+# of other sessions' clean-ups); every process that shares names must agree.
+SHM_DIR = os.environ.get("PROCWIRE_SHM_DIR") or "/dev/shm"
 PREFIX = "procwire."
 TEMP_MARK = ".creating-"
 MAX_NAME = 200

@@ -71,9 +71,12 @@ int pw_header_validate(const void *base, Py_ssize_t size, uint32_t kind, const c
     if (magic == 0)
         return pw_segment_error("%s is not initialised: its creator has not finished "
                                 "creating it, or died while doing so", what);
-    if (magic != PW_MAGIC)
-        return pw_segment_error("%s is not a procwire segment (bad magic number "
-                                "0x%016llx)", what, (unsigned long long)magic);
+    if (magic != PW_MAGIC) {
+        char hex[24]; /* PyUnicode_FromFormat has no %llx before Python 3.12 */
+        snprintf(hex, sizeof hex, "0x%016llx", (unsigned long long)magic);
+        return pw_segment_error("%s is not a procwire segment (bad magic number %s)", what,
+                                hex);
+    }
     if (h->version != PW_LAYOUT_VERSION)
         return pw_segment_error("%s has layout version %u, but this procwire reads "
                                 "version %u: use the same procwire version in every "
