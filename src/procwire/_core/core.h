@@ -144,5 +144,6 @@ int pw_segment_error(const char *fmt, ...);
 
 int pw_ring_register(PyObject *module);
 int pw_segment_register(PyObject *module);
+int pw_pipe_register(PyObject *module);
 
 #endif /* PROCWIRE_CORE_H */

@@ -64,7 +64,8 @@ PyMODINIT_FUNC PyInit__core(void)
     PyObject *m = PyModule_Create(&core_module);
     if (!m)
         return NULL;
-    if (add_exceptions(m) < 0 || pw_segment_register(m) < 0 || pw_ring_register(m) < 0) {
+    if (add_exceptions(m) < 0 || pw_segment_register(m) < 0 || pw_ring_register(m) < 0 ||
+        pw_pipe_register(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
