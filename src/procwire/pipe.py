@@ -66,18 +66,22 @@ def _capacity_for(capacity: int | None) -> int:
     return 1 << (capacity - 1).bit_length()
 
 
-# Every open Connection of this process, so a fork child can count itself as
-# a holder of the ends it inherited (the kernel already duplicated their fds).
+# Every open Connection of this process, so that a fork child counts as a
+# holder of the ends it inherits (the kernel duplicates their descriptors).
+# The count is taken in the parent, before fork() returns there: a parent that
+# closes its copy right after start() must not see the count reach zero
+# before the child runs. (A failed fork leaves the count one too high; the
+# kernel's view of the descriptors still decides end of life.)
 _live: weakref.WeakSet[Connection] = weakref.WeakSet()
 
 
-def _after_fork_in_child() -> None:
+def _before_fork() -> None:
     for conn in list(_live):
         if not conn.closed:
             conn._add_handle()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork)
 
 
 class Connection(_core.PipeEnd):
@@ -127,6 +131,10 @@ class Connection(_core.PipeEnd):
             self._close()
             _live.discard(self)
             self._segment.close()
+            try:
+                self._segment.buffer.close()  # the mmap holds its own descriptor
+            except BufferError:
+                pass  # another thread's call still uses it: collected later
 
     def statistics(self) -> dict[str, Any]:
         """Counters from the shared header: messages and bytes each way, drops, handles."""

@@ -1022,7 +1022,7 @@ static PyObject *PipeEnd_statistics(PipeEndObject *self, PyObject *unused)
         return NULL;
     struct pw_ring *in = self->in.ring, *out = self->out.ring;
     PyObject *d = Py_BuildValue(
-        "{s:i,s:O,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:O}",
+        "{s:i,s:O,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:O,s:I}",
         "end", self->end, "duplex", self->pipe->pipe_flags & PW_PIPE_DUPLEX ? Py_True : Py_False,
         "capacity_in", (unsigned long long)self->in.capacity,
         "capacity_out", (unsigned long long)self->out.capacity,
@@ -1036,7 +1036,8 @@ static PyObject *PipeEnd_statistics(PipeEndObject *self, PyObject *unused)
         "partial_dropped", (unsigned long long)atomic_load(&self->me->partial_dropped),
         "send_owner_died", (unsigned long long)atomic_load(&self->me->send_owner_died),
         "recv_owner_died", (unsigned long long)atomic_load(&self->me->recv_owner_died),
-        "peer_closed", peer_closed(self) ? Py_True : Py_False);
+        "peer_closed", peer_closed(self) ? Py_True : Py_False,
+        "receivers_waiting", atomic_load(&self->me->readers_waiting));
     leave(self);
     return d;
 }
