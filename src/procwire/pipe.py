@@ -131,10 +131,10 @@ class Connection(_core.PipeEnd):
             self._close()
             _live.discard(self)
             self._segment.close()
-            try:
-                self._segment.buffer.close()  # the mmap holds its own descriptor
-            except BufferError:
-                pass  # another thread's call still uses it: collected later
+        try:
+            self._segment.buffer.close()  # the mmap holds its own descriptor
+        except BufferError:
+            pass  # another thread's call still uses it: closed by a later close() or GC
 
     def statistics(self) -> dict[str, Any]:
         """Counters from the shared header: messages and bytes each way, drops, handles."""

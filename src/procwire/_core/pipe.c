@@ -301,6 +301,10 @@ static int put_record(PipeEndObject *self, pw_msg *m)
             signal_peer(self);
             return 0;
         }
+        if (self->closed) {
+            PyErr_SetString(PyExc_OSError, "handle is closed");
+            return -1;
+        }
         if (peer_hup(self)) {
             raise_broken();
             return -1;
@@ -628,6 +632,11 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
             result = -1;
             break;
         }
+        if (self->closed) { /* close() from another thread of ours */
+            PyErr_SetString(PyExc_OSError, "handle is closed");
+            result = -1;
+            break;
+        }
         if (rc == 1 && atomic_load(&self->in.ring->tail) == tail) {
             result = 1;
             break;
@@ -784,6 +793,10 @@ static PyObject *PipeEnd_poll(PipeEndObject *self, PyObject *const *args, Py_ssi
             int rc = wait_for_data(self, tail, deadline);
             if (rc < 0)
                 break;
+            if (self->closed) {
+                PyErr_SetString(PyExc_OSError, "handle is closed");
+                break;
+            }
             if (rc == 1) {
                 result = PyBool_FromLong(pw_ring_count(&self->in) || peer_hup(self));
                 break;
