@@ -13,6 +13,8 @@ with monotonic deadlines, robust (owner-death aware) mutexes and the message
 ring. Everything a user touches is Python on top of it: ``_segment`` names,
 creates, attaches and cleans up segments; ``queue`` builds the message queues;
 ``pipe`` builds ``Pipe`` and its ``Connection`` ends;
+``sync`` the locks, semaphores, events, conditions and barriers; ``shared``
+the shared ``Value``/``Array``;
 ``signals`` wraps the signal API; ``lessons`` holds the lesson's demo programs;
 ``cli`` is the ``procwire`` command.
 
@@ -40,6 +42,19 @@ _EXPORTS = {
     "Connection": "procwire.pipe",
     "Listener": "procwire.pipe",
     "Client": "procwire.pipe",
+    "OwnerDiedWarning": "procwire.errors",
+    "BrokenBarrierError": "procwire.errors",
+    "Lock": "procwire.sync",
+    "RLock": "procwire.sync",
+    "Semaphore": "procwire.sync",
+    "BoundedSemaphore": "procwire.sync",
+    "Condition": "procwire.sync",
+    "Event": "procwire.sync",
+    "Barrier": "procwire.sync",
+    "Value": "procwire.shared",
+    "Array": "procwire.shared",
+    "RawValue": "procwire.shared",
+    "RawArray": "procwire.shared",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -61,4 +76,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from procwire.errors import Empty, Full, MessageTooLarge, ProcwireError, SegmentError
     from procwire.pipe import Client, Connection, Listener, Pipe
+    from procwire.errors import BrokenBarrierError, OwnerDiedWarning
     from procwire.queue import JoinableQueue, Queue, SimpleQueue
+    from procwire.shared import Array, RawArray, RawValue, Value
+    from procwire.sync import (Barrier, BoundedSemaphore, Condition, Event, Lock, RLock,
+                               Semaphore)

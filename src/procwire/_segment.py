@@ -126,7 +126,10 @@ class Segment:
                 initialise(buffer)
                 os.link(temp, final)  # atomic: fails if the name exists
             except BaseException:
-                buffer.close()
+                try:
+                    buffer.close()
+                except BufferError:
+                    pass  # `initialise` still holds a view; the caller releases it
                 raise
             st = os.fstat(fd)
         except FileExistsError:
@@ -225,11 +228,16 @@ class Segment:
             self._finalizer = None
 
     def close(self) -> None:
-        """Drop this process's mapping; the creator also removes the name.
+        """Drop this process's mapping and descriptors; the creator also removes the name.
 
-        The mmap itself is closed by the garbage collector once the native
-        object has released its view of it.
+        Call after the native object has released its view of the buffer. If
+        a call in another thread still uses it, the mapping is closed by the
+        garbage collector once that call returns.
         """
         if self._finalizer is not None:
             self._finalizer()
             self._finalizer = None
+        try:
+            self.buffer.close()  # mmap holds a dup of the descriptor until closed
+        except BufferError:
+            pass

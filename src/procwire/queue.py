@@ -34,11 +34,13 @@ DEFAULT_CAPACITY = 4 * 1024 * 1024
 _HIGHEST = pickle.HIGHEST_PROTOCOL  # >= 5 on every Python procwire supports
 
 
-def _dumps(obj: Any) -> bytes | list:
-    """Pickle ``obj``; large contiguous buffers travel out of band.
+def _dumps_buffers(obj: Any) -> bytes | list:
+    """Pickle an object that exports a buffer (a numpy array, say).
 
-    Returns bytes, or ``[pickle, buffer, ...]`` when pickle handed out
-    buffers, which the ring then copies directly (one copy, not two).
+    Its data travels out of band: this returns ``[pickle, buffer, ...]`` when
+    pickle hands buffers out, and the ring copies them straight into shared
+    memory (one copy, not two). Other objects the ring pickles directly with
+    ``pickle.dumps(obj, 5)``; buffers nested inside them travel in band.
     """
     buffers: list[pickle.PickleBuffer] = []
     data = pickle.dumps(obj, _HIGHEST, buffer_callback=buffers.append)
@@ -48,6 +50,10 @@ def _dumps(obj: Any) -> bytes | list:
         return [data, *(b.raw() for b in buffers)]
     except BufferError:  # a non-contiguous buffer: let pickle copy it in band
         return pickle.dumps(obj, _HIGHEST)
+
+
+_SERIALIZER = {"dumps": pickle.dumps, "protocol": _HIGHEST, "dumps_buffers": _dumps_buffers,
+               "loads": pickle.loads}
 
 
 def _capacity_for(capacity: int | None) -> int:
@@ -101,10 +107,13 @@ class Queue(_core.Ring):
                 self._segment = None
                 _core.Ring.__init__(self, buffer, create=True, capacity=cap, maxsize=maxsize,
                                     kind=_core.KIND_QUEUE, name=self._display(name),
-                                    dumps=_dumps, loads=pickle.loads)
+                                    **_SERIALIZER)
 
-            segment = Segment.create_named(name, size, initialise)
-            self._segment = segment
+            try:
+                self._segment = Segment.create_named(name, size, initialise)
+            except BaseException:
+                self._release()
+                raise
 
     def _display(self, name: str | None) -> str:
         return f"{self._kind_label}({name!r})" if name else f"anonymous {self._kind_label}"
@@ -114,7 +123,7 @@ class Queue(_core.Ring):
         self._segment = segment
         _core.Ring.__init__(self, segment.buffer, create=create, capacity=capacity,
                             maxsize=maxsize, kind=_core.KIND_QUEUE,
-                            name=self._display(segment.name), dumps=_dumps, loads=pickle.loads)
+                            name=self._display(segment.name), **_SERIALIZER)
 
     # -- by name ----------------------------------------------------------------
 

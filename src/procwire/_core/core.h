@@ -71,11 +71,12 @@ int pw_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline);
 void pw_futex_wake(_Atomic uint32_t *word, int n);
 
 /*
- * Spins until *word != expected or spin_ns pass. Returns 1 if the word
- * changed. Spinning only pays when the peer runs on another CPU: callers
+ * Spins, with the GIL released, until *word != expected or spin_ns pass.
+ * Returns 1 if the word changed. Spinning only pays when the peer runs on another CPU: callers
  * get their budget from pw_spin_budget().
  */
 int pw_spin_while_equal(_Atomic uint64_t *word, uint64_t expected, int64_t spin_ns);
+int pw_spin_while_equal32(_Atomic uint32_t *word, uint32_t expected, int64_t spin_ns);
 
 /* The longest useful spin for this process, 0 if it may run on one CPU only. */
 int64_t pw_spin_budget(void);
@@ -143,6 +144,13 @@ int pw_segment_error(const char *fmt, ...);
 /* -------------------------------------------------------- module plumbing */
 
 int pw_ring_register(PyObject *module);
+int pw_sync_register(PyObject *module);   /* sync.c: Lock, Semaphore, Event, ... */
+int pw_shared_register(PyObject *module); /* shared.c: Value and Array segments  */
+
+/* --------------------------------------------------- sync.c for shared.c */
+
+/* Initialises an embedded or standalone lock. 0 or errno. */
+int pw_lock_init(struct pw_lock *l, int recursive);
 int pw_segment_register(PyObject *module);
 int pw_pipe_register(PyObject *module);
 

@@ -200,5 +200,127 @@ struct pw_pipe {
     struct pw_pipe_end end[2];        /* 64 */
     struct pw_ring ring[2];
 };
+/* ------------------------------------------------------------------------
+ * Synchronisation primitives and shared values (procwire.sync, procwire.shared)
+ *
+ * Every struct below sits at offset 64 of its own segment (after pw_header),
+ * except struct pw_lock, which is also embedded in a Value/Array (the lock
+ * get_lock() returns) and in a Condition (its default RLock). None of these
+ * segments has a data area but Value/Array: data_offset == total_size.
+ * ------------------------------------------------------------------------ */
+
+/*
+ * A robust lock: Lock, RLock, and the lock embedded in Value/Array/Condition.
+ * 128 bytes. The mutex is a glibc robust, process-shared, error-checking
+ * mutex (see mutex.c): the kernel releases it, marked owner-died, when its
+ * holder dies. Its lock word holds the holder's thread id.
+ */
+struct pw_lock {
+    pthread_mutex_t mutex;          /*  0: 40 bytes on x86-64 glibc              */
+    char pad0[PW_CACHELINE - sizeof(pthread_mutex_t)];
+    _Atomic uint32_t depth;         /* 64: RLock recursion depth (holder writes) */
+    _Atomic uint32_t inconsistent;  /* 68: 1 from an owner-died acquire until
+                                           make_consistent()                     */
+    _Atomic uint64_t owner_deaths;  /* 72: acquires that found the holder dead   */
+    _Atomic uint32_t waiters;       /* 80: threads blocked in acquire (advisory) */
+    uint32_t recursive;             /* 84: 1 for an RLock, 0 for a Lock          */
+    _Atomic uint64_t contended;     /* 88: acquires that had to wait             */
+    uint64_t reserved[4];           /* 96..127                                   */
+};
+_Static_assert(sizeof(pthread_mutex_t) <= PW_CACHELINE, "mutex fits one line");
+_Static_assert(sizeof(struct pw_lock) == 128, "pw_lock is two cache lines");
+
+/* Semaphore and BoundedSemaphore. 64 bytes. */
+struct pw_sem {
+    _Atomic uint32_t value;         /*  0: futex word, the count (<= INT32_MAX)  */
+    _Atomic uint32_t waiters;       /*  4: threads blocked in acquire (advisory) */
+    uint32_t maxvalue;              /*  8: the limit: the initial value for a
+                                           BoundedSemaphore, else 2^31-1         */
+    uint32_t bounded;               /* 12: 1 for a BoundedSemaphore              */
+    _Atomic uint64_t acquires;      /* 16: statistics (advisory)                 */
+    _Atomic uint64_t releases;      /* 24 */
+    uint64_t reserved[4];           /* 32..63 */
+};
+_Static_assert(sizeof(struct pw_sem) == 64, "pw_sem is one cache line");
+
+/*
+ * Event. 64 bytes. `state` is the futex word: bit 0 is the flag, bits 31..1
+ * count set() calls that changed it (mod 2^31), so a waiter woken by a set()
+ * that was cleared again before it ran still returns True.
+ */
+struct pw_event {
+    _Atomic uint32_t state;         /*  0 */
+    _Atomic uint32_t waiters;       /*  4: threads blocked in wait (advisory)    */
+    _Atomic uint64_t sets;          /*  8: statistics                            */
+    uint64_t reserved[6];           /* 16..63 */
+};
+_Static_assert(sizeof(struct pw_event) == 64, "pw_event is one cache line");
+
+/* Where a Condition's (or a Value's/Array's) lock lives. */
+enum pw_lock_mode {
+    PW_LOCKMODE_NONE = 0,      /* no lock (RawValue, RawArray, lock=False)              */
+    PW_LOCKMODE_EMBEDDED = 1,  /* the pw_lock inside this segment (an RLock)            */
+    PW_LOCKMODE_NAMED = 2,     /* a named procwire Lock/RLock: lock_name says which     */
+    PW_LOCKMODE_EXTERNAL = 3   /* an anonymous lock passed by the creator; reachable
+                                  only through pickling, not by attaching by name       */
+};
+#define PW_LOCK_NAME_MAX 256
+
+/*
+ * Condition. 448 bytes. Waiters sleep on `seq`; notify(n) bumps it and wakes
+ * n of them (a waiter that read seq just before the bump also returns).
+ */
+struct pw_cond {
+    _Atomic uint32_t seq;           /*   0: futex word                           */
+    _Atomic uint32_t waiters;       /*   4: threads in wait()                     */
+    uint32_t lock_mode;             /*   8: enum pw_lock_mode                     */
+    uint32_t lock_name_len;         /*  12 */
+    _Atomic uint64_t notifies;      /*  16: statistics                            */
+    uint64_t reserved[5];           /*  24..63 */
+    char lock_name[PW_LOCK_NAME_MAX]; /* 64: not NUL-terminated                   */
+    struct pw_lock lock;            /* 320: the default RLock                     */
+};
+_Static_assert(sizeof(struct pw_cond) == 448, "pw_cond layout");
+
+/*
+ * Barrier. 128 bytes. All fields but the futex word `seq` change under
+ * `mutex`; every change that waiters must see (trip, abort, reset) bumps seq.
+ */
+struct pw_barrier {
+    pthread_mutex_t mutex;          /*  0: robust; an owner death breaks the barrier */
+    char pad0[PW_CACHELINE - sizeof(pthread_mutex_t)];
+    _Atomic uint32_t seq;           /* 64: futex word                            */
+    _Atomic uint32_t generation;    /* 68: trips so far (mod 2^32)               */
+    _Atomic uint32_t resets;        /* 72: reset() calls so far                  */
+    _Atomic uint32_t broken;        /* 76: 1 when broken                         */
+    uint32_t parties;               /* 80 */
+    _Atomic uint32_t count;         /* 84: arrived in this generation            */
+    _Atomic uint32_t waiters;       /* 88: threads asleep in wait()              */
+    uint32_t reserved0;             /* 92 */
+    int64_t timeout_ns;             /* 96: default timeout, -1 = None            */
+    _Atomic uint64_t owner_deaths;  /* 104 */
+    uint64_t reserved[2];           /* 112..127 */
+};
+_Static_assert(sizeof(struct pw_barrier) == 128, "pw_barrier is two cache lines");
+
+/*
+ * Value and Array (and their Raw forms). The elements start at data_offset
+ * (64-byte aligned), `length` elements of `elem_size` bytes; a Value has
+ * length 1. ctypes reads and writes them in place.
+ */
+#define PW_TYPECODE_MAX 16
+struct pw_shared {
+    struct pw_lock lock;            /*   0: used when lock_mode is EMBEDDED        */
+    char typecode[PW_TYPECODE_MAX]; /* 128: ctypes _type_ code ("i", "d", ...),
+                                            NUL-padded; "" for a custom ctypes type */
+    uint64_t elem_size;             /* 144 */
+    uint64_t length;                /* 152 */
+    uint32_t lock_mode;             /* 160: enum pw_lock_mode                      */
+    uint32_t lock_name_len;         /* 164 */
+    uint64_t reserved[3];           /* 168..191 */
+    char lock_name[PW_LOCK_NAME_MAX]; /* 192..447 */
+};
+_Static_assert(sizeof(struct pw_shared) == 448, "pw_shared layout");
+#define PW_SHARED_DATA_OFFSET 512u  /* 64 + 448, rounded up to 64 */
 
 #endif /* PROCWIRE_LAYOUT_H */

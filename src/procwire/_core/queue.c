@@ -20,7 +20,9 @@ typedef struct {
     int mapped;          /* view is held */
     int closed;          /* close() was called */
     int active;          /* calls in progress in this process (GIL-protected) */
-    PyObject *dumps;     /* obj -> bytes, or [pickle, buffer, ...] */
+    PyObject *dumps;     /* dumps(obj, protocol) -> bytes */
+    PyObject *protocol;  /* int, the pickle protocol */
+    PyObject *dumps_buffers; /* for buffer exporters: obj -> bytes or [pickle, buffer, ...] */
     PyObject *loads;     /* loads(data, buffers=None) */
     PyObject *name;      /* str, for messages */
 } RingObject;
@@ -63,21 +65,22 @@ static void leave(RingObject *self)
 
 static int Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", "create", "capacity", "maxsize", "kind",
-                             "name", "dumps", "loads", NULL};
-    PyObject *buffer, *name, *dumps, *loads;
+    static char *kwlist[] = {"buffer", "create", "capacity", "maxsize", "kind", "name",
+                             "dumps", "protocol", "dumps_buffers", "loads", NULL};
+    PyObject *buffer, *name, *dumps, *protocol, *dumps_buffers, *loads;
     int create = 0;
     unsigned long long capacity = 0;
     unsigned int maxsize = 0, kind = PW_KIND_QUEUE;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$pKIIUOO:Ring", kwlist, &buffer, &create,
-                                     &capacity, &maxsize, &kind, &name, &dumps, &loads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$pKIIUOO!OO:Ring", kwlist, &buffer, &create,
+                                     &capacity, &maxsize, &kind, &name, &dumps, &PyLong_Type,
+                                     &protocol, &dumps_buffers, &loads))
         return -1;
     if (self->mapped) {
         PyErr_SetString(PyExc_RuntimeError, "Ring.__init__ called twice");
         return -1;
     }
-    if (!PyCallable_Check(dumps) || !PyCallable_Check(loads)) {
-        PyErr_SetString(PyExc_TypeError, "dumps and loads must be callables");
+    if (!PyCallable_Check(dumps) || !PyCallable_Check(loads) || !PyCallable_Check(dumps_buffers)) {
+        PyErr_SetString(PyExc_TypeError, "dumps, dumps_buffers and loads must be callables");
         return -1;
     }
     if (kind == 0 || kind >= PW_KIND_MAX_) {
@@ -89,6 +92,8 @@ static int Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
     self->mapped = 1;
     Py_XSETREF(self->name, Py_NewRef(name));
     Py_XSETREF(self->dumps, Py_NewRef(dumps));
+    Py_XSETREF(self->protocol, Py_NewRef(protocol));
+    Py_XSETREF(self->dumps_buffers, Py_NewRef(dumps_buffers));
     Py_XSETREF(self->loads, Py_NewRef(loads));
     const char *what = PyUnicode_AsUTF8(name);
     if (!what)
@@ -152,6 +157,8 @@ static void Ring_dealloc(RingObject *self)
     release_mapping(self);
     Py_CLEAR(self->name);
     Py_CLEAR(self->dumps);
+    Py_CLEAR(self->protocol);
+    Py_CLEAR(self->dumps_buffers);
     Py_CLEAR(self->loads);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -270,7 +277,15 @@ static int msg_prepare(RingObject *self, PyObject *obj, pw_msg *m)
         m->part[0] = m->views[0].buf;
         m->len = m->part_len[0] = (uint64_t)m->views[0].len;
     } else {
-        PyObject *data = PyObject_CallOneArg(self->dumps, obj);
+        /* Objects that export a buffer (numpy arrays, ...) may travel out
+         * of band; everything else takes the direct dumps(obj, protocol). */
+        PyObject *data;
+        if (PyObject_CheckBuffer(obj)) {
+            data = PyObject_CallOneArg(self->dumps_buffers, obj);
+        } else {
+            PyObject *callargs[2] = {obj, self->protocol};
+            data = PyObject_Vectorcall(self->dumps, callargs, 2, NULL);
+        }
         if (!data)
             return -1;
         m->keep = data;
@@ -323,6 +338,12 @@ static PyObject *record_to_object(RingObject *self, pw_record *rec)
 }
 
 /* ------------------------------------------------------------ put / get */
+
+static int lock_side_for_test(pthread_mutex_t *m)
+{
+    enum pw_lock_result r = pw_mutex_lock(m, PW_FOREVER);
+    return r == PW_LOCK_ERROR ? -1 : 0;
+}
 
 static PyObject *raise_full(Py_ssize_t done, Py_ssize_t n)
 {
@@ -645,6 +666,37 @@ static PyObject *Ring_release(RingObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/*
+ * Crash-test hooks: take a side's lock (and optionally write a record without
+ * publishing it) and return with the lock held, so that a test process can
+ * SIGKILL itself at exactly the worst moment. Never used by the library.
+ */
+static PyObject *Ring_debug_die_holding(RingObject *self, PyObject *args)
+{
+    const char *side;
+    Py_buffer partial = {0};
+    if (!PyArg_ParseTuple(args, "s|y*:_debug_die_holding", &side, &partial))
+        return NULL;
+    struct pw_ring *r = self->rr.ring;
+    int producer = strcmp(side, "tail") == 0;
+    PyObject *result = NULL;
+    if (!self->mapped || (!producer && strcmp(side, "head") != 0)) {
+        PyErr_SetString(PyExc_ValueError, "side must be 'head' or 'tail' on an open ring");
+    } else if (lock_side_for_test(producer ? &r->tail_lock : &r->head_lock) == 0) {
+        if (producer && partial.buf) {
+            /* Half a message: bytes beyond the tail, never published. */
+            uint32_t hdr[2] = {(uint32_t)partial.len, PW_REC_BYTES};
+            uint64_t tail = atomic_load(&r->tail);
+            memcpy(self->rr.data + (pw_pos(tail) & (self->rr.capacity - 1)), hdr,
+                   sizeof hdr);
+        }
+        result = Py_NewRef(Py_None);
+    }
+    if (partial.buf)
+        PyBuffer_Release(&partial);
+    return result;
+}
+
 static PyObject *Ring_segment_size(PyObject *cls, PyObject *arg)
 {
     unsigned long long cap = PyLong_AsUnsignedLongLong(arg);
@@ -699,6 +751,7 @@ static PyMethodDef Ring_methods[] = {
     {"_join", (PyCFunction)(void (*)(void))Ring_join, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_statistics", (PyCFunction)Ring_statistics, METH_NOARGS, NULL},
     {"_release", (PyCFunction)Ring_release, METH_NOARGS, NULL},
+    {"_debug_die_holding", (PyCFunction)Ring_debug_die_holding, METH_VARARGS, NULL},
     {"_segment_size", (PyCFunction)Ring_segment_size, METH_O | METH_STATIC, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -715,7 +768,7 @@ static PyTypeObject RingType = {
     .tp_name = "procwire._core.Ring",
     .tp_basicsize = sizeof(RingObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Ring(buffer, *, create, capacity, maxsize, kind, name, dumps, loads)\n--\n\n"
+    .tp_doc = "Ring(buffer, *, create, capacity, maxsize, kind, name, dumps, protocol, dumps_buffers, loads)\n--\n\n"
               "A multi-producer multi-consumer message ring in a shared segment.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Ring_init,

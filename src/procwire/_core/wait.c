@@ -96,22 +96,54 @@ void pw_futex_wake(_Atomic uint32_t *word, int n)
     syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, n, NULL, NULL, 0);
 }
 
+/* The spin loops themselves: no GIL handling, no system calls. Reading the
+ * clock costs ~20 ns through the vDSO, so it is read every 64 relaxes. */
+#define SPIN_UNTIL_CHANGED(load_expr, expected, spin_ns)                       \
+    do {                                                                       \
+        int64_t end_ = pw_now_ns() + (spin_ns);                                \
+        for (;;) {                                                             \
+            for (int i_ = 0; i_ < 64; i_++) {                                  \
+                if ((load_expr) != (expected))                                 \
+                    return 1;                                                  \
+                pw_cpu_relax();                                                \
+            }                                                                  \
+            if (pw_now_ns() >= end_)                                           \
+                return 0;                                                      \
+        }                                                                      \
+    } while (0)
+
+static int spin64(_Atomic uint64_t *word, uint64_t expected, int64_t spin_ns)
+{
+    SPIN_UNTIL_CHANGED(atomic_load_explicit(word, memory_order_acquire), expected, spin_ns);
+}
+
+static int spin32(_Atomic uint32_t *word, uint32_t expected, int64_t spin_ns)
+{
+    SPIN_UNTIL_CHANGED(atomic_load_explicit(word, memory_order_acquire), expected, spin_ns);
+}
+
+/* Spinning waits for another process, so other threads of this one keep
+ * the GIL meanwhile. */
 int pw_spin_while_equal(_Atomic uint64_t *word, uint64_t expected, int64_t spin_ns)
 {
     if (spin_ns <= 0)
         return atomic_load_explicit(word, memory_order_acquire) != expected;
-    int64_t end = pw_now_ns() + spin_ns;
-    for (;;) {
-        /* Reading the clock costs ~20 ns through the vDSO: check it only
-         * every 64 relaxes. */
-        for (int i = 0; i < 64; i++) {
-            if (atomic_load_explicit(word, memory_order_acquire) != expected)
-                return 1;
-            pw_cpu_relax();
-        }
-        if (pw_now_ns() >= end)
-            return 0;
-    }
+    int changed;
+    Py_BEGIN_ALLOW_THREADS
+    changed = spin64(word, expected, spin_ns);
+    Py_END_ALLOW_THREADS
+    return changed;
+}
+
+int pw_spin_while_equal32(_Atomic uint32_t *word, uint32_t expected, int64_t spin_ns)
+{
+    if (spin_ns <= 0)
+        return atomic_load_explicit(word, memory_order_acquire) != expected;
+    int changed;
+    Py_BEGIN_ALLOW_THREADS
+    changed = spin32(word, expected, spin_ns);
+    Py_END_ALLOW_THREADS
+    return changed;
 }
 
 int64_t pw_spin_budget(void)

@@ -1,0 +1,4 @@
+"""``python -m procwire`` is the ``procwire`` command."""
+from procwire.cli import main
+
+main()

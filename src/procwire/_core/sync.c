@@ -1,0 +1,1369 @@
+/*
+ * sync.c -- _core.Lock, Semaphore, Event, Condition and Barrier: the native
+ * bases of procwire.sync's classes.
+ *
+ * Every object maps one segment (or, for a lock inside a Value, Array or
+ * Condition, part of one) and keeps its state in the structs of layout.h.
+ * Python creates the segment, calls _core.sync_init() to lay it out, and then
+ * opens it with the type's constructor, which validates it: creating and
+ * attaching share one path.
+ *
+ * Locks are robust pthread mutexes (mutex.c). Semaphores, events, conditions
+ * and barriers are futex words. Every blocking wait follows core.h's rules,
+ * and sleeps in slices of at most PW_LOCK_SLICE_NS so that a signal delivered
+ * to another thread of the process still reaches PyErr_CheckSignals promptly.
+ */
+#include "core.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static PyObject *PwExc_OwnerDiedWarning;
+static PyObject *PwExc_BrokenBarrierError;
+
+/* ------------------------------------------------------------ thread ids */
+
+/* The calling thread's kernel tid, cached; a forked child resets the cache
+ * (pthread_atfork), as the forking thread gets a new tid there. */
+static _Thread_local pid_t cached_tid;
+
+static void reset_tid(void)
+{
+    cached_tid = 0;
+}
+
+static inline pid_t my_tid(void)
+{
+    if (!cached_tid)
+        cached_tid = (pid_t)syscall(SYS_gettid);
+    return cached_tid;
+}
+
+/* The holder's tid, from the mutex's lock word (0 when free). */
+static inline pid_t mutex_holder(pthread_mutex_t *m)
+{
+    int word = atomic_load_explicit((_Atomic int *)&m->__data.__lock, memory_order_relaxed);
+    return (pid_t)(word & FUTEX_TID_MASK);
+}
+
+static inline int mutex_owner_died(pthread_mutex_t *m)
+{
+    int word = atomic_load_explicit((_Atomic int *)&m->__data.__lock, memory_order_relaxed);
+    return (word & FUTEX_OWNER_DIED) != 0;
+}
+
+/* --------------------------------------------------------------- waiting */
+
+/*
+ * Sleeps while *word == expected, in slices, until woken, the deadline, or a
+ * signal handler raises. Returns 0 (woken or word changed: re-check), 1 on
+ * timeout, -1 with an exception set.
+ */
+static int sliced_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline)
+{
+    int64_t now = pw_now_ns();
+    if (now >= deadline)
+        return 1;
+    int64_t until = deadline - now > PW_LOCK_SLICE_NS ? now + PW_LOCK_SLICE_NS : deadline;
+    int r = pw_futex_wait(word, expected, until);
+    if (r == 1) {
+        if (until == deadline)
+            return 1;
+        if (PyErr_CheckSignals() < 0)
+            return -1;
+        return 0;
+    }
+    return r;
+}
+
+static int spin_while_equal32(_Atomic uint32_t *word, uint32_t expected)
+{
+    return pw_spin_while_equal32(word, expected, pw_spin_budget());
+}
+
+/* ------------------------------------------------------- common object */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    int mapped;
+    void *p;          /* the kind's struct inside the mapping */
+    PyObject *name;   /* str, for messages */
+} SyncObject;
+
+static void sync_release(SyncObject *self)
+{
+    if (self->mapped) {
+        self->mapped = 0;
+        self->p = NULL;
+        PyBuffer_Release(&self->view);
+    }
+}
+
+static void Sync_dealloc(SyncObject *self)
+{
+    sync_release(self);
+    Py_CLEAR(self->name);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Sync_get_name(SyncObject *self, void *closure)
+{
+    return Py_NewRef(self->name ? self->name : Py_None);
+}
+
+static inline int check_open(SyncObject *self)
+{
+    if (self->p)
+        return 0;
+    PyErr_Format(PyExc_ValueError, "%R is not open", self->name ? self->name : Py_None);
+    return -1;
+}
+
+/*
+ * Maps `buffer` for a sync object: validates the common header against one of
+ * the accepted kinds and returns the struct at the kind's offset, or NULL
+ * with SegmentError set.
+ */
+static void *sync_map(SyncObject *self, PyObject *buffer, PyObject *name, const uint32_t *kinds,
+                      int nkinds, uint32_t *kind_out)
+{
+    if (self->mapped) {
+        PyErr_SetString(PyExc_RuntimeError, "__init__ called twice");
+        return NULL;
+    }
+    if (!PyUnicode_Check(name)) {
+        PyErr_SetString(PyExc_TypeError, "name must be a str");
+        return NULL;
+    }
+    const char *what = PyUnicode_AsUTF8(name);
+    if (!what)
+        return NULL;
+    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    self->mapped = 1;
+    Py_XSETREF(self->name, Py_NewRef(name));
+    const struct pw_header *h = self->view.buf;
+    if (pw_header_validate(h, self->view.len, 0, what) < 0)
+        goto fail;
+    int ok = 0;
+    for (int i = 0; i < nkinds; i++)
+        ok |= h->kind == kinds[i];
+    if (!ok) {
+        pw_segment_error("%s is a %s, not a %s", what, pw_kind_name(h->kind),
+                         pw_kind_name(kinds[0]));
+        goto fail;
+    }
+    size_t need, off = sizeof *h;
+    switch (h->kind) {
+    case PW_KIND_LOCK:
+    case PW_KIND_RLOCK: need = sizeof(struct pw_lock); break;
+    case PW_KIND_SEMAPHORE: need = sizeof(struct pw_sem); break;
+    case PW_KIND_EVENT: need = sizeof(struct pw_event); break;
+    case PW_KIND_CONDITION: need = sizeof(struct pw_cond); break;
+    case PW_KIND_BARRIER: need = sizeof(struct pw_barrier); break;
+    case PW_KIND_VALUE:
+    case PW_KIND_ARRAY: need = sizeof(struct pw_shared); break;
+    default: need = SIZE_MAX;
+    }
+    if (h->header_size != need) {
+        pw_segment_error("%s is corrupt: its %s header is %u bytes, expected %zu", what,
+                         pw_kind_name(h->kind), h->header_size, need);
+        goto fail;
+    }
+    *kind_out = h->kind;
+    self->p = (char *)self->view.buf + off;
+    return self->p;
+fail:
+    sync_release(self);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ sync_init */
+
+int pw_lock_init(struct pw_lock *l, int recursive)
+{
+    memset(l, 0, sizeof *l);
+    l->recursive = recursive ? 1 : 0;
+    return pw_mutex_init(&l->mutex);
+}
+
+static int init_mutex_or_raise(pthread_mutex_t *m)
+{
+    int rc = pw_mutex_init(m);
+    if (rc) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+static size_t kind_struct_size(uint32_t kind)
+{
+    switch (kind) {
+    case PW_KIND_LOCK:
+    case PW_KIND_RLOCK: return sizeof(struct pw_lock);
+    case PW_KIND_SEMAPHORE: return sizeof(struct pw_sem);
+    case PW_KIND_EVENT: return sizeof(struct pw_event);
+    case PW_KIND_CONDITION: return sizeof(struct pw_cond);
+    case PW_KIND_BARRIER: return sizeof(struct pw_barrier);
+    default: return 0;
+    }
+}
+
+/* _core.sync_size(kind) -> bytes of a segment of that kind. */
+static PyObject *sync_size(PyObject *mod, PyObject *arg)
+{
+    unsigned long kind = PyLong_AsUnsignedLong(arg);
+    if (kind == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    size_t s = kind < PW_KIND_MAX_ ? kind_struct_size((uint32_t)kind) : 0;
+    if (!s) {
+        PyErr_Format(PyExc_ValueError, "kind %lu is not a synchronisation primitive", kind);
+        return NULL;
+    }
+    return PyLong_FromSize_t(sizeof(struct pw_header) + s);
+}
+
+/*
+ * _core.sync_init(buffer, kind, *, value=0, maxvalue=0, parties=0,
+ *                 timeout_ns=-1, lock_mode=0, lock_name=b"")
+ * Lays out a fresh segment of `kind` in `buffer` and publishes it. Keeps no
+ * reference to the buffer.
+ */
+static PyObject *sync_init(PyObject *mod, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "kind", "value", "bounded", "parties", "timeout_ns",
+                             "lock_mode", "lock_name", NULL};
+    Py_buffer view, lname = {0};
+    unsigned int kind, value = 0, bounded = 0, parties = 0, lock_mode = 0;
+    long long timeout_ns = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "w*I|$IIILIy*:sync_init", kwlist, &view, &kind,
+                                     &value, &bounded, &parties, &timeout_ns, &lock_mode,
+                                     &lname))
+        return NULL;
+    PyObject *result = NULL;
+    size_t s = kind < PW_KIND_MAX_ ? kind_struct_size(kind) : 0;
+    size_t total = sizeof(struct pw_header) + s;
+    if (!s) {
+        PyErr_Format(PyExc_ValueError, "kind %u is not a synchronisation primitive", kind);
+        goto out;
+    }
+    if ((size_t)view.len != total) {
+        PyErr_Format(PyExc_ValueError, "buffer is %zd bytes; a %s needs %zu", view.len,
+                     pw_kind_name(kind), total);
+        goto out;
+    }
+    if (lname.buf && lname.len > PW_LOCK_NAME_MAX) {
+        PyErr_SetString(PyExc_ValueError, "lock name too long");
+        goto out;
+    }
+    struct pw_header *h = view.buf;
+    memset(view.buf, 0, total);
+    pw_header_init(h, kind, total, (uint32_t)s, total);
+    void *p = h + 1;
+    int rc = 0;
+    switch (kind) {
+    case PW_KIND_LOCK:
+    case PW_KIND_RLOCK:
+        rc = pw_lock_init(p, kind == PW_KIND_RLOCK);
+        break;
+    case PW_KIND_SEMAPHORE: {
+        struct pw_sem *sem = p;
+        if (value > INT32_MAX) {
+            PyErr_Format(PyExc_ValueError, "semaphore value %u out of range", value);
+            goto out;
+        }
+        atomic_store(&sem->value, value);
+        sem->maxvalue = bounded ? value : INT32_MAX;
+        sem->bounded = bounded ? 1 : 0;
+        break;
+    }
+    case PW_KIND_EVENT:
+        break;
+    case PW_KIND_CONDITION: {
+        struct pw_cond *c = p;
+        c->lock_mode = lock_mode;
+        if (lname.buf) {
+            memcpy(c->lock_name, lname.buf, lname.len);
+            c->lock_name_len = (uint32_t)lname.len;
+        }
+        rc = pw_lock_init(&c->lock, 1);
+        break;
+    }
+    case PW_KIND_BARRIER: {
+        struct pw_barrier *b = p;
+        if (parties < 1 || parties > INT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "parties must be at least 1");
+            goto out;
+        }
+        b->parties = parties;
+        b->timeout_ns = timeout_ns;
+        if (init_mutex_or_raise(&b->mutex) < 0)
+            goto out;
+        break;
+    }
+    }
+    if (rc) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto out;
+    }
+    pw_header_publish(h);
+    result = Py_NewRef(Py_None);
+out:
+    PyBuffer_Release(&view);
+    if (lname.buf)
+        PyBuffer_Release(&lname);
+    return result;
+}
+
+/* ============================================================== Lock */
+
+typedef struct {
+    SyncObject base;
+    struct pw_lock *lock;
+} LockObject;
+
+static int Lock_init(LockObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "name", "recursive", NULL};
+    PyObject *buffer, *name;
+    int recursive = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OU|$p:Lock", kwlist, &buffer, &name,
+                                     &recursive))
+        return -1;
+    static const uint32_t kinds[] = {PW_KIND_LOCK, PW_KIND_RLOCK, PW_KIND_VALUE, PW_KIND_ARRAY,
+                                     PW_KIND_CONDITION};
+    uint32_t kind;
+    void *p = sync_map(&self->base, buffer, name, kinds, 5, &kind);
+    if (!p)
+        return -1;
+    struct pw_lock *l;
+    if (kind == PW_KIND_LOCK || kind == PW_KIND_RLOCK)
+        l = p;
+    else if (kind == PW_KIND_CONDITION)
+        l = &((struct pw_cond *)p)->lock;
+    else
+        l = &((struct pw_shared *)p)->lock;
+    if (l->recursive != (uint32_t)recursive) {
+        pw_segment_error("%U holds %s, not %s", name, l->recursive ? "an RLock" : "a Lock",
+                         recursive ? "an RLock" : "a Lock");
+        sync_release(&self->base);
+        return -1;
+    }
+    self->lock = l;
+    return 0;
+}
+
+static void Lock_dealloc(LockObject *self)
+{
+    self->lock = NULL;
+    Sync_dealloc(&self->base);
+}
+
+static inline struct pw_lock *lock_of(LockObject *self)
+{
+    if (!self->base.p) {
+        check_open(&self->base);
+        return NULL;
+    }
+    return self->lock;
+}
+
+/* We hold the mutex now; its previous holder died holding it. */
+static PyObject *owner_died(LockObject *self, struct pw_lock *l)
+{
+    atomic_fetch_add(&l->owner_deaths, 1);
+    atomic_store(&l->inconsistent, 1);
+    atomic_store_explicit(&l->depth, 1, memory_order_relaxed);
+    if (PyErr_WarnFormat(PwExc_OwnerDiedWarning, 1,
+                         "%U: a process died while holding this lock; it is yours now, "
+                         "but what it protected may be half-updated. Repair it, then call "
+                         "make_consistent()", self->base.name) < 0) {
+        /* Warnings are errors here: do not keep a lock we report failing to take. */
+        atomic_store_explicit(&l->depth, 0, memory_order_relaxed);
+        pthread_mutex_unlock(&l->mutex);
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
+                                   int64_t deadline)
+{
+    if (rc != EBUSY && rc != EDEADLK) {
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (rc == EDEADLK || mutex_holder(&l->mutex) == my_tid()) {
+        /* A Lock this thread already holds: only another thread could release
+         * it, and procwire locks are released by their holder only. */
+        if (deadline == PW_FOREVER) {
+            PyErr_Format(PyExc_RuntimeError,
+                         "%U: this thread already holds this Lock, so acquire() would wait "
+                         "forever (use an RLock for re-entrant locking)", self->base.name);
+            return NULL;
+        }
+        _Atomic uint32_t never = 0;
+        for (;;) {
+            int r = sliced_wait(&never, 0, deadline);
+            if (r < 0)
+                return NULL;
+            if (r == 1)
+                Py_RETURN_FALSE;
+        }
+    }
+    if (deadline == 0)
+        Py_RETURN_FALSE;
+    /* Adaptive: a lock held for a few microseconds is cheaper to spin for
+     * than to sleep on, when the holder runs on another CPU. */
+    int64_t budget = pw_spin_budget();
+    if (budget > 0) {
+        int64_t end = pw_now_ns() + budget;
+        if (end > deadline)
+            end = deadline;
+        rc = EBUSY;
+        /* Other threads of this process run while we spin; taking the GIL
+         * back while holding the mutex is safe (core.h, rule 4). */
+        Py_BEGIN_ALLOW_THREADS
+        do {
+            for (int i = 0; i < 64 && rc == EBUSY; i++) {
+                if (mutex_holder(&l->mutex) == 0 || mutex_owner_died(&l->mutex))
+                    rc = pthread_mutex_trylock(&l->mutex);
+                if (rc == EBUSY)
+                    pw_cpu_relax();
+            }
+        } while (rc == EBUSY && pw_now_ns() < end);
+        Py_END_ALLOW_THREADS
+        if (rc == 0)
+            goto acquired;
+        if (rc == EOWNERDEAD) {
+            pthread_mutex_consistent(&l->mutex);
+            return owner_died(self, l);
+        }
+    }
+    atomic_fetch_add(&l->contended, 1);
+    atomic_fetch_add(&l->waiters, 1);
+    enum pw_lock_result r = pw_mutex_lock(&l->mutex, deadline);
+    atomic_fetch_sub(&l->waiters, 1);
+    switch (r) {
+    case PW_LOCK_OK:
+        goto acquired;
+    case PW_LOCK_OWNER_DIED:
+        return owner_died(self, l);
+    case PW_LOCK_TIMEOUT:
+        Py_RETURN_FALSE;
+    default:
+        return NULL;
+    }
+acquired:
+    atomic_store_explicit(&l->depth, 1, memory_order_relaxed);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Lock_acquire(LockObject *self, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames)
+{
+    static const char *const names[] = {"block", "timeout"};
+    PyObject *a[2] = {NULL, NULL};
+    int64_t deadline = PW_FOREVER;
+    if (nargs || kwnames) {
+        /* Parse (and reject bad timeouts) before taking the lock. */
+        if (pw_parse_args("acquire", args, nargs, kwnames, names, 2, 0, a) < 0 ||
+            pw_parse_block_timeout(a[0], a[1], &deadline) < 0)
+            return NULL;
+    }
+    struct pw_lock *l = lock_of(self);
+    if (!l)
+        return NULL;
+    if (l->recursive && mutex_holder(&l->mutex) == my_tid()) {
+        if (l->depth == UINT32_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "RLock recursion too deep");
+            return NULL;
+        }
+        atomic_store_explicit(&l->depth, l->depth + 1, memory_order_relaxed);
+        Py_RETURN_TRUE;
+    }
+    int rc = pthread_mutex_trylock(&l->mutex);
+    if (rc == 0) {
+        atomic_store_explicit(&l->depth, 1, memory_order_relaxed);
+        Py_RETURN_TRUE;
+    }
+    if (rc == EOWNERDEAD) {
+        pthread_mutex_consistent(&l->mutex);
+        return owner_died(self, l);
+    }
+    return lock_acquire_slow(self, l, rc, deadline);
+}
+
+static int lock_release(LockObject *self, struct pw_lock *l)
+{
+    pid_t holder = mutex_holder(&l->mutex);
+    if (holder != my_tid() || mutex_owner_died(&l->mutex)) {
+        if (l->recursive) {
+            PyErr_SetString(PyExc_AssertionError,
+                            "attempt to release recursive lock not owned by thread");
+        } else if (holder == 0) {
+            PyErr_SetString(PyExc_ValueError, "semaphore or lock released too many times");
+        } else {
+            PyErr_Format(PyExc_RuntimeError,
+                         "%U is held by thread %d, not by this thread: a procwire Lock can "
+                         "only be released by the thread that acquired it (unlike "
+                         "multiprocessing.Lock). To signal another process, use a "
+                         "Semaphore or an Event", self->base.name, (int)holder);
+        }
+        return -1;
+    }
+    if (l->recursive) {
+        uint32_t d = atomic_load_explicit(&l->depth, memory_order_relaxed);
+        if (d > 1) {
+            atomic_store_explicit(&l->depth, d - 1, memory_order_relaxed);
+            return 0;
+        }
+    }
+    atomic_store_explicit(&l->depth, 0, memory_order_relaxed);
+    int rc = pthread_mutex_unlock(&l->mutex);
+    if (rc) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Lock_release(LockObject *self, PyObject *unused)
+{
+    struct pw_lock *l = lock_of(self);
+    if (!l || lock_release(self, l) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lock_exit(LockObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return Lock_release(self, NULL);
+}
+
+static PyObject *Lock_is_mine(LockObject *self, PyObject *unused)
+{
+    struct pw_lock *l = lock_of(self);
+    if (!l)
+        return NULL;
+    return PyBool_FromLong(mutex_holder(&l->mutex) == my_tid() && !mutex_owner_died(&l->mutex));
+}
+
+static PyObject *Lock_count(LockObject *self, PyObject *unused)
+{
+    struct pw_lock *l = lock_of(self);
+    if (!l)
+        return NULL;
+    int mine = mutex_holder(&l->mutex) == my_tid() && !mutex_owner_died(&l->mutex);
+    return PyLong_FromUnsignedLong(mine ? l->depth : 0);
+}
+
+/* _release_save() -> depth: releases entirely (Condition.wait). */
+static PyObject *Lock_release_save(LockObject *self, PyObject *unused)
+{
+    struct pw_lock *l = lock_of(self);
+    if (!l)
+        return NULL;
+    if (mutex_holder(&l->mutex) != my_tid()) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot release un-acquired lock");
+        return NULL;
+    }
+    uint32_t depth = l->depth ? l->depth : 1;
+    atomic_store_explicit(&l->depth, 1, memory_order_relaxed);
+    if (lock_release(self, l) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLong(depth);
+}
+
+/* _acquire_restore(depth): re-takes the lock, blocking, with that depth. */
+static PyObject *Lock_acquire_restore(LockObject *self, PyObject *arg)
+{
+    unsigned long depth = PyLong_AsUnsignedLong(arg);
+    if (depth == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    struct pw_lock *l = lock_of(self);
+    if (!l)
+        return NULL;
+    PyObject *r = Lock_acquire(self, NULL, 0, NULL);
+    if (!r)
+        return NULL;
+    Py_DECREF(r);
+    atomic_store_explicit(&l->depth, depth ? (uint32_t)depth : 1, memory_order_relaxed);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lock_make_consistent(LockObject *self, PyObject *unused)
+{
+    struct pw_lock *l = lock_of(self);
+    if (!l)
+        return NULL;
+    if (mutex_holder(&l->mutex) != my_tid()) {
+        PyErr_Format(PyExc_RuntimeError, "%U: make_consistent() must be called while holding "
+                     "the lock, after repairing what it protects", self->base.name);
+        return NULL;
+    }
+    atomic_store(&l->inconsistent, 0);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lock_get_owner_died(LockObject *self, void *closure)
+{
+    struct pw_lock *l = lock_of(self);
+    if (!l)
+        return NULL;
+    return PyBool_FromLong(atomic_load(&l->inconsistent) || mutex_owner_died(&l->mutex));
+}
+
+static PyObject *Lock_stats(LockObject *self, PyObject *unused)
+{
+    struct pw_lock *l = lock_of(self);
+    if (!l)
+        return NULL;
+    pid_t holder = mutex_holder(&l->mutex);
+    return Py_BuildValue("{s:i,s:O,s:I,s:O,s:K,s:I,s:K,s:O}", "holder_tid", (int)holder,
+                         "locked", holder ? Py_True : Py_False, "depth",
+                         holder ? (unsigned)l->depth : 0u, "owner_died",
+                         (atomic_load(&l->inconsistent) || mutex_owner_died(&l->mutex))
+                             ? Py_True : Py_False,
+                         "owner_deaths", (unsigned long long)atomic_load(&l->owner_deaths),
+                         "waiters", (unsigned)atomic_load(&l->waiters), "contended",
+                         (unsigned long long)atomic_load(&l->contended), "holder_dead",
+                         mutex_owner_died(&l->mutex) ? Py_True : Py_False);
+}
+
+static PyObject *Sync_close(SyncObject *self, PyObject *unused)
+{
+    sync_release(self);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Lock_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))Lock_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "acquire(block=True, timeout=None) -> bool"},
+    {"release", (PyCFunction)Lock_release, METH_NOARGS, "release()"},
+    {"__enter__", (PyCFunction)(void (*)(void))Lock_acquire, METH_FASTCALL | METH_KEYWORDS,
+     NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Lock_exit, METH_FASTCALL, NULL},
+    {"_is_mine", (PyCFunction)Lock_is_mine, METH_NOARGS, NULL},
+    {"_count", (PyCFunction)Lock_count, METH_NOARGS, NULL},
+    {"_release_save", (PyCFunction)Lock_release_save, METH_NOARGS, NULL},
+    {"_acquire_restore", (PyCFunction)Lock_acquire_restore, METH_O, NULL},
+    {"make_consistent", (PyCFunction)Lock_make_consistent, METH_NOARGS,
+     "make_consistent()\n--\n\nAfter an acquire that found the previous holder dead, and "
+     "after repairing the state the lock protects: clear owner_died. Hold the lock."},
+    {"_stats", (PyCFunction)Lock_stats, METH_NOARGS, NULL},
+    {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Lock_getset[] = {
+    {"owner_died", (getter)Lock_get_owner_died, NULL,
+     "True from an acquire() that found the previous holder dead until make_consistent().",
+     NULL},
+    {"_display", (getter)Sync_get_name, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject LockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "procwire._core.Lock",
+    .tp_basicsize = sizeof(LockObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Lock(buffer, name, *, recursive=False): a robust lock in a mapped segment.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Lock_init,
+    .tp_dealloc = (destructor)Lock_dealloc,
+    .tp_methods = Lock_methods,
+    .tp_getset = Lock_getset,
+};
+
+/* ========================================================= Semaphore */
+
+static int Semaphore_init(SyncObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "name", NULL};
+    PyObject *buffer, *name;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OU:Semaphore", kwlist, &buffer, &name))
+        return -1;
+    static const uint32_t kinds[] = {PW_KIND_SEMAPHORE};
+    uint32_t kind;
+    struct pw_sem *s = sync_map(self, buffer, name, kinds, 1, &kind);
+    if (!s)
+        return -1;
+    if (s->maxvalue > INT32_MAX || s->bounded > 1 ||
+        atomic_load(&s->value) > s->maxvalue) {
+        pw_segment_error("%U is corrupt: value %u, maxvalue %u", name,
+                         (unsigned)atomic_load(&s->value), s->maxvalue);
+        sync_release(self);
+        return -1;
+    }
+    return 0;
+}
+
+static inline int sem_trydown(struct pw_sem *s)
+{
+    uint32_t v = atomic_load_explicit(&s->value, memory_order_relaxed);
+    while (v > 0) {
+        if (atomic_compare_exchange_weak(&s->value, &v, v - 1))
+            return 1;
+    }
+    return 0;
+}
+
+static PyObject *Semaphore_acquire(SyncObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                   PyObject *kwnames)
+{
+    static const char *const names[] = {"block", "timeout"};
+    PyObject *a[2] = {NULL, NULL};
+    int64_t deadline = PW_FOREVER;
+    if (nargs || kwnames) {
+        if (pw_parse_args("acquire", args, nargs, kwnames, names, 2, 0, a) < 0 ||
+            pw_parse_block_timeout(a[0], a[1], &deadline) < 0)
+            return NULL;
+    }
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_sem *s = self->p;
+    if (sem_trydown(s))
+        goto got;
+    if (deadline == 0)
+        Py_RETURN_FALSE;
+    if (spin_while_equal32(&s->value, 0) && sem_trydown(s))
+        goto got;
+    atomic_fetch_add(&s->waiters, 1);
+    for (;;) {
+        if (sem_trydown(s))
+            break;
+        int r = sliced_wait(&s->value, 0, deadline);
+        if (r != 0) {
+            atomic_fetch_sub(&s->waiters, 1);
+            if (r < 0)
+                return NULL;
+            Py_RETURN_FALSE;
+        }
+    }
+    atomic_fetch_sub(&s->waiters, 1);
+got:
+    atomic_fetch_add_explicit(&s->acquires, 1, memory_order_relaxed);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Semaphore_release(SyncObject *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_sem *s = self->p;
+    uint32_t v = atomic_load_explicit(&s->value, memory_order_relaxed);
+    do {
+        if (v >= s->maxvalue) {
+            if (s->bounded)
+                PyErr_SetString(PyExc_ValueError, "semaphore or lock released too many times");
+            else
+                PyErr_SetString(PyExc_OverflowError, "semaphore value would exceed 2**31-1");
+            return NULL;
+        }
+    } while (!atomic_compare_exchange_weak(&s->value, &v, v + 1));
+    atomic_fetch_add_explicit(&s->releases, 1, memory_order_relaxed);
+    if (atomic_load(&s->waiters))
+        pw_futex_wake(&s->value, 1);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Semaphore_exit(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return Semaphore_release(self, NULL);
+}
+
+static PyObject *Semaphore_get_value(SyncObject *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLong(atomic_load(&((struct pw_sem *)self->p)->value));
+}
+
+static PyObject *Semaphore_stats(SyncObject *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_sem *s = self->p;
+    return Py_BuildValue("{s:I,s:I,s:O,s:I,s:K,s:K}", "value",
+                         (unsigned)atomic_load(&s->value), "maxvalue", s->maxvalue, "bounded",
+                         s->bounded ? Py_True : Py_False, "waiters", (unsigned)atomic_load(&s->waiters),
+                         "acquires", (unsigned long long)atomic_load(&s->acquires), "releases",
+                         (unsigned long long)atomic_load(&s->releases));
+}
+
+static PyObject *Semaphore_maxvalue(SyncObject *self, void *closure)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_sem *s = self->p;
+    return PyLong_FromUnsignedLong(s->bounded ? s->maxvalue : 0);
+}
+
+static PyMethodDef Semaphore_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))Semaphore_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "acquire(block=True, timeout=None) -> bool"},
+    {"release", (PyCFunction)Semaphore_release, METH_NOARGS, "release()"},
+    {"__enter__", (PyCFunction)(void (*)(void))Semaphore_acquire,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Semaphore_exit, METH_FASTCALL, NULL},
+    {"get_value", (PyCFunction)Semaphore_get_value, METH_NOARGS, "get_value() -> int"},
+    {"_stats", (PyCFunction)Semaphore_stats, METH_NOARGS, NULL},
+    {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Semaphore_getset[] = {
+    {"_maxvalue", (getter)Semaphore_maxvalue, NULL, NULL, NULL},
+    {"_display", (getter)Sync_get_name, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject SemaphoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "procwire._core.Semaphore",
+    .tp_basicsize = sizeof(SyncObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Semaphore(buffer, name): a futex semaphore in a mapped segment.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Semaphore_init,
+    .tp_dealloc = (destructor)Sync_dealloc,
+    .tp_methods = Semaphore_methods,
+    .tp_getset = Semaphore_getset,
+};
+
+/* ============================================================= Event */
+
+static int Event_init(SyncObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "name", NULL};
+    PyObject *buffer, *name;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OU:Event", kwlist, &buffer, &name))
+        return -1;
+    static const uint32_t kinds[] = {PW_KIND_EVENT};
+    uint32_t kind;
+    return sync_map(self, buffer, name, kinds, 1, &kind) ? 0 : -1;
+}
+
+static PyObject *Event_is_set(SyncObject *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_event *e = self->p;
+    return PyBool_FromLong(atomic_load_explicit(&e->state, memory_order_acquire) & 1);
+}
+
+static PyObject *Event_set(SyncObject *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_event *e = self->p;
+    uint32_t s = atomic_load(&e->state);
+    do {
+        if (s & 1)
+            Py_RETURN_NONE;
+    } while (!atomic_compare_exchange_weak(&e->state, &s, (s + 2) | 1));
+    atomic_fetch_add_explicit(&e->sets, 1, memory_order_relaxed);
+    if (atomic_load(&e->waiters))
+        pw_futex_wake(&e->state, INT32_MAX);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Event_clear(SyncObject *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    atomic_fetch_and(&((struct pw_event *)self->p)->state, ~1u);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Event_wait(SyncObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
+{
+    static const char *const names[] = {"timeout"};
+    PyObject *a[1] = {NULL};
+    int64_t deadline = PW_FOREVER;
+    if (nargs || kwnames) {
+        if (pw_parse_args("wait", args, nargs, kwnames, names, 1, 0, a) < 0 ||
+            pw_deadline_from(1, a[0], &deadline) < 0)
+            return NULL;
+    }
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_event *e = self->p;
+    uint32_t s0 = atomic_load_explicit(&e->state, memory_order_acquire);
+    if (s0 & 1)
+        Py_RETURN_TRUE;
+    if (deadline == 0)
+        Py_RETURN_FALSE;
+    /* A set() changes the generation bits even if a clear() follows at once. */
+    if (spin_while_equal32(&e->state, s0)) {
+        uint32_t s = atomic_load_explicit(&e->state, memory_order_acquire);
+        if ((s & 1) || (s >> 1) != (s0 >> 1))
+            Py_RETURN_TRUE;
+    }
+    atomic_fetch_add(&e->waiters, 1);
+    int result;
+    uint32_t s = atomic_load(&e->state);
+    for (;;) {
+        if ((s & 1) || (s >> 1) != (s0 >> 1)) {
+            result = 1;
+            break;
+        }
+        int r = sliced_wait(&e->state, s, deadline);
+        if (r != 0) {
+            result = r < 0 ? -1 : 0;
+            break;
+        }
+        s = atomic_load_explicit(&e->state, memory_order_acquire);
+    }
+    atomic_fetch_sub(&e->waiters, 1);
+    if (result < 0)
+        return NULL;
+    return PyBool_FromLong(result);
+}
+
+static PyObject *Event_stats(SyncObject *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_event *e = self->p;
+    return Py_BuildValue("{s:O,s:I,s:K}", "is_set", (atomic_load(&e->state) & 1) ? Py_True
+                                                                                  : Py_False,
+                         "waiters", (unsigned)atomic_load(&e->waiters), "sets",
+                         (unsigned long long)atomic_load(&e->sets));
+}
+
+static PyMethodDef Event_methods[] = {
+    {"is_set", (PyCFunction)Event_is_set, METH_NOARGS, "is_set() -> bool"},
+    {"set", (PyCFunction)Event_set, METH_NOARGS, "set()"},
+    {"clear", (PyCFunction)Event_clear, METH_NOARGS, "clear()"},
+    {"wait", (PyCFunction)(void (*)(void))Event_wait, METH_FASTCALL | METH_KEYWORDS,
+     "wait(timeout=None) -> bool"},
+    {"_stats", (PyCFunction)Event_stats, METH_NOARGS, NULL},
+    {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Sync_getset[] = {
+    {"_display", (getter)Sync_get_name, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject EventType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "procwire._core.Event",
+    .tp_basicsize = sizeof(SyncObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Event(buffer, name): a futex event in a mapped segment.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Event_init,
+    .tp_dealloc = (destructor)Sync_dealloc,
+    .tp_methods = Event_methods,
+    .tp_getset = Sync_getset,
+};
+
+/* ========================================================= Condition */
+
+static int Condition_init(SyncObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "name", NULL};
+    PyObject *buffer, *name;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OU:Condition", kwlist, &buffer, &name))
+        return -1;
+    static const uint32_t kinds[] = {PW_KIND_CONDITION};
+    uint32_t kind;
+    struct pw_cond *c = sync_map(self, buffer, name, kinds, 1, &kind);
+    if (!c)
+        return -1;
+    if (c->lock_mode > PW_LOCKMODE_EXTERNAL || c->lock_name_len > PW_LOCK_NAME_MAX) {
+        pw_segment_error("%U is corrupt: lock mode %u, lock name length %u", name,
+                         c->lock_mode, c->lock_name_len);
+        sync_release(self);
+        return -1;
+    }
+    return 0;
+}
+
+/* _lock_info() -> (lock_mode, lock_name bytes) */
+static PyObject *Condition_lock_info(SyncObject *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_cond *c = self->p;
+    return Py_BuildValue("(Iy#)", c->lock_mode, c->lock_name, (Py_ssize_t)c->lock_name_len);
+}
+
+/* _prepare_wait() -> seq: count this thread as a waiter (lock held). */
+static PyObject *Condition_prepare_wait(SyncObject *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_cond *c = self->p;
+    atomic_fetch_add(&c->waiters, 1);
+    return PyLong_FromUnsignedLong(atomic_load(&c->seq));
+}
+
+/* _sleep(seq, timeout) -> bool: after _prepare_wait() and releasing the lock,
+ * wait for a notify. False on timeout. Always un-counts the waiter. */
+static PyObject *Condition_sleep(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_sleep(seq, timeout)");
+        return NULL;
+    }
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_cond *c = self->p;
+    int result;
+    unsigned long seq = PyLong_AsUnsignedLong(args[0]);
+    int64_t deadline;
+    if ((seq == (unsigned long)-1 && PyErr_Occurred()) ||
+        pw_deadline_from(1, args[1], &deadline) < 0) {
+        result = -1;
+        goto out;
+    }
+    for (;;) {
+        if (atomic_load(&c->seq) != (uint32_t)seq) {
+            result = 1;
+            break;
+        }
+        int r = sliced_wait(&c->seq, (uint32_t)seq, deadline);
+        if (r) {
+            result = r < 0 ? -1 : 0;
+            break;
+        }
+    }
+out:
+    atomic_fetch_sub(&c->waiters, 1);
+    if (result < 0)
+        return NULL;
+    return PyBool_FromLong(result);
+}
+
+/* _notify(n): wake up to n waiters (lock held). */
+static PyObject *Condition_notify(SyncObject *self, PyObject *arg)
+{
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_cond *c = self->p;
+    if (n > 0 && atomic_load(&c->waiters)) {
+        atomic_fetch_add(&c->seq, 1);
+        atomic_fetch_add_explicit(&c->notifies, 1, memory_order_relaxed);
+        pw_futex_wake(&c->seq, n > INT32_MAX ? INT32_MAX : (int)n);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Condition_stats(SyncObject *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_cond *c = self->p;
+    return Py_BuildValue("{s:I,s:K}", "waiters", (unsigned)atomic_load(&c->waiters),
+                         "notifies", (unsigned long long)atomic_load(&c->notifies));
+}
+
+static PyMethodDef Condition_methods[] = {
+    {"_lock_info", (PyCFunction)Condition_lock_info, METH_NOARGS, NULL},
+    {"_prepare_wait", (PyCFunction)Condition_prepare_wait, METH_NOARGS, NULL},
+    {"_sleep", (PyCFunction)(void (*)(void))Condition_sleep, METH_FASTCALL, NULL},
+    {"_notify", (PyCFunction)Condition_notify, METH_O, NULL},
+    {"_stats", (PyCFunction)Condition_stats, METH_NOARGS, NULL},
+    {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ConditionType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "procwire._core.Condition",
+    .tp_basicsize = sizeof(SyncObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Condition(buffer, name): a futex condition variable in a mapped segment.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Condition_init,
+    .tp_dealloc = (destructor)Sync_dealloc,
+    .tp_methods = Condition_methods,
+    .tp_getset = Sync_getset,
+};
+
+/* =========================================================== Barrier */
+
+static int Barrier_init(SyncObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "name", NULL};
+    PyObject *buffer, *name;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OU:Barrier", kwlist, &buffer, &name))
+        return -1;
+    static const uint32_t kinds[] = {PW_KIND_BARRIER};
+    uint32_t kind;
+    struct pw_barrier *b = sync_map(self, buffer, name, kinds, 1, &kind);
+    if (!b)
+        return -1;
+    if (b->parties < 1 || b->parties > INT32_MAX) {
+        pw_segment_error("%U is corrupt: %u parties", name, b->parties);
+        sync_release(self);
+        return -1;
+    }
+    return 0;
+}
+
+/* Breaks the barrier (mutex held): waiters raise BrokenBarrierError. */
+static void barrier_break(struct pw_barrier *b)
+{
+    atomic_store(&b->broken, 1);
+    atomic_store(&b->count, 0);
+    atomic_fetch_add(&b->seq, 1);
+    pw_futex_wake(&b->seq, INT32_MAX);
+}
+
+static PyObject *broken_error(void)
+{
+    PyErr_SetNone(PwExc_BrokenBarrierError);
+    return NULL;
+}
+
+/* Locks the barrier's mutex. A holder that died mid-update breaks it.
+ * Returns 0, or -1 with an exception set (BrokenBarrierError if broken). */
+static int barrier_lock(struct pw_barrier *b)
+{
+    enum pw_lock_result r = pw_mutex_lock(&b->mutex, PW_FOREVER);
+    if (r == PW_LOCK_ERROR)
+        return -1;
+    if (r == PW_LOCK_OWNER_DIED) {
+        atomic_fetch_add(&b->owner_deaths, 1);
+        barrier_break(b);
+    }
+    return 0;
+}
+
+static PyObject *Barrier_wait(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* _wait(timeout, action) */
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_wait(timeout, action)");
+        return NULL;
+    }
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_barrier *b = self->p;
+    PyObject *action = args[1];
+    int64_t deadline;
+    if (pw_deadline_from(1, args[0], &deadline) < 0)
+        return NULL;
+    if (barrier_lock(b) < 0)
+        return NULL;
+    /* The last party of the previous round may still run the action. */
+    while (atomic_load(&b->count) >= b->parties && !atomic_load(&b->broken)) {
+        uint32_t s = atomic_load(&b->seq);
+        pthread_mutex_unlock(&b->mutex);
+        int r = sliced_wait(&b->seq, s, deadline);
+        if (r < 0)
+            return NULL;
+        if (barrier_lock(b) < 0)
+            return NULL;
+        if (r == 1) {
+            barrier_break(b);
+            pthread_mutex_unlock(&b->mutex);
+            return broken_error();
+        }
+    }
+    if (atomic_load(&b->broken)) {
+        pthread_mutex_unlock(&b->mutex);
+        return broken_error();
+    }
+    uint32_t index = atomic_fetch_add(&b->count, 1);
+    uint32_t gen = atomic_load(&b->generation), resets = atomic_load(&b->resets);
+    if (index + 1 == b->parties) {
+        if (action != Py_None) {
+            pthread_mutex_unlock(&b->mutex);
+            PyObject *r = PyObject_CallNoArgs(action);
+            if (barrier_lock(b) < 0) {
+                Py_XDECREF(r);
+                return NULL;
+            }
+            if (!r) {
+                barrier_break(b);
+                pthread_mutex_unlock(&b->mutex);
+                return NULL;
+            }
+            Py_DECREF(r);
+            if (atomic_load(&b->broken) || atomic_load(&b->resets) != resets) {
+                pthread_mutex_unlock(&b->mutex);
+                return broken_error();
+            }
+        }
+        atomic_store(&b->count, 0);
+        atomic_fetch_add(&b->generation, 1);
+        atomic_fetch_add(&b->seq, 1);
+        pthread_mutex_unlock(&b->mutex);
+        pw_futex_wake(&b->seq, INT32_MAX);
+        return PyLong_FromUnsignedLong(index);
+    }
+    uint32_t s = atomic_load(&b->seq);
+    atomic_fetch_add(&b->waiters, 1);
+    pthread_mutex_unlock(&b->mutex);
+    PyObject *result = NULL;
+    for (;;) {
+        if (atomic_load(&b->generation) != gen) {
+            result = PyLong_FromUnsignedLong(index);
+            break;
+        }
+        if (atomic_load(&b->broken) || atomic_load(&b->resets) != resets) {
+            broken_error();
+            break;
+        }
+        int r = sliced_wait(&b->seq, s, deadline);
+        if (r < 0)
+            break;
+        if (r == 1) {
+            /* Timed out: as in threading, the barrier breaks, unless it
+             * tripped at the last moment. */
+            if (barrier_lock(b) < 0)
+                break;
+            if (atomic_load(&b->generation) != gen) {
+                result = PyLong_FromUnsignedLong(index);
+            } else {
+                if (atomic_load(&b->resets) == resets)
+                    barrier_break(b);
+                broken_error();
+            }
+            pthread_mutex_unlock(&b->mutex);
+            break;
+        }
+        s = atomic_load(&b->seq);
+    }
+    atomic_fetch_sub(&b->waiters, 1);
+    return result;
+}
+
+static PyObject *Barrier_abort(SyncObject *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_barrier *b = self->p;
+    if (barrier_lock(b) < 0)
+        return NULL;
+    barrier_break(b);
+    pthread_mutex_unlock(&b->mutex);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Barrier_reset(SyncObject *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_barrier *b = self->p;
+    if (barrier_lock(b) < 0)
+        return NULL;
+    atomic_fetch_add(&b->resets, 1);
+    atomic_store(&b->count, 0);
+    atomic_store(&b->broken, 0);
+    atomic_fetch_add(&b->seq, 1);
+    pthread_mutex_unlock(&b->mutex);
+    pw_futex_wake(&b->seq, INT32_MAX);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Barrier_stats(SyncObject *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_barrier *b = self->p;
+    uint32_t count = atomic_load(&b->count);
+    return Py_BuildValue("{s:I,s:I,s:O,s:I,s:I,s:L,s:K}", "parties", b->parties, "n_waiting",
+                         count >= b->parties ? 0u : count, "broken",
+                         atomic_load(&b->broken) ? Py_True : Py_False, "waiters",
+                         (unsigned)atomic_load(&b->waiters), "generation",
+                         (unsigned)atomic_load(&b->generation), "timeout_ns",
+                         (long long)b->timeout_ns, "owner_deaths",
+                         (unsigned long long)atomic_load(&b->owner_deaths));
+}
+
+static PyMethodDef Barrier_methods[] = {
+    {"_wait", (PyCFunction)(void (*)(void))Barrier_wait, METH_FASTCALL, NULL},
+    {"abort", (PyCFunction)Barrier_abort, METH_NOARGS,
+     "abort()\n--\n\nBreak the barrier: current and future wait() calls raise "
+     "BrokenBarrierError until reset()."},
+    {"reset", (PyCFunction)Barrier_reset, METH_NOARGS,
+     "reset()\n--\n\nReturn to the empty state; current waiters raise BrokenBarrierError."},
+    {"_stats", (PyCFunction)Barrier_stats, METH_NOARGS, NULL},
+    {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject BarrierType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "procwire._core.Barrier",
+    .tp_basicsize = sizeof(SyncObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Barrier(buffer, name): a barrier in a mapped segment.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Barrier_init,
+    .tp_dealloc = (destructor)Sync_dealloc,
+    .tp_methods = Barrier_methods,
+    .tp_getset = Sync_getset,
+};
+
+/* ====================================================== registration */
+
+static PyMethodDef sync_functions[] = {
+    {"sync_init", (PyCFunction)(void (*)(void))sync_init, METH_VARARGS | METH_KEYWORDS,
+     "sync_init(buffer, kind, **params): lay out and publish a fresh sync segment."},
+    {"sync_size", sync_size, METH_O, "sync_size(kind) -> bytes of a segment of that kind."},
+    {NULL, NULL, 0, NULL},
+};
+
+int pw_sync_register(PyObject *module)
+{
+    static int atfork_done;
+    if (!atfork_done) {
+        if (pthread_atfork(NULL, NULL, reset_tid) != 0) {
+            PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
+            return -1;
+        }
+        atfork_done = 1;
+    }
+    PyObject *threading = PyImport_ImportModule("threading");
+    if (!threading)
+        return -1;
+    PwExc_BrokenBarrierError = PyObject_GetAttrString(threading, "BrokenBarrierError");
+    Py_DECREF(threading);
+    if (!PwExc_BrokenBarrierError)
+        return -1;
+    PyObject *bases = PyTuple_Pack(1, PyExc_RuntimeWarning);
+    if (!bases)
+        return -1;
+    PwExc_OwnerDiedWarning = PyErr_NewExceptionWithDoc(
+        "procwire.OwnerDiedWarning",
+        "An acquire() found that the lock's previous holder died holding it. The lock is "
+        "now held by the caller; the state it protects may be half-updated.",
+        bases, NULL);
+    Py_DECREF(bases);
+    if (!PwExc_OwnerDiedWarning ||
+        PyModule_AddObjectRef(module, "OwnerDiedWarning", PwExc_OwnerDiedWarning) < 0)
+        return -1;
+    PyTypeObject *types[] = {&LockType, &SemaphoreType, &EventType, &ConditionType,
+                             &BarrierType};
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
+        if (PyType_Ready(types[i]) < 0)
+            return -1;
+        const char *dot = strrchr(types[i]->tp_name, '.');
+        if (PyModule_AddObjectRef(module, dot + 1, (PyObject *)types[i]) < 0)
+            return -1;
+    }
+    return PyModule_AddFunctions(module, sync_functions);
+}

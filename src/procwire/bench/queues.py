@@ -1,0 +1,309 @@
+"""Queue workloads: procwire.Queue against multiprocessing.Queue, faster-fifo and pyzmq.
+
+Each workload runs in a fresh interpreter (see harness.py), forks its
+producers and consumers with the fork start method, and returns
+``{"value": figure, ...extra}``. The peers are optional (``pip install
+'procwire[bench]'``); a missing one makes its cases fail with a clear note.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from typing import Any, Callable
+
+from procwire.bench.harness import Case
+
+FORK = mp.get_context("fork")
+MiB = 1 << 20
+JOIN = 300
+
+PAYLOADS: dict[str, Callable[[], Any]] = {
+    "bytes64": lambda: b"x" * 64,
+    "tuple": lambda: (1, "abc", 2.5),
+    "bytes1m": lambda: b"x" * MiB,
+    "numpy1m": lambda: __import__("numpy").ones(MiB // 8),
+}
+PAYLOAD_BYTES = {"bytes64": 64, "tuple": 0, "bytes1m": MiB, "numpy1m": MiB}
+
+
+# -- adapters: one small class per implementation ---------------------------------
+# Each makes its queue in the driver; endpoints are made inside each child,
+# after the fork (pyzmq sockets must not cross a fork).
+
+class _Procwire:
+    def __init__(self, big: bool) -> None:
+        import procwire
+        self.q = procwire.Queue(capacity=(64 if big else 4) * MiB)
+
+    def endpoint(self, role: str) -> Any:
+        return self.q
+
+    put_many = staticmethod(lambda q, items: q.put_many(items))
+    get_many = staticmethod(lambda q: q.get_many())
+
+
+class _Multiprocessing:
+    def __init__(self, big: bool) -> None:
+        self.q = FORK.Queue()
+
+    def endpoint(self, role: str) -> Any:
+        return self.q
+
+    put_many = None  # multiprocessing has no batch API
+    get_many = None
+
+
+class _FasterFifo:
+    def __init__(self, big: bool) -> None:
+        import faster_fifo
+        self.q = faster_fifo.Queue(max_size_bytes=(64 if big else 4) * MiB)
+
+    def endpoint(self, role: str) -> Any:
+        return _FasterFifoEnd(self.q)
+
+    put_many = staticmethod(lambda q, items: q.q.put_many(items, timeout=JOIN))
+    get_many = staticmethod(lambda q: q.q.get_many(timeout=JOIN, max_messages_to_get=1 << 20))
+
+
+class _FasterFifoEnd:
+    # faster-fifo's put and get default to a 10 s timeout; benchmarks block.
+    def __init__(self, q: Any) -> None:
+        self.q = q
+
+    def put(self, obj: Any) -> None:
+        self.q.put(obj, timeout=JOIN)
+
+    def get(self, timeout: float = JOIN) -> Any:
+        return self.q.get(timeout=timeout)
+
+
+class _Zmq:
+    """PUSH/PULL over ipc://; the receiver binds before the sender connects."""
+
+    def __init__(self, big: bool) -> None:
+        self.dir = tempfile.mkdtemp(prefix="procwire-bench-")
+        self.addr = f"ipc://{self.dir}/q"
+        self.creator = os.getpid()
+
+    def __del__(self) -> None:
+        if os.getpid() == self.creator:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def endpoint(self, role: str) -> Any:
+        return _ZmqEnd(self.addr, role)
+
+    put_many = None
+    get_many = None
+
+
+class _ZmqEnd:
+    def __init__(self, addr: str, role: str) -> None:
+        import zmq
+        self.ctx = zmq.Context()
+        if role == "consumer":
+            self.sock = self.ctx.socket(zmq.PULL)
+            self.sock.bind(addr)
+        else:
+            self.sock = self.ctx.socket(zmq.PUSH)
+            self.sock.connect(addr)
+
+    def put(self, obj: Any) -> None:
+        if type(obj) is bytes:
+            self.sock.send(obj, copy=len(obj) < 65536)
+        else:
+            self.sock.send_pyobj(obj)
+
+    def get(self) -> Any:
+        # The benchmark's raw payloads never start with pickle's PROTO opcode.
+        data = self.sock.recv()
+        return data if not data.startswith(b"\x80") else __import__("pickle").loads(data)
+
+
+IMPLS = {"procwire": _Procwire, "multiprocessing": _Multiprocessing,
+         "faster-fifo": _FasterFifo, "pyzmq": _Zmq}
+
+
+# -- workloads ----------------------------------------------------------------------
+
+def _producer(impl, payload, n, batch, sentinels, ready, go):
+    q = impl.endpoint("producer")
+    ready.wait()
+    go.wait()
+    if batch:
+        items = [payload] * batch
+        for _ in range(n // batch):
+            impl.put_many(q, items)
+    else:
+        put = q.put
+        for _ in range(n):
+            put(payload)
+    for _ in range(sentinels):
+        q.put(None)
+
+
+def _consumer(impl, batch, ready, go):
+    q = impl.endpoint("consumer")
+    ready.wait()
+    go.wait()
+    if batch:
+        while True:
+            items = impl.get_many(q)
+            if items[-1] is None:  # sentinels come last, one per consumer
+                for _ in range(items.count(None) - 1):
+                    q.put(None)  # took another consumer's: hand it back
+                return
+    get = q.get
+    while get() is not None:
+        pass
+
+
+def throughput(impl: str, payload: str, messages: int, producers: int = 1,
+               consumers: int = 1, batch: int = 0) -> dict[str, Any]:
+    """Messages per second from `producers` to `consumers` processes."""
+    adapter = IMPLS[impl](big=PAYLOAD_BYTES[payload] >= MiB)
+    if batch and adapter.put_many is None:
+        raise SystemExit(f"{impl} has no batch API")
+    obj = PAYLOADS[payload]()
+    per = messages // producers
+    # With one producer it ends the stream itself (FIFO keeps the sentinel
+    # last); with several, the driver does once every producer is done.
+    own_sentinels = consumers if producers == 1 else 0
+    ready = FORK.Barrier(producers + consumers + 1)
+    go = FORK.Event()
+    cons = [FORK.Process(target=_consumer, args=(adapter, batch, ready, go))
+            for _ in range(consumers)]
+    prods = [FORK.Process(target=_producer,
+                          args=(adapter, obj, per, batch, own_sentinels, ready, go))
+             for _ in range(producers)]
+    faults0 = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
+    for p in cons + prods:  # consumers first: pyzmq's receivers must bind first
+        p.start()
+    ready.wait(JOIN)
+    t0 = time.perf_counter()
+    go.set()
+    for p in prods:
+        p.join(JOIN)
+    if not own_sentinels:
+        end = adapter.endpoint("producer")
+        for _ in range(consumers):
+            end.put(None)
+    for p in cons:
+        p.join(JOIN)
+    elapsed = time.perf_counter() - t0
+    if any(p.exitcode != 0 for p in cons + prods):
+        raise SystemExit("a benchmark process failed")
+    total = per * producers
+    faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - faults0
+    rate = total / elapsed
+    out: dict[str, Any] = {"value": rate, "messages": total, "seconds": elapsed,
+                           "minor_faults_per_msg": faults / total}
+    if PAYLOAD_BYTES[payload] >= MiB:
+        out["value"] = rate * PAYLOAD_BYTES[payload] / 1e9  # GB/s
+        out["msg_per_s"] = rate
+    return out
+
+
+def _echo(impl, a, b, trips):
+    ping, pong = a.endpoint("consumer"), b.endpoint("producer")
+    for _ in range(trips):
+        pong.put(ping.get())
+
+
+def round_trip(impl: str, trips: int, pin: list[int] | None = None) -> dict[str, Any]:
+    """Median microseconds for a 64-byte message to go there and back."""
+    if pin:
+        os.sched_setaffinity(0, pin)  # children inherit it
+    a, b = IMPLS[impl](big=False), IMPLS[impl](big=False)
+    child = FORK.Process(target=_echo, args=(impl, a, b, trips))
+    child.start()
+    ping, pong = a.endpoint("producer"), b.endpoint("consumer")
+    msg = b"x" * 64
+    times = []
+    clock = time.perf_counter
+    for _ in range(trips):
+        t = clock()
+        ping.put(msg)
+        pong.get()
+        times.append(clock() - t)
+    child.join(JOIN)
+    times = sorted(times[trips // 10:])  # drop the warm-up tenth
+    us = [t * 1e6 for t in times]
+    return {"value": statistics.median(us), "p10": us[len(us) // 10],
+            "p99": us[len(us) * 99 // 100]}
+
+
+def idle_waiter_cpu(impl: str, seconds: float = 1.0) -> dict[str, Any]:
+    """CPU milliseconds a consumer burns per second blocked on an empty queue."""
+    q = IMPLS[impl](big=False).endpoint("consumer")
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.monotonic()
+    try:
+        if impl == "pyzmq":
+            q.sock.poll(int(seconds * 1000))
+        else:
+            q.get(timeout=seconds)
+    except Exception:  # Empty of whichever flavour: that is the point
+        pass
+    elapsed = time.monotonic() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return {"value": cpu * 1000 / elapsed}
+
+
+# -- the suite ------------------------------------------------------------------------
+
+PEERS = ("procwire", "multiprocessing", "faster-fifo", "pyzmq")
+W = "procwire.bench.queues:"
+
+
+def cases(scale: float = 1.0) -> list[Case]:
+    """The queue suite; `scale` shrinks message counts for quick runs."""
+    def n(count: int) -> int:
+        return max(1000, int(count * scale))
+
+    # Slow implementations get fewer messages so a full run stays in minutes;
+    # rates do not depend on the count once past warm-up.
+    small = {"procwire": n(1_000_000), "multiprocessing": n(200_000),
+             "faster-fifo": n(200_000), "pyzmq": n(1_000_000)}
+    out: list[Case] = []
+    for impl in PEERS:
+        out.append(Case("64 B bytes 1→1", impl, W + "throughput",
+                        {"impl": impl, "payload": "bytes64", "messages": small[impl]}, "msg/s"))
+        out.append(Case("tuple 1→1", impl, W + "throughput",
+                        {"impl": impl, "payload": "tuple", "messages": small[impl]}, "msg/s"))
+    for impl in ("procwire", "faster-fifo"):
+        out.append(Case("64 B bytes 1→1, batched", impl, W + "throughput",
+                        {"impl": impl, "payload": "bytes64", "messages": n(4_000_000),
+                         "batch": 256}, "msg/s"))
+    for impl in ("procwire", "multiprocessing", "faster-fifo"):
+        out.append(Case("64 B bytes 4→4", impl, W + "throughput",
+                        {"impl": impl, "payload": "bytes64", "messages": small[impl],
+                         "producers": 4, "consumers": 4}, "msg/s"))
+    out.append(Case("64 B bytes 4→4", "faster-fifo batched", W + "throughput",
+                    {"impl": "faster-fifo", "payload": "bytes64", "messages": n(1_000_000),
+                     "producers": 4, "consumers": 4, "batch": 256}, "msg/s"))
+    big = {"procwire": n(4000), "multiprocessing": n(1000), "faster-fifo": n(2000),
+           "pyzmq": n(2000)}
+    for impl in PEERS:
+        for payload, label in (("bytes1m", "1 MiB bytes 1→1"), ("numpy1m", "1 MiB numpy 1→1")):
+            out.append(Case(label, impl, W + "throughput",
+                            {"impl": impl, "payload": payload, "messages": big[impl]}, "GB/s"))
+    trips = {"procwire": n(100_000), "multiprocessing": n(20_000), "faster-fifo": n(20_000),
+             "pyzmq": n(20_000)}
+    for impl in PEERS:
+        out.append(Case("round trip 64 B, unpinned", impl, W + "round_trip",
+                        {"impl": impl, "trips": trips[impl]}, "µs", higher_is_better=False))
+    for impl in ("procwire", "multiprocessing"):
+        out.append(Case("round trip 64 B, one CPU", impl, W + "round_trip",
+                        {"impl": impl, "trips": trips["multiprocessing"], "pin": [0]}, "µs",
+                        higher_is_better=False))
+    for impl in ("procwire", "multiprocessing", "faster-fifo"):
+        out.append(Case("idle waiter CPU", impl, W + "idle_waiter_cpu",
+                        {"impl": impl, "seconds": max(0.2, scale)}, "ms/s",
+                        higher_is_better=False))
+    return out

@@ -1,0 +1,535 @@
+"""Synchronisation primitives: ``Lock``, ``RLock``, ``Semaphore``,
+``BoundedSemaphore``, ``Condition``, ``Event`` and ``Barrier``.
+
+Drop-in replacements for their :mod:`multiprocessing` twins, each one small
+segment of shared memory:
+
+* ``Lock`` and ``RLock`` are robust, process-shared pthread mutexes; the
+  others are futex words. No POSIX named semaphores, nothing in /dev/shm
+  unless you pass ``name=``.
+* The uncontended paths never enter the kernel; a contended waiter spins
+  briefly (only when it may run on another CPU) before it sleeps.
+* Every blocking call takes ``timeout=None`` (forever), releases the GIL,
+  and lets Ctrl-C raise ``KeyboardInterrupt`` promptly. Deadlines use
+  CLOCK_MONOTONIC.
+* With ``name=...`` an unrelated process opens the same object with
+  ``Lock.attach(name)`` (and so on); otherwise pass it to children as a
+  ``Process`` argument (fork, spawn and forkserver all work).
+* ``statistics()`` describes the live shared state.
+
+Owner death (Lock, RLock, and the lock of a Value or Array)
+-----------------------------------------------------------
+When a process dies holding a lock -- even by SIGKILL -- the kernel hands the
+lock to the next ``acquire()``, which returns True as usual, **and**:
+
+* emits :class:`procwire.OwnerDiedWarning` (a ``RuntimeWarning``; turn it
+  into an exception with the ``warnings`` filters, and the acquire then
+  releases the lock and raises);
+* sets ``lock.owner_died``, which stays True -- for every later holder too --
+  until a holder calls ``lock.make_consistent()``.
+
+This is iceoryx2's "lock acquired but owner died" model, minus one hazard:
+the lock is never made permanently unusable (pthread's ENOTRECOVERABLE), so a
+program that ignores the warning keeps working, while a careful one checks
+``owner_died`` after acquiring, repairs what the lock protects, and then calls
+``make_consistent()``. ``statistics()["owner_deaths"]`` counts the deaths.
+
+Where procwire differs from multiprocessing
+-------------------------------------------
+* A ``Lock`` can only be released by the thread that acquired it.
+  ``multiprocessing.Lock`` lets any process release it; a robust mutex cannot
+  (the kernel must know whom to blame when the holder dies). Releasing a Lock
+  held by someone else raises ``RuntimeError``; releasing an unlocked Lock
+  raises ``ValueError`` as in multiprocessing. Use a ``Semaphore(1)`` or an
+  ``Event`` to hand a permission from one process to another.
+* A thread that blocks forever on a Lock it already holds would deadlock:
+  procwire raises ``RuntimeError`` instead (with a timeout, or
+  ``block=False``, acquire returns False as in multiprocessing).
+* Semaphores and Barriers have no owner, so the kernel cannot tell procwire
+  that a party died. A semaphore count taken by a process that died is lost
+  (as in multiprocessing): use ``timeout=`` and ``statistics()``. A Barrier
+  whose party died before arriving leaves the others waiting until their
+  ``timeout`` (which breaks the barrier, as in threading), or until any
+  process calls ``abort()`` -- a parent watching ``Process.sentinel`` can do
+  this. A process killed *inside* a Barrier's bookkeeping breaks the barrier.
+* ``Condition.notify(n)`` may, in a rare race, wake a waiter that was still
+  going to sleep in addition to ``n`` others; as with POSIX condition
+  variables, loop on your predicate (``wait_for`` does).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable
+
+from procwire import _core
+from procwire._segment import Segment, validate_name
+from procwire.errors import SegmentError
+
+__all__ = ["Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "OwnerDiedWarning",
+           "RLock", "Semaphore", "BrokenBarrierError"]
+
+OwnerDiedWarning = _core.OwnerDiedWarning
+BrokenBarrierError = threading.BrokenBarrierError
+
+_SEM_VALUE_MAX = 2**31 - 1
+
+
+def _new_segment(kind: int, label: str, name: str | None, **params: Any) -> Segment:
+    """Create and lay out a segment for a primitive of `kind`."""
+    size = _core.sync_size(kind)
+    if name is None:
+        segment = Segment.create_anonymous(size, label)
+        try:
+            _core.sync_init(segment.buffer, kind, **params)
+        except BaseException:
+            segment.close()
+            raise
+        return segment
+    validate_name(name)
+    return Segment.create_named(name, size, lambda buf: _core.sync_init(buf, kind, **params))
+
+
+def _tgid_of(tid: int) -> int | None:
+    """The process id owning thread `tid`, or None if it no longer exists."""
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class _Shared:
+    """What every primitive shares: segment, name, pickling, attach, close."""
+
+    _label = "?"
+    _segment: Segment
+    _owns_segment = True
+
+    def _display_for(self, name: str | None) -> str:
+        return f"{self._label}({name!r})" if name else f"anonymous {self._label}"
+
+    def _open(self, segment: Segment, **kw: Any) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def _from_segment(cls, segment: Segment, owns: bool = True, **kw: Any) -> Any:
+        self = cls.__new__(cls)
+        try:
+            self._owns_segment = owns
+            self._open(segment, **kw)
+        except BaseException:
+            if owns:
+                segment.close()
+            raise
+        return self
+
+    @classmethod
+    def attach(cls, name: str) -> Any:
+        """Open the object another process created with ``name=``.
+
+        ``FileNotFoundError`` if there is none; :class:`procwire.SegmentError`
+        if the name holds something else.
+        """
+        return cls._from_segment(Segment.attach_named(name))
+
+    @property
+    def name(self) -> str | None:
+        """The name given at creation, or None for an anonymous object."""
+        return self._segment.name
+
+    def unlink(self) -> None:
+        """Remove the name now; processes that have it open keep using it."""
+        self._segment.unlink()
+
+    def close(self) -> None:
+        """Release this process's handle (the creator also removes the name)."""
+        self._close()
+        if self._owns_segment:
+            self._segment.close()
+
+    def __reduce__(self) -> tuple:
+        handle = self._segment.reduce_handle(type(self).__name__)
+        return (_rebuild, (type(self), handle, self._owns_segment))
+
+    def __repr__(self) -> str:
+        try:
+            state = " ".join(f"{k}={v}" for k, v in self.statistics().items())
+        except ValueError:
+            state = "closed"
+        return f"<procwire.{type(self).__name__} {self._display} {state}>"
+
+    def statistics(self) -> dict[str, Any]:
+        return self._stats()
+
+
+def _rebuild(cls: type, handle: tuple[str, object], owns: bool = True) -> Any:
+    # An embedded lock re-opens its container's segment and owns that mapping.
+    return cls._from_segment(Segment.from_handle(handle))
+
+
+# ---------------------------------------------------------------- locks
+
+
+class Lock(_Shared, _core.Lock):
+    """A non-recursive lock, like ``multiprocessing.Lock``.
+
+    ``acquire(block=True, timeout=None) -> bool``, ``release()``, and the
+    context-manager protocol. Robust: see the module docstring for what the
+    next ``acquire()`` reports when a holder dies, and for why only the
+    holder may ``release()``.
+
+    ``owner_died`` and ``make_consistent()`` implement that report;
+    ``statistics()`` gives the holder's pid and tid, waiters and owner deaths.
+    """
+
+    _label = "Lock"
+    _recursive = False
+    _kind = _core.KIND_LOCK
+
+    def __init__(self, *, ctx: object = None, name: str | None = None) -> None:
+        self._open(_new_segment(self._kind, self._label, name))
+
+    def _open(self, segment: Segment, **kw: Any) -> None:
+        self._segment = segment
+        _core.Lock.__init__(self, segment.buffer, self._display_for(segment.name),
+                            recursive=self._recursive)
+
+    def statistics(self) -> dict[str, Any]:
+        """holder_pid/holder_tid (None/0 when free), locked, depth, waiters,
+        contended, owner_died, owner_deaths."""
+        s = self._stats()
+        tid = s["holder_tid"]
+        s["holder_pid"] = _tgid_of(tid) if tid else None
+        return s
+
+    def __repr__(self) -> str:
+        try:
+            s = self.statistics()
+        except ValueError:
+            return f"<procwire.{type(self).__name__} {self._display} closed>"
+        if not s["locked"]:
+            owner = "None"
+        elif self._is_mine():
+            owner = "this thread"
+        else:
+            owner = f"pid {s['holder_pid']} tid {s['holder_tid']}"
+        died = " owner_died" if s["owner_died"] else ""
+        return f"<procwire.{type(self).__name__} {self._display} owner={owner}{died}>"
+
+
+class RLock(Lock):
+    """A recursive lock, like ``multiprocessing.RLock``.
+
+    The holding thread may acquire it again; it is released when ``release()``
+    has been called as often. Releasing it from a thread that does not hold it
+    raises ``AssertionError``, as in multiprocessing. Owner death is reported
+    as for :class:`Lock`.
+    """
+
+    _label = "RLock"
+    _recursive = True
+    _kind = _core.KIND_RLOCK
+
+
+# ---------------------------------------------------------- semaphores
+
+
+class Semaphore(_Shared, _core.Semaphore):
+    """A counting semaphore, like ``multiprocessing.Semaphore``.
+
+    ``acquire(block=True, timeout=None) -> bool``, ``release()``,
+    ``get_value()``. Any process may release it. A count taken by a process
+    that then died is not returned (there is no owner to detect): use
+    timeouts, and ``statistics()`` to see the count and the waiters.
+    """
+
+    _label = "Semaphore"
+    _kind = _core.KIND_SEMAPHORE
+
+    def __init__(self, value: int = 1, *, ctx: object = None, name: str | None = None) -> None:
+        value = self._check_value(value)
+        self._open(_new_segment(self._kind, self._label, name, value=value,
+                                bounded=self._bounded))
+
+    _bounded = False
+
+    def _open(self, segment: Segment, **kw: Any) -> None:
+        self._segment = segment
+        _core.Semaphore.__init__(self, segment.buffer, self._display_for(segment.name))
+        if bool(self._stats()["bounded"]) != self._bounded:
+            actual = "a BoundedSemaphore" if self._stats()["bounded"] else "a Semaphore"
+            self._close()
+            raise SegmentError(f"{self._display_for(segment.name)} is {actual}, not a "
+                               f"{type(self).__name__}")
+
+    @staticmethod
+    def _check_value(value: int) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"semaphore value must be an int, not {type(value).__name__}")
+        if value < 0:
+            raise ValueError("semaphore initial value must be >= 0")
+        if value > _SEM_VALUE_MAX:
+            raise OverflowError(f"semaphore value must be at most {_SEM_VALUE_MAX}")
+        return value
+
+    def __repr__(self) -> str:
+        try:
+            value = self.get_value()
+        except ValueError:
+            return f"<procwire.{type(self).__name__} {self._display} closed>"
+        extra = f", maxvalue={self._maxvalue}" if self._maxvalue else ""
+        return f"<procwire.{type(self).__name__} {self._display} value={value}{extra}>"
+
+
+class BoundedSemaphore(Semaphore):
+    """A semaphore that cannot be released above its initial value, like
+    ``multiprocessing.BoundedSemaphore`` (``ValueError`` if it would be)."""
+
+    _label = "BoundedSemaphore"
+    _bounded = True
+
+
+# --------------------------------------------------------------- event
+
+
+class Event(_Shared, _core.Event):
+    """An event flag, like ``multiprocessing.Event``: ``set()``, ``clear()``,
+    ``is_set()``, ``wait(timeout=None) -> bool``.
+
+    Once set, ``wait`` returns True at once. A waiter that was asleep when
+    ``set()`` ran returns True even if ``clear()`` follows immediately. Waking
+    a waiter is one futex wake; a waiter spins briefly first when it may run
+    on another CPU.
+    """
+
+    _label = "Event"
+    _kind = _core.KIND_EVENT
+
+    def __init__(self, *, ctx: object = None, name: str | None = None) -> None:
+        self._open(_new_segment(self._kind, self._label, name))
+
+    def _open(self, segment: Segment, **kw: Any) -> None:
+        self._segment = segment
+        _core.Event.__init__(self, segment.buffer, self._display_for(segment.name))
+
+
+# ----------------------------------------------------------- condition
+
+
+class Condition(_Shared, _core.Condition):
+    """A condition variable, like ``multiprocessing.Condition``.
+
+    ``Condition(lock=None)``: with no lock it uses its own RLock, kept in the
+    same segment. A given lock must be a procwire ``Lock`` or ``RLock``; a
+    named Condition needs a named lock (or none), so that ``attach`` finds it.
+    ``wait(timeout=None) -> bool``, ``wait_for(predicate, timeout=None)``,
+    ``notify(n=1)``, ``notify_all()``, plus the lock's ``acquire``,
+    ``release`` and context-manager protocol.
+    """
+
+    _label = "Condition"
+    _kind = _core.KIND_CONDITION
+
+    def __init__(self, lock: Lock | None = None, *, ctx: object = None,
+                 name: str | None = None) -> None:
+        if lock is None:
+            mode, lock_name = _core.LOCKMODE_EMBEDDED, b""
+        elif isinstance(lock, Lock):
+            if lock.name is not None:
+                mode, lock_name = _core.LOCKMODE_NAMED, lock.name.encode()
+            elif name is not None:
+                raise ValueError("a named Condition needs a named lock (or lock=None), so "
+                                 "that Condition.attach() can find the lock")
+            else:
+                mode, lock_name = _core.LOCKMODE_EXTERNAL, b""
+        else:
+            raise TypeError(f"Condition(lock) takes a procwire Lock or RLock, not "
+                            f"{type(lock).__name__}")
+        segment = _new_segment(self._kind, self._label, name, lock_mode=mode,
+                               lock_name=lock_name)
+        self._open(segment, lock=lock)
+
+    def _open(self, segment: Segment, lock: Lock | None = None, **kw: Any) -> None:
+        self._segment = segment
+        _core.Condition.__init__(self, segment.buffer, self._display_for(segment.name))
+        mode, lock_name = self._lock_info()
+        if mode == _core.LOCKMODE_EMBEDDED:
+            lock = RLock._from_segment(segment, owns=False)
+        elif lock is None and mode == _core.LOCKMODE_NAMED:
+            lname = lock_name.decode()
+            kind = _attached_kind(lname)
+            lock = (RLock if kind == "rlock" else Lock).attach(lname)
+        elif lock is None:
+            self._close()
+            raise SegmentError(f"{self._display} uses an anonymous lock, so it can only be "
+                               f"passed to child processes, not attached by name")
+        self._lock = lock
+        self.acquire = lock.acquire
+        self.release = lock.release
+
+    def __reduce__(self) -> tuple:
+        handle = self._segment.reduce_handle(type(self).__name__)
+        mode, _ = self._lock_info()
+        lock = None if mode == _core.LOCKMODE_EMBEDDED else self._lock
+        return (_rebuild_condition, (type(self), handle, lock))
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *args: object) -> None:
+        return self._lock.__exit__(*args)
+
+    def get_lock(self) -> Lock:
+        return self._lock
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Release the lock, wait for a notify (or the timeout), re-acquire.
+
+        Returns False if the timeout passed, True otherwise.
+        """
+        if not self._lock._is_mine():
+            raise AssertionError("must acquire() condition before using wait()")
+        seq = self._prepare_wait()
+        try:
+            depth = self._lock._release_save()
+        except BaseException:
+            self._sleep(seq, 0)  # un-count ourselves
+            raise
+        try:
+            return self._sleep(seq, timeout)
+        finally:
+            self._lock._acquire_restore(depth)
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Wait until ``predicate()`` is true (re-checked after each wake-up)."""
+        result = predicate()
+        if result:
+            return result
+        if timeout is not None:
+            import time
+            endtime = time.monotonic() + timeout
+        waittime = timeout
+        while not result:
+            if timeout is not None:
+                waittime = endtime - time.monotonic()
+                if waittime <= 0:
+                    break
+            self.wait(waittime)
+            result = predicate()
+        return result
+
+    def notify(self, n: int = 1) -> None:
+        """Wake up to ``n`` waiters. The caller must hold the lock."""
+        if not self._lock._is_mine():
+            raise AssertionError("lock is not owned")
+        self._notify(n)
+
+    def notify_all(self) -> None:
+        """Wake every waiter. The caller must hold the lock."""
+        self.notify(2**31 - 1)
+
+    def statistics(self) -> dict[str, Any]:
+        s = self._stats()
+        s["lock"] = self._lock.statistics()
+        return s
+
+
+def _rebuild_condition(cls: type, handle: tuple[str, object], lock: Lock | None) -> Condition:
+    segment = Segment.from_handle(handle)
+    self = cls.__new__(cls)
+    try:
+        self._open(segment, lock=lock)
+    except BaseException:
+        segment.close()
+        raise
+    return self
+
+
+def _attached_kind(name: str) -> str:
+    seg = Segment.attach_named(name)
+    try:
+        return _core.header_info(seg.buffer)["kind"]
+    finally:
+        seg.close()
+
+
+# ------------------------------------------------------------- barrier
+
+
+class Barrier(_Shared, _core.Barrier):
+    """A barrier for ``parties`` processes, like ``multiprocessing.Barrier``.
+
+    ``wait(timeout=None) -> int`` (an index in ``range(parties)``),
+    ``reset()``, ``abort()``, ``parties``, ``n_waiting``, ``broken``.
+    ``BrokenBarrierError`` is threading's. The ``action``, if any, is run by
+    the last party to arrive, before the others are released; it is a
+    per-process attribute (pickled to children, absent after ``attach``).
+    A wait that times out breaks the barrier, as in threading. If a party
+    dies before it arrives, the others wait until their timeout or until some
+    process calls ``abort()``.
+    """
+
+    _label = "Barrier"
+    _kind = _core.KIND_BARRIER
+
+    def __init__(self, parties: int, action: Callable[[], Any] | None = None,
+                 timeout: float | None = None, *, ctx: object = None,
+                 name: str | None = None) -> None:
+        if not isinstance(parties, int) or isinstance(parties, bool):
+            raise TypeError(f"parties must be an int, not {type(parties).__name__}")
+        if parties < 1:
+            raise ValueError("parties must be > 0")
+        if parties > 2**31 - 1:
+            raise ValueError("parties must be at most 2**31-1")
+        if action is not None and not callable(action):
+            raise TypeError("action must be callable or None")
+        timeout_ns = -1 if timeout is None else max(0, int(float(timeout) * 1e9))
+        self._action = action
+        self._open(_new_segment(self._kind, self._label, name, parties=parties,
+                                timeout_ns=timeout_ns))
+
+    def _open(self, segment: Segment, **kw: Any) -> None:
+        if not hasattr(self, "_action"):
+            self._action = None
+        self._segment = segment
+        _core.Barrier.__init__(self, segment.buffer, self._display_for(segment.name))
+
+    def __reduce__(self) -> tuple:
+        handle = self._segment.reduce_handle(type(self).__name__)
+        return (_rebuild_barrier, (type(self), handle, self._action))
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait until all parties have called wait(); BrokenBarrierError if
+        the barrier is or becomes broken (or the timeout passes)."""
+        if timeout is None:
+            ns = self._stats()["timeout_ns"]
+            timeout = None if ns < 0 else ns / 1e9
+        return self._wait(timeout, self._action)
+
+    @property
+    def parties(self) -> int:
+        return self._stats()["parties"]
+
+    @property
+    def n_waiting(self) -> int:
+        return self._stats()["n_waiting"]
+
+    @property
+    def broken(self) -> bool:
+        return self._stats()["broken"]
+
+
+def _rebuild_barrier(cls: type, handle: tuple[str, object], action: Any) -> Barrier:
+    self = cls.__new__(cls)
+    self._action = action
+    segment = Segment.from_handle(handle)
+    try:
+        self._open(segment)
+    except BaseException:
+        segment.close()
+        raise
+    return self

@@ -1,0 +1,189 @@
+"""Processes killed with SIGKILL while they hold a queue's locks.
+
+The deterministic tests kill a process at the worst moments (holding the
+producers' lock, holding the consumers' lock, half-way through writing a
+record); the chaos test kills producers and consumers at random points,
+hundreds of times, and verifies every message that was delivered.
+"""
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import random
+import signal
+import threading
+import time
+
+import pytest
+
+from procwire import Empty, Queue
+
+JOIN = 60
+
+
+def _die_holding(q, side, partial, ready):
+    q._debug_die_holding(side, *([partial] if partial else []))
+    ready.set()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _kill_holding(ctx, q, side, partial=None):
+    ready = ctx.Event()
+    p = ctx.Process(target=_die_holding, args=(q, side, partial, ready))
+    p.start()
+    p.join(JOIN)
+    assert p.exitcode == -signal.SIGKILL
+    assert ready.is_set()
+
+
+@pytest.mark.parametrize("side", ["tail", "head"])
+def test_killed_while_holding_a_lock_leaves_the_queue_usable(ctx, side):
+    q = Queue()
+    try:
+        q.put_many(["a", "b"])
+        _kill_holding(ctx, q, side)
+        q.put("c", timeout=10)
+        assert q.get_many(timeout=10) == ["a", "b", "c"]
+        assert q.statistics()["owner_died"] == 1
+    finally:
+        q.close()
+
+
+def test_a_half_written_record_is_never_visible(ctx):
+    q = Queue()
+    try:
+        q.put("whole")
+        _kill_holding(ctx, q, "tail", partial=b"half" * 100)
+        assert q.get(timeout=10) == "whole"
+        with pytest.raises(Empty):
+            q.get(timeout=0.05)
+        q.put("next")
+        assert q.get(timeout=10) == "next"
+        assert q.qsize() == 0
+    finally:
+        q.close()
+
+
+def _hold_until_killed(q, ready):
+    q._debug_die_holding("tail")
+    ready.set()
+    threading.Event().wait()  # parked until SIGKILL
+
+
+def test_a_waiter_is_woken_by_the_owners_death(ctx):
+    q = Queue()
+    try:
+        ready = ctx.Event()
+        p = ctx.Process(target=_hold_until_killed, args=(q, ready))
+        p.start()
+        assert ready.wait(JOIN)
+        done = threading.Event()
+
+        def putter():
+            q.put("through", timeout=JOIN)  # blocks on the dead-to-be owner's lock
+            done.set()
+
+        t = threading.Thread(target=putter)
+        t.start()
+        assert not done.wait(0.2)  # really blocked behind the holder
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(JOIN)
+        assert done.wait(10)
+        t.join(10)
+        assert q.get(timeout=10) == "through"
+    finally:
+        q.close()
+
+
+# -- chaos ----------------------------------------------------------------------
+
+def _payload(tag: int, seq: int) -> bytes:
+    rnd = random.Random(tag * 1_000_003 + seq)
+    return hashlib.sha256(f"{tag}:{seq}".encode()).digest() * rnd.randint(0, 90)
+
+
+def _chaos_producer(q, tag):
+    seq = 0
+    while True:
+        q.put((tag, seq, _payload(tag, seq)))
+        seq += 1
+
+
+def _chaos_consumer(q, results):
+    while True:
+        item = q.get()
+        if item is None:
+            return
+        tag, seq, payload = item
+        results.put((tag, seq, payload == _payload(tag, seq)))
+
+
+def test_chaos_kill_producers_and_consumers_at_random(capsys):
+    seed = int(os.environ.get("PROCWIRE_CHAOS_SEED", random.randrange(2**32)))
+    kills = int(os.environ.get("PROCWIRE_CHAOS_KILLS", 300))
+    print(f"chaos seed={seed} kills={kills}")
+    rnd = random.Random(seed)
+    ctx = mp.get_context("fork")  # hundreds of restarts; start methods are covered above
+    q = Queue(maxsize=40, capacity=16384)
+    results = Queue(capacity=64 << 20)
+    tags = iter(range(1, 10**9))
+    producers = [ctx.Process(target=_chaos_producer, args=(q, next(tags))) for _ in range(2)]
+    consumers = [ctx.Process(target=_chaos_consumer, args=(q, results)) for _ in range(2)]
+    delivered: list[tuple[int, int, bool]] = []
+    consumer_kills = 0
+    try:
+        for p in producers + consumers:
+            p.start()
+        for _ in range(kills):
+            time.sleep(rnd.uniform(0, 0.01))  # chaos timing, not synchronisation
+            pool = rnd.choice((producers, consumers))
+            i = rnd.randrange(len(pool))
+            os.kill(pool[i].pid, signal.SIGKILL)
+            pool[i].join(JOIN)
+            if pool is producers:
+                pool[i] = ctx.Process(target=_chaos_producer, args=(q, next(tags)))
+            else:
+                consumer_kills += 1
+                pool[i] = ctx.Process(target=_chaos_consumer, args=(q, results))
+            pool[i].start()
+            try:
+                delivered.extend(results.get_many(block=False))
+            except Empty:
+                pass
+        for p in producers:
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(JOIN)
+        q.put_many([None] * len(consumers), timeout=JOIN)
+        for p in consumers:
+            p.join(JOIN)
+            assert p.exitcode == 0
+        while True:
+            try:
+                delivered.extend(results.get_many(block=False))
+            except Empty:
+                break
+    finally:
+        for p in producers + consumers:
+            if p.is_alive():
+                p.kill()
+                p.join(JOIN)
+
+    assert delivered, "nothing was delivered"
+    assert all(ok for _, _, ok in delivered), "a delivered message was corrupt"
+    keys = [(tag, seq) for tag, seq, _ in delivered]
+    assert len(keys) == len(set(keys)), "a message was delivered twice"
+    by_tag: dict[int, set[int]] = {}
+    for tag, seq in keys:
+        by_tag.setdefault(tag, set()).add(seq)
+    missing = sum(max(seqs) + 1 - len(seqs) for seqs in by_tag.values())
+    # Only a consumer killed between taking a message and reporting it can
+    # lose one: at most its own in-flight message.
+    assert missing <= consumer_kills, f"{missing} lost, {consumer_kills} consumers killed"
+    # And the queue still works.
+    q.put("alive")
+    assert q.get(timeout=10) == "alive"
+    stats = q.statistics()
+    print(f"delivered={len(delivered)} lost={missing} owner_died={stats['owner_died']}")
+    q.close()
+    results.close()
