@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from procwire.bench import harness, queues
+from procwire.bench import pipe as pipe_bench
 from procwire.bench import sync as sync_bench
 from procwire.cli import main
 
@@ -21,6 +22,7 @@ BASELINE = "multiprocessing"
 SUITES = {
     "queue": ("Message queues", queues.cases),
     "sync": ("Locks, events and shared values", sync_bench.cases),
+    "pipe": ("Pipes", pipe_bench.cases),
 }
 
 
