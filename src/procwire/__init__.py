@@ -12,6 +12,7 @@ byte layout of shared segments (documented in ``_core/layout.h``), futex waits
 with monotonic deadlines, robust (owner-death aware) mutexes and the message
 ring. Everything a user touches is Python on top of it: ``_segment`` names,
 creates, attaches and cleans up segments; ``queue`` builds the message queues;
+``pipe`` builds ``Pipe`` and its ``Connection`` ends;
 ``sync`` the locks, semaphores, events, conditions and barriers; ``shared``
 the shared ``Value``/``Array``;
 ``signals`` wraps the signal API; ``lessons`` holds the lesson's demo programs;
@@ -37,6 +38,10 @@ _EXPORTS = {
     "Queue": "procwire.queue",
     "SimpleQueue": "procwire.queue",
     "JoinableQueue": "procwire.queue",
+    "Pipe": "procwire.pipe",
+    "Connection": "procwire.pipe",
+    "Listener": "procwire.pipe",
+    "Client": "procwire.pipe",
     "OwnerDiedWarning": "procwire.errors",
     "BrokenBarrierError": "procwire.errors",
     "Lock": "procwire.sync",
@@ -70,6 +75,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from procwire.errors import Empty, Full, MessageTooLarge, ProcwireError, SegmentError
+    from procwire.pipe import Client, Connection, Listener, Pipe
     from procwire.errors import BrokenBarrierError, OwnerDiedWarning
     from procwire.queue import JoinableQueue, Queue, SimpleQueue
     from procwire.shared import Array, RawArray, RawValue, Value

@@ -153,5 +153,6 @@ int pw_shared_register(PyObject *module); /* shared.c: Value and Array segments 
 int pw_lock_init(struct pw_lock *l, int recursive);
 int pw_segment_register(PyObject *module);
 int pw_inspect_register(PyObject *module); /* inspect.c: read-only _core.inspect() */
+int pw_pipe_register(PyObject *module);
 
 #endif /* PROCWIRE_CORE_H */

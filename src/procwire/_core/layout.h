@@ -86,7 +86,11 @@ enum pw_record_type {
     PW_REC_PICKLE = 3,     /* payload is one pickle                             */
     PW_REC_PICKLE_OOB = 4, /* u32 nparts, u32 0, u64 len[nparts], then the parts:
                               a protocol-5 pickle and its out-of-band buffers    */
-    PW_REC_MAX_ = 5
+    PW_REC_STREAM_FIRST = 5, /* Pipe only: first piece of a message bigger than a
+                                piece: u64 total length, then the first bytes    */
+    PW_REC_STREAM_MORE = 6,  /* Pipe only: the next bytes of the message the last
+                                STREAM_FIRST began; the pieces add up to its total */
+    PW_REC_MAX_ = 7
 };
 
 #define PW_REC_HEADER 8u
@@ -127,13 +131,75 @@ struct pw_ring {
     _Atomic uint32_t producers_sleeping;
     _Atomic uint32_t tasks_done;         /* JoinableQueue: task_done() count (mod 2^32) */
     _Atomic uint32_t joiners_sleeping;
-    _Atomic uint32_t closed_flags;       /* Pipe: which ends are closed */
+    _Atomic uint32_t closed_flags;       /* Pipe: PW_RING_*_CLOSED bits below */
     uint32_t reserved3;
     uint64_t reserved4[4];
 };
 
 #define PW_RING_DATA_ALIGN 4096u
 
+/* pw_ring.closed_flags, for a Pipe's rings. Set once, never cleared. */
+#define PW_RING_READER_CLOSED 1u /* the receiving end is closed in every process */
+#define PW_RING_WRITER_CLOSED 2u /* the sending end is closed in every process   */
+
+/*
+ * A Pipe: two message rings in one segment. Ring e carries messages TO end e:
+ * end e receives from ring e and sends into ring 1-e. With duplex=False only
+ * ring 0 is used (end 0 receives, end 1 sends) and ring 1 has the minimum
+ * capacity.
+ *
+ *   offset 0               struct pw_header           (kind PW_KIND_PIPE)
+ *   offset 64              struct pw_pipe             (header_size bytes)
+ *   data_offset            ring 0 data, capacity[0] bytes (page aligned)
+ *   data_offset+capacity[0] ring 1 data, capacity[1] bytes
+ *
+ * Record payloads are always the message's bytes (PW_REC_BYTES): send(obj)
+ * is send_bytes(pickle), as in multiprocessing, so recv_bytes() after send()
+ * returns the pickle. A message longer than a quarter of its ring is streamed
+ * as one PW_REC_STREAM_FIRST record and PW_REC_STREAM_MORE records; the end's
+ * send_lock keeps the pieces of one message together, and a receiver drops
+ * the pieces of a message whose sender died or was interrupted (a new message
+ * begins, or MORE pieces arrive with no FIRST before them).
+ *
+ * Whether an end is open is the kernel's business, not shared memory's: each
+ * end comes with file descriptors whose life the kernel tracks across fork,
+ * descriptor passing and kill -9 (see pipe.c). `handles` only lets an orderly
+ * close() by the last holder mark the end closed at once, without a system
+ * call on every send.
+ */
+struct pw_pipe_end {
+    /* -- 64 bytes of counters -- */
+    _Atomic uint32_t handles;         /*  0: Connection objects of this end alive in all
+                                             processes, counted at open/fork/pickle and
+                                             at close(); processes that die never
+                                             decrement it                              */
+    _Atomic uint32_t readers_waiting; /*  4: threads asleep in recv()/poll() on this end:
+                                             senders must signal its eventfd           */
+    _Atomic uint32_t fd_interest;     /*  8: 1 once fileno() was called on this end:
+                                             senders signal its eventfd on every message */
+    _Atomic uint32_t fd_signaled;     /* 12: the eventfd was signaled and not drained  */
+    _Atomic uint64_t send_owner_died; /* 16: send_lock taken over from a dead process  */
+    _Atomic uint64_t recv_owner_died; /* 24: recv_lock taken over from a dead process  */
+    _Atomic uint64_t partial_dropped; /* 32: streamed messages dropped incomplete      */
+    _Atomic uint64_t streamed;        /* 40: messages this end received as streams     */
+    uint64_t reserved[2];             /* 48 */
+    /* -- robust process-shared mutexes, one cache line each -- */
+    pthread_mutex_t send_lock;        /* held while this end sends one whole message   */
+    char pad1[PW_CACHELINE - sizeof(pthread_mutex_t) % PW_CACHELINE];
+    pthread_mutex_t recv_lock;        /* held while this end receives one whole message */
+    char pad2[PW_CACHELINE - sizeof(pthread_mutex_t) % PW_CACHELINE];
+};
+
+#define PW_PIPE_DUPLEX 1u
+
+struct pw_pipe {
+    uint32_t pipe_flags;              /*  0: PW_PIPE_DUPLEX                            */
+    uint32_t reserved0;               /*  4 */
+    uint64_t capacity[2];             /*  8: data bytes of ring 0 and ring 1           */
+    uint64_t reserved1[5];            /* 24 */
+    struct pw_pipe_end end[2];        /* 64 */
+    struct pw_ring ring[2];
+};
 /* ------------------------------------------------------------------------
  * Synchronisation primitives and shared values (procwire.sync, procwire.shared)
  *

@@ -66,7 +66,7 @@ PyMODINIT_FUNC PyInit__core(void)
         return NULL;
     if (add_exceptions(m) < 0 || pw_segment_register(m) < 0 || pw_ring_register(m) < 0 ||
         pw_sync_register(m) < 0 || pw_shared_register(m) < 0 ||
-        pw_inspect_register(m) < 0) {
+        pw_inspect_register(m) < 0 || pw_pipe_register(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -19,9 +19,6 @@
 
 #include <string.h>
 
-/* Copies bigger than this release the GIL: other threads keep running. */
-#define PW_GIL_FREE_COPY 262144u
-
 uint64_t pw_ring_segment_size(uint64_t capacity)
 {
     uint64_t hdr = sizeof(struct pw_header) + sizeof(struct pw_ring);
@@ -392,4 +389,53 @@ Py_ssize_t pw_ring_get(pw_ringref *rr, pw_record *out, Py_ssize_t max, int64_t d
         if (rc == 1 && atomic_load(&r->tail) == tail)
             return 0;
     }
+}
+
+/* ------------------------------------------------------------------- take */
+
+void pw_ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
+{
+    copy_out(rr, pos, dst, n);
+}
+
+int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, int *fn_rc)
+{
+    struct pw_ring *r = rr->ring;
+    if (lock_side(&r->head_lock, &r->head_owner_died, PW_FOREVER) < 0)
+        return -1;
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+    uint32_t pos = pw_pos(head), count = pw_count(head);
+    if (count == pw_count(tail)) {
+        pw_mutex_unlock(&r->head_lock);
+        return 0;
+    }
+    /* The same checks as pw_ring_get: nothing read from the ring is trusted. */
+    uint32_t used = pw_pos(tail) - pos, hdr[2];
+    int err = 0;
+    if (used < PW_REC_HEADER || used > rr->capacity) {
+        err = bad_record(rr, "message count and byte positions disagree", used,
+                         pw_count(tail) - count);
+    } else {
+        copy_out(rr, pos, hdr, sizeof hdr);
+        if (pw_record_size(hdr[0]) > used)
+            err = bad_record(rr, "record longer than the published data",
+                             pw_record_size(hdr[0]), used);
+    }
+    if (err) {
+        pw_mutex_unlock(&r->head_lock);
+        return -1;
+    }
+    *fn_rc = fn(ctx, rr, pos + PW_REC_HEADER, hdr[1], hdr[0]);
+    pos += (uint32_t)pw_record_size(hdr[0]);
+    atomic_store(&r->head, pw_pack(count + 1, pos));
+    atomic_store_explicit(&r->total_out,
+                          atomic_load_explicit(&r->total_out, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    atomic_store_explicit(&r->bytes_out,
+                          atomic_load_explicit(&r->bytes_out, memory_order_relaxed) + hdr[0],
+                          memory_order_relaxed);
+    pw_mutex_unlock(&r->head_lock);
+    wake_sleepers(&r->not_full_seq, &r->producers_sleeping);
+    return 1;
 }

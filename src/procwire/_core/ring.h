@@ -77,6 +77,26 @@ int pw_ring_put(pw_ringref *rr, pw_msg *msgs, Py_ssize_t n, Py_ssize_t *done, in
  */
 Py_ssize_t pw_ring_get(pw_ringref *rr, pw_record *out, Py_ssize_t max, int64_t deadline);
 
+/*
+ * Lower-level access for the pipe (pipe.c), which streams messages bigger
+ * than the ring and copies payloads straight into their final buffer.
+ *
+ * pw_ring_take() takes the oldest record if there is one, without waiting
+ * for data (it does wait for the head lock). `fn` is called under the head
+ * lock with the record's position, type and payload length; it copies what
+ * it needs with pw_ring_copy_out(payload_pos, ...). The record is consumed
+ * whatever fn returns. Returns 1 if a record was taken (fn's result in
+ * *fn_rc), 0 if the ring was empty, -1 with an exception set for a corrupt
+ * ring (nothing taken). Producers asleep on a full ring are woken.
+ */
+typedef int (*pw_take_fn)(void *ctx, pw_ringref *rr, uint32_t payload_pos, uint32_t type,
+                          uint64_t len);
+int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, int *fn_rc);
+void pw_ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n);
+
+/* Copies bigger than this release the GIL: other threads keep running. */
+#define PW_GIL_FREE_COPY 65536u
+
 /* Messages in the ring now (a snapshot). */
 uint32_t pw_ring_count(const pw_ringref *rr);
 uint64_t pw_ring_used_bytes(const pw_ringref *rr);

@@ -35,7 +35,6 @@ same workloads as ``procwire bench --suite queue``.
 """
 from __future__ import annotations
 
-import importlib.util
 import multiprocessing as mp
 import os
 import signal
@@ -53,11 +52,6 @@ JOIN = 300
 SPIN_LIMIT_S = 120  # a spinning peer gives up if the other side vanished
 
 
-def has_procwire_pipe() -> bool:
-    """procwire.Pipe is being written on another branch; until it lands the cell waits."""
-    return importlib.util.find_spec("procwire.pipe") is not None
-
-
 # -- channels: one small class per mechanism ----------------------------------------------
 # Made in the driver before the fork; send/recv are called after it.
 
@@ -65,7 +59,7 @@ class _Pipe:
     def __init__(self, impl: str, size: int) -> None:
         if impl == "procwire":
             import procwire
-            self.rx, self.tx = procwire.Pipe()  # type: ignore[attr-defined]
+            self.rx, self.tx = procwire.Pipe()
         else:
             self.rx, self.tx = FORK.Pipe()  # duplex, as in the lesson: a socketpair
 
@@ -328,8 +322,7 @@ def cases(scale: float = 1.0) -> list[Case]:
             unit: str, higher: bool = True) -> None:
         out.append(Case(f"{mech} · {metric}", impl, workload, params, unit, higher))
 
-    pipe_impls = impls if has_procwire_pipe() else impls[:1]
-    for impl in pipe_impls:
+    for impl in impls:
         fast = impl == "procwire"
         add("pipe", "throughput", impl, W + "transfer",
             {"mech": "pipe", "impl": impl, "size": 64, "messages": n(400_000 if fast else 100_000)},
@@ -395,8 +388,6 @@ def table(results: list[Result]) -> list[dict[str, Any]]:
                              if m.key == "signal" else "not measured")
             elif m.procwire is None:
                 cell.note = "stdlib reference: procwire has no " + m.key
-            elif ours is None and m.key == "pipe" and not has_procwire_pipe():
-                cell.note = "waiting for procwire.Pipe"
             if std is not None and std.error:
                 cell.note = f"error: {std.error}"
             if ours is not None and ours.error:

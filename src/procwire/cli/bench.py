@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from procwire.bench import harness, lesson, queues
+from procwire.bench import pipe as pipe_bench
 from procwire.bench import sync as sync_bench
 from procwire.cli import fail, main
 
@@ -30,6 +31,7 @@ SUITES = {
     "lesson": ("The lesson's mechanisms, stdlib and procwire", lesson.cases),
     "queue": ("Message queues", queues.cases),
     "sync": ("Locks, events and shared values", sync_bench.cases),
+    "pipe": ("Pipes", pipe_bench.cases),
 }
 
 

@@ -1,7 +1,8 @@
 """管道 -- Pipe, both ways and one way.
 
-A pipe is a channel in kernel memory that two processes share. ``Pipe()``
-returns its two ends:
+A pipe is a channel in memory that two processes share (在内存中开辟一个管道
+空间). multiprocessing keeps it in the kernel, behind a socket; procwire keeps
+it in shared memory, with the same API. ``Pipe()`` returns its two ends:
 
 * ``Pipe()`` (duplex=True, the default): both ends can ``send()`` and
   ``recv()`` -- a two-way conversation;
@@ -20,9 +21,9 @@ from __future__ import annotations
 
 import os
 from multiprocessing import Process
-from multiprocessing.connection import Connection
+from procwire.pipe import Connection
 
-from multiprocessing import Pipe  # WAITING FOR procwire.Pipe: then `from procwire import Pipe`
+from procwire import Pipe  # shared memory, the API of multiprocessing.Pipe
 
 from procwire.lessons._common import say
 

@@ -1,0 +1,1140 @@
+/*
+ * pipe.c -- _core.PipeEnd, the native base class of procwire.pipe.Connection.
+ *
+ * A Pipe is two message rings in one segment (layout.h, struct pw_pipe).
+ * Messages move through shared memory only; the kernel is involved in three
+ * places, all off the hot path:
+ *
+ *  - Life of an end. Each end has a kernel pipe, its "life pipe": every
+ *    handle of end e holds the WRITE side of end e's life pipe, and every
+ *    handle of the other end holds its READ side. The kernel closes
+ *    descriptors when a process exits or is killed, and duplicates them on
+ *    fork and descriptor passing, so "the read side reports POLLHUP" means
+ *    exactly "end e is closed in every process" -- multiprocessing's
+ *    semantics, kill -9 included, with no process table to poll.
+ *    `handles` in shared memory lets the last orderly close() set the
+ *    closed flag at once, so send() needs no system call to notice it.
+ *
+ *  - Sleeping. A receiver spins a little on the ring's tail word, then
+ *    counts itself in readers_waiting and sleeps in ppoll() on its end's
+ *    eventfd and the peer's life pipe: a new message or the peer's death
+ *    wakes it. A sender writes the eventfd only when someone sleeps there
+ *    (or fileno() was handed out), so an awake receiver costs no syscall.
+ *    A sender waiting for room sleeps on the ring's futex in 20 ms slices
+ *    and checks the peer's life pipe between slices.
+ *
+ *  - fileno(): an epoll descriptor watching the eventfd and the peer's life
+ *    pipe, readable while a message waits or the peer is gone. Once it has
+ *    been asked for, senders signal the eventfd on each message (at most one
+ *    signal outstanding) and receivers drain it when the ring runs empty.
+ *
+ * A message longer than a quarter of the ring is streamed in pieces, which
+ * the end's send_lock keeps together; the receiver copies each piece straight
+ * into the final bytes object (or the caller's buffer).
+ */
+#include "ring.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PW_PIPE_SEND_SLICE_NS 20000000LL   /* blocked sender re-checks its peer     */
+#define PW_PIPE_PEER_CHECK_NS 1000000LL    /* send() polls the life pipe this often */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    int mapped, closed, active;
+    int end, readable, writable;
+    struct pw_pipe *pipe;
+    struct pw_pipe_end *me, *peer;
+    pw_ringref in, out;       /* in = ring[end], out = ring[1-end] */
+    int ev_self, ev_peer;     /* eventfds: wake this end's / the peer's receivers */
+    int life_peer, life_own;  /* read side of the peer's life pipe, write side of ours */
+    int epfd;                 /* fileno(), made on first use */
+    int counted;              /* this object holds one of me->handles */
+    int64_t last_check;       /* when send() last polled the peer's life pipe */
+    PyObject *dumps, *loads;
+} PipeEndObject;
+
+/* -------------------------------------------------------------- helpers */
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
+static void release_all(PipeEndObject *self)
+{
+    close_fd(&self->ev_self);
+    close_fd(&self->ev_peer);
+    close_fd(&self->life_peer);
+    close_fd(&self->life_own);
+    close_fd(&self->epfd);
+    if (self->mapped) {
+        self->mapped = 0;
+        self->pipe = NULL;
+        self->me = self->peer = NULL;
+        self->in.ring = self->out.ring = NULL;
+        PyBuffer_Release(&self->view);
+    }
+}
+
+static int enter(PipeEndObject *self)
+{
+    if (!self->mapped || self->closed) {
+        PyErr_SetString(PyExc_OSError, "handle is closed");
+        return -1;
+    }
+    self->active++;
+    return 0;
+}
+
+static void leave(PipeEndObject *self)
+{
+    if (--self->active == 0 && self->closed)
+        release_all(self);
+}
+
+static int check_readable(PipeEndObject *self)
+{
+    if (!self->readable) {
+        PyErr_SetString(PyExc_OSError, "connection is write-only");
+        return -1;
+    }
+    return 0;
+}
+
+static int check_writable(PipeEndObject *self)
+{
+    if (!self->writable) {
+        PyErr_SetString(PyExc_OSError, "connection is read-only");
+        return -1;
+    }
+    return 0;
+}
+
+static void ev_write(int fd)
+{
+    uint64_t one = 1;
+    if (fd >= 0) {
+        ssize_t rc = write(fd, &one, sizeof one);
+        (void)rc; /* EAGAIN: the counter is saturated, it is readable anyway */
+    }
+}
+
+static void ev_drain(int fd)
+{
+    uint64_t v;
+    ssize_t rc = read(fd, &v, sizeof v); /* non-blocking eventfd */
+    (void)rc;
+}
+
+/* The peer end is known closed (flag only, no system call). */
+static int peer_closed(PipeEndObject *self)
+{
+    return (atomic_load(&self->in.ring->closed_flags) & PW_RING_WRITER_CLOSED) != 0;
+}
+
+/* Marks end e closed in every process and wakes whoever waits on it. */
+static void mark_end_closed(struct pw_pipe *p, int e)
+{
+    atomic_fetch_or(&p->ring[e].closed_flags, PW_RING_READER_CLOSED);
+    atomic_fetch_or(&p->ring[1 - e].closed_flags, PW_RING_WRITER_CLOSED);
+    /* Senders into ring e (the other end) may sleep on its not_full futex. */
+    atomic_fetch_add(&p->ring[e].not_full_seq, 1);
+    pw_futex_wake(&p->ring[e].not_full_seq, INT32_MAX);
+}
+
+/* Polls the peer's life pipe now: 1 (and marks the peer closed) if every
+ * handle of the peer end is gone, else 0. */
+static int peer_hup(PipeEndObject *self)
+{
+    if (peer_closed(self))
+        return 1;
+    struct pollfd pfd = {.fd = self->life_peer, .events = POLLIN};
+    if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLERR))) {
+        mark_end_closed(self->pipe, 1 - self->end);
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *raise_broken(void)
+{
+    errno = EPIPE;
+    PyErr_SetObject(PyExc_BrokenPipeError,
+                    Py_BuildValue("(is)", EPIPE, "the other end of the pipe is closed"));
+    return NULL;
+}
+
+static PyObject *raise_eof(void)
+{
+    PyErr_SetString(PyExc_EOFError, "the other end of the pipe is closed");
+    return NULL;
+}
+
+/* Tells the peer's receivers a message is there: only if one sleeps, or if
+ * fileno() was asked for on the peer end (then at most one signal pending). */
+static inline void signal_peer(PipeEndObject *self)
+{
+    struct pw_pipe_end *pe = self->peer;
+    if (atomic_load(&pe->readers_waiting))
+        ev_write(self->ev_peer);
+    else if (atomic_load_explicit(&pe->fd_interest, memory_order_relaxed) &&
+             atomic_exchange(&pe->fd_signaled, 1) == 0)
+        ev_write(self->ev_peer);
+}
+
+static int ring_nonempty(PipeEndObject *self)
+{
+    return pw_ring_count(&self->in) != 0;
+}
+
+/*
+ * After a receive: keep the eventfd's readability in step with the ring for
+ * fileno() users and other sleepers. Drain first, re-check after: a message
+ * published between the two is seen by the re-check.
+ */
+static void resync_after_take(PipeEndObject *self)
+{
+    struct pw_pipe_end *me = self->me;
+    if (atomic_load_explicit(&me->fd_interest, memory_order_relaxed)) {
+        if (!ring_nonempty(self) && !peer_closed(self)) {
+            atomic_store(&me->fd_signaled, 0);
+            ev_drain(self->ev_self);
+        }
+        if ((ring_nonempty(self) || peer_closed(self)) &&
+            atomic_exchange(&me->fd_signaled, 1) == 0)
+            ev_write(self->ev_self);
+    } else if (atomic_load(&me->readers_waiting) && ring_nonempty(self)) {
+        ev_write(self->ev_self); /* another receiver sleeps and there is more */
+    }
+}
+
+/*
+ * Waits until the ring's tail moves away from `tail`, the peer's end is gone,
+ * or the deadline passes. Returns 0 (re-check), 1 timeout, -1 exception.
+ */
+static int wait_for_data(PipeEndObject *self, uint64_t tail, int64_t deadline)
+{
+    struct pw_ring *r = self->in.ring;
+    pw_ringref *rr = &self->in;
+    if (pw_now_ns() >= deadline)
+        return 1;
+    int64_t budget = pw_spin_budget();
+    if (rr->spin_ns > budget)
+        rr->spin_ns = budget;
+    if (rr->spin_ns > 0) {
+        if (pw_spin_while_equal(&r->tail, tail, rr->spin_ns)) {
+            rr->spin_ns = budget;
+            return 0;
+        }
+        rr->spin_ns /= 2;
+    } else if (budget > 0) {
+        rr->spin_ns = 2000;
+    }
+    struct pw_pipe_end *me = self->me;
+    atomic_fetch_add(&me->readers_waiting, 1);
+    int rc = 0;
+    if (atomic_load(&r->tail) == tail && !peer_closed(self)) {
+        struct pollfd pfd[2] = {{.fd = self->ev_self, .events = POLLIN},
+                                {.fd = self->life_peer, .events = POLLIN}};
+        struct timespec ts, *tsp = NULL;
+        if (deadline != PW_FOREVER) {
+            int64_t left = deadline - pw_now_ns();
+            if (left < 0)
+                left = 0;
+            ts.tv_sec = left / 1000000000LL;
+            ts.tv_nsec = left % 1000000000LL;
+            tsp = &ts;
+        }
+        int n, err;
+        Py_BEGIN_ALLOW_THREADS
+        n = ppoll(pfd, 2, tsp, NULL);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (n < 0) {
+            if (err == EINTR)
+                rc = PyErr_CheckSignals() < 0 ? -1 : 0;
+            else {
+                errno = err;
+                PyErr_SetFromErrno(PyExc_OSError);
+                rc = -1;
+            }
+        } else if (n == 0) {
+            rc = 1;
+        } else {
+            if (pfd[1].revents & (POLLHUP | POLLERR))
+                mark_end_closed(self->pipe, 1 - self->end);
+            if (pfd[0].revents & POLLIN) {
+                /* Ours to drain: the loop re-checks the ring next, and
+                 * resync_after_take() re-signals for anyone else. */
+                atomic_store(&me->fd_signaled, 0);
+                ev_drain(self->ev_self);
+            }
+        }
+    }
+    atomic_fetch_sub(&me->readers_waiting, 1);
+    return rc;
+}
+
+/* ----------------------------------------------------------------- send */
+
+/* Puts one record, waiting for room in slices while the peer lives.
+ * 0 done, -1 exception (BrokenPipeError if the peer went away). */
+static int put_record(PipeEndObject *self, pw_msg *m)
+{
+    for (;;) {
+        Py_ssize_t done = 0;
+        int64_t slice = pw_now_ns() + PW_PIPE_SEND_SLICE_NS;
+        int rc = pw_ring_put(&self->out, m, 1, &done, slice);
+        if (rc < 0)
+            return -1;
+        if (rc == 0) {
+            signal_peer(self);
+            return 0;
+        }
+        if (self->closed) {
+            PyErr_SetString(PyExc_OSError, "handle is closed");
+            return -1;
+        }
+        if (peer_hup(self)) {
+            raise_broken();
+            return -1;
+        }
+    }
+}
+
+static int send_buffer(PipeEndObject *self, const char *buf, uint64_t len)
+{
+    if (peer_closed(self)) {
+        raise_broken();
+        return -1;
+    }
+    int64_t now = pw_now_ns();
+    if (now - self->last_check > PW_PIPE_PEER_CHECK_NS) {
+        self->last_check = now;
+        if (peer_hup(self)) {
+            raise_broken();
+            return -1;
+        }
+    }
+    switch (pw_mutex_lock(&self->me->send_lock, PW_FOREVER)) {
+    case PW_LOCK_OWNER_DIED:
+        /* A sender died mid-message: the receiver drops its pieces when
+         * this message begins. */
+        atomic_fetch_add(&self->me->send_owner_died, 1);
+        break;
+    case PW_LOCK_OK:
+        break;
+    default:
+        return -1;
+    }
+    pw_msg m;
+    memset(&m, 0, sizeof m);
+    m.part = m.part_inline;
+    m.part_len = m.part_len_inline;
+    uint64_t piece = self->out.capacity / 4;
+    int rc;
+    if (len <= piece) {
+        m.type = PW_REC_BYTES;
+        m.nparts = 1;
+        m.part[0] = buf;
+        m.len = m.part_len[0] = len;
+        rc = put_record(self, &m);
+    } else {
+        piece -= 16;
+        uint64_t total = len, sent = piece;
+        m.type = PW_REC_STREAM_FIRST;
+        m.nparts = 2;
+        m.part[0] = &total;
+        m.part_len[0] = 8;
+        m.part[1] = buf;
+        m.part_len[1] = piece;
+        m.len = 8 + piece;
+        rc = put_record(self, &m);
+        while (rc == 0 && sent < len) {
+            uint64_t n = len - sent < piece ? len - sent : piece;
+            m.type = PW_REC_STREAM_MORE;
+            m.nparts = 1;
+            m.part[0] = buf + sent;
+            m.len = m.part_len[0] = n;
+            rc = put_record(self, &m);
+            sent += n;
+        }
+    }
+    pw_mutex_unlock(&self->me->send_lock);
+    return rc;
+}
+
+static const char *const send_bytes_names[] = {"buf", "offset", "size"};
+
+static PyObject *PipeEnd_send_bytes(PipeEndObject *self, PyObject *const *args,
+                                    Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *a[3];
+    if (pw_parse_args("send_bytes", args, nargs, kwnames, send_bytes_names, 3, 1, a) < 0 ||
+        enter(self) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_buffer view;
+    if (check_writable(self) < 0)
+        goto out;
+    if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
+        goto out;
+    Py_ssize_t n = view.len, offset = 0, size;
+    if (a[1]) {
+        offset = PyNumber_AsSsize_t(a[1], PyExc_OverflowError);
+        if (offset == -1 && PyErr_Occurred())
+            goto release;
+    }
+    if (offset < 0) {
+        PyErr_SetString(PyExc_ValueError, "offset is negative");
+        goto release;
+    }
+    if (n < offset) {
+        PyErr_SetString(PyExc_ValueError, "buffer length < offset");
+        goto release;
+    }
+    if (a[2] && a[2] != Py_None) {
+        size = PyNumber_AsSsize_t(a[2], PyExc_OverflowError);
+        if (size == -1 && PyErr_Occurred())
+            goto release;
+        if (size < 0) {
+            PyErr_SetString(PyExc_ValueError, "size is negative");
+            goto release;
+        }
+        if (offset + size > n) {
+            PyErr_SetString(PyExc_ValueError, "buffer length < offset + size");
+            goto release;
+        }
+    } else {
+        size = n - offset;
+    }
+    if (send_buffer(self, (const char *)view.buf + offset, (uint64_t)size) == 0)
+        result = Py_NewRef(Py_None);
+release:
+    PyBuffer_Release(&view);
+out:
+    leave(self);
+    return result;
+}
+
+static PyObject *PipeEnd_send(PipeEndObject *self, PyObject *obj)
+{
+    if (enter(self) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    if (check_writable(self) == 0) {
+        PyObject *data = PyObject_CallOneArg(self->dumps, obj);
+        if (data) {
+            Py_buffer view;
+            if (PyBytes_CheckExact(data)) {
+                if (send_buffer(self, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) == 0)
+                    result = Py_NewRef(Py_None);
+            } else if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) == 0) {
+                if (send_buffer(self, view.buf, view.len) == 0)
+                    result = Py_NewRef(Py_None);
+                PyBuffer_Release(&view);
+            }
+            Py_DECREF(data);
+        }
+    }
+    leave(self);
+    return result;
+}
+
+/* ----------------------------------------------------------------- recv */
+
+enum take_status {
+    TAKE_DONE = 0,     /* a whole message is in ctx                        */
+    TAKE_PARTIAL = 1,  /* a streamed message continues                     */
+    TAKE_SKIPPED = 2,  /* a piece of a message we are not receiving        */
+    TAKE_TOO_LONG = 3, /* longer than maxlength: dropped                   */
+    TAKE_ERROR = -1    /* exception set (the record is consumed)           */
+};
+
+typedef struct {
+    PipeEndObject *self;
+    uint64_t maxlength;  /* UINT64_MAX: none */
+    char *into;          /* recv_bytes_into: destination, or NULL */
+    uint64_t into_cap;
+    PyObject *bytes;     /* the message, when not received into `into`   */
+    char *dst;           /* where the message's bytes go                  */
+    uint64_t total, got; /* a streamed message in progress when total > 0  */
+    int in_stream;
+    uint64_t length;     /* length of the finished (or refused) message    */
+} recv_ctx;
+
+static void ctx_drop(recv_ctx *c)
+{
+    if (c->in_stream)
+        atomic_fetch_add(&c->self->me->partial_dropped, 1);
+    Py_CLEAR(c->bytes);
+    c->dst = NULL;
+    c->in_stream = 0;
+    c->total = c->got = 0;
+}
+
+static void copy_piece(pw_ringref *rr, uint32_t pos, char *dst, uint64_t n)
+{
+    if (n >= PW_GIL_FREE_COPY) {
+        Py_BEGIN_ALLOW_THREADS
+        pw_ring_copy_out(rr, pos, dst, n);
+        Py_END_ALLOW_THREADS
+    } else {
+        pw_ring_copy_out(rr, pos, dst, n);
+    }
+}
+
+/* Sets up the destination for a message of `len` bytes. */
+static int ctx_begin(recv_ctx *c, uint64_t len)
+{
+    c->length = len;
+    if (len > c->maxlength)
+        return TAKE_TOO_LONG;
+    if (c->into && len <= c->into_cap) {
+        c->dst = c->into;
+        return 0;
+    }
+    if (len > PY_SSIZE_T_MAX) {
+        PyErr_NoMemory();
+        return TAKE_ERROR;
+    }
+    c->bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+    if (!c->bytes)
+        return TAKE_ERROR;
+    c->dst = PyBytes_AS_STRING(c->bytes);
+    return 0;
+}
+
+static int take_cb(void *ctx, pw_ringref *rr, uint32_t pos, uint32_t type, uint64_t len)
+{
+    recv_ctx *c = ctx;
+    int rc;
+    switch (type) {
+    case PW_REC_BYTES:
+        ctx_drop(c);
+        if ((rc = ctx_begin(c, len)) != 0)
+            return rc;
+        copy_piece(rr, pos, c->dst, len);
+        return TAKE_DONE;
+    case PW_REC_STREAM_FIRST: {
+        ctx_drop(c);
+        uint64_t total;
+        if (len < 8) {
+            pw_segment_error("%s is corrupt: a stream record of %llu bytes", rr->what,
+                             (unsigned long long)len);
+            return TAKE_ERROR;
+        }
+        pw_ring_copy_out(rr, pos, &total, 8);
+        if (len - 8 > total) {
+            pw_segment_error("%s is corrupt: a %llu-byte piece of a %llu-byte message",
+                             rr->what, (unsigned long long)(len - 8), (unsigned long long)total);
+            return TAKE_ERROR;
+        }
+        if ((rc = ctx_begin(c, total)) != 0)
+            return rc; /* its MORE pieces will be skipped */
+        copy_piece(rr, pos + 8, c->dst, len - 8);
+        c->total = total;
+        c->got = len - 8;
+        c->in_stream = 1;
+        if (c->got == c->total) {
+            c->in_stream = 0;
+            return TAKE_DONE;
+        }
+        return TAKE_PARTIAL;
+    }
+    case PW_REC_STREAM_MORE:
+        if (!c->in_stream)
+            return TAKE_SKIPPED;
+        if (len > c->total - c->got) {
+            ctx_drop(c);
+            pw_segment_error("%s is corrupt: stream pieces exceed their message", rr->what);
+            return TAKE_ERROR;
+        }
+        copy_piece(rr, pos, c->dst + c->got, len);
+        c->got += len;
+        if (c->got == c->total) {
+            c->in_stream = 0;
+            atomic_fetch_add(&c->self->me->streamed, 1);
+            return TAKE_DONE;
+        }
+        return TAKE_PARTIAL;
+    default:
+        ctx_drop(c);
+        pw_segment_error("%s is corrupt: unknown record type %u", rr->what, type);
+        return TAKE_ERROR;
+    }
+}
+
+/*
+ * Receives one message into c. Returns 0 (message in c), 1 on timeout, -1
+ * with an exception set (EOFError when the peer is gone).
+ */
+static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
+{
+    struct pw_pipe_end *me = self->me;
+    switch (pw_mutex_lock(&me->recv_lock, deadline)) {
+    case PW_LOCK_OWNER_DIED:
+        atomic_fetch_add(&me->recv_owner_died, 1);
+        break;
+    case PW_LOCK_OK:
+        break;
+    case PW_LOCK_TIMEOUT:
+        return 1;
+    default:
+        return -1;
+    }
+    int result;
+    for (;;) {
+        uint64_t tail = atomic_load(&self->in.ring->tail);
+        int status = 0;
+        int taken = pw_ring_take(&self->in, take_cb, c, &status);
+        if (taken < 0) {
+            result = -1;
+            break;
+        }
+        if (taken) {
+            if (status == TAKE_DONE) {
+                result = 0;
+                break;
+            }
+            if (status == TAKE_ERROR) {
+                result = -1;
+                break;
+            }
+            if (status == TAKE_TOO_LONG) {
+                PyErr_SetString(PyExc_OSError, "bad message length");
+                result = -1;
+                break;
+            }
+            continue; /* PARTIAL or SKIPPED */
+        }
+        if (peer_closed(self)) {
+            /* The peer published everything before closing: one last look. */
+            if (pw_ring_count(&self->in))
+                continue;
+            ctx_drop(c);
+            raise_eof();
+            result = -1;
+            break;
+        }
+        int rc = wait_for_data(self, tail, deadline);
+        if (rc < 0) {
+            result = -1;
+            break;
+        }
+        if (self->closed) { /* close() from another thread of ours */
+            PyErr_SetString(PyExc_OSError, "handle is closed");
+            result = -1;
+            break;
+        }
+        if (rc == 1 && atomic_load(&self->in.ring->tail) == tail) {
+            result = 1;
+            break;
+        }
+    }
+    pw_mutex_unlock(&me->recv_lock);
+    if (result != 0)
+        ctx_drop(c);
+    resync_after_take(self);
+    return result;
+}
+
+static int parse_timeout(PyObject *timeout, int64_t *deadline)
+{
+    return pw_deadline_from(1, timeout, deadline);
+}
+
+static PyObject *raise_timeout(void)
+{
+    PyErr_SetString(PyExc_TimeoutError, "no message arrived before the timeout");
+    return NULL;
+}
+
+static const char *const recv_bytes_names[] = {"maxlength", "timeout"};
+
+static PyObject *PipeEnd_recv_bytes(PipeEndObject *self, PyObject *const *args,
+                                    Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *a[2];
+    int64_t deadline;
+    recv_ctx c = {.self = self, .maxlength = UINT64_MAX};
+    if (pw_parse_args("recv_bytes", args, nargs, kwnames, recv_bytes_names, 2, 0, a) < 0 ||
+        parse_timeout(a[1], &deadline) < 0)
+        return NULL;
+    if (a[0] && a[0] != Py_None) {
+        Py_ssize_t m = PyNumber_AsSsize_t(a[0], PyExc_OverflowError);
+        if (m == -1 && PyErr_Occurred())
+            return NULL;
+        if (m < 0) {
+            PyErr_SetString(PyExc_ValueError, "negative maxlength");
+            return NULL;
+        }
+        c.maxlength = (uint64_t)m;
+    }
+    if (enter(self) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    if (check_readable(self) == 0) {
+        int rc = receive(self, &c, deadline);
+        if (rc == 0)
+            result = c.bytes, c.bytes = NULL;
+        else if (rc == 1)
+            raise_timeout();
+    }
+    leave(self);
+    return result;
+}
+
+static const char *const recv_names[] = {"timeout"};
+
+static PyObject *PipeEnd_recv(PipeEndObject *self, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames)
+{
+    PyObject *a[1];
+    int64_t deadline;
+    recv_ctx c = {.self = self, .maxlength = UINT64_MAX};
+    if (pw_parse_args("recv", args, nargs, kwnames, recv_names, 1, 0, a) < 0 ||
+        parse_timeout(a[0], &deadline) < 0 || enter(self) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    if (check_readable(self) == 0) {
+        int rc = receive(self, &c, deadline);
+        if (rc == 0) {
+            result = PyObject_CallOneArg(self->loads, c.bytes);
+            Py_CLEAR(c.bytes);
+        } else if (rc == 1) {
+            raise_timeout();
+        }
+    }
+    leave(self);
+    return result;
+}
+
+/* _recv_bytes_into(buf, offset, timeout) -> int bytes written, or the whole
+ * message as bytes when it does not fit (Python raises BufferTooShort). */
+static const char *const recv_into_names[] = {"buf", "offset", "timeout"};
+
+static PyObject *PipeEnd_recv_bytes_into(PipeEndObject *self, PyObject *const *args,
+                                         Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *a[3];
+    int64_t deadline;
+    if (pw_parse_args("recv_bytes_into", args, nargs, kwnames, recv_into_names, 3, 1, a) < 0 ||
+        parse_timeout(a[2], &deadline) < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(a[0], &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t offset = 0;
+    if (a[1]) {
+        offset = PyNumber_AsSsize_t(a[1], PyExc_OverflowError);
+        if (offset == -1 && PyErr_Occurred())
+            goto release;
+    }
+    if (offset < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative offset");
+        goto release;
+    }
+    if (offset > view.len) {
+        PyErr_SetString(PyExc_ValueError, "offset too large");
+        goto release;
+    }
+    if (enter(self) < 0)
+        goto release;
+    if (check_readable(self) == 0) {
+        recv_ctx c = {.self = self, .maxlength = UINT64_MAX, .into = (char *)view.buf + offset,
+                      .into_cap = (uint64_t)(view.len - offset)};
+        int rc = receive(self, &c, deadline);
+        if (rc == 0)
+            result = c.bytes ? c.bytes : PyLong_FromUnsignedLongLong(c.length);
+        else if (rc == 1)
+            raise_timeout();
+    }
+    leave(self);
+release:
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* ----------------------------------------------------------------- poll */
+
+static const char *const poll_names[] = {"timeout"};
+
+static PyObject *PipeEnd_poll(PipeEndObject *self, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames)
+{
+    PyObject *a[1];
+    int64_t deadline = 0;
+    if (pw_parse_args("poll", args, nargs, kwnames, poll_names, 1, 0, a) < 0)
+        return NULL;
+    if (a[0] && pw_deadline_from(1, a[0], &deadline) < 0) /* None = forever, as mp */
+        return NULL;
+    if (enter(self) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    if (check_readable(self) == 0) {
+        for (;;) {
+            uint64_t tail = atomic_load(&self->in.ring->tail);
+            if (pw_ring_count(&self->in) || peer_closed(self)) {
+                result = Py_NewRef(Py_True);
+                break;
+            }
+            int rc = wait_for_data(self, tail, deadline);
+            if (rc < 0)
+                break;
+            if (self->closed) {
+                PyErr_SetString(PyExc_OSError, "handle is closed");
+                break;
+            }
+            if (rc == 1) {
+                result = PyBool_FromLong(pw_ring_count(&self->in) || peer_hup(self));
+                break;
+            }
+        }
+        if (result == Py_True)
+            resync_after_take(self);
+    }
+    leave(self);
+    return result;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "create", "end", "capacity", "duplex", "fds",
+                             "count", "name", "dumps", "loads", NULL};
+    PyObject *buffer, *name, *dumps, *loads;
+    int create = 0, end = 0, duplex = 1, count = 1;
+    unsigned long long capacity = 0;
+    int fds[4];
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$piKp(iiii)pUOO:PipeEnd", kwlist, &buffer,
+                                     &create, &end, &capacity, &duplex, &fds[0], &fds[1],
+                                     &fds[2], &fds[3], &count, &name, &dumps, &loads))
+        return -1;
+    if (self->mapped || self->ev_self > 0) {
+        PyErr_SetString(PyExc_RuntimeError, "PipeEnd.__init__ called twice");
+        return -1;
+    }
+    if (end != 0 && end != 1) {
+        PyErr_Format(PyExc_ValueError, "end must be 0 or 1, not %d", end);
+        return -1;
+    }
+    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE) < 0)
+        return -1;
+    self->mapped = 1;
+    Py_XSETREF(self->dumps, Py_NewRef(dumps));
+    Py_XSETREF(self->loads, Py_NewRef(loads));
+    const char *what = PyUnicode_AsUTF8(name);
+    if (!what)
+        goto fail;
+    struct pw_header *h = self->view.buf;
+    struct pw_pipe *p = (struct pw_pipe *)(h + 1);
+    uint64_t size = (uint64_t)self->view.len;
+    uint64_t hdr = sizeof *h + sizeof *p;
+    uint64_t data_offset = (hdr + PW_RING_DATA_ALIGN - 1) & ~(uint64_t)(PW_RING_DATA_ALIGN - 1);
+    if (create) {
+        uint64_t cap1 = duplex ? capacity : PW_RING_MIN_CAPACITY;
+        if (capacity < PW_RING_MIN_CAPACITY || capacity > PW_RING_MAX_CAPACITY ||
+            (capacity & (capacity - 1))) {
+            PyErr_Format(PyExc_ValueError,
+                         "capacity must be a power of two between %u and %u bytes, not %llu",
+                         PW_RING_MIN_CAPACITY, PW_RING_MAX_CAPACITY, capacity);
+            goto fail;
+        }
+        if (size != data_offset + capacity + cap1) {
+            PyErr_Format(PyExc_ValueError, "buffer is %llu bytes, a pipe needs %llu",
+                         (unsigned long long)size,
+                         (unsigned long long)(data_offset + capacity + cap1));
+            goto fail;
+        }
+        pw_header_init(h, PW_KIND_PIPE, size, sizeof *p, data_offset);
+        memset(p, 0, sizeof *p);
+        p->pipe_flags = duplex ? PW_PIPE_DUPLEX : 0;
+        p->capacity[0] = capacity;
+        p->capacity[1] = cap1;
+        int rc = pw_ring_init(&p->ring[0], capacity, 0);
+        if (!rc)
+            rc = pw_ring_init(&p->ring[1], cap1, 0);
+        for (int e = 0; e < 2 && !rc; e++) {
+            rc = pw_mutex_init(&p->end[e].send_lock);
+            if (!rc)
+                rc = pw_mutex_init(&p->end[e].recv_lock);
+        }
+        if (rc) {
+            errno = rc;
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto fail;
+        }
+        pw_header_publish(h);
+    } else {
+        if (pw_header_validate(h, self->view.len, PW_KIND_PIPE, what) < 0)
+            goto fail;
+        if (h->header_size != sizeof *p || h->data_offset != data_offset) {
+            pw_segment_error("%s is corrupt: pipe header is %u bytes, expected %zu", what,
+                             h->header_size, sizeof *p);
+            goto fail;
+        }
+        if (p->capacity[0] != p->ring[0].capacity || p->capacity[1] != p->ring[1].capacity ||
+            p->capacity[0] > size || p->capacity[1] > size ||
+            data_offset + p->capacity[0] + p->capacity[1] != size) {
+            pw_segment_error("%s is corrupt: ring capacities do not fit the segment", what);
+            goto fail;
+        }
+        if (pw_ring_validate(&p->ring[0], p->capacity[0], what) < 0 ||
+            pw_ring_validate(&p->ring[1], p->capacity[1], what) < 0)
+            goto fail;
+        duplex = (p->pipe_flags & PW_PIPE_DUPLEX) != 0;
+    }
+    self->pipe = p;
+    self->end = end;
+    self->me = &p->end[end];
+    self->peer = &p->end[1 - end];
+    self->readable = duplex || end == 0;
+    self->writable = duplex || end == 1;
+    uint8_t *data = (uint8_t *)h + data_offset;
+    uint8_t *ring_data[2] = {data, data + p->capacity[0]};
+    self->in = (pw_ringref){&p->ring[end], ring_data[end], p->capacity[end], PW_SPIN_MAX_NS,
+                            what};
+    self->out = (pw_ringref){&p->ring[1 - end], ring_data[1 - end], p->capacity[1 - end],
+                             PW_SPIN_MAX_NS, what};
+    self->ev_self = fds[0];
+    self->ev_peer = fds[1];
+    self->life_peer = fds[2];
+    self->life_own = fds[3];
+    self->epfd = -1;
+    self->closed = 0;
+    self->counted = 1;
+    if (count)
+        atomic_fetch_add(&self->me->handles, 1);
+    return 0;
+fail:
+    /* The descriptors stay the caller's on failure. */
+    if (self->mapped) {
+        self->mapped = 0;
+        PyBuffer_Release(&self->view);
+    }
+    return -1;
+}
+
+/* Drops this object's handle; the last one marks the end closed at once. */
+static void drop_handle(PipeEndObject *self)
+{
+    if (!self->counted || !self->mapped)
+        return;
+    self->counted = 0;
+    if (atomic_fetch_sub(&self->me->handles, 1) == 1) {
+        mark_end_closed(self->pipe, self->end);
+        ev_write(self->ev_peer); /* the peer's sleeping receivers */
+    }
+}
+
+static PyObject *PipeEnd_close(PipeEndObject *self, PyObject *unused)
+{
+    if (self->closed || !self->mapped)
+        Py_RETURN_NONE;
+    drop_handle(self);
+    self->closed = 1;
+    /* Our own threads blocked in recv() wake, see `closed` and raise. */
+    if (self->active) {
+        ev_write(self->ev_self);
+        close_fd(&self->life_own);
+    } else {
+        release_all(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static void PipeEnd_dealloc(PipeEndObject *self)
+{
+    drop_handle(self);
+    release_all(self);
+    Py_CLEAR(self->dumps);
+    Py_CLEAR(self->loads);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *PipeEnd_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PipeEndObject *self = (PipeEndObject *)type->tp_alloc(type, 0);
+    if (self) {
+        self->ev_self = self->ev_peer = self->life_peer = self->life_own = self->epfd = -1;
+        self->closed = 1;
+    }
+    return (PyObject *)self;
+}
+
+/* Another holder of this end comes to exist (a fork child, a pickle). */
+static PyObject *PipeEnd_add_handle(PipeEndObject *self, PyObject *unused)
+{
+    if (enter(self) < 0)
+        return NULL;
+    atomic_fetch_add(&self->me->handles, 1);
+    leave(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *PipeEnd_fileno(PipeEndObject *self, PyObject *unused)
+{
+    if (enter(self) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    if (self->epfd < 0) {
+        int ep = epoll_create1(EPOLL_CLOEXEC);
+        struct epoll_event ev = {.events = EPOLLIN};
+        if (ep < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto out;
+        }
+        ev.data.fd = self->ev_self;
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, self->ev_self, &ev) < 0 ||
+            (ev.data.fd = self->life_peer,
+             epoll_ctl(ep, EPOLL_CTL_ADD, self->life_peer, &ev) < 0)) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            close(ep);
+            goto out;
+        }
+        self->epfd = ep;
+        /* From now on senders signal this end's eventfd; make it readable
+         * now if a message already waits. */
+        atomic_store(&self->me->fd_interest, 1);
+        if ((pw_ring_count(&self->in) || peer_closed(self)) &&
+            atomic_exchange(&self->me->fd_signaled, 1) == 0)
+            ev_write(self->ev_self);
+    }
+    result = PyLong_FromLong(self->epfd);
+out:
+    leave(self);
+    return result;
+}
+
+static PyObject *PipeEnd_fds(PipeEndObject *self, PyObject *unused)
+{
+    if (enter(self) < 0)
+        return NULL;
+    PyObject *r = Py_BuildValue("(iiii)", self->ev_self, self->ev_peer, self->life_peer,
+                                self->life_own);
+    leave(self);
+    return r;
+}
+
+static PyObject *PipeEnd_statistics(PipeEndObject *self, PyObject *unused)
+{
+    if (enter(self) < 0)
+        return NULL;
+    struct pw_ring *in = self->in.ring, *out = self->out.ring;
+    PyObject *d = Py_BuildValue(
+        "{s:i,s:O,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:O,s:I}",
+        "end", self->end, "duplex", self->pipe->pipe_flags & PW_PIPE_DUPLEX ? Py_True : Py_False,
+        "capacity_in", (unsigned long long)self->in.capacity,
+        "capacity_out", (unsigned long long)self->out.capacity,
+        "messages_waiting", pw_ring_count(&self->in),
+        "messages_received", (unsigned long long)atomic_load(&in->total_out),
+        "bytes_received", (unsigned long long)atomic_load(&in->bytes_out),
+        "messages_sent", (unsigned long long)atomic_load(&out->total_in),
+        "bytes_sent", (unsigned long long)atomic_load(&out->bytes_in),
+        "handles", atomic_load(&self->me->handles),
+        "streamed_received", (unsigned long long)atomic_load(&self->me->streamed),
+        "partial_dropped", (unsigned long long)atomic_load(&self->me->partial_dropped),
+        "send_owner_died", (unsigned long long)atomic_load(&self->me->send_owner_died),
+        "recv_owner_died", (unsigned long long)atomic_load(&self->me->recv_owner_died),
+        "peer_closed", peer_closed(self) ? Py_True : Py_False,
+        "receivers_waiting", atomic_load(&self->me->readers_waiting));
+    leave(self);
+    return d;
+}
+
+static PyObject *PipeEnd_segment_size(PyObject *cls, PyObject *args)
+{
+    unsigned long long cap;
+    int duplex;
+    if (!PyArg_ParseTuple(args, "Kp", &cap, &duplex))
+        return NULL;
+    uint64_t hdr = sizeof(struct pw_header) + sizeof(struct pw_pipe);
+    uint64_t off = (hdr + PW_RING_DATA_ALIGN - 1) & ~(uint64_t)(PW_RING_DATA_ALIGN - 1);
+    return PyLong_FromUnsignedLongLong(off + cap + (duplex ? cap : PW_RING_MIN_CAPACITY));
+}
+
+static PyObject *get_closed(PipeEndObject *self, void *c)
+{
+    return PyBool_FromLong(self->closed || !self->mapped);
+}
+static PyObject *get_readable(PipeEndObject *self, void *c)
+{
+    return PyBool_FromLong(self->readable);
+}
+static PyObject *get_writable(PipeEndObject *self, void *c)
+{
+    return PyBool_FromLong(self->writable);
+}
+static PyObject *get_end(PipeEndObject *self, void *c)
+{
+    return PyLong_FromLong(self->end);
+}
+
+#define FASTKW METH_FASTCALL | METH_KEYWORDS
+#define FN(f) (PyCFunction)(void (*)(void))(f)
+
+static PyMethodDef PipeEnd_methods[] = {
+    {"send", (PyCFunction)PipeEnd_send, METH_O,
+     "send(obj)\n--\n\nSend a picklable object; the other end gets it from recv()."},
+    {"send_bytes", FN(PipeEnd_send_bytes), FASTKW,
+     "send_bytes(buf, offset=0, size=None)\n--\n\nSend bytes from a bytes-like object as "
+     "one message."},
+    {"recv", FN(PipeEnd_recv), FASTKW,
+     "recv(*, timeout=None)\n--\n\nReturn the next object sent with send(). Blocks until "
+     "one arrives; EOFError when the other end is closed and nothing is left."},
+    {"recv_bytes", FN(PipeEnd_recv_bytes), FASTKW,
+     "recv_bytes(maxlength=None, *, timeout=None)\n--\n\nReturn the next message as bytes. "
+     "OSError('bad message length') (the message is dropped) if longer than maxlength."},
+    {"_recv_bytes_into", FN(PipeEnd_recv_bytes_into), FASTKW, NULL},
+    {"poll", FN(PipeEnd_poll), FASTKW,
+     "poll(timeout=0.0)\n--\n\nWhether there is anything to read, waiting up to timeout "
+     "seconds (None: forever). True also when the other end is closed (recv raises EOFError)."},
+    {"_close", (PyCFunction)PipeEnd_close, METH_NOARGS, NULL},
+    {"_add_handle", (PyCFunction)PipeEnd_add_handle, METH_NOARGS, NULL},
+    {"_fileno", (PyCFunction)PipeEnd_fileno, METH_NOARGS, NULL},
+    {"_fds", (PyCFunction)PipeEnd_fds, METH_NOARGS, NULL},
+    {"_statistics", (PyCFunction)PipeEnd_statistics, METH_NOARGS, NULL},
+    {"_segment_size", (PyCFunction)PipeEnd_segment_size, METH_VARARGS | METH_STATIC, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef PipeEnd_getset[] = {
+    {"closed", (getter)get_closed, NULL, "True if the connection is closed.", NULL},
+    {"readable", (getter)get_readable, NULL, "True if the connection can receive.", NULL},
+    {"writable", (getter)get_writable, NULL, "True if the connection can send.", NULL},
+    {"_end", (getter)get_end, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject PipeEndType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "procwire._core.PipeEnd",
+    .tp_basicsize = sizeof(PipeEndObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "One end of a shared-memory pipe (see procwire.pipe.Connection).",
+    .tp_new = PipeEnd_new,
+    .tp_init = (initproc)PipeEnd_init,
+    .tp_dealloc = (destructor)PipeEnd_dealloc,
+    .tp_methods = PipeEnd_methods,
+    .tp_getset = PipeEnd_getset,
+};
+
+int pw_pipe_register(PyObject *module)
+{
+    if (PyType_Ready(&PipeEndType) < 0)
+        return -1;
+    return PyModule_AddObjectRef(module, "PipeEnd", (PyObject *)&PipeEndType);
+}

@@ -1,0 +1,207 @@
+"""Pipe workloads: procwire.Pipe against multiprocessing.Pipe, a raw os.pipe and pyzmq PAIR.
+
+Each workload runs in a fresh interpreter (see harness.py) and forks its peer
+with the fork start method. The parent is always the receiver whose clock is
+read, so every implementation is timed the same way:
+
+* ``rtt``: 64-byte ping-pong, per-round-trip times; value = median µs.
+* ``throughput``: the child sends ``messages`` messages back to back; the
+  parent times first to last receipt; value = msg/s (or GB/s for 1 MiB).
+
+pyzmq is optional (``pip install 'procwire[bench]'``); the raw os.pipe moves
+fixed 64-byte frames only (one write and one read system call each).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from typing import Any
+
+from procwire.bench.harness import Case
+
+FORK = mp.get_context("fork")
+MiB = 1 << 20
+JOIN = 300
+W = "procwire.bench.pipe:"
+
+PAYLOADS = {"bytes64": b"x" * 64, "tuple": (1, "abc", 2.5), "bytes1m": b"x" * MiB}
+
+
+class _Ends:
+    """Both ends of one implementation; ``open(role)`` runs after the fork."""
+
+    def __init__(self, impl: str) -> None:
+        self.impl = impl
+        self.tmp = None
+        if impl.startswith("procwire"):
+            import procwire
+            self.a, self.b = procwire.Pipe(duplex=impl != "procwire oneway")
+        elif impl.startswith("multiprocessing"):
+            self.a, self.b = FORK.Pipe(duplex=impl != "multiprocessing oneway")
+        elif impl == "os.pipe":
+            self.r1, self.w1 = os.pipe()  # child -> parent
+            self.r2, self.w2 = os.pipe()  # parent -> child
+        elif impl == "pyzmq":
+            import zmq  # noqa: F401  (fail early, in the driver, if missing)
+            self.tmp = tempfile.mkdtemp()
+            self.addr = f"ipc://{self.tmp}/pair"
+        else:
+            raise ValueError(impl)
+
+    def open(self, role: str) -> tuple[Any, Any]:
+        """(send, recv) callables for `role` ("parent" receives first in rtt)."""
+        impl = self.impl
+        if impl.startswith(("procwire", "multiprocessing")):
+            oneway = impl.endswith("oneway")
+            # one-way: a (first end) only receives, b only sends
+            me = self.a if role == "parent" else self.b
+            return me, me
+        if impl == "os.pipe":
+            if role == "parent":
+                return self.w2, self.r1
+            return self.w1, self.r2
+        import zmq
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.PAIR)
+        if role == "parent":
+            s.bind(self.addr)
+        else:
+            s.connect(self.addr)
+        return s, s
+
+    def close(self) -> None:
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _send_fn(impl: str, end: Any, payload: str):
+    if impl == "os.pipe":
+        return lambda m: os.write(end, m)
+    if impl == "pyzmq":
+        return end.send_pyobj if payload == "tuple" else end.send
+    return end.send if payload == "tuple" else end.send_bytes
+
+
+def _recv_fn(impl: str, end: Any, payload: str):
+    if impl == "os.pipe":
+        return lambda: os.read(end, 64)
+    if impl == "pyzmq":
+        return end.recv_pyobj if payload == "tuple" else end.recv
+    return end.recv if payload == "tuple" else end.recv_bytes
+
+
+def _flush(ends: _Ends, sock: Any) -> None:
+    """pyzmq sends from a background thread: let the last messages leave before exit."""
+    if ends.impl == "pyzmq":
+        sock.close(linger=10000)
+        sock.context.term()
+
+
+def _pin(pinned: bool) -> None:
+    if pinned:
+        os.sched_setaffinity(0, {0})
+
+
+def _echo_child(ends: _Ends, count: int) -> None:
+    s, r = ends.open("child")
+    send, recv = _send_fn(ends.impl, s, "bytes64"), _recv_fn(ends.impl, r, "bytes64")
+    for _ in range(count):
+        send(recv())
+    _flush(ends, s)
+    os._exit(0)
+
+
+def rtt(impl: str, pinned: bool = False, count: int = 20000, warmup: int = 2000) -> dict:
+    """64-byte round trips; value = median µs, with p10/p99."""
+    _pin(pinned)
+    ends = _Ends(impl)
+    p = FORK.Process(target=_echo_child, args=(ends, count + warmup))
+    p.start()
+    s, r = ends.open("parent")
+    send, recv = _send_fn(impl, s, "bytes64"), _recv_fn(impl, r, "bytes64")
+    msg = b"x" * 64
+    for _ in range(warmup):
+        send(msg)
+        recv()
+    times = []
+    clock = time.perf_counter_ns
+    for _ in range(count):
+        t = clock()
+        send(msg)
+        recv()
+        times.append(clock() - t)
+    p.join(JOIN)
+    ends.close()
+    times.sort()
+    q = lambda f: times[int(f * (len(times) - 1))] / 1e3  # noqa: E731
+    return {"value": statistics.median(times) / 1e3, "p10": q(0.10), "p99": q(0.99)}
+
+
+def _producer_child(ends: _Ends, payload: str, count: int) -> None:
+    s, _ = ends.open("child")
+    send = _send_fn(ends.impl, s, payload)
+    msg = PAYLOADS[payload]
+    for _ in range(count):
+        send(msg)
+    _flush(ends, s)
+    os._exit(0)
+
+
+def throughput(impl: str, payload: str, messages: int) -> dict:
+    """1→1: value = msg/s, or GB/s for 1 MiB payloads; extra: minor faults per message."""
+    ends = _Ends(impl)
+    p = FORK.Process(target=_producer_child, args=(ends, payload, messages))
+    p.start()
+    _, r = ends.open("parent")
+    recv = _recv_fn(impl, r, payload)
+    recv()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t0 = time.perf_counter()
+    for _ in range(messages - 1):
+        recv()
+    dt = time.perf_counter() - t0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    p.join(JOIN)
+    ends.close()
+    rate = (messages - 1) / dt
+    out = {"minflt_per_msg": faults / (messages - 1)}
+    if payload == "bytes1m":
+        out["value"] = rate * MiB / 1e9
+        out["msg_per_s"] = rate
+    else:
+        out["value"] = rate
+    return out
+
+
+PEERS = ("procwire", "procwire oneway", "multiprocessing", "multiprocessing oneway", "pyzmq")
+
+
+def cases(scale: float = 1.0) -> list[Case]:
+    """The pipe suite; `scale` shrinks message counts for quick runs."""
+    def n(count: int) -> int:
+        return max(1000, int(count * scale))
+
+    out: list[Case] = []
+    for pinned, label in ((False, "RTT 64 B, unpinned"), (True, "RTT 64 B, pinned to 1 CPU")):
+        for impl in ("procwire", "multiprocessing", "os.pipe", "pyzmq"):
+            out.append(Case(label, impl, W + "rtt",
+                            {"impl": impl, "pinned": pinned, "count": n(20000)}, "µs",
+                            higher_is_better=False))
+    small = {"procwire": n(2_000_000), "procwire oneway": n(2_000_000),
+             "multiprocessing": n(400_000), "multiprocessing oneway": n(400_000),
+             "pyzmq": n(1_000_000), "os.pipe": n(2_000_000)}
+    for impl in (*PEERS, "os.pipe"):
+        out.append(Case("send_bytes 64 B 1→1", impl, W + "throughput",
+                        {"impl": impl, "payload": "bytes64", "messages": small[impl]}, "msg/s"))
+    for impl in PEERS:
+        out.append(Case("send/recv (1,'abc',2.5) 1→1", impl, W + "throughput",
+                        {"impl": impl, "payload": "tuple", "messages": small[impl]}, "msg/s"))
+    for impl in PEERS:
+        out.append(Case("send_bytes 1 MiB 1→1", impl, W + "throughput",
+                        {"impl": impl, "payload": "bytes1m", "messages": n(2000)}, "GB/s"))
+    return out

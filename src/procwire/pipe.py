@@ -1,0 +1,353 @@
+"""``Pipe`` and ``Connection``: :func:`multiprocessing.Pipe` over shared memory.
+
+``Pipe(duplex=True)`` returns two :class:`Connection` objects with the API
+of :class:`multiprocessing.connection.Connection` (``send``, ``recv``,
+``send_bytes``, ``recv_bytes``, ``recv_bytes_into``, ``poll``, ``fileno``,
+``close``...). Messages travel through two rings in one anonymous shared
+segment (a memfd): no system call on the data path while both sides are
+awake, and messages of any size (longer ones are streamed through the ring).
+
+End of life works like a kernel pipe: once the other end is closed in every
+process -- by ``close()``, exit, or ``kill -9`` -- ``recv()`` raises
+``EOFError`` after the buffered messages, and ``send()`` raises
+``BrokenPipeError``. The kernel tracks this, through a small "life pipe" per
+end whose descriptors travel with the end (see ``_core/pipe.c``).
+
+Passing ends to other processes:
+
+* as ``Process`` arguments, under fork, spawn and forkserver;
+* pickled through anything ``multiprocessing`` can pass descriptors through
+  (its queues and pipes, between processes of one family);
+* to an unrelated process by name, with :class:`Listener` and :func:`Client`,
+  which mirror :mod:`multiprocessing.connection`: ``Listener("chan")`` in one
+  process, ``Client("chan")`` in the other. The descriptors go over an
+  abstract Unix socket (nothing in /dev/shm or on disk), and only processes
+  of the same user are accepted.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import socket
+import struct
+import weakref
+from multiprocessing import BufferTooShort
+from multiprocessing import reduction as _mp_reduction
+from typing import Any
+
+from procwire import _core
+from procwire._segment import Segment, validate_name
+
+__all__ = ["Client", "Connection", "DEFAULT_CAPACITY", "Listener", "Pipe"]
+
+DEFAULT_CAPACITY = 1024 * 1024  # bytes per direction
+
+_HIGHEST = pickle.HIGHEST_PROTOCOL
+_ForkingPickler = _mp_reduction.ForkingPickler
+
+
+def _dumps(obj: Any) -> bytes:
+    """Pickle like multiprocessing (its reducers included), quickly for plain data."""
+    try:
+        return pickle.dumps(obj, _HIGHEST)
+    except Exception:
+        # Sockets, connections and other objects only ForkingPickler knows.
+        return bytes(_ForkingPickler.dumps(obj, _HIGHEST))
+
+
+def _capacity_for(capacity: int | None) -> int:
+    if capacity is None:
+        return DEFAULT_CAPACITY
+    if not isinstance(capacity, int) or isinstance(capacity, bool):
+        raise TypeError(f"capacity must be an int number of bytes, not {type(capacity).__name__}")
+    if capacity < 4096 or capacity > 1 << 30:
+        raise ValueError(f"capacity must be between 4096 bytes and 1 GiB, not {capacity}")
+    return 1 << (capacity - 1).bit_length()
+
+
+# Every open Connection of this process, so that a fork child counts as a
+# holder of the ends it inherits (the kernel duplicates their descriptors).
+# The count is taken in the parent, before fork() returns there: a parent that
+# closes its copy right after start() must not see the count reach zero
+# before the child runs. (A failed fork leaves the count one too high; the
+# kernel's view of the descriptors still decides end of life.)
+_live: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for conn in list(_live):
+        if not conn.closed:
+            conn._add_handle()
+
+
+os.register_at_fork(before=_before_fork)
+
+
+class Connection(_core.PipeEnd):
+    """One end of a :func:`Pipe`; the API of ``multiprocessing.connection.Connection``.
+
+    ``send``, ``recv``, ``send_bytes``, ``recv_bytes`` and ``poll`` are native.
+    ``recv``, ``recv_bytes`` and ``recv_bytes_into`` also take an optional
+    keyword-only ``timeout`` (seconds; ``TimeoutError`` when it passes), which
+    multiprocessing does not have.
+    """
+
+    __slots__ = ("_segment", "__weakref__")
+
+    def _setup(self, segment: Segment, fds: tuple[int, int, int, int], *, create: bool,
+               end: int, capacity: int = 0, duplex: bool = True, count: bool = True) -> None:
+        self._segment = segment
+        _core.PipeEnd.__init__(self, segment.buffer, create=create, end=end, capacity=capacity,
+                               duplex=duplex, fds=fds, count=count,
+                               name=f"Pipe end {end}", dumps=_dumps, loads=pickle.loads)
+        _live.add(self)
+
+    def recv_bytes_into(self, buf: Any, offset: int = 0, *, timeout: float | None = None) -> int:
+        """Read a message into ``buf`` at ``offset``; return its length in bytes.
+
+        Raises :class:`multiprocessing.BufferTooShort` (carrying the whole
+        message as ``args[0]``) if it does not fit; the message is consumed.
+        """
+        result = self._recv_bytes_into(buf, offset, timeout)
+        if isinstance(result, bytes):
+            raise BufferTooShort(result)
+        return result
+
+    def fileno(self) -> int:
+        """A descriptor that is readable while a message waits or the peer is gone.
+
+        For ``select``, ``selectors``, ``multiprocessing.connection.wait`` and
+        asyncio's ``add_reader``. It is an epoll descriptor private to this
+        object (not the data path): reading it directly is meaningless. Once
+        asked for, every message to this end costs the sender one eventfd
+        write and the receiver one read when the ring runs empty.
+        """
+        return self._fileno()
+
+    def close(self) -> None:
+        """Close this handle. The end stays open while other processes hold it."""
+        if not self.closed:
+            self._close()
+            _live.discard(self)
+            self._segment.close()
+        try:
+            self._segment.buffer.close()  # the mmap holds its own descriptor
+        except BufferError:
+            pass  # another thread's call still uses it: closed by a later close() or GC
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters from the shared header: messages and bytes each way, drops, handles."""
+        return self._statistics()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return f"<procwire.Connection closed>"
+        mode = "duplex" if self.readable and self.writable else (
+            "read-only" if self.readable else "write-only")
+        return f"<procwire.Connection end {self._end} {mode}>"
+
+    # -- passing to other processes --------------------------------------------
+
+    def _handle_fds(self) -> list[int]:
+        if self.closed:
+            raise OSError("handle is closed")
+        return [self._segment.fd, *self._fds()]
+
+    def __reduce__(self) -> tuple:
+        fds = self._handle_fds()
+        dups = [_mp_reduction.DupFd(fd) for fd in fds]
+        # The receiving process adopts this count; if it never arrives, the
+        # kernel still reports the end closed once the descriptors are gone.
+        self._add_handle()
+        return (_rebuild, (self._end, tuple(dups)))
+
+
+def _from_fds(end: int, fds: list[int]) -> Connection:
+    """Build a Connection from received descriptors (ours to close)."""
+    memfd, rest = fds[0], tuple(fds[1:])
+    try:
+        segment = Segment.from_fd(memfd)
+    except BaseException:
+        for fd in rest:
+            os.close(fd)
+        raise
+    conn = Connection.__new__(Connection)
+    try:
+        conn._setup(segment, rest, create=False, end=end, count=False)
+    except BaseException:
+        for fd in rest:
+            os.close(fd)
+        segment.close()
+        raise
+    return conn
+
+
+def _rebuild(end: int, dups: tuple) -> Connection:
+    return _from_fds(end, [d.detach() for d in dups])
+
+
+def _new_fds() -> tuple[list[int], list[tuple[int, int]]]:
+    flags = os.EFD_CLOEXEC | os.EFD_NONBLOCK
+    made: list[int] = []
+    try:
+        ev = []
+        for _ in range(2):
+            ev.append(os.eventfd(0, flags))
+            made.append(ev[-1])
+        life = []
+        for _ in range(2):
+            r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            made += [r, w]
+            life.append((r, w))
+    except BaseException:
+        for fd in made:
+            os.close(fd)
+        raise
+    return ev, life
+
+
+def Pipe(duplex: bool = True, *, capacity: int | None = None) -> tuple[Connection, Connection]:
+    """Return ``(conn1, conn2)``, the two ends of a new pipe, like ``multiprocessing.Pipe``.
+
+    With ``duplex=False``, ``conn1`` can only receive and ``conn2`` only send.
+    ``capacity`` is the ring size per direction (default 1 MiB, rounded up to
+    a power of two); longer messages are streamed through it.
+    """
+    duplex = bool(duplex)
+    cap = _capacity_for(capacity)
+    size = _core.PipeEnd._segment_size(cap, duplex)
+    segment = Segment.create_anonymous(size, "Pipe")
+    ev, life = _new_fds()
+    # end e holds: its eventfd, the peer's eventfd, the read side of the
+    # peer's life pipe, the write side of its own life pipe.
+    fds0 = (ev[0], ev[1], life[1][0], life[0][1])
+    fds1 = [os.dup(ev[1]), os.dup(ev[0]), life[0][0], life[1][1]]
+    try:
+        c0 = Connection.__new__(Connection)
+        c0._setup(segment, fds0, create=True, end=0, capacity=cap, duplex=duplex)
+    except BaseException:
+        for fd in (*fds0, *fds1):
+            os.close(fd)
+        segment.close()
+        raise
+    try:
+        seg1 = Segment.from_fd(os.dup(segment.fd))
+        c1 = Connection.__new__(Connection)
+        c1._setup(seg1, tuple(fds1), create=False, end=1)
+    except BaseException:
+        for fd in fds1:
+            os.close(fd)
+        c0.close()
+        raise
+    return c0, c1
+
+
+# ---------------------------------------------------------------- by name
+
+_ABSTRACT_PREFIX = "\0procwire.pipe."
+_HELLO = struct.Struct("<8sI")  # magic, end index
+_MAGIC = b"PWPIPE01"
+
+
+def _address(name: str) -> str:
+    return _ABSTRACT_PREFIX + validate_name(name)
+
+
+class Listener:
+    """Accept pipe connections by name from unrelated processes.
+
+    ``Listener(name)`` mirrors ``multiprocessing.connection.Listener``:
+    ``accept()`` returns a :class:`Connection` once a process calls
+    ``Client(name)``. The name lives in the abstract Unix socket namespace
+    (``@procwire.pipe.<name>``): it vanishes when the listener is closed or
+    its process dies, and nothing is left in /dev/shm. Only processes of the
+    same user are accepted.
+    """
+
+    def __init__(self, name: str, backlog: int = 16) -> None:
+        self._name = name
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            self._sock.bind(_address(name))
+            self._sock.listen(backlog)
+        except OSError as exc:
+            self._sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise FileExistsError(errno.EEXIST,
+                                      f"a procwire Listener named {name!r} already exists") from None
+            raise
+
+    @property
+    def address(self) -> str:
+        return self._name
+
+    def accept(self, timeout: float | None = None) -> Connection:
+        """Wait for the next ``Client(name)``; return our end of its pipe."""
+        if self._sock is None:
+            raise OSError("listener is closed")
+        self._sock.settimeout(timeout)
+        while True:
+            sock, _ = self._sock.accept()
+            with sock:
+                sock.settimeout(10 if timeout is None else max(timeout, 1.0))
+                creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                        struct.calcsize("3i"))
+                _pid, uid, _gid = struct.unpack("3i", creds)
+                msg, fds, _flags, _addr = socket.recv_fds(sock, _HELLO.size, 5)
+                if uid != os.geteuid() or len(msg) != _HELLO.size or len(fds) != 5:
+                    for fd in fds:
+                        os.close(fd)
+                    continue  # not one of ours: ignore it
+                magic, end = _HELLO.unpack(msg)
+                if magic != _MAGIC or end not in (0, 1):
+                    for fd in fds:
+                        os.close(fd)
+                    continue
+                conn = _from_fds(end, fds)
+                sock.sendall(b"k")
+                return conn
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def Client(name: str, *, capacity: int | None = None, timeout: float | None = 10.0) -> Connection:
+    """Connect to the :class:`Listener` called ``name``; return our end of a duplex pipe.
+
+    ``FileNotFoundError`` if no listener has that name.
+    """
+    address = _address(name)
+    mine, theirs = Pipe(True, capacity=capacity)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(timeout)
+            try:
+                sock.connect(address)
+            except (FileNotFoundError, ConnectionRefusedError):
+                raise FileNotFoundError(errno.ENOENT,
+                                        f"no procwire Listener is named {name!r}") from None
+            theirs._add_handle()  # adopted by the listener's Connection
+            socket.send_fds(sock, [_HELLO.pack(_MAGIC, theirs._end)], theirs._handle_fds())
+            if sock.recv(1) != b"k":
+                raise ConnectionError(f"procwire Listener {name!r} did not accept the pipe")
+    except BaseException:
+        mine.close()
+        raise
+    finally:
+        theirs.close()
+    return mine
