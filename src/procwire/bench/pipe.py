@@ -142,12 +142,16 @@ def rtt(impl: str, pinned: bool = False, count: int = 20000, warmup: int = 2000)
     return {"value": statistics.median(times) / 1e3, "p10": q(0.10), "p99": q(0.99)}
 
 
-def _producer_child(ends: _Ends, payload: str, count: int) -> None:
+def _producer_child(ends: _Ends, payload: str, count: int, received: Any) -> None:
     s, _ = ends.open("child")
     send = _send_fn(ends.impl, s, payload)
     msg = PAYLOADS[payload]
     for _ in range(count):
         send(msg)
+    if ends.impl == "pyzmq":
+        # pyzmq drops what is still in flight when a sender leaves while the
+        # receiver is at its high-water mark: stay until everything arrived.
+        received.wait(JOIN)
     _flush(ends, s)
     os._exit(0)
 
@@ -155,7 +159,8 @@ def _producer_child(ends: _Ends, payload: str, count: int) -> None:
 def throughput(impl: str, payload: str, messages: int) -> dict:
     """1→1: value = msg/s, or GB/s for 1 MiB payloads; extra: minor faults per message."""
     ends = _Ends(impl)
-    p = FORK.Process(target=_producer_child, args=(ends, payload, messages))
+    received = FORK.Event()
+    p = FORK.Process(target=_producer_child, args=(ends, payload, messages, received))
     p.start()
     _, r = ends.open("parent")
     recv = _recv_fn(impl, r, payload)
@@ -166,6 +171,7 @@ def throughput(impl: str, payload: str, messages: int) -> dict:
         recv()
     dt = time.perf_counter() - t0
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    received.set()
     p.join(JOIN)
     ends.close()
     rate = (messages - 1) / dt

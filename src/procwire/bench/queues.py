@@ -112,6 +112,14 @@ class _ZmqEnd:
             self.sock = self.ctx.socket(zmq.PUSH)
             self.sock.connect(addr)
 
+    def flush(self) -> None:
+        """pyzmq sends from a background thread: let the last messages leave.
+
+        multiprocessing ends a forked child with os._exit, which would drop
+        whatever the I/O thread has not sent yet (the sentinel, say)."""
+        self.sock.close(linger=JOIN * 1000)
+        self.ctx.term()
+
     def put(self, obj: Any) -> None:
         if type(obj) is bytes:
             self.sock.send(obj, copy=len(obj) < 65536)
@@ -130,9 +138,9 @@ IMPLS = {"procwire": _Procwire, "multiprocessing": _Multiprocessing,
 
 # -- workloads ----------------------------------------------------------------------
 
-def _producer(impl, payload, n, batch, sentinels, ready, go):
+def _producer(impl, payload, n, batch, sentinels, ready, go, finished):
+    ready.wait()  # every consumer has bound (pyzmq) before any producer connects
     q = impl.endpoint("producer")
-    ready.wait()
     go.wait()
     if batch:
         items = [payload] * batch
@@ -144,6 +152,11 @@ def _producer(impl, payload, n, batch, sentinels, ready, go):
             put(payload)
     for _ in range(sentinels):
         q.put(None)
+    if hasattr(q, "flush"):
+        # pyzmq drops what is still in flight when a sender leaves while the
+        # receiver is at its high-water mark: stay until everything arrived.
+        finished.wait(JOIN)
+        q.flush()
 
 
 def _consumer(impl, batch, ready, go):
@@ -174,11 +187,11 @@ def throughput(impl: str, payload: str, messages: int, producers: int = 1,
     # last); with several, the driver does once every producer is done.
     own_sentinels = consumers if producers == 1 else 0
     ready = FORK.Barrier(producers + consumers + 1)
-    go = FORK.Event()
+    go, finished = FORK.Event(), FORK.Event()
     cons = [FORK.Process(target=_consumer, args=(adapter, batch, ready, go))
             for _ in range(consumers)]
     prods = [FORK.Process(target=_producer,
-                          args=(adapter, obj, per, batch, own_sentinels, ready, go))
+                          args=(adapter, obj, per, batch, own_sentinels, ready, go, finished))
              for _ in range(producers)]
     faults0 = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
     for p in cons + prods:  # consumers first: pyzmq's receivers must bind first
@@ -186,15 +199,18 @@ def throughput(impl: str, payload: str, messages: int, producers: int = 1,
     ready.wait(JOIN)
     t0 = time.perf_counter()
     go.set()
-    for p in prods:
-        p.join(JOIN)
     if not own_sentinels:
+        for p in prods:
+            p.join(JOIN)
         end = adapter.endpoint("producer")
         for _ in range(consumers):
             end.put(None)
     for p in cons:
         p.join(JOIN)
     elapsed = time.perf_counter() - t0
+    finished.set()
+    for p in prods:
+        p.join(JOIN)
     if any(p.exitcode != 0 for p in cons + prods):
         raise SystemExit("a benchmark process failed")
     total = per * producers
@@ -212,6 +228,8 @@ def _echo(impl, a, b, trips):
     ping, pong = a.endpoint("consumer"), b.endpoint("producer")
     for _ in range(trips):
         pong.put(ping.get())
+    if hasattr(pong, "flush"):
+        pong.flush()
 
 
 def round_trip(impl: str, trips: int, pin: list[int] | None = None) -> dict[str, Any]:
