@@ -236,3 +236,20 @@ def test_small_capacity_streams_everything_bigger():
         t.start()
         assert b.recv_bytes() == data
         t.join(10)
+
+
+@pytest.mark.parametrize("size", [0, 1000, 1 << 16, (1 << 20) + 3])
+def test_send_of_bytes_is_a_standard_pickle_at_every_size(size):
+    # send(obj) must stay send_bytes(pickle): the fast path for large bytes
+    # builds the pickle by hand, and any reader must be able to load it.
+    a, b = procwire.Pipe(capacity=8 << 20)  # room for a whole message: no reader thread
+    try:
+        data = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+        b.send(data)
+        raw = a.recv_bytes()
+        assert pickle.loads(raw) == data
+        b.send(data)
+        assert a.recv() == data
+    finally:
+        a.close()
+        b.close()

@@ -697,6 +697,35 @@ static PyObject *PipeEnd_recv_bytes(PipeEndObject *self, PyObject *const *args,
 
 static const char *const recv_names[] = {"timeout"};
 
+/*
+ * A message that is exactly PROTO 5, BINBYTES8 <n>, <n bytes>, MEMOIZE, STOP
+ * is a pickled bytes object (what Pipe.send makes of large bytes). Unwrap it
+ * in place rather than have pickle.loads copy it into a second buffer:
+ * returns the bytes (stealing *msg), or NULL without an error when the
+ * message is anything else.
+ */
+static PyObject *unwrap_pickled_bytes(PyObject **msg)
+{
+    PyObject *b = *msg;
+    Py_ssize_t n = PyBytes_GET_SIZE(b);
+    if (n < 65536 + 13 || Py_REFCNT(b) != 1)
+        return NULL;
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(b);
+    uint64_t len;
+    memcpy(&len, p + 3, 8);
+    if (p[0] != 0x80 || p[1] != 5 || p[2] != 0x8e || p[n - 2] != 0x94 || p[n - 1] != '.' ||
+        len != (uint64_t)(n - 13))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    memmove(p, p + 11, (size_t)len);
+    Py_END_ALLOW_THREADS
+    if (_PyBytes_Resize(msg, (Py_ssize_t)len) < 0)
+        return NULL; /* *msg is gone and an error is set */
+    PyObject *result = *msg;
+    *msg = NULL;
+    return result;
+}
+
 static PyObject *PipeEnd_recv(PipeEndObject *self, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames)
 {
@@ -710,7 +739,9 @@ static PyObject *PipeEnd_recv(PipeEndObject *self, PyObject *const *args, Py_ssi
     if (check_readable(self) == 0) {
         int rc = receive(self, &c, deadline);
         if (rc == 0) {
-            result = PyObject_CallOneArg(self->loads, c.bytes);
+            result = unwrap_pickled_bytes(&c.bytes);
+            if (!result && !PyErr_Occurred())
+                result = PyObject_CallOneArg(self->loads, c.bytes);
             Py_CLEAR(c.bytes);
         } else if (rc == 1) {
             raise_timeout();
