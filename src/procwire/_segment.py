@@ -244,3 +244,18 @@ class Segment:
             self.buffer.close()  # mmap holds a dup of the descriptor until closed
         except BufferError:
             pass
+
+
+class Named:
+    """The by-name surface every segment-backed object shares."""
+
+    _segment: Segment
+
+    @property
+    def name(self) -> str | None:
+        """The name given at creation, or None for an anonymous object."""
+        return self._segment.name
+
+    def unlink(self) -> None:
+        """Remove the name now; processes that have the object open keep using it."""
+        self._segment.unlink()

@@ -25,7 +25,7 @@ import pickle
 from typing import Any, Iterable
 
 from procwire import _core
-from procwire._segment import Segment, validate_name
+from procwire._segment import Named, Segment, validate_name
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue", "DEFAULT_CAPACITY"]
 
@@ -74,7 +74,7 @@ def _maxsize_for(maxsize: int) -> int:
     return max(maxsize, 0)  # <= 0 means no count limit, as in multiprocessing
 
 
-class Queue(_core.Ring):
+class Queue(Named, _core.Ring):
     """A process-safe FIFO queue in shared memory, like ``multiprocessing.Queue``.
 
     ``Queue(maxsize=0, *, capacity=None, name=None)``
@@ -143,15 +143,6 @@ class Queue(_core.Ring):
             segment.close()
             raise
         return self
-
-    @property
-    def name(self) -> str | None:
-        """The queue's name, or None for an anonymous queue."""
-        return self._segment.name
-
-    def unlink(self) -> None:
-        """Remove the name now; processes that have the queue open keep using it."""
-        self._segment.unlink()
 
     # -- multiprocessing.Queue's life-cycle methods -------------------------------
 

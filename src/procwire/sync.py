@@ -63,7 +63,7 @@ import threading
 from typing import Any, Callable
 
 from procwire import _core
-from procwire._segment import Segment, validate_name
+from procwire._segment import Named, Segment, validate_name
 from procwire.errors import SegmentError
 
 __all__ = ["Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "OwnerDiedWarning",
@@ -102,7 +102,7 @@ def _tgid_of(tid: int) -> int | None:
     return None
 
 
-class _Shared:
+class _Shared(Named):
     """What every primitive shares: segment, name, pickling, attach, close."""
 
     _label = "?"
@@ -135,15 +135,6 @@ class _Shared:
         if the name holds something else.
         """
         return cls._from_segment(Segment.attach_named(name))
-
-    @property
-    def name(self) -> str | None:
-        """The name given at creation, or None for an anonymous object."""
-        return self._segment.name
-
-    def unlink(self) -> None:
-        """Remove the name now; processes that have it open keep using it."""
-        self._segment.unlink()
 
     def close(self) -> None:
         """Release this process's handle (the creator also removes the name)."""
