@@ -214,7 +214,7 @@ class Segment:
         how, value = handle
         if how == "name":
             return cls.attach_named(value)  # type: ignore[arg-type]
-        return cls.from_fd(value.detach())  # type: ignore[union-attr]
+        return cls.from_fd(value.detach())  # type: ignore[attr-defined]
 
     # -- end of life ------------------------------------------------------------
 

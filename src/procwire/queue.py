@@ -52,7 +52,7 @@ def _dumps_buffers(obj: Any) -> bytes | list:
         return pickle.dumps(obj, _HIGHEST)
 
 
-_SERIALIZER = {"dumps": pickle.dumps, "protocol": _HIGHEST, "dumps_buffers": _dumps_buffers,
+_SERIALIZER: dict[str, Any] = {"dumps": pickle.dumps, "protocol": _HIGHEST, "dumps_buffers": _dumps_buffers,
                "loads": pickle.loads}
 
 
@@ -104,7 +104,6 @@ class Queue(Named, _core.Ring):
 
             def initialise(buffer: Any) -> None:
                 # Lays out the ring; Segment links the name only after this.
-                self._segment = None
                 _core.Ring.__init__(self, buffer, create=True, capacity=cap, maxsize=maxsize,
                                     kind=_core.KIND_QUEUE, name=self._display(name),
                                     **_SERIALIZER)
