@@ -140,11 +140,8 @@ class Connection(_core.PipeEnd):
         if not self.closed:
             self._close()
             _live.discard(self)
-            self._segment.close()
-        try:
-            self._segment.buffer.close()  # the mmap holds its own descriptor
-        except BufferError:
-            pass  # another thread's call still uses it: closed by a later close() or GC
+        # Idempotent: it retries the mmap if a call in another thread still held it.
+        self._segment.close()
 
     def statistics(self) -> dict[str, Any]:
         """Counters from the shared header: messages and bytes each way, drops, handles."""
@@ -158,7 +155,7 @@ class Connection(_core.PipeEnd):
 
     def __repr__(self) -> str:
         if self.closed:
-            return f"<procwire.Connection closed>"
+            return "<procwire.Connection closed>"
         mode = "duplex" if self.readable and self.writable else (
             "read-only" if self.readable else "write-only")
         return f"<procwire.Connection end {self._end} {mode}>"

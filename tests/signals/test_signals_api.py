@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +26,8 @@ pytestmark = pytest.mark.timeout(60)
 
 # Children import the same procwire this test does: the installed package
 # (CI), or the source tree with its in-place build (development).
+from procwire.lessons._common import fork as _fork  # noqa: E402  (the lessons' own helper)
+
 SRC = str(Path(procwire.__file__).resolve().parents[1])
 DEADLINE = 10.0
 
@@ -34,22 +35,6 @@ DEADLINE = 10.0
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-
-
-def _fork(child: Callable[[], int | None]) -> int:
-    """Fork; run child() in the child and leave with its return value as exit code."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 1
-    try:
-        code = child() or 0
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        os._exit(code)
 
 
 def _wait_exit(pid: int, timeout: float = DEADLINE) -> int:
