@@ -168,9 +168,12 @@ static int peer_hup(PipeEndObject *self)
 
 static PyObject *raise_broken(void)
 {
-    errno = EPIPE;
-    PyErr_SetObject(PyExc_BrokenPipeError,
-                    Py_BuildValue("(is)", EPIPE, "the other end of the pipe is closed"));
+    /* PyErr_SetObject takes its own reference to the arguments. */
+    PyObject *args = Py_BuildValue("(is)", EPIPE, "the other end of the pipe is closed");
+    if (args) {
+        PyErr_SetObject(PyExc_BrokenPipeError, args);
+        Py_DECREF(args);
+    }
     return NULL;
 }
 
