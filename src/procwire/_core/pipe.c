@@ -58,6 +58,12 @@ typedef struct {
     int counted;              /* this object holds one of me->handles */
     int64_t last_check;       /* when send() last polled the peer's life pipe */
     PyObject *dumps, *loads;
+    /* A streamed message whose receive was interrupted (timeout, signal):
+     * the pieces already taken, kept so that the next receive on this handle
+     * continues it. Valid only while the ring's head is still stash_head,
+     * i.e. no other receiver took a record since. Touched under recv_lock. */
+    PyObject *stash;
+    uint64_t stash_total, stash_got, stash_head;
 } PipeEndObject;
 
 /* -------------------------------------------------------------- helpers */
@@ -77,6 +83,7 @@ static void release_all(PipeEndObject *self)
     close_fd(&self->life_peer);
     close_fd(&self->life_own);
     close_fd(&self->epfd);
+    Py_CLEAR(self->stash);
     if (self->mapped) {
         self->mapped = 0;
         self->pipe = NULL;
@@ -579,6 +586,71 @@ static int take_cb(void *ctx, pw_ringref *rr, uint32_t pos, uint32_t type, uint6
 }
 
 /*
+ * A receive interrupted mid-stream (timeout, signal) keeps what it took, so
+ * that the pipe is left as if the call had not been made: the next receive
+ * continues the message. Called under recv_lock.
+ */
+static void stash_partial(PipeEndObject *self, recv_ctx *c)
+{
+    if (!c->in_stream)
+        return;
+    PyObject *b = c->bytes;
+    if (!b) { /* the pieces went into recv_bytes_into's buffer: copy them out */
+        b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)c->total);
+        if (!b) {
+            PyErr_Clear(); /* out of memory: the message is dropped, and counted */
+            return;
+        }
+        memcpy(PyBytes_AS_STRING(b), c->dst, (size_t)c->got);
+    }
+    c->bytes = NULL;
+    Py_XSETREF(self->stash, b);
+    self->stash_total = c->total;
+    self->stash_got = c->got;
+    self->stash_head = atomic_load(&self->in.ring->head);
+    c->in_stream = 0;
+    c->dst = NULL;
+    c->total = c->got = 0;
+}
+
+/* Under recv_lock: continue a stashed message if no other receiver took a
+ * record since. 1 resumed, 0 nothing to resume, -1 exception (too long). */
+static int resume_stash(PipeEndObject *self, recv_ctx *c)
+{
+    PyObject *b = self->stash;
+    if (!b)
+        return 0;
+    self->stash = NULL;
+    if (atomic_load(&self->in.ring->head) != self->stash_head) {
+        /* Another handle of this end received meanwhile and skipped the
+         * rest of the message. */
+        atomic_fetch_add(&self->me->partial_dropped, 1);
+        Py_DECREF(b);
+        return 0;
+    }
+    c->length = self->stash_total;
+    if (self->stash_total > c->maxlength) {
+        /* Dropped like any message over maxlength: its remaining pieces
+         * are skipped by the next receive. */
+        Py_DECREF(b);
+        PyErr_SetString(PyExc_OSError, "bad message length");
+        return -1;
+    }
+    c->bytes = b;
+    c->dst = PyBytes_AS_STRING(b);
+    c->total = self->stash_total;
+    c->got = self->stash_got;
+    c->in_stream = 1;
+    return 1;
+}
+
+/* A stashed message is still ahead of everything else in the ring. */
+static int stash_pending(PipeEndObject *self)
+{
+    return self->stash && atomic_load(&self->in.ring->head) == self->stash_head;
+}
+
+/*
  * Receives one message into c. Returns 0 (message in c), 1 on timeout, -1
  * with an exception set (EOFError when the peer is gone).
  */
@@ -597,6 +669,12 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
         return -1;
     }
     int result;
+    int resumed = resume_stash(self, c);
+    if (resumed < 0) {
+        pw_mutex_unlock(&me->recv_lock);
+        resync_after_take(self);
+        return -1;
+    }
     for (;;) {
         uint64_t tail = atomic_load(&self->in.ring->tail);
         int status = 0;
@@ -632,6 +710,7 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
         }
         int rc = wait_for_data(self, tail, deadline);
         if (rc < 0) {
+            stash_partial(self, c); /* a signal: Ctrl-C loses nothing either */
             result = -1;
             break;
         }
@@ -641,6 +720,7 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
             break;
         }
         if (rc == 1 && atomic_load(&self->in.ring->tail) == tail) {
+            stash_partial(self, c);
             result = 1;
             break;
         }
@@ -648,6 +728,12 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
     pw_mutex_unlock(&me->recv_lock);
     if (result != 0)
         ctx_drop(c);
+    else if (resumed && c->into && c->bytes && c->length <= c->into_cap) {
+        /* recv_bytes_into finishing a message begun by an interrupted call:
+         * the pieces were gathered in a bytes object; copy them into place. */
+        memcpy(c->into, PyBytes_AS_STRING(c->bytes), (size_t)c->length);
+        Py_CLEAR(c->bytes);
+    }
     resync_after_take(self);
     return result;
 }
@@ -820,7 +906,7 @@ static PyObject *PipeEnd_poll(PipeEndObject *self, PyObject *const *args, Py_ssi
     if (check_readable(self) == 0) {
         for (;;) {
             uint64_t tail = atomic_load(&self->in.ring->tail);
-            if (pw_ring_count(&self->in) || peer_closed(self)) {
+            if (pw_ring_count(&self->in) || peer_closed(self) || stash_pending(self)) {
                 result = Py_NewRef(Py_True);
                 break;
             }
@@ -996,6 +1082,7 @@ static void PipeEnd_dealloc(PipeEndObject *self)
     release_all(self);
     Py_CLEAR(self->dumps);
     Py_CLEAR(self->loads);
+    Py_CLEAR(self->stash);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
