@@ -63,6 +63,26 @@ def path_of(name: str) -> str:
     return os.path.join(SHM_DIR, PREFIX + validate_name(name))
 
 
+def _reserve(fd: int, size: int, what: str, where: str) -> None:
+    """Allocate every page of a new segment now, or raise a clear OSError.
+
+    tmpfs (and a memfd) hands out pages at first touch: a segment merely sized
+    with ftruncate() on a full /dev/shm kills its first writer with SIGBUS,
+    possibly long after creation. posix_fallocate() takes the pages up front.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG, errno.EDQUOT):
+            raise
+        raise OSError(
+            exc.errno,
+            f"cannot create {what}: reserving its {size:,} bytes of shared memory in "
+            f"{where} failed ({os.strerror(exc.errno)}). Free space there (`df -h "
+            f"{where}`, `procwire clean`), make the object smaller, or give the "
+            f"container a larger /dev/shm (docker run --shm-size=...)") from None
+
+
 def _unlink_if_same(path: str, dev: int, ino: int, creator: int) -> None:
     """Remove a name we created, unless it now names another segment.
 
@@ -102,6 +122,7 @@ class Segment:
         fd = os.memfd_create(f"procwire:{label}", os.MFD_CLOEXEC)
         try:
             os.ftruncate(fd, size)
+            _reserve(fd, size, f"an anonymous {label}", "memory (a memfd)")
             buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(fd)
@@ -124,6 +145,7 @@ class Segment:
         try:
             os.fchmod(fd, 0o600)  # the umask can only narrow it; be explicit anyway
             os.ftruncate(fd, size)
+            _reserve(fd, size, f"procwire object {name!r}", SHM_DIR)
             buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             try:
                 initialise(buffer)

@@ -1,0 +1,88 @@
+"""Defect 8: a full tmpfs must give a clear OSError at creation, never SIGBUS.
+
+Each named kind is created on a 2 MiB tmpfs that a filler file has used up.
+The objects run in a fresh interpreter (PROCWIRE_SHM_DIR is read at import),
+so that a SIGBUS kills that interpreter, not the test session.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+
+import pytest
+
+from _tmpfs import run_python, tiny_tmpfs
+
+pytestmark = pytest.mark.timeout(120)
+
+KINDS = {
+    "Queue": "procwire.Queue(capacity=65536, name=n)",
+    "JoinableQueue": "procwire.JoinableQueue(capacity=65536, name=n)",
+    "SimpleQueue": "procwire.SimpleQueue(capacity=65536, name=n)",
+    "Lock": "procwire.Lock(name=n)",
+    "RLock": "procwire.RLock(name=n)",
+    "Semaphore": "procwire.Semaphore(2, name=n)",
+    "BoundedSemaphore": "procwire.BoundedSemaphore(2, name=n)",
+    "Condition": "procwire.Condition(name=n)",
+    "Event": "procwire.Event(name=n)",
+    "Barrier": "procwire.Barrier(2, name=n)",
+    "Value": "procwire.Value('d', 1.5, name=n)",
+    "Array": "procwire.Array('i', range(1000), name=n)",
+    "RawValue": "procwire.RawValue('i', 7, name=n)",
+    "RawArray": "procwire.RawArray('d', 5000, name=n)",
+}
+
+SCRIPT = """
+import errno, json, os, sys
+import procwire
+from procwire import _segment
+kinds = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {kinds!r}
+filler = os.path.join(_segment.SHM_DIR, "filler")
+fd = os.open(filler, os.O_RDWR | os.O_CREAT, 0o600)
+# Use up the whole tmpfs: fallocate what fits, page by page at the end.
+size = os.statvfs(_segment.SHM_DIR).f_bavail * os.statvfs(_segment.SHM_DIR).f_frsize
+os.posix_fallocate(fd, 0, size)
+try:
+    os.posix_fallocate(fd, size, 4096)
+    raise SystemExit("the tmpfs is not full")
+except OSError as exc:
+    assert exc.errno == errno.ENOSPC
+results = {{}}
+for kind, expr in kinds.items():
+    n = "full-" + kind
+    try:
+        obj = eval(expr)
+    except OSError as exc:
+        results[kind] = [exc.errno, str(exc)]
+    else:
+        results[kind] = ["created"]
+        obj.close() if hasattr(obj, "close") else None
+os.close(fd)
+os.unlink(filler)
+left = sorted(os.listdir(_segment.SHM_DIR))
+# With room again, every kind can be created.
+made = []
+for kind, expr in kinds.items():
+    n = "room-" + kind
+    made.append(eval(expr))
+print(json.dumps({{"results": results, "left": left,
+                  "made": len(made)}}))
+"""
+
+
+def test_full_tmpfs_raises_a_clear_oserror_for_every_named_kind():
+    with tiny_tmpfs("2m") as shm:
+        done = run_python(SCRIPT.format(kinds=KINDS), shm)
+        assert done.returncode == 0, (
+            f"the process died (signal {-done.returncode if done.returncode < 0 else '-'}"
+            f"{', SIGBUS' if done.returncode == -signal.SIGBUS else ''}): {done.stderr[-2000:]}")
+        out = json.loads(done.stdout)
+        for kind, result in out["results"].items():
+            assert result[0] == errno.ENOSPC, f"{kind}: {result}"
+            message = result[1]
+            assert shm in message and "bytes of shared memory" in message, message
+            assert f"'full-{kind}'" in message, message
+        assert out["left"] == [], "a failed creation left files behind"
+        assert out["made"] == len(KINDS)
