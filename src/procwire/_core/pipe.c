@@ -5,7 +5,7 @@
  * Messages move through shared memory only; the kernel is involved in three
  * places, all off the hot path:
  *
- *  - Life of an end. Each end has a kernel pipe, its "life pipe": every
+ *  - Life of an end. Each end has a "life pipe" (a Unix socket pair): every
  *    handle of end e holds the WRITE side of end e's life pipe, and every
  *    handle of the other end holds its READ side. The kernel closes
  *    descriptors when a process exits or is killed, and duplicates them on
@@ -14,6 +14,9 @@
  *    semantics, kill -9 included, with no process table to poll.
  *    `handles` in shared memory lets the last orderly close() set the
  *    closed flag at once, so send() needs no system call to notice it.
+ *    Being sockets, the life pipes also carry descriptors from an end to
+ *    the other (Connection.send_handle/recv_handle, in pipe.py): so they
+ *    are only ever polled for POLLHUP here, never for POLLIN.
  *
  *  - Sleeping. A receiver spins a little on the ring's tail word, then
  *    counts itself in readers_waiting and sleeps in ppoll() on its end's
@@ -165,7 +168,7 @@ static int peer_hup(PipeEndObject *self)
 {
     if (peer_closed(self))
         return 1;
-    struct pollfd pfd = {.fd = self->life_peer, .events = POLLIN};
+    struct pollfd pfd = {.fd = self->life_peer, .events = 0}; /* POLLHUP only */
     if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLERR))) {
         mark_end_closed(self->pipe, 1 - self->end);
         return 1;
@@ -255,7 +258,7 @@ static int wait_for_data(PipeEndObject *self, uint64_t tail, int64_t deadline)
     int rc = 0;
     if (atomic_load(&r->tail) == tail && !peer_closed(self)) {
         struct pollfd pfd[2] = {{.fd = self->ev_self, .events = POLLIN},
-                                {.fd = self->life_peer, .events = POLLIN}};
+                                {.fd = self->life_peer, .events = 0}}; /* HUP */
         struct timespec ts, *tsp = NULL;
         if (deadline != PW_FOREVER) {
             int64_t left = deadline - pw_now_ns();
@@ -1120,7 +1123,9 @@ static PyObject *PipeEnd_fileno(PipeEndObject *self, PyObject *unused)
         }
         ev.data.fd = self->ev_self;
         if (epoll_ctl(ep, EPOLL_CTL_ADD, self->ev_self, &ev) < 0 ||
-            (ev.data.fd = self->life_peer,
+            /* The peer's death only (EPOLLHUP is always reported): descriptors
+             * waiting for recv_handle() do not make recv() ready. */
+            (ev.events = 0, ev.data.fd = self->life_peer,
              epoll_ctl(ep, EPOLL_CTL_ADD, self->life_peer, &ev) < 0)) {
             PyErr_SetFromErrno(PyExc_OSError);
             close(ep);
