@@ -3,8 +3,7 @@
 Several sender processes share one end and send messages mostly larger than
 a quarter of the ring (streamed in pieces under the end's send lock); several
 receiver processes share the other end (a streamed message is taken under its
-receive lock, with timeouts that interrupt it half-way). Senders and receivers
-are killed at random moments. Properties:
+receive lock). Senders and receivers are killed at random moments. Properties:
 
 * every message received is intact (content derived from its tag and number);
 * none is received twice;
@@ -14,6 +13,10 @@ are killed at random moments. Properties:
   (the gaps across all senders number at most the receiver kills);
 * afterwards, fresh senders and the surviving receivers finish within a
   timeout and every message of theirs arrives.
+
+The "stall" variant also stops senders (SIGSTOP/SIGCONT) in mid-stream, so
+that the single receiver's timeouts interrupt streamed messages constantly:
+it must lose nothing but the killed senders' last messages.
 
 PROCWIRE_CHAOS_KILLS sets the number of kills (default 40; CI runs 1000),
 PROCWIRE_CHAOS_SEED the seed (printed).
@@ -51,12 +54,16 @@ def _sender(conn, tag: int, count: int) -> None:
         conn.send_bytes(_payload(tag, seq))
 
 
-def _receiver(conn, results) -> None:
+def _receiver(conn, results, timeouts: bool) -> None:
     while True:
         try:
-            data = conn.recv_bytes(timeout=random.uniform(0.001, 0.05))
+            # Timeouts interrupt streamed messages half-way, on purpose. They
+            # are for a lone receiver: an interrupted message waits for the
+            # next receive of the same Connection, and another process
+            # receiving on the same end meanwhile drops it (README).
+            data = conn.recv_bytes(timeout=random.uniform(0.001, 0.05) if timeouts else None)
         except TimeoutError:
-            continue  # interrupts streamed messages half-way, on purpose
+            continue
         except EOFError:
             return
         if data == b"stop":
@@ -74,17 +81,20 @@ def _drain(results, into: list) -> None:
             return
 
 
-def test_chaos_kill_senders_and_receivers_mid_stream():
+@pytest.mark.parametrize("mode", ["kill", "stall"])
+def test_chaos_kill_senders_and_receivers_mid_stream(mode):
     seed = int(os.environ.get("PROCWIRE_CHAOS_SEED", random.randrange(2**32)))
     kills = int(os.environ.get("PROCWIRE_CHAOS_KILLS", 40))
-    print(f"pipe chaos seed={seed} kills={kills}")
+    print(f"pipe chaos mode={mode} seed={seed} kills={kills}")
     rnd = random.Random(seed)
     ctx = mp.get_context("fork")  # hundreds of restarts; start methods are covered elsewhere
     rx, tx = procwire.Pipe(capacity=CAPACITY)
     results = procwire.Queue(capacity=16 << 20)
     tags = iter(range(1, 10**9))
     senders = [ctx.Process(target=_sender, args=(tx, next(tags), 10**9)) for _ in range(3)]
-    receivers = [ctx.Process(target=_receiver, args=(rx, results)) for _ in range(2)]
+    timeouts = mode == "stall"
+    receivers = [ctx.Process(target=_receiver, args=(rx, results, timeouts))
+                 for _ in range(1 if timeouts else 2)]
     finals: list = []
     delivered: list[tuple[int, int, bool]] = []
     receiver_kills = 0
@@ -101,7 +111,13 @@ def test_chaos_kill_senders_and_receivers_mid_stream():
                 assert time.monotonic() < deadline, "the pipe stopped moving"
                 time.sleep(0.0005)
             time.sleep(rnd.uniform(0, 0.005))  # chaos timing, not synchronisation
-            pool = senders if rnd.random() < 0.6 else receivers
+            if mode == "stall":
+                victim = rnd.choice(senders)
+                os.kill(victim.pid, signal.SIGSTOP)
+                time.sleep(rnd.uniform(0, 0.06))  # long enough for receive timeouts
+                os.kill(victim.pid, signal.SIGCONT)
+                time.sleep(rnd.uniform(0, 0.005))
+            pool = senders if mode == "stall" or rnd.random() < 0.6 else receivers
             i = rnd.randrange(len(pool))
             os.kill(pool[i].pid, signal.SIGKILL)
             pool[i].join(JOIN)
@@ -109,7 +125,7 @@ def test_chaos_kill_senders_and_receivers_mid_stream():
                 pool[i] = ctx.Process(target=_sender, args=(tx, next(tags), 10**9))
             else:
                 receiver_kills += 1
-                pool[i] = ctx.Process(target=_receiver, args=(rx, results))
+                pool[i] = ctx.Process(target=_receiver, args=(rx, results, timeouts))
             pool[i].start()
             _drain(results, delivered)
         for p in senders:
