@@ -65,24 +65,33 @@ def path_of(name: str) -> str:
     return os.path.join(SHM_DIR, PREFIX + validate_name(name))
 
 
-def _reserve(fd: int, size: int, what: str, where: str) -> None:
-    """Allocate every page of a new segment now, or raise a clear OSError.
+def _reserve(fd: int, size: int, what: str, where: str | None) -> None:
+    """Size a new segment and allocate every page of it now, or raise a clear OSError.
 
     tmpfs (and a memfd) hands out pages at first touch: a segment merely sized
     with ftruncate() on a full /dev/shm kills its first writer with SIGBUS,
     possibly long after creation. posix_fallocate() takes the pages up front.
+    ``where`` is the directory of a named segment, None for a memfd.
     """
     try:
+        os.ftruncate(fd, size)
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG, errno.EDQUOT):
             raise
+        if where is None:
+            place = "in an anonymous memfd"
+            advice = ("The machine, this process's memory cgroup or its file-size limit "
+                      "(ulimit -f) has no room for it: make the object smaller")
+        else:
+            place = f"in {where}"
+            advice = (f"Free space there (`df -h {where}`, `procwire clean`), make the object "
+                      f"smaller, or give the container a larger /dev/shm "
+                      f"(docker run --shm-size=...)")
         raise OSError(
             exc.errno,
-            f"cannot create {what}: reserving its {size:,} bytes of shared memory in "
-            f"{where} failed ({os.strerror(exc.errno)}). Free space there (`df -h "
-            f"{where}`, `procwire clean`), make the object smaller, or give the "
-            f"container a larger /dev/shm (docker run --shm-size=...)") from None
+            f"cannot create {what}: reserving its {size:,} bytes of shared memory {place} "
+            f"failed ({os.strerror(exc.errno)}). {advice}") from None
 
 
 # Anonymous segments cannot shrink or grow once made: a process that
@@ -150,8 +159,7 @@ class Segment:
     def create_anonymous(cls, size: int, label: str) -> Segment:
         fd = os.memfd_create(f"procwire:{label}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            os.ftruncate(fd, size)
-            _reserve(fd, size, f"an anonymous {label}", "memory (a memfd)")
+            _reserve(fd, size, f"an anonymous {label}", None)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
             buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
@@ -174,7 +182,6 @@ class Segment:
         fd = os.open(temp, flags, 0o600)
         try:
             os.fchmod(fd, 0o600)  # the umask can only narrow it; be explicit anyway
-            os.ftruncate(fd, size)
             _reserve(fd, size, f"procwire object {name!r}", SHM_DIR)
             buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             try:

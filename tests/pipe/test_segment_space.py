@@ -86,3 +86,36 @@ def test_full_tmpfs_raises_a_clear_oserror_for_every_named_kind():
             assert f"'full-{kind}'" in message, message
         assert out["left"] == [], "a failed creation left files behind"
         assert out["made"] == len(KINDS)
+
+
+ANONYMOUS = """
+import errno, json, resource
+import procwire
+# The one limit an unprivileged test can put on a memfd's size: the largest
+# file this process may make. The reservation must fail cleanly under it.
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+out = {}
+for kind, make in (("Pipe", lambda: procwire.Pipe(capacity=4 << 20)),
+                   ("Queue", lambda: procwire.Queue(capacity=4 << 20)),
+                   ("Array", lambda: procwire.Array("d", 1 << 20))):
+    try:
+        make()
+        out[kind] = ["created"]
+    except OSError as exc:
+        out[kind] = [exc.errno, str(exc)]
+small = procwire.Pipe(capacity=65536)
+small[0].send("fits"); out["small"] = small[1].recv()
+print(json.dumps(out))
+"""
+
+
+def test_anonymous_segments_that_cannot_be_reserved_raise_a_clear_oserror():
+    with tiny_tmpfs("1m") as shm:
+        done = run_python(ANONYMOUS, shm)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    assert out.pop("small") == "fits"
+    for kind, result in out.items():
+        assert result[0] == errno.EFBIG, (kind, result)
+        assert f"cannot create an anonymous {kind}" in result[1], result
+        assert "bytes of shared memory in an anonymous memfd" in result[1], result
