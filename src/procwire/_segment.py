@@ -128,8 +128,8 @@ class Segment:
     ``fd`` stays open for anonymous segments only: it is what children get.
     """
 
-    __slots__ = ("buffer", "fd", "name", "size", "_finalizer", "_guard", "_guard_token",
-                 "__weakref__")
+    __slots__ = ("__weakref__", "_finalizer", "_guard", "_guard_token", "buffer", "fd", "name",
+                 "size")
 
     def __init__(self, buffer: mmap.mmap, fd: int, name: str | None, size: int,
                  guard_fd: int = -1) -> None:

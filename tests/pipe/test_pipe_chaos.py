@@ -83,8 +83,8 @@ def _drain(results, into: list) -> None:
 
 @pytest.mark.parametrize("mode", ["kill", "stall"])
 def test_chaos_kill_senders_and_receivers_mid_stream(mode):
-    seed = int(os.environ.get("PROCWIRE_CHAOS_SEED", random.randrange(2**32)))
-    kills = int(os.environ.get("PROCWIRE_CHAOS_KILLS", 40))
+    seed = int(os.environ.get("PROCWIRE_CHAOS_SEED") or random.randrange(2**32))
+    kills = int(os.environ.get("PROCWIRE_CHAOS_KILLS") or 40)
     print(f"pipe chaos mode={mode} seed={seed} kills={kills}")
     rnd = random.Random(seed)
     ctx = mp.get_context("fork")  # hundreds of restarts; start methods are covered elsewhere

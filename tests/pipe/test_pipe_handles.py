@@ -36,7 +36,7 @@ def _is_fd_assigned(fd: int) -> bool:
 def _writefd(conn, data: bytes, create_dummy_fds: bool = False) -> None:
     # CPython's _TestConnection._writefd, verbatim in substance.
     if create_dummy_fds:
-        for i in range(0, 256):
+        for i in range(256):
             if not _is_fd_assigned(i):
                 os.dup2(conn.fileno(), i)
     fd = reduction.recv_handle(conn)

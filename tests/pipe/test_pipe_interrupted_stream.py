@@ -152,7 +152,7 @@ def test_interrupt_mid_stream_keeps_the_message():
 
 def test_maxlength_applies_to_a_resumed_message():
     ctx = mp.get_context("fork")
-    mine, p, payload = _start_stalled_sender(ctx, pickled=False)
+    mine, p, _payload = _start_stalled_sender(ctx, pickled=False)
     try:
         with pytest.raises(TimeoutError):
             mine.recv_bytes(timeout=0.3)

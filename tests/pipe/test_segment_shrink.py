@@ -15,7 +15,6 @@ import json
 import signal
 
 import pytest
-
 from _tmpfs import run_python, tiny_tmpfs
 
 pytestmark = pytest.mark.timeout(120)

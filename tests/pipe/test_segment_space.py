@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import signal
 
 import pytest
-
 from _tmpfs import run_python, tiny_tmpfs
 
 pytestmark = pytest.mark.timeout(120)
