@@ -51,11 +51,12 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Generator
 from multiprocessing import AuthenticationError, BufferTooShort
 from multiprocessing import connection as _mpc
 from multiprocessing import util as _mp_util
 from multiprocessing.connection import answer_challenge, deliver_challenge, wait
-from typing import Any, Generator
+from typing import Any
 
 from procwire._segment import validate_name
 from procwire.pipe import Connection, Pipe, _from_fds
@@ -396,10 +397,8 @@ class Listener:
     # -- one peer's handshake, as a generator yielding the socket it waits on --
 
     def _serve(self, peer: socket.socket, addr: Any) -> Generator[Any, None, Any]:
-        if self._kind == "procwire":
-            # Never read from another user's peer: drop it before any byte.
-            if _peer_uid(peer) != os.geteuid():
-                return None
+        if self._kind == "procwire" and _peer_uid(peer) != os.geteuid():
+            return None  # never read from another user's peer: drop it before any byte
         peer_offers = False
         if self._authkey is not None:
             peer_offers = yield from self._authenticate(peer)

@@ -60,7 +60,7 @@ class Context:
     # -- processes: multiprocessing's, for this start method ----------------------
 
     @property
-    def Process(self) -> Any:  # noqa: N802 (multiprocessing's name)
+    def Process(self) -> Any:
         return self._mp.Process
 
     @property
@@ -91,7 +91,7 @@ class Context:
     def cpu_count(self) -> int:
         return self._mp.cpu_count()
 
-    def Manager(self) -> Any:  # noqa: N802
+    def Manager(self) -> Any:
         """multiprocessing's Manager (a server process), started with this context."""
         return self._mp.Manager()
 
@@ -128,74 +128,74 @@ class Context:
 
     # -- procwire's objects -----------------------------------------------------
 
-    def Pipe(self, duplex: bool = True, **kwargs: Any) -> Any:  # noqa: N802
+    def Pipe(self, duplex: bool = True, **kwargs: Any) -> Any:
         return _lazy("procwire.pipe", "Pipe")(duplex, **kwargs)
 
-    def Queue(self, maxsize: int = 0, **kwargs: Any) -> Any:  # noqa: N802
+    def Queue(self, maxsize: int = 0, **kwargs: Any) -> Any:
         return _lazy("procwire.queue", "Queue")(maxsize, ctx=self, **kwargs)
 
-    def JoinableQueue(self, maxsize: int = 0, **kwargs: Any) -> Any:  # noqa: N802
+    def JoinableQueue(self, maxsize: int = 0, **kwargs: Any) -> Any:
         return _lazy("procwire.queue", "JoinableQueue")(maxsize, ctx=self, **kwargs)
 
-    def SimpleQueue(self, **kwargs: Any) -> Any:  # noqa: N802
+    def SimpleQueue(self, **kwargs: Any) -> Any:
         return _lazy("procwire.queue", "SimpleQueue")(ctx=self, **kwargs)
 
-    def Lock(self, **kwargs: Any) -> Any:  # noqa: N802
+    def Lock(self, **kwargs: Any) -> Any:
         return _lazy("procwire.sync", "Lock")(ctx=self, **kwargs)
 
-    def RLock(self, **kwargs: Any) -> Any:  # noqa: N802
+    def RLock(self, **kwargs: Any) -> Any:
         return _lazy("procwire.sync", "RLock")(ctx=self, **kwargs)
 
-    def Condition(self, lock: Any = None, **kwargs: Any) -> Any:  # noqa: N802
+    def Condition(self, lock: Any = None, **kwargs: Any) -> Any:
         return _lazy("procwire.sync", "Condition")(lock, ctx=self, **kwargs)
 
-    def Semaphore(self, value: int = 1, **kwargs: Any) -> Any:  # noqa: N802
+    def Semaphore(self, value: int = 1, **kwargs: Any) -> Any:
         return _lazy("procwire.sync", "Semaphore")(value, ctx=self, **kwargs)
 
-    def BoundedSemaphore(self, value: int = 1, **kwargs: Any) -> Any:  # noqa: N802
+    def BoundedSemaphore(self, value: int = 1, **kwargs: Any) -> Any:
         return _lazy("procwire.sync", "BoundedSemaphore")(value, ctx=self, **kwargs)
 
-    def Event(self, **kwargs: Any) -> Any:  # noqa: N802
+    def Event(self, **kwargs: Any) -> Any:
         return _lazy("procwire.sync", "Event")(ctx=self, **kwargs)
 
     def Barrier(self, parties: int, action: Any = None, timeout: float | None = None,
-                **kwargs: Any) -> Any:  # noqa: N802
+                **kwargs: Any) -> Any:
         return _lazy("procwire.sync", "Barrier")(parties, action, timeout, ctx=self, **kwargs)
 
-    def RawValue(self, typecode_or_type: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+    def RawValue(self, typecode_or_type: Any, *args: Any, **kwargs: Any) -> Any:
         return _lazy("procwire.shared", "RawValue")(typecode_or_type, *args, **kwargs)
 
     def RawArray(self, typecode_or_type: Any, size_or_initializer: Any,
-                 **kwargs: Any) -> Any:  # noqa: N802
+                 **kwargs: Any) -> Any:
         return _lazy("procwire.shared", "RawArray")(typecode_or_type, size_or_initializer,
                                                     **kwargs)
 
     def Value(self, typecode_or_type: Any, *args: Any, lock: Any = True,
-              **kwargs: Any) -> Any:  # noqa: N802
+              **kwargs: Any) -> Any:
         return _lazy("procwire.shared", "Value")(typecode_or_type, *args, lock=lock, ctx=self,
                                                  **kwargs)
 
     def Array(self, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True,
-              **kwargs: Any) -> Any:  # noqa: N802
+              **kwargs: Any) -> Any:
         return _lazy("procwire.shared", "Array")(typecode_or_type, size_or_initializer,
                                                  lock=lock, ctx=self, **kwargs)
 
-    def Listener(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+    def Listener(self, *args: Any, **kwargs: Any) -> Any:
         return _lazy("procwire.connection", "Listener")(*args, **kwargs)
 
-    def Client(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+    def Client(self, *args: Any, **kwargs: Any) -> Any:
         return _lazy("procwire.connection", "Client")(*args, **kwargs)
 
     # -- pools: procwire.pool, given this context ---------------------------------
 
     def Pool(self, processes: int | None = None, initializer: Any = None, initargs: tuple = (),
-             maxtasksperchild: int | None = None) -> Any:  # noqa: N802
+             maxtasksperchild: int | None = None) -> Any:
         return _pool_module().Pool(processes, initializer, initargs, maxtasksperchild,
                                    context=self)
 
     def ProcessPoolExecutor(self, max_workers: int | None = None, initializer: Any = None,
                             initargs: tuple = (), *,
-                            max_tasks_per_child: int | None = None) -> Any:  # noqa: N802
+                            max_tasks_per_child: int | None = None) -> Any:
         return _pool_module().ProcessPoolExecutor(max_workers, mp_context=self,
                                                   initializer=initializer, initargs=initargs,
                                                   max_tasks_per_child=max_tasks_per_child)

@@ -6,73 +6,17 @@ uid/gid 65534 (nobody) before they touch the socket.
 from __future__ import annotations
 
 import os
-import select
-import signal
 import socket
 import struct
 import threading
 import time
-import traceback
 
 import pytest
+from connhelpers import JOIN, as_other_user, needs_root, read_line, reap
 
 import procwire
 
-NOBODY = 65534
-JOIN = 30
 PREFIX = "\0procwire.pipe."
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
-
-
-def _as_other_user(body) -> tuple[int, int]:
-    """Fork a child that becomes uid 65534 and runs body(report_fd); return (pid, read end)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover (child)
-        code = 1
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            body(w)
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    os.close(w)
-    return pid, r
-
-
-def _read_line(fd: int, timeout: float = JOIN) -> bytes:
-    """One report line from a child, or b'' if it closed its end; bounded by timeout."""
-    out = b""
-    deadline = time.monotonic() + timeout
-    while not out.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        assert left > 0, "the other-user child did not report in time"
-        ready, _, _ = select.select([fd], [], [], left)
-        if not ready:
-            continue
-        chunk = os.read(fd, 1)
-        if not chunk:
-            return out
-        out += chunk
-    return out.strip()
-
-
-def _reap(pid: int, timeout: float = JOIN) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)  # polling a child's exit, not synchronising on a sleep
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f"child {pid} did not exit within {timeout} s")
 
 
 class _Evil:
@@ -109,9 +53,9 @@ def test_client_refuses_a_listener_of_another_user(tmp_path):
             stolen.send(_Evil(marker))
             conn.recv(1)  # until the client is done
 
-    pid, report = _as_other_user(impostor)
+    pid, report = as_other_user(impostor)
     try:
-        assert _read_line(report) == b"listening"
+        assert read_line(report) == b"listening"
         conn = None
         try:
             conn = procwire.Client(name, timeout=JOIN)
@@ -123,11 +67,11 @@ def test_client_refuses_a_listener_of_another_user(tmp_path):
             finally:
                 conn.close()
         assert conn is None, "Client accepted another user's listener"
-        assert _read_line(report) == b"0 0", "the client sent something to the impostor"
+        assert read_line(report) == b"0 0", "the client sent something to the impostor"
         assert not os.path.exists(marker)
     finally:
         os.close(report)
-        assert _reap(pid) == 0
+        assert reap(pid) == 0
 
 
 # ---------------------------------------------------------------- defect 12
@@ -164,10 +108,10 @@ def test_silent_peers_do_not_delay_a_client():
             s.connect(PREFIX + name)
             os.write(report, b"connected\n")
             s.recv(1)  # silent until the listener closes us or the test ends
-        pid, report = _as_other_user(silent)
+        pid, report = as_other_user(silent)
         same_uid_silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            assert _read_line(report) == b"connected"
+            assert read_line(report) == b"connected"
             same_uid_silent.connect(PREFIX + name)
             out: list = []
             t0 = time.monotonic()
@@ -178,7 +122,7 @@ def test_silent_peers_do_not_delay_a_client():
             # The old accept() read each silent peer for 10-30 s before the client.
             assert elapsed < 8, f"accept() took {elapsed:.1f} s behind silent peers"
             # The other user's peer was closed without a read: it sees EOF.
-            assert _reap(pid) == 0
+            assert reap(pid) == 0
         finally:
             same_uid_silent.close()
             os.close(report)
@@ -241,7 +185,7 @@ def test_listener_ignores_a_pipe_from_another_user():
         def foreign(report: int) -> None:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.connect(PREFIX + name)
-            mine, theirs = procwire.Pipe()
+            _mine, theirs = procwire.Pipe()
             theirs._add_handle()
             socket.send_fds(s, [struct.pack("<8sI", b"PWPIPE01", theirs._end)],
                             theirs._handle_fds())
@@ -252,13 +196,13 @@ def test_listener_ignores_a_pipe_from_another_user():
             except ConnectionResetError:  # closed with our hello unread
                 answer = b"EOF"
             os.write(report, answer + b"\n")
-        pid, report = _as_other_user(foreign)
+        pid, report = as_other_user(foreign)
         try:
-            assert _read_line(report) == b"sent"
+            assert read_line(report) == b"sent"
             out: list = []
             thread = _client_in_thread(name, out)
             _check_pair(listener.accept(timeout=JOIN), out, thread)
-            assert _read_line(report) == b"EOF"
-            assert _reap(pid) == 0
+            assert read_line(report) == b"EOF"
+            assert reap(pid) == 0
         finally:
             os.close(report)
