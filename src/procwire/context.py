@@ -71,10 +71,11 @@ class Context:
         return self._mp.get_start_method(allow_none)
 
     def set_start_method(self, method: str | None, force: bool = False) -> None:
-        self._mp.set_start_method(method, force)
+        """multiprocessing's set_start_method (the default context's)."""
+        _mp.set_start_method(method, force)
 
     def get_all_start_methods(self) -> list[str]:
-        return self._mp.get_all_start_methods()
+        return _mp.get_all_start_methods()
 
     def get_context(self, method: str | None = None) -> Context:
         return self if method is None else get_context(method)
