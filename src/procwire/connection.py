@@ -50,6 +50,7 @@ import secrets
 import select
 import socket
 import struct
+import threading
 import time
 from collections.abc import Generator
 from multiprocessing import AuthenticationError, BufferTooShort
@@ -278,6 +279,7 @@ class Listener:
         self._upgrade = bool(shared_memory)
         self._pending: dict[int, tuple[socket.socket, Generator, float, Any]] = {}
         self._last_accepted: Any = None
+        self._accepting = threading.Lock()
         self._unlink = None
         sock = _socket_for(kind)
         try:
@@ -321,10 +323,20 @@ class Listener:
         through. A wrong authkey raises ``AuthenticationError``, as in
         multiprocessing; a peer that breaks the protocol is dropped silently.
         """
-        if self._sock is None:
-            raise OSError("listener is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
+        # One thread at a time drives the pending handshakes; others queue here.
+        if not self._accepting.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
+            raise TimeoutError(f"no connection accepted within {timeout} s")
+        try:
+            return self._accept(deadline, timeout)
+        finally:
+            self._accepting.release()
+
+    def _accept(self, deadline: float | None,
+                timeout: float | None) -> Connection | SocketConnection:
         while True:
+            if self._sock is None:
+                raise OSError("listener is closed")
             now = time.monotonic()
             for fd, (peer, gen, peer_deadline, _w) in list(self._pending.items()):
                 if peer_deadline <= now:
@@ -332,7 +344,7 @@ class Listener:
             poller = select.poll()
             poller.register(self._sock, select.POLLIN)
             wake = deadline
-            for fd, (_p, _g, peer_deadline, waiting) in self._pending.items():
+            for fd, (_p, _g, peer_deadline, waiting) in list(self._pending.items()):
                 poller.register(waiting, select.POLLIN)
                 wake = peer_deadline if wake is None else min(wake, peer_deadline)
             if deadline is not None and now >= deadline:
@@ -373,11 +385,14 @@ class Listener:
 
     def _step(self, fd: int) -> Connection | SocketConnection | None:
         """Run a peer's handshake until it waits again; return its connection when done."""
-        peer, gen, peer_deadline, _waiting = self._pending[fd]
+        entry = self._pending.get(fd)
+        if entry is None:  # dropped meanwhile (close() from another thread)
+            return None
+        peer, gen, peer_deadline, _waiting = entry
         try:
             waiting = gen.send(None)
         except StopIteration as done:
-            del self._pending[fd]
+            self._pending.pop(fd, None)
             peer.close()  # a no-op if the socket became the SocketConnection
             return done.value
         except AuthenticationError:
@@ -390,8 +405,14 @@ class Listener:
         return None
 
     def _drop(self, fd: int) -> None:
-        peer, gen, _d, _w = self._pending.pop(fd)
-        gen.close()  # runs its finally: clauses (temporary sockets)
+        entry = self._pending.pop(fd, None)
+        if entry is None:
+            return
+        peer, gen, _d, _w = entry
+        try:
+            gen.close()  # runs its finally: clauses (temporary sockets)
+        except ValueError:  # running in accept() in another thread: it ends on the closed socket
+            pass
         peer.close()
 
     # -- one peer's handshake, as a generator yielding the socket it waits on --

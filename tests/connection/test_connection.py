@@ -393,6 +393,47 @@ def test_bad_arguments_are_explained():
         listener.accept()
 
 
+def test_silent_and_slow_tcp_peers_do_not_hold_up_others():
+    """Handshakes run side by side: peers stuck mid-challenge wait, others get through."""
+    import socket
+    with Listener(("127.0.0.1", 0), authkey=KEY) as listener:
+        silent = [socket.create_connection(listener.address, timeout=JOIN) for _ in range(3)]
+        # One that reads the challenge and then stalls before answering.
+        slow = socket.create_connection(listener.address, timeout=JOIN)
+        try:
+            t0 = time.monotonic()
+            for client_lib in (mpc, procwire.connection):
+                server, client = _pair(listener, lambda lib=client_lib: lib.Client(
+                    listener.address, authkey=KEY))
+                with server, client:
+                    client.send_bytes(b"through")
+                    assert server.recv_bytes() == b"through"
+            assert time.monotonic() - t0 < 10
+            slow.settimeout(JOIN)
+            assert slow.recv(4)  # the challenge's frame header: it was sent, not blocked on
+        finally:
+            for s in (*silent, slow):
+                s.close()
+
+
+def test_two_threads_accepting_share_the_listener():
+    with Listener(("127.0.0.1", 0), authkey=KEY) as listener:
+        got: list = []
+        threads = [threading.Thread(target=lambda: got.append(listener.accept(timeout=JOIN)))
+                   for _ in range(2)]
+        for t in threads:
+            t.start()
+        clients = [Client(listener.address, authkey=KEY, timeout=JOIN) for _ in range(2)]
+        for t in threads:
+            t.join(JOIN)
+        assert len(got) == 2
+        for i, c in enumerate(clients):
+            c.send(i)
+        assert sorted(s.recv(timeout=JOIN) for s in got) == [0, 1]
+        for conn in (*got, *clients):
+            conn.close()
+
+
 def test_accept_times_out():
     with Listener(("127.0.0.1", 0), authkey=KEY) as listener:
         t0 = time.monotonic()
