@@ -52,7 +52,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from multiprocessing import AuthenticationError, BufferTooShort
 from multiprocessing import connection as _mpc
 from multiprocessing import util as _mp_util
@@ -79,7 +79,10 @@ _HELLO = struct.Struct("<8sI")  # magic, end index
 _MAGIC = b"PWPIPE01"
 # Starts a procwire side's random challenge: "I can upgrade to shared memory".
 _OFFER = b"\x00PWSHM1\x00"
-_CHALLENGE, _WELCOME, _FAILURE = _mpc.CHALLENGE, _mpc.WELCOME, _mpc.FAILURE
+# multiprocessing.connection's protocol words (not in its typed interface).
+_CHALLENGE, _WELCOME, _FAILURE = b"#CHALLENGE#", b"#WELCOME#", b"#FAILURE#"
+_MESSAGE_LENGTH: int = getattr(_mpc, "MESSAGE_LENGTH", 20)
+_arbitrary_address: Callable[[str], Any] = getattr(_mpc, "arbitrary_address")
 _NEW_AUTH = hasattr(_mpc, "_create_response")  # Python 3.12+: digest negotiation
 _CREDS = struct.Struct("3i")
 
@@ -144,7 +147,7 @@ def _peer_uid(sock: socket.socket) -> int:
     """The user id the kernel recorded for the peer when the connection was made."""
     _pid, uid, _gid = _CREDS.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                     _CREDS.size))
-    return uid
+    return int(uid)
 
 
 # ---------------------------------------------------------------- the challenge
@@ -152,7 +155,7 @@ def _peer_uid(sock: socket.socket) -> int:
 # start its random bytes with _OFFER. The frames are multiprocessing's.
 
 def _new_challenge(offer: bool) -> bytes:
-    message = os.urandom(_mpc.MESSAGE_LENGTH)
+    message = os.urandom(_MESSAGE_LENGTH)
     if offer:
         message = _OFFER + message[len(_OFFER):]
     if _NEW_AUTH:  # pragma: no cover (3.12+)
@@ -162,14 +165,14 @@ def _new_challenge(offer: bool) -> bytes:
 
 def _digest(authkey: bytes, message: bytes) -> bytes:
     if _NEW_AUTH:  # pragma: no cover (3.12+)
-        return _mpc._create_response(authkey, message)  # type: ignore[attr-defined]
+        return bytes(getattr(_mpc, "_create_response")(authkey, message))
     return hmac.new(authkey, message, "md5").digest()
 
 
 def _verify(authkey: bytes, message: bytes, response: bytes) -> bool:
     if _NEW_AUTH:  # pragma: no cover (3.12+)
         try:
-            _mpc._verify_challenge(authkey, message, response)  # type: ignore[attr-defined]
+            getattr(_mpc, "_verify_challenge")(authkey, message, response)
         except AuthenticationError:
             return False
         return True
@@ -271,13 +274,13 @@ class Listener:
         _check_authkey(authkey)
         if address is None:
             fam = family or "AF_UNIX"
-            address = ("::1", 0) if fam == "AF_INET6" else _mpc.arbitrary_address(
+            address = ("::1", 0) if fam == "AF_INET6" else _arbitrary_address(
                 "AF_INET" if fam == "AF_INET" else "AF_UNIX")
         kind, sockaddr = _classify(address, family)
         self._kind = kind
         self._authkey = authkey
         self._upgrade = bool(shared_memory)
-        self._pending: dict[int, tuple[socket.socket, Generator, float, Any]] = {}
+        self._pending: dict[int, tuple[socket.socket, Generator[Any, None, Any], float, Any]] = {}
         self._last_accepted: Any = None
         self._accepting = threading.Lock()
         self._unlink = None
@@ -394,7 +397,8 @@ class Listener:
         except StopIteration as done:
             self._pending.pop(fd, None)
             peer.close()  # a no-op if the socket became the SocketConnection
-            return done.value
+            conn: Connection | SocketConnection | None = done.value
+            return conn
         except AuthenticationError:
             self._drop(fd)
             raise
@@ -428,11 +432,11 @@ class Listener:
             self._last_accepted = addr
             return conn
         if self._upgrade and peer_offers:
-            conn = yield from self._offer_upgrade(peer)
-            if conn is not None:
+            upgraded = yield from self._offer_upgrade(peer)
+            if upgraded is not None:
                 peer.close()
                 self._last_accepted = addr
-                return conn
+                return upgraded
         peer.setblocking(True)
         self._last_accepted = addr
         return SocketConnection(peer.detach())
@@ -470,7 +474,7 @@ class Listener:
             reply = yield from _recv_frame_nb(peer, 16)
             if reply != b"PWTRY":
                 return None  # another host (or network namespace): stay a socket
-            conn = None
+            conn: Connection | None = None
             try:
                 while True:
                     try:

@@ -65,10 +65,12 @@ class Context:
 
     @property
     def _name(self) -> str | None:
-        return getattr(self._mp, "_name", None)
+        name: str | None = getattr(self._mp, "_name", None)
+        return name
 
     def get_start_method(self, allow_none: bool = False) -> str | None:
-        return self._mp.get_start_method(allow_none)
+        method: str | None = self._mp.get_start_method(allow_none)
+        return method
 
     def set_start_method(self, method: str | None, force: bool = False) -> None:
         """multiprocessing's set_start_method (the default context's)."""
@@ -90,7 +92,7 @@ class Context:
         return _mp.active_children()
 
     def cpu_count(self) -> int:
-        return self._mp.cpu_count()
+        return int(self._mp.cpu_count())
 
     def Manager(self) -> Any:
         """multiprocessing's Manager (a server process), started with this context."""
@@ -189,13 +191,13 @@ class Context:
 
     # -- pools: procwire.pool, given this context ---------------------------------
 
-    def Pool(self, processes: int | None = None, initializer: Any = None, initargs: tuple = (),
+    def Pool(self, processes: int | None = None, initializer: Any = None, initargs: tuple[Any, ...] = (),
              maxtasksperchild: int | None = None) -> Any:
         return _pool_module().Pool(processes, initializer, initargs, maxtasksperchild,
                                    context=self)
 
     def ProcessPoolExecutor(self, max_workers: int | None = None, initializer: Any = None,
-                            initargs: tuple = (), *,
+                            initargs: tuple[Any, ...] = (), *,
                             max_tasks_per_child: int | None = None) -> Any:
         return _pool_module().ProcessPoolExecutor(max_workers, mp_context=self,
                                                   initializer=initializer, initargs=initargs,
@@ -210,7 +212,7 @@ class Context:
     def __hash__(self) -> int:
         return hash(self._mp)
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (get_context, (self._name,))
 
 
@@ -242,7 +244,8 @@ def get_context(method: str | None = None, **kwargs: Any) -> Any:
     # None: multiprocessing's default context, fixed by this call as it is by
     # multiprocessing.get_context() (set_start_method(force=True) can change it).
     mp_ctx = _mp.get_context(method)
-    ctx = _contexts.get(mp_ctx._name)
+    name: str = getattr(mp_ctx, "_name")  # every concrete context has one
+    ctx = _contexts.get(name)
     if ctx is None or ctx._mp is not mp_ctx:
-        ctx = _contexts[mp_ctx._name] = Context(mp_ctx)
+        ctx = _contexts[name] = Context(mp_ctx)
     return ctx
