@@ -55,6 +55,7 @@ import time
 from collections.abc import Callable, Generator
 from multiprocessing import AuthenticationError, BufferTooShort
 from multiprocessing import connection as _mpc
+from multiprocessing import reduction as _mp_reduction
 from multiprocessing import util as _mp_util
 from multiprocessing.connection import answer_challenge, deliver_challenge, wait
 from typing import Any
@@ -93,13 +94,49 @@ class SocketConnection(_mpc.Connection):
     The full API (``send``, ``recv``, ``send_bytes``, ``recv_bytes``,
     ``recv_bytes_into``, ``poll``, ``fileno``, ``close``, context manager) and
     multiprocessing's wire format: 4-byte big-endian length, then the bytes.
+    As on procwire's own Connection, ``recv``, ``recv_bytes`` and
+    ``recv_bytes_into`` take a keyword-only ``timeout``: ``TimeoutError`` if
+    no message has begun to arrive by then (a message that has begun is read
+    to its end). It passes to child processes as multiprocessing's does.
     """
 
     shared_memory = False
 
+    def _wait_for_message(self, timeout: float | None) -> None:
+        if timeout is not None and not self.poll(timeout):
+            raise TimeoutError(f"no message within {timeout} s")
+
+    def recv(self, *, timeout: float | None = None) -> Any:
+        self._wait_for_message(timeout)
+        return super().recv()
+
+    def recv_bytes(self, maxlength: int | None = None, *,
+                   timeout: float | None = None) -> bytes:
+        self._wait_for_message(timeout)
+        return super().recv_bytes(maxlength)
+
+    def recv_bytes_into(self, buf: Any, offset: int = 0, *,
+                        timeout: float | None = None) -> int:
+        self._wait_for_message(timeout)
+        return super().recv_bytes_into(buf, offset)
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd {self.fileno()}"
         return f"<procwire.connection.SocketConnection {state}>"
+
+
+def _reduce_socket_connection(conn: SocketConnection) -> tuple[Any, ...]:
+    # multiprocessing's reduce_connection, rebuilding this class (its pickler
+    # looks reducers up by exact type, so a subclass needs its own).
+    dup = _mp_reduction.DupFd(conn.fileno())
+    return _rebuild_socket_connection, (dup, conn.readable, conn.writable)
+
+
+def _rebuild_socket_connection(dup: Any, readable: bool, writable: bool) -> SocketConnection:
+    return SocketConnection(dup.detach(), readable, writable)
+
+
+_mp_reduction.register(SocketConnection, _reduce_socket_connection)
 
 
 class _Malformed(Exception):

@@ -118,6 +118,40 @@ def test_socket_connection_has_the_full_api():
             server.recv_bytes(256)
 
 
+def test_socket_connection_recv_timeout():
+    with Listener(("127.0.0.1", 0)) as listener:
+        server, client = _pair(listener, lambda: Client(listener.address))
+    with server, client:
+        for call in (server.recv, server.recv_bytes, lambda **k: server.recv_bytes_into(
+                bytearray(8), **k)):
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                call(timeout=0.2)
+            assert time.monotonic() - t0 < 10
+        client.send("late")
+        assert server.recv(timeout=JOIN) == "late"
+
+
+def _child_uses_socket_connection(conn) -> None:
+    assert type(conn) is SocketConnection
+    conn.send(conn.recv() * 2)
+    conn.close()
+
+
+def test_socket_connection_passes_to_a_child(ctx):
+    with Listener(("127.0.0.1", 0)) as listener:
+        server, client = _pair(listener, lambda: Client(listener.address))
+    with server, client:
+        p = ctx.Process(target=_child_uses_socket_connection, args=(client,))
+        p.start()
+        try:
+            server.send(21)
+            assert server.recv(timeout=JOIN) == 42
+        finally:
+            p.join(JOIN)
+        assert p.exitcode == 0
+
+
 def test_wait_mixes_shared_memory_and_socket_connections():
     a, b = procwire.Pipe()
     with Listener(("127.0.0.1", 0)) as listener:
