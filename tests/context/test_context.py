@@ -7,6 +7,7 @@ same results, under fork, spawn and forkserver.
 from __future__ import annotations
 
 import ast
+import importlib
 import multiprocessing
 import os
 import pickle
@@ -46,6 +47,12 @@ def _worker(i, q, jq, sq, conn, lock, rlock, sem, bsem, ev, cond, barrier, val, 
         conn.send(i * i)
 
 
+def _connect_and_echo(libname: str, address) -> None:
+    connection = importlib.import_module(f"{libname}.connection")
+    with connection.Client(address, authkey=b"program key") as conn:
+        conn.send(conn.recv().upper())
+
+
 def program(lib, method: str) -> dict:
     """Written for multiprocessing: ``lib`` is the multiprocessing module or procwire."""
     ctx = lib.get_context(method)
@@ -71,7 +78,19 @@ def program(lib, method: str) -> dict:
     squares = sorted(a.recv() for _ in range(2))
     for p in procs:
         p.join(JOIN)
+    # multiprocessing.connection: Listener/Client with an authkey, and wait().
+    connection = importlib.import_module(f"{lib.__name__}.connection")
+    with connection.Listener(("127.0.0.1", 0), authkey=b"program key") as listener:
+        p = ctx.Process(target=_connect_and_echo, args=(lib.__name__, listener.address))
+        p.start()
+        with listener.accept() as conn:
+            conn.send("over the listener")
+            ready = connection.wait([conn], JOIN)
+            echoed = (len(ready), conn.recv())
+        p.join(JOIN)
+        procs.append(p)
     result = {
+        "echoed": echoed,
         "types": None,
         "from_q": from_q, "from_sq": from_sq, "squares": squares,
         "val": val.value, "arr": list(arr), "ra": list(ra),
@@ -109,7 +128,8 @@ def test_a_multiprocessing_program_runs_unchanged(method):
     assert ours.pop("types") == {"procwire"}
     assert ours == theirs
     assert ours["val"] == 22 and ours["arr"] == [0.5, 1.5, 0.0, 0.0] and ours["ra"] == [5, 6, 0]
-    assert ours["exitcodes"] == [0, 0] and ours["start_method"] == method
+    assert ours["exitcodes"] == [0, 0, 0] and ours["start_method"] == method
+    assert ours["echoed"] == (1, "OVER THE LISTENER")
 
 
 def test_context_api_mirrors_multiprocessing():
