@@ -157,7 +157,10 @@ def _classify(address: Any, family: str | None) -> tuple[str, Any]:
     if isinstance(address, tuple):
         if family == "AF_UNIX":
             raise ValueError(f"a ('host', port) address needs family 'AF_INET', not {family!r}")
-        return family or "AF_INET", address
+        if family is None:  # an IPv6 host ('::1') or a 4-tuple, as getsockname gives
+            ipv6 = len(address) == 4 or ":" in str(address[0] if address else "")
+            family = "AF_INET6" if ipv6 else "AF_INET"
+        return family, address
     if family in ("AF_INET", "AF_INET6"):
         raise ValueError(f"family {family!r} needs a ('host', port) address, not {address!r}")
     if isinstance(address, bytes) and address.startswith(b"\0"):

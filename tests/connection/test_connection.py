@@ -234,10 +234,11 @@ def _echo_checks(conn) -> None:
     assert conn.recv_bytes() == b"raw"
 
 
-def test_procwire_listener_serves_a_multiprocessing_client(ctx):
+@pytest.mark.parametrize("authkey", [KEY, None])
+def test_procwire_listener_serves_a_multiprocessing_client(ctx, authkey):
     report = ctx.SimpleQueue()
-    with Listener(("127.0.0.1", 0), authkey=KEY) as listener:
-        p = ctx.Process(target=_mp_client_echo, args=(listener.address, KEY, report))
+    with Listener(("127.0.0.1", 0), authkey=authkey) as listener:
+        p = ctx.Process(target=_mp_client_echo, args=(listener.address, authkey, report))
         p.start()
         try:
             with listener.accept(timeout=JOIN) as conn:
@@ -250,14 +251,15 @@ def test_procwire_listener_serves_a_multiprocessing_client(ctx):
     report.close()
 
 
-def test_procwire_client_talks_to_a_multiprocessing_listener(ctx):
+@pytest.mark.parametrize("authkey", [KEY, None])
+def test_procwire_client_talks_to_a_multiprocessing_listener(ctx, authkey):
     report = ctx.SimpleQueue()
-    p = ctx.Process(target=_mp_listener_echo, args=(KEY, report))
+    p = ctx.Process(target=_mp_listener_echo, args=(authkey, report))
     p.start()
     try:
         tag, address = report.get()
         assert tag == "address"
-        with Client(address, authkey=KEY, timeout=JOIN) as conn:
+        with Client(address, authkey=authkey, timeout=JOIN) as conn:
             assert type(conn) is SocketConnection
             assert report.get() == ("accepted", "multiprocessing.connection")
             _echo_checks(conn)
@@ -401,6 +403,22 @@ def test_listener_without_address_and_names():
         assert host == "127.0.0.1" and port > 0
     assert procwire.pipe.Listener is Listener and procwire.Client is Client
     assert procwire.connection.Connection is procwire.Connection
+
+
+def test_ipv6():
+    import socket
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this kernel")
+    try:
+        listener = Listener(("::1", 0), authkey=KEY)
+    except OSError as exc:  # no ::1 configured (some containers)
+        pytest.skip(f"no IPv6 loopback: {exc}")
+    with listener:
+        assert len(listener.address) == 4
+        server, client = _pair(listener, lambda: Client(listener.address, authkey=KEY,
+                                                        timeout=JOIN))
+        assert type(server) is procwire.Connection
+        _exchange(server, client)
 
 
 def test_bad_arguments_are_explained():
