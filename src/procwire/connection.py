@@ -23,9 +23,10 @@ user, the connection becomes a shared-memory :class:`procwire.Connection`
 negotiated without a byte that a multiprocessing peer would see: each side
 starts its random HMAC challenge with a procwire mark, which multiprocessing
 simply hashes. Only if *both* challenges carry the mark, after authentication,
-the listener binds a one-off abstract Unix socket with an unguessable name,
-sends the name over the authenticated connection, and the client connects to
-it. The abstract namespace is per network namespace, so reaching it proves
+the listener binds a one-off abstract Unix socket, sends its name and a
+random token over the authenticated connection, and the client connects to it
+and hands over a pipe with the token (the name shows in /proc/net/unix; the
+token does not). The abstract namespace is per network namespace, so reaching it proves
 the same host; each side then checks the other's kernel credentials
 (``SO_PEERCRED``: same user) before any byte is read or a descriptor sent.
 Across hosts, or on any failure, the socket stays. Without an authkey there is
@@ -75,7 +76,7 @@ MAX_PENDING = 128
 
 _NATIVE_PREFIX = "\0procwire.pipe."
 _UPGRADE_PREFIX = "procwire.up."
-_UPGRADE_NAME = re.compile(rb"procwire\.up\.[0-9a-f]{32}")
+_UPGRADE_OFFER = re.compile(rb"PWUP1 (procwire\.up\.[0-9a-f]{32}) ([0-9a-f]{32})")
 _HELLO = struct.Struct("<8sI")  # magic, end index
 _MAGIC = b"PWPIPE01"
 # Starts a procwire side's random challenge: "I can upgrade to shared memory".
@@ -510,7 +511,11 @@ class Listener:
             tmp.bind("\0" + name)
             tmp.listen(4)
             tmp.setblocking(False)
-            peer.sendall(_frame(b"PWUP1 " + name.encode()))
+            # The name is visible to local users (/proc/net/unix); the token,
+            # sent only over the authenticated connection, is not: the pipe
+            # that comes back with it is this client's.
+            token = secrets.token_bytes(16)
+            peer.sendall(_frame(b"PWUP1 " + name.encode() + b" " + token.hex().encode()))
             reply = yield from _recv_frame_nb(peer, 16)
             if reply != b"PWTRY":
                 return None  # another host (or network namespace): stay a socket
@@ -527,7 +532,7 @@ class Listener:
                     unix.close()  # someone else found the name: never read from them
                 with unix:
                     unix.setblocking(False)
-                    conn = yield from _receive_pipe(unix)
+                    conn = yield from _receive_pipe(unix, token)
             except (_Malformed, OSError):
                 conn = None
             peer.sendall(_frame(b"PWOK" if conn is not None else b"PWNO"))
@@ -559,19 +564,23 @@ class Listener:
         return f"<procwire.connection.Listener {state}>"
 
 
-def _receive_pipe(unix: socket.socket) -> Generator[Any, None, Connection]:
-    """Receive a client's pipe end (hello + 5 descriptors) from a verified peer."""
+def _receive_pipe(unix: socket.socket,
+                  token: bytes = b"") -> Generator[Any, None, Connection]:
+    """Receive a client's pipe end (hello [+ token] + 5 descriptors) from a verified peer."""
+    size = _HELLO.size + len(token)
     while True:
         try:
-            msg, fds, flags, _ = socket.recv_fds(unix, _HELLO.size, 5, socket.MSG_DONTWAIT)
+            msg, fds, flags, _ = socket.recv_fds(unix, size, 5, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             yield unix
             continue
         break
     try:
-        if len(msg) != _HELLO.size or len(fds) != 5 or flags & socket.MSG_CTRUNC:
+        if len(msg) != size or len(fds) != 5 or flags & socket.MSG_CTRUNC:
             raise _Malformed("not a procwire pipe hello")
-        magic, end = _HELLO.unpack(msg)
+        if not hmac.compare_digest(msg[_HELLO.size:], token):
+            raise _Malformed("a pipe without this connection's token")
+        magic, end = _HELLO.unpack(msg[:_HELLO.size])
         if magic != _MAGIC or end not in (0, 1):
             raise _Malformed("not a procwire pipe hello")
     except BaseException:
@@ -664,13 +673,14 @@ def _client_authenticate(sock: socket.socket, authkey: bytes, offer: bool,
     return server_offers
 
 
-def _send_pipe(sock: socket.socket, capacity: int | None, deadline: float | None) -> Connection:
+def _send_pipe(sock: socket.socket, capacity: int | None, deadline: float | None,
+               token: bytes = b"") -> Connection:
     """Hand the listener one end of a new pipe over a verified Unix socket; keep the other."""
     mine, theirs = Pipe(True, capacity=capacity)
     try:
         theirs._add_handle()  # adopted by the listener's Connection
         sock.settimeout(_remaining(deadline))
-        socket.send_fds(sock, [_HELLO.pack(_MAGIC, theirs._end)], theirs._handle_fds())
+        socket.send_fds(sock, [_HELLO.pack(_MAGIC, theirs._end) + token], theirs._handle_fds())
         if sock.recv(1) != b"k":
             raise ConnectionError("the procwire Listener did not accept the pipe")
     except BaseException:
@@ -685,9 +695,10 @@ def _accept_upgrade(sock: socket.socket, capacity: int | None,
                     deadline: float | None) -> Connection | None:
     """The listener offered shared memory: try its one-off abstract socket."""
     offer = _recv_frame(sock, 256, deadline)
-    name = offer[6:]
-    if not offer.startswith(b"PWUP1 ") or not _UPGRADE_NAME.fullmatch(name):
+    match = _UPGRADE_OFFER.fullmatch(offer)
+    if match is None:
         raise ConnectionError(f"malformed shared-memory offer from the listener: {offer[:40]!r}")
+    name, token = match.group(1), bytes.fromhex(match.group(2).decode())
     unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         try:
@@ -701,7 +712,7 @@ def _accept_upgrade(sock: socket.socket, capacity: int | None,
             return None
         _send_frame(sock, b"PWTRY", deadline)
         try:
-            mine: Connection | None = _send_pipe(unix, capacity, deadline)
+            mine: Connection | None = _send_pipe(unix, capacity, deadline, token)
         except (OSError, ConnectionError):
             mine = None
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing.connection as mpc
 import os
+import pickle
 import threading
 import time
 
@@ -333,6 +334,41 @@ def test_same_host_same_user_upgrades_across_processes(ctx, tmp_path, kind):
         finally:
             p.join(JOIN)
     assert p.exitcode == 0
+
+
+def test_upgrade_adopts_only_the_pipe_that_carries_the_token():
+    """The one-off socket's name is public (/proc/net/unix); its token is not.
+
+    An intruder that reaches the name first with a pipe but without the token
+    is refused, and both sides agree to stay on the socket.
+    """
+    import socket
+    import struct
+
+    from procwire import connection as pc
+    with Listener(("127.0.0.1", 0), authkey=KEY) as listener:
+        result: list = []
+        t = threading.Thread(target=lambda: result.append(listener.accept(timeout=JOIN)))
+        t.start()
+        with socket.create_connection(listener.address, timeout=JOIN) as sock:
+            deadline = time.monotonic() + JOIN
+            assert pc._client_authenticate(sock, KEY, True, deadline)  # the listener offered
+            offer = pc._recv_frame(sock, 256, deadline)
+            name = pc._UPGRADE_OFFER.fullmatch(offer).group(1)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as intruder:
+                intruder.connect(b"\0" + name)
+                mine, theirs = procwire.Pipe()
+                with mine, theirs:
+                    theirs._add_handle()
+                    socket.send_fds(intruder, [struct.pack("<8sI", b"PWPIPE01", theirs._end)
+                                               + b"\0" * 16], theirs._handle_fds())
+                    pc._send_frame(sock, b"PWTRY", deadline)
+                    assert pc._recv_frame(sock, 16, deadline) == b"PWNO"
+            t.join(JOIN)
+            with result[0] as server:
+                assert type(server) is SocketConnection
+                pc._send_frame(sock, pickle.dumps("still the socket"), deadline)
+                assert server.recv() == "still the socket"
 
 
 @needs_root
