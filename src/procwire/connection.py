@@ -391,9 +391,9 @@ class Listener:
             for fd, (_p, _g, peer_deadline, waiting) in list(self._pending.items()):
                 poller.register(waiting, select.POLLIN)
                 wake = peer_deadline if wake is None else min(wake, peer_deadline)
-            if deadline is not None and now >= deadline:
-                raise TimeoutError(f"no connection accepted within {timeout} s")
-            ms = None if wake is None else max(0, int((wake - now) * 1000) + 1)
+            expired = deadline is not None and now >= deadline
+            # Past the deadline, one last look that does not wait (timeout=0 polls).
+            ms = None if wake is None else 0 if expired else max(0, int((wake - now) * 1000) + 1)
             ready = {fd for fd, _ev in poller.poll(ms)}
             for fd, (_p, _g, _d, waiting) in list(self._pending.items()):
                 if waiting.fileno() in ready:
@@ -404,6 +404,8 @@ class Listener:
                 conn = self._accept_new()
                 if conn is not None:
                     return conn
+            if expired:
+                raise TimeoutError(f"no connection accepted within {timeout} s")
 
     def _accept_new(self) -> Connection | SocketConnection | None:
         """Accept every connection waiting in the backlog; start their handshakes."""

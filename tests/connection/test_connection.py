@@ -530,6 +530,22 @@ def test_accept_times_out():
         assert time.monotonic() - t0 < 10
 
 
+def test_accept_with_zero_timeout_takes_a_waiting_client():
+    import socket
+    with Listener(("127.0.0.1", 0)) as listener:
+        with pytest.raises(TimeoutError):
+            listener.accept(timeout=0)
+        with socket.create_connection(listener.address, timeout=JOIN):
+            deadline = time.monotonic() + JOIN
+            while True:  # the kernel completes the connection on its own: poll for it
+                try:
+                    conn = listener.accept(timeout=0)
+                    break
+                except TimeoutError:
+                    assert time.monotonic() < deadline
+            conn.close()
+
+
 def test_client_times_out_on_a_listener_that_never_answers():
     with Listener(("127.0.0.1", 0), authkey=KEY) as listener, pytest.raises(TimeoutError):
         Client(listener.address, authkey=KEY, timeout=0.5)  # nobody runs accept()
