@@ -537,7 +537,12 @@ class Listener:
                     conn = yield from _receive_pipe(unix, token)
             except (_Malformed, OSError):
                 conn = None
-            peer.sendall(_frame(b"PWOK" if conn is not None else b"PWNO"))
+            try:
+                peer.sendall(_frame(b"PWOK" if conn is not None else b"PWNO"))
+            except BaseException:
+                if conn is not None:
+                    conn.close()
+                raise
             return conn
         finally:
             tmp.close()
