@@ -32,6 +32,29 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
+    # contexts (procwire.context)
+    "get_context": "procwire.context",
+    # processes and the rest of multiprocessing's API, re-exported as they are
+    "Process": "multiprocessing",
+    "current_process": "multiprocessing",
+    "parent_process": "multiprocessing",
+    "active_children": "multiprocessing",
+    "cpu_count": "multiprocessing",
+    "freeze_support": "multiprocessing",
+    "get_all_start_methods": "multiprocessing",
+    "get_start_method": "multiprocessing",
+    "set_start_method": "multiprocessing",
+    "set_executable": "multiprocessing",
+    "set_forkserver_preload": "multiprocessing",
+    "get_logger": "multiprocessing",
+    "log_to_stderr": "multiprocessing",
+    "allow_connection_pickling": "multiprocessing",
+    "Manager": "multiprocessing",
+    "AuthenticationError": "multiprocessing",
+    "BufferTooShort": "multiprocessing",
+    "ProcessError": "multiprocessing",
+    "TimeoutError": "multiprocessing",
+    # procwire's own objects
     "ProcwireError": "procwire.errors",
     "SegmentError": "procwire.errors",
     "MessageTooLarge": "procwire.errors",
@@ -57,28 +80,6 @@ _EXPORTS = {
     "Array": "procwire.shared",
     "RawValue": "procwire.shared",
     "RawArray": "procwire.shared",
-    # contexts (procwire.context)
-    "get_context": "procwire.context",
-    # processes and the rest of multiprocessing's API, re-exported as they are
-    "Process": "multiprocessing",
-    "current_process": "multiprocessing",
-    "parent_process": "multiprocessing",
-    "active_children": "multiprocessing",
-    "cpu_count": "multiprocessing",
-    "freeze_support": "multiprocessing",
-    "get_all_start_methods": "multiprocessing",
-    "get_start_method": "multiprocessing",
-    "set_start_method": "multiprocessing",
-    "set_executable": "multiprocessing",
-    "set_forkserver_preload": "multiprocessing",
-    "get_logger": "multiprocessing",
-    "log_to_stderr": "multiprocessing",
-    "allow_connection_pickling": "multiprocessing",
-    "Manager": "multiprocessing",
-    "AuthenticationError": "multiprocessing",
-    "BufferTooShort": "multiprocessing",
-    "ProcessError": "multiprocessing",
-    "TimeoutError": "multiprocessing",
 }
 
 # submodules reachable as attributes without an explicit import

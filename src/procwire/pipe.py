@@ -26,15 +26,18 @@ Passing ends to other processes:
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import socket
+import struct
 import weakref
 from multiprocessing import BufferTooShort
 from multiprocessing import reduction as _mp_reduction
 from typing import Any
 
 from procwire import _core
-from procwire._segment import Segment
+from procwire._segment import Segment, validate_name
 
 __all__ = ["Client", "Connection", "DEFAULT_CAPACITY", "Listener", "Pipe"]
 
