@@ -10,6 +10,12 @@ read, so every implementation is timed the same way:
 
 pyzmq is optional (``pip install 'procwire[bench]'``); the raw os.pipe moves
 fixed 64-byte frames only (one write and one read system call each).
+
+The "Listener/Client TCP+authkey" rows run the same code with
+``procwire.connection`` and ``multiprocessing.connection``:
+``Listener(('127.0.0.1', port), authkey=...)`` in the parent, ``Client`` in the
+forked child. procwire's pair upgrades to a shared-memory pipe (same host,
+same user); multiprocessing's stays a TCP socket.
 """
 from __future__ import annotations
 
