@@ -496,7 +496,7 @@ def test_silent_and_slow_tcp_peers_do_not_hold_up_others():
                 with server, client:
                     client.send_bytes(b"through")
                     assert server.recv_bytes() == b"through"
-            assert time.monotonic() - t0 < 10
+            assert time.monotonic() - t0 < 20  # HANDSHAKE_TIMEOUT is 60 s: far from it
             slow.settimeout(JOIN)
             assert slow.recv(4)  # the challenge's frame header: it was sent, not blocked on
         finally:

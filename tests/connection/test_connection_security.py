@@ -119,8 +119,8 @@ def test_silent_peers_do_not_delay_a_client():
             server = listener.accept(timeout=JOIN)
             elapsed = time.monotonic() - t0
             _check_pair(server, out, thread)
-            # The old accept() read each silent peer for 10-30 s before the client.
-            assert elapsed < 8, f"accept() took {elapsed:.1f} s behind silent peers"
+            # The old accept() read each silent peer for 30 s (its timeout) first.
+            assert elapsed < 20, f"accept() took {elapsed:.1f} s behind silent peers"
             # The other user's peer was closed without a read: it sees EOF.
             assert reap(pid) == 0
         finally:
@@ -136,7 +136,7 @@ def test_accept_timeout_is_honoured_with_a_silent_peer_pending():
         t0 = time.monotonic()
         with pytest.raises(TimeoutError):
             listener.accept(timeout=0.5)
-        assert time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 < 10
         # The silent peer is still pending; a real client still gets through.
         out: list = []
         thread = _client_in_thread(name, out)
