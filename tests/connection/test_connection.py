@@ -549,3 +549,34 @@ def test_accept_with_zero_timeout_takes_a_waiting_client():
 def test_client_times_out_on_a_listener_that_never_answers():
     with Listener(("127.0.0.1", 0), authkey=KEY) as listener, pytest.raises(TimeoutError):
         Client(listener.address, authkey=KEY, timeout=0.5)  # nobody runs accept()
+
+
+_INTERRUPTIBLE = """
+import sys
+from procwire.connection import Client, Listener
+listener = Listener(("127.0.0.1", 0), authkey=b"k")
+if sys.argv[1] == "accept":
+    print("ready", flush=True)
+    listener.accept()
+else:  # a client whose listener never runs accept(): stuck in the handshake
+    print("ready", flush=True)
+    Client(listener.address, authkey=b"k")
+"""
+
+
+@pytest.mark.parametrize("where", ["accept", "client"])
+def test_ctrl_c_interrupts_a_blocked_call(where):
+    import signal
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", _INTERRUPTIBLE, where],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=JOIN)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, err[-2000:]
