@@ -32,7 +32,6 @@ import os
 import pickle
 import select
 import socket
-import struct
 import time
 import weakref
 from multiprocessing import BufferTooShort
@@ -40,7 +39,7 @@ from multiprocessing import reduction as _mp_reduction
 from typing import Any
 
 from procwire import _core
-from procwire._segment import Segment, validate_name
+from procwire._segment import Segment
 
 __all__ = ["Client", "Connection", "DEFAULT_CAPACITY", "Listener", "Pipe"]
 
