@@ -17,7 +17,7 @@ import pytest
 
 @contextlib.contextmanager
 def tiny_tmpfs(size: str = "1m"):
-    path = tempfile.mkdtemp(prefix="procwire-tmpfs-")
+    path = tempfile.mkdtemp(prefix="pw-test-tmpfs-")
     try:
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700",
                                "tmpfs", path], capture_output=True, text=True, check=False)
