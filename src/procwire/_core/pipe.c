@@ -1132,12 +1132,12 @@ static PyObject *PipeEnd_fileno(PipeEndObject *self, PyObject *unused)
             goto out;
         }
         self->epfd = ep;
-        /* From now on senders signal this end's eventfd; make it readable
-         * now if a message already waits. */
+        /* From now on senders signal this end's eventfd. Bring it in step
+         * with the ring: readable now if a message already waits, and not
+         * readable from a stale count (a sender may have signalled a
+         * receiver that then found its message without sleeping). */
         atomic_store(&self->me->fd_interest, 1);
-        if ((pw_ring_count(&self->in) || peer_closed(self)) &&
-            atomic_exchange(&self->me->fd_signaled, 1) == 0)
-            ev_write(self->ev_self);
+        resync_after_take(self);
     }
     result = PyLong_FromLong(self->epfd);
 out:
