@@ -17,13 +17,13 @@ import time
 
 import pytest
 
-from procwire import Empty, Queue
+from procwire import Empty, Queue, _core
 
 JOIN = 60
 
 
 def _die_holding(q, side, partial, ready):
-    q._debug_die_holding(side, *([partial] if partial else []))
+    _core._debug_ring_hold(q, side, partial)
     ready.set()
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -66,7 +66,7 @@ def test_a_half_written_record_is_never_visible(ctx):
 
 
 def _hold_until_killed(q, ready):
-    q._debug_die_holding("tail")
+    _core._debug_ring_hold(q, "tail")
     ready.set()
     threading.Event().wait()  # parked until SIGKILL
 

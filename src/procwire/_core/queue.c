@@ -32,6 +32,7 @@ typedef struct {
 #define PW_BATCH 256
 
 static PyObject *str_buffers; /* interned "buffers" keyword for loads() */
+static PyTypeObject RingType;
 
 /* ------------------------------------------------------------ lifecycle */
 
@@ -667,31 +668,64 @@ static PyObject *Ring_release(RingObject *self, PyObject *unused)
 }
 
 /*
- * Crash-test hooks: take a side's lock (and optionally write a record without
- * publishing it) and return with the lock held, so that a test process can
- * SIGKILL itself at exactly the worst moment. Never used by the library.
+ * Crash-test hook, deliberately not a method of the queue classes:
+ * _core._debug_ring_hold(ring, side, partial=None, publish=False) takes a
+ * side's lock and returns with it held, so that a test process can SIGKILL
+ * itself (or be SIGSTOPped) at exactly the worst moment. With `partial`
+ * (tail only) it also writes half a record beyond the tail, never published.
+ * With `publish` it moves the side's position word by one message, as a
+ * process killed right after its publishing store leaves it (statistics not
+ * yet updated). Never used by the library.
  */
-static PyObject *Ring_debug_die_holding(RingObject *self, PyObject *args)
+static PyObject *debug_ring_hold(PyObject *module, PyObject *args, PyObject *kwds)
 {
+    static char *kwlist[] = {"ring", "side", "partial", "publish", NULL};
+    PyObject *ring_obj;
     const char *side;
     Py_buffer partial = {0};
-    if (!PyArg_ParseTuple(args, "s|y*:_debug_die_holding", &side, &partial))
+    int publish = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!s|z*p:_debug_ring_hold", kwlist, &RingType,
+                                     &ring_obj, &side, &partial, &publish))
         return NULL;
-    struct pw_ring *r = self->rr.ring;
+    RingObject *self = (RingObject *)ring_obj;
     int producer = strcmp(side, "tail") == 0;
     PyObject *result = NULL;
-    if (!self->mapped || (!producer && strcmp(side, "head") != 0)) {
+    if (!self->mapped || self->closed || (!producer && strcmp(side, "head") != 0)) {
         PyErr_SetString(PyExc_ValueError, "side must be 'head' or 'tail' on an open ring");
-    } else if (lock_side_for_test(producer ? &r->tail_lock : &r->head_lock) == 0) {
-        if (producer && partial.buf) {
-            /* Half a message: bytes beyond the tail, never published. */
-            uint32_t hdr[2] = {(uint32_t)partial.len, PW_REC_BYTES};
-            uint64_t tail = atomic_load(&r->tail);
-            memcpy(self->rr.data + (pw_pos(tail) & (self->rr.capacity - 1)), hdr,
-                   sizeof hdr);
-        }
-        result = Py_NewRef(Py_None);
+        goto out;
     }
+    struct pw_ring *r = self->rr.ring;
+    if (lock_side_for_test(producer ? &r->tail_lock : &r->head_lock) < 0)
+        goto out;
+    uint64_t head = atomic_load(&r->head), tail = atomic_load(&r->tail);
+    if (producer && (partial.buf || publish)) {
+        uint64_t len = partial.buf ? (uint64_t)partial.len : 0;
+        uint32_t hdr[2] = {(uint32_t)len, PW_REC_BYTES};
+        if (pw_record_size(len) > self->rr.capacity - (uint32_t)(pw_pos(tail) - pw_pos(head))) {
+            pw_mutex_unlock(&r->tail_lock);
+            PyErr_SetString(PyExc_ValueError, "no room for the record");
+            goto out;
+        }
+        uint32_t pos = pw_pos(tail);
+        pw_ring_copy_in(&self->rr, pos, hdr, sizeof hdr);
+        if (len)
+            pw_ring_copy_in(&self->rr, pos + PW_REC_HEADER, partial.buf, len);
+        if (publish)
+            atomic_store(&r->tail, pw_pack(pw_count(tail) + 1,
+                                           pos + (uint32_t)pw_record_size(len)));
+    } else if (!producer && publish) {
+        if (pw_count(head) == pw_count(tail)) {
+            pw_mutex_unlock(&r->head_lock);
+            PyErr_SetString(PyExc_ValueError, "the ring is empty");
+            goto out;
+        }
+        uint32_t hdr[2];
+        pw_ring_copy_out(&self->rr, pw_pos(head), hdr, sizeof hdr);
+        atomic_store(&r->head, pw_pack(pw_count(head) + 1,
+                                       pw_pos(head) + (uint32_t)pw_record_size(hdr[0])));
+    }
+    result = Py_NewRef(Py_None);
+out:
     if (partial.buf)
         PyBuffer_Release(&partial);
     return result;
@@ -751,7 +785,6 @@ static PyMethodDef Ring_methods[] = {
     {"_join", (PyCFunction)(void (*)(void))Ring_join, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_statistics", (PyCFunction)Ring_statistics, METH_NOARGS, NULL},
     {"_release", (PyCFunction)Ring_release, METH_NOARGS, NULL},
-    {"_debug_die_holding", (PyCFunction)Ring_debug_die_holding, METH_VARARGS, NULL},
     {"_segment_size", (PyCFunction)Ring_segment_size, METH_O | METH_STATIC, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -777,10 +810,17 @@ static PyTypeObject RingType = {
     .tp_getset = Ring_getset,
 };
 
+static PyMethodDef ring_module_methods[] = {
+    {"_debug_ring_hold", (PyCFunction)(void (*)(void))debug_ring_hold,
+     METH_VARARGS | METH_KEYWORDS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
 int pw_ring_register(PyObject *module)
 {
     str_buffers = PyUnicode_InternFromString("buffers");
-    if (!str_buffers || PyType_Ready(&RingType) < 0)
+    if (!str_buffers || PyType_Ready(&RingType) < 0 ||
+        PyModule_AddFunctions(module, ring_module_methods) < 0)
         return -1;
     return PyModule_AddObjectRef(module, "Ring", (PyObject *)&RingType);
 }

@@ -155,6 +155,25 @@ static void wake_sleepers(_Atomic uint32_t *seq, _Atomic uint32_t *sleeping)
     }
 }
 
+/*
+ * How long a call may wait for a side's lock. The lock is held for
+ * microseconds, so a non-blocking call (deadline already passed) still gets
+ * a short grace to take it: "Full"/"Empty" should mean full or empty, not
+ * "another process was inside put() right now". But the wait always ends:
+ * a holder that is stopped (SIGSTOP, Ctrl-Z, a debugger) or a corrupt lock
+ * word makes the call raise Full/Empty after the grace or its own timeout,
+ * whichever is later, instead of hanging.
+ */
+#define PW_NOWAIT_LOCK_GRACE_NS 5000000LL
+
+static int64_t lock_deadline_for(int64_t deadline)
+{
+    if (deadline == PW_FOREVER)
+        return deadline;
+    int64_t grace = pw_now_ns() + PW_NOWAIT_LOCK_GRACE_NS;
+    return deadline > grace ? deadline : grace;
+}
+
 /* Locks one side, counting an owner's death; -1 error, 1 timeout, 0 locked. */
 static int lock_side(pthread_mutex_t *m, _Atomic uint64_t *died, int64_t deadline)
 {
@@ -178,9 +197,7 @@ int pw_ring_put(pw_ringref *rr, pw_msg *msgs, Py_ssize_t n, Py_ssize_t *done, in
 {
     struct pw_ring *r = rr->ring;
     const uint64_t cap = rr->capacity;
-    /* The lock is held for microseconds: a non-blocking put still waits for
-     * it, as multiprocessing's put_nowait waits for its feeder lock. */
-    int64_t lock_deadline = deadline == 0 ? PW_FOREVER : deadline;
+    const int64_t lock_deadline = lock_deadline_for(deadline);
     for (;;) {
         int rc = lock_side(&r->tail_lock, &r->tail_owner_died, lock_deadline);
         if (rc)
@@ -321,7 +338,7 @@ static int read_record(pw_ringref *rr, uint32_t pos, uint32_t type, uint64_t len
 Py_ssize_t pw_ring_get(pw_ringref *rr, pw_record *out, Py_ssize_t max, int64_t deadline)
 {
     struct pw_ring *r = rr->ring;
-    int64_t lock_deadline = deadline == 0 ? PW_FOREVER : deadline;
+    const int64_t lock_deadline = lock_deadline_for(deadline);
     for (;;) {
         int rc = lock_side(&r->head_lock, &r->head_owner_died, lock_deadline);
         if (rc)
@@ -396,6 +413,11 @@ Py_ssize_t pw_ring_get(pw_ringref *rr, pw_record *out, Py_ssize_t max, int64_t d
 void pw_ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
 {
     copy_out(rr, pos, dst, n);
+}
+
+void pw_ring_copy_in(pw_ringref *rr, uint32_t pos, const void *src, uint64_t n)
+{
+    copy_in(rr, pos, src, n);
 }
 
 int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, int *fn_rc)
