@@ -57,6 +57,19 @@ int pw_parse_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyO
 /* pw_deadline_from() for optional (NULL = default) block and timeout objects. */
 int pw_parse_block_timeout(PyObject *block, PyObject *timeout, int64_t *deadline);
 
+/*
+ * The 64-bit lifetime count whose low 32 bits are `count` (a position word's
+ * message count), given a stored total that lags it by less than 2^32.
+ * total_in/total_out are stored after the publishing store, so a process
+ * killed in between leaves them short; widening from the position word,
+ * which is authoritative, makes them exact again.
+ */
+static inline uint64_t pw_widen_count(uint64_t total, uint32_t count)
+{
+    uint64_t t = (total & ~0xffffffffULL) | count;
+    return t < total ? t + (1ULL << 32) : t;
+}
+
 /* ----------------------------------------------------------------- futex */
 
 /*

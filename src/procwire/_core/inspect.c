@@ -75,8 +75,10 @@ static int add_ring(PyObject *d, const struct pw_ring *r, const struct pw_header
            set_item(d, "maxsize", PyLong_FromUnsignedLong(r->maxsize)) ||
            set_item(d, "messages", PyLong_FromUnsignedLong((uint32_t)((tail >> 32) - (head >> 32)))) ||
            set_item(d, "bytes_used", PyLong_FromUnsignedLong((uint32_t)tail - (uint32_t)head)) ||
-           set_item(d, "total_in", U64(&r->total_in)) ||
-           set_item(d, "total_out", U64(&r->total_out)) ||
+           set_item(d, "total_in", PyLong_FromUnsignedLongLong(pw_widen_count(
+                                       atomic_load(&r->total_in), (uint32_t)(tail >> 32)))) ||
+           set_item(d, "total_out", PyLong_FromUnsignedLongLong(pw_widen_count(
+                                        atomic_load(&r->total_out), (uint32_t)(head >> 32)))) ||
            set_item(d, "bytes_in", U64(&r->bytes_in)) ||
            set_item(d, "bytes_out", U64(&r->bytes_out)) ||
            set_item(d, "owner_died", PyLong_FromUnsignedLongLong(

@@ -25,6 +25,10 @@ typedef struct {
     PyObject *dumps_buffers; /* for buffer exporters: obj -> bytes or [pickle, buffer, ...] */
     PyObject *loads;     /* loads(data, buffers=None) */
     PyObject *name;      /* str, for messages */
+    /* get_many() found a message it could not unpickle: its exception, raised
+     * by this handle's next get call (the batch's other messages were
+     * returned). Type, value, traceback as PyErr_Fetch gives them. */
+    PyObject *pending_type, *pending_value, *pending_tb;
 } RingObject;
 
 /* Messages are serialised and put in groups of this many by put_many(),
@@ -161,6 +165,9 @@ static void Ring_dealloc(RingObject *self)
     Py_CLEAR(self->protocol);
     Py_CLEAR(self->dumps_buffers);
     Py_CLEAR(self->loads);
+    Py_CLEAR(self->pending_type);
+    Py_CLEAR(self->pending_value);
+    Py_CLEAR(self->pending_tb);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -365,31 +372,82 @@ static PyObject *raise_full(Py_ssize_t done, Py_ssize_t n)
     return NULL;
 }
 
+/* Sets exc.count = n on the current exception (put_many's "how many went in"). */
+static void set_count_on_error(Py_ssize_t n)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value) {
+        PyObject *count = PyLong_FromSsize_t(n);
+        if (!count || PyObject_SetAttrString(value, "count", count) < 0)
+            PyErr_Clear(); /* an exception type that takes no attributes */
+        Py_XDECREF(count);
+        PyObject *note = PyUnicode_FromFormat("put_many() put the %zd items before this one; "
+                                              "this one and the rest were not put", n);
+        PyObject *r = note ? PyObject_CallMethod(value, "add_note", "O", note) : NULL;
+        if (!r)
+            PyErr_Clear();
+        Py_XDECREF(r);
+        Py_XDECREF(note);
+    }
+    PyErr_Restore(type, value, tb);
+}
+
+/*
+ * Puts items in order. If one cannot be serialised, every item before it is
+ * put (waiting for room as usual), it and the rest are not, and its exception
+ * is raised; with `many` it carries `count`, the number of items put, which
+ * is always its index. On timeout queue.Full carries `count` the same way.
+ */
 static PyObject *put_objects(RingObject *self, PyObject *const *items, Py_ssize_t n,
-                             int64_t deadline)
+                             int64_t deadline, int many)
 {
     pw_msg msgs[PW_BATCH];
     Py_ssize_t total_done = 0;
     while (total_done < n) {
         Py_ssize_t batch = n - total_done < PW_BATCH ? n - total_done : PW_BATCH;
         Py_ssize_t prepared = 0, done = 0;
-        int rc = 0;
+        int rc = 0, bad = 0;
+        PyObject *et = NULL, *ev = NULL, *etb = NULL;
         for (; prepared < batch; prepared++) {
             if (msg_prepare(self, items[total_done + prepared], &msgs[prepared]) < 0) {
                 msg_release(&msgs[prepared]);
-                rc = -1;
+                bad = 1;
+                PyErr_Fetch(&et, &ev, &etb);
                 break;
             }
         }
-        if (rc == 0)
+        if (prepared)
             rc = pw_ring_put(&self->rr, msgs, prepared, &done, deadline);
         for (Py_ssize_t i = 0; i < prepared; i++)
             msg_release(&msgs[i]);
         total_done += done;
-        if (rc < 0)
+        if (rc < 0 || rc == 1) {
+            /* The put itself failed or timed out: that is the error; the
+             * serialisation error, if any, becomes its context. */
+            if (rc == 1)
+                raise_full(total_done, many ? 2 : 1);
+            if (bad) {
+                PyErr_NormalizeException(&et, &ev, &etb);
+                PyObject *t, *v, *tb;
+                PyErr_Fetch(&t, &v, &tb);
+                PyErr_NormalizeException(&t, &v, &tb);
+                if (v && ev)
+                    PyException_SetContext(v, Py_NewRef(ev));
+                PyErr_Restore(t, v, tb);
+                Py_XDECREF(et);
+                Py_XDECREF(ev);
+                Py_XDECREF(etb);
+            }
             return NULL;
-        if (rc == 1)
-            return raise_full(total_done, n);
+        }
+        if (bad) {
+            PyErr_Restore(et, ev, etb);
+            if (many)
+                set_count_on_error(total_done);
+            return NULL;
+        }
     }
     Py_RETURN_NONE;
 }
@@ -404,7 +462,7 @@ static PyObject *Ring_put(RingObject *self, PyObject *const *args, Py_ssize_t na
     if (pw_parse_args("put", args, nargs, kwnames, put_names, 3, 1, a) < 0 ||
         pw_parse_block_timeout(a[1], a[2], &deadline) < 0 || enter(self) < 0)
         return NULL;
-    PyObject *r = put_objects(self, &a[0], 1, deadline);
+    PyObject *r = put_objects(self, &a[0], 1, deadline, 0);
     leave(self);
     return r;
 }
@@ -413,7 +471,7 @@ static PyObject *Ring_put_nowait(RingObject *self, PyObject *obj)
 {
     if (enter(self) < 0)
         return NULL;
-    PyObject *r = put_objects(self, &obj, 1, 0);
+    PyObject *r = put_objects(self, &obj, 1, 0, 0);
     leave(self);
     return r;
 }
@@ -434,15 +492,27 @@ static PyObject *Ring_put_many(RingObject *self, PyObject *const *args, Py_ssize
     PyObject *r = NULL;
     if (enter(self) == 0) {
         r = put_objects(self, PySequence_Fast_ITEMS(seq), PySequence_Fast_GET_SIZE(seq),
-                        deadline);
+                        deadline, 1);
         leave(self);
     }
     Py_DECREF(seq);
     return r;
 }
 
+/* Raises the error get_many() deferred, if any: 1 if it did. */
+static int raise_pending(RingObject *self)
+{
+    if (!self->pending_type)
+        return 0;
+    PyErr_Restore(self->pending_type, self->pending_value, self->pending_tb);
+    self->pending_type = self->pending_value = self->pending_tb = NULL;
+    return 1;
+}
+
 static PyObject *get_one(RingObject *self, int64_t deadline)
 {
+    if (raise_pending(self))
+        return NULL;
     pw_record rec;
     Py_ssize_t got = pw_ring_get(&self->rr, &rec, 1, deadline);
     if (got < 0)
@@ -503,39 +573,76 @@ static PyObject *Ring_get_many(RingObject *self, PyObject *const *args, Py_ssize
     pw_record recs[PW_BATCH];
     if (enter(self) < 0)
         return NULL;
+    if (raise_pending(self)) {
+        leave(self);
+        return NULL;
+    }
     PyObject *result = PyList_New(0);
-    Py_ssize_t got = 0;
+    Py_ssize_t got = 0, failed = 0;
+    /* A record that does not unpickle is consumed, as get() consumes it;
+     * every other record of the batch is still returned (they are out of
+     * the ring already: dropping them would lose them). The first failure's
+     * exception is raised by this handle's next get call, or now if nothing
+     * converted. */
+    PyObject *et = NULL, *ev = NULL, *etb = NULL;
     while (result && got < max) {
         Py_ssize_t want = max - got < PW_BATCH ? max - got : PW_BATCH;
         /* Wait only for the first message; then take what is already there. */
-        Py_ssize_t n = pw_ring_get(&self->rr, recs, want, got ? 0 : deadline);
+        Py_ssize_t n = pw_ring_get(&self->rr, recs, want, got || failed ? 0 : deadline);
         if (n < 0) {
-            if (got) /* deliver what we have; the error comes back next call */
+            if (got || failed) /* deliver what we have; the error comes back next call */
                 PyErr_Clear();
             else
                 Py_CLEAR(result);
             break;
         }
         if (n == 0) {
-            if (!got) {
+            if (!got && !failed) {
                 Py_CLEAR(result);
                 PyErr_SetNone(PwExc_Empty);
             }
             break;
         }
         for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *obj = result ? record_to_object(self, &recs[i]) : NULL;
-            if (!result) {
+            if (!result) { /* out of memory: nothing more can be returned */
                 Py_DECREF(recs[i].payload);
                 continue;
             }
-            if (!obj || PyList_Append(result, obj) < 0)
+            PyObject *obj = record_to_object(self, &recs[i]);
+            if (!obj) {
+                if (failed++ == 0)
+                    PyErr_Fetch(&et, &ev, &etb);
+                else
+                    PyErr_Clear();
+                continue;
+            }
+            if (PyList_Append(result, obj) < 0)
                 Py_CLEAR(result);
-            Py_XDECREF(obj);
+            Py_DECREF(obj);
         }
         got += n;
         if (n < want)
             break;
+    }
+    if (failed) {
+        PyErr_NormalizeException(&et, &ev, &etb);
+        if (ev && failed > 1) {
+            PyObject *r = PyObject_CallMethod(ev, "add_note", "s",
+                                              "get_many(): more messages of the same batch "
+                                              "failed to unpickle; this is the first");
+            if (!r)
+                PyErr_Clear();
+            Py_XDECREF(r);
+        }
+        if (result && PyList_GET_SIZE(result) > 0) {
+            /* Deferred: raised by the next get call on this handle. */
+            self->pending_type = et;
+            self->pending_value = ev;
+            self->pending_tb = etb;
+        } else {
+            Py_CLEAR(result);
+            PyErr_Restore(et, ev, etb);
+        }
     }
     leave(self);
     return result;
@@ -644,8 +751,8 @@ static PyObject *Ring_statistics(RingObject *self, PyObject *unused)
         "capacity", (unsigned long long)self->rr.capacity, "maxsize", r->maxsize,
         "messages", pw_count(tail) - pw_count(head),
         "bytes_used", (unsigned long long)(uint32_t)(pw_pos(tail) - pw_pos(head)),
-        "total_in", (unsigned long long)atomic_load(&r->total_in),
-        "total_out", (unsigned long long)atomic_load(&r->total_out),
+        "total_in", (unsigned long long)pw_widen_count(atomic_load(&r->total_in), pw_count(tail)),
+        "total_out", (unsigned long long)pw_widen_count(atomic_load(&r->total_out), pw_count(head)),
         "bytes_in", (unsigned long long)atomic_load(&r->bytes_in),
         "bytes_out", (unsigned long long)atomic_load(&r->bytes_out),
         "owner_died", (unsigned long long)(atomic_load(&r->tail_owner_died) +
@@ -764,8 +871,9 @@ static PyMethodDef Ring_methods[] = {
      "put_nowait(obj)\n--\n\nEquivalent to put(obj, False)."},
     {"put_many", (PyCFunction)(void (*)(void))Ring_put_many, METH_FASTCALL | METH_KEYWORDS,
      "put_many(items, block=True, timeout=None)\n--\n\nPut every item, in order, taking the "
-     "lock once per group of items. On timeout raises queue.Full whose `count` attribute "
-     "says how many items were put."},
+     "lock once per group of items. If an item cannot be pickled, the items before it are "
+     "put and it and the rest are not; its exception carries `count`, the number put. On "
+     "timeout raises queue.Full whose `count` attribute says how many items were put."},
     {"get", (PyCFunction)(void (*)(void))Ring_get, METH_FASTCALL | METH_KEYWORDS,
      "get(block=True, timeout=None)\n--\n\nRemove and return an item. Blocks while the queue "
      "is empty; raises queue.Empty if block is false or the timeout passes."},
@@ -774,7 +882,8 @@ static PyMethodDef Ring_methods[] = {
     {"get_many", (PyCFunction)(void (*)(void))Ring_get_many, METH_FASTCALL | METH_KEYWORDS,
      "get_many(block=True, timeout=None, max_messages=None)\n--\n\nWait like get() for the "
      "first item, then return a list of it and every item already queued behind it, up to "
-     "max_messages."},
+     "max_messages. A message that fails to unpickle is consumed (as get() consumes it) and "
+     "the others are returned; its exception is raised by this queue handle's next get call."},
     {"qsize", (PyCFunction)Ring_qsize, METH_NOARGS,
      "qsize()\n--\n\nThe number of items in the queue now."},
     {"empty", (PyCFunction)Ring_empty, METH_NOARGS,

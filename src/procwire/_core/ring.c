@@ -229,8 +229,9 @@ int pw_ring_put(pw_ringref *rr, pw_msg *msgs, Py_ssize_t n, Py_ssize_t *done, in
             /* The publishing store: the records and their count appear at once. */
             atomic_store(&r->tail, pw_pack(count, pos));
             atomic_store_explicit(&r->total_in,
-                                  atomic_load_explicit(&r->total_in, memory_order_relaxed) +
-                                      (uint64_t)(i - first), memory_order_relaxed);
+                                  pw_widen_count(atomic_load_explicit(&r->total_in,
+                                                                      memory_order_relaxed),
+                                                 count), memory_order_relaxed);
             atomic_store_explicit(&r->bytes_in,
                                   atomic_load_explicit(&r->bytes_in, memory_order_relaxed) + bytes,
                                   memory_order_relaxed);
@@ -381,8 +382,9 @@ Py_ssize_t pw_ring_get(pw_ringref *rr, pw_record *out, Py_ssize_t max, int64_t d
         if (taken) {
             atomic_store(&r->head, pw_pack(count, pos));
             atomic_store_explicit(&r->total_out,
-                                  atomic_load_explicit(&r->total_out, memory_order_relaxed) +
-                                      (uint64_t)taken, memory_order_relaxed);
+                                  pw_widen_count(atomic_load_explicit(&r->total_out,
+                                                                      memory_order_relaxed),
+                                                 count), memory_order_relaxed);
             atomic_store_explicit(&r->bytes_out,
                                   atomic_load_explicit(&r->bytes_out, memory_order_relaxed) +
                                       bytes, memory_order_relaxed);
@@ -452,8 +454,9 @@ int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, int *fn_rc)
     pos += (uint32_t)pw_record_size(hdr[0]);
     atomic_store(&r->head, pw_pack(count + 1, pos));
     atomic_store_explicit(&r->total_out,
-                          atomic_load_explicit(&r->total_out, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
+                          pw_widen_count(atomic_load_explicit(&r->total_out,
+                                                              memory_order_relaxed),
+                                         count + 1), memory_order_relaxed);
     atomic_store_explicit(&r->bytes_out,
                           atomic_load_explicit(&r->bytes_out, memory_order_relaxed) + hdr[0],
                           memory_order_relaxed);
