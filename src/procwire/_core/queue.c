@@ -700,8 +700,8 @@ static PyObject *Ring_task_done(RingObject *self, PyObject *unused)
         if (atomic_compare_exchange_weak(&r->tasks_done, &done, done + 1))
             break;
     }
-    if (atomic_load(&r->joiners_sleeping))
-        pw_futex_wake(&r->tasks_done, INT32_MAX);
+    if (pw_waiters_any(&r->joiners))
+        pw_waiters_wake(&r->joiners, &r->tasks_done, INT32_MAX);
     leave(self);
     Py_RETURN_NONE;
 }
@@ -724,11 +724,12 @@ static PyObject *Ring_join(RingObject *self, PyObject *const *args, Py_ssize_t n
             result = Py_NewRef(Py_True);
             break;
         }
-        atomic_fetch_add(&r->joiners_sleeping, 1);
+        pw_sleeper sl;
+        pw_sleeper_enter(&r->joiners, &sl);
         int rc = 0;
         if (atomic_load(&r->tasks_done) == done)
-            rc = pw_futex_wait(&r->tasks_done, done, deadline);
-        atomic_fetch_sub(&r->joiners_sleeping, 1);
+            rc = pw_sleeper_wait(&sl, &r->tasks_done, done, deadline);
+        pw_sleeper_leave(&sl);
         if (rc < 0)
             break;
         if (rc == 1 && atomic_load(&r->tasks_done) != pw_count(atomic_load(&r->tail))) {
@@ -746,8 +747,12 @@ static PyObject *Ring_statistics(RingObject *self, PyObject *unused)
         return NULL;
     struct pw_ring *r = self->rr.ring;
     uint64_t head = atomic_load(&r->head), tail = atomic_load(&r->tail);
+    /* Dead sleepers are not counted: reconcile before reporting. */
+    uint32_t consumers = pw_waiters_reconcile(&r->consumers);
+    uint32_t producers = pw_waiters_reconcile(&r->producers);
+    uint32_t joiners = pw_waiters_reconcile(&r->joiners);
     PyObject *d = Py_BuildValue(
-        "{s:K,s:I,s:I,s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I,s:I}",
+        "{s:K,s:I,s:I,s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I,s:I,s:K,s:K}",
         "capacity", (unsigned long long)self->rr.capacity, "maxsize", r->maxsize,
         "messages", pw_count(tail) - pw_count(head),
         "bytes_used", (unsigned long long)(uint32_t)(pw_pos(tail) - pw_pos(head)),
@@ -757,10 +762,16 @@ static PyObject *Ring_statistics(RingObject *self, PyObject *unused)
         "bytes_out", (unsigned long long)atomic_load(&r->bytes_out),
         "owner_died", (unsigned long long)(atomic_load(&r->tail_owner_died) +
                                            atomic_load(&r->head_owner_died)),
-        "consumers_waiting", atomic_load(&r->consumers_sleeping),
-        "producers_waiting", atomic_load(&r->producers_sleeping),
-        "joiners_waiting", atomic_load(&r->joiners_sleeping),
-        "unfinished_tasks", pw_count(tail) - atomic_load(&r->tasks_done));
+        "consumers_waiting", consumers,
+        "producers_waiting", producers,
+        "joiners_waiting", joiners,
+        "unfinished_tasks", pw_count(tail) - atomic_load(&r->tasks_done),
+        "wake_syscalls", (unsigned long long)(atomic_load(&r->consumers.wakes) +
+                                              atomic_load(&r->producers.wakes) +
+                                              atomic_load(&r->joiners.wakes)),
+        "dead_waiters_reaped", (unsigned long long)(atomic_load(&r->consumers.reaped) +
+                                                    atomic_load(&r->producers.reaped) +
+                                                    atomic_load(&r->joiners.reaped)));
     leave(self);
     return d;
 }

@@ -111,13 +111,14 @@ static uint32_t write_record(pw_ringref *rr, uint32_t pos, const pw_msg *m)
 
 /*
  * Waits until *word moves away from `seen` (the other side published), the
- * deadline passes (returns 1) or a signal handler raises (-1). The sleeper
- * protocol: count ourselves asleep, read the sequence, re-check, then sleep
- * on the sequence. A waker that publishes and then sees a sleeper bumps the
- * sequence before waking, so no wake-up is lost in between.
+ * deadline passes (returns 1), a slice ends (0: the caller re-checks) or a
+ * signal handler raises (-1). The sleeper protocol (core.h): register as a
+ * sleeper, read the sequence, re-check, then sleep on the sequence. A waker
+ * that publishes and then sees a sleeper bumps the sequence before waking,
+ * so no wake-up is lost in between.
  */
 static int wait_for_change(pw_ringref *rr, _Atomic uint64_t *word, uint64_t seen,
-                           _Atomic uint32_t *seq, _Atomic uint32_t *sleeping, int64_t deadline)
+                           _Atomic uint32_t *seq, struct pw_waiters *sleepers, int64_t deadline)
 {
     if (pw_now_ns() >= deadline)
         return 1;
@@ -136,22 +137,23 @@ static int wait_for_change(pw_ringref *rr, _Atomic uint64_t *word, uint64_t seen
     } else if (budget > 0) {
         rr->spin_ns = 2000; /* try spinning again, a little */
     }
+    pw_sleeper sl;
+    pw_sleeper_enter(sleepers, &sl);
     uint32_t s = atomic_load(seq);
-    atomic_fetch_add(sleeping, 1);
     int rc = 0;
     if (atomic_load(word) == seen)
-        rc = pw_futex_wait(seq, s, deadline);
-    atomic_fetch_sub(sleeping, 1);
+        rc = pw_sleeper_wait(&sl, seq, s, deadline);
+    pw_sleeper_leave(&sl);
     return rc;
 }
 
-static void wake_sleepers(_Atomic uint32_t *seq, _Atomic uint32_t *sleeping)
+static void wake_sleepers(_Atomic uint32_t *seq, struct pw_waiters *sleepers)
 {
-    /* seq_cst: this load must not be ordered before the publishing store
-     * that precedes it (the sleeper does the mirror image). */
-    if (atomic_load(sleeping)) {
+    /* seq_cst: these loads must not be ordered before the publishing store
+     * that precedes them (the sleeper does the mirror image). */
+    if (pw_waiters_any(sleepers)) {
         atomic_fetch_add(seq, 1);
-        pw_futex_wake(seq, INT32_MAX);
+        pw_waiters_wake(sleepers, seq, INT32_MAX);
     }
 }
 
@@ -238,13 +240,13 @@ int pw_ring_put(pw_ringref *rr, pw_msg *msgs, Py_ssize_t n, Py_ssize_t *done, in
         }
         pw_mutex_unlock(&r->tail_lock);
         if (i > first)
-            wake_sleepers(&r->not_empty_seq, &r->consumers_sleeping);
+            wake_sleepers(&r->not_empty_seq, &r->consumers);
         *done = i;
         if (i == n)
             return 0;
         if (i == first) {
             /* No room: wait for a consumer to move the head. */
-            rc = wait_for_change(rr, &r->head, head, &r->not_full_seq, &r->producers_sleeping,
+            rc = wait_for_change(rr, &r->head, head, &r->not_full_seq, &r->producers,
                                  deadline);
             if (rc < 0)
                 return rc;
@@ -391,7 +393,7 @@ Py_ssize_t pw_ring_get(pw_ringref *rr, pw_record *out, Py_ssize_t max, int64_t d
         }
         pw_mutex_unlock(&r->head_lock);
         if (taken)
-            wake_sleepers(&r->not_full_seq, &r->producers_sleeping);
+            wake_sleepers(&r->not_full_seq, &r->producers);
         if (taken) {
             /* Deliver what was taken; a bad record after them raises on the
              * next call, with nothing lost in between. */
@@ -401,7 +403,7 @@ Py_ssize_t pw_ring_get(pw_ringref *rr, pw_record *out, Py_ssize_t max, int64_t d
         }
         if (err)
             return -1;
-        rc = wait_for_change(rr, &r->tail, tail, &r->not_empty_seq, &r->consumers_sleeping,
+        rc = wait_for_change(rr, &r->tail, tail, &r->not_empty_seq, &r->consumers,
                              deadline);
         if (rc < 0)
             return -1;
@@ -461,6 +463,6 @@ int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, int *fn_rc)
                           atomic_load_explicit(&r->bytes_out, memory_order_relaxed) + hdr[0],
                           memory_order_relaxed);
     pw_mutex_unlock(&r->head_lock);
-    wake_sleepers(&r->not_full_seq, &r->producers_sleeping);
+    wake_sleepers(&r->not_full_seq, &r->producers);
     return 1;
 }
