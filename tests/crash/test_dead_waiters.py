@@ -259,6 +259,25 @@ def test_a_killed_barrier_waiter_is_not_counted(ctx):
         b.close()
 
 
+def _lock_acquire(lock):
+    lock.acquire()
+
+
+@pytest.mark.parametrize("cls", [procwire.Lock, procwire.RLock])
+def test_a_killed_lock_waiter_is_not_counted(ctx, cls):
+    lock = cls()
+    try:
+        assert lock.acquire(timeout=JOIN)
+        p = _start_blocked(ctx, _lock_acquire, (lock,), lock.statistics)
+        _kill(p)
+        assert lock.statistics()["waiters"] == 0
+        lock.release()
+        assert lock.acquire(timeout=JOIN)  # and the lock still works
+        lock.release()
+    finally:
+        lock.close()
+
+
 # -- Pipe --------------------------------------------------------------------------------
 
 def _recv(conn):

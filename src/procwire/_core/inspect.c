@@ -44,7 +44,7 @@ static int add_lock(PyObject *d, const struct pw_lock *l)
            set_item(d, "owner_died", PyBool_FromLong(atomic_load(&l->inconsistent) ||
                                                      (word & FUTEX_OWNER_DIED))) ||
            set_item(d, "owner_deaths", U64(&l->owner_deaths)) ||
-           set_item(d, "waiters", U32(&l->waiters)) ||
+           set_item(d, "waiters", PyLong_FromUnsignedLong(pw_waiters_count_live(&l->sleepers))) ||
            set_item(d, "contended", U64(&l->contended));
 }
 

@@ -250,7 +250,7 @@ struct pw_pipe {
 
 /*
  * A robust lock: Lock, RLock, and the lock embedded in Value/Array/Condition.
- * 128 bytes. The mutex is a glibc robust, process-shared, error-checking
+ * 320 bytes. The mutex is a glibc robust, process-shared, error-checking
  * mutex (see mutex.c): the kernel releases it, marked owner-died, when its
  * holder dies. Its lock word holds the holder's thread id.
  */
@@ -261,13 +261,15 @@ struct pw_lock {
     _Atomic uint32_t inconsistent;  /* 68: 1 from an owner-died acquire until
                                            make_consistent()                     */
     _Atomic uint64_t owner_deaths;  /* 72: acquires that found the holder dead   */
-    _Atomic uint32_t waiters;       /* 80: threads blocked in acquire (advisory) */
+    uint32_t reserved0;             /* 80: layout 1: waiters (now `sleepers`)    */
     uint32_t recursive;             /* 84: 1 for an RLock, 0 for a Lock          */
     _Atomic uint64_t contended;     /* 88: acquires that had to wait             */
     uint64_t reserved[4];           /* 96..127                                   */
+    struct pw_waiters sleepers;     /* 128: threads blocked in acquire (statistics
+                                            only: the mutex does its own wakes)  */
 };
 _Static_assert(sizeof(pthread_mutex_t) <= PW_CACHELINE, "mutex fits one line");
-_Static_assert(sizeof(struct pw_lock) == 128, "pw_lock is two cache lines");
+_Static_assert(sizeof(struct pw_lock) == 320, "pw_lock layout");
 
 /* Semaphore and BoundedSemaphore. 64 bytes. */
 struct pw_sem {
@@ -308,7 +310,7 @@ enum pw_lock_mode {
 #define PW_LOCK_NAME_MAX 256
 
 /*
- * Condition. 448 bytes. Waiters sleep on `seq`; notify(n) bumps it and wakes
+ * Condition. 832 bytes. Waiters sleep on `seq`; notify(n) bumps it and wakes
  * n of them (a waiter that read seq just before the bump also returns).
  */
 struct pw_cond {
@@ -320,10 +322,10 @@ struct pw_cond {
     uint64_t reserved[5];           /*  24..63 */
     char lock_name[PW_LOCK_NAME_MAX]; /* 64: not NUL-terminated                   */
     struct pw_lock lock;            /* 320: the default RLock                     */
-    struct pw_waiters sleepers;     /* 448: threads in wait(), from _prepare_wait()
+    struct pw_waiters sleepers;     /* 640: threads in wait(), from _prepare_wait()
                                             to the end of _sleep()                */
 };
-_Static_assert(sizeof(struct pw_cond) == 640, "pw_cond layout");
+_Static_assert(sizeof(struct pw_cond) == 832, "pw_cond layout");
 
 /*
  * Barrier. 128 bytes. All fields but the futex word `seq` change under
@@ -355,16 +357,16 @@ _Static_assert(sizeof(struct pw_barrier) == 320, "pw_barrier layout");
 #define PW_TYPECODE_MAX 16
 struct pw_shared {
     struct pw_lock lock;            /*   0: used when lock_mode is EMBEDDED        */
-    char typecode[PW_TYPECODE_MAX]; /* 128: ctypes _type_ code ("i", "d", ...),
+    char typecode[PW_TYPECODE_MAX]; /* 320: ctypes _type_ code ("i", "d", ...),
                                             NUL-padded; "" for a custom ctypes type */
-    uint64_t elem_size;             /* 144 */
-    uint64_t length;                /* 152 */
-    uint32_t lock_mode;             /* 160: enum pw_lock_mode                      */
-    uint32_t lock_name_len;         /* 164 */
-    uint64_t reserved[3];           /* 168..191 */
-    char lock_name[PW_LOCK_NAME_MAX]; /* 192..447 */
+    uint64_t elem_size;             /* 336 */
+    uint64_t length;                /* 344 */
+    uint32_t lock_mode;             /* 352: enum pw_lock_mode                      */
+    uint32_t lock_name_len;         /* 356 */
+    uint64_t reserved[3];           /* 360..383 */
+    char lock_name[PW_LOCK_NAME_MAX]; /* 384..639 */
 };
-_Static_assert(sizeof(struct pw_shared) == 448, "pw_shared layout");
-#define PW_SHARED_DATA_OFFSET 512u  /* 64 + 448, rounded up to 64 */
+_Static_assert(sizeof(struct pw_shared) == 640, "pw_shared layout");
+#define PW_SHARED_DATA_OFFSET 704u  /* 64 + 640, a multiple of 64 */
 
 #endif /* PROCWIRE_LAYOUT_H */

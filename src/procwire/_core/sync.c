@@ -496,9 +496,10 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
         }
     }
     atomic_fetch_add(&l->contended, 1);
-    atomic_fetch_add(&l->waiters, 1);
+    pw_sleeper sl; /* issue 9 #15: registered so a killed waiter is reaped */
+    pw_sleeper_enter(&l->sleepers, &sl);
     enum pw_lock_result r = pw_mutex_lock(&l->mutex, deadline);
-    atomic_fetch_sub(&l->waiters, 1);
+    pw_sleeper_leave(&sl);
     switch (r) {
     case PW_LOCK_OK:
         goto acquired;
@@ -682,7 +683,7 @@ static PyObject *Lock_stats(LockObject *self, PyObject *unused)
                          (atomic_load(&l->inconsistent) || mutex_owner_died(&l->mutex))
                              ? Py_True : Py_False,
                          "owner_deaths", (unsigned long long)atomic_load(&l->owner_deaths),
-                         "waiters", (unsigned)atomic_load(&l->waiters), "contended",
+                         "waiters", (unsigned)pw_waiters_reconcile(&l->sleepers), "contended",
                          (unsigned long long)atomic_load(&l->contended), "holder_dead",
                          mutex_owner_died(&l->mutex) ? Py_True : Py_False);
 }
