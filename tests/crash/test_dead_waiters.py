@@ -299,3 +299,53 @@ def test_a_killed_receiver_is_not_counted_and_send_stops_signalling(ctx):
     finally:
         a.close()
         b.close()
+
+
+# -- the identity rules, on slots written by hand ----------------------------------------
+
+SLOT0 = 64 + 64  # pw_header, then struct pw_event's first line; layout.h
+
+
+def _start_time(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
+def _identity(pid: int, start: int, ns: int | None = None) -> int:
+    if ns is None:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    return (ns & 0x3FF) << 54 | (pid & 0x3FFFFF) << 32 | (start & 0xFFFFFFFF)
+
+
+def test_a_slot_is_freed_only_when_its_process_is_certainly_gone():
+    name = f"slotrules{os.getpid()}"
+    ev = procwire.Event(name=name)
+    path = f"/dev/shm/procwire.{name}"
+    other = os.getppid()  # alive for the whole test
+    fd = os.open(path, os.O_RDWR)
+    try:
+        def write(i, ident):
+            os.pwrite(fd, ident.to_bytes(8, "little"), SLOT0 + 8 * i)
+
+        def read(i):
+            return int.from_bytes(os.pread(fd, 8, SLOT0 + 8 * i), "little")
+
+        live = _identity(other, _start_time(other))
+        reused = _identity(other, _start_time(other) + 1)        # pid reused since
+        foreign = _identity(other, 12345, ns=os.stat("/proc/self/ns/pid").st_ino + 1)
+        with open("/proc/sys/kernel/pid_max") as f:
+            gone_pid = int(f.read()) - 1  # < 2**22; almost never in use
+        while os.path.exists(f"/proc/{gone_pid}"):
+            gone_pid -= 1
+        gone = _identity(gone_pid, 1)
+        for i, ident in enumerate((live, reused, foreign, gone)):
+            write(i, ident)
+        assert ev.statistics()["waiters"] == 2  # live and foreign stay counted
+        assert (read(0), read(1), read(2), read(3)) == (live, 0, foreign, 0)
+        assert procwire.objects.describe(name).waiters == 2
+        write(0, 0)
+        write(2, 0)
+        assert ev.statistics()["waiters"] == 0
+    finally:
+        os.close(fd)
+        ev.close()

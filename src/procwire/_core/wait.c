@@ -183,8 +183,10 @@ static uint64_t self_identity(void)
 static int sleeper_dead(uint64_t id, uint64_t self)
 {
     pid_t pid = ID_PID(id);
-    if (ID_NS(id) != ID_NS(self) || pid == ID_PID(self) || pid <= 0)
+    if (ID_NS(id) != ID_NS(self) || pid <= 0)
         return 0;
+    if (pid == ID_PID(self)) /* us, or a dead process whose pid we now have */
+        return ID_START(id) != ID_START(self) && ID_START(id) && ID_START(self);
     char state = 0;
     uint64_t start = 0;
     int r = read_proc_stat(pid, &state, &start);
