@@ -85,7 +85,7 @@ _EXPORTS = {
 # submodules reachable as attributes without an explicit import
 _SUBMODULES = {"connection", "context"}
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [*sorted(_EXPORTS), "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -104,18 +104,69 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from procwire.errors import Empty, Full, MessageTooLarge, ProcwireError, SegmentError
-    from procwire.connection import Client, Listener
-    from procwire.context import get_context
-    from procwire.pipe import Connection, Pipe
-    from multiprocessing import (AuthenticationError, BufferTooShort, Manager, Process,
-                                 ProcessError, TimeoutError, active_children,
-                                 allow_connection_pickling, cpu_count, current_process,
-                                 freeze_support, get_all_start_methods, get_logger,
-                                 get_start_method, log_to_stderr, parent_process,
-                                 set_executable, set_forkserver_preload, set_start_method)
-    from procwire.errors import BrokenBarrierError, OwnerDiedWarning
-    from procwire.queue import JoinableQueue, Queue, SimpleQueue
-    from procwire.shared import Array, RawArray, RawValue, Value
-    from procwire.sync import (Barrier, BoundedSemaphore, Condition, Event, Lock, RLock,
-                               Semaphore)
+    # What __getattr__ returns, spelled out for type checkers: "X as X" marks each
+    # name as an explicit re-export (mypy --strict, no_implicit_reexport). Keep this
+    # block in step with _EXPORTS (tests/typing/test_typing.py checks it).
+    from multiprocessing import (
+        AuthenticationError as AuthenticationError,
+        BufferTooShort as BufferTooShort,
+        Manager as Manager,
+        Process as Process,
+        ProcessError as ProcessError,
+        TimeoutError as TimeoutError,
+        active_children as active_children,
+        allow_connection_pickling as allow_connection_pickling,
+        cpu_count as cpu_count,
+        current_process as current_process,
+        freeze_support as freeze_support,
+        get_all_start_methods as get_all_start_methods,
+        get_logger as get_logger,
+        get_start_method as get_start_method,
+        log_to_stderr as log_to_stderr,
+        parent_process as parent_process,
+        set_executable as set_executable,
+        set_forkserver_preload as set_forkserver_preload,
+        set_start_method as set_start_method,
+    )
+
+    from procwire import connection as connection, context as context
+    from procwire.connection import (
+        Client as Client,
+        Listener as Listener,
+    )
+    from procwire.context import (
+        get_context as get_context,
+    )
+    from procwire.errors import (
+        BrokenBarrierError as BrokenBarrierError,
+        Empty as Empty,
+        Full as Full,
+        MessageTooLarge as MessageTooLarge,
+        OwnerDiedWarning as OwnerDiedWarning,
+        ProcwireError as ProcwireError,
+        SegmentError as SegmentError,
+    )
+    from procwire.pipe import (
+        Connection as Connection,
+        Pipe as Pipe,
+    )
+    from procwire.queue import (
+        JoinableQueue as JoinableQueue,
+        Queue as Queue,
+        SimpleQueue as SimpleQueue,
+    )
+    from procwire.shared import (
+        Array as Array,
+        RawArray as RawArray,
+        RawValue as RawValue,
+        Value as Value,
+    )
+    from procwire.sync import (
+        Barrier as Barrier,
+        BoundedSemaphore as BoundedSemaphore,
+        Condition as Condition,
+        Event as Event,
+        Lock as Lock,
+        RLock as RLock,
+        Semaphore as Semaphore,
+    )

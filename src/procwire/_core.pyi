@@ -1,7 +1,8 @@
 # Type stub for procwire's private native module (src/procwire/_core/*.c).
 # The message ring is typed in full, because procwire.Queue's public methods
 # are these; the other native types are typed through their Python wrappers.
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 HEADER_SIZE: int
 LAYOUT_VERSION: int

@@ -25,8 +25,7 @@ import re
 import secrets
 import stat
 import weakref
-from multiprocessing import context as _mp_context
-from multiprocessing import reduction as _mp_reduction
+from multiprocessing import context as _mp_context, reduction as _mp_reduction
 
 from procwire import _core
 from procwire.errors import SegmentError

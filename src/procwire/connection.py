@@ -54,10 +54,13 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Generator
-from multiprocessing import AuthenticationError, BufferTooShort
-from multiprocessing import connection as _mpc
-from multiprocessing import reduction as _mp_reduction
-from multiprocessing import util as _mp_util
+from multiprocessing import (
+    AuthenticationError,
+    BufferTooShort,
+    connection as _mpc,
+    reduction as _mp_reduction,
+    util as _mp_util,
+)
 from multiprocessing.connection import answer_challenge, deliver_challenge, wait
 from typing import Any
 
@@ -84,7 +87,7 @@ _OFFER = b"\x00PWSHM1\x00"
 # multiprocessing.connection's protocol words (not in its typed interface).
 _CHALLENGE, _WELCOME, _FAILURE = b"#CHALLENGE#", b"#WELCOME#", b"#FAILURE#"
 _MESSAGE_LENGTH: int = getattr(_mpc, "MESSAGE_LENGTH", 20)
-_arbitrary_address: Callable[[str], Any] = getattr(_mpc, "arbitrary_address")
+_arbitrary_address: Callable[[str], Any] = _mpc.arbitrary_address
 _NEW_AUTH = hasattr(_mpc, "_create_response")  # Python 3.12+: digest negotiation
 _CREDS = struct.Struct("3i")
 
@@ -209,14 +212,14 @@ def _new_challenge(offer: bool) -> bytes:
 
 def _digest(authkey: bytes, message: bytes) -> bytes:
     if _NEW_AUTH:  # pragma: no cover (3.12+)
-        return bytes(getattr(_mpc, "_create_response")(authkey, message))
+        return bytes(_mpc._create_response(authkey, message))
     return hmac.new(authkey, message, "md5").digest()
 
 
 def _verify(authkey: bytes, message: bytes, response: bytes) -> bool:
     if _NEW_AUTH:  # pragma: no cover (3.12+)
         try:
-            getattr(_mpc, "_verify_challenge")(authkey, message, response)
+            _mpc._verify_challenge(authkey, message, response)
         except AuthenticationError:
             return False
         return True
@@ -385,13 +388,13 @@ class Listener:
             if self._sock is None:
                 raise OSError("listener is closed")
             now = time.monotonic()
-            for fd, (peer, gen, peer_deadline, _w) in list(self._pending.items()):
+            for fd, (_peer, _gen, peer_deadline, _w) in list(self._pending.items()):
                 if peer_deadline <= now:
                     self._drop(fd)
             poller = select.poll()
             poller.register(self._sock, select.POLLIN)
             wake = deadline
-            for fd, (_p, _g, peer_deadline, waiting) in list(self._pending.items()):
+            for _p, _g, peer_deadline, waiting in list(self._pending.values()):
                 poller.register(waiting, select.POLLIN)
                 wake = peer_deadline if wake is None else min(wake, peer_deadline)
             expired = deadline is not None and now >= deadline

@@ -191,8 +191,8 @@ class Context:
 
     # -- pools: procwire.pool, given this context ---------------------------------
 
-    def Pool(self, processes: int | None = None, initializer: Any = None, initargs: tuple[Any, ...] = (),
-             maxtasksperchild: int | None = None) -> Any:
+    def Pool(self, processes: int | None = None, initializer: Any = None,
+             initargs: tuple[Any, ...] = (), maxtasksperchild: int | None = None) -> Any:
         return _pool_module().Pool(processes, initializer, initargs, maxtasksperchild,
                                    context=self)
 
@@ -244,7 +244,7 @@ def get_context(method: str | None = None, **kwargs: Any) -> Any:
     # None: multiprocessing's default context, fixed by this call as it is by
     # multiprocessing.get_context() (set_start_method(force=True) can change it).
     mp_ctx = _mp.get_context(method)
-    name: str = getattr(mp_ctx, "_name")  # every concrete context has one
+    name: str = mp_ctx._name  # every concrete context has one
     ctx = _contexts.get(name)
     if ctx is None or ctx._mp is not mp_ctx:
         ctx = _contexts[name] = Context(mp_ctx)

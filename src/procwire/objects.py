@@ -25,14 +25,15 @@ import mmap
 import os
 import stat as _stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from procwire import _core
 from procwire._segment import PREFIX, SHM_DIR, TEMP_MARK, validate_name
 from procwire.errors import SegmentError
 
-__all__ = ["Entry", "scan", "describe", "remove", "clean_candidates", "users_of"]
+__all__ = ["Entry", "clean_candidates", "describe", "remove", "scan", "users_of"]
 
 # Keys of _core.inspect() that count threads blocked on the object.
 _WAITER_KEYS = ("waiters", "consumers_waiting", "producers_waiting", "joiners_waiting")
@@ -131,9 +132,8 @@ def pid_alive(pid: int | None, created_ns: int | None = None) -> bool:
     started = _start_time(pid)
     if started is None:
         return False
-    if created_ns and started > created_ns / 1e9 + 1.0:  # 1 s: clock-tick rounding
-        return False
-    return True
+    # 1 s: clock-tick rounding
+    return not (created_ns and started > created_ns / 1e9 + 1.0)
 
 
 def process_name(pid: int) -> str:

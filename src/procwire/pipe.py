@@ -34,14 +34,16 @@ import select
 import socket
 import time
 import weakref
-from multiprocessing import BufferTooShort
-from multiprocessing import reduction as _mp_reduction
-from typing import Any
+from multiprocessing import BufferTooShort, reduction as _mp_reduction
+from typing import TYPE_CHECKING, Any
 
 from procwire import _core
 from procwire._segment import Segment
 
-__all__ = ["Client", "Connection", "DEFAULT_CAPACITY", "Listener", "Pipe"]
+if TYPE_CHECKING:  # what __getattr__ below returns
+    from procwire.connection import Client as Client, Listener as Listener
+
+__all__ = ["DEFAULT_CAPACITY", "Client", "Connection", "Listener", "Pipe"]
 
 DEFAULT_CAPACITY = 1024 * 1024  # bytes per direction
 
@@ -105,7 +107,7 @@ class Connection(_core.PipeEnd):
     multiprocessing does not have.
     """
 
-    __slots__ = ("_segment", "__weakref__")
+    __slots__ = ("__weakref__", "_segment")
 
     def _setup(self, segment: Segment, fds: tuple[int, int, int, int], *, create: bool,
                end: int, capacity: int = 0, duplex: bool = True, count: bool = True) -> None:

@@ -22,12 +22,13 @@ naming the capacity that would take it.
 from __future__ import annotations
 
 import pickle
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from procwire import _core
 from procwire._segment import Named, Segment, validate_name
 
-__all__ = ["JoinableQueue", "Queue", "SimpleQueue", "DEFAULT_CAPACITY"]
+__all__ = ["DEFAULT_CAPACITY", "JoinableQueue", "Queue", "SimpleQueue"]
 
 DEFAULT_CAPACITY = 4 * 1024 * 1024
 
@@ -57,8 +58,8 @@ def _dumps_buffers(obj: Any) -> bytes | list:
         return pickle.dumps(obj, _HIGHEST)
 
 
-_SERIALIZER: dict[str, Any] = {"dumps": pickle.dumps, "protocol": _HIGHEST, "dumps_buffers": _dumps_buffers,
-               "loads": pickle.loads}
+_SERIALIZER: dict[str, Any] = {"dumps": pickle.dumps, "protocol": _HIGHEST,
+                               "dumps_buffers": _dumps_buffers, "loads": pickle.loads}
 
 
 def _capacity_for(capacity: int | None) -> int:

@@ -25,8 +25,7 @@ What procwire adds:
 from __future__ import annotations
 
 import ctypes
-from multiprocessing import reduction as _mp_reduction
-from multiprocessing import sharedctypes as _mp_sharedctypes
+from multiprocessing import reduction as _mp_reduction, sharedctypes as _mp_sharedctypes
 from typing import Any
 
 from procwire import _core
@@ -67,7 +66,7 @@ class _Handle:
     (and the two can share a ctypes type without stepping on each other).
     """
 
-    __slots__ = ("segment", "kind", "elem", "length", "__weakref__")
+    __slots__ = ("__weakref__", "elem", "kind", "length", "segment")
 
     def __init__(self, segment: Segment, kind: int, elem: type, length: int) -> None:
         self.segment = segment
@@ -365,7 +364,7 @@ class SynchronizedBase:
 def _rebuild_synchronized(handle: tuple[str, object], elem: type, lock: Any) -> Any:
     segment = Segment.from_handle(handle)
     try:
-        h, info = _open(segment, 0, elem)
+        h, _info = _open(segment, 0, elem)
         if lock is None:
             lock = _embedded_lock(h)
     except BaseException:

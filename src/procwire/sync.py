@@ -58,16 +58,25 @@ Where procwire differs from multiprocessing
 """
 from __future__ import annotations
 
-import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from procwire import _core
 from procwire._segment import Named, Segment, validate_name
 from procwire.errors import SegmentError
 
-__all__ = ["Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "OwnerDiedWarning",
-           "RLock", "Semaphore", "BrokenBarrierError"]
+__all__ = [
+    "Barrier",
+    "BoundedSemaphore",
+    "BrokenBarrierError",
+    "Condition",
+    "Event",
+    "Lock",
+    "OwnerDiedWarning",
+    "RLock",
+    "Semaphore",
+]
 
 OwnerDiedWarning = _core.OwnerDiedWarning
 BrokenBarrierError = threading.BrokenBarrierError

@@ -108,9 +108,9 @@ class Holder:
 
 # Fixtures, imported by each test module (a second conftest.py would shadow the
 # top-level one's module name, which spawn children look _noop up in).
-import shutil as _shutil
+import shutil as _shutil  # noqa: E402
 
-import pytest
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

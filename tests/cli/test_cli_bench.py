@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import json
 
-from clihelpers import procwire_cmd
-from clihelpers import private_dir_left_empty, private_shm_dir  # noqa: F401 (fixtures)
+from clihelpers import private_dir_left_empty, private_shm_dir, procwire_cmd  # noqa: F401 (fixtures)
 
 MECHANISMS = {"pipe", "queue", "shm-locked", "shm-raw", "socket", "signal"}
 

@@ -8,9 +8,17 @@ import subprocess
 import sys
 
 import pytest
-
-from clihelpers import ENV, SHM, TIMEOUT, Holder, ls_json, procwire_cmd, unique
-from clihelpers import private_dir_left_empty, private_shm_dir  # noqa: F401 (fixtures)
+from clihelpers import (  # noqa: F401 (fixtures)
+    ENV,
+    SHM,
+    TIMEOUT,
+    Holder,
+    ls_json,
+    private_dir_left_empty,
+    private_shm_dir,
+    procwire_cmd,
+    unique,
+)
 
 
 @pytest.fixture
@@ -45,7 +53,7 @@ def test_ls_shows_live_objects_with_their_users(holder):
     assert lock["kind"] == "lock" and lock["counters"]["locked"] is True
     table = procwire_cmd("ls")
     assert table.returncode == 0
-    line = next(l for l in table.stdout.splitlines() if l.startswith(name + " "))
+    line = next(ln for ln in table.stdout.splitlines() if ln.startswith(name + " "))
     assert "queue" in line and "3 msg" in line and str(h.pid) in line
 
 
@@ -178,9 +186,13 @@ def test_inspection_never_writes(holder):
     # the lock the holder keeps is reported, not taken.
     name = unique("ro")
     holder(name)
-    before = [open(SHM + n, "rb").read() for n in (name, name + "-lock")]
+    def contents(n: str) -> bytes:
+        with open(SHM + n, "rb") as f:
+            return f.read()
+
+    before = [contents(n) for n in (name, name + "-lock")]
     assert procwire_cmd("ls").returncode == 0
     out = procwire_cmd("stat", name + "-lock", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["counters"]["locked"] is True
-    assert [open(SHM + n, "rb").read() for n in (name, name + "-lock")] == before
+    assert [contents(n) for n in (name, name + "-lock")] == before

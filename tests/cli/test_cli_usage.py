@@ -5,11 +5,9 @@ import json
 import sys
 
 import pytest
+from clihelpers import private_dir_left_empty, private_shm_dir, procwire_cmd  # noqa: F401 (fixtures)
 
 import procwire
-
-from clihelpers import procwire_cmd
-from clihelpers import private_dir_left_empty, private_shm_dir  # noqa: F401 (fixtures)
 
 COMMANDS = ("bench", "ls", "stat", "rm", "clean")
 
@@ -49,8 +47,8 @@ def test_no_colour_when_not_a_terminal():
 
 
 def test_shell_completion_script():
-    import os
     import subprocess
+
     from clihelpers import ENV
     out = subprocess.run([sys.executable, "-c", "from procwire.cli import main; "
                           "main(prog_name='procwire')"], capture_output=True, text=True,

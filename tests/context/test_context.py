@@ -154,7 +154,7 @@ def test_context_api_mirrors_multiprocessing():
 
 
 def test_unknown_method_is_a_value_error_listing_the_valid_ones():
-    with pytest.raises(ValueError, match="cannot find context for 'threads'.*'fork'.*'spawn'"):
+    with pytest.raises(ValueError, match=r"cannot find context for 'threads'.*'fork'.*'spawn'"):
         procwire.get_context("threads")
     with pytest.raises(TypeError, match="keyword"):
         procwire.get_context("spawn", decode=True)
@@ -218,7 +218,7 @@ def test_pool_and_executor_receive_this_context(monkeypatch):
 
 def test_pool_without_procwire_pool_says_so(monkeypatch):
     monkeypatch.setitem(sys.modules, "procwire.pool", None)  # import raises ModuleNotFoundError
-    with pytest.raises(NotImplementedError, match="procwire.pool is not available"):
+    with pytest.raises(NotImplementedError, match=r"procwire\.pool is not available"):
         procwire.get_context("spawn").Pool()
 
 
@@ -231,5 +231,5 @@ def test_redis_urls_go_to_procwire_redis(monkeypatch):
     assert procwire.get_context("rediss://h:1/2", ssl_ca_certs="x") == "redis context"
     assert calls == [("redis://localhost:6379/0", {}), ("rediss://h:1/2", {"ssl_ca_certs": "x"})]
     monkeypatch.setitem(sys.modules, "procwire.redis", None)
-    with pytest.raises(NotImplementedError, match="procwire.redis is not available"):
+    with pytest.raises(NotImplementedError, match=r"procwire\.redis is not available"):
         procwire.get_context("redis://localhost:6379/0")

@@ -86,7 +86,8 @@ def _pipe():
         a.close()
         b.close()
 
-    return (a, b), b, _loop_poll, b.statistics, "receivers_waiting", lambda: a.send_bytes(b"x"), close
+    return ((a, b), b, _loop_poll, b.statistics, "receivers_waiting",
+            lambda: a.send_bytes(b"x"), close)
 
 
 def _queue():

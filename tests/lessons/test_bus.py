@@ -21,10 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-import procwire
-
 import pytest
 
+import procwire
 from procwire import signals
 from procwire.lessons.bus import LINES, READY
 

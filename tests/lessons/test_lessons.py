@@ -19,10 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import procwire
-
 import pytest
 
+import procwire
 from procwire import signals
 from procwire.lessons import LESSONS, find
 

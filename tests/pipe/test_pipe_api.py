@@ -160,7 +160,7 @@ def test_poll(pair):
 
 
 def test_recv_timeout_is_an_extra_keyword(pair):
-    r, w = pair
+    r, _w = pair
     with pytest.raises(TimeoutError):
         r.recv(timeout=0.01)
     with pytest.raises(TimeoutError):

@@ -150,7 +150,7 @@ def test_close_from_another_thread_wakes_a_blocked_recv():
     def reader():
         try:
             b.recv()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     t = threading.Thread(target=reader)

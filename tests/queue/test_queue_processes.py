@@ -10,7 +10,6 @@ import uuid
 
 import pytest
 
-import procwire
 from procwire import JoinableQueue, Queue
 
 JOIN = 60  # seconds; generous, a bound for a hang, not a speed check
@@ -104,7 +103,7 @@ def test_joinable_queue_across_processes(ctx):
         workers = [ctx.Process(target=_worker, args=(jq,)) for _ in range(2)]
         for w in workers:
             w.start()
-        jq.put_many(list(range(500)) + [None, None])
+        jq.put_many([*range(500), None, None])
         assert jq.join(timeout=JOIN) is True
         _join(*workers)
     finally:

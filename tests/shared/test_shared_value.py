@@ -16,11 +16,16 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "sync"))
 
-import procwire  # noqa: E402
-from procwire import Array, OwnerDiedWarning, RawArray, RawValue, SegmentError, Value  # noqa: E402
-from procwire.experiments import lost_update  # noqa: E402
-from synchelpers import collect_before_leak_check  # noqa: E402,F401  (autouse)
-from synchelpers import join_all, run_py, unique  # noqa: E402
+from synchelpers import (
+    collect_before_leak_check,  # noqa: F401  (autouse)
+    join_all,
+    run_py,
+    unique,
+)
+
+import procwire
+from procwire import Array, OwnerDiedWarning, RawArray, SegmentError, Value
+from procwire.experiments import lost_update
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -101,7 +106,7 @@ def _errors(impl):
                lambda: impl.RawArray("i", ["x"])):
         try:
             fn()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             out.append(type(e))
         else:
             out.append(None)

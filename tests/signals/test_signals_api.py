@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import procwire
-
 import pytest
 
+import procwire
 from procwire import signals
 
 pytestmark = pytest.mark.timeout(60)
@@ -215,7 +214,7 @@ def test_send_bad_signal_raises_before_sending() -> None:
 
 @pytest.mark.parametrize("pid", [0, -1, -os.getpgrp()])
 def test_send_refuses_process_groups(pid: int) -> None:
-    with pytest.raises(ValueError, match="positive process id.*killpg"):
+    with pytest.raises(ValueError, match=r"positive process id.*killpg"):
         signals.send(pid, "CONT")
 
 

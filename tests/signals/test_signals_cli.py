@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import procwire
-
 import pytest
+
+import procwire
 
 pytestmark = pytest.mark.timeout(60)
 

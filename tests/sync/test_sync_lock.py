@@ -11,11 +11,16 @@ import time
 import warnings
 
 import pytest
+from synchelpers import (
+    collect_before_leak_check,  # noqa: F401  (autouse)
+    interrupt_main_after,
+    join_all,
+    run_py,
+    unique,
+)
 
 import procwire
 from procwire import Lock, OwnerDiedWarning, RLock, SegmentError
-from synchelpers import collect_before_leak_check  # noqa: F401  (autouse)
-from synchelpers import interrupt_main_after, join_all, run_py, unique
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,12 +9,27 @@ import threading
 import time
 
 import pytest
+from synchelpers import (
+    collect_before_leak_check,  # noqa: F401  (autouse)
+    interrupt_main_after,
+    join_all,
+    popen_py,
+    run_py,
+    unique,
+)
 
 import procwire
-from procwire import (Barrier, BoundedSemaphore, BrokenBarrierError, Condition, Event, Lock,
-                      RLock, SegmentError, Semaphore)
-from synchelpers import collect_before_leak_check  # noqa: F401  (autouse)
-from synchelpers import interrupt_main_after, join_all, popen_py, run_py, unique
+from procwire import (
+    Barrier,
+    BoundedSemaphore,
+    BrokenBarrierError,
+    Condition,
+    Event,
+    Lock,
+    RLock,
+    SegmentError,
+    Semaphore,
+)
 
 pytestmark = pytest.mark.timeout(120)
 

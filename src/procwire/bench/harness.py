@@ -8,8 +8,9 @@ import platform
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 
 @dataclass(frozen=True)

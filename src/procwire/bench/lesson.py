@@ -20,7 +20,8 @@ a data area in one shared ``Array``; the sender waits for the flag to be 0,
 copies the message in and sets it to 1, the receiver waits for 1, copies it
 out and sets 0. A waiter that has looked 256 times (some 10 µs) yields its CPU
 (``sched_yield``) before each further look, so that two processes on one
-CPU take turns instead of spinning out their time slices. With ``Value``/``Array`` every look at the flag takes the
+CPU take turns instead of spinning out their time slices. With
+``Value``/``Array`` every look at the flag takes the
 object's lock (``get_lock()``), as the lesson says shared memory needs; the
 raw form (``RawArray``) takes no lock and relies on x86's store order (the
 data is written before the flag, and read after it). Both spin while they
@@ -41,8 +42,9 @@ import signal
 import socket
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from procwire.bench.harness import Case, Result
 
@@ -415,7 +417,8 @@ def table(results: list[Result]) -> list[dict[str, Any]]:
     for m in MECHANISMS:
         cells: dict[str, Cell] = {}
         for metric, _, _, higher in METRICS:
-            std, ours = by_key.get((m.key, metric, "stdlib")), by_key.get((m.key, metric, "procwire"))
+            std = by_key.get((m.key, metric, "stdlib"))
+            ours = by_key.get((m.key, metric, "procwire"))
             cell = Cell(std.median if std else None, ours.median if ours else None)
             if std is None and ours is None:
                 cell.note = ("not applicable: a signal carries no data"

@@ -84,7 +84,6 @@ class _Ends:
                 conn = Client(self.listener.address, authkey=self.key)
             return conn, conn
         if impl.startswith(("procwire", "multiprocessing")):
-            oneway = impl.endswith("oneway")
             # one-way: a (first end) only receives, b only sends
             me = self.a if role == "parent" else self.b
             return me, me

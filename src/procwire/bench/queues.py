@@ -14,7 +14,8 @@ import shutil
 import statistics
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from procwire.bench.harness import Case
 

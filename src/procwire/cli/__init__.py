@@ -8,7 +8,7 @@ stderr, without a traceback: see :func:`fail`.
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import Literal, NoReturn, overload
 
 import click
 
@@ -23,7 +23,11 @@ def main() -> None:
     """Fast, crash-safe inter-process communication for Linux, and the lesson that explains it."""
 
 
-def fail(error: BaseException | str, *, exit: bool = True) -> NoReturn | None:  # type: ignore[misc]
+@overload
+def fail(error: BaseException | str, *, exit: Literal[True] = ...) -> NoReturn: ...
+@overload
+def fail(error: BaseException | str, *, exit: Literal[False]) -> None: ...
+def fail(error: BaseException | str, *, exit: bool = True) -> None:
     """Report an expected error on stderr in one line; exit 1 unless told not to."""
     if isinstance(error, OSError) and error.strerror:
         message = error.strerror  # procwire's OSErrors carry a whole sentence
@@ -36,7 +40,9 @@ def fail(error: BaseException | str, *, exit: bool = True) -> NoReturn | None:  
 
 
 # Sub-commands register themselves on `main` as a side effect of import.
-from procwire.cli import bench  # noqa: E402,F401
-from procwire.cli import objects  # noqa: E402,F401
-from procwire.cli import demo  # noqa: E402,F401
-from procwire.cli import signals  # noqa: E402,F401
+from procwire.cli import (  # noqa: E402 (they import `main` from this module)
+    bench,  # noqa: F401
+    demo,  # noqa: F401
+    objects,  # noqa: F401
+    signals,  # noqa: F401
+)

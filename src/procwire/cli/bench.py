@@ -8,7 +8,6 @@ of each mechanism's suite, against the peers too.
 from __future__ import annotations
 
 import fnmatch
-import json
 import sys
 from collections import defaultdict
 from typing import Any
@@ -18,9 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from procwire.bench import harness, lesson, queues
-from procwire.bench import pipe as pipe_bench
-from procwire.bench import sync as sync_bench
+from procwire.bench import harness, lesson, pipe as pipe_bench, queues, sync as sync_bench
 from procwire.cli import fail, main
 
 BASELINE = "multiprocessing"
@@ -158,7 +155,7 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(lesson.METRICS), figsize=(15, 4.8))
-    for ax, (metric, label, _, higher) in zip(axes, lesson.METRICS):
+    for ax, (metric, label, _, higher) in zip(axes, lesson.METRICS, strict=True):
         names, std, ours = [], [], []
         for row in rows:
             c: lesson.Cell = row["cells"][metric]
@@ -255,7 +252,7 @@ def bench(quick: bool, repeats: int | None, scale: float | None, suites: tuple[s
         results = harness.run_suite([c for _, c in cases], repeats=repeats, progress=step)
     rows = None
     for name in suites:
-        mine = [r for (suite, _), r in zip(cases, results) if suite == name]
+        mine = [r for (suite, _), r in zip(cases, results, strict=True) if suite == name]
         if not mine:
             continue
         if name == "lesson":

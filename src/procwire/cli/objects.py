@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import click
 from rich.console import Console, Group
@@ -285,11 +286,10 @@ def clean_command(yes: bool, dry_run: bool) -> None:
     if dry_run:
         console.print(f"would remove {len(doomed)} file(s) (dry run)")
         return
-    if not yes:
-        if not click.confirm(f"remove these {len(doomed)} file(s)?", default=False,
-                             err=True):
-            console.print("nothing removed")
-            return
+    if not yes and not click.confirm(f"remove these {len(doomed)} file(s)?", default=False,
+                                     err=True):
+        console.print("nothing removed")
+        return
     removed = 0
     for e in doomed:
         if objects.remove_unused(e):

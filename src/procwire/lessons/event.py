@@ -18,9 +18,7 @@ import time
 from multiprocessing import Process
 
 from procwire import Event  # a futex word in shared memory, not five semaphores
-
 from procwire.lessons._common import say
-
 
 
 def worker(ready: Event) -> None:

@@ -24,7 +24,6 @@ from multiprocessing import Process
 from typing import Any
 
 from procwire import Queue  # the same API as: from multiprocessing import Queue
-
 from procwire.lessons._common import say
 
 

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import os
 from multiprocessing import Process
-from procwire.pipe import Connection
 
 from procwire import Pipe  # shared memory, the API of multiprocessing.Pipe
-
 from procwire.lessons._common import say
+from procwire.pipe import Connection
 
 
 def echo_upper(conn: Connection) -> None:

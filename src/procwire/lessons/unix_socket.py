@@ -59,7 +59,7 @@ def main() -> None:
                 say(f"server {os.getpid()} listening on {path}"
                     + (" with an authkey" if authkey else ""))
                 say(f"  its type, as ls -l shows it: {stat.filemode(os.stat(path).st_mode)}")
-                pid = fork(lambda: client(path, authkey))
+                pid = fork(lambda: client(path, authkey))  # noqa: B023 (called at once)
                 serve_one(listener)
                 exit_status(pid)
             # close() removed the socket file: it would outlive its socket otherwise.

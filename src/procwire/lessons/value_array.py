@@ -22,7 +22,6 @@ from multiprocessing import Process
 from typing import TYPE_CHECKING
 
 from procwire import Array, Value  # shared memory, as in multiprocessing
-
 from procwire.lessons._common import say
 
 if TYPE_CHECKING:
