@@ -1221,19 +1221,19 @@ static PyObject *get_end(PipeEndObject *self, void *c)
 
 static PyMethodDef PipeEnd_methods[] = {
     {"send", (PyCFunction)PipeEnd_send, METH_O,
-     "send(obj)\n--\n\nSend a picklable object; the other end gets it from recv()."},
+     "send($self, obj, /)\n--\n\nSend a picklable object; the other end gets it from recv()."},
     {"send_bytes", FN(PipeEnd_send_bytes), FASTKW,
-     "send_bytes(buf, offset=0, size=None)\n--\n\nSend bytes from a bytes-like object as "
+     "send_bytes($self, buf, offset=0, size=None)\n--\n\nSend bytes from a bytes-like object as "
      "one message."},
     {"recv", FN(PipeEnd_recv), FASTKW,
-     "recv(*, timeout=None)\n--\n\nReturn the next object sent with send(). Blocks until "
+     "recv($self, *, timeout=None)\n--\n\nReturn the next object sent with send(). Blocks until "
      "one arrives; EOFError when the other end is closed and nothing is left."},
     {"recv_bytes", FN(PipeEnd_recv_bytes), FASTKW,
-     "recv_bytes(maxlength=None, *, timeout=None)\n--\n\nReturn the next message as bytes. "
+     "recv_bytes($self, maxlength=None, *, timeout=None)\n--\n\nReturn the next message as bytes. "
      "OSError('bad message length') (the message is dropped) if longer than maxlength."},
     {"_recv_bytes_into", FN(PipeEnd_recv_bytes_into), FASTKW, NULL},
     {"poll", FN(PipeEnd_poll), FASTKW,
-     "poll(timeout=0.0)\n--\n\nWhether there is anything to read, waiting up to timeout "
+     "poll($self, timeout=0.0)\n--\n\nWhether there is anything to read, waiting up to timeout "
      "seconds (None: forever). True also when the other end is closed (recv raises EOFError)."},
     {"_close", (PyCFunction)PipeEnd_close, METH_NOARGS, NULL},
     {"_add_handle", (PyCFunction)PipeEnd_add_handle, METH_NOARGS, NULL},

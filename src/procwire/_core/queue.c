@@ -876,31 +876,31 @@ static PyObject *Ring_get_released(RingObject *self, void *c)
 
 static PyMethodDef Ring_methods[] = {
     {"put", (PyCFunction)(void (*)(void))Ring_put, METH_FASTCALL | METH_KEYWORDS,
-     "put(obj, block=True, timeout=None)\n--\n\nPut obj into the queue. Blocks while it is "
+     "put($self, obj, block=True, timeout=None)\n--\n\nPut obj into the queue. Blocks while it is "
      "full; raises queue.Full if block is false or the timeout passes."},
     {"put_nowait", (PyCFunction)Ring_put_nowait, METH_O,
-     "put_nowait(obj)\n--\n\nEquivalent to put(obj, False)."},
+     "put_nowait($self, obj, /)\n--\n\nEquivalent to put(obj, False)."},
     {"put_many", (PyCFunction)(void (*)(void))Ring_put_many, METH_FASTCALL | METH_KEYWORDS,
-     "put_many(items, block=True, timeout=None)\n--\n\nPut every item, in order, taking the "
+     "put_many($self, items, block=True, timeout=None)\n--\n\nPut every item, in order, taking the "
      "lock once per group of items. If an item cannot be pickled, the items before it are "
      "put and it and the rest are not; its exception carries `count`, the number put. On "
      "timeout raises queue.Full whose `count` attribute says how many items were put."},
     {"get", (PyCFunction)(void (*)(void))Ring_get, METH_FASTCALL | METH_KEYWORDS,
-     "get(block=True, timeout=None)\n--\n\nRemove and return an item. Blocks while the queue "
+     "get($self, block=True, timeout=None)\n--\n\nRemove and return an item. Blocks while the queue "
      "is empty; raises queue.Empty if block is false or the timeout passes."},
     {"get_nowait", (PyCFunction)Ring_get_nowait, METH_NOARGS,
-     "get_nowait()\n--\n\nEquivalent to get(False)."},
+     "get_nowait($self)\n--\n\nEquivalent to get(False)."},
     {"get_many", (PyCFunction)(void (*)(void))Ring_get_many, METH_FASTCALL | METH_KEYWORDS,
-     "get_many(block=True, timeout=None, max_messages=None)\n--\n\nWait like get() for the "
+     "get_many($self, block=True, timeout=None, max_messages=None)\n--\n\nWait like get() for the "
      "first item, then return a list of it and every item already queued behind it, up to "
      "max_messages. A message that fails to unpickle is consumed (as get() consumes it) and "
      "the others are returned; its exception is raised by this queue handle's next get call."},
     {"qsize", (PyCFunction)Ring_qsize, METH_NOARGS,
-     "qsize()\n--\n\nThe number of items in the queue now."},
+     "qsize($self)\n--\n\nThe number of items in the queue now."},
     {"empty", (PyCFunction)Ring_empty, METH_NOARGS,
-     "empty()\n--\n\nTrue if the queue holds no item now."},
+     "empty($self)\n--\n\nTrue if the queue holds no item now."},
     {"full", (PyCFunction)Ring_full, METH_NOARGS,
-     "full()\n--\n\nTrue if a put() would block now (maxsize items queued)."},
+     "full($self)\n--\n\nTrue if a put() would block now (maxsize items queued)."},
     {"_task_done", (PyCFunction)Ring_task_done, METH_NOARGS, NULL},
     {"_join", (PyCFunction)(void (*)(void))Ring_join, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_statistics", (PyCFunction)Ring_statistics, METH_NOARGS, NULL},

@@ -706,7 +706,7 @@ static PyMethodDef Lock_methods[] = {
     {"_release_save", (PyCFunction)Lock_release_save, METH_NOARGS, NULL},
     {"_acquire_restore", (PyCFunction)Lock_acquire_restore, METH_O, NULL},
     {"make_consistent", (PyCFunction)Lock_make_consistent, METH_NOARGS,
-     "make_consistent()\n--\n\nAfter an acquire that found the previous holder dead, and "
+     "make_consistent($self)\n--\n\nAfter an acquire that found the previous holder dead, and "
      "after repairing the state the lock protects: clear owner_died. Hold the lock."},
     {"_stats", (PyCFunction)Lock_stats, METH_NOARGS, NULL},
     {"_close", (PyCFunction)Lock_close, METH_NOARGS, NULL},
@@ -1356,10 +1356,10 @@ static PyObject *Barrier_stats(SyncObject *self, PyObject *unused)
 static PyMethodDef Barrier_methods[] = {
     {"_wait", (PyCFunction)(void (*)(void))Barrier_wait, METH_FASTCALL, NULL},
     {"abort", (PyCFunction)Barrier_abort, METH_NOARGS,
-     "abort()\n--\n\nBreak the barrier: current and future wait() calls raise "
+     "abort($self)\n--\n\nBreak the barrier: current and future wait() calls raise "
      "BrokenBarrierError until reset()."},
     {"reset", (PyCFunction)Barrier_reset, METH_NOARGS,
-     "reset()\n--\n\nReturn to the empty state; current waiters raise BrokenBarrierError."},
+     "reset($self)\n--\n\nReturn to the empty state; current waiters raise BrokenBarrierError."},
     {"_stats", (PyCFunction)Barrier_stats, METH_NOARGS, NULL},
     {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
