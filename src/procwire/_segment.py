@@ -25,7 +25,9 @@ import re
 import secrets
 import stat
 import weakref
+from collections.abc import Callable
 from multiprocessing import context as _mp_context, reduction as _mp_reduction
+from typing import Any
 
 from procwire import _core
 from procwire.errors import SegmentError
@@ -136,8 +138,8 @@ class Segment:
         self.fd = fd
         self.name = name
         self.size = size
-        self._finalizer: weakref.finalize | None = None
-        self._guard: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._guard: weakref.finalize[Any, Any] | None = None
         self._guard_token: int | None = None
         if guard_fd >= 0:
             # A named segment's file can be truncated by any process of this
@@ -169,7 +171,8 @@ class Segment:
         return seg
 
     @classmethod
-    def create_named(cls, name: str, size: int, initialise) -> Segment:
+    def create_named(cls, name: str, size: int,
+                     initialise: Callable[[mmap.mmap], object]) -> Segment:
         """Create /dev/shm/procwire.<name>, initialised by ``initialise(buffer)``.
 
         The segment is built under a temporary name and linked into place only

@@ -23,7 +23,19 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic
+
+if TYPE_CHECKING:
+    # Queue() with no type argument is Queue[Any] (PEP 696 default), as
+    # multiprocessing's Queue() is in typeshed, so `q = Queue()` needs no
+    # annotation under mypy --strict; typing.TypeVar takes default= from 3.13.
+    from typing_extensions import Self, TypeVar
+
+    _T = TypeVar("_T", default=Any)
+else:
+    from typing import TypeVar
+
+    _T = TypeVar("_T")
 
 from procwire import _core
 from procwire._segment import Named, Segment, validate_name
@@ -36,7 +48,7 @@ _HIGHEST = pickle.HIGHEST_PROTOCOL  # >= 5 on every Python procwire supports
 _MAX_OOB_BUFFERS = 63  # ring.c: a record holds the pickle and at most 63 buffers
 
 
-def _dumps_buffers(obj: Any) -> bytes | list:
+def _dumps_buffers(obj: Any) -> bytes | list[Any]:
     """Pickle an object that exports a buffer (a numpy array, say).
 
     Its data travels out of band: this returns ``[pickle, buffer, ...]`` when
@@ -80,7 +92,7 @@ def _maxsize_for(maxsize: int) -> int:
     return max(maxsize, 0)  # <= 0 means no count limit, as in multiprocessing
 
 
-class Queue(Named, _core.Ring):
+class Queue(Named, _core.Ring, Generic[_T]):
     """A process-safe FIFO queue in shared memory, like ``multiprocessing.Queue``.
 
     ``Queue(maxsize=0, *, capacity=None, name=None)``
@@ -93,7 +105,18 @@ class Queue(Named, _core.Ring):
 
     Methods implemented natively: ``put``, ``put_nowait``, ``put_many``,
     ``get``, ``get_nowait``, ``get_many``, ``qsize``, ``empty``, ``full``.
+
+    Generic in the item type for type checkers, as typeshed's
+    ``multiprocessing.Queue``: ``q: Queue[int] = Queue()``.
     """
+
+    if TYPE_CHECKING:  # the native methods (_core.Ring), typed with the item type
+        def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None: ...
+        def put_nowait(self, obj: _T, /) -> None: ...
+        def get(self, block: bool = True, timeout: float | None = None) -> _T: ...
+        def get_nowait(self) -> _T: ...
+        def get_many(self, block: bool = True, timeout: float | None = None,
+                     max_messages: int | None = None) -> list[_T]: ...
 
     _kind_label = "Queue"
 
@@ -133,7 +156,7 @@ class Queue(Named, _core.Ring):
     # -- by name ----------------------------------------------------------------
 
     @classmethod
-    def attach(cls, name: str) -> Queue:
+    def attach(cls, name: str) -> Self:
         """Open the queue another process created with ``name=``.
 
         Raises ``FileNotFoundError`` if there is none, and
@@ -178,7 +201,7 @@ class Queue(Named, _core.Ring):
         """
         return self._statistics()
 
-    def __enter__(self) -> Queue:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -190,11 +213,11 @@ class Queue(Named, _core.Ring):
 
     # -- pickling: to children, or by name anywhere --------------------------------
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         handle = self._segment.reduce_handle(type(self).__name__)
         return (_rebuild, (type(self), handle))
 
-    def put_many(self, items: Iterable[Any], block: bool = True,  # type: ignore[override]
+    def put_many(self, items: Iterable[_T], block: bool = True,
                  timeout: float | None = None) -> None:
         """Put every item, in order, taking the lock once per group of items.
 
@@ -206,7 +229,7 @@ class Queue(Named, _core.Ring):
         return _core.Ring.put_many(self, items, block, timeout)
 
 
-def _rebuild(cls: type[Queue], handle: tuple[str, object]) -> Queue:
+def _rebuild(cls: type[Queue[Any]], handle: tuple[str, object]) -> Queue[Any]:
     segment = Segment.from_handle(handle)
     self = cls.__new__(cls)
     try:
@@ -217,7 +240,7 @@ def _rebuild(cls: type[Queue], handle: tuple[str, object]) -> Queue:
     return self
 
 
-class SimpleQueue(Queue):
+class SimpleQueue(Queue[_T]):
     """Like ``multiprocessing.SimpleQueue``: ``put``, ``get``, ``empty``, ``close``.
 
     Same ring as :class:`Queue` (so ``get`` also takes ``block`` and
@@ -231,7 +254,7 @@ class SimpleQueue(Queue):
         super().__init__(0, capacity=capacity, name=name)
 
 
-class JoinableQueue(Queue):
+class JoinableQueue(Queue[_T]):
     """Like ``multiprocessing.JoinableQueue``: a Queue with ``task_done`` and ``join``.
 
     The count of unfinished tasks is the number of messages ever put minus the

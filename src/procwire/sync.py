@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from procwire import _core
 from procwire._segment import Named, Segment, validate_name
@@ -116,6 +116,12 @@ class _Shared(Named):
 
     _label = "?"
     _segment: Segment
+
+    if TYPE_CHECKING:  # provided by the native base every primitive also derives from
+        @property
+        def _display(self) -> str | None: ...
+        def _close(self) -> None: ...
+        def _stats(self) -> dict[str, int]: ...
     _owns_segment = True
 
     def _display_for(self, name: str | None) -> str:
@@ -151,7 +157,7 @@ class _Shared(Named):
         if self._owns_segment:
             self._segment.close()
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         handle = self._segment.reduce_handle(type(self).__name__)
         return (_rebuild, (type(self), handle, self._owns_segment))
 
@@ -166,7 +172,7 @@ class _Shared(Named):
         return self._stats()
 
 
-def _rebuild(cls: type, handle: tuple[str, object], owns: bool = True) -> Any:
+def _rebuild(cls: type[_Shared], handle: tuple[str, object], owns: bool = True) -> Any:
     # An embedded lock re-opens its container's segment and owns that mapping.
     return cls._from_segment(Segment.from_handle(handle))
 
@@ -201,7 +207,7 @@ class Lock(_Shared, _core.Lock):
     def statistics(self) -> dict[str, Any]:
         """holder_pid/holder_tid (None/0 when free), locked, depth, waiters,
         contended, owner_died, owner_deaths."""
-        s = self._stats()
+        s: dict[str, Any] = self._stats()
         tid = s["holder_tid"]
         s["holder_pid"] = _tgid_of(tid) if tid else None
         return s
@@ -371,7 +377,7 @@ class Condition(_Shared, _core.Condition):
         self.acquire = lock.acquire
         self.release = lock.release
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         handle = self._segment.reduce_handle(type(self).__name__)
         mode, _ = self._lock_info()
         lock = None if mode == _core.LOCKMODE_EMBEDDED else self._lock
@@ -380,8 +386,8 @@ class Condition(_Shared, _core.Condition):
     def __enter__(self) -> bool:
         return self._lock.__enter__()
 
-    def __exit__(self, *args: object) -> None:
-        return self._lock.__exit__(*args)
+    def __exit__(self, *args: Any) -> None:
+        self._lock.__exit__(*args)
 
     def get_lock(self) -> Lock:
         return self._lock
@@ -433,12 +439,12 @@ class Condition(_Shared, _core.Condition):
         self.notify(2**31 - 1)
 
     def statistics(self) -> dict[str, Any]:
-        s = self._stats()
+        s: dict[str, Any] = self._stats()
         s["lock"] = self._lock.statistics()
         return s
 
 
-def _rebuild_condition(cls: type, handle: tuple[str, object], lock: Lock | None) -> Condition:
+def _rebuild_condition(cls: type[Condition], handle: tuple[str, object], lock: Lock | None) -> Condition:
     segment = Segment.from_handle(handle)
     self = cls.__new__(cls)
     try:
@@ -498,7 +504,7 @@ class Barrier(_Shared, _core.Barrier):
         self._segment = segment
         _core.Barrier.__init__(self, segment.buffer, self._display_for(segment.name))
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         handle = self._segment.reduce_handle(type(self).__name__)
         return (_rebuild_barrier, (type(self), handle, self._action))
 
@@ -520,10 +526,10 @@ class Barrier(_Shared, _core.Barrier):
 
     @property
     def broken(self) -> bool:
-        return self._stats()["broken"]
+        return bool(self._stats()["broken"])
 
 
-def _rebuild_barrier(cls: type, handle: tuple[str, object], action: Any) -> Barrier:
+def _rebuild_barrier(cls: type[Barrier], handle: tuple[str, object], action: Any) -> Barrier:
     self = cls.__new__(cls)
     self._action = action
     segment = Segment.from_handle(handle)
