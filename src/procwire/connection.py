@@ -87,7 +87,8 @@ _OFFER = b"\x00PWSHM1\x00"
 # multiprocessing.connection's protocol words (not in its typed interface).
 _CHALLENGE, _WELCOME, _FAILURE = b"#CHALLENGE#", b"#WELCOME#", b"#FAILURE#"
 _MESSAGE_LENGTH: int = getattr(_mpc, "MESSAGE_LENGTH", 20)
-_arbitrary_address: Callable[[str], Any] = _mpc.arbitrary_address
+# (typeshed omits multiprocessing.connection's private helpers: the ignores below)
+_arbitrary_address: Callable[[str], Any] = _mpc.arbitrary_address  # type: ignore[attr-defined]
 _NEW_AUTH = hasattr(_mpc, "_create_response")  # Python 3.12+: digest negotiation
 _CREDS = struct.Struct("3i")
 
@@ -212,14 +213,14 @@ def _new_challenge(offer: bool) -> bytes:
 
 def _digest(authkey: bytes, message: bytes) -> bytes:
     if _NEW_AUTH:  # pragma: no cover (3.12+)
-        return bytes(_mpc._create_response(authkey, message))
+        return bytes(_mpc._create_response(authkey, message))  # type: ignore[attr-defined]
     return hmac.new(authkey, message, "md5").digest()
 
 
 def _verify(authkey: bytes, message: bytes, response: bytes) -> bool:
     if _NEW_AUTH:  # pragma: no cover (3.12+)
         try:
-            _mpc._verify_challenge(authkey, message, response)
+            _mpc._verify_challenge(authkey, message, response)  # type: ignore[attr-defined]
         except AuthenticationError:
             return False
         return True

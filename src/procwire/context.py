@@ -244,7 +244,8 @@ def get_context(method: str | None = None, **kwargs: Any) -> Any:
     # None: multiprocessing's default context, fixed by this call as it is by
     # multiprocessing.get_context() (set_start_method(force=True) can change it).
     mp_ctx = _mp.get_context(method)
-    name: str = mp_ctx._name  # every concrete context has one
+    # every concrete context has one (typeshed types only BaseContext's)
+    name: str = mp_ctx._name  # type: ignore[attr-defined]
     ctx = _contexts.get(name)
     if ctx is None or ctx._mp is not mp_ctx:
         ctx = _contexts[name] = Context(mp_ctx)

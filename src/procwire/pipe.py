@@ -35,7 +35,7 @@ import socket
 import time
 import weakref
 from multiprocessing import BufferTooShort, reduction as _mp_reduction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from procwire import _core
 from procwire._segment import Segment
@@ -247,7 +247,7 @@ class Connection(_core.PipeEnd):
             raise OSError("handle is closed")
         return [self._segment.fd, *self._fds()]
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         fds = self._handle_fds()
         dups = [_mp_reduction.DupFd(fd) for fd in fds]
         # The receiving process adopts this count; if it never arrives, the
@@ -275,7 +275,7 @@ def _install_reduction_hooks() -> None:
         return
     original_send, original_recv = _mp_reduction.send_handle, _mp_reduction.recv_handle
 
-    def send_handle(conn: Any, handle: int, destination_pid: int) -> None:
+    def send_handle(conn: Any, handle: int, destination_pid: object) -> None:
         if isinstance(conn, Connection):
             return conn.send_handle(handle)
         return original_send(conn, handle, destination_pid)
@@ -285,10 +285,12 @@ def _install_reduction_hooks() -> None:
             return conn.recv_handle()
         return original_recv(conn)
 
-    for hook, original in ((send_handle, original_send), (recv_handle, original_recv)):
+    hooks: tuple[tuple[Any, Any], ...] = ((send_handle, original_send),
+                                          (recv_handle, original_recv))
+    for hook, original in hooks:
         hook.__doc__ = original.__doc__
-        hook.__wrapped__ = original  # type: ignore[attr-defined]
-        hook._procwire = True  # type: ignore[attr-defined]
+        hook.__wrapped__ = original
+        hook._procwire = True
     _mp_reduction.send_handle = send_handle
     _mp_reduction.recv_handle = recv_handle
 
@@ -298,7 +300,8 @@ _install_reduction_hooks()
 
 def _from_fds(end: int, fds: list[int]) -> Connection:
     """Build a Connection from received descriptors (ours to close)."""
-    memfd, rest = fds[0], tuple(fds[1:])
+    # the four descriptors PipeEnd keeps (see Pipe below)
+    memfd, rest = fds[0], cast("tuple[int, int, int, int]", tuple(fds[1:]))
     try:
         segment = Segment.from_fd(memfd)
     except BaseException:
@@ -316,7 +319,7 @@ def _from_fds(end: int, fds: list[int]) -> Connection:
     return conn
 
 
-def _rebuild(end: int, dups: tuple) -> Connection:
+def _rebuild(end: int, dups: tuple[Any, ...]) -> Connection:
     return _from_fds(end, [d.detach() for d in dups])
 
 
@@ -361,7 +364,7 @@ def Pipe(duplex: bool = True, *, capacity: int | None = None) -> tuple[Connectio
     # end e holds: its eventfd, the peer's eventfd, the read side of the
     # peer's life pipe, the write side of its own life pipe.
     fds0 = (ev[0], ev[1], life[1][0], life[0][1])
-    fds1 = [os.dup(ev[1]), os.dup(ev[0]), life[0][0], life[1][1]]
+    fds1 = (os.dup(ev[1]), os.dup(ev[0]), life[0][0], life[1][1])
     try:
         c0 = Connection.__new__(Connection)
         c0._setup(segment, fds0, create=True, end=0, capacity=cap, duplex=duplex)
@@ -373,7 +376,7 @@ def Pipe(duplex: bool = True, *, capacity: int | None = None) -> tuple[Connectio
     try:
         seg1 = Segment.from_fd(os.dup(segment.fd))
         c1 = Connection.__new__(Connection)
-        c1._setup(seg1, tuple(fds1), create=False, end=1)
+        c1._setup(seg1, fds1, create=False, end=1)
     except BaseException:
         for fd in fds1:
             os.close(fd)

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Generic
+from typing import TYPE_CHECKING, Any, Generic, Self
 
 if TYPE_CHECKING:
     # Queue() with no type argument is Queue[Any] (PEP 696 default), as
     # multiprocessing's Queue() is in typeshed, so `q = Queue()` needs no
     # annotation under mypy --strict; typing.TypeVar takes default= from 3.13.
-    from typing_extensions import Self, TypeVar
+    from typing_extensions import TypeVar
 
     _T = TypeVar("_T", default=Any)
 else:

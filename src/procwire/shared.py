@@ -26,15 +26,20 @@ from __future__ import annotations
 
 import ctypes
 from multiprocessing import reduction as _mp_reduction, sharedctypes as _mp_sharedctypes
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from procwire import _core
 from procwire._segment import Segment, validate_name
 from procwire.sync import Lock, RLock
 
+if TYPE_CHECKING:
+    from procwire._core import _SharedInfo
+
 __all__ = ["Array", "RawArray", "RawValue", "Value"]
 
-typecode_to_type = dict(_mp_sharedctypes.typecode_to_type)
+# not in typeshed's multiprocessing.sharedctypes, but public there since 2.6
+typecode_to_type: dict[str, type[Any]] = dict(
+    _mp_sharedctypes.typecode_to_type)  # type: ignore[attr-defined]
 
 # ctypes' _type_ code -> the ctypes class, for rebuilding a type by name.
 _SIMPLE_TYPES: dict[str, type] = {}
@@ -47,7 +52,8 @@ for _t in (ctypes.c_char, ctypes.c_wchar, ctypes.c_byte, ctypes.c_ubyte, ctypes.
 
 
 def _resolve(typecode_or_type: Any) -> type:
-    return typecode_to_type.get(typecode_or_type, typecode_or_type)
+    resolved: type = typecode_to_type.get(typecode_or_type, typecode_or_type)
+    return resolved
 
 
 def _code_of(type_: type) -> str:
@@ -79,7 +85,7 @@ class _Handle:
         start = _core.SHARED_DATA_OFFSET
         return memoryview(self.segment.buffer)[start:start + nbytes]
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_handle, (self.segment.reduce_handle("RawValue/RawArray"), self.elem))
 
 
@@ -117,15 +123,19 @@ def _create(kind: int, elem: type, length: int, lock_mode: int, lock_name: bytes
 
 
 def _obj_over(h: _Handle) -> Any:
-    type_ = h.elem if h.kind == _core.KIND_VALUE else h.elem * h.length
+    elem: Any = h.elem  # a ctypes type: ctypes types multiply into array types
+    type_: Any = elem if h.kind == _core.KIND_VALUE else elem * h.length
     obj = type_.from_buffer(h.segment.buffer, _core.SHARED_DATA_OFFSET)
     obj._wrapper = h
     # multiprocessing's reducer: it pickles obj._wrapper, i.e. our handle.
-    _mp_reduction.ForkingPickler.register(type_, _mp_sharedctypes.reduce_ctype)
+    # (reduce_ctype is not in typeshed's multiprocessing.sharedctypes)
+    _mp_reduction.ForkingPickler.register(
+        type_, _mp_sharedctypes.reduce_ctype)  # type: ignore[attr-defined]
     return obj
 
 
-def _open(segment: Segment, kind: int, type_hint: Any = None) -> tuple[_Handle, dict]:
+def _open(segment: Segment, kind: int,
+          type_hint: Any = None) -> tuple[_Handle, _SharedInfo]:
     what = f"procwire object {segment.name!r}" if segment.name else "the shared value"
     info = _core.shared_info(segment.buffer, kind, what)
     elem = None
@@ -150,7 +160,7 @@ def _embedded_lock(h: _Handle) -> RLock:
     return RLock._from_segment(h.segment, owns=False)
 
 
-def _lock_from_info(h: _Handle, info: dict) -> Any:
+def _lock_from_info(h: _Handle, info: _SharedInfo) -> Any:
     mode = info["lock_mode"]
     if mode == _core.LOCKMODE_EMBEDDED:
         return _embedded_lock(h)
@@ -233,8 +243,10 @@ def _lock_mode_for(lock: Any, name: str | None) -> tuple[int, bytes]:
     return _core.LOCKMODE_EXTERNAL, b""
 
 
-def Value(typecode_or_type: Any, *args: Any, lock: Any = True, ctx: object = None,
-          name: str | None = None) -> Any:
+# Value and Array are classes whose __new__ returns the object made (as
+# RawValue's), not functions with an `attach` attribute set on them: so type
+# checkers see `Value.attach`.
+class Value:
     """A ctypes object in shared memory, synchronized by a lock, like
     ``multiprocessing.Value``.
 
@@ -243,6 +255,35 @@ def Value(typecode_or_type: Any, *args: Any, lock: Any = True, ctx: object = Non
     ``acquire``/``release`` is used as the lock. ``.value``, ``get_lock()``,
     ``get_obj()``; ``Value.attach(name)`` opens a named one.
     """
+
+    def __new__(cls, typecode_or_type: Any, *args: Any, lock: Any = True, ctx: object = None,
+                name: str | None = None) -> Any:
+        return _new_value(typecode_or_type, args, lock, name)
+
+    @staticmethod
+    def attach(name: str, typecode_or_type: Any = None) -> Any:
+        """Open the Value another process created with ``name=``."""
+        return _attach(name, _core.KIND_VALUE, typecode_or_type)
+
+
+class Array:
+    """A ctypes array in shared memory, synchronized by a lock, like
+    ``multiprocessing.Array``; also a zero-copy buffer (``numpy.asarray``).
+    ``Array.attach(name)`` opens a named one.
+    """
+
+    def __new__(cls, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True,
+                ctx: object = None, name: str | None = None) -> Any:
+        return _new_array(typecode_or_type, size_or_initializer, lock, name)
+
+    @staticmethod
+    def attach(name: str, typecode_or_type: Any = None) -> Any:
+        """Open the Array another process created with ``name=``."""
+        return _attach(name, _core.KIND_ARRAY, typecode_or_type)
+
+
+def _new_value(typecode_or_type: Any, args: tuple[Any, ...], lock: Any,
+               name: str | None) -> Any:
     type_ = _resolve(typecode_or_type)
     mode, lock_name = _lock_mode_for(lock, name)
     h = _create(_core.KIND_VALUE, type_, 1, mode, lock_name, name)
@@ -255,12 +296,8 @@ def Value(typecode_or_type: Any, *args: Any, lock: Any = True, ctx: object = Non
     return _synchronized(obj, lock)
 
 
-def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True,
-          ctx: object = None, name: str | None = None) -> Any:
-    """A ctypes array in shared memory, synchronized by a lock, like
-    ``multiprocessing.Array``; also a zero-copy buffer (``numpy.asarray``).
-    ``Array.attach(name)`` opens a named one.
-    """
+def _new_array(typecode_or_type: Any, size_or_initializer: Any, lock: Any,
+               name: str | None) -> Any:
     type_ = _resolve(typecode_or_type)
     mode, lock_name = _lock_mode_for(lock, name)
     if isinstance(size_or_initializer, int):
@@ -279,16 +316,6 @@ def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True,
     return _synchronized(obj, lock)
 
 
-def _attach_value(name: str, typecode_or_type: Any = None) -> Any:
-    """Open the Value another process created with ``name=``."""
-    return _attach(name, _core.KIND_VALUE, typecode_or_type)
-
-
-def _attach_array(name: str, typecode_or_type: Any = None) -> Any:
-    """Open the Array another process created with ``name=``."""
-    return _attach(name, _core.KIND_ARRAY, typecode_or_type)
-
-
 def _attach(name: str, kind: int, typecode_or_type: Any) -> Any:
     segment = Segment.attach_named(name)
     try:
@@ -299,10 +326,6 @@ def _attach(name: str, kind: int, typecode_or_type: Any) -> Any:
         raise
     obj = _obj_over(h)
     return obj if lock is None else _synchronized(obj, lock)
-
-
-Value.attach = _attach_value  # type: ignore[attr-defined]
-Array.attach = _attach_array  # type: ignore[attr-defined]
 
 
 def _synchronized(obj: Any, lock: Any) -> Any:
@@ -330,7 +353,7 @@ class SynchronizedBase:
     def __exit__(self, *args: object) -> Any:
         return self._lock.__exit__(*args)
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         h = self._obj._wrapper
         handle = h.segment.reduce_handle(type(self).__name__)
         embedded = isinstance(self._lock, RLock) and self._lock._segment is h.segment
@@ -345,7 +368,8 @@ class SynchronizedBase:
     @property
     def name(self) -> str | None:
         """The name given at creation, or None."""
-        return self._obj._wrapper.segment.name
+        h: _Handle = self._obj._wrapper
+        return h.segment.name
 
     def unlink(self) -> None:
         """Remove the name now; processes that have it open keep using it."""
@@ -414,7 +438,8 @@ class SynchronizedString(SynchronizedArray):
     @property
     def value(self) -> bytes:
         with self._lock:
-            return self._obj.value
+            value: bytes = self._obj.value
+            return value
 
     @value.setter
     def value(self, v: bytes) -> None:
@@ -424,7 +449,8 @@ class SynchronizedString(SynchronizedArray):
     @property
     def raw(self) -> bytes:
         with self._lock:
-            return self._obj.raw
+            raw: bytes = self._obj.raw
+            return raw
 
     @raw.setter
     def raw(self, v: bytes) -> None:

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from procwire import _core
 from procwire._segment import Named, Segment, validate_name
@@ -131,7 +131,7 @@ class _Shared(Named):
         raise NotImplementedError
 
     @classmethod
-    def _from_segment(cls, segment: Segment, owns: bool = True, **kw: Any) -> Any:
+    def _from_segment(cls, segment: Segment, owns: bool = True, **kw: Any) -> Self:
         self = cls.__new__(cls)
         try:
             self._owns_segment = owns
@@ -143,7 +143,7 @@ class _Shared(Named):
         return self
 
     @classmethod
-    def attach(cls, name: str) -> Any:
+    def attach(cls, name: str) -> Self:
         """Open the object another process created with ``name=``.
 
         ``FileNotFoundError`` if there is none; :class:`procwire.SegmentError`
@@ -444,7 +444,8 @@ class Condition(_Shared, _core.Condition):
         return s
 
 
-def _rebuild_condition(cls: type[Condition], handle: tuple[str, object], lock: Lock | None) -> Condition:
+def _rebuild_condition(cls: type[Condition], handle: tuple[str, object],
+                       lock: Lock | None) -> Condition:
     segment = Segment.from_handle(handle)
     self = cls.__new__(cls)
     try:
