@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["LostUpdateResult", "lost_update"]
 
@@ -30,7 +31,7 @@ class LostUpdateResult:
     start_method: str
 
 
-def _increment(value, n: int, use_lock: bool, go) -> None:
+def _increment(value: Any, n: int, use_lock: bool, go: Any) -> None:
     go.wait()  # a Barrier: every worker starts incrementing at the same moment
     if use_lock:
         lock = value.get_lock()
@@ -58,7 +59,8 @@ def lost_update(processes: int = 2, increments: int = 1_000_000, use_lock: bool 
 
     if processes < 1 or increments < 0:
         raise ValueError("processes must be >= 1 and increments >= 0")
-    ctx = mp.get_context(start_method)
+    # typeshed types get_context(str) as BaseContext, which lacks Process
+    ctx: Any = mp.get_context(start_method)
     value = Value("q", 0)
     go = Barrier(processes, timeout=timeout)
     workers = [ctx.Process(target=_increment, args=(value, increments, use_lock, go))

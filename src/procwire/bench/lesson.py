@@ -58,6 +58,9 @@ SPIN_LIMIT_S = 120  # a spinning peer gives up if the other side vanished
 # Made in the driver before the fork; send/recv are called after it.
 
 class _Pipe:
+    rx: Any  # procwire's or multiprocessing's Connection
+    tx: Any
+
     def __init__(self, impl: str, size: int) -> None:
         if impl == "procwire":
             import procwire
@@ -80,6 +83,9 @@ class _Socket:
     user they agree on a shared-memory pipe. ``send_bytes`` and
     ``recv_bytes_into`` a reused buffer.
     """
+
+    rx: Any  # a socket, or procwire's Connection
+    tx: Any
 
     def __init__(self, impl: str, size: int) -> None:
         if impl == "procwire":
@@ -287,6 +293,7 @@ def signal_round_trip(trips: int) -> dict[str, Any]:
     try:
         child = FORK.Process(target=_signal_echo, args=(os.getpid(), trips))
         child.start()
+        assert child.pid is not None  # started
         clock, kill, wait, pid = time.perf_counter, os.kill, signal.sigwait, child.pid
         times = []
         for _ in range(trips):

@@ -41,6 +41,9 @@ PAYLOADS = {"bytes64": b"x" * 64, "tuple": (1, "abc", 2.5), "bytes1m": b"x" * Mi
 class _Ends:
     """Both ends of one implementation; ``open(role)`` runs after the fork."""
 
+    a: Any  # procwire's or multiprocessing's Connection
+    b: Any
+
     def __init__(self, impl: str) -> None:
         self.impl = impl
         self.tmp = None
@@ -51,8 +54,8 @@ class _Ends:
             # stays a socket.
             if impl == "procwire.connection":
                 from procwire.connection import Listener
-            else:
-                from multiprocessing.connection import Listener
+            else:  # the same interface, another class
+                from multiprocessing.connection import Listener  # type: ignore[assignment]
             self.key = os.urandom(16)
             self.listener = Listener(("127.0.0.1", 0), authkey=self.key)
         elif impl.startswith("procwire"):
@@ -79,8 +82,8 @@ class _Ends:
             else:
                 if impl == "procwire.connection":
                     from procwire.connection import Client
-                else:
-                    from multiprocessing.connection import Client
+                else:  # the same interface, another function
+                    from multiprocessing.connection import Client  # type: ignore[assignment]
                 conn = Client(self.listener.address, authkey=self.key)
             return conn, conn
         if impl.startswith(("procwire", "multiprocessing")):
@@ -107,7 +110,7 @@ class _Ends:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _send_fn(impl: str, end: Any, payload: str):
+def _send_fn(impl: str, end: Any, payload: str) -> Any:  # a send(message) callable
     if impl == "os.pipe":
         return lambda m: os.write(end, m)
     if impl == "pyzmq":
@@ -115,7 +118,7 @@ def _send_fn(impl: str, end: Any, payload: str):
     return end.send if payload == "tuple" else end.send_bytes
 
 
-def _recv_fn(impl: str, end: Any, payload: str):
+def _recv_fn(impl: str, end: Any, payload: str) -> Any:  # a recv() callable
     if impl == "os.pipe":
         return lambda: os.read(end, 64)
     if impl == "pyzmq":
@@ -144,7 +147,7 @@ def _echo_child(ends: _Ends, count: int) -> None:
     os._exit(0)
 
 
-def rtt(impl: str, pinned: bool = False, count: int = 20000, warmup: int = 2000) -> dict:
+def rtt(impl: str, pinned: bool = False, count: int = 20000, warmup: int = 2000) -> dict[str, Any]:
     """64-byte round trips; value = median µs, with p10/p99."""
     _pin(pinned)
     ends = _Ends(impl)
@@ -166,7 +169,8 @@ def rtt(impl: str, pinned: bool = False, count: int = 20000, warmup: int = 2000)
     p.join(JOIN)
     ends.close()
     times.sort()
-    q = lambda f: times[int(f * (len(times) - 1))] / 1e3  # noqa: E731
+    def q(f: float) -> float:
+        return times[int(f * (len(times) - 1))] / 1e3
     return {"value": statistics.median(times) / 1e3, "p10": q(0.10), "p99": q(0.99)}
 
 
@@ -184,7 +188,7 @@ def _producer_child(ends: _Ends, payload: str, count: int, received: Any) -> Non
     os._exit(0)
 
 
-def throughput(impl: str, payload: str, messages: int) -> dict:
+def throughput(impl: str, payload: str, messages: int) -> dict[str, Any]:
     """1→1: value = msg/s, or GB/s for 1 MiB payloads; extra: minor faults per message."""
     ends = _Ends(impl)
     received = FORK.Event()

@@ -133,13 +133,15 @@ class _ZmqEnd:
         return data if not data.startswith(b"\x80") else __import__("pickle").loads(data)
 
 
-IMPLS = {"procwire": _Procwire, "multiprocessing": _Multiprocessing,
-         "faster-fifo": _FasterFifo, "pyzmq": _Zmq}
+# adapters share an interface by duck typing (put_many may be None): Any
+IMPLS: dict[str, Any] = {"procwire": _Procwire, "multiprocessing": _Multiprocessing,
+                         "faster-fifo": _FasterFifo, "pyzmq": _Zmq}
 
 
 # -- workloads ----------------------------------------------------------------------
 
-def _producer(impl, payload, n, batch, sentinels, ready, go, finished):
+def _producer(impl: Any, payload: Any, n: int, batch: int, sentinels: int, ready: Any,
+              go: Any, finished: Any) -> None:
     ready.wait()  # every consumer has bound (pyzmq) before any producer connects
     q = impl.endpoint("producer")
     go.wait()
@@ -160,7 +162,7 @@ def _producer(impl, payload, n, batch, sentinels, ready, go, finished):
         q.flush()
 
 
-def _consumer(impl, batch, ready, go):
+def _consumer(impl: Any, batch: int, ready: Any, go: Any) -> None:
     q = impl.endpoint("consumer")
     ready.wait()
     go.wait()
@@ -225,7 +227,7 @@ def throughput(impl: str, payload: str, messages: int, producers: int = 1,
     return out
 
 
-def _echo(impl, a, b, trips):
+def _echo(impl: str, a: Any, b: Any, trips: int) -> None:
     ping, pong = a.endpoint("consumer"), b.endpoint("producer")
     for _ in range(trips):
         pong.put(ping.get())

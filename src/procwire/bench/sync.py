@@ -63,7 +63,7 @@ def uncontended(impl: str, pairs: int) -> dict[str, Any]:
 
 # -- contended -------------------------------------------------------------------------
 
-def _hammer(lock, pairs, ready, go):
+def _hammer(lock: Any, pairs: int, ready: Any, go: Any) -> None:
     acquire, release = lock.acquire, lock.release
     ready.release()
     go.wait()
@@ -76,6 +76,9 @@ def contended(impl: str, pairs: int, workers: int = 2) -> dict[str, Any]:
     """Total acquire()+release() pairs per second, `workers` processes (threads
     for the threading floor) hammering one lock."""
     lock = _lock(impl)
+    ready: Any  # threading's or multiprocessing's: the same interface
+    go: Any
+    runners: list[Any]
     if impl == "threading":
         ready, go = threading.Semaphore(0), threading.Event()
         runners = [threading.Thread(target=_hammer, args=(lock, pairs, ready, go))
@@ -98,7 +101,7 @@ def contended(impl: str, pairs: int, workers: int = 2) -> dict[str, Any]:
 
 # -- event wake-up latency ---------------------------------------------------------------
 
-def _pong(ping, pong, trips):
+def _pong(ping: Any, pong: Any, trips: int) -> None:
     for _ in range(trips):
         ping.wait()
         ping.clear()
@@ -130,7 +133,7 @@ def event_wake(impl: str, trips: int, pin: list[int] | None = None) -> dict[str,
 
 # -- Value increments under the lock --------------------------------------------------------
 
-def _increment(value, n, ready, go):
+def _increment(value: Any, n: int, ready: Any, go: Any) -> None:
     lock = value.get_lock()
     ready.release()
     go.wait()

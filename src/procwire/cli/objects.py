@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console, Group
@@ -22,6 +22,11 @@ from procwire import objects
 from procwire.cli import fail, main
 from procwire.objects import Entry
 
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
+
+_R = TypeVar("_R")
+
 
 def _console() -> Console:
     # rich colours only a terminal; NO_COLOR and pipes get plain text.
@@ -31,7 +36,7 @@ def _console() -> Console:
     return console
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" or n == int(n) else f"{n:.1f} {unit}"
@@ -84,7 +89,7 @@ def _creator(e: Entry) -> Text:
 
 def _state(e: Entry) -> Text:
     if e.state == "ok":
-        return Text("in use" if e.in_use else "unused", style=None if e.in_use else "yellow")
+        return Text("in use" if e.in_use else "unused", style="" if e.in_use else "yellow")
     if e.state == "corrupt":
         return Text(f"corrupt: {e.error}", style="red")
     if e.state == "stale":
@@ -94,9 +99,10 @@ def _state(e: Entry) -> Text:
 
 def _entries_table(entries: list[Entry]) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for col, justify in (("NAME", "left"), ("TYPE", "left"), ("SIZE", "right"),
-                         ("FILL", "left"), ("CREATOR", "left"), ("USED BY", "left"),
-                         ("WAITERS", "right"), ("STATE", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("NAME", "left"), ("TYPE", "left"), ("SIZE", "right"), ("FILL", "left"),
+        ("CREATOR", "left"), ("USED BY", "left"), ("WAITERS", "right"), ("STATE", "left"))
+    for col, justify in columns:
         table.add_column(col, justify=justify, overflow="fold")
     for e in entries:
         users = ", ".join(f"{p} ({objects.process_name(p)})" for p in e.users) or "-"
@@ -231,7 +237,7 @@ def _sample(name: str) -> tuple[float, Entry]:
     return _expected(objects.sample, name)
 
 
-def _expected(func: Callable[..., Any], *args: Any) -> Any:
+def _expected(func: Callable[..., _R], *args: Any) -> _R:
     """Run `func`; an expected error (bad name, missing, permission) ends the command."""
     try:
         return func(*args)
