@@ -19,7 +19,15 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as _mp
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+if TYPE_CHECKING:  # what the factories return; imported lazily at run time
+    from multiprocessing.process import BaseProcess
+
+    from procwire.connection import Listener
+    from procwire.pipe import Connection
+    from procwire.queue import JoinableQueue, Queue, SimpleQueue
+    from procwire.sync import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore
 
 __all__ = ["Context", "get_context"]
 
@@ -60,8 +68,9 @@ class Context:
     # -- processes: multiprocessing's, for this start method ----------------------
 
     @property
-    def Process(self) -> Any:
-        return self._mp.Process
+    def Process(self) -> type[BaseProcess]:
+        process: type[BaseProcess] = self._mp.Process
+        return process
 
     @property
     def _name(self) -> str | None:
@@ -131,39 +140,50 @@ class Context:
 
     # -- procwire's objects -----------------------------------------------------
 
-    def Pipe(self, duplex: bool = True, **kwargs: Any) -> Any:
-        return _lazy("procwire.pipe", "Pipe")(duplex, **kwargs)
+    def Pipe(self, duplex: bool = True, **kwargs: Any) -> tuple[Connection, Connection]:
+        from procwire.pipe import Pipe
+        return Pipe(duplex, **kwargs)
 
-    def Queue(self, maxsize: int = 0, **kwargs: Any) -> Any:
-        return _lazy("procwire.queue", "Queue")(maxsize, ctx=self, **kwargs)
+    def Queue(self, maxsize: int = 0, **kwargs: Any) -> Queue[Any]:
+        from procwire.queue import Queue
+        return Queue(maxsize, ctx=self, **kwargs)
 
-    def JoinableQueue(self, maxsize: int = 0, **kwargs: Any) -> Any:
-        return _lazy("procwire.queue", "JoinableQueue")(maxsize, ctx=self, **kwargs)
+    def JoinableQueue(self, maxsize: int = 0, **kwargs: Any) -> JoinableQueue[Any]:
+        from procwire.queue import JoinableQueue
+        return JoinableQueue(maxsize, ctx=self, **kwargs)
 
-    def SimpleQueue(self, **kwargs: Any) -> Any:
-        return _lazy("procwire.queue", "SimpleQueue")(ctx=self, **kwargs)
+    def SimpleQueue(self, **kwargs: Any) -> SimpleQueue[Any]:
+        from procwire.queue import SimpleQueue
+        return SimpleQueue(ctx=self, **kwargs)
 
-    def Lock(self, **kwargs: Any) -> Any:
-        return _lazy("procwire.sync", "Lock")(ctx=self, **kwargs)
+    def Lock(self, **kwargs: Any) -> Lock:
+        from procwire.sync import Lock
+        return Lock(ctx=self, **kwargs)
 
-    def RLock(self, **kwargs: Any) -> Any:
-        return _lazy("procwire.sync", "RLock")(ctx=self, **kwargs)
+    def RLock(self, **kwargs: Any) -> RLock:
+        from procwire.sync import RLock
+        return RLock(ctx=self, **kwargs)
 
-    def Condition(self, lock: Any = None, **kwargs: Any) -> Any:
-        return _lazy("procwire.sync", "Condition")(lock, ctx=self, **kwargs)
+    def Condition(self, lock: Any = None, **kwargs: Any) -> Condition:
+        from procwire.sync import Condition
+        return Condition(lock, ctx=self, **kwargs)
 
-    def Semaphore(self, value: int = 1, **kwargs: Any) -> Any:
-        return _lazy("procwire.sync", "Semaphore")(value, ctx=self, **kwargs)
+    def Semaphore(self, value: int = 1, **kwargs: Any) -> Semaphore:
+        from procwire.sync import Semaphore
+        return Semaphore(value, ctx=self, **kwargs)
 
-    def BoundedSemaphore(self, value: int = 1, **kwargs: Any) -> Any:
-        return _lazy("procwire.sync", "BoundedSemaphore")(value, ctx=self, **kwargs)
+    def BoundedSemaphore(self, value: int = 1, **kwargs: Any) -> BoundedSemaphore:
+        from procwire.sync import BoundedSemaphore
+        return BoundedSemaphore(value, ctx=self, **kwargs)
 
-    def Event(self, **kwargs: Any) -> Any:
-        return _lazy("procwire.sync", "Event")(ctx=self, **kwargs)
+    def Event(self, **kwargs: Any) -> Event:
+        from procwire.sync import Event
+        return Event(ctx=self, **kwargs)
 
     def Barrier(self, parties: int, action: Any = None, timeout: float | None = None,
-                **kwargs: Any) -> Any:
-        return _lazy("procwire.sync", "Barrier")(parties, action, timeout, ctx=self, **kwargs)
+                **kwargs: Any) -> Barrier:
+        from procwire.sync import Barrier
+        return Barrier(parties, action, timeout, ctx=self, **kwargs)
 
     def RawValue(self, typecode_or_type: Any, *args: Any, **kwargs: Any) -> Any:
         return _lazy("procwire.shared", "RawValue")(typecode_or_type, *args, **kwargs)
@@ -183,8 +203,9 @@ class Context:
         return _lazy("procwire.shared", "Array")(typecode_or_type, size_or_initializer,
                                                  lock=lock, ctx=self, **kwargs)
 
-    def Listener(self, *args: Any, **kwargs: Any) -> Any:
-        return _lazy("procwire.connection", "Listener")(*args, **kwargs)
+    def Listener(self, *args: Any, **kwargs: Any) -> Listener:
+        from procwire.connection import Listener
+        return Listener(*args, **kwargs)
 
     def Client(self, *args: Any, **kwargs: Any) -> Any:
         return _lazy("procwire.connection", "Client")(*args, **kwargs)
@@ -219,6 +240,10 @@ class Context:
 _contexts: dict[str | None, Context] = {}
 
 
+@overload
+def get_context(method: Literal["fork", "spawn", "forkserver"] | None = None) -> Context: ...
+@overload
+def get_context(method: str, **kwargs: Any) -> Any: ...  # a redis:// URL: procwire.redis's
 def get_context(method: str | None = None, **kwargs: Any) -> Any:
     """A context for ``method`` ('fork', 'spawn', 'forkserver'; None: the default).
 
