@@ -61,11 +61,23 @@ from multiprocessing import (
     reduction as _mp_reduction,
     util as _mp_util,
 )
-from multiprocessing.connection import answer_challenge, deliver_challenge, wait
-from typing import Any
+from multiprocessing.connection import answer_challenge, deliver_challenge
+from typing import TYPE_CHECKING, Any
 
 from procwire._segment import validate_name
 from procwire.pipe import Connection, Pipe, _from_fds
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from _typeshed import HasFileno
+
+    # multiprocessing's wait(), typed for what it accepts: anything with a
+    # fileno() (typeshed's stub names only multiprocessing's own connections).
+    def wait(object_list: Iterable[HasFileno | int],
+             timeout: float | None = None) -> list[Any]: ...
+else:
+    from multiprocessing.connection import wait
 
 __all__ = ["AuthenticationError", "BufferTooShort", "Client", "Connection", "Listener", "Pipe",
            "SocketConnection", "answer_challenge", "deliver_challenge", "wait"]
