@@ -176,7 +176,7 @@ def lesson_legend(rows: list[dict[str, Any]]) -> Table:
     """
     legend = Table(title="The lesson's words: 开辟空间 where the space is, 读写方式 how it is "
                          "read and written, 效率 its efficiency as the lesson rates it, "
-                         "(是否需要)同步互斥 whether it needs synchronisation",
+                         "是否需要同步互斥 whether it needs synchronisation",
                    title_justify="left", box=box.SIMPLE, show_header=False, pad_edge=False)
     legend.add_column("mechanism", style="bold", no_wrap=True)
     # fold, not the default ellipsis: rich 15 cut some wrapped lines that mix
