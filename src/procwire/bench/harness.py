@@ -19,10 +19,12 @@ from typing import Any, Callable, Iterable
 WIDE_SPREAD = 0.5
 #: The machine counts as busy when, during the run, other processes used more
 #: than this share of all CPUs, or the hypervisor stole more than STEAL_BUSY,
-#: or the 1-minute load average before the run was at least LOAD_BUSY per CPU.
+#: or the 1-minute load average before the run was above LOAD_BUSY per CPU.
+#: The load average is the weaker sign: it still counts a bench run that just
+#: ended (up to two runnable processes for a minute), hence a whole CPU each.
 OTHERS_BUSY = 0.25
 STEAL_BUSY = 0.10
-LOAD_BUSY = 0.5
+LOAD_BUSY = 1.0
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,7 @@ def busy_warnings(load: dict[str, Any]) -> list[str]:
     """Warnings when the machine was busy around the run (see machine_load)."""
     why = []
     cpus = load["cpus"]
-    if load["load1_before"] >= LOAD_BUSY * cpus:
+    if load["load1_before"] > LOAD_BUSY * cpus:
         why.append(f"load average {load['load1_before']:.1f} on {cpus} CPUs before the run")
     if load.get("others") is not None and load["others"] > OTHERS_BUSY:
         why.append(f"other processes used {load['others']:.0%} of the CPUs during it")
