@@ -316,7 +316,7 @@ def _check_plot_dependency() -> None:
 
 @main.command()
 @click.option("--quick", is_flag=True,
-              help="Small counts and two repeats (about 20 seconds on a quiet machine).")
+              help="Small counts and two repeats (about 20 s of CPU time).")
 @click.option("--repeats", type=click.IntRange(1, 50), default=None,
               help="Runs of each case; the median is reported with the min–max. "
                    "[default: 3, or 2 with --quick]")
