@@ -200,6 +200,15 @@ def test_chart_shows_values_ratios_and_the_run(tmp_path, matplotlib_warm):
     for label in ("2026-12-01 05:00 UTC", "testhost", "Test CPU", "median of 3 runs",
                   "--quick", "procwire 9.8.7"):
         assert label in title, label
+    assert "WARNING" not in title
+    # a busy or noisy run says so on the chart itself
+    fig = cli_bench.plot_figure(rows, {**META, "warnings": harness.spread_warnings(
+        [result([1.0, 5.0])])})
+    try:
+        title = "\n".join(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+    finally:
+        plt.close(fig)
+    assert "WARNING: wide spread" in title
     path = tmp_path / "chart.png"
     cli_bench.plot(rows, str(path), META)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -231,7 +231,10 @@ def run_label(meta: dict[str, Any]) -> str:
             f"Python {m['python']}; median of {meta['repeats']} "
             f"run{'s' if meta['repeats'] > 1 else ''} per bar"
             + (" (--quick: small counts)" if meta.get("quick") else "")
-            + f", scale {meta['scale']:g}")
+            + f", scale {meta['scale']:g}"
+            # "machine busy", "wide spread": a chart travels without the terminal's warnings
+            + "".join(f"\nWARNING: {w.split(':')[0]}, see the run's output"
+                      for w in meta.get("warnings", [])))
 
 
 def plot_figure(rows: list[dict[str, Any]], meta: dict[str, Any]) -> Any:
