@@ -35,13 +35,26 @@ import socket
 import time
 import weakref
 from multiprocessing import BufferTooShort, reduction as _mp_reduction
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Generic, cast
 
 from procwire import _core
 from procwire._segment import Segment
 
 if TYPE_CHECKING:  # what __getattr__ below returns
+    from typing_extensions import TypeVar
+
     from procwire.connection import Client as Client, Listener as Listener
+
+    # What send() takes and recv() returns, as typeshed's
+    # multiprocessing.connection.Connection[_SendT, _RecvT]; Any by default
+    # (PEP 696), so a bare `Connection` annotation means Connection[Any, Any].
+    _SendT = TypeVar("_SendT", contravariant=True, default=Any)
+    _RecvT = TypeVar("_RecvT", covariant=True, default=Any)
+else:
+    from typing import TypeVar
+
+    _SendT = TypeVar("_SendT", contravariant=True)
+    _RecvT = TypeVar("_RecvT", covariant=True)
 
 __all__ = ["DEFAULT_CAPACITY", "Client", "Connection", "Listener", "Pipe"]
 
@@ -98,7 +111,7 @@ def _before_fork() -> None:
 os.register_at_fork(before=_before_fork)
 
 
-class Connection(_core.PipeEnd):
+class Connection(_core.PipeEnd, Generic[_SendT, _RecvT]):
     """One end of a :func:`Pipe`; the API of ``multiprocessing.connection.Connection``.
 
     ``send``, ``recv``, ``send_bytes``, ``recv_bytes`` and ``poll`` are native.
@@ -108,6 +121,10 @@ class Connection(_core.PipeEnd):
     """
 
     __slots__ = ("__weakref__", "_segment")
+
+    if TYPE_CHECKING:  # the native methods (_core.PipeEnd), typed with the message types
+        def send(self, obj: _SendT, /) -> None: ...
+        def recv(self, *, timeout: float | None = None) -> _RecvT: ...
 
     def _setup(self, segment: Segment, fds: tuple[int, int, int, int], *, create: bool,
                end: int, capacity: int = 0, duplex: bool = True, count: bool = True) -> None:

@@ -65,7 +65,7 @@ accepts_queue: Queue[tuple[int, str]] = jq  # a JoinableQueue is a Queue
 # -- pipes and connections ---------------------------------------------------------------
 
 a, b = Pipe()
-reveal_type(a)  # R: procwire.pipe.Connection
+reveal_type(a)  # R: procwire.pipe.Connection[Any, Any]
 a.send({"any": "picklable"})
 reveal_type(b.recv(timeout=1.0))  # R: Any
 a.send_bytes(b"xyz", 1, 2)
@@ -76,8 +76,19 @@ reveal_type(a.fileno())  # R: int
 reveal_type(procwire.connection.wait([a, b, 0], timeout=0))  # R: list[Any]
 procwire.connection.wait([object()])  # E: list-item
 a.send_bytes("text")  # E: arg-type
-conn: Connection = a
+conn: Connection = a  # bare: Connection[Any, Any]
 conn.close()
+
+
+def pipe_worker(jobs: Connection[int, str]) -> None:  # sends ints, receives strs
+    reveal_type(jobs.recv())  # R: str
+    jobs.send(3)
+    jobs.send("3")  # E: arg-type
+
+
+def bare_generics(q: Queue, c: Connection) -> None:  # no type arguments: Any
+    reveal_type(q)  # R: procwire.queue.Queue[Any]
+    reveal_type(c)  # R: procwire.pipe.Connection[Any, Any]
 
 # -- locks and the other primitives ------------------------------------------------------
 
@@ -128,7 +139,7 @@ ctx = procwire.get_context("spawn")
 reveal_type(ctx)  # R: procwire.context.Context
 reveal_type(ctx.Queue())  # R: procwire.queue.Queue[Any]
 reveal_type(ctx.Lock())  # R: procwire.sync.Lock
-reveal_type(ctx.Pipe())  # R: tuple[procwire.pipe.Connection, procwire.pipe.Connection]
+reveal_type(ctx.Pipe()[0])  # R: procwire.pipe.Connection[Any, Any]
 p = ctx.Process(target=print, args=(1,))
 reveal_type(p.exitcode)  # R: int | None
 procwire.get_context(3)  # E: call-overload
