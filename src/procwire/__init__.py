@@ -14,7 +14,8 @@ ring. Everything a user touches is Python on top of it: ``_segment`` names,
 creates, attaches and cleans up segments; ``queue`` builds the message queues;
 ``pipe`` builds ``Pipe`` and its ``Connection`` ends;
 ``sync`` the locks, semaphores, events, conditions and barriers; ``shared``
-the shared ``Value``/``Array``;
+the shared ``Value``/``Array``; ``pool`` the process ``Pool`` and
+``ProcessPoolExecutor``;
 ``signals`` wraps the signal API; ``lessons`` holds the lesson's demo programs;
 ``cli`` is the ``procwire`` command.
 
@@ -55,6 +56,9 @@ _EXPORTS = {
     "Array": "procwire.shared",
     "RawValue": "procwire.shared",
     "RawArray": "procwire.shared",
+    "WorkerLost": "procwire.errors",
+    "Pool": "procwire.pool",
+    "ProcessPoolExecutor": "procwire.pool",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -79,5 +83,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from procwire.errors import BrokenBarrierError, OwnerDiedWarning
     from procwire.queue import JoinableQueue, Queue, SimpleQueue
     from procwire.shared import Array, RawArray, RawValue, Value
+    from procwire.errors import WorkerLost
+    from procwire.pool import Pool, ProcessPoolExecutor
     from procwire.sync import (Barrier, BoundedSemaphore, Condition, Event, Lock, RLock,
                                Semaphore)

@@ -1,0 +1,35 @@
+"""A progress bar for ``imap``/``imap_unordered`` (and any iterable), drawn with rich."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+__all__ = ["progress"]
+
+
+def progress(results: Iterable[Any], total: int | None = None, *, description: str = "tasks",
+             pool: Any = None, console: Any = None, transient: bool = False) -> Iterator[Any]:
+    """Yield from ``results`` while drawing a progress bar.
+
+    ``total`` is the number of items expected (``len(iterable)``), if known.
+    With ``pool=`` (a procwire Pool or ProcessPoolExecutor), the bar also shows
+    the pool's live worker count, worker deaths and retries::
+
+        for r in progress(pool.imap_unordered(f, items), total=len(items), pool=pool):
+            ...
+    """
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TimeRemainingColumn()]
+    if pool is not None:
+        columns.append(TextColumn("{task.fields[pool]}"))
+    with Progress(*columns, console=console, transient=transient) as bar:
+        task = bar.add_task(description, total=total, pool="")
+        for n, item in enumerate(results, 1):
+            if pool is not None and (n & 63 == 1 or n == total):
+                s = pool.statistics()
+                bar.update(task, pool=f"workers {s.workers} · deaths {s.worker_deaths}"
+                                      f" · retried {s.tasks_retried}")
+            bar.update(task, advance=1)
+            yield item
