@@ -110,6 +110,17 @@ class _Worker:
         self.number = number
 
 
+def _detach(error: BaseException) -> BaseException:
+    """An exception raised in the pool's own frames, without them.
+
+    Its traceback would keep the manager's frames -- and through them the
+    workers' Process objects and descriptors -- alive as long as the result.
+    """
+    error.__traceback__ = None
+    error.__context__ = None
+    return error
+
+
 def _report_callback_error() -> None:
     # A callback that raises must not take the manager thread down with it.
     print("Exception in a procwire pool callback:", file=sys.stderr)
@@ -330,7 +341,7 @@ class LocalCore:
                 pickle.dumps((t.kind, t.func, t.data), _PROTOCOL)
                 good.append(t)
             except Exception as e:
-                failed.append((t, False, e))
+                failed.append((t, False, _detach(e)))
         tasks[:] = good
         if not good:
             return None
@@ -462,7 +473,7 @@ class LocalCore:
                         value = pickle.loads(payload)
                     except Exception as e:
                         e.add_note("(raised while the pool's parent unpickled this task's result)")
-                        ok, value = False, e
+                        ok, value = False, _detach(e)
                     self._count(ok)
                     outbox.append((t, ok, value))
                 if batch_done:
@@ -489,7 +500,7 @@ class LocalCore:
                 try:
                     error = pickle.loads(payload)
                 except Exception as e:
-                    error = e
+                    error = _detach(e)
                 tasks = [w.leased.pop(tid) for tid in tids if tid in w.leased]
                 if len(tasks) == 1 and tasks[0].solo:
                     self._count(False)

@@ -43,6 +43,10 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 # worker j's pipe open, and j would not see end-of-file when the parent dies.
 parent_ends: weakref.WeakSet[Any] = weakref.WeakSet()
 
+# In a worker: its own end of its pipe (diagnostics and crash tests read its
+# statistics()).
+connection: Any = None
+
 
 def dump_exception(exc: BaseException) -> bytes:
     """Pickle an exception with its traceback text (multiprocessing's RemoteTraceback)."""
@@ -69,6 +73,8 @@ def worker_main(conn: Any, initializer: Any, initargs: tuple, maxtasks: int | No
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for end in list(parent_ends):
         end.close()
+    global connection
+    connection = conn
     send = conn.send_bytes
     dumps = pickle.dumps
     if initializer is not None:

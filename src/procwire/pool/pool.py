@@ -64,7 +64,6 @@ class Pool:
     def __init__(self, processes: int | None = None, initializer: Callable | None = None,
                  initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
                  context: Any = None, *, retries: int = 0) -> None:
-        self._state = RUN  # multiprocessing's attribute, read by its tests
         processes = _processes(processes)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -72,6 +71,7 @@ class Pool:
         self._processes = processes
         self._core = LocalCore(processes, initializer, tuple(initargs), maxtasksperchild,
                                context, _retries(retries))
+        self._state = RUN  # multiprocessing's attribute, read by its tests
 
     # -------------------------------------------------------------- submitting
 
