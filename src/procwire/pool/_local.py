@@ -76,7 +76,8 @@ def _terminate_all() -> None:
 class Task:
     """One unit of work: an apply call, or one chunk of a map."""
 
-    __slots__ = ("tid", "job", "index", "kind", "func", "data", "attempts", "solo", "started")
+    __slots__ = ("tid", "job", "index", "kind", "func", "data", "attempts", "solo", "started",
+                 "seq")
 
     def __init__(self, tid: int, job: Any, index: int, kind: int, func: Any, data: Any) -> None:
         self.tid = tid
@@ -88,15 +89,19 @@ class Task:
         self.attempts = 0  # times sent to a worker that was ready
         self.solo = False  # re-sent alone after its batch could not be unpickled
         self.started = False  # job._start was called (futures)
+        self.seq = 0  # its place in the stream of tasks sent to its current worker
 
 
 class _Worker:
-    __slots__ = ("process", "conn", "pid", "sentinel", "leased", "inflight", "quota", "ready",
-                 "eof", "held", "stopping", "init_error", "number")
+    __slots__ = ("process", "conn", "progress", "sent", "pid", "sentinel", "leased", "inflight",
+                 "quota", "ready", "eof", "held", "stopping", "init_error", "number")
 
-    def __init__(self, process: Any, conn: Any, quota: int | None, number: int) -> None:
+    def __init__(self, process: Any, conn: Any, progress: Any, quota: int | None,
+                 number: int) -> None:
         self.process = process
         self.conn = conn
+        self.progress = progress  # shared: how many tasks the worker has started
+        self.sent = 0  # tasks sent to it so far
         self.pid: int = process.pid
         self.sentinel: int = process.sentinel
         self.leased: dict[int, Task] = {}
@@ -174,13 +179,16 @@ class LocalCore:
 
     def _spawn(self) -> None:
         from procwire.pipe import Pipe
+        from procwire.shared import RawValue
 
         parent, child = Pipe(duplex=True, capacity=PIPE_CAPACITY)
+        progress = RawValue("q", 0)
         number = next(self._numbers)
         try:
             process = self._ctx.Process(
                 target=_worker.worker_main, name=f"{self._name}-{number}",
-                args=(child, self._initializer, self._initargs, self._maxtasks), daemon=True)
+                args=(child, progress, self._initializer, self._initargs, self._maxtasks),
+                daemon=True)
             _worker.parent_ends.add(parent)
             process.start()
         except BaseException:
@@ -189,7 +197,7 @@ class LocalCore:
             child.close()
             raise
         child.close()
-        w = _Worker(process, parent, self._maxtasks, number)
+        w = _Worker(process, parent, progress, self._maxtasks, number)
         self._workers[w.sentinel] = w
         self._started += 1
         self._sel.register(w.sentinel, selectors.EVENT_READ, ("exit", w))
@@ -317,6 +325,8 @@ class LocalCore:
             return
         for t in tasks:
             w.leased[t.tid] = t
+            t.seq = w.sent
+            w.sent += 1
         w.inflight += 1
         if w.quota is not None:
             w.quota -= len(tasks)
@@ -538,6 +548,14 @@ class LocalCore:
                         return
             elif lost or w.quota != 0 and not w.stopping:
                 self._deaths += 1
+                # Tasks it never started go elsewhere untouched; the ones it
+                # started (running, or done with the result unsent) are lost.
+                started = w.progress.value
+                unstarted = [t for t in lost if t.seq >= started]
+                lost = [t for t in lost if t.seq < started]
+                for t in reversed(unstarted):
+                    self._backlog.appendleft(t)
+                    self._queued += 1
                 for t in reversed(lost):
                     t.attempts += 1
                     if t.attempts <= self._retries:

@@ -66,7 +66,16 @@ def _dump_result(ok: bool, value: Any) -> tuple[bool, bytes]:
     return False, dump_exception(value)
 
 
-def worker_main(conn: Any, initializer: Any, initargs: tuple, maxtasks: int | None) -> None:
+def worker_main(conn: Any, progress: Any, initializer: Any, initargs: tuple,
+                maxtasks: int | None) -> None:
+    """Run batches from `conn` until told to stop, `maxtasks` are done, or the parent is gone.
+
+    `progress` is a shared 64-bit value: before each task starts, the number
+    of tasks this worker has started so far, published by one aligned store.
+    If the worker dies, the parent reads it to tell the tasks that ran (they
+    are lost: WorkerLost, or a retry) from the ones that never started (sent
+    elsewhere as if nothing happened).
+    """
     # Ctrl-C on a terminal reaches the whole process group: the parent decides
     # what happens to the pool (it terminates it); workers must not die of it
     # in the middle of a task.
@@ -86,6 +95,7 @@ def worker_main(conn: Any, initializer: Any, initargs: tuple, maxtasks: int | No
     send(dumps((READY, os.getpid()), _PROTOCOL))
     clock = time.monotonic
     done = 0
+    started = 0
     while maxtasks is None or done < maxtasks:
         try:
             data = conn.recv_bytes()
@@ -99,12 +109,16 @@ def worker_main(conn: Any, initializer: Any, initargs: tuple, maxtasks: int | No
             tasks = unpickler.load()
         except Exception as e:
             send(dumps((BAD_BATCH, tids, dump_exception(e)), _PROTOCOL))
+            started += len(tids)  # none of them will run here: keep counting the stream
+            progress.value = started
             continue
         del data, unpickler
         results: list[tuple[int, bool, bytes]] = []
         start = last_flush = clock()
         last = len(tids) - 1
         for i, (tid, (kind, func, args)) in enumerate(zip(tids, tasks)):
+            started += 1
+            progress.value = started
             try:
                 if kind == APPLY:
                     value = func(*args[0], **args[1])
