@@ -94,7 +94,7 @@ class Task:
 
 class _Worker:
     __slots__ = ("process", "conn", "progress", "sent", "pid", "sentinel", "leased", "inflight",
-                 "quota", "ready", "eof", "held", "stopping", "init_error", "number")
+                 "quota", "ready", "eof", "unwritable", "held", "stopping", "init_error", "number")
 
     def __init__(self, process: Any, conn: Any, progress: Any, quota: int | None,
                  number: int) -> None:
@@ -108,7 +108,8 @@ class _Worker:
         self.inflight = 0  # batches sent whose last result message has not arrived
         self.quota = quota  # tasks it may still be sent (maxtasksperchild)
         self.ready = False
-        self.eof = False
+        self.eof = False  # its pipe reported end-of-file: everything it sent was read
+        self.unwritable = False  # a send to it failed: it is dying
         self.held: bytes | memoryview | None = None  # a large batch waiting for it to be idle
         self.stopping = False
         self.init_error: BaseException | None = None
@@ -285,7 +286,7 @@ class LocalCore:
             best = None
             for w in workers:
                 if (w.inflight < depth and w.held is None and not w.stopping
-                        and w.quota != 0 and not w.eof
+                        and w.quota != 0 and not w.eof and not w.unwritable
                         and (best is None or w.inflight < best.inflight)):
                     best = w
                     if w.inflight == 0:
@@ -365,8 +366,9 @@ class LocalCore:
         try:
             w.conn.send_bytes(data)
         except (OSError, EOFError, ValueError):
-            # The worker is dead or dying: its sentinel will settle the leases.
-            w.eof = True
+            # The worker is dead or dying: its sentinel will settle the leases
+            # (after the manager has read whatever it sent before it died).
+            w.unwritable = True
 
     def _release_held(self, w: _Worker) -> None:
         if w.held is not None and w.inflight == 1 and w.ready:
@@ -644,7 +646,7 @@ class LocalCore:
         for w in self._workers.values():
             if not w.stopping:
                 w.stopping = True
-                if not w.eof:
+                if not w.eof and not w.unwritable:
                     self._write(w, b"")
 
     def _kill_all(self) -> None:
