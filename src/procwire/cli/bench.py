@@ -20,6 +20,7 @@ from rich.table import Table
 
 from procwire.bench import harness, lesson, queues
 from procwire.bench import pipe as pipe_bench
+from procwire.bench import pool as pool_bench
 from procwire.bench import sync as sync_bench
 from procwire.cli import fail, main
 
@@ -32,6 +33,7 @@ SUITES = {
     "queue": ("Message queues", queues.cases),
     "sync": ("Locks, events and shared values", sync_bench.cases),
     "pipe": ("Pipes", pipe_bench.cases),
+    "pool": ("Process pools (2 workers, f(x) = x + 1)", pool_bench.cases),
 }
 
 
@@ -48,6 +50,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:.2f} GB/s"
     if unit == "µs":
         return f"{value:.1f} µs"
+    if unit == "tasks/s":
+        return _fmt(value, "msg/s").replace("/s", " tasks/s")
     return f"{value:.2f} {unit}"
 
 
