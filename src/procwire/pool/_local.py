@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterable
 
 from procwire.errors import WorkerLost
 from procwire.pool import _worker
-from procwire.pool._worker import APPLY, BAD_BATCH, INIT_FAILED, READY, RESULTS
+from procwire.pool._worker import APPLY, BAD_BATCH, INIT_FAILED, PICKLED, PLAIN, READY, RESULTS
 from procwire.pool.results import BrokenPool, PoolStatistics, PoolTerminated
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"  # multiprocessing.pool's states
@@ -477,17 +477,26 @@ class LocalCore:
             if tag == RESULTS:
                 _, batch_done, seconds, results = message
                 leased = w.leased
-                for tid, ok, payload in results:
+                done = failed = 0
+                for tid, status, payload in results:
                     t = leased.pop(tid, None)
                     if t is None:
                         continue
+                    if status == PLAIN:
+                        outbox.append((t, True, payload))
+                        done += 1
+                        continue
                     try:
                         value = pickle.loads(payload)
+                        ok = status == PICKLED
                     except Exception as e:
                         e.add_note("(raised while the pool's parent unpickled this task's result)")
                         ok, value = False, _detach(e)
-                    self._count(ok)
+                    done += 1
+                    failed += not ok
                     outbox.append((t, ok, value))
+                self._done += done
+                self._failed += failed
                 if batch_done:
                     w.inflight -= 1
                     n = len(results)

@@ -13,9 +13,12 @@ Worker -> parent, one pickle per message:
 
 * ``(READY, pid)`` once the initializer has run;
 * ``(INIT_FAILED, exception)`` if it raised (then the worker exits);
-* ``(RESULTS, batch_done, seconds, [(tid, ok, payload), ...])``: each
-  payload is pickled on its own, so that one result that cannot be pickled
-  here, or unpickled in the parent, fails only its own task. ``batch_done`` is
+* ``(RESULTS, batch_done, seconds, [(tid, status, payload), ...])``: a
+  result made only of plain built-in values (numbers, strings, bytes, None,
+  and lists or tuples of them) travels as itself (status ``PLAIN``), since
+  it cannot fail to unpickle; any other result or exception is pickled on its
+  own (``PICKLED``, ``FAILED``), so that one that cannot be pickled here, or
+  unpickled in the parent, fails only its own task. ``batch_done`` is
   set on the last message of a batch; a long batch sends what it has after
   ``FLUSH_AFTER`` seconds, so results are never held back for long.
 * ``(BAD_BATCH, tids, exception)``: the tasks could not be unpickled; the
@@ -34,6 +37,8 @@ from multiprocessing.pool import ExceptionWithTraceback, MaybeEncodingError
 from typing import Any
 
 READY, INIT_FAILED, RESULTS, BAD_BATCH = range(4)
+FAILED, PICKLED, PLAIN = range(3)  # a result's status
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 APPLY, MAP, STARMAP = range(3)
 FLUSH_AFTER = 0.005
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -56,14 +61,18 @@ def dump_exception(exc: BaseException) -> bytes:
         return pickle.dumps(MaybeEncodingError(e, exc), _PROTOCOL)
 
 
-def _dump_result(ok: bool, value: Any) -> tuple[bool, bytes]:
+def _dump_result(ok: bool, value: Any) -> tuple[int, Any]:
     if ok:
+        kind = type(value)
+        if kind in _PLAIN or ((kind is list or kind is tuple)
+                              and all(type(v) in _PLAIN for v in value)):
+            return PLAIN, value
         try:
-            return True, pickle.dumps(value, _PROTOCOL)
+            return PICKLED, pickle.dumps(value, _PROTOCOL)
         except Exception as e:
             wrapped = MaybeEncodingError(e, value)
-            return False, pickle.dumps(wrapped, _PROTOCOL)
-    return False, dump_exception(value)
+            return FAILED, pickle.dumps(wrapped, _PROTOCOL)
+    return FAILED, dump_exception(value)
 
 
 def worker_main(conn: Any, progress: Any, initializer: Any, initargs: tuple,
