@@ -293,3 +293,19 @@ def test_garbage_collected_running_pool_warns_and_stops_its_workers():
     for p in procs:
         p.join(WAIT)
         assert p.exitcode is not None
+
+
+def test_progress_bar_yields_everything_and_shows_the_pool():
+    import io
+
+    from rich.console import Console
+
+    from procwire.pool import progress
+    buf = io.StringIO()
+    console = Console(file=buf, width=120, force_terminal=False)
+    with procwire.Pool(2) as pool:
+        got = list(progress(pool.imap_unordered(h.sq, range(300)), total=300, pool=pool,
+                            console=console, description="squares"))
+    assert sorted(got) == [x * x for x in range(300)]
+    text = buf.getvalue()
+    assert "squares" in text and "300/300" in text and "deaths 0" in text

@@ -1,6 +1,7 @@
 """A progress bar for ``imap``/``imap_unordered`` (and any iterable), drawn with rich."""
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable, Iterator
 
 __all__ = ["progress"]
@@ -24,12 +25,28 @@ def progress(results: Iterable[Any], total: int | None = None, *, description: s
                           TimeElapsedColumn(), TimeRemainingColumn()]
     if pool is not None:
         columns.append(TextColumn("{task.fields[pool]}"))
+    clock = time.monotonic
     with Progress(*columns, console=console, transient=transient) as bar:
         task = bar.add_task(description, total=total, pool="")
-        for n, item in enumerate(results, 1):
-            if pool is not None and (n & 63 == 1 or n == total):
+        pending, last = 0, 0.0
+
+        def refresh() -> None:
+            nonlocal pending, last
+            fields = {}
+            if pool is not None:
                 s = pool.statistics()
-                bar.update(task, pool=f"workers {s.workers} · deaths {s.worker_deaths}"
-                                      f" · retried {s.tasks_retried}")
-            bar.update(task, advance=1)
-            yield item
+                fields["pool"] = (f"workers {s.workers} · deaths {s.worker_deaths}"
+                                  f" · retried {s.tasks_retried}")
+            bar.update(task, advance=pending, **fields)
+            pending, last = 0, clock()
+
+        try:
+            for item in results:
+                pending += 1
+                # the bar redraws ~10 times a second; updating it per item would
+                # cost more than a small task
+                if clock() - last > 0.1:
+                    refresh()
+                yield item
+        finally:
+            refresh()
