@@ -285,11 +285,12 @@ def test_unclosed_pool_in_object_at_exit():
 
 def test_garbage_collected_running_pool_warns_and_stops_its_workers():
     pool = procwire.Pool(1)
-    procs = pool._pool
+    procs, core = pool._pool, pool._core
     with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
         del pool
         import gc
         gc.collect()
+    assert core.join(WAIT)  # the manager stopped the workers and closed everything
     for p in procs:
         p.join(WAIT)
         assert p.exitcode is not None

@@ -88,7 +88,8 @@ class Task:
         self.data = data
         self.attempts = 0  # times sent to a worker that was ready
         self.solo = False  # re-sent alone after its batch could not be unpickled
-        self.started = False  # job._start was called (futures)
+        # job._start (a Future's set_running_or_notify_cancel) still to be called?
+        self.started = getattr(job, "_start", None) is None
         self.seq = 0  # its place in the stream of tasks sent to its current worker
 
 
@@ -307,8 +308,7 @@ class LocalCore:
             self._queued -= 1
             if not t.started:
                 t.started = True
-                start = getattr(t.job, "_start", None)
-                if start is not None and not start(t.index):
+                if not t.job._start(t.index):
                     continue  # a cancelled future
             if t.solo and tasks:
                 backlog.appendleft(t)
@@ -451,7 +451,12 @@ class LocalCore:
         if outbox:
             self._manager_outbox = []
             for t, ok, value in outbox:
-                self._set(t, ok, value)
+                job = t.job
+                t.job = t.func = t.data = None
+                try:
+                    job._set(t.index, (ok, value))
+                except Exception:
+                    _report_callback_error()
 
     def _drain(self, w: _Worker) -> None:
         conn = w.conn

@@ -131,8 +131,11 @@ class Pool:
         if items:
             core = self._core
             new = core.new_task
-            core.submit([new(result, i, kind, func, items[start:start + chunksize])
-                         for i, start in enumerate(range(0, len(items), chunksize))])
+            if chunksize == 1:
+                core.submit([new(result, i, kind, func, [item]) for i, item in enumerate(items)])
+            else:
+                core.submit([new(result, i, kind, func, items[start:start + chunksize])
+                             for i, start in enumerate(range(0, len(items), chunksize))])
         return result
 
     def imap(self, func: Callable, iterable: Iterable[Any], chunksize: int = 1, *,

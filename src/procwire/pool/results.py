@@ -150,8 +150,11 @@ class MapResult(ApplyResult):
         with self._lock:
             if self._event.is_set():
                 return
-            start = index * self._chunksize
-            self._values[start:start + len(value)] = value
+            if self._chunksize == 1:
+                self._values[index] = value[0]
+            else:
+                start = index * self._chunksize
+                self._values[start:start + len(value)] = value
             self._remaining -= 1
             finished = self._remaining == 0
         if finished:
