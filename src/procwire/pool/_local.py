@@ -279,11 +279,15 @@ class LocalCore:
             return
         avg = self._avg
         short = avg is not None and avg < BATCH_SECONDS / 2
-        depth = 2 if short else 1
         per_batch = min(MAX_BATCH, max(1, int(BATCH_SECONDS / avg))) if avg else 1
         workers = self._workers.values()
         n_workers = max(1, len(self._workers))
         while backlog:
+            # A second batch in flight keeps a worker busy across the round
+            # trip. For long tasks only while there is more work than workers:
+            # at the tail, a task must not wait behind another one while some
+            # worker is idle.
+            depth = 2 if short or len(backlog) > n_workers else 1
             best = None
             for w in workers:
                 if (w.inflight < depth and w.held is None and not w.stopping
