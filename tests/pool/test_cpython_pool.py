@@ -43,16 +43,17 @@ def _install(method: str) -> None:
 
         class Mixin(T.ProcessesMixin):
             Pool = staticmethod(factory)
+            patch_module_pool = uses_module_pool
 
             def setUp(self):
-                if uses_module_pool:
+                if self.patch_module_pool:
                     self._saved_pool = multiprocessing.Pool
-                    multiprocessing.Pool = factory
+                    multiprocessing.Pool = self.Pool
                 super().setUp()
 
             def tearDown(self):
                 super().tearDown()
-                if uses_module_pool:
+                if self.patch_module_pool:
                     multiprocessing.Pool = self._saved_pool
 
         name = f"Test{base.__name__[5:]}_{method}"

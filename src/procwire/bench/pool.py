@@ -14,6 +14,10 @@ start-up is not measured. The task is ``f(x) = x + 1`` unless said.
   repeated; value = median µs, with p10/p99.
 * ``numpy_map``: ``map`` of an array-doubling function over 1 MiB float64
   arrays, chunksize 1; value = GB/s of arguments plus results.
+* ``death_notice``: a one-worker pool runs a task that blocks; the worker is
+  SIGKILLed; value = median ms from the kill until the task's ``get()`` /
+  ``result()`` raises (WorkerLost, BrokenProcessPool, TerminatedWorkerError).
+  multiprocessing.Pool is not measured: its ``get()`` never returns.
 
 loky is optional (``pip install 'procwire[bench]'``).
 """
@@ -152,6 +156,57 @@ def numpy_map(impl: str, tasks: int) -> dict:
     return {"value": 2 * tasks * MiB / dt / 1e9, "tasks_per_s": tasks / dt}
 
 
+def _started_then_block(path: str) -> None:
+    with open(path, "w"):
+        pass
+    time.sleep(600)
+
+
+def death_notice(impl: str, kills: int) -> dict:
+    import os
+    import signal
+    import tempfile
+    times = []
+    pool = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(kills):
+            if pool is None:
+                pool = _open_one(impl)
+            path = os.path.join(tmp, f"started-{k}")
+            if _is_pool(impl):
+                r = pool.apply_async(_started_then_block, (path,))
+                wait = r.get
+            else:
+                wait = pool.submit(_started_then_block, path).result
+            while not os.path.exists(path):
+                time.sleep(0.0005)
+            pid = (pool._pool[0].pid if _is_pool(impl)
+                   else next(iter(pool._processes.values())).pid)
+            t0 = time.perf_counter()
+            os.kill(pid, signal.SIGKILL)
+            try:
+                wait(60)
+            except Exception:
+                times.append(time.perf_counter() - t0)
+            else:
+                raise AssertionError("the task of a killed worker returned")
+            if not _is_pool(impl):  # a broken executor must be made anew
+                pool.shutdown(wait=True)
+                pool = None
+        if pool is not None:
+            _close(impl, pool)
+    return {"value": statistics.median(times) * 1e3, "max": max(times) * 1e3}
+
+
+def _open_one(impl: str) -> Any:
+    global WORKERS
+    saved, WORKERS = WORKERS, 1
+    try:
+        return _open(impl)
+    finally:
+        WORKERS = saved
+
+
 def cases(scale: float = 1.0) -> list[Case]:
     """The pool suite; `scale` shrinks task counts for quick runs."""
     def n(count: int, least: int = 200) -> int:
@@ -179,4 +234,7 @@ def cases(scale: float = 1.0) -> list[Case]:
     for impl in IMPLS:
         out.append(Case("map over 1 MiB numpy arrays", impl, W + "numpy_map",
                         {"impl": impl, "tasks": n(400, 20)}, "GB/s"))
+    for impl in ("procwire", "ProcessPoolExecutor", "loky"):
+        out.append(Case("SIGKILL → the task's error", impl, W + "death_notice",
+                        {"impl": impl, "kills": n(20, 3)}, "ms", higher_is_better=False))
     return out

@@ -50,6 +50,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:.2f} GB/s"
     if unit == "µs":
         return f"{value:.1f} µs"
+    if unit == "ms":
+        return f"{value:.1f} ms"
     if unit == "tasks/s":
         return _fmt(value, "msg/s").replace("/s", " tasks/s")
     return f"{value:.2f} {unit}"

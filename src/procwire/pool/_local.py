@@ -34,7 +34,6 @@ import atexit
 import collections
 import io
 import itertools
-import math
 import multiprocessing
 import os
 import pickle
@@ -624,8 +623,8 @@ class LocalCore:
             w.leased.clear()
         for feeder in list(self._feeders):
             feeder.stop()
-        for o in outcomes:
-            self._count(False)
+        self._done += len(outcomes)
+        self._failed += len(outcomes)
         if outbox is not None:
             outbox.extend(outcomes)
         else:
@@ -783,8 +782,8 @@ class _Feeder(threading.Thread):
                 job = self._job()
                 if job is None:
                     return
-                tasks = []
-                error = None
+                tasks: list[Task] = []
+                error: Any = None
                 deadline = time.monotonic() + 0.001
                 for _ in range(room):
                     if tasks and time.monotonic() > deadline:

@@ -33,7 +33,8 @@ import signal
 import time
 import weakref
 from itertools import starmap
-from multiprocessing.pool import ExceptionWithTraceback, MaybeEncodingError
+from multiprocessing.pool import (ExceptionWithTraceback,  # type: ignore[attr-defined]
+                                  MaybeEncodingError)
 from typing import Any
 
 READY, INIT_FAILED, RESULTS, BAD_BATCH = range(4)
@@ -122,10 +123,10 @@ def worker_main(conn: Any, progress: Any, initializer: Any, initargs: tuple,
             progress.value = started
             continue
         del data, unpickler
-        results: list[tuple[int, bool, bytes]] = []
+        results: list[tuple[int, int, Any]] = []
         start = last_flush = clock()
         last = len(tids) - 1
-        for i, (tid, (kind, func, args)) in enumerate(zip(tids, tasks)):
+        for i, (tid, (kind, func, args)) in enumerate(zip(tids, tasks, strict=True)):
             started += 1
             progress.value = started
             try:
@@ -138,9 +139,9 @@ def worker_main(conn: Any, progress: Any, initializer: Any, initargs: tuple,
                 ok = True
             except Exception as e:
                 ok, value = False, e
-            ok, payload = _dump_result(ok, value)
+            status, payload = _dump_result(ok, value)
             del value
-            results.append((tid, ok, payload))
+            results.append((tid, status, payload))
             done += 1
             now = clock()
             if i < last and now - last_flush > FLUSH_AFTER:

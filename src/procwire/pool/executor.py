@@ -10,7 +10,6 @@ failing breaks it with :class:`~procwire.pool.BrokenPool`, which *is* a
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 import threading
 from concurrent.futures import Executor, Future
@@ -31,7 +30,7 @@ def _python_exit() -> None:
     _shutdown_started = True
 
 
-threading._register_atexit(_python_exit)  # as concurrent.futures.process does
+threading._register_atexit(_python_exit)  # type: ignore[attr-defined]  # as concurrent.futures.process does
 
 
 class _FutureJob:

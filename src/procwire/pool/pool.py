@@ -1,7 +1,6 @@
 """``procwire.Pool``: multiprocessing.Pool's API over the crash-safe local transport."""
 from __future__ import annotations
 
-import itertools
 import os
 import warnings
 from typing import Any, Callable, Iterable, Iterator

@@ -32,12 +32,11 @@ def progress(results: Iterable[Any], total: int | None = None, *, description: s
 
         def refresh() -> None:
             nonlocal pending, last
-            fields = {}
             if pool is not None:
                 s = pool.statistics()
-                fields["pool"] = (f"workers {s.workers} · deaths {s.worker_deaths}"
-                                  f" · retried {s.tasks_retried}")
-            bar.update(task, advance=pending, **fields)
+                bar.update(task, pool=f"workers {s.workers} · deaths {s.worker_deaths}"
+                                      f" · retried {s.tasks_retried}")
+            bar.update(task, advance=pending)
             pending, last = 0, clock()
 
         try:
