@@ -281,3 +281,22 @@ def test_procwire_exports():
     assert issubclass(BrokenPool, BrokenProcessPool)
     assert "ProcessPoolExecutor" in dir(procwire) and "Pool" in dir(procwire)
     assert sys.modules["procwire.pool"].WorkerLost is WorkerLost
+
+
+def test_work_submitted_before_exit_is_finished(tmp_path):
+    out = tmp_path / "out"
+    code = f"""
+import sys
+sys.path.insert(0, {os.path.dirname(h.__file__)!r})
+import poolhelpers as h
+import procwire
+if __name__ == "__main__":
+    ex = procwire.ProcessPoolExecutor(1)
+    f = ex.submit(h.sleep_then, "finished", 0.3)
+    f.add_done_callback(lambda f: open({str(out)!r}, "w").write(f.result()))
+"""
+    import subprocess
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=WAIT)
+    assert r.returncode == 0, r.stderr
+    assert out.read_text() == "finished"

@@ -311,3 +311,13 @@ def test_progress_bar_yields_everything_and_shows_the_pool():
     assert sorted(got) == [x * x for x in range(300)]
     text = buf.getvalue()
     assert "squares" in text and "300/300" in text and "deaths 0" in text
+
+
+def test_imap_then_close_and_join_before_reading():
+    # multiprocessing's idiom: the results are read after join(); the bounded
+    # read-ahead must not make join() wait for a consumer that comes later
+    pool = procwire.Pool(2)
+    it = pool.imap(h.sq, range(2000), prefetch=10)
+    pool.close()
+    pool.join(WAIT)
+    assert list(it) == [x * x for x in range(2000)]

@@ -64,10 +64,16 @@ _live_cores: weakref.WeakSet[LocalCore] = weakref.WeakSet()
 @atexit.register
 def _terminate_all() -> None:
     # Like multiprocessing.Pool's finaliser: a pool still running at exit is
-    # terminated, so the interpreter never waits on workers or leaves them behind.
+    # terminated, so the interpreter never waits on workers or leaves them
+    # behind. An executor first finishes the work it was given, as
+    # concurrent.futures does at exit.
     for core in list(_live_cores):
         try:
-            core.terminate()
+            if core.finish_at_exit:
+                core.close()
+                core.join()
+            else:
+                core.terminate()
         except Exception:
             pass
 
@@ -135,6 +141,8 @@ def _report_callback_error() -> None:
 
 class LocalCore:
     """Worker processes, their pipes, the backlog, the ledger and the manager thread."""
+
+    finish_at_exit = False  # at interpreter exit: finish the work (True) or terminate
 
     def __init__(self, processes: int, initializer: Callable | None, initargs: tuple,
                  maxtasks: int | None, context: Any, retries: int, *,
@@ -699,6 +707,10 @@ class LocalCore:
         with self._lock:
             if self._state == RUN:
                 self._state = CLOSE
+                # close() then join() then read the results is multiprocessing's
+                # idiom: a feeder waiting for its consumer would wait forever.
+                for feeder in self._feeders:
+                    feeder.unbound()
                 self._wake()
 
     def terminate(self, wait: bool = True) -> None:
@@ -766,6 +778,12 @@ class _Feeder(threading.Thread):
             self._stopped = True
             self._cond.notify()
 
+    def unbound(self) -> None:
+        """Read the rest of the iterable without waiting for the consumer."""
+        with self._cond:
+            self._prefetch = 1 << 62
+            self._cond.notify()
+
     def run(self) -> None:
         core, chunksize, kind = self._core, self._chunksize, self._kind
         index = 0
@@ -778,7 +796,7 @@ class _Feeder(threading.Thread):
                             return  # nobody will ever read the results
                     if self._stopped:
                         return
-                    room = self._prefetch - self._ahead
+                    room = min(self._prefetch - self._ahead, 1024)
                 job = self._job()
                 if job is None:
                     return

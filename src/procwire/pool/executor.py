@@ -87,6 +87,7 @@ class ProcessPoolExecutor(Executor):
         self._shutdown_thread = False
         self._core = LocalCore(max_workers, initializer, tuple(initargs), max_tasks_per_child,
                                mp_context, retries, name="ProcwireExecutorWorker")
+        self._core.finish_at_exit = True
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         with self._shutdown_lock:
