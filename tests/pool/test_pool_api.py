@@ -321,3 +321,18 @@ def test_imap_then_close_and_join_before_reading():
     pool.close()
     pool.join(WAIT)
     assert list(it) == [x * x for x in range(2000)]
+
+
+def test_each_failed_task_gets_its_own_exception():
+    pool = procwire.Pool(1, initializer=h.failing_initializer)
+    try:
+        rs = [pool.apply_async(h.sq, (i,)) for i in range(3)]
+        errors = []
+        for r in rs:
+            with pytest.raises(BrokenPool) as info:
+                r.get(WAIT)
+            errors.append(info.value)
+        assert len({id(e) for e in errors}) == 3
+        assert all(isinstance(e.__cause__, ValueError) for e in errors)
+    finally:
+        pool.terminate()

@@ -133,6 +133,13 @@ def _detach(error: BaseException) -> BaseException:
     return error
 
 
+def _copy_error(error: BaseException) -> BaseException:
+    # One instance per task: a shared one would collect every get()'s traceback.
+    copy = type(error)(*error.args)
+    copy.__cause__ = error.__cause__
+    return copy
+
+
 def _report_callback_error() -> None:
     # A callback that raises must not take the manager thread down with it.
     print("Exception in a procwire pool callback:", file=sys.stderr)
@@ -244,11 +251,15 @@ class LocalCore:
     def new_task(self, job: Any, index: int, kind: int, func: Any, data: Any) -> Task:
         return Task(next(self._tids), job, index, kind, func, data)
 
+    def check_broken(self) -> None:
+        if self._broken is not None:
+            raise _copy_error(self._broken)
+
     def check_running(self) -> None:
         if self._state != RUN:
             raise ValueError("Pool not running")
         if self._broken is not None:
-            raise self._broken
+            raise _copy_error(self._broken)
 
     def submit(self, tasks: Iterable[Task], *, check: bool = True) -> None:
         with self._lock:
@@ -257,7 +268,7 @@ class LocalCore:
             elif self._state == TERMINATE or self._broken is not None:
                 failed = list(tasks)
                 error = self._broken or PoolTerminated("the pool was terminated")
-                self._deliver([(t, False, error) for t in failed])
+                self._deliver([(t, False, _copy_error(error)) for t in failed])
                 return
             before = len(self._backlog)
             self._backlog.extend(tasks)
@@ -623,11 +634,11 @@ class LocalCore:
         outbox = self._manager_outbox if threading.current_thread() is self._thread else None
         outcomes = []
         while self._backlog:
-            outcomes.append((self._backlog.popleft(), False, error))
+            outcomes.append((self._backlog.popleft(), False, _copy_error(error)))
         self._queued = 0
         for w in self._workers.values():
             for t in w.leased.values():
-                outcomes.append((t, False, error))
+                outcomes.append((t, False, _copy_error(error)))
             w.leased.clear()
         for feeder in list(self._feeders):
             feeder.stop()

@@ -91,8 +91,7 @@ class ProcessPoolExecutor(Executor):
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         with self._shutdown_lock:
-            if self._core._broken is not None:
-                raise self._core._broken
+            self._core.check_broken()
             if self._shutdown_thread:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if _shutdown_started:
