@@ -180,6 +180,7 @@ class LocalCore:
         self._thread: threading.Thread | None = None
         self._refresh_events: list[threading.Event] = []
         self._manager_outbox: list = []
+        self._replace: list[tuple[_Worker, int | None]] = []
         try:
             for _ in range(processes):
                 self._spawn()
@@ -457,6 +458,9 @@ class LocalCore:
                 for w in exits:
                     self._reap(w)
                 self._flush_outbox()
+                if self._replace:
+                    self._replace_workers()
+                    self._flush_outbox()
                 if self._step():
                     break
         except BaseException:
@@ -603,8 +607,21 @@ class LocalCore:
                     else:
                         self._count(False)
                         outbox.append((t, False, WorkerLost(w.pid, exitcode, t.attempts)))
-            busy = self._backlog or self._feeders or any(x.leased for x in self._workers.values())
-            if not self._stopping and (self._state == RUN or busy):
+            # The replacement is started after the outcomes above are
+            # delivered: a fork can take milliseconds, WorkerLost should not wait.
+            self._replace.append((w, exitcode))
+            self._dispatch()
+
+    def _replace_workers(self) -> None:
+        """Start a new worker for each one that ended, while there is work for it."""
+        with self._lock:
+            pending, self._replace = self._replace, []
+            for w, exitcode in pending:
+                busy = (self._backlog or self._feeders
+                        or any(x.leased for x in self._workers.values()))
+                if self._stopping or self._broken is not None or not (
+                        self._state == RUN or busy):
+                    continue
                 try:
                     self._spawn()
                 except Exception as e:
