@@ -15,7 +15,7 @@ Worker -> parent, one pickle per message:
 * ``(INIT_FAILED, exception)`` if it raised (then the worker exits);
 * ``(RESULTS, batch_done, seconds, [(tid, status, payload), ...])``: a
   result made only of plain built-in values (numbers, strings, bytes, None,
-  and lists or tuples of them) travels as itself (status ``PLAIN``), since
+  and short lists or tuples of them) travels as itself (status ``PLAIN``), since
   it cannot fail to unpickle; any other result or exception is pickled on its
   own (``PICKLED``, ``FAILED``), so that one that cannot be pickled here, or
   unpickled in the parent, fails only its own task. ``batch_done`` is
@@ -65,9 +65,9 @@ def dump_exception(exc: BaseException) -> bytes:
 def _dump_result(ok: bool, value: Any) -> tuple[int, Any]:
     if ok:
         kind = type(value)
-        if kind in _PLAIN or ((kind is list or kind is tuple)
+        if kind in _PLAIN or ((kind is list or kind is tuple) and len(value) <= 32
                               and all(type(v) in _PLAIN for v in value)):
-            return PLAIN, value
+            return PLAIN, value  # (a long list pickles faster than it is checked)
         try:
             return PICKLED, pickle.dumps(value, _PROTOCOL)
         except Exception as e:
