@@ -20,6 +20,10 @@ import pytest
 
 import procwire
 
+# a thread of the pool (the manager, a feeder) that dies of an exception fails the test
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
+
 T = pytest.importorskip("test._test_multiprocessing",
                         reason="CPython's test package is not installed with this Python")
 

@@ -28,6 +28,10 @@ import procwire
 from procwire import ProcessPoolExecutor, WorkerLost
 from procwire.pool import BrokenPool
 
+# a thread of the pool (the manager, a feeder) that dies of an exception fails the test
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
+
 WAIT = h.WAIT
 
 

@@ -17,6 +17,10 @@ import poolhelpers as h
 import procwire
 from procwire.pool import BrokenPool, PoolStatistics, PoolTerminated
 
+# a thread of the pool (the manager, a feeder) that dies of an exception fails the test
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
+
 WAIT = h.WAIT
 
 

@@ -18,7 +18,8 @@ import poolhelpers as h
 import procwire
 from procwire import WorkerLost
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300),
+              pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")]
 KILLS = int(os.environ.get("POOL_CHAOS_KILLS", "200"))
 
 

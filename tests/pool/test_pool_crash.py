@@ -21,6 +21,10 @@ import poolhelpers as h
 import procwire
 from procwire import WorkerLost
 
+# a thread of the pool (the manager, a feeder) that dies of an exception fails the test
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
+
 WAIT = h.WAIT
 # Noticing a death goes through the kernel (the worker's sentinel wakes the
 # manager at once); the goal is 100 ms. Tests allow seconds: the

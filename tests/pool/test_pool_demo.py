@@ -7,7 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import procwire
+
+# a thread of the pool (the manager, a feeder) that dies of an exception fails the test
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 
 SRC = str(Path(procwire.__file__).resolve().parents[1])
 

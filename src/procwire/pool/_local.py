@@ -227,6 +227,7 @@ class LocalCore:
             self._forget(w)
         self._sel.close()
         os.close(self._wakefd)
+        self._wakefd = -1
 
     def _forget(self, w: _Worker) -> None:
         self._workers.pop(w.sentinel, None)
@@ -432,10 +433,11 @@ class LocalCore:
     # ------------------------------------------------------------ the manager
 
     def _wake(self) -> None:
-        try:
-            os.eventfd_write(self._wakefd, 1)
-        except OSError:
-            pass
+        # Under the lock: the manager closes the fd under it when it ends, and a
+        # closed descriptor's number may already belong to something else.
+        with self._lock:
+            if self._wakefd >= 0:
+                os.eventfd_write(self._wakefd, 1)
 
     def _run(self) -> None:
         sel = self._sel
@@ -463,11 +465,16 @@ class LocalCore:
                     self._flush_outbox()
                 if self._step():
                     break
-        except BaseException:
-            _report_callback_error()
+        except BaseException as e:
+            # A bug here must not leave get() waiting: fail everything, stop the
+            # workers, and let the thread's excepthook report it.
             with self._lock:
                 self._state = TERMINATE
-            self._kill_all()
+                error = PoolTerminated(f"the pool's manager thread failed: {e!r}")
+                error.__cause__ = e
+                self._fail_all(error)
+                self._kill_all()
+            raise
         finally:
             self._flush_outbox()
             self._shutdown_manager()
@@ -746,8 +753,7 @@ class LocalCore:
             if self._state != TERMINATE:
                 self._state = TERMINATE
                 self._fail_all(PoolTerminated("the pool was terminated before this task finished"))
-                if self._wakefd >= 0:
-                    self._wake()
+                self._wake()
         if wait:
             self.join()
 
