@@ -304,3 +304,12 @@ if __name__ == "__main__":
                        timeout=WAIT)
     assert r.returncode == 0, r.stderr
     assert out.read_text() == "finished"
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_procwire_get_context_makes_real_pools(method):
+    ctx = procwire.get_context(method)
+    with ctx.Pool(2) as pool:
+        assert pool.map(h.sq, range(10)) == [x * x for x in range(10)]
+    with ctx.ProcessPoolExecutor(2) as ex:
+        assert list(ex.map(h.sq, range(10), chunksize=3)) == [x * x for x in range(10)]
