@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # what the factories return; imported lazily at run time
 
     from procwire.connection import Listener
     from procwire.pipe import Connection
+    from procwire.pool import Pool, ProcessPoolExecutor
     from procwire.queue import JoinableQueue, Queue, SimpleQueue
     from procwire.sync import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore
 
@@ -213,16 +214,18 @@ class Context:
     # -- pools: procwire.pool, given this context ---------------------------------
 
     def Pool(self, processes: int | None = None, initializer: Any = None,
-             initargs: tuple[Any, ...] = (), maxtasksperchild: int | None = None) -> Any:
-        return _pool_module().Pool(processes, initializer, initargs, maxtasksperchild,
-                                   context=self)
+             initargs: tuple[Any, ...] = (), maxtasksperchild: int | None = None) -> Pool:
+        pool: Pool = _pool_module().Pool(processes, initializer, initargs, maxtasksperchild,
+                                         context=self)
+        return pool
 
     def ProcessPoolExecutor(self, max_workers: int | None = None, initializer: Any = None,
                             initargs: tuple[Any, ...] = (), *,
-                            max_tasks_per_child: int | None = None) -> Any:
-        return _pool_module().ProcessPoolExecutor(max_workers, mp_context=self,
-                                                  initializer=initializer, initargs=initargs,
-                                                  max_tasks_per_child=max_tasks_per_child)
+                            max_tasks_per_child: int | None = None) -> ProcessPoolExecutor:
+        executor: ProcessPoolExecutor = _pool_module().ProcessPoolExecutor(
+            max_workers, mp_context=self, initializer=initializer, initargs=initargs,
+            max_tasks_per_child=max_tasks_per_child)
+        return executor
 
     def __repr__(self) -> str:
         return f"<procwire.context.Context {self.get_start_method(allow_none=True)!r}>"

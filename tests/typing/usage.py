@@ -140,6 +140,8 @@ reveal_type(ctx)  # R: procwire.context.Context
 reveal_type(ctx.Queue())  # R: procwire.queue.Queue[Any]
 reveal_type(ctx.Lock())  # R: procwire.sync.Lock
 reveal_type(ctx.Pipe()[0])  # R: procwire.pipe.Connection[Any, Any]
+reveal_type(ctx.Pool(2))  # R: procwire.pool.pool.Pool
+reveal_type(procwire.Pool(2).map(abs, [-1]))  # R: list[Any]
 p = ctx.Process(target=print, args=(1,))
 reveal_type(p.exitcode)  # R: int | None
 procwire.get_context(3)  # E: call-overload

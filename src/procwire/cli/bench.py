@@ -20,7 +20,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from procwire.bench import harness, lesson, pipe as pipe_bench, queues, sync as sync_bench
+from procwire.bench import (
+    harness,
+    lesson,
+    pipe as pipe_bench,
+    pool as pool_bench,
+    queues,
+    sync as sync_bench,
+)
 from procwire.cli import fail, main
 
 BASELINE = "multiprocessing"
@@ -32,6 +39,7 @@ SUITES = {
     "queue": ("Message queues", queues.cases),
     "sync": ("Locks, events and shared values", sync_bench.cases),
     "pipe": ("Pipes", pipe_bench.cases),
+    "pool": ("Process pools (2 workers, f(x) = x + 1)", pool_bench.cases),
 }
 
 
@@ -48,6 +56,10 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:.2f} GB/s"
     if unit == "µs":
         return f"{value:.1f} µs"
+    if unit == "ms":
+        return f"{value:.1f} ms"
+    if unit == "tasks/s":
+        return _fmt(value, "msg/s").replace("/s", " tasks/s")
     return f"{value:.2f} {unit}"
 
 
