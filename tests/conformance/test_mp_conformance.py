@@ -17,7 +17,6 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
-import sys
 import threading
 import unittest
 

@@ -355,13 +355,13 @@ def test_semaphore_holders_killed_at_random(chaos, kind):
         reap_all(procs)
         sem.close()
         guard.close()
+    print(f"{kind}: kills={chaos.kills} permits_returned_for_victims={returned} "
+          f"final_value={stats['value']} waiters_left={stats['waiters']}")
     assert violations.value == 0, f"more than {limit} holders at once, {violations.value} times"
     # Permits lost in the instants between a victim's acquire and its flag (or
     # flag and release) are gone, as in multiprocessing; never more than `limit`.
     assert 0 <= stats["value"] <= limit, stats
     assert stats["waiters"] == 0, f"waiter count leaked by killed waiters: {stats}"
-    print(f"{kind}: kills={chaos.kills} permits_returned_for_victims={returned} "
-          f"final_value={stats['value']}")
 
 
 # -- Event, Condition, Barrier: rounds of one-shot waiters ----------------------------
@@ -429,16 +429,18 @@ def test_event_waiters_killed_at_random(chaos):
         while ready.acquire(timeout=0):
             pass
         ev.clear()
-        stats = ev.statistics()
-        assert stats["waiters"] == 0, f"round {n}: waiter count leaked by the victim: {stats}"
 
     try:
         _rounds(chaos, "event", waiters, start, finish)
+        stats = ev.statistics()
     finally:
         ev.close()
         ready.close()
         acks.close()
-    print(f"Event: kills={chaos.kills} wake-ups={chaos.kills * (waiters - 1)}")
+    print(f"Event: kills={chaos.kills} wake-ups={chaos.kills * (waiters - 1)} "
+          f"waiters_left={stats['waiters']}")
+    # Checked last, so that a leak does not hide the other properties' results.
+    assert stats["waiters"] == 0, f"waiter count leaked by killed waiters: {stats}"
 
 
 def test_condition_waiters_killed_at_random(chaos):
@@ -473,16 +475,16 @@ def test_condition_waiters_killed_at_random(chaos):
         for sem in ready:
             while sem.acquire(timeout=0):
                 pass
-        stats = cond.statistics()
-        assert stats["waiters"] == 0, f"round {n}: waiter count leaked by the victim: {stats}"
 
     try:
         _rounds(chaos, "condition", waiters, start, finish)
+        stats = cond.statistics()
     finally:
         cond.close()
         for sem in ready + [acks]:
             sem.close()
-    print(f"Condition: kills={chaos.kills}")
+    print(f"Condition: kills={chaos.kills} waiters_left={stats['waiters']}")
+    assert stats["waiters"] == 0, f"waiter count leaked by killed waiters: {stats}"
 
 
 def test_barrier_parties_killed_at_random(chaos):

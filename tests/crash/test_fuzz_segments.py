@@ -16,7 +16,6 @@ import multiprocessing as mp
 import os
 import random
 import signal
-import struct
 import uuid
 import warnings
 
@@ -46,8 +45,7 @@ def _make(kind: str, name: str):
         q.put("task")
         return q
     if kind == "simple":
-        q = p.SimpleQueue(name=name) if "name" in p.SimpleQueue.__init__.__code__.co_varnames \
-            else p.Queue(name=name)
+        q = p.SimpleQueue(name=name)
         q.put(b"simple")
         return q
     if kind in ("lock", "lock_held"):
@@ -163,7 +161,7 @@ def _use(kind: str, name: str) -> None:
     p = procwire
     if kind in ("queue", "joinable", "simple"):
         cls = {"queue": p.Queue, "joinable": p.JoinableQueue, "simple": p.SimpleQueue}[kind]
-        q = cls.attach(name) if hasattr(cls, "attach") else p.Queue.attach(name)
+        q = cls.attach(name)
         try:
             calls = [lambda: q.qsize(), lambda: q.statistics(), lambda: q.get(timeout=T),
                      lambda: q.get_nowait(), lambda: q.get_many(timeout=T),

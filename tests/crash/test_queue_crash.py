@@ -7,7 +7,6 @@ hundreds of times, and verifies every message that was delivered.
 """
 from __future__ import annotations
 
-import hashlib
 import multiprocessing as mp
 import os
 import random
@@ -18,6 +17,8 @@ import time
 import pytest
 
 from procwire import Empty, Queue
+
+from chaoshelpers import chaos, payload  # noqa: F401 (chaos: a fixture)
 
 JOIN = 60
 
@@ -98,15 +99,10 @@ def test_a_waiter_is_woken_by_the_owners_death(ctx):
 
 # -- chaos ----------------------------------------------------------------------
 
-def _payload(tag: int, seq: int) -> bytes:
-    rnd = random.Random(tag * 1_000_003 + seq)
-    return hashlib.sha256(f"{tag}:{seq}".encode()).digest() * rnd.randint(0, 90)
-
-
 def _chaos_producer(q, tag):
     seq = 0
     while True:
-        q.put((tag, seq, _payload(tag, seq)))
+        q.put((tag, seq, payload(tag, seq)))
         seq += 1
 
 
@@ -115,14 +111,14 @@ def _chaos_consumer(q, results):
         item = q.get()
         if item is None:
             return
-        tag, seq, payload = item
-        results.put((tag, seq, payload == _payload(tag, seq)))
+        tag, seq, data = item
+        results.put((tag, seq, data == payload(tag, seq)))
 
 
-def test_chaos_kill_producers_and_consumers_at_random(capsys):
-    seed = int(os.environ.get("PROCWIRE_CHAOS_SEED", random.randrange(2**32)))
-    kills = int(os.environ.get("PROCWIRE_CHAOS_KILLS", 300))
-    print(f"chaos seed={seed} kills={kills}")
+@pytest.mark.chaos
+def test_chaos_kill_producers_and_consumers_at_random(chaos):
+    # Seed and size from chaoshelpers (--full-chaos: 1,000 kills), at least 300.
+    seed, kills = chaos.seed, max(chaos.kills, 300)
     rnd = random.Random(seed)
     ctx = mp.get_context("fork")  # hundreds of restarts; start methods are covered above
     q = Queue(maxsize=40, capacity=16384)
@@ -184,6 +180,7 @@ def test_chaos_kill_producers_and_consumers_at_random(capsys):
     q.put("alive")
     assert q.get(timeout=10) == "alive"
     stats = q.statistics()
-    print(f"delivered={len(delivered)} lost={missing} owner_died={stats['owner_died']}")
+    print(f"queue: kills={kills} delivered={len(delivered)} lost={missing} "
+          f"owner_died={stats['owner_died']}")
     q.close()
     results.close()
