@@ -59,7 +59,7 @@ EXCLUDED = {
 ISOLATED = {
     ("PicklingConnections", "test_pickling"),
 }
-ISOLATED_TIMEOUT = 120
+ISOLATED_TIMEOUT = 60  # seconds; below pytest-timeout's 120, so the hang is reported as such
 
 # _TestSharedCTypes calls multiprocessing.sharedctypes.Value through the
 # module's global name, not through the mixin: point that name at procwire's.

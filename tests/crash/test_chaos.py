@@ -53,11 +53,10 @@ def _run(chaos, label, make, workers, on_kill=None, max_pause=0.01):
 # -- Pipe: several senders, streamed messages ---------------------------------------
 
 def _pipe_sender(w, tag, stop):
+    seq = 0
     while not stop.value:
-        seq = 0
-        while not stop.value:
-            w.send((tag, seq, payload(tag, seq, big=True)))
-            seq += 1
+        w.send((tag, seq, payload(tag, seq, big=True)))
+        seq += 1
 
 
 def test_pipe_senders_killed_at_random(chaos):
