@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import multiprocessing.forkserver as mp_forkserver
 import multiprocessing.resource_sharer as mp_resource_sharer
@@ -179,7 +180,9 @@ def leak_check(request):
             pass
     _reap(extra_children)
     for name in leaked_shm:
-        os.unlink(os.path.join("/dev/shm", name))
+        # Another test session may have removed it meanwhile.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join("/dev/shm", name))
     problems = []
     if extra_children:
         problems.append(f"child processes left running: {sorted(extra_children)}")
