@@ -23,6 +23,7 @@ import unittest
 import pytest
 
 import procwire
+import procwire.connection
 from procwire import shared as _procwire_shared
 
 try:
@@ -83,6 +84,7 @@ class ProcwireMixin(mpt.ProcessesMixin):
     """ProcessesMixin with procwire's objects in place of multiprocessing's."""
 
     start_method = "fork"
+    connection = procwire.connection  # Listener/Client, as PicklingConnections uses them
     Pipe = staticmethod(procwire.Pipe)
     Queue = staticmethod(procwire.Queue)
     JoinableQueue = staticmethod(procwire.JoinableQueue)
@@ -140,7 +142,14 @@ def _isolated(test):
         if pid == 0:  # the child: run the test, send the outcome, never return
             code = 0
             try:
+                os.setpgid(0, 0)  # its own group, so that a hang is killed whole
                 os.close(r)
+                # The forkserver is the parent's child, not this copy's, which
+                # could not check on it (waitpid): let the copy start its own.
+                from multiprocessing import forkserver
+                server = forkserver._forkserver
+                server._forkserver_pid = server._forkserver_address = None
+                server._forkserver_alive_fd = None
                 try:
                     test(self)
                     outcome = ("passed", "")
@@ -148,6 +157,11 @@ def _isolated(test):
                     outcome = ("skipped", str(exc))
                 except BaseException:
                     outcome = ("failed", traceback.format_exc())
+                # os._exit skips multiprocessing's exit handler: end the
+                # test's (daemon) processes here, whatever the start method.
+                for child in multiprocessing.active_children():
+                    child.kill()
+                    child.join(10)
                 os.write(w, pickle.dumps(outcome))
             except BaseException:
                 code = 1
@@ -160,7 +174,7 @@ def _isolated(test):
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0 or not select.select([r], [], [], left)[0]:
-                    os.kill(pid, signal.SIGKILL)
+                    os.killpg(pid, signal.SIGKILL)
                     raise AssertionError(f"no result within {ISOLATED_TIMEOUT} s (hang)")
                 chunk = os.read(r, 65536)
                 if not chunk:
@@ -169,6 +183,10 @@ def _isolated(test):
         finally:
             os.close(r)
             os.waitpid(pid, 0)
+            try:  # what the copy started and left (a forkserver of its own, say)
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if not data:
             raise AssertionError("the forked test process died without a result")
         status, detail = pickle.loads(data)
