@@ -16,7 +16,7 @@
  *    closed flag at once, so send() needs no system call to notice it.
  *
  *  - Sleeping. A receiver spins a little on the ring's tail word, then
- *    counts itself in readers_waiting and sleeps in ppoll() on its end's
+ *    registers in its end's `readers` (wait.c) and sleeps in ppoll() on its end's
  *    eventfd and the peer's life pipe: a new message or the peer's death
  *    wakes it. A sender writes the eventfd only when someone sleeps there
  *    (or fileno() was handed out), so an awake receiver costs no syscall.
@@ -185,8 +185,10 @@ static PyObject *raise_eof(void)
 static inline void signal_peer(PipeEndObject *self)
 {
     struct pw_pipe_end *pe = self->peer;
-    if (atomic_load(&pe->readers_waiting))
+    if (pw_waiters_any(&pe->readers)) {
         ev_write(self->ev_peer);
+        pw_waiters_woke_unknown(&pe->readers); /* issue 9 #15: reaps killed receivers */
+    }
     else if (atomic_load_explicit(&pe->fd_interest, memory_order_relaxed) &&
              atomic_exchange(&pe->fd_signaled, 1) == 0)
         ev_write(self->ev_peer);
@@ -213,7 +215,7 @@ static void resync_after_take(PipeEndObject *self)
         if ((ring_nonempty(self) || peer_closed(self)) &&
             atomic_exchange(&me->fd_signaled, 1) == 0)
             ev_write(self->ev_self);
-    } else if (atomic_load(&me->readers_waiting) && ring_nonempty(self)) {
+    } else if (pw_waiters_any(&me->readers) && ring_nonempty(self)) {
         ev_write(self->ev_self); /* another receiver sleeps and there is more */
     }
 }
@@ -241,20 +243,24 @@ static int wait_for_data(PipeEndObject *self, uint64_t tail, int64_t deadline)
         rr->spin_ns = 2000;
     }
     struct pw_pipe_end *me = self->me;
-    atomic_fetch_add(&me->readers_waiting, 1);
+    pw_sleeper sl; /* issue 9 #15: registered so a killed receiver is reaped */
+    pw_sleeper_enter(&me->readers, &sl);
     int rc = 0;
     if (atomic_load(&r->tail) == tail && !peer_closed(self)) {
         struct pollfd pfd[2] = {{.fd = self->ev_self, .events = POLLIN},
                                 {.fd = self->life_peer, .events = POLLIN}};
-        struct timespec ts, *tsp = NULL;
-        if (deadline != PW_FOREVER) {
-            int64_t left = deadline - pw_now_ns();
-            if (left < 0)
-                left = 0;
-            ts.tv_sec = left / 1000000000LL;
-            ts.tv_nsec = left % 1000000000LL;
-            tsp = &ts;
-        }
+        /* Sleep in slices: a receiver without a slot (or whose slot was
+         * reaped) registers again between them (pw_sleeper_wait's rule). */
+        struct timespec ts, *tsp = &ts;
+        int64_t slice = sl.slot >= 0 ? PW_WAIT_SLICE_NS : PW_WAIT_POLL_NS;
+        int64_t left = deadline - pw_now_ns();
+        int sliced = left > slice;
+        if (left < 0)
+            left = 0;
+        if (sliced)
+            left = slice;
+        ts.tv_sec = left / 1000000000LL;
+        ts.tv_nsec = left % 1000000000LL;
         int n, err;
         Py_BEGIN_ALLOW_THREADS
         n = ppoll(pfd, 2, tsp, NULL);
@@ -269,7 +275,7 @@ static int wait_for_data(PipeEndObject *self, uint64_t tail, int64_t deadline)
                 rc = -1;
             }
         } else if (n == 0) {
-            rc = 1;
+            rc = sliced ? 0 : 1;
         } else {
             if (pfd[1].revents & (POLLHUP | POLLERR))
                 mark_end_closed(self->pipe, 1 - self->end);
@@ -281,7 +287,7 @@ static int wait_for_data(PipeEndObject *self, uint64_t tail, int64_t deadline)
             }
         }
     }
-    atomic_fetch_sub(&me->readers_waiting, 1);
+    pw_sleeper_leave(&sl);
     return rc;
 }
 
@@ -1066,7 +1072,7 @@ static PyObject *PipeEnd_statistics(PipeEndObject *self, PyObject *unused)
         return NULL;
     struct pw_ring *in = self->in.ring, *out = self->out.ring;
     PyObject *d = Py_BuildValue(
-        "{s:i,s:O,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:O,s:I}",
+        "{s:i,s:O,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:O,s:I,s:K}",
         "end", self->end, "duplex", self->pipe->pipe_flags & PW_PIPE_DUPLEX ? Py_True : Py_False,
         "capacity_in", (unsigned long long)self->in.capacity,
         "capacity_out", (unsigned long long)self->out.capacity,
@@ -1081,7 +1087,8 @@ static PyObject *PipeEnd_statistics(PipeEndObject *self, PyObject *unused)
         "send_owner_died", (unsigned long long)atomic_load(&self->me->send_owner_died),
         "recv_owner_died", (unsigned long long)atomic_load(&self->me->recv_owner_died),
         "peer_closed", peer_closed(self) ? Py_True : Py_False,
-        "receivers_waiting", atomic_load(&self->me->readers_waiting));
+        "receivers_waiting", pw_waiters_reconcile(&self->me->readers),
+        "wake_syscalls", (unsigned long long)atomic_load(&self->me->readers.wakes));
     leave(self);
     return d;
 }
