@@ -12,6 +12,7 @@ number and the mutation, reproducible from the printed seed.
 """
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing as mp
 import os
 import random
@@ -260,6 +261,9 @@ def _each(calls) -> None:
 
 
 def _worker(conn) -> None:
+    # A crash must end this process by its signal, at once: pytest's
+    # faulthandler (inherited through fork) would first write a traceback.
+    faulthandler.disable()
     warnings.simplefilter("ignore")
     while True:
         try:
