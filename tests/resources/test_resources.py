@@ -11,11 +11,15 @@ at least 0.6 MiB over the measured 9,000 cycles plus what the leaked object
 pins; a leaked mapping of any segment (>= 4 KiB) by 35 MiB. Below 2 MiB the
 figure is noise: pymalloc keeps freed arenas (256 KiB each) and glibc keeps
 freed heap top, so a flat process moves by a few hundred KiB between samples.
+Because a leak can also reuse memory that earlier tests freed (RSS then stays
+flat), Python's count of allocated memory blocks may grow by at most 500:
+one leaked object per cycle adds 9,000.
 """
 from __future__ import annotations
 
 import gc
 import os
+import sys
 import uuid
 import warnings
 
@@ -28,6 +32,7 @@ pytestmark = pytest.mark.resources
 RESOURCE_CYCLES = int(os.environ.get("PROCWIRE_RESOURCE_CYCLES", 10_000))
 WARMUP = max(1, RESOURCE_CYCLES // 10)
 RSS_SLACK = 2 << 20  # bytes; see the module docstring
+BLOCK_SLACK = 500    # Python blocks: caches warm up; a per-cycle leak gives >= 9,000
 
 
 def _rss() -> int:
@@ -185,14 +190,20 @@ def test_create_use_close_cycles_keep_fds_and_memory_flat(type_name, named):
         for i in range(WARMUP):
             cycle(f"{base}-{i}" if named else None)
         gc.collect()
-        fds, rss = _fds(), _rss()
+        fds, rss, blocks = _fds(), _rss(), sys.getallocatedblocks()
         for i in range(WARMUP, RESOURCE_CYCLES):
             cycle(f"{base}-{i}" if named else None)
         gc.collect()
     grown_fds, grown_rss = _fds() - fds, _rss() - rss
+    grown_blocks = sys.getallocatedblocks() - blocks
     print(f"{type_name} {'named' if named else 'anonymous'}: {RESOURCE_CYCLES} cycles, "
-          f"fds {grown_fds:+d}, RSS {grown_rss / 1024:+.0f} KiB")
+          f"fds {grown_fds:+d}, RSS {grown_rss / 1024:+.0f} KiB, Python blocks {grown_blocks:+d}")
     assert grown_fds == 0, f"{grown_fds} descriptors leaked over {RESOURCE_CYCLES - WARMUP} cycles"
+    # RSS alone can miss a leak that reuses memory freed earlier in the
+    # session; Python's own count of allocated blocks cannot.
+    assert grown_blocks <= BLOCK_SLACK, (
+        f"{grown_blocks} Python memory blocks still allocated after "
+        f"{RESOURCE_CYCLES - WARMUP} cycles (tolerance {BLOCK_SLACK})")
     assert grown_rss <= RSS_SLACK, (
         f"RSS grew by {grown_rss / 2**20:.1f} MiB over {RESOURCE_CYCLES - WARMUP} cycles "
         f"(tolerance {RSS_SLACK / 2**20:.0f} MiB)")
