@@ -52,9 +52,10 @@ Where procwire differs from multiprocessing
   ``timeout`` (which breaks the barrier, as in threading), or until any
   process calls ``abort()`` -- a parent watching ``Process.sentinel`` can do
   this. A process killed *inside* a Barrier's bookkeeping breaks the barrier.
-* ``Condition.notify(n)`` may, in a rare race, wake a waiter that was still
-  going to sleep in addition to ``n`` others; as with POSIX condition
-  variables, loop on your predicate (``wait_for`` does).
+* ``Condition.notify(n)`` wakes at most ``n`` of the threads waiting when it
+  is called (none that starts waiting later), ``notify_all()`` all of them,
+  as in multiprocessing. A waiter killed while waiting may absorb one
+  notification.
 """
 from __future__ import annotations
 

@@ -267,8 +267,15 @@ enum pw_lock_mode {
 #define PW_LOCK_NAME_MAX 256
 
 /*
- * Condition. 448 bytes. Waiters sleep on `seq`; notify(n) bumps it and wakes
- * n of them (a waiter that read seq just before the bump also returns).
+ * Condition. 448 bytes. Waiters sleep on `seq`. `wake` packs two counts,
+ * changed together by compare-and-swap:
+ *     bits 63..32  waiting, not yet notified
+ *     bits 31..0   notifications granted and not yet taken
+ * notify(n) (lock held) moves min(n, waiting) from the first count to the
+ * second, bumps seq and wakes that many. A waiter takes one grant only if seq
+ * moved since it began waiting, so it is never woken by an earlier notify;
+ * a waiter that times out leaves the first count if no notify came since it
+ * began, else it takes a grant if one is left (it was notified).
  */
 struct pw_cond {
     _Atomic uint32_t seq;           /*   0: futex word                           */
@@ -276,7 +283,8 @@ struct pw_cond {
     uint32_t lock_mode;             /*   8: enum pw_lock_mode                     */
     uint32_t lock_name_len;         /*  12 */
     _Atomic uint64_t notifies;      /*  16: statistics                            */
-    uint64_t reserved[5];           /*  24..63 */
+    _Atomic uint64_t wake;          /*  24: (waiting << 32) | granted, see above  */
+    uint64_t reserved[4];           /*  32..63 */
     char lock_name[PW_LOCK_NAME_MAX]; /* 64: not NUL-terminated                   */
     struct pw_lock lock;            /* 320: the default RLock                     */
 };

@@ -1051,18 +1051,68 @@ static PyObject *Condition_lock_info(SyncObject *self, PyObject *unused)
     return Py_BuildValue("(Iy#)", c->lock_mode, c->lock_name, (Py_ssize_t)c->lock_name_len);
 }
 
+/*
+ * The `wake` word (layout.h): (waiting << 32) | granted. Every change is one
+ * compare-and-swap, so a notify and a waiter that times out never both count
+ * the same waiter.
+ */
+#define COND_ONE_WAITING (1ULL << 32)
+
+/* Takes one grant if there is one. 1 if taken. */
+static int cond_take_grant(struct pw_cond *c)
+{
+    uint64_t w = atomic_load(&c->wake);
+    while ((uint32_t)w > 0) {
+        if (atomic_compare_exchange_weak(&c->wake, &w, w - 1))
+            return 1;
+    }
+    return 0;
+}
+
+/*
+ * A waiter leaves without having taken a grant (timeout, error, close).
+ * If no notify came since it began (seq == seq0) it was not notified: it
+ * leaves the waiting count. Otherwise it may have been one of those notified:
+ * it takes a grant if one is left (and counts as woken), else it leaves the
+ * waiting count. Returns 1 if it took a grant.
+ */
+static int cond_give_up(struct pw_cond *c, uint32_t seq0)
+{
+    uint64_t w = atomic_load(&c->wake);
+    for (;;) {
+        uint64_t waiting = w >> 32, granted = (uint32_t)w, next;
+        int took;
+        if (granted > 0 && (atomic_load(&c->seq) != seq0 || waiting == 0)) {
+            next = w - 1;
+            took = 1;
+        } else if (waiting > 0) {
+            next = w - COND_ONE_WAITING;
+            took = 0;
+        } else {
+            return 0; /* nothing counts us: a corrupt or reset segment */
+        }
+        if (atomic_compare_exchange_weak(&c->wake, &w, next))
+            return took;
+    }
+}
+
 /* _prepare_wait() -> seq: count this thread as a waiter (lock held). */
 static PyObject *Condition_prepare_wait(SyncObject *self, PyObject *unused)
 {
     if (check_open(self) < 0)
         return NULL;
     struct pw_cond *c = self->p;
+    /* -- sleeper count (statistics) -- */
     atomic_fetch_add(&c->waiters, 1);
+    /* -- the notify protocol's own count -- */
+    atomic_fetch_add(&c->wake, COND_ONE_WAITING);
     return PyLong_FromUnsignedLong(atomic_load(&c->seq));
 }
 
 /* _sleep(seq, timeout) -> bool: after _prepare_wait() and releasing the lock,
- * wait for a notify. False on timeout. Always un-counts the waiter. */
+ * wait for a notify. False on timeout. Always un-counts the waiter.
+ * Only a notify that came after _prepare_wait() wakes it, and each notify(n)
+ * wakes at most n waiters: a waiter must take one of the notify's grants. */
 static PyObject *Condition_sleep(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
@@ -1074,24 +1124,28 @@ static PyObject *Condition_sleep(SyncObject *self, PyObject *const *args, Py_ssi
     struct pw_cond *c = self->p;
     int result;
     unsigned long seq = PyLong_AsUnsignedLong(args[0]);
-    int64_t deadline;
+    int64_t deadline = 0;
     if ((seq == (unsigned long)-1 && PyErr_Occurred()) ||
         pw_deadline_from(1, args[1], &deadline) < 0) {
         result = -1;
         goto out;
     }
     for (;;) {
-        if (atomic_load(&c->seq) != (uint32_t)seq) {
+        uint32_t now = atomic_load(&c->seq);
+        if (now != (uint32_t)seq && cond_take_grant(c)) {
             result = 1;
             break;
         }
-        int r = sliced_wait(&c->seq, (uint32_t)seq, deadline);
+        int r = sliced_wait(&c->seq, now, deadline);
         if (r) {
             result = r < 0 ? -1 : 0;
             break;
         }
     }
 out:
+    if (result != 1 && cond_give_up(c, (uint32_t)seq) && result == 0)
+        result = 1; /* notified just as the timeout passed */
+    /* -- sleeper count (statistics) -- */
     atomic_fetch_sub(&c->waiters, 1);
     if (result < 0)
         return NULL;
@@ -1107,11 +1161,20 @@ static PyObject *Condition_notify(SyncObject *self, PyObject *arg)
     if (check_open(self) < 0)
         return NULL;
     struct pw_cond *c = self->p;
-    if (n > 0 && atomic_load(&c->waiters)) {
-        atomic_fetch_add(&c->seq, 1);
-        atomic_fetch_add_explicit(&c->notifies, 1, memory_order_relaxed);
-        pw_futex_wake(&c->seq, n > INT32_MAX ? INT32_MAX : (int)n);
-    }
+    if (n <= 0)
+        Py_RETURN_NONE;
+    uint64_t w = atomic_load(&c->wake), m;
+    do {
+        uint64_t waiting = w >> 32;
+        m = (uint64_t)n < waiting ? (uint64_t)n : waiting;
+        if (m == 0)
+            Py_RETURN_NONE;
+    } while (!atomic_compare_exchange_weak(&c->wake, &w, w - m * COND_ONE_WAITING + m));
+    /* The grants are visible before seq moves: a waiter that sees the new
+     * seq finds them. */
+    atomic_fetch_add(&c->seq, 1);
+    atomic_fetch_add_explicit(&c->notifies, 1, memory_order_relaxed);
+    pw_futex_wake(&c->seq, m > INT32_MAX ? INT32_MAX : (int)m);
     Py_RETURN_NONE;
 }
 
@@ -1120,8 +1183,11 @@ static PyObject *Condition_stats(SyncObject *self, PyObject *unused)
     if (check_open(self) < 0)
         return NULL;
     struct pw_cond *c = self->p;
-    return Py_BuildValue("{s:I,s:K}", "waiters", (unsigned)atomic_load(&c->waiters),
-                         "notifies", (unsigned long long)atomic_load(&c->notifies));
+    uint64_t w = atomic_load(&c->wake);
+    return Py_BuildValue("{s:I,s:K,s:I,s:I}", "waiters", (unsigned)atomic_load(&c->waiters),
+                         "notifies", (unsigned long long)atomic_load(&c->notifies),
+                         "not_notified", (unsigned)(w >> 32), "notified_pending",
+                         (unsigned)(uint32_t)w);
 }
 
 static PyMethodDef Condition_methods[] = {
