@@ -126,3 +126,68 @@ def test_condition_timed_out_waiter_does_not_absorb_a_notify():
         cond.notify()
     assert woken.acquire(timeout=30)
     t.join(30)
+
+
+# ------------------------------------------- 2. close() under a waiting thread
+
+_CLOSE_UNDER_WAITER = r"""
+import threading, time, procwire
+kind = {kind!r}
+if kind in ("Lock", "RLock"):
+    obj = getattr(procwire, kind)()
+    obj.acquire()
+    wait = lambda: obj.acquire(timeout=60)
+    asleep = lambda: obj.statistics()["waiters"] == 1
+elif kind == "Event":
+    obj = procwire.Event()
+    wait = lambda: obj.wait(60)
+    asleep = lambda: obj.statistics()["waiters"] == 1
+elif kind == "Semaphore":
+    obj = procwire.Semaphore(0)
+    wait = lambda: obj.acquire(timeout=60)
+    asleep = lambda: obj.statistics()["waiters"] == 1
+elif kind == "Condition":
+    obj = procwire.Condition()
+    def wait():
+        with obj:
+            return obj.wait(60)
+    asleep = lambda: obj.statistics()["waiters"] == 1
+else:
+    obj = procwire.Barrier(2)
+    wait = lambda: obj.wait(60)
+    asleep = lambda: obj.statistics()["waiters"] == 1
+result = []
+def waiter():
+    try:
+        result.append(wait())
+    except BaseException as e:
+        result.append(e)
+t = threading.Thread(target=waiter)
+t.start()
+deadline = time.monotonic() + 30
+while not asleep():
+    assert time.monotonic() < deadline, "waiter never slept"
+    time.sleep(0.002)
+t0 = time.monotonic()
+obj.close()
+t.join(30)
+assert not t.is_alive(), "waiter still blocked after close()"
+assert time.monotonic() - t0 < 10
+r = result[0]
+assert isinstance(r, ValueError) and "closed" in str(r), repr(r)
+try:
+    wait()
+except ValueError:
+    pass
+else:
+    raise AssertionError("a closed object still works")
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("kind", ["Lock", "RLock", "Event", "Semaphore", "Condition",
+                                  "Barrier"])
+def test_close_under_a_waiting_thread_wakes_it_with_an_error(kind):
+    out = run_py(_CLOSE_UNDER_WAITER.format(kind=kind), timeout=120)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.strip() == "ok"

@@ -225,7 +225,12 @@ struct pw_lock {
     _Atomic uint32_t waiters;       /* 80: threads blocked in acquire (advisory) */
     uint32_t recursive;             /* 84: 1 for an RLock, 0 for a Lock          */
     _Atomic uint64_t contended;     /* 88: acquires that had to wait             */
-    uint64_t reserved[4];           /* 96..127                                   */
+    _Atomic uint64_t holder_proc;   /* 96: random id of the holder's process, 0
+                                           when free (holder writes): tids alone
+                                           repeat across PID namespaces          */
+    _Atomic uint64_t holder_hold;   /* 104: serial of the current hold, unique in
+                                           the holder's process (holder writes)  */
+    uint64_t reserved[2];           /* 112..127                                  */
 };
 _Static_assert(sizeof(pthread_mutex_t) <= PW_CACHELINE, "mutex fits one line");
 _Static_assert(sizeof(struct pw_lock) == 128, "pw_lock is two cache lines");
