@@ -1766,6 +1766,9 @@ static PyObject *debug_hold_barrier_mutex(PyObject *mod, PyObject *arg)
     struct pw_barrier *b = self->p;
     if (pw_mutex_lock(&b->mutex, PW_FOREVER) == PW_LOCK_ERROR)
         return NULL;
+    /* Held on this thread's robust list past this call: the mapping must
+     * outlive the object, or the kernel could not report our death. */
+    self->keep_mapping = 1;
     Py_RETURN_NONE;
 }
 
@@ -1783,6 +1786,8 @@ static PyMethodDef sync_functions[] = {
 int pw_sync_register(PyObject *module)
 {
     static int atfork_done;
+    if (!proc_id)
+        new_proc_id();
     if (!atfork_done) {
         if (pthread_atfork(NULL, NULL, reset_tid) != 0) {
             PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
