@@ -13,6 +13,7 @@
 #include "core.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 #include <time.h>
 
@@ -54,8 +55,16 @@ int pw_mutex_check(const pthread_mutex_t *m, const char *what)
     if (pw_mutex_kind < 0)
         learn_kind();
     int kind = atomic_load_explicit((_Atomic int *)&m->__data.__kind, memory_order_relaxed);
-    if (kind == pw_mutex_kind)
+    int owner = atomic_load_explicit((_Atomic int *)&m->__data.__owner, memory_order_relaxed);
+    if (kind == pw_mutex_kind && owner != INT_MAX - 1)
         return 0;
+    if (kind == pw_mutex_kind) {
+        /* glibc's PTHREAD_MUTEX_NOTRECOVERABLE: procwire always makes an
+         * owner-died mutex consistent again, so only a corruption gets here. */
+        pw_segment_error("%s is corrupt: one of its robust mutexes is marked unrecoverable "
+                         "(re-create the object)", what ? what : "a shared object");
+        return -1;
+    }
     pw_segment_error("%s is corrupt: one of its robust mutexes has kind %#x, expected %#x "
                      "(re-create the object)", what ? what : "a shared object", (unsigned)kind,
                      (unsigned)pw_mutex_kind);
