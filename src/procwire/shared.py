@@ -158,7 +158,7 @@ def _lock_from_info(h: _Handle, info: dict) -> Any:
     if mode == _core.LOCKMODE_NAMED:
         from procwire.sync import _attached_kind
         lname = info["lock_name"].decode()
-        return (RLock if _attached_kind(lname) == "rlock" else Lock).attach(lname)
+        return (Lock if _attached_kind(lname) == "lock" else RLock).attach(lname)
     if mode == _core.LOCKMODE_EXTERNAL:
         raise ValueError(f"procwire object {h.segment.name!r} was created with a lock that "
                          f"has no name; it can only be shared with child processes")

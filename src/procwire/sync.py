@@ -308,6 +308,15 @@ class Event(_Shared, _core.Event):
         self._segment = segment
         _core.Event.__init__(self, segment.buffer, self._display_for(segment.name))
 
+    def __repr__(self) -> str:
+        # multiprocessing's format (its test suite checks it), plus the name.
+        try:
+            state = "set" if self.is_set() else "unset"
+        except ValueError:
+            state = "closed"
+        name = f" {self.name!r}" if self.name else ""
+        return f"<{type(self).__qualname__} at {id(self):#x}{name} {state}>"
+
 
 # ----------------------------------------------------------- condition
 
@@ -339,8 +348,11 @@ class Condition(_Shared, _core.Condition):
             else:
                 mode, lock_name = _core.LOCKMODE_EXTERNAL, b""
         else:
-            raise TypeError(f"Condition(lock) takes a procwire Lock or RLock, not "
-                            f"{type(lock).__name__}")
+            kind = f"{type(lock).__module__}.{type(lock).__qualname__}"
+            raise TypeError(f"Condition(lock) needs a procwire Lock or RLock (procwire.Lock(), "
+                            f"procwire.RLock(), or the get_lock() of a procwire Value/Array), "
+                            f"not a {kind}: a procwire Condition's waiters sleep in shared "
+                            f"memory beside the lock, so create the lock with procwire too")
         segment = _new_segment(self._kind, self._label, name, lock_mode=mode,
                                lock_name=lock_name)
         self._open(segment, lock=lock)
@@ -354,7 +366,9 @@ class Condition(_Shared, _core.Condition):
         elif lock is None and mode == _core.LOCKMODE_NAMED:
             lname = lock_name.decode()
             kind = _attached_kind(lname)
-            lock = (RLock if kind == "rlock" else Lock).attach(lname)
+            # A Lock segment holds a Lock; every other kind (RLock, or the
+            # lock embedded in a Value, Array or Condition) an RLock.
+            lock = (Lock if kind == "lock" else RLock).attach(lname)
         elif lock is None:
             self._close()
             raise SegmentError(f"{self._display} uses an anonymous lock, so it can only be "
