@@ -443,6 +443,30 @@ class Condition(_Shared, _core.Condition):
         s["lock"] = self._lock.statistics()
         return s
 
+    # multiprocessing's Condition is built of three semaphores, and its test
+    # suite (_TestCondition.check_invariant) reads them to check that no
+    # sleeper and no wake-up is left over. These read-only views give the
+    # same invariant from procwire's counters: threads in wait(), none
+    # counted as woken, and notifications granted but not yet taken.
+    @property
+    def _sleeping_count(self) -> _CountView:
+        return _CountView(lambda: self._stats()["waiters"])
+
+    @property
+    def _woken_count(self) -> _CountView:
+        return _CountView(lambda: 0)
+
+    @property
+    def _wait_semaphore(self) -> _CountView:
+        return _CountView(lambda: self._stats()["notified_pending"])
+
+
+class _CountView:
+    """``get_value()`` of a live counter (see Condition._sleeping_count)."""
+
+    def __init__(self, read: Callable[[], int]) -> None:
+        self.get_value = read
+
 
 def _rebuild_condition(cls: type, handle: tuple[str, object], lock: Lock | None) -> Condition:
     segment = Segment.from_handle(handle)
