@@ -51,7 +51,17 @@ Where procwire differs from multiprocessing
   whose party died before arriving leaves the others waiting until their
   ``timeout`` (which breaks the barrier, as in threading), or until any
   process calls ``abort()`` -- a parent watching ``Process.sentinel`` can do
-  this. A process killed *inside* a Barrier's bookkeeping breaks the barrier.
+  this. A process killed *inside* a Barrier's bookkeeping, or while running
+  its action (which runs with the barrier's internal lock held), breaks the
+  barrier. ``abort()`` takes no lock; ``wait(timeout)`` honours its timeout
+  for the internal lock too, and ``reset(timeout=None)`` raises TimeoutError
+  if it cannot take it in time.
+* A handle that did not acquire a lock never releases it: acquisitions are
+  counted per handle (per ``attach()`` or unpickled copy), as in
+  multiprocessing. A holder is its thread id plus a random id of its process,
+  so another PID namespace's thread with the same id is not "this thread".
+* ``close()`` while another thread waits on the object makes that wait raise
+  ``ValueError`` within one wait slice (50 ms).
 * ``Condition.notify(n)`` wakes at most ``n`` of the threads waiting when it
   is called (none that starts waiting later), ``notify_all()`` all of them,
   as in multiprocessing. A waiter killed while waiting may absorb one
