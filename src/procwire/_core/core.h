@@ -177,6 +177,24 @@ static inline void pw_cpu_relax(void)
 
 /* Initialises a process-shared robust mutex in shared memory. 0 or errno. */
 int pw_mutex_init(pthread_mutex_t *m);
+int pw_mutex_init_raw(pthread_mutex_t *m); /* the same, without learning the kind */
+
+/*
+ * Checks the bytes of a mutex in a segment before glibc trusts them (see
+ * mutex.c): 0, or -1 with SegmentError naming `what` (NULL: "a shared
+ * object"). Called on attach for every mutex of every kind of segment, and
+ * pw_mutex_trylock()/pw_mutex_lock() check again before each use (a process
+ * may corrupt the segment after we attached).
+ */
+int pw_mutex_check(const pthread_mutex_t *m, const char *what);
+extern int pw_mutex_kind;
+
+/* The cheap part of pw_mutex_check, for fast paths: 1 if sane. */
+static inline int pw_mutex_sane(const pthread_mutex_t *m)
+{
+    return atomic_load_explicit((_Atomic int *)&m->__data.__kind, memory_order_relaxed) ==
+           pw_mutex_kind;
+}
 
 enum pw_lock_result {
     PW_LOCK_ERROR = -1,      /* exception set                                */
@@ -195,10 +213,55 @@ enum pw_lock_result {
 enum pw_lock_result pw_mutex_lock(pthread_mutex_t *m, int64_t deadline);
 #define PW_LOCK_SLICE_NS 50000000LL
 
+/*
+ * pw_mutex_lock that also gives up (PW_LOCK_TIMEOUT) as soon as *cancel is
+ * non-zero, checked between slices with the GIL held: the guard's `closed`
+ * flag, so that close() from another thread ends the wait.
+ */
+enum pw_lock_result pw_mutex_lock_cancellable(pthread_mutex_t *m, int64_t deadline,
+                                              const int *cancel);
+
 /* Like pw_mutex_lock but never waits: PW_LOCK_TIMEOUT when busy. */
 enum pw_lock_result pw_mutex_trylock(pthread_mutex_t *m);
 
 void pw_mutex_unlock(pthread_mutex_t *m);
+
+/* ------------------------------------------ guard against a concurrent close */
+
+/*
+ * A native object whose calls release the GIL brackets each such call with
+ * pw_guard_enter()/pw_guard_leave(): close() from another thread then only
+ * marks it closed (pw_guard_close()), waiting calls notice the flag and leave
+ * with an error, and the mapping is released by whoever leaves last -- never
+ * under a thread inside a native call. The fields are protected by the GIL.
+ * (queue.c and pipe.c have the same idiom written inline.)
+ */
+typedef struct {
+    int closed; /* close() was called */
+    int active; /* calls in progress in this process */
+} pw_guard;
+
+/* 0, or -1 (no exception set) if the object is closed. */
+static inline int pw_guard_enter(pw_guard *g)
+{
+    if (g->closed)
+        return -1;
+    g->active++;
+    return 0;
+}
+
+/* 1 if the caller left last after a close: it must release the mapping now. */
+static inline int pw_guard_leave(pw_guard *g)
+{
+    return --g->active == 0 && g->closed;
+}
+
+/* Marks closed. 1 if no call is in progress: release the mapping now. */
+static inline int pw_guard_close(pw_guard *g)
+{
+    g->closed = 1;
+    return g->active == 0;
+}
 
 /* --------------------------------------------------------------- segment */
 

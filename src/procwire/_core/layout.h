@@ -21,7 +21,8 @@
 #include <stdint.h>
 
 #define PW_MAGIC 0x3145524957435250ULL /* "PRCWIRE1" read as little-endian */
-#define PW_LAYOUT_VERSION 2u /* 2: struct pw_waiters replaces the sleeper counts */
+#define PW_LAYOUT_VERSION 3u /* 2: struct pw_waiters replaces the sleeper counts;
+                                3: pw_lock holder_proc/holder_hold, pw_cond wake */
 #define PW_CACHELINE 64
 
 /* What the segment holds. Values are part of the layout: never reuse one. */
@@ -264,7 +265,12 @@ struct pw_lock {
     uint32_t reserved0;             /* 80: layout 1: waiters (now `sleepers`)    */
     uint32_t recursive;             /* 84: 1 for an RLock, 0 for a Lock          */
     _Atomic uint64_t contended;     /* 88: acquires that had to wait             */
-    uint64_t reserved[4];           /* 96..127                                   */
+    _Atomic uint64_t holder_proc;   /* 96: random id of the holder's process, 0
+                                           when free (holder writes): tids alone
+                                           repeat across PID namespaces          */
+    _Atomic uint64_t holder_hold;   /* 104: serial of the current hold, unique in
+                                           the holder's process (holder writes)  */
+    uint64_t reserved[2];           /* 112..127                                  */
     struct pw_waiters sleepers;     /* 128: threads blocked in acquire (statistics
                                             only: the mutex does its own wakes)  */
 };
@@ -310,8 +316,15 @@ enum pw_lock_mode {
 #define PW_LOCK_NAME_MAX 256
 
 /*
- * Condition. 832 bytes. Waiters sleep on `seq`; notify(n) bumps it and wakes
- * n of them (a waiter that read seq just before the bump also returns).
+ * Condition. 832 bytes. Waiters sleep on `seq`. `wake` packs two counts,
+ * changed together by compare-and-swap:
+ *     bits 63..32  waiting, not yet notified
+ *     bits 31..0   notifications granted and not yet taken
+ * notify(n) (lock held) moves min(n, waiting) from the first count to the
+ * second, bumps seq and wakes that many. A waiter takes one grant only if seq
+ * moved since it began waiting, so it is never woken by an earlier notify;
+ * a waiter that times out leaves the first count if no notify came since it
+ * began, else it takes a grant if one is left (it was notified).
  */
 struct pw_cond {
     _Atomic uint32_t seq;           /*   0: futex word                           */
@@ -319,7 +332,8 @@ struct pw_cond {
     uint32_t lock_mode;             /*   8: enum pw_lock_mode                     */
     uint32_t lock_name_len;         /*  12 */
     _Atomic uint64_t notifies;      /*  16: statistics                            */
-    uint64_t reserved[5];           /*  24..63 */
+    _Atomic uint64_t wake;          /*  24: (waiting << 32) | granted, see above  */
+    uint64_t reserved[4];           /*  32..63 */
     char lock_name[PW_LOCK_NAME_MAX]; /* 64: not NUL-terminated                   */
     struct pw_lock lock;            /* 320: the default RLock                     */
     struct pw_waiters sleepers;     /* 640: threads in wait(), from _prepare_wait()
