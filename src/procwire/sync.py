@@ -64,8 +64,8 @@ Where procwire differs from multiprocessing
   ``ValueError`` within one wait slice (at most 100 ms).
 * ``Condition.notify(n)`` wakes at most ``n`` of the threads waiting when it
   is called (none that starts waiting later), ``notify_all()`` all of them,
-  as in multiprocessing. A waiter killed while waiting may absorb one
-  notification.
+  as in multiprocessing. A waiter killed while waiting absorbs no
+  notification (beyond 16 simultaneous waiters, a killed one stays counted).
 """
 from __future__ import annotations
 

@@ -79,6 +79,9 @@ static inline uint64_t pw_widen_count(uint64_t total, uint32_t count)
  * -1 with an exception set when a signal handler raised.
  */
 int pw_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline);
+/* The same, woken only by wakes whose bitset shares a bit with mask. */
+int pw_futex_wait_mask(_Atomic uint32_t *word, uint32_t expected, int64_t deadline,
+                       uint32_t mask);
 
 /* Wakes up to n sleepers (INT32_MAX for all). Never blocks. Returns how many
  * it woke (0 on error). */
@@ -142,6 +145,12 @@ static inline int pw_waiters_any(struct pw_waiters *w)
  * operation forever. Returns the number woken.
  */
 int pw_waiters_wake(struct pw_waiters *w, _Atomic uint32_t *word, int n);
+/* pw_waiters_wake for sleepers that wait with a bitset (pw_futex_wait_mask):
+ * wakes up to n of those whose mask shares a bit with mask. */
+int pw_waiters_wake_mask(struct pw_waiters *w, _Atomic uint32_t *word, int n, uint32_t mask);
+/* 1 if slot i is free or its sleeper's process is dead (the slot is freed
+ * then, as pw_waiters_reconcile does), 0 if it may be alive. Reads /proc. */
+int pw_waiters_slot_dead(struct pw_waiters *w, int i);
 /* For sleepers woken by other means (a Pipe's eventfd): counts one wake
  * system call and reconciles at most every 100 ms. */
 void pw_waiters_woke_unknown(struct pw_waiters *w);

@@ -1300,12 +1300,19 @@ static PyObject *Condition_lock_info(SyncObject *self, PyObject *unused)
     return Py_BuildValue("(Iy#)", c->lock_mode, c->lock_name, (Py_ssize_t)c->lock_name_len);
 }
 
+/* Notify state of a registered waiter (layout.h, struct pw_cond). */
+#define COND_WAITING 1u
+#define COND_NOTIFIED 2u
+
 /*
- * The `wake` word (layout.h): (waiting << 32) | granted. Every change is one
- * compare-and-swap, so a notify and a waiter that times out never both count
- * the same waiter.
+ * The `wake` word (layout.h), for waiters without a registry slot only:
+ * (waiting << 32) | granted. Every change is one compare-and-swap, so a
+ * notify and a waiter that times out never both count the same waiter.
  */
 #define COND_ONE_WAITING (1ULL << 32)
+/* The bit of the futex bitset for slotless waiters (they wait on every bit). */
+#define COND_SLOTLESS_BIT (1u << PW_WAIT_SLOTS)
+_Static_assert(PW_WAIT_SLOTS < 32, "one futex bitset bit per registry slot");
 
 /* Takes one grant if there is one. 1 if taken. */
 static int cond_take_grant(struct pw_cond *c)
@@ -1319,11 +1326,11 @@ static int cond_take_grant(struct pw_cond *c)
 }
 
 /*
- * A waiter leaves without having taken a grant (timeout, error, close).
- * If no notify came since it began (seq == seq0) it was not notified: it
- * leaves the waiting count. Otherwise it may have been one of those notified:
- * it takes a grant if one is left (and counts as woken), else it leaves the
- * waiting count. Returns 1 if it took a grant.
+ * A slotless waiter leaves without having taken a grant (timeout, error,
+ * close). If no notify came since it began (seq == seq0) it was not notified:
+ * it leaves the waiting count. Otherwise it may have been one of those
+ * notified: it takes a grant if one is left (and counts as woken), else it
+ * leaves the waiting count. Returns 1 if it took a grant.
  */
 static int cond_give_up(struct pw_cond *c, uint32_t seq0)
 {
@@ -1345,26 +1352,48 @@ static int cond_give_up(struct pw_cond *c, uint32_t seq0)
     }
 }
 
-/* _prepare_wait() -> seq: count this thread as a waiter (lock held). */
+/* _prepare_wait() -> int: registers this thread as a waiter (lock held).
+ * Bits 31..0: seq now; bits 32..: its registry slot + 1 (0: slotless). */
 static PyObject *Condition_prepare_wait(SyncObject *self, PyObject *unused)
 {
     if (check_open(self) < 0)
         return NULL;
     struct pw_cond *c = self->p;
-    /* issue 9 #15: registered so a killed waiter is reaped; the slot index
-     * travels to _sleep in bits 32.. of the returned value */
+    /* issue 9 #15: registered so a killed waiter is reaped, and with it its
+     * notify state (which counts only while the slot is taken). */
     pw_sleeper sl;
     pw_sleeper_enter(&c->sleepers, &sl);
-    /* -- the notify protocol's own count -- */
-    atomic_fetch_add(&c->wake, COND_ONE_WAITING);
+    if (sl.slot >= 0)
+        atomic_store(&c->state[sl.slot], COND_WAITING);
+    else
+        atomic_fetch_add(&c->wake, COND_ONE_WAITING);
     return PyLong_FromUnsignedLongLong((unsigned long long)(sl.slot + 1) << 32 |
                                        atomic_load(&c->seq));
 }
 
+/* One slice of sleep on seq, woken only by wakes that name `mask`'s bits.
+ * 0: re-check, 1: deadline passed, -1: exception set. */
+static int cond_wait_slice(_Atomic uint32_t *word, uint32_t expected, int64_t deadline,
+                           uint32_t mask)
+{
+    int64_t now = pw_now_ns();
+    if (now >= deadline)
+        return 1;
+    int64_t until = deadline - now > PW_LOCK_SLICE_NS ? now + PW_LOCK_SLICE_NS : deadline;
+    int r = pw_futex_wait_mask(word, expected, until, mask);
+    if (r == 1) {
+        if (until == deadline)
+            return 1;
+        return PyErr_CheckSignals() < 0 ? -1 : 0;
+    }
+    return r;
+}
+
 /* _sleep(seq, timeout) -> bool: after _prepare_wait() and releasing the lock,
- * wait for a notify. False on timeout. Always un-counts the waiter.
+ * wait for a notify. False on timeout. Always unregisters the waiter.
  * Only a notify that came after _prepare_wait() wakes it, and each notify(n)
- * wakes at most n waiters: a waiter must take one of the notify's grants. */
+ * wakes at most n waiters: a registered waiter returns True only if a notify
+ * marked it, a slotless one only if it took one of a notify's grants. */
 static PyObject *Condition_sleep(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
@@ -1375,19 +1404,24 @@ static PyObject *Condition_sleep(SyncObject *self, PyObject *const *args, Py_ssi
         return NULL;
     struct pw_cond *c = self->p;
     int result;
-    /* bits 31..0: seq at _prepare_wait(); bits 32..: its registry slot + 1 */
     unsigned long seq = PyLong_AsUnsignedLong(args[0]);
     int seq_ok = !(seq == (unsigned long)-1 && PyErr_Occurred());
     pw_sleeper sl;
     pw_sleeper_resume(&c->sleepers, &sl, seq_ok ? (int)(seq >> 32) - 1 : -1);
+    /* The registration is kept from _prepare_wait() to here (no re-claiming
+     * of another slot, as pw_sleeper_wait would): state[slot] is ours. */
+    int slot = sl.slot;
+    uint32_t mask = slot >= 0 ? 1u << slot : FUTEX_BITSET_MATCH_ANY;
     int64_t deadline = 0;
     if (!seq_ok || pw_deadline_from(1, args[1], &deadline) < 0) {
         result = -1;
         goto out;
     }
     for (;;) {
+        /* seq before state: a notify marks the state, then bumps seq. */
         uint32_t now = atomic_load(&c->seq);
-        if (now != (uint32_t)seq && cond_take_grant(c)) {
+        if (slot >= 0 ? atomic_load(&c->state[slot]) == COND_NOTIFIED
+                      : now != (uint32_t)seq && cond_take_grant(c)) {
             result = 1;
             break;
         }
@@ -1395,20 +1429,33 @@ static PyObject *Condition_sleep(SyncObject *self, PyObject *const *args, Py_ssi
             result = -2;
             break;
         }
-        int r = pw_sleeper_wait(&sl, &c->seq, now, deadline);
+        int r = cond_wait_slice(&c->seq, now, deadline, mask);
         if (r) {
             result = r < 0 ? -1 : 0;
             break;
         }
     }
 out:
-    if (result != 1 && cond_give_up(c, (uint32_t)seq) && result == 0)
+    if (slot >= 0) {
+        /* One exchange: either a notify marked us first (we count as woken:
+         * "notified just as the timeout passed"), or it will not find us. */
+        if (atomic_exchange(&c->state[slot], 0) == COND_NOTIFIED && result == 0)
+            result = 1;
+    } else if (seq_ok && result != 1 && cond_give_up(c, (uint32_t)seq) && result == 0) {
         result = 1; /* notified just as the timeout passed */
+    }
     pw_sleeper_leave(&sl);
     PyObject *res = result == -2 ? closed_while_waiting(self)
                     : result < 0 ? NULL : PyBool_FromLong(result);
     sync_leave(self);
     return res;
+}
+
+/* Marks slot i's waiter notified if it still waits. 1 if marked. */
+static int cond_mark(struct pw_cond *c, int i)
+{
+    uint32_t expected = COND_WAITING;
+    return atomic_compare_exchange_strong(&c->state[i], &expected, COND_NOTIFIED);
 }
 
 /* _notify(n): wake up to n waiters (lock held). */
@@ -1420,22 +1467,58 @@ static PyObject *Condition_notify(SyncObject *self, PyObject *arg)
     if (check_open(self) < 0)
         return NULL;
     struct pw_cond *c = self->p;
-    /* Nobody registered: no wake-up to grant (this also keeps a count left
-     * by a killed waiter from costing every notify a system call). */
     if (n <= 0 || !pw_waiters_any(&c->sleepers))
         Py_RETURN_NONE;
-    uint64_t w = atomic_load(&c->wake), m;
-    do {
-        uint64_t waiting = w >> 32;
-        m = (uint64_t)n < waiting ? (uint64_t)n : waiting;
-        if (m == 0)
-            Py_RETURN_NONE;
-    } while (!atomic_compare_exchange_weak(&c->wake, &w, w - m * COND_ONE_WAITING + m));
-    /* The grants are visible before seq moves: a waiter that sees the new
-     * seq finds them. */
+    /* Registered waiters not yet notified. The lock keeps new ones out. The
+     * scan starts at a slot that moves with every notify, so that repeated
+     * notify(1)s do not always favour the same slots. */
+    int waiting[PW_WAIT_SLOTS], k = 0;
+    unsigned first = atomic_load(&c->seq);
+    for (unsigned j = 0; j < PW_WAIT_SLOTS; j++) {
+        int i = (int)((first + j) % PW_WAIT_SLOTS);
+        if (atomic_load(&c->state[i]) == COND_WAITING && atomic_load(&c->sleepers.slot[i]))
+            waiting[k++] = i;
+    }
+    uint32_t bits = 0;
+    Py_ssize_t m = 0;
+    /* With a choice to make, a killed waiter must not take a live one's
+     * wake-up: check (and reap) the process of each waiter about to be
+     * marked, unless it is this one. Without a choice, all are marked, and
+     * a dead one's mark is simply never taken. */
+    int choose = k > n;
+    pid_t me = getpid();
+    for (int j = 0; j < k && m < n; j++) {
+        int i = waiting[j];
+        if (choose && (pid_t)((atomic_load(&c->sleepers.slot[i]) >> 32) & 0x3fffff) != me &&
+            pw_waiters_slot_dead(&c->sleepers, i))
+            continue;
+        if (cond_mark(c, i)) {
+            bits |= 1u << i;
+            m++;
+        }
+    }
+    if (m < n) {
+        /* Slotless waiters (more than PW_WAIT_SLOTS at once): grants. */
+        uint64_t w = atomic_load(&c->wake), g;
+        do {
+            uint64_t left = (uint64_t)(n - m), slotless = w >> 32;
+            g = left < slotless ? left : slotless;
+            if (g == 0)
+                break;
+        } while (!atomic_compare_exchange_weak(&c->wake, &w, w - g * COND_ONE_WAITING + g));
+        if (g) {
+            bits |= COND_SLOTLESS_BIT;
+            m += (Py_ssize_t)g;
+        }
+    }
+    if (m == 0)
+        Py_RETURN_NONE;
+    /* The marks are visible before seq moves: a waiter that sees the new
+     * seq finds its mark. */
     atomic_fetch_add(&c->seq, 1);
     atomic_fetch_add_explicit(&c->notifies, 1, memory_order_relaxed);
-    pw_waiters_wake(&c->sleepers, &c->seq, m > INT32_MAX ? INT32_MAX : (int)m);
+    /* Exactly the marked waiters (and every slotless one, which re-checks). */
+    pw_waiters_wake_mask(&c->sleepers, &c->seq, INT32_MAX, bits);
     Py_RETURN_NONE;
 }
 
@@ -1444,12 +1527,20 @@ static PyObject *Condition_stats(SyncObject *self, PyObject *unused)
     if (check_open(self) < 0)
         return NULL;
     struct pw_cond *c = self->p;
+    uint32_t live = pw_waiters_reconcile(&c->sleepers);
     uint64_t w = atomic_load(&c->wake);
-    return Py_BuildValue("{s:I,s:K,s:K,s:I,s:I}", "waiters",
-                         (unsigned)pw_waiters_reconcile(&c->sleepers), "notifies",
+    unsigned not_notified = (unsigned)(w >> 32), pending = (unsigned)(uint32_t)w;
+    for (int i = 0; i < PW_WAIT_SLOTS; i++) {
+        if (!atomic_load(&c->sleepers.slot[i]))
+            continue; /* free, or reaped: its state no longer counts */
+        uint32_t st = atomic_load(&c->state[i]);
+        not_notified += st == COND_WAITING;
+        pending += st == COND_NOTIFIED;
+    }
+    return Py_BuildValue("{s:I,s:K,s:K,s:I,s:I}", "waiters", (unsigned)live, "notifies",
                          (unsigned long long)atomic_load(&c->notifies), "wake_syscalls",
                          (unsigned long long)atomic_load(&c->sleepers.wakes), "not_notified",
-                         (unsigned)(w >> 32), "notified_pending", (unsigned)(uint32_t)w);
+                         not_notified, "notified_pending", pending);
 }
 
 static PyMethodDef Condition_methods[] = {
