@@ -65,7 +65,7 @@ int pw_mutex_check(const pthread_mutex_t *m, const char *what)
                          "(re-create the object)", what ? what : "a shared object");
         return -1;
     }
-    pw_segment_error("%s is corrupt: one of its robust mutexes has kind %#x, expected %#x "
+    pw_segment_error("%s is corrupt: one of its robust mutexes has kind 0x%x, expected 0x%x "
                      "(re-create the object)", what ? what : "a shared object", (unsigned)kind,
                      (unsigned)pw_mutex_kind);
     return -1;
