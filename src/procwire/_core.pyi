@@ -210,6 +210,9 @@ class Barrier:
     def _stats(self) -> dict[str, int]: ...
     def _close(self) -> None: ...
 
+# Test hook: takes the Barrier's internal mutex and returns holding it.
+def _debug_hold_barrier_mutex(barrier: Barrier, /) -> None: ...
+
 # -- shared values and arrays (shared.c) -------------------------------------------
 
 class _SharedInfo(TypedDict):
