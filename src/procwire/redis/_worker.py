@@ -171,12 +171,12 @@ class Worker:
     """Takes the pool's tasks one at a time until told to stop."""
 
     def __init__(self, engine: Engine, pool: str, lease: float,
-                 max_tasks: int | None = None) -> None:
+                 max_tasks: int | None = None, consumer: str | None = None) -> None:
         self.engine = engine
         self.keys = Keys(pool)
         self.lease = lease
         self.max_tasks = max_tasks
-        self.me = identity()
+        self.me = consumer or identity()
         self.done = 0
         self.stopping = False
         self.idle = True
@@ -248,7 +248,7 @@ class _Stop(BaseException):
 
 def worker_process(url: str, authkey: bytes | None, pool: str, lease: float,
                    initializer: Any, initargs: Any, max_tasks: int | None,
-                   parent_death_signal: bool = True) -> None:
+                   parent_death_signal: bool = True, consumer: str | None = None) -> None:
     """Entry point of one worker process (the Pool's and ``procwire worker``'s).
 
     SIGTERM: finish the task at hand, then exit (at once if idle). SIGINT is
@@ -261,7 +261,7 @@ def worker_process(url: str, authkey: bytes | None, pool: str, lease: float,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from procwire.redis._engine import close_all, engine_for
     engine = engine_for(url, authkey)
-    worker = Worker(engine, pool, lease, max_tasks)
+    worker = Worker(engine, pool, lease, max_tasks, consumer)
 
     def on_term(signum: int, frame: Any) -> None:
         worker.stopping = True

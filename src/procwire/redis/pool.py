@@ -18,7 +18,6 @@ import concurrent.futures
 import itertools
 import multiprocessing
 import os
-import signal
 import socket
 import threading
 import time
@@ -243,6 +242,7 @@ class Pool(RedisObject):
         self._state = RUN
         _worker.ensure_group(self._engine, self._keys)
         self._workers: list[Any] = []
+        self._worker_ids = itertools.count()
         for _ in range(processes):
             self._start_worker()
         self._stop = threading.Event()
@@ -257,11 +257,14 @@ class Pool(RedisObject):
     # -- local workers -----------------------------------------------------------------
 
     def _start_worker(self) -> None:
+        consumer = f"{self._client}:w{next(self._worker_ids)}"
         p = self._mp.Process(target=_worker.worker_process,
                              args=(self._ctx.url, self._ctx.authkey, self.name, self._lease,
-                                   self._initializer, self._initargs, self._maxtasks, False),
+                                   self._initializer, self._initargs, self._maxtasks, False,
+                                   consumer),
                              daemon=True, name=f"procwire-redis-worker {self.name}")
         p.start()
+        p._procwire_consumer = consumer
         self._workers.append(p)
 
     def _maintain(self) -> None:
@@ -310,9 +313,7 @@ class Pool(RedisObject):
             with self._jobs_lock:
                 job_obj = self._jobs.get(job_)
             if job_obj is not None:
-                n = job_obj._chunk_len(index_) if hasattr(job_obj, "_chunk_len") else \
-                    _chunk_len(job_obj, index_)
-                job_obj._set_chunk(index_, [(False, err)] * n)
+                job_obj._set_chunk(index_, [(False, err)] * _chunk_len(job_obj, index_))
             return
         payload = self._engine.loads(blob, self._results_key)
         if payload is Engine._BAD:
@@ -454,10 +455,10 @@ class Pool(RedisObject):
         self._stop.set()
         self._handler.join(30)
         try:
-            with _quiet_redis():
-                _worker.reclaim(self._engine, self._keys)
-                self._engine.call(lambda r: r.delete(self._results_key), what="terminate")
-        except Exception:  # noqa: BLE001 - Redis away: leases free the tasks later
+            for p in self._workers:  # give their tasks back, without counting an attempt
+                _worker.reclaim(self._engine, self._keys, release=p._procwire_consumer)
+            self._engine.call(lambda r: r.delete(self._results_key), what="terminate")
+        except Exception:  # noqa: BLE001 - Redis away: the leases free the tasks later
             pass
         with self._jobs_lock:
             self._jobs.clear()
@@ -493,14 +494,6 @@ def _chunk_len(job: Any, index: int) -> int:
     if isinstance(job, (MapResult, IMapIterator)):
         return min(job._chunksize, job._length - index * job._chunksize)
     return 1
-
-
-class _quiet_redis:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return False
 
 
 def pool_statistics(engine: Engine, keys: _worker.Keys) -> dict[str, int]:
@@ -586,5 +579,3 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         else:
             threading.Thread(target=self._pool.join, daemon=True).start()
 
-
-_ = signal  # (worker processes handle the signals)
