@@ -180,6 +180,7 @@ class Worker:
         self.done = 0
         self.stopping = False
         self.idle = True
+        self.recheck = True
 
     def run(self, on_task: Callable[[int], None] | None = None) -> None:
         e, k = self.engine, self.keys
@@ -229,8 +230,20 @@ class Worker:
                 pass
 
     def _read(self, wait: float) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        calls = 0
+
         def read(r: redis.Redis) -> Any:
+            nonlocal calls
+            calls += 1
             try:
+                if calls > 1 or self.recheck:
+                    # A read whose reply was lost (the connection dropped, Redis
+                    # restarted) may have made an entry pending for this worker:
+                    # this worker's own pending entries come first.
+                    mine = r.xreadgroup(GROUP, self.me, {self.keys.tasks: "0"}, count=1)
+                    if mine and mine[0][1]:
+                        return mine
+                    self.recheck = False
                 return r.xreadgroup(GROUP, self.me, {self.keys.tasks: ">"}, count=1,
                                     block=max(1, int(wait * 1000)))
             except redis.ResponseError as err:

@@ -116,6 +116,7 @@ class MapResult(ApplyResult):
 
     def _set_chunk(self, index: int, results: list[tuple[bool, Any]]) -> None:
         if index in self._seen:
+            self._pool.duplicate_results += 1
             return
         self._seen.add(index)
         for k, (ok, value) in enumerate(results):
@@ -179,6 +180,7 @@ class IMapIterator:
     def _set_chunk(self, index: int, results: list[tuple[bool, Any]]) -> None:
         with self._cond:
             if index in self._seen:
+                self._pool.duplicate_results += 1
                 return
             self._seen.add(index)
             for k, (ok, value) in enumerate(results):
@@ -235,7 +237,11 @@ class Pool(RedisObject):
         self._mp = mp_context or multiprocessing.get_context("forkserver")
         self._client = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._results_key = self._keys.results(self._client)
+        self._inflight = self._results_key + ":inflight"
         self._counter = itertools.count()
+        # results received twice for the same chunk (the protocol's guarantee
+        # is that this stays 0; the chaos test checks it)
+        self.duplicate_results = 0
         self._jobs: dict[int, Any] = {}
         self._jobs_lock = threading.Lock()
         self._jobs_empty = threading.Condition(self._jobs_lock)
@@ -289,16 +295,35 @@ class Pool(RedisObject):
                     last_reclaim = now
                     if self._state == RUN:
                         self._maintain()
-                got = e.call(lambda r: r.blpop([self._results_key],
-                                               timeout=min(SLICE, self._lease / 3)),
-                             what="waiting for results")
+                calls = 0
+
+                def move(r: redis.Redis) -> Any:
+                    nonlocal calls
+                    calls += 1
+                    return r.blmove(self._results_key, self._inflight,
+                                    min(SLICE, self._lease / 3), "LEFT", "RIGHT")
+                got = e.call(move, what="waiting for results")
                 if got is not None:
-                    self._dispatch(got[1])
+                    self._dispatch(got)
+                    e.call(lambda r: r.lrem(self._inflight, 1, got), what="results")
+                if calls > 1:
+                    self._recover()
             except Exception:  # noqa: BLE001 - Redis away: keep trying until stopped
                 if self._stop.wait(0.5):
                     return
+                try:
+                    self._recover()
+                except Exception:  # noqa: BLE001
+                    pass
 
-    def _dispatch(self, blob: bytes) -> None:
+    def _recover(self) -> None:
+        """Results moved to the in-flight list by a BLMOVE whose reply was lost."""
+        e = self._engine
+        for blob in e.call(lambda r: r.lrange(self._inflight, 0, -1), what="results"):
+            self._dispatch(blob, recovering=True)
+            e.call(lambda r: r.lrem(self._inflight, 1, blob), what="results")
+
+    def _dispatch(self, blob: bytes, recovering: bool = False) -> None:
         if blob[:2] in (b"L:", b"R:"):
             kind, job, index, *rest = blob.decode().split(":", 3)
             job_, index_ = int(job), int(index)
@@ -322,7 +347,11 @@ class Pool(RedisObject):
         with self._jobs_lock:
             job_obj = self._jobs.get(job_)
         if job_obj is not None:
+            if recovering and index_ in getattr(job_obj, "_seen", ()):
+                return  # dispatched before the reply of its LREM was lost
             job_obj._set_chunk(index_, results)
+        elif not recovering:
+            self.duplicate_results += 1  # a result for a job already complete
 
     def _job_done(self, job: int) -> None:
         with self._jobs_lock:
@@ -457,7 +486,8 @@ class Pool(RedisObject):
         try:
             for p in self._workers:  # give their tasks back, without counting an attempt
                 _worker.reclaim(self._engine, self._keys, release=p._procwire_consumer)
-            self._engine.call(lambda r: r.delete(self._results_key), what="terminate")
+            self._engine.call(lambda r: r.delete(self._results_key, self._inflight),
+                              what="terminate")
         except Exception:  # noqa: BLE001 - Redis away: the leases free the tasks later
             pass
         with self._jobs_lock:

@@ -449,8 +449,22 @@ class JoinableQueue(Queue):
     def _read(self, count: int, wait: float | None) -> list[tuple[bytes, bytes]]:
         me = self._consumer()
 
+        calls = 0
+
         def read(r: redis.Redis) -> Any:
+            nonlocal calls
+            calls += 1
             try:
+                if calls > 1:
+                    # the reply of a read was lost (connection dropped, Redis
+                    # restarted): what it delivered is pending for this consumer;
+                    # deliver it now, except what the caller already holds
+                    mine = r.xreadgroup("g", me, {self._stream: "0"}, count=1000)
+                    known = set(self._pending) | {m for m, _ in self._buffer}
+                    lost = [(m, f) for _, entries in mine or [] for m, f in entries
+                            if m not in known and f]
+                    if lost:
+                        return [(self._stream, lost[:count])]
                 return r.xreadgroup("g", me, {self._stream: ">"}, count=count,
                                     block=None if wait is None else max(1, int(wait * 1000)))
             except redis.ResponseError as e:

@@ -133,10 +133,17 @@ class Semaphore(RedisObject):
         if ok:
             self.fence = int(x)
             if died:
-                warnings.warn(OwnerDiedWarning(
-                    f"{self._kind} {self.name!r} at {e.display}: {died} holder(s) died (lease "
-                    "expired); their permits were freed"), stacklevel=4)
-            self._owner_died = bool(owner_died)
+                try:
+                    warnings.warn(OwnerDiedWarning(
+                        f"{self._kind} {self.name!r} at {e.display}: {died} holder(s) died "
+                        "(lease expired); their permits were freed"), stacklevel=4)
+                except BaseException:
+                    # the warning raised (warnings filter "error"): give the permit
+                    # back before raising, as the local lock does
+                    release = e.script(_RELEASE)
+                    e.call(lambda r: release(keys=[self._holders, self._meta, self._wake],
+                                             args=[token, ""]), what="release")
+                    raise
             return True, None
         return False, (int(x) / 1000 if int(x) >= 0 else None)
 
