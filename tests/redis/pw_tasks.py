@@ -34,3 +34,7 @@ def write_file_and_block(path, seconds):
         f.write(f"{os.getpid()}\n")
     time.sleep(seconds)
     return os.getpid()
+
+
+def tagged_slow(x):
+    return tagged(x, 0.02)

@@ -279,6 +279,7 @@ class Pool(RedisObject):
             if p.exitcode is not None:
                 p.join(0)
                 self._workers.remove(p)
+                p.close()  # its sentinel pipe
                 if self._state == RUN:
                     self._start_worker()
 
@@ -482,6 +483,7 @@ class Pool(RedisObject):
         for p in self._workers:
             p.join(30)
         self._stop.set()
+        self._close_workers()
         self._handler.join(30)
         try:
             for p in self._workers:  # give their tasks back, without counting an attempt
@@ -512,6 +514,14 @@ class Pool(RedisObject):
                 p.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             self._stop.set()
             self._handler.join(SLICE + 5)
+            self._close_workers()
+
+    def _close_workers(self) -> None:
+        for p in self._workers:
+            try:
+                p.close()
+            except ValueError:
+                pass  # still running (a join that timed out)
 
     def __enter__(self) -> "Pool":
         return self
