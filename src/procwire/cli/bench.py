@@ -21,6 +21,7 @@ from rich.table import Table
 from procwire.bench import harness, lesson, queues
 from procwire.bench import pipe as pipe_bench
 from procwire.bench import sync as sync_bench
+from procwire.bench import engine as engine_bench
 from procwire.cli import fail, main
 
 BASELINE = "multiprocessing"
@@ -32,6 +33,7 @@ SUITES = {
     "queue": ("Message queues", queues.cases),
     "sync": ("Locks, events and shared values", sync_bench.cases),
     "pipe": ("Pipes", pipe_bench.cases),
+    "engine": ("procwire on Redis against raw redis-py (loopback)", engine_bench.cases),
 }
 
 

@@ -10,7 +10,6 @@ Keys: every object ``NAME`` lives under ``procwire:NAME:...``; the hash
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import pickle
@@ -158,14 +157,13 @@ class Engine:
     # -- payloads -------------------------------------------------------------------
 
     def sign(self, data: bytes, scope: str) -> bytes:
-        mac = hmac.new(self._key, scope.encode() + b"\0" + data, hashlib.sha256).digest()
-        return mac + data
+        return hmac.digest(self._key, scope.encode() + b"\0" + data, "sha256") + data
 
     def verify(self, blob: bytes, scope: str) -> bytes | None:
         """The data of a signed blob, or None (counted, warned) if the signature is bad."""
         if len(blob) >= SIG:
             data = blob[SIG:]
-            mac = hmac.new(self._key, scope.encode() + b"\0" + data, hashlib.sha256).digest()
+            mac = hmac.digest(self._key, scope.encode() + b"\0" + data, "sha256")
             if hmac.compare_digest(mac, blob[:SIG]):
                 return data
         self.rejected += 1

@@ -249,6 +249,7 @@ class Pool(RedisObject):
         _worker.ensure_group(self._engine, self._keys)
         self._workers: list[Any] = []
         self._worker_ids = itertools.count()
+        self._consumers: list[str] = []
         for _ in range(processes):
             self._start_worker()
         self._stop = threading.Event()
@@ -270,7 +271,7 @@ class Pool(RedisObject):
                                    consumer),
                              daemon=True, name=f"procwire-redis-worker {self.name}")
         p.start()
-        p._procwire_consumer = consumer
+        self._consumers.append(consumer)
         self._workers.append(p)
 
     def _maintain(self) -> None:
@@ -486,8 +487,8 @@ class Pool(RedisObject):
         self._close_workers()
         self._handler.join(30)
         try:
-            for p in self._workers:  # give their tasks back, without counting an attempt
-                _worker.reclaim(self._engine, self._keys, release=p._procwire_consumer)
+            for c in self._consumers:  # give their tasks back, without counting an attempt
+                _worker.reclaim(self._engine, self._keys, release=c)
             self._engine.call(lambda r: r.delete(self._results_key, self._inflight),
                               what="terminate")
         except Exception:  # noqa: BLE001 - Redis away: the leases free the tasks later
@@ -517,9 +518,10 @@ class Pool(RedisObject):
             self._close_workers()
 
     def _close_workers(self) -> None:
-        for p in self._workers:
+        for p in list(self._workers):
             try:
                 p.close()
+                self._workers.remove(p)
             except ValueError:
                 pass  # still running (a join that timed out)
 

@@ -90,6 +90,16 @@ class Queue(RedisObject):
     def _push(self, blobs: list[bytes], deadline: float | None) -> int:
         """Push as many of ``blobs`` as fit now; returns how many."""
         e = self._engine
+        if not self._maxsize:
+            # nothing to check first: RPUSH and the counter in one round trip
+            def push(r: redis.Redis) -> int:
+                p = r.pipeline(transaction=True)
+                p.rpush(self._list, *blobs)
+                p.hincrby(self._stats, "put", len(blobs))
+                p.execute()
+                return len(blobs)
+            return e.call(push, deadline=deadline, idempotent=False,
+                          what=f"put on {self.name!r}")
         script = e.script(_PUT)
         return int(e.call(lambda r: script(keys=[self._list, self._stats],
                                            args=[self._maxsize, *blobs]),
