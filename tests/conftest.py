@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -116,7 +117,9 @@ def leak_check():
             pass
     _reap(extra_children)
     for name in leaked_shm:
-        os.unlink(os.path.join("/dev/shm", name))
+        # Another test session may have removed it meanwhile.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join("/dev/shm", name))
     problems = []
     if extra_children:
         problems.append(f"child processes left running: {sorted(extra_children)}")

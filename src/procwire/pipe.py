@@ -18,8 +18,8 @@ Passing ends to other processes:
 * as ``Process`` arguments, under fork, spawn and forkserver;
 * pickled through anything ``multiprocessing`` can pass descriptors through
   (its queues and pipes, between processes of one family);
-* to an unrelated process by name, with :class:`Listener` and :func:`Client`,
-  which mirror :mod:`multiprocessing.connection`: ``Listener("chan")`` in one
+* to an unrelated process by name, with ``procwire.connection.Listener`` and
+  ``Client`` (also importable from here): ``Listener("chan")`` in one
   process, ``Client("chan")`` in the other. The descriptors go over an
   abstract Unix socket (nothing in /dev/shm or on disk), and only processes
   of the same user are accepted.
@@ -257,104 +257,11 @@ def Pipe(duplex: bool = True, *, capacity: int | None = None) -> tuple[Connectio
 
 
 # ---------------------------------------------------------------- by name
+# Listener and Client live in procwire.connection (the twin of
+# multiprocessing.connection); these names stay importable from here.
 
-_ABSTRACT_PREFIX = "\0procwire.pipe."
-_HELLO = struct.Struct("<8sI")  # magic, end index
-_MAGIC = b"PWPIPE01"
-
-
-def _address(name: str) -> str:
-    return _ABSTRACT_PREFIX + validate_name(name)
-
-
-class Listener:
-    """Accept pipe connections by name from unrelated processes.
-
-    ``Listener(name)`` mirrors ``multiprocessing.connection.Listener``:
-    ``accept()`` returns a :class:`Connection` once a process calls
-    ``Client(name)``. The name lives in the abstract Unix socket namespace
-    (``@procwire.pipe.<name>``): it vanishes when the listener is closed or
-    its process dies, and nothing is left in /dev/shm. Only processes of the
-    same user are accepted.
-    """
-
-    def __init__(self, name: str, backlog: int = 16) -> None:
-        self._name = name
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            self._sock.bind(_address(name))
-            self._sock.listen(backlog)
-        except OSError as exc:
-            self._sock.close()
-            if exc.errno == errno.EADDRINUSE:
-                raise FileExistsError(errno.EEXIST,
-                                      f"a procwire Listener named {name!r} already exists") from None
-            raise
-
-    @property
-    def address(self) -> str:
-        return self._name
-
-    def accept(self, timeout: float | None = None) -> Connection:
-        """Wait for the next ``Client(name)``; return our end of its pipe."""
-        if self._sock is None:
-            raise OSError("listener is closed")
-        self._sock.settimeout(timeout)
-        while True:
-            sock, _ = self._sock.accept()
-            with sock:
-                sock.settimeout(10 if timeout is None else max(timeout, 1.0))
-                creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                        struct.calcsize("3i"))
-                _pid, uid, _gid = struct.unpack("3i", creds)
-                msg, fds, _flags, _addr = socket.recv_fds(sock, _HELLO.size, 5)
-                if uid != os.geteuid() or len(msg) != _HELLO.size or len(fds) != 5:
-                    for fd in fds:
-                        os.close(fd)
-                    continue  # not one of ours: ignore it
-                magic, end = _HELLO.unpack(msg)
-                if magic != _MAGIC or end not in (0, 1):
-                    for fd in fds:
-                        os.close(fd)
-                    continue
-                conn = _from_fds(end, fds)
-                sock.sendall(b"k")
-                return conn
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def __enter__(self) -> Listener:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def Client(name: str, *, capacity: int | None = None, timeout: float | None = 10.0) -> Connection:
-    """Connect to the :class:`Listener` called ``name``; return our end of a duplex pipe.
-
-    ``FileNotFoundError`` if no listener has that name.
-    """
-    address = _address(name)
-    mine, theirs = Pipe(True, capacity=capacity)
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
-            sock.settimeout(timeout)
-            try:
-                sock.connect(address)
-            except (FileNotFoundError, ConnectionRefusedError):
-                raise FileNotFoundError(errno.ENOENT,
-                                        f"no procwire Listener is named {name!r}") from None
-            theirs._add_handle()  # adopted by the listener's Connection
-            socket.send_fds(sock, [_HELLO.pack(_MAGIC, theirs._end)], theirs._handle_fds())
-            if sock.recv(1) != b"k":
-                raise ConnectionError(f"procwire Listener {name!r} did not accept the pipe")
-    except BaseException:
-        mine.close()
-        raise
-    finally:
-        theirs.close()
-    return mine
+def __getattr__(name: str) -> Any:
+    if name in ("Listener", "Client"):
+        from procwire import connection
+        return getattr(connection, name)
+    raise AttributeError(f"module 'procwire.pipe' has no attribute {name!r}")

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+import procwire
+
 from clihelpers import procwire_cmd
 from clihelpers import private_dir_left_empty, private_shm_dir  # noqa: F401 (fixtures)
 
@@ -23,7 +25,7 @@ def test_top_level_help_and_version():
     assert out.returncode == 0 and all(c in out.stdout for c in COMMANDS)
     assert "_PROCWIRE_COMPLETE=bash_source" in out.stdout
     version = procwire_cmd("--version")
-    assert version.returncode == 0 and "procwire, version 0.1.0" in version.stdout
+    assert version.returncode == 0 and f"procwire, version {procwire.__version__}" in version.stdout
 
 
 @pytest.mark.parametrize("args", [("nonsense",), ("stat",), ("rm",), ("ls", "--bogus"),

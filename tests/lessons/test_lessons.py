@@ -329,10 +329,17 @@ def test_socket() -> None:
     out = run_demo("socket")
     m = assert_in_order(
         out,
-        r"server (\d+) listening on (/\S+)",
+        r"server (\d+) listening on (/\S+)$",
         r"its type, as ls -l shows it: s",
-        r"server \d+: received '你好, server'",
-        r"client \d+: the server answered '你好, SERVER -- got 10 characters'",
+        r"server \d+: received '你好, server' \(over the Unix socket\)",
+        r"client \d+: the server answered '你好, SERVER -- got 10 characters' "
+        r"\(over the Unix socket\)",
+        r"socket closed, file removed: True",
+        r"server \d+ listening on (/\S+) with an authkey",
+        r"its type, as ls -l shows it: s",
+        r"server \d+: received '你好, server' \(over a shared-memory pipe\)",
+        r"client \d+: the server answered '你好, SERVER -- got 10 characters' "
+        r"\(over a shared-memory pipe\)",
         r"socket closed, file removed: True",
     )
     assert not os.path.exists(os.path.dirname(m[0].group(2)))

@@ -71,9 +71,18 @@ class _Pipe:
 
 
 class _Socket:
-    """AF_UNIX stream socketpair; fixed-size frames received into a reused buffer."""
+    """AF_UNIX stream socketpair; fixed-size frames received into a reused buffer.
+
+    impl "procwire": ``procwire.connection``'s Listener and Client over TCP
+    with an authkey, as a socket program writes them; on one host and for one
+    user they agree on a shared-memory pipe. ``send_bytes`` and
+    ``recv_bytes_into`` a reused buffer.
+    """
 
     def __init__(self, impl: str, size: int) -> None:
+        if impl == "procwire":
+            self._connect_procwire(size)
+            return
         self.rx, self.tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for s in (self.rx, self.tx):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(size, 1 << 16))
@@ -81,6 +90,28 @@ class _Socket:
         self.buf = bytearray(size)
         self.view = memoryview(self.buf)
         self.size = size
+
+    def _connect_procwire(self, size: int) -> None:
+        import threading
+
+        from procwire.connection import Client, Listener
+        key = os.urandom(16)
+        made: list[Any] = []
+        with Listener(("127.0.0.1", 0), authkey=key) as listener:
+            t = threading.Thread(target=lambda: made.append(Client(listener.address,
+                                                                   authkey=key)))
+            t.start()
+            self.rx = listener.accept(timeout=JOIN)
+            t.join(JOIN)
+        self.tx = made[0]
+        buf = self.buf = bytearray(size)
+        rx = self.rx
+
+        def recv() -> Any:
+            rx.recv_bytes_into(buf)
+            return buf
+        self.send = self.tx.send_bytes  # type: ignore[method-assign]
+        self.recv = recv  # type: ignore[method-assign]
 
     def send(self, data: bytes) -> None:
         self.tx.sendall(data)
@@ -296,8 +327,10 @@ MECHANISMS = [
     Mechanism("shm-raw", "共享内存 raw", "内存中: shared memory (mmap)",
               "操作内存 in place, own flag", "较快", "需要 yes: yours to do",
               "multiprocessing.RawArray", "procwire.RawArray"),
-    Mechanism("socket", "套接字 socket", "kernel socket buffer", "byte stream send/recv",
-              "—", "不需要 no", "socket.socketpair (AF_UNIX)", None),
+    Mechanism("socket", "套接字 socket",
+              "kernel socket buffer / procwire: shared ring once same host and user",
+              "byte stream send/recv", "—", "不需要 no", "socket.socketpair (AF_UNIX)",
+              "procwire.connection Listener/Client (TCP + authkey)"),
     Mechanism("signal", "信号 signal", "kernel (pending mask)", "异步 asynchronous, no data",
               "—", "不需要 no (async handler)", "os.kill + signal.sigwait", None),
 ]
@@ -349,12 +382,13 @@ def cases(scale: float = 1.0) -> list[Case]:
                 {"mech": mech, "impl": impl, "size": MiB, "messages": n(4000, 50)}, "GB/s")
             add(mech, "round_trip", impl, W + "round_trip",
                 {"mech": mech, "impl": impl, "trips": n(20_000)}, "µs", False)
-    add("socket", "throughput", "stdlib", W + "transfer",
-        {"mech": "socket", "impl": "stdlib", "size": 64, "messages": n(400_000)}, "msg/s")
-    add("socket", "bandwidth", "stdlib", W + "transfer",
-        {"mech": "socket", "impl": "stdlib", "size": MiB, "messages": n(4000, 50)}, "GB/s")
-    add("socket", "round_trip", "stdlib", W + "round_trip",
-        {"mech": "socket", "impl": "stdlib", "trips": n(20_000)}, "µs", False)
+    for impl in ("stdlib", "procwire"):
+        add("socket", "throughput", impl, W + "transfer",
+            {"mech": "socket", "impl": impl, "size": 64, "messages": n(400_000)}, "msg/s")
+        add("socket", "bandwidth", impl, W + "transfer",
+            {"mech": "socket", "impl": impl, "size": MiB, "messages": n(4000, 50)}, "GB/s")
+        add("socket", "round_trip", impl, W + "round_trip",
+            {"mech": "socket", "impl": impl, "trips": n(20_000)}, "µs", False)
     add("signal", "round_trip", "stdlib", W + "signal_round_trip", {"trips": n(20_000)},
         "µs", False)
     return out

@@ -10,6 +10,12 @@ read, so every implementation is timed the same way:
 
 pyzmq is optional (``pip install 'procwire[bench]'``); the raw os.pipe moves
 fixed 64-byte frames only (one write and one read system call each).
+
+The "Listener/Client TCP+authkey" rows run the same code with
+``procwire.connection`` and ``multiprocessing.connection``:
+``Listener(('127.0.0.1', port), authkey=...)`` in the parent, ``Client`` in the
+forked child. procwire's pair upgrades to a shared-memory pipe (same host,
+same user); multiprocessing's stays a TCP socket.
 """
 from __future__ import annotations
 
@@ -38,7 +44,18 @@ class _Ends:
     def __init__(self, impl: str) -> None:
         self.impl = impl
         self.tmp = None
-        if impl.startswith("procwire"):
+        if impl in CONNECTION_IMPLS:
+            # Listener/Client over TCP with an authkey, the listener made here
+            # (before the fork) and accepting in the parent: procwire's
+            # upgrades to shared memory (same host, same user), multiprocessing's
+            # stays a socket.
+            if impl == "procwire.connection":
+                from procwire.connection import Listener
+            else:
+                from multiprocessing.connection import Listener
+            self.key = os.urandom(16)
+            self.listener = Listener(("127.0.0.1", 0), authkey=self.key)
+        elif impl.startswith("procwire"):
             import procwire
             self.a, self.b = procwire.Pipe(duplex=impl != "procwire oneway")
         elif impl.startswith("multiprocessing"):
@@ -56,6 +73,16 @@ class _Ends:
     def open(self, role: str) -> tuple[Any, Any]:
         """(send, recv) callables for `role` ("parent" receives first in rtt)."""
         impl = self.impl
+        if impl in CONNECTION_IMPLS:
+            if role == "parent":
+                conn = self.listener.accept()
+            else:
+                if impl == "procwire.connection":
+                    from procwire.connection import Client
+                else:
+                    from multiprocessing.connection import Client
+                conn = Client(self.listener.address, authkey=self.key)
+            return conn, conn
         if impl.startswith(("procwire", "multiprocessing")):
             oneway = impl.endswith("oneway")
             # one-way: a (first end) only receives, b only sends
@@ -75,6 +102,8 @@ class _Ends:
         return s, s
 
     def close(self) -> None:
+        if self.impl in CONNECTION_IMPLS:
+            self.listener.close()
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -184,6 +213,11 @@ def throughput(impl: str, payload: str, messages: int) -> dict:
     return out
 
 
+#: Listener/Client pairs: (column, workload impl).
+CONNECTION_IMPLS = ("procwire.connection", "multiprocessing.connection")
+CONNECTION_COLUMNS = (("procwire", "procwire.connection"),
+                      ("multiprocessing", "multiprocessing.connection"))
+
 PEERS = ("procwire", "procwire oneway", "multiprocessing", "multiprocessing oneway", "pyzmq")
 
 
@@ -209,5 +243,19 @@ def cases(scale: float = 1.0) -> list[Case]:
                         {"impl": impl, "payload": "tuple", "messages": small[impl]}, "msg/s"))
     for impl in PEERS:
         out.append(Case("send_bytes 1 MiB 1→1", impl, W + "throughput",
+                        {"impl": impl, "payload": "bytes1m", "messages": n(2000)}, "GB/s"))
+    # procwire.connection's same-host upgrade against multiprocessing.connection's
+    # socket: the same Listener(('127.0.0.1', port), authkey=...) / Client code.
+    tcp = "Listener/Client TCP+authkey"
+    for column, impl in CONNECTION_COLUMNS:
+        out.append(Case(f"{tcp} RTT 64 B", column, W + "rtt",
+                        {"impl": impl, "pinned": False, "count": n(20000)}, "µs",
+                        higher_is_better=False))
+    for column, impl in CONNECTION_COLUMNS:
+        out.append(Case(f"{tcp} send_bytes 64 B 1→1", column, W + "throughput",
+                        {"impl": impl, "payload": "bytes64",
+                         "messages": n(2_000_000 if column == "procwire" else 400_000)}, "msg/s"))
+    for column, impl in CONNECTION_COLUMNS:
+        out.append(Case(f"{tcp} send_bytes 1 MiB 1→1", column, W + "throughput",
                         {"impl": impl, "payload": "bytes1m", "messages": n(2000)}, "GB/s"))
     return out

@@ -49,7 +49,8 @@ LESSONS: tuple[Lesson, ...] = (
     _lesson("event", "Event: one process waits until another says go (Event 事件)", "event"),
     _lesson("signals", "Signals: send, alarm, pause, handlers, ignore, default (信号)",
             "signal_basics"),
-    _lesson("socket", "A Unix-domain socket exchange (套接字)", "unix_socket"),
+    _lesson("socket", "A Unix-domain socket exchange with procwire.connection (套接字)",
+            "unix_socket"),
     _lesson("bus", "Homework: the driver and the conductor (售票员和司机的故事)", "bus"),
 )
 
