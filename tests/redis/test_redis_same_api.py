@@ -53,8 +53,10 @@ def api(request):
         yield Local()
         return
     server = request.getfixturevalue("redis_server")
-    import procwire.redis
-    yield procwire.redis.get_context(server.url, authkey=b"test key", lease=3)
+    # procwire.get_context hands redis:// URLs to procwire.redis.get_context
+    ctx = procwire.get_context(server.url, authkey=b"test key", lease=3)
+    assert type(ctx).__module__ == "procwire.redis.context"
+    yield ctx
 
 
 # ------------------------------------------------------------------------ children

@@ -43,6 +43,11 @@ def get_context(url: str, *, authkey: bytes | str | None = None, lease: float | 
     calls retry while Redis is unreachable before raising ``EngineError``
     (default 10 s, and never past a call's own timeout).
     """
+    try:
+        import redis  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"a redis:// context needs redis-py: pip install 'procwire[redis]' "
+                          f"({e})") from e
     from procwire.redis.context import RedisContext
     return RedisContext(url, authkey=authkey, lease=lease, max_deliveries=max_deliveries,
                         retry_for=retry_for)
