@@ -79,13 +79,17 @@ def test_joinable_redelivers_a_dead_consumers_message(rctx):
 
 
 def test_joinable_dead_letter_after_max_deliveries(rctx):
-    q, took = rctx.JoinableQueue(name="poison", max_deliveries=2), MP.SimpleQueue()
+    q = rctx.JoinableQueue(name="poison", max_deliveries=2)
     q.put({"poison": True})
     for _ in range(2):  # two consumers take it and die
+        # a queue per child: a child killed right after its put may die holding
+        # a multiprocessing queue's write lock
+        took = MP.SimpleQueue()
         p = MP.Process(target=_take_one_and_hang, args=(q, took, True))
         p.start()
         assert took.get() == {"poison": True}
         _kill(p)
+        took.close()
     # the third delivery would exceed max_deliveries: dead-lettered instead
     with pytest.raises(queue.Empty):
         q.get(timeout=LEASE * 3)

@@ -455,6 +455,23 @@ class JoinableQueue(Queue):
             # XCLAIM's reply in a script: [id, [field, value, ...]]
             d = dict(zip(fields[::2], fields[1::2]))
             self._buffer.append((mid, d.get(b"d", b"")))
+        # Entries pending for this consumer that this handle does not know of
+        # (a reply lost to a dropped connection or a timeout, after Redis had
+        # applied the read or the claim) are delivered now rather than held
+        # forever by a live consumer.
+        # (XPENDING and XRANGE: reading them has no side effect on delivery counts.)
+        mine = self._engine.call(
+            lambda r: r.xpending_range(self._stream, "g", min="-", max="+", count=1000,
+                                       consumername=me),
+            what=f"get on {self.name!r}")
+        known = set(self._pending) | {m for m, _ in self._buffer}
+        for p in mine or []:
+            mid = p["message_id"]
+            if mid not in known:
+                entry = self._engine.call(lambda r: r.xrange(self._stream, mid, mid),
+                                          what=f"get on {self.name!r}")
+                if entry:
+                    self._buffer.append((mid, entry[0][1].get(b"d", b"")))
 
     def _read(self, count: int, wait: float | None) -> list[tuple[bytes, bytes]]:
         me = self._consumer()
