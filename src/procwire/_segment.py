@@ -18,6 +18,7 @@ is still validated on every attach: shared memory is untrusted input.
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import os
 import re
@@ -27,6 +28,7 @@ import weakref
 from multiprocessing import context as _mp_context
 from multiprocessing import reduction as _mp_reduction
 
+from procwire import _core
 from procwire.errors import SegmentError
 
 # Where named segments live. PROCWIRE_SHM_DIR moves them to another tmpfs
@@ -63,6 +65,46 @@ def path_of(name: str) -> str:
     return os.path.join(SHM_DIR, PREFIX + validate_name(name))
 
 
+def _reserve(fd: int, size: int, what: str, where: str | None) -> None:
+    """Size a new segment and allocate every page of it now, or raise a clear OSError.
+
+    tmpfs (and a memfd) hands out pages at first touch: a segment merely sized
+    with ftruncate() on a full /dev/shm kills its first writer with SIGBUS,
+    possibly long after creation. posix_fallocate() takes the pages up front.
+    ``where`` is the directory of a named segment, None for a memfd.
+    """
+    try:
+        os.ftruncate(fd, size)
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG, errno.EDQUOT):
+            raise
+        if where is None:
+            place = "in an anonymous memfd"
+            advice = ("The machine, this process's memory cgroup or its file-size limit "
+                      "(ulimit -f) has no room for it: make the object smaller")
+        else:
+            place = f"in {where}"
+            advice = (f"Free space there (`df -h {where}`, `procwire clean`), make the object "
+                      f"smaller, or give the container a larger /dev/shm "
+                      f"(docker run --shm-size=...)")
+        raise OSError(
+            exc.errno,
+            f"cannot create {what}: reserving its {size:,} bytes of shared memory {place} "
+            f"failed ({os.strerror(exc.errno)}). {advice}") from None
+
+
+# Anonymous segments cannot shrink or grow once made: a process that
+# ftruncate()s one (any child holds the descriptor) gets EPERM instead of
+# killing every user of it with SIGBUS.
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
+def _release_guard(token: int, fd: int) -> None:
+    _core.unguard_mapping(token)
+    os.close(fd)
+
+
 def _unlink_if_same(path: str, dev: int, ino: int, creator: int) -> None:
     """Remove a name we created, unless it now names another segment.
 
@@ -86,22 +128,39 @@ class Segment:
     ``fd`` stays open for anonymous segments only: it is what children get.
     """
 
-    __slots__ = ("buffer", "fd", "name", "size", "_finalizer", "__weakref__")
+    __slots__ = ("__weakref__", "_finalizer", "_guard", "_guard_token", "buffer", "fd", "name",
+                 "size")
 
-    def __init__(self, buffer: mmap.mmap, fd: int, name: str | None, size: int) -> None:
+    def __init__(self, buffer: mmap.mmap, fd: int, name: str | None, size: int,
+                 guard_fd: int = -1) -> None:
         self.buffer = buffer
         self.fd = fd
         self.name = name
         self.size = size
         self._finalizer: weakref.finalize | None = None
+        self._guard: weakref.finalize | None = None
+        self._guard_token: int | None = None
+        if guard_fd >= 0:
+            # A named segment's file can be truncated by any process of this
+            # user: _core's SIGBUS guard repairs faults in this mapping (see
+            # segment.c) with the descriptor we keep open for it, until the
+            # mapping itself goes.
+            try:
+                token = _core.guard_mapping(buffer, guard_fd)
+            except BaseException:
+                os.close(guard_fd)
+                raise
+            self._guard_token = token
+            self._guard = weakref.finalize(buffer, _release_guard, token, guard_fd)
 
     # -- creation -------------------------------------------------------------
 
     @classmethod
     def create_anonymous(cls, size: int, label: str) -> Segment:
-        fd = os.memfd_create(f"procwire:{label}", os.MFD_CLOEXEC)
+        fd = os.memfd_create(f"procwire:{label}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            os.ftruncate(fd, size)
+            _reserve(fd, size, f"an anonymous {label}", None)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
             buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(fd)
@@ -123,7 +182,7 @@ class Segment:
         fd = os.open(temp, flags, 0o600)
         try:
             os.fchmod(fd, 0o600)  # the umask can only narrow it; be explicit anyway
-            os.ftruncate(fd, size)
+            _reserve(fd, size, f"procwire object {name!r}", SHM_DIR)
             buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             try:
                 initialise(buffer)
@@ -135,6 +194,7 @@ class Segment:
                     pass  # `initialise` still holds a view; the caller releases it
                 raise
             st = os.fstat(fd)
+            guard_fd = os.dup(fd)
         except FileExistsError:
             raise FileExistsError(
                 errno.EEXIST,
@@ -146,7 +206,7 @@ class Segment:
             except FileNotFoundError:
                 pass
             os.close(fd)
-        seg = cls(buffer, -1, name, size)
+        seg = cls(buffer, -1, name, size, guard_fd)
         seg._finalizer = weakref.finalize(seg, _unlink_if_same, final, st.st_dev, st.st_ino,
                                           os.getpid())
         return seg
@@ -179,9 +239,10 @@ class Segment:
                 raise SegmentError(f"procwire object {name!r} at {path} is empty (0 bytes)")
             buffer = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED,
                                mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
+        except BaseException:
             os.close(fd)
-        return cls(buffer, -1, name, st.st_size)
+            raise
+        return cls(buffer, -1, name, st.st_size, fd)
 
     @classmethod
     def from_fd(cls, fd: int) -> Segment:
@@ -243,7 +304,27 @@ class Segment:
         try:
             self.buffer.close()  # mmap holds a dup of the descriptor until closed
         except BufferError:
-            pass
+            return  # the guard goes with the mapping, when the collector closes it
+        if self._guard is not None:
+            self._guard()
+
+    @property
+    def lost(self) -> bool:
+        """True once this process found the named segment's file truncated under it.
+
+        The SIGBUS guard then gave the file its size back (its contents are
+        zeroes, in every process) and marked it so that attaching fails.
+        """
+        return self._guard_token is not None and self._guard is not None and \
+            self._guard.alive and _core.mapping_lost(self._guard_token)
+
+    def check(self, what: str = "procwire object") -> None:
+        """Raise SegmentError if the segment's file was truncated while in use."""
+        if self.lost:
+            raise SegmentError(
+                f"{what} {self.name!r} was truncated while in use (its file in {SHM_DIR} "
+                f"shrank under the processes using it): its contents are lost. Remove it "
+                f"(`procwire rm {self.name}`) and create it again")
 
 
 class Named:

@@ -26,18 +26,20 @@ Passing ends to other processes:
 """
 from __future__ import annotations
 
+import array
 import errno
 import os
 import pickle
+import select
 import socket
-import struct
+import time
 import weakref
 from multiprocessing import BufferTooShort
 from multiprocessing import reduction as _mp_reduction
 from typing import Any
 
 from procwire import _core
-from procwire._segment import Segment, validate_name
+from procwire._segment import Segment
 
 __all__ = ["Client", "Connection", "DEFAULT_CAPACITY", "Listener", "Pipe"]
 
@@ -135,6 +137,82 @@ class Connection(_core.PipeEnd):
         """
         return self._fileno()
 
+    # -- passing descriptors ----------------------------------------------------
+
+    def send_handle(self, handle: int) -> None:
+        """Send a file descriptor to the other end, which gets it from :meth:`recv_handle`.
+
+        The receiving process gets its own descriptor for the same open file
+        (as with ``SCM_RIGHTS``); ``handle`` stays open here. Descriptors
+        travel apart from messages: each direction keeps its order, but a
+        descriptor may overtake messages sent before it. Also what
+        ``multiprocessing.reduction.send_handle(conn, handle, pid)`` does
+        for a procwire Connection. ``BrokenPipeError`` if the other end is
+        closed.
+        """
+        if self.closed:
+            raise OSError("handle is closed")
+        if not self.writable:
+            raise OSError("connection is read-only")
+        if not isinstance(handle, int) or isinstance(handle, bool):
+            raise TypeError(f"handle must be an int file descriptor, not "
+                            f"{type(handle).__name__}")
+        fds = array.array("i", [handle])
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM,
+                           fileno=os.dup(self._fds()[3])) as sock:
+            while True:
+                try:
+                    sock.sendmsg([b"\x01"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)],
+                                 socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                    return
+                except BlockingIOError:
+                    # Thousands of descriptors in flight: wait for the peer.
+                    _wait_fd(sock.fileno(), select.POLLOUT, None)
+                except (BrokenPipeError, ConnectionResetError):
+                    raise BrokenPipeError(errno.EPIPE,
+                                          "the other end of the pipe is closed") from None
+
+    def recv_handle(self, *, timeout: float | None = None) -> int:
+        """Return a descriptor sent with :meth:`send_handle` by the other end (ours to close).
+
+        Blocks until one arrives, up to ``timeout`` seconds (``TimeoutError``);
+        ``EOFError`` when the other end is closed and none is left. Also what
+        ``multiprocessing.reduction.recv_handle(conn)`` does for a procwire
+        Connection.
+        """
+        if self.closed:
+            raise OSError("handle is closed")
+        if not self.readable:
+            raise OSError("connection is write-only")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        size = socket.CMSG_SPACE(array.array("i").itemsize)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM,
+                           fileno=os.dup(self._fds()[2])) as sock:
+            while True:
+                try:
+                    msg, anc, flags, _ = sock.recvmsg(
+                        1, size, socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+                    break
+                except BlockingIOError:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError("no descriptor arrived before the timeout") from None
+                    _wait_fd(sock.fileno(), select.POLLIN, left)
+                except ConnectionResetError:
+                    raise EOFError("the other end of the pipe is closed") from None
+        if not msg and not anc:
+            raise EOFError("the other end of the pipe is closed")
+        received = array.array("i")
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                received.frombytes(data[:len(data) - len(data) % received.itemsize])
+        if len(received) != 1 or flags & socket.MSG_CTRUNC:
+            for fd in received:
+                os.close(fd)
+            raise RuntimeError(f"received {len(received)} descriptors where 1 was sent "
+                               f"(a record not made by send_handle)")
+        return received[0]
+
     def close(self) -> None:
         """Close this handle. The end stays open while other processes hold it."""
         if not self.closed:
@@ -176,6 +254,46 @@ class Connection(_core.PipeEnd):
         return (_rebuild, (self._end, tuple(dups)))
 
 
+def _wait_fd(fd: int, events: int, timeout: float | None) -> None:
+    """Wait (GIL released, Ctrl-C honoured) until fd has `events`, HUP, or timeout."""
+    poller = select.poll()
+    poller.register(fd, events)
+    poller.poll(None if timeout is None else max(0, int(timeout * 1000) + 1))
+
+
+# multiprocessing.reduction.send_handle/recv_handle wrap conn.fileno() in a
+# socket. A procwire Connection's fileno() cannot be that socket: it must be
+# readable exactly when a message waits in shared memory, and a socket is
+# readable only with bytes in it -- a system call per message, the cost the
+# ring exists to avoid. So the two functions learn to hand procwire
+# Connections to their own send_handle/recv_handle; every other connection
+# goes to the original functions, unchanged.
+def _install_reduction_hooks() -> None:
+    if getattr(_mp_reduction.send_handle, "_procwire", False):
+        return
+    original_send, original_recv = _mp_reduction.send_handle, _mp_reduction.recv_handle
+
+    def send_handle(conn: Any, handle: int, destination_pid: int) -> None:
+        if isinstance(conn, Connection):
+            return conn.send_handle(handle)
+        return original_send(conn, handle, destination_pid)
+
+    def recv_handle(conn: Any) -> int:
+        if isinstance(conn, Connection):
+            return conn.recv_handle()
+        return original_recv(conn)
+
+    for hook, original in ((send_handle, original_send), (recv_handle, original_recv)):
+        hook.__doc__ = original.__doc__
+        hook.__wrapped__ = original  # type: ignore[attr-defined]
+        hook._procwire = True  # type: ignore[attr-defined]
+    _mp_reduction.send_handle = send_handle
+    _mp_reduction.recv_handle = recv_handle
+
+
+_install_reduction_hooks()
+
+
 def _from_fds(end: int, fds: list[int]) -> Connection:
     """Build a Connection from received descriptors (ours to close)."""
     memfd, rest = fds[0], tuple(fds[1:])
@@ -210,8 +328,14 @@ def _new_fds() -> tuple[list[int], list[tuple[int, int]]]:
             made.append(ev[-1])
         life = []
         for _ in range(2):
-            r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            # A socket pair rather than a pipe: the same end-of-life signal
+            # (POLLHUP once every write side is closed), and it carries
+            # descriptors (send_handle).
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            r, w = a.detach(), b.detach()
             made += [r, w]
+            for fd in (r, w):
+                os.set_blocking(fd, False)
             life.append((r, w))
     except BaseException:
         for fd in made:

@@ -32,6 +32,7 @@ __all__ = ["JoinableQueue", "Queue", "SimpleQueue", "DEFAULT_CAPACITY"]
 DEFAULT_CAPACITY = 4 * 1024 * 1024
 
 _HIGHEST = pickle.HIGHEST_PROTOCOL  # >= 5 on every Python procwire supports
+_MAX_OOB_BUFFERS = 63  # ring.c: a record holds the pickle and at most 63 buffers
 
 
 def _dumps_buffers(obj: Any) -> bytes | list:
@@ -46,6 +47,10 @@ def _dumps_buffers(obj: Any) -> bytes | list:
     data = pickle.dumps(obj, _HIGHEST, buffer_callback=buffers.append)
     if not buffers:
         return data
+    if len(buffers) > _MAX_OOB_BUFFERS:
+        # A record carries at most 63 out-of-band buffers (a numpy object
+        # array of 100 arrays has 100): pickle the rest in band, one copy more.
+        return pickle.dumps(obj, _HIGHEST)
     try:
         return [data, *(b.raw() for b in buffers)]
     except BufferError:  # a non-contiguous buffer: let pickle copy it in band
@@ -163,7 +168,13 @@ class Queue(Named, _core.Ring):
         """Compatibility: there is no feeder thread, so exit never waits on the queue."""
 
     def statistics(self) -> dict[str, int]:
-        """Live counters from the shared header: messages, bytes, waiters, owner deaths."""
+        """Live counters from the shared header: messages, bytes, waiters, owner deaths.
+
+        ``total_in``/``total_out`` count every message ever published into /
+        taken out of the ring, exactly, kills included (``total_in - total_out
+        == messages``); ``bytes_in``/``bytes_out`` are advisory: a process
+        killed right after publishing leaves its last batch's bytes uncounted.
+        """
         return self._statistics()
 
     def __enter__(self) -> Queue:
@@ -186,8 +197,10 @@ class Queue(Named, _core.Ring):
                  timeout: float | None = None) -> None:
         """Put every item, in order, taking the lock once per group of items.
 
-        On timeout raises ``queue.Full``; its ``count`` attribute says how many
-        items were put.
+        If an item cannot be pickled, every item before it is put and it and
+        the rest are not: its exception is raised with a ``count`` attribute,
+        the number of items put (its index). On timeout raises ``queue.Full``,
+        whose ``count`` attribute says the same.
         """
         return _core.Ring.put_many(self, items, block, timeout)
 

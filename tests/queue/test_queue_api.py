@@ -194,10 +194,11 @@ def test_unpicklable_object_raises_from_put_and_loses_nothing(q):
     q.put("before")
     with pytest.raises((pickle.PicklingError, TypeError, AttributeError)):
         q.put(lambda: None)
-    with pytest.raises((pickle.PicklingError, TypeError, AttributeError)):
-        q.put_many(["ok", threading.Lock()])
+    with pytest.raises((pickle.PicklingError, TypeError, AttributeError)) as info:
+        q.put_many(["ok", threading.Lock(), "never"])
+    assert info.value.count == 1  # the items before the bad one went in, no others
     q.put("after")
-    assert q.get_many() == ["before", "after"]
+    assert q.get_many() == ["before", "ok", "after"]
 
 
 def test_oversized_message_names_the_limit_and_the_setting():

@@ -57,6 +57,19 @@ int pw_parse_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyO
 /* pw_deadline_from() for optional (NULL = default) block and timeout objects. */
 int pw_parse_block_timeout(PyObject *block, PyObject *timeout, int64_t *deadline);
 
+/*
+ * The 64-bit lifetime count whose low 32 bits are `count` (a position word's
+ * message count), given a stored total that lags it by less than 2^32.
+ * total_in/total_out are stored after the publishing store, so a process
+ * killed in between leaves them short; widening from the position word,
+ * which is authoritative, makes them exact again.
+ */
+static inline uint64_t pw_widen_count(uint64_t total, uint32_t count)
+{
+    uint64_t t = (total & ~0xffffffffULL) | count;
+    return t < total ? t + (1ULL << 32) : t;
+}
+
 /* ----------------------------------------------------------------- futex */
 
 /*
@@ -67,8 +80,77 @@ int pw_parse_block_timeout(PyObject *block, PyObject *timeout, int64_t *deadline
  */
 int pw_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline);
 
-/* Wakes up to n sleepers (INT32_MAX for all). Never blocks. */
-void pw_futex_wake(_Atomic uint32_t *word, int n);
+/* Wakes up to n sleepers (INT32_MAX for all). Never blocks. Returns how many
+ * it woke (0 on error). */
+int pw_futex_wake(_Atomic uint32_t *word, int n);
+
+/*
+ * Sleeper registration: THE wait primitive every blocking type uses to tell
+ * wakers that someone sleeps (layout.h, struct pw_waiters). The protocol:
+ *
+ *   sleeper                               waker
+ *   pw_sleeper_enter(w, &s)               change the condition (seq_cst)
+ *   re-check the condition (seq_cst)      if (pw_waiters_any(w))
+ *   pw_sleeper_wait(&s, word, v, dl)          bump the futex word if needed,
+ *   pw_sleeper_leave(&s)                      pw_waiters_wake(w, word, n)
+ *
+ * Neither side can miss the other: the sleeper's slot store precedes its
+ * re-check, the waker's change precedes its look at the slots. Sleepers
+ * killed while asleep are reaped (see pw_waiters_reconcile), so their slot
+ * never makes wakers pay a system call for long.
+ */
+typedef struct {
+    struct pw_waiters *w;
+    int slot;     /* index in w->slot, or -1: no slot free (polling) */
+    uint64_t id;  /* this process's identity (pw_sleeper_identity) */
+} pw_sleeper;
+
+/* Registers the calling thread as asleep on w. Never fails, never blocks. */
+void pw_sleeper_enter(struct pw_waiters *w, pw_sleeper *s);
+/* Unregisters it (idempotent). */
+void pw_sleeper_leave(pw_sleeper *s);
+/* Rebuilds the pw_sleeper of a registration made by an earlier call of this
+ * thread (Condition: _prepare_wait() then _sleep()); slot -1 or out of range
+ * makes leave a no-op. */
+void pw_sleeper_resume(struct pw_waiters *w, pw_sleeper *s, int slot);
+/*
+ * Sleeps on *word while it equals expected, at most until the deadline and
+ * for at most one slice (PW_WAIT_SLICE_NS; PW_WAIT_POLL_NS while without a
+ * slot). Between slices it checks signals and re-registers if its slot was
+ * taken from it. Returns 0 (woken, word changed or slice over: re-check),
+ * 1 when the deadline passed, -1 with an exception set.
+ */
+int pw_sleeper_wait(pw_sleeper *s, _Atomic uint32_t *word, uint32_t expected, int64_t deadline);
+#define PW_WAIT_SLICE_NS 100000000LL /* re-check own registration this often */
+#define PW_WAIT_POLL_NS 10000000LL   /* sleepers beyond PW_WAIT_SLOTS poll this often */
+
+/* The wakers' fast path: 1 if any slot is taken (no system call). */
+static inline int pw_waiters_any(struct pw_waiters *w)
+{
+    /* Sixteen plain loads on x86 (seq_cst loads need no fence there). */
+    uint64_t any = 0;
+#pragma GCC unroll 16
+    for (int i = 0; i < PW_WAIT_SLOTS; i++)
+        any |= atomic_load(&w->slot[i]);
+    return any != 0;
+}
+
+/*
+ * Wakes up to n sleepers of *word if pw_waiters_any(w), counting the system
+ * call. A wake that found a slot taken but woke nobody runs a (rate-limited)
+ * reconciliation: a killed sleeper costs wakers one system call, not one per
+ * operation forever. Returns the number woken.
+ */
+int pw_waiters_wake(struct pw_waiters *w, _Atomic uint32_t *word, int n);
+/* For sleepers woken by other means (a Pipe's eventfd): counts one wake
+ * system call and reconciles at most every 100 ms. */
+void pw_waiters_woke_unknown(struct pw_waiters *w);
+/* Frees the slots of sleepers whose process is dead; returns the sleepers
+ * counted after that. Never blocks; reads /proc for occupied slots only. */
+uint32_t pw_waiters_reconcile(struct pw_waiters *w);
+/* Counts slots held by live processes without changing anything (for
+ * read-only inspection). */
+uint32_t pw_waiters_count_live(const struct pw_waiters *w);
 
 /*
  * Spins, with the GIL released, until *word != expected or spin_ns pass.

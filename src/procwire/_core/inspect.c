@@ -44,7 +44,7 @@ static int add_lock(PyObject *d, const struct pw_lock *l)
            set_item(d, "owner_died", PyBool_FromLong(atomic_load(&l->inconsistent) ||
                                                      (word & FUTEX_OWNER_DIED))) ||
            set_item(d, "owner_deaths", U64(&l->owner_deaths)) ||
-           set_item(d, "waiters", U32(&l->waiters)) ||
+           set_item(d, "waiters", PyLong_FromUnsignedLong(pw_waiters_count_live(&l->sleepers))) ||
            set_item(d, "contended", U64(&l->contended));
 }
 
@@ -75,16 +75,18 @@ static int add_ring(PyObject *d, const struct pw_ring *r, const struct pw_header
            set_item(d, "maxsize", PyLong_FromUnsignedLong(r->maxsize)) ||
            set_item(d, "messages", PyLong_FromUnsignedLong((uint32_t)((tail >> 32) - (head >> 32)))) ||
            set_item(d, "bytes_used", PyLong_FromUnsignedLong((uint32_t)tail - (uint32_t)head)) ||
-           set_item(d, "total_in", U64(&r->total_in)) ||
-           set_item(d, "total_out", U64(&r->total_out)) ||
+           set_item(d, "total_in", PyLong_FromUnsignedLongLong(pw_widen_count(
+                                       atomic_load(&r->total_in), (uint32_t)(tail >> 32)))) ||
+           set_item(d, "total_out", PyLong_FromUnsignedLongLong(pw_widen_count(
+                                        atomic_load(&r->total_out), (uint32_t)(head >> 32)))) ||
            set_item(d, "bytes_in", U64(&r->bytes_in)) ||
            set_item(d, "bytes_out", U64(&r->bytes_out)) ||
            set_item(d, "owner_died", PyLong_FromUnsignedLongLong(
                                          atomic_load(&r->tail_owner_died) +
                                          atomic_load(&r->head_owner_died))) ||
-           set_item(d, "consumers_waiting", U32(&r->consumers_sleeping)) ||
-           set_item(d, "producers_waiting", U32(&r->producers_sleeping)) ||
-           set_item(d, "joiners_waiting", U32(&r->joiners_sleeping)) ||
+           set_item(d, "consumers_waiting", PyLong_FromUnsignedLong(pw_waiters_count_live(&r->consumers))) ||
+           set_item(d, "producers_waiting", PyLong_FromUnsignedLong(pw_waiters_count_live(&r->producers))) ||
+           set_item(d, "joiners_waiting", PyLong_FromUnsignedLong(pw_waiters_count_live(&r->joiners))) ||
            set_item(d, "unfinished_tasks", PyLong_FromUnsignedLong(
                                                (uint32_t)(tail >> 32) - atomic_load(&r->tasks_done)));
 }
@@ -117,14 +119,14 @@ static int add_kind(PyObject *d, const char *base, const struct pw_header *h)
         return set_item(d, "value", U32(&s->value)) ||
                set_item(d, "maxvalue", PyLong_FromUnsignedLong(s->maxvalue)) ||
                set_item(d, "bounded", PyBool_FromLong(s->bounded)) ||
-               set_item(d, "waiters", U32(&s->waiters)) ||
+               set_item(d, "waiters", PyLong_FromUnsignedLong(pw_waiters_count_live(&s->sleepers))) ||
                set_item(d, "acquires", U64(&s->acquires)) ||
                set_item(d, "releases", U64(&s->releases));
     }
     case PW_KIND_EVENT: {
         const struct pw_event *e = p;
         return set_item(d, "is_set", PyBool_FromLong(atomic_load(&e->state) & 1)) ||
-               set_item(d, "waiters", U32(&e->waiters)) ||
+               set_item(d, "waiters", PyLong_FromUnsignedLong(pw_waiters_count_live(&e->sleepers))) ||
                set_item(d, "sets", U64(&e->sets));
     }
     case PW_KIND_CONDITION: {
@@ -134,7 +136,7 @@ static int add_kind(PyObject *d, const char *base, const struct pw_header *h)
             Py_XDECREF(lock);
             return -1;
         }
-        return set_item(d, "waiters", U32(&c->waiters)) ||
+        return set_item(d, "waiters", PyLong_FromUnsignedLong(pw_waiters_count_live(&c->sleepers))) ||
                set_item(d, "notifies", U64(&c->notifies)) ||
                add_lock_name(d, c->lock_mode, c->lock_name_len, c->lock_name) ||
                set_item(d, "lock", lock);
@@ -145,7 +147,7 @@ static int add_kind(PyObject *d, const char *base, const struct pw_header *h)
         return set_item(d, "parties", PyLong_FromUnsignedLong(b->parties)) ||
                set_item(d, "n_waiting", PyLong_FromUnsignedLong(count >= b->parties ? 0 : count)) ||
                set_item(d, "broken", PyBool_FromLong(atomic_load(&b->broken))) ||
-               set_item(d, "waiters", U32(&b->waiters)) ||
+               set_item(d, "waiters", PyLong_FromUnsignedLong(pw_waiters_count_live(&b->sleepers))) ||
                set_item(d, "generation", U32(&b->generation)) ||
                set_item(d, "owner_deaths", U64(&b->owner_deaths));
     }

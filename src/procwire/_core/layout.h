@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #define PW_MAGIC 0x3145524957435250ULL /* "PRCWIRE1" read as little-endian */
-#define PW_LAYOUT_VERSION 1u
+#define PW_LAYOUT_VERSION 2u /* 2: struct pw_waiters replaces the sleeper counts */
 #define PW_CACHELINE 64
 
 /* What the segment holds. Values are part of the layout: never reuse one. */
@@ -57,6 +57,38 @@ struct pw_header {
     uint64_t reserved;        /* 56 */
 };
 _Static_assert(sizeof(struct pw_header) == 64, "pw_header is one cache line");
+
+/*
+ * A wait queue's sleepers (wait.c). 192 bytes, 64-byte aligned.
+ *
+ * Each thread asleep on the queue's futex (or eventfd) holds one slot: a
+ * 64-bit identity of its process, written with one CAS when it goes to sleep
+ * and cleared with one CAS when it wakes. "Is anyone asleep?" (the wakers'
+ * fast path) is the OR of the slots: two cache lines that only sleepers
+ * write. A process killed while asleep leaves its slot set; any process that
+ * finds a slot set but wakes nobody, and every statistics() call, checks the
+ * slots' processes and frees the slots of dead ones (one CAS each), so a dead
+ * sleeper is never counted for long and never costs a wake-up forever.
+ *
+ * Identity: bits 63..54 low 10 bits of the pid namespace's inode number,
+ * bits 53..32 the pid (tgid, < 2^22), bits 31..0 the process's start time
+ * (clock ticks after boot, /proc/<pid>/stat field 22) mod 2^32; 0 = free.
+ * The start time tells a reused pid apart; a slot written from another pid
+ * namespace is never judged.
+ *
+ * More than PW_WAIT_SLOTS sleepers at once: the extra ones are not counted
+ * and poll (wait.c: PW_WAIT_POLL_NS), taking a slot as soon as one frees.
+ */
+#define PW_WAIT_SLOTS 16
+struct pw_waiters {
+    _Atomic uint64_t slot[PW_WAIT_SLOTS]; /*   0: sleeper identities, 0 = free   */
+    _Atomic uint64_t wakes;               /* 128: wake system calls made         */
+    _Atomic uint64_t reaped;              /* 136: slots of dead sleepers freed   */
+    _Atomic int64_t last_reconcile_ns;    /* 144: CLOCK_MONOTONIC of the last
+                                                  reconciliation by a waker      */
+    uint64_t reserved[5];                 /* 152..191                            */
+};
+_Static_assert(sizeof(struct pw_waiters) == 192, "pw_waiters is three cache lines");
 
 /*
  * A message ring (Queue, SimpleQueue, JoinableQueue, one direction of a Pipe).
@@ -122,18 +154,24 @@ struct pw_ring {
     _Atomic uint64_t head_owner_died;
     uint64_t reserved2[4];
 
-    /* -- futex words. A sleeper counts itself in *_sleeping, reads the seq,
-     *    re-checks its condition, then sleeps on the seq. A waker that changed
-     *    the condition bumps the seq and wakes all sleepers. -- */
+    /* -- futex words. A sleeper registers in its struct pw_waiters, reads the
+     *    seq, re-checks its condition, then sleeps on the seq. A waker that
+     *    changed the condition and finds a sleeper bumps the seq and wakes
+     *    them all. -- */
     _Atomic uint32_t not_empty_seq;
-    _Atomic uint32_t consumers_sleeping;
+    uint32_t reserved5;                  /* layout 1: consumers_sleeping      */
     _Atomic uint32_t not_full_seq;
-    _Atomic uint32_t producers_sleeping;
+    uint32_t reserved6;                  /* layout 1: producers_sleeping      */
     _Atomic uint32_t tasks_done;         /* JoinableQueue: task_done() count (mod 2^32) */
-    _Atomic uint32_t joiners_sleeping;
+    uint32_t reserved7;                  /* layout 1: joiners_sleeping        */
     _Atomic uint32_t closed_flags;       /* Pipe: PW_RING_*_CLOSED bits below */
     uint32_t reserved3;
     uint64_t reserved4[4];
+
+    /* -- sleepers, one wait queue per futex word above -- */
+    struct pw_waiters consumers;         /* asleep on not_empty_seq (get)     */
+    struct pw_waiters producers;         /* asleep on not_full_seq (put)      */
+    struct pw_waiters joiners;           /* asleep on tasks_done (join)       */
 };
 
 #define PW_RING_DATA_ALIGN 4096u
@@ -173,8 +211,7 @@ struct pw_pipe_end {
                                              processes, counted at open/fork/pickle and
                                              at close(); processes that die never
                                              decrement it                              */
-    _Atomic uint32_t readers_waiting; /*  4: threads asleep in recv()/poll() on this end:
-                                             senders must signal its eventfd           */
+    uint32_t reserved0;               /*  4: layout 1: readers_waiting (now `readers`)   */
     _Atomic uint32_t fd_interest;     /*  8: 1 once fileno() was called on this end:
                                              senders signal its eventfd on every message */
     _Atomic uint32_t fd_signaled;     /* 12: the eventfd was signaled and not drained  */
@@ -188,6 +225,8 @@ struct pw_pipe_end {
     char pad1[PW_CACHELINE - sizeof(pthread_mutex_t) % PW_CACHELINE];
     pthread_mutex_t recv_lock;        /* held while this end receives one whole message */
     char pad2[PW_CACHELINE - sizeof(pthread_mutex_t) % PW_CACHELINE];
+    struct pw_waiters readers;        /* threads asleep in recv()/poll() on this end:
+                                         senders must signal its eventfd             */
 };
 
 #define PW_PIPE_DUPLEX 1u
@@ -211,7 +250,7 @@ struct pw_pipe {
 
 /*
  * A robust lock: Lock, RLock, and the lock embedded in Value/Array/Condition.
- * 128 bytes. The mutex is a glibc robust, process-shared, error-checking
+ * 320 bytes. The mutex is a glibc robust, process-shared, error-checking
  * mutex (see mutex.c): the kernel releases it, marked owner-died, when its
  * holder dies. Its lock word holds the holder's thread id.
  */
@@ -222,26 +261,29 @@ struct pw_lock {
     _Atomic uint32_t inconsistent;  /* 68: 1 from an owner-died acquire until
                                            make_consistent()                     */
     _Atomic uint64_t owner_deaths;  /* 72: acquires that found the holder dead   */
-    _Atomic uint32_t waiters;       /* 80: threads blocked in acquire (advisory) */
+    uint32_t reserved0;             /* 80: layout 1: waiters (now `sleepers`)    */
     uint32_t recursive;             /* 84: 1 for an RLock, 0 for a Lock          */
     _Atomic uint64_t contended;     /* 88: acquires that had to wait             */
     uint64_t reserved[4];           /* 96..127                                   */
+    struct pw_waiters sleepers;     /* 128: threads blocked in acquire (statistics
+                                            only: the mutex does its own wakes)  */
 };
 _Static_assert(sizeof(pthread_mutex_t) <= PW_CACHELINE, "mutex fits one line");
-_Static_assert(sizeof(struct pw_lock) == 128, "pw_lock is two cache lines");
+_Static_assert(sizeof(struct pw_lock) == 320, "pw_lock layout");
 
 /* Semaphore and BoundedSemaphore. 64 bytes. */
 struct pw_sem {
     _Atomic uint32_t value;         /*  0: futex word, the count (<= INT32_MAX)  */
-    _Atomic uint32_t waiters;       /*  4: threads blocked in acquire (advisory) */
+    uint32_t reserved0;             /*  4: layout 1: waiters (now `sleepers`)    */
     uint32_t maxvalue;              /*  8: the limit: the initial value for a
                                            BoundedSemaphore, else 2^31-1         */
     uint32_t bounded;               /* 12: 1 for a BoundedSemaphore              */
     _Atomic uint64_t acquires;      /* 16: statistics (advisory)                 */
     _Atomic uint64_t releases;      /* 24 */
     uint64_t reserved[4];           /* 32..63 */
+    struct pw_waiters sleepers;     /* 64: threads asleep in acquire             */
 };
-_Static_assert(sizeof(struct pw_sem) == 64, "pw_sem is one cache line");
+_Static_assert(sizeof(struct pw_sem) == 256, "pw_sem layout");
 
 /*
  * Event. 64 bytes. `state` is the futex word: bit 0 is the flag, bits 31..1
@@ -250,11 +292,12 @@ _Static_assert(sizeof(struct pw_sem) == 64, "pw_sem is one cache line");
  */
 struct pw_event {
     _Atomic uint32_t state;         /*  0 */
-    _Atomic uint32_t waiters;       /*  4: threads blocked in wait (advisory)    */
+    uint32_t reserved0;             /*  4: layout 1: waiters (now `sleepers`)    */
     _Atomic uint64_t sets;          /*  8: statistics                            */
     uint64_t reserved[6];           /* 16..63 */
+    struct pw_waiters sleepers;     /* 64: threads asleep in wait                */
 };
-_Static_assert(sizeof(struct pw_event) == 64, "pw_event is one cache line");
+_Static_assert(sizeof(struct pw_event) == 256, "pw_event layout");
 
 /* Where a Condition's (or a Value's/Array's) lock lives. */
 enum pw_lock_mode {
@@ -267,20 +310,22 @@ enum pw_lock_mode {
 #define PW_LOCK_NAME_MAX 256
 
 /*
- * Condition. 448 bytes. Waiters sleep on `seq`; notify(n) bumps it and wakes
+ * Condition. 832 bytes. Waiters sleep on `seq`; notify(n) bumps it and wakes
  * n of them (a waiter that read seq just before the bump also returns).
  */
 struct pw_cond {
     _Atomic uint32_t seq;           /*   0: futex word                           */
-    _Atomic uint32_t waiters;       /*   4: threads in wait()                     */
+    uint32_t reserved0;             /*   4: layout 1: waiters (now `sleepers`)    */
     uint32_t lock_mode;             /*   8: enum pw_lock_mode                     */
     uint32_t lock_name_len;         /*  12 */
     _Atomic uint64_t notifies;      /*  16: statistics                            */
     uint64_t reserved[5];           /*  24..63 */
     char lock_name[PW_LOCK_NAME_MAX]; /* 64: not NUL-terminated                   */
     struct pw_lock lock;            /* 320: the default RLock                     */
+    struct pw_waiters sleepers;     /* 640: threads in wait(), from _prepare_wait()
+                                            to the end of _sleep()                */
 };
-_Static_assert(sizeof(struct pw_cond) == 448, "pw_cond layout");
+_Static_assert(sizeof(struct pw_cond) == 832, "pw_cond layout");
 
 /*
  * Barrier. 128 bytes. All fields but the futex word `seq` change under
@@ -295,13 +340,14 @@ struct pw_barrier {
     _Atomic uint32_t broken;        /* 76: 1 when broken                         */
     uint32_t parties;               /* 80 */
     _Atomic uint32_t count;         /* 84: arrived in this generation            */
-    _Atomic uint32_t waiters;       /* 88: threads asleep in wait()              */
+    uint32_t reserved1;             /* 88: layout 1: waiters (now `sleepers`)    */
     uint32_t reserved0;             /* 92 */
     int64_t timeout_ns;             /* 96: default timeout, -1 = None            */
     _Atomic uint64_t owner_deaths;  /* 104 */
     uint64_t reserved[2];           /* 112..127 */
+    struct pw_waiters sleepers;     /* 128: threads asleep in wait()             */
 };
-_Static_assert(sizeof(struct pw_barrier) == 128, "pw_barrier is two cache lines");
+_Static_assert(sizeof(struct pw_barrier) == 320, "pw_barrier layout");
 
 /*
  * Value and Array (and their Raw forms). The elements start at data_offset
@@ -311,16 +357,16 @@ _Static_assert(sizeof(struct pw_barrier) == 128, "pw_barrier is two cache lines"
 #define PW_TYPECODE_MAX 16
 struct pw_shared {
     struct pw_lock lock;            /*   0: used when lock_mode is EMBEDDED        */
-    char typecode[PW_TYPECODE_MAX]; /* 128: ctypes _type_ code ("i", "d", ...),
+    char typecode[PW_TYPECODE_MAX]; /* 320: ctypes _type_ code ("i", "d", ...),
                                             NUL-padded; "" for a custom ctypes type */
-    uint64_t elem_size;             /* 144 */
-    uint64_t length;                /* 152 */
-    uint32_t lock_mode;             /* 160: enum pw_lock_mode                      */
-    uint32_t lock_name_len;         /* 164 */
-    uint64_t reserved[3];           /* 168..191 */
-    char lock_name[PW_LOCK_NAME_MAX]; /* 192..447 */
+    uint64_t elem_size;             /* 336 */
+    uint64_t length;                /* 344 */
+    uint32_t lock_mode;             /* 352: enum pw_lock_mode                      */
+    uint32_t lock_name_len;         /* 356 */
+    uint64_t reserved[3];           /* 360..383 */
+    char lock_name[PW_LOCK_NAME_MAX]; /* 384..639 */
 };
-_Static_assert(sizeof(struct pw_shared) == 448, "pw_shared layout");
-#define PW_SHARED_DATA_OFFSET 512u  /* 64 + 448, rounded up to 64 */
+_Static_assert(sizeof(struct pw_shared) == 640, "pw_shared layout");
+#define PW_SHARED_DATA_OFFSET 704u  /* 64 + 640, a multiple of 64 */
 
 #endif /* PROCWIRE_LAYOUT_H */

@@ -5,7 +5,7 @@
  * Messages move through shared memory only; the kernel is involved in three
  * places, all off the hot path:
  *
- *  - Life of an end. Each end has a kernel pipe, its "life pipe": every
+ *  - Life of an end. Each end has a "life pipe" (a Unix socket pair): every
  *    handle of end e holds the WRITE side of end e's life pipe, and every
  *    handle of the other end holds its READ side. The kernel closes
  *    descriptors when a process exits or is killed, and duplicates them on
@@ -14,9 +14,12 @@
  *    semantics, kill -9 included, with no process table to poll.
  *    `handles` in shared memory lets the last orderly close() set the
  *    closed flag at once, so send() needs no system call to notice it.
+ *    Being sockets, the life pipes also carry descriptors from an end to
+ *    the other (Connection.send_handle/recv_handle, in pipe.py): so they
+ *    are only ever polled for POLLHUP here, never for POLLIN.
  *
  *  - Sleeping. A receiver spins a little on the ring's tail word, then
- *    counts itself in readers_waiting and sleeps in ppoll() on its end's
+ *    registers in its end's `readers` (wait.c) and sleeps in ppoll() on its end's
  *    eventfd and the peer's life pipe: a new message or the peer's death
  *    wakes it. A sender writes the eventfd only when someone sleeps there
  *    (or fileno() was handed out), so an awake receiver costs no syscall.
@@ -58,6 +61,12 @@ typedef struct {
     int counted;              /* this object holds one of me->handles */
     int64_t last_check;       /* when send() last polled the peer's life pipe */
     PyObject *dumps, *loads;
+    /* A streamed message whose receive was interrupted (timeout, signal):
+     * the pieces already taken, kept so that the next receive on this handle
+     * continues it. Valid only while the ring's head is still stash_head,
+     * i.e. no other receiver took a record since. Touched under recv_lock. */
+    PyObject *stash;
+    uint64_t stash_total, stash_got, stash_head;
 } PipeEndObject;
 
 /* -------------------------------------------------------------- helpers */
@@ -77,6 +86,7 @@ static void release_all(PipeEndObject *self)
     close_fd(&self->life_peer);
     close_fd(&self->life_own);
     close_fd(&self->epfd);
+    Py_CLEAR(self->stash);
     if (self->mapped) {
         self->mapped = 0;
         self->pipe = NULL;
@@ -158,7 +168,7 @@ static int peer_hup(PipeEndObject *self)
 {
     if (peer_closed(self))
         return 1;
-    struct pollfd pfd = {.fd = self->life_peer, .events = POLLIN};
+    struct pollfd pfd = {.fd = self->life_peer, .events = 0}; /* POLLHUP only */
     if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLERR))) {
         mark_end_closed(self->pipe, 1 - self->end);
         return 1;
@@ -168,9 +178,12 @@ static int peer_hup(PipeEndObject *self)
 
 static PyObject *raise_broken(void)
 {
-    errno = EPIPE;
-    PyErr_SetObject(PyExc_BrokenPipeError,
-                    Py_BuildValue("(is)", EPIPE, "the other end of the pipe is closed"));
+    /* PyErr_SetObject takes its own reference to the arguments. */
+    PyObject *args = Py_BuildValue("(is)", EPIPE, "the other end of the pipe is closed");
+    if (args) {
+        PyErr_SetObject(PyExc_BrokenPipeError, args);
+        Py_DECREF(args);
+    }
     return NULL;
 }
 
@@ -185,8 +198,10 @@ static PyObject *raise_eof(void)
 static inline void signal_peer(PipeEndObject *self)
 {
     struct pw_pipe_end *pe = self->peer;
-    if (atomic_load(&pe->readers_waiting))
+    if (pw_waiters_any(&pe->readers)) {
         ev_write(self->ev_peer);
+        pw_waiters_woke_unknown(&pe->readers); /* issue 9 #15: reaps killed receivers */
+    }
     else if (atomic_load_explicit(&pe->fd_interest, memory_order_relaxed) &&
              atomic_exchange(&pe->fd_signaled, 1) == 0)
         ev_write(self->ev_peer);
@@ -213,7 +228,7 @@ static void resync_after_take(PipeEndObject *self)
         if ((ring_nonempty(self) || peer_closed(self)) &&
             atomic_exchange(&me->fd_signaled, 1) == 0)
             ev_write(self->ev_self);
-    } else if (atomic_load(&me->readers_waiting) && ring_nonempty(self)) {
+    } else if (pw_waiters_any(&me->readers) && ring_nonempty(self)) {
         ev_write(self->ev_self); /* another receiver sleeps and there is more */
     }
 }
@@ -241,20 +256,24 @@ static int wait_for_data(PipeEndObject *self, uint64_t tail, int64_t deadline)
         rr->spin_ns = 2000;
     }
     struct pw_pipe_end *me = self->me;
-    atomic_fetch_add(&me->readers_waiting, 1);
+    pw_sleeper sl; /* issue 9 #15: registered so a killed receiver is reaped */
+    pw_sleeper_enter(&me->readers, &sl);
     int rc = 0;
     if (atomic_load(&r->tail) == tail && !peer_closed(self)) {
         struct pollfd pfd[2] = {{.fd = self->ev_self, .events = POLLIN},
-                                {.fd = self->life_peer, .events = POLLIN}};
-        struct timespec ts, *tsp = NULL;
-        if (deadline != PW_FOREVER) {
-            int64_t left = deadline - pw_now_ns();
-            if (left < 0)
-                left = 0;
-            ts.tv_sec = left / 1000000000LL;
-            ts.tv_nsec = left % 1000000000LL;
-            tsp = &ts;
-        }
+                                {.fd = self->life_peer, .events = 0}}; /* HUP */
+        /* Sleep in slices: a receiver without a slot (or whose slot was
+         * reaped) registers again between them (pw_sleeper_wait's rule). */
+        struct timespec ts, *tsp = &ts;
+        int64_t slice = sl.slot >= 0 ? PW_WAIT_SLICE_NS : PW_WAIT_POLL_NS;
+        int64_t left = deadline - pw_now_ns();
+        int sliced = left > slice;
+        if (left < 0)
+            left = 0;
+        if (sliced)
+            left = slice;
+        ts.tv_sec = left / 1000000000LL;
+        ts.tv_nsec = left % 1000000000LL;
         int n, err;
         Py_BEGIN_ALLOW_THREADS
         n = ppoll(pfd, 2, tsp, NULL);
@@ -269,7 +288,7 @@ static int wait_for_data(PipeEndObject *self, uint64_t tail, int64_t deadline)
                 rc = -1;
             }
         } else if (n == 0) {
-            rc = 1;
+            rc = sliced ? 0 : 1;
         } else {
             if (pfd[1].revents & (POLLHUP | POLLERR))
                 mark_end_closed(self->pipe, 1 - self->end);
@@ -281,7 +300,7 @@ static int wait_for_data(PipeEndObject *self, uint64_t tail, int64_t deadline)
             }
         }
     }
-    atomic_fetch_sub(&me->readers_waiting, 1);
+    pw_sleeper_leave(&sl);
     return rc;
 }
 
@@ -576,6 +595,71 @@ static int take_cb(void *ctx, pw_ringref *rr, uint32_t pos, uint32_t type, uint6
 }
 
 /*
+ * A receive interrupted mid-stream (timeout, signal) keeps what it took, so
+ * that the pipe is left as if the call had not been made: the next receive
+ * continues the message. Called under recv_lock.
+ */
+static void stash_partial(PipeEndObject *self, recv_ctx *c)
+{
+    if (!c->in_stream)
+        return;
+    PyObject *b = c->bytes;
+    if (!b) { /* the pieces went into recv_bytes_into's buffer: copy them out */
+        b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)c->total);
+        if (!b) {
+            PyErr_Clear(); /* out of memory: the message is dropped, and counted */
+            return;
+        }
+        memcpy(PyBytes_AS_STRING(b), c->dst, (size_t)c->got);
+    }
+    c->bytes = NULL;
+    Py_XSETREF(self->stash, b);
+    self->stash_total = c->total;
+    self->stash_got = c->got;
+    self->stash_head = atomic_load(&self->in.ring->head);
+    c->in_stream = 0;
+    c->dst = NULL;
+    c->total = c->got = 0;
+}
+
+/* Under recv_lock: continue a stashed message if no other receiver took a
+ * record since. 1 resumed, 0 nothing to resume, -1 exception (too long). */
+static int resume_stash(PipeEndObject *self, recv_ctx *c)
+{
+    PyObject *b = self->stash;
+    if (!b)
+        return 0;
+    self->stash = NULL;
+    if (atomic_load(&self->in.ring->head) != self->stash_head) {
+        /* Another handle of this end received meanwhile and skipped the
+         * rest of the message. */
+        atomic_fetch_add(&self->me->partial_dropped, 1);
+        Py_DECREF(b);
+        return 0;
+    }
+    c->length = self->stash_total;
+    if (self->stash_total > c->maxlength) {
+        /* Dropped like any message over maxlength: its remaining pieces
+         * are skipped by the next receive. */
+        Py_DECREF(b);
+        PyErr_SetString(PyExc_OSError, "bad message length");
+        return -1;
+    }
+    c->bytes = b;
+    c->dst = PyBytes_AS_STRING(b);
+    c->total = self->stash_total;
+    c->got = self->stash_got;
+    c->in_stream = 1;
+    return 1;
+}
+
+/* A stashed message is still ahead of everything else in the ring. */
+static int stash_pending(PipeEndObject *self)
+{
+    return self->stash && atomic_load(&self->in.ring->head) == self->stash_head;
+}
+
+/*
  * Receives one message into c. Returns 0 (message in c), 1 on timeout, -1
  * with an exception set (EOFError when the peer is gone).
  */
@@ -594,6 +678,12 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
         return -1;
     }
     int result;
+    int resumed = resume_stash(self, c);
+    if (resumed < 0) {
+        pw_mutex_unlock(&me->recv_lock);
+        resync_after_take(self);
+        return -1;
+    }
     for (;;) {
         uint64_t tail = atomic_load(&self->in.ring->tail);
         int status = 0;
@@ -629,6 +719,7 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
         }
         int rc = wait_for_data(self, tail, deadline);
         if (rc < 0) {
+            stash_partial(self, c); /* a signal: Ctrl-C loses nothing either */
             result = -1;
             break;
         }
@@ -638,6 +729,7 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
             break;
         }
         if (rc == 1 && atomic_load(&self->in.ring->tail) == tail) {
+            stash_partial(self, c);
             result = 1;
             break;
         }
@@ -645,6 +737,12 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
     pw_mutex_unlock(&me->recv_lock);
     if (result != 0)
         ctx_drop(c);
+    else if (resumed && c->into && c->bytes && c->length <= c->into_cap) {
+        /* recv_bytes_into finishing a message begun by an interrupted call:
+         * the pieces were gathered in a bytes object; copy them into place. */
+        memcpy(c->into, PyBytes_AS_STRING(c->bytes), (size_t)c->length);
+        Py_CLEAR(c->bytes);
+    }
     resync_after_take(self);
     return result;
 }
@@ -817,7 +915,7 @@ static PyObject *PipeEnd_poll(PipeEndObject *self, PyObject *const *args, Py_ssi
     if (check_readable(self) == 0) {
         for (;;) {
             uint64_t tail = atomic_load(&self->in.ring->tail);
-            if (pw_ring_count(&self->in) || peer_closed(self)) {
+            if (pw_ring_count(&self->in) || peer_closed(self) || stash_pending(self)) {
                 result = Py_NewRef(Py_True);
                 break;
             }
@@ -993,6 +1091,7 @@ static void PipeEnd_dealloc(PipeEndObject *self)
     release_all(self);
     Py_CLEAR(self->dumps);
     Py_CLEAR(self->loads);
+    Py_CLEAR(self->stash);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1030,19 +1129,21 @@ static PyObject *PipeEnd_fileno(PipeEndObject *self, PyObject *unused)
         }
         ev.data.fd = self->ev_self;
         if (epoll_ctl(ep, EPOLL_CTL_ADD, self->ev_self, &ev) < 0 ||
-            (ev.data.fd = self->life_peer,
+            /* The peer's death only (EPOLLHUP is always reported): descriptors
+             * waiting for recv_handle() do not make recv() ready. */
+            (ev.events = 0, ev.data.fd = self->life_peer,
              epoll_ctl(ep, EPOLL_CTL_ADD, self->life_peer, &ev) < 0)) {
             PyErr_SetFromErrno(PyExc_OSError);
             close(ep);
             goto out;
         }
         self->epfd = ep;
-        /* From now on senders signal this end's eventfd; make it readable
-         * now if a message already waits. */
+        /* From now on senders signal this end's eventfd. Bring it in step
+         * with the ring: readable now if a message already waits, and not
+         * readable from a stale count (a sender may have signalled a
+         * receiver that then found its message without sleeping). */
         atomic_store(&self->me->fd_interest, 1);
-        if ((pw_ring_count(&self->in) || peer_closed(self)) &&
-            atomic_exchange(&self->me->fd_signaled, 1) == 0)
-            ev_write(self->ev_self);
+        resync_after_take(self);
     }
     result = PyLong_FromLong(self->epfd);
 out:
@@ -1066,7 +1167,7 @@ static PyObject *PipeEnd_statistics(PipeEndObject *self, PyObject *unused)
         return NULL;
     struct pw_ring *in = self->in.ring, *out = self->out.ring;
     PyObject *d = Py_BuildValue(
-        "{s:i,s:O,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:O,s:I}",
+        "{s:i,s:O,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:O,s:I,s:K}",
         "end", self->end, "duplex", self->pipe->pipe_flags & PW_PIPE_DUPLEX ? Py_True : Py_False,
         "capacity_in", (unsigned long long)self->in.capacity,
         "capacity_out", (unsigned long long)self->out.capacity,
@@ -1081,7 +1182,8 @@ static PyObject *PipeEnd_statistics(PipeEndObject *self, PyObject *unused)
         "send_owner_died", (unsigned long long)atomic_load(&self->me->send_owner_died),
         "recv_owner_died", (unsigned long long)atomic_load(&self->me->recv_owner_died),
         "peer_closed", peer_closed(self) ? Py_True : Py_False,
-        "receivers_waiting", atomic_load(&self->me->readers_waiting));
+        "receivers_waiting", pw_waiters_reconcile(&self->me->readers),
+        "wake_syscalls", (unsigned long long)atomic_load(&self->me->readers.wakes));
     leave(self);
     return d;
 }

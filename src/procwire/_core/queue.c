@@ -25,6 +25,10 @@ typedef struct {
     PyObject *dumps_buffers; /* for buffer exporters: obj -> bytes or [pickle, buffer, ...] */
     PyObject *loads;     /* loads(data, buffers=None) */
     PyObject *name;      /* str, for messages */
+    /* get_many() found a message it could not unpickle: its exception, raised
+     * by this handle's next get call (the batch's other messages were
+     * returned). Type, value, traceback as PyErr_Fetch gives them. */
+    PyObject *pending_type, *pending_value, *pending_tb;
 } RingObject;
 
 /* Messages are serialised and put in groups of this many by put_many(),
@@ -32,6 +36,7 @@ typedef struct {
 #define PW_BATCH 256
 
 static PyObject *str_buffers; /* interned "buffers" keyword for loads() */
+static PyTypeObject RingType;
 
 /* ------------------------------------------------------------ lifecycle */
 
@@ -160,6 +165,9 @@ static void Ring_dealloc(RingObject *self)
     Py_CLEAR(self->protocol);
     Py_CLEAR(self->dumps_buffers);
     Py_CLEAR(self->loads);
+    Py_CLEAR(self->pending_type);
+    Py_CLEAR(self->pending_value);
+    Py_CLEAR(self->pending_tb);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -364,31 +372,82 @@ static PyObject *raise_full(Py_ssize_t done, Py_ssize_t n)
     return NULL;
 }
 
+/* Sets exc.count = n on the current exception (put_many's "how many went in"). */
+static void set_count_on_error(Py_ssize_t n)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value) {
+        PyObject *count = PyLong_FromSsize_t(n);
+        if (!count || PyObject_SetAttrString(value, "count", count) < 0)
+            PyErr_Clear(); /* an exception type that takes no attributes */
+        Py_XDECREF(count);
+        PyObject *note = PyUnicode_FromFormat("put_many() put the %zd items before this one; "
+                                              "this one and the rest were not put", n);
+        PyObject *r = note ? PyObject_CallMethod(value, "add_note", "O", note) : NULL;
+        if (!r)
+            PyErr_Clear();
+        Py_XDECREF(r);
+        Py_XDECREF(note);
+    }
+    PyErr_Restore(type, value, tb);
+}
+
+/*
+ * Puts items in order. If one cannot be serialised, every item before it is
+ * put (waiting for room as usual), it and the rest are not, and its exception
+ * is raised; with `many` it carries `count`, the number of items put, which
+ * is always its index. On timeout queue.Full carries `count` the same way.
+ */
 static PyObject *put_objects(RingObject *self, PyObject *const *items, Py_ssize_t n,
-                             int64_t deadline)
+                             int64_t deadline, int many)
 {
     pw_msg msgs[PW_BATCH];
     Py_ssize_t total_done = 0;
     while (total_done < n) {
         Py_ssize_t batch = n - total_done < PW_BATCH ? n - total_done : PW_BATCH;
         Py_ssize_t prepared = 0, done = 0;
-        int rc = 0;
+        int rc = 0, bad = 0;
+        PyObject *et = NULL, *ev = NULL, *etb = NULL;
         for (; prepared < batch; prepared++) {
             if (msg_prepare(self, items[total_done + prepared], &msgs[prepared]) < 0) {
                 msg_release(&msgs[prepared]);
-                rc = -1;
+                bad = 1;
+                PyErr_Fetch(&et, &ev, &etb);
                 break;
             }
         }
-        if (rc == 0)
+        if (prepared)
             rc = pw_ring_put(&self->rr, msgs, prepared, &done, deadline);
         for (Py_ssize_t i = 0; i < prepared; i++)
             msg_release(&msgs[i]);
         total_done += done;
-        if (rc < 0)
+        if (rc < 0 || rc == 1) {
+            /* The put itself failed or timed out: that is the error; the
+             * serialisation error, if any, becomes its context. */
+            if (rc == 1)
+                raise_full(total_done, many ? 2 : 1);
+            if (bad) {
+                PyErr_NormalizeException(&et, &ev, &etb);
+                PyObject *t, *v, *tb;
+                PyErr_Fetch(&t, &v, &tb);
+                PyErr_NormalizeException(&t, &v, &tb);
+                if (v && ev)
+                    PyException_SetContext(v, Py_NewRef(ev));
+                PyErr_Restore(t, v, tb);
+                Py_XDECREF(et);
+                Py_XDECREF(ev);
+                Py_XDECREF(etb);
+            }
             return NULL;
-        if (rc == 1)
-            return raise_full(total_done, n);
+        }
+        if (bad) {
+            PyErr_Restore(et, ev, etb);
+            if (many)
+                set_count_on_error(total_done);
+            return NULL;
+        }
     }
     Py_RETURN_NONE;
 }
@@ -403,7 +462,7 @@ static PyObject *Ring_put(RingObject *self, PyObject *const *args, Py_ssize_t na
     if (pw_parse_args("put", args, nargs, kwnames, put_names, 3, 1, a) < 0 ||
         pw_parse_block_timeout(a[1], a[2], &deadline) < 0 || enter(self) < 0)
         return NULL;
-    PyObject *r = put_objects(self, &a[0], 1, deadline);
+    PyObject *r = put_objects(self, &a[0], 1, deadline, 0);
     leave(self);
     return r;
 }
@@ -412,7 +471,7 @@ static PyObject *Ring_put_nowait(RingObject *self, PyObject *obj)
 {
     if (enter(self) < 0)
         return NULL;
-    PyObject *r = put_objects(self, &obj, 1, 0);
+    PyObject *r = put_objects(self, &obj, 1, 0, 0);
     leave(self);
     return r;
 }
@@ -433,15 +492,27 @@ static PyObject *Ring_put_many(RingObject *self, PyObject *const *args, Py_ssize
     PyObject *r = NULL;
     if (enter(self) == 0) {
         r = put_objects(self, PySequence_Fast_ITEMS(seq), PySequence_Fast_GET_SIZE(seq),
-                        deadline);
+                        deadline, 1);
         leave(self);
     }
     Py_DECREF(seq);
     return r;
 }
 
+/* Raises the error get_many() deferred, if any: 1 if it did. */
+static int raise_pending(RingObject *self)
+{
+    if (!self->pending_type)
+        return 0;
+    PyErr_Restore(self->pending_type, self->pending_value, self->pending_tb);
+    self->pending_type = self->pending_value = self->pending_tb = NULL;
+    return 1;
+}
+
 static PyObject *get_one(RingObject *self, int64_t deadline)
 {
+    if (raise_pending(self))
+        return NULL;
     pw_record rec;
     Py_ssize_t got = pw_ring_get(&self->rr, &rec, 1, deadline);
     if (got < 0)
@@ -502,39 +573,76 @@ static PyObject *Ring_get_many(RingObject *self, PyObject *const *args, Py_ssize
     pw_record recs[PW_BATCH];
     if (enter(self) < 0)
         return NULL;
+    if (raise_pending(self)) {
+        leave(self);
+        return NULL;
+    }
     PyObject *result = PyList_New(0);
-    Py_ssize_t got = 0;
+    Py_ssize_t got = 0, failed = 0;
+    /* A record that does not unpickle is consumed, as get() consumes it;
+     * every other record of the batch is still returned (they are out of
+     * the ring already: dropping them would lose them). The first failure's
+     * exception is raised by this handle's next get call, or now if nothing
+     * converted. */
+    PyObject *et = NULL, *ev = NULL, *etb = NULL;
     while (result && got < max) {
         Py_ssize_t want = max - got < PW_BATCH ? max - got : PW_BATCH;
         /* Wait only for the first message; then take what is already there. */
-        Py_ssize_t n = pw_ring_get(&self->rr, recs, want, got ? 0 : deadline);
+        Py_ssize_t n = pw_ring_get(&self->rr, recs, want, got || failed ? 0 : deadline);
         if (n < 0) {
-            if (got) /* deliver what we have; the error comes back next call */
+            if (got || failed) /* deliver what we have; the error comes back next call */
                 PyErr_Clear();
             else
                 Py_CLEAR(result);
             break;
         }
         if (n == 0) {
-            if (!got) {
+            if (!got && !failed) {
                 Py_CLEAR(result);
                 PyErr_SetNone(PwExc_Empty);
             }
             break;
         }
         for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *obj = result ? record_to_object(self, &recs[i]) : NULL;
-            if (!result) {
+            if (!result) { /* out of memory: nothing more can be returned */
                 Py_DECREF(recs[i].payload);
                 continue;
             }
-            if (!obj || PyList_Append(result, obj) < 0)
+            PyObject *obj = record_to_object(self, &recs[i]);
+            if (!obj) {
+                if (failed++ == 0)
+                    PyErr_Fetch(&et, &ev, &etb);
+                else
+                    PyErr_Clear();
+                continue;
+            }
+            if (PyList_Append(result, obj) < 0)
                 Py_CLEAR(result);
-            Py_XDECREF(obj);
+            Py_DECREF(obj);
         }
         got += n;
         if (n < want)
             break;
+    }
+    if (failed) {
+        PyErr_NormalizeException(&et, &ev, &etb);
+        if (ev && failed > 1) {
+            PyObject *r = PyObject_CallMethod(ev, "add_note", "s",
+                                              "get_many(): more messages of the same batch "
+                                              "failed to unpickle; this is the first");
+            if (!r)
+                PyErr_Clear();
+            Py_XDECREF(r);
+        }
+        if (result && PyList_GET_SIZE(result) > 0) {
+            /* Deferred: raised by the next get call on this handle. */
+            self->pending_type = et;
+            self->pending_value = ev;
+            self->pending_tb = etb;
+        } else {
+            Py_CLEAR(result);
+            PyErr_Restore(et, ev, etb);
+        }
     }
     leave(self);
     return result;
@@ -592,8 +700,8 @@ static PyObject *Ring_task_done(RingObject *self, PyObject *unused)
         if (atomic_compare_exchange_weak(&r->tasks_done, &done, done + 1))
             break;
     }
-    if (atomic_load(&r->joiners_sleeping))
-        pw_futex_wake(&r->tasks_done, INT32_MAX);
+    if (pw_waiters_any(&r->joiners))
+        pw_waiters_wake(&r->joiners, &r->tasks_done, INT32_MAX);
     leave(self);
     Py_RETURN_NONE;
 }
@@ -616,11 +724,12 @@ static PyObject *Ring_join(RingObject *self, PyObject *const *args, Py_ssize_t n
             result = Py_NewRef(Py_True);
             break;
         }
-        atomic_fetch_add(&r->joiners_sleeping, 1);
+        pw_sleeper sl;
+        pw_sleeper_enter(&r->joiners, &sl);
         int rc = 0;
         if (atomic_load(&r->tasks_done) == done)
-            rc = pw_futex_wait(&r->tasks_done, done, deadline);
-        atomic_fetch_sub(&r->joiners_sleeping, 1);
+            rc = pw_sleeper_wait(&sl, &r->tasks_done, done, deadline);
+        pw_sleeper_leave(&sl);
         if (rc < 0)
             break;
         if (rc == 1 && atomic_load(&r->tasks_done) != pw_count(atomic_load(&r->tail))) {
@@ -638,21 +747,31 @@ static PyObject *Ring_statistics(RingObject *self, PyObject *unused)
         return NULL;
     struct pw_ring *r = self->rr.ring;
     uint64_t head = atomic_load(&r->head), tail = atomic_load(&r->tail);
+    /* Dead sleepers are not counted: reconcile before reporting. */
+    uint32_t consumers = pw_waiters_reconcile(&r->consumers);
+    uint32_t producers = pw_waiters_reconcile(&r->producers);
+    uint32_t joiners = pw_waiters_reconcile(&r->joiners);
     PyObject *d = Py_BuildValue(
-        "{s:K,s:I,s:I,s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I,s:I}",
+        "{s:K,s:I,s:I,s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I,s:I,s:K,s:K}",
         "capacity", (unsigned long long)self->rr.capacity, "maxsize", r->maxsize,
         "messages", pw_count(tail) - pw_count(head),
         "bytes_used", (unsigned long long)(uint32_t)(pw_pos(tail) - pw_pos(head)),
-        "total_in", (unsigned long long)atomic_load(&r->total_in),
-        "total_out", (unsigned long long)atomic_load(&r->total_out),
+        "total_in", (unsigned long long)pw_widen_count(atomic_load(&r->total_in), pw_count(tail)),
+        "total_out", (unsigned long long)pw_widen_count(atomic_load(&r->total_out), pw_count(head)),
         "bytes_in", (unsigned long long)atomic_load(&r->bytes_in),
         "bytes_out", (unsigned long long)atomic_load(&r->bytes_out),
         "owner_died", (unsigned long long)(atomic_load(&r->tail_owner_died) +
                                            atomic_load(&r->head_owner_died)),
-        "consumers_waiting", atomic_load(&r->consumers_sleeping),
-        "producers_waiting", atomic_load(&r->producers_sleeping),
-        "joiners_waiting", atomic_load(&r->joiners_sleeping),
-        "unfinished_tasks", pw_count(tail) - atomic_load(&r->tasks_done));
+        "consumers_waiting", consumers,
+        "producers_waiting", producers,
+        "joiners_waiting", joiners,
+        "unfinished_tasks", pw_count(tail) - atomic_load(&r->tasks_done),
+        "wake_syscalls", (unsigned long long)(atomic_load(&r->consumers.wakes) +
+                                              atomic_load(&r->producers.wakes) +
+                                              atomic_load(&r->joiners.wakes)),
+        "dead_waiters_reaped", (unsigned long long)(atomic_load(&r->consumers.reaped) +
+                                                    atomic_load(&r->producers.reaped) +
+                                                    atomic_load(&r->joiners.reaped)));
     leave(self);
     return d;
 }
@@ -667,31 +786,64 @@ static PyObject *Ring_release(RingObject *self, PyObject *unused)
 }
 
 /*
- * Crash-test hooks: take a side's lock (and optionally write a record without
- * publishing it) and return with the lock held, so that a test process can
- * SIGKILL itself at exactly the worst moment. Never used by the library.
+ * Crash-test hook, deliberately not a method of the queue classes:
+ * _core._debug_ring_hold(ring, side, partial=None, publish=False) takes a
+ * side's lock and returns with it held, so that a test process can SIGKILL
+ * itself (or be SIGSTOPped) at exactly the worst moment. With `partial`
+ * (tail only) it also writes half a record beyond the tail, never published.
+ * With `publish` it moves the side's position word by one message, as a
+ * process killed right after its publishing store leaves it (statistics not
+ * yet updated). Never used by the library.
  */
-static PyObject *Ring_debug_die_holding(RingObject *self, PyObject *args)
+static PyObject *debug_ring_hold(PyObject *module, PyObject *args, PyObject *kwds)
 {
+    static char *kwlist[] = {"ring", "side", "partial", "publish", NULL};
+    PyObject *ring_obj;
     const char *side;
     Py_buffer partial = {0};
-    if (!PyArg_ParseTuple(args, "s|y*:_debug_die_holding", &side, &partial))
+    int publish = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!s|z*p:_debug_ring_hold", kwlist, &RingType,
+                                     &ring_obj, &side, &partial, &publish))
         return NULL;
-    struct pw_ring *r = self->rr.ring;
+    RingObject *self = (RingObject *)ring_obj;
     int producer = strcmp(side, "tail") == 0;
     PyObject *result = NULL;
-    if (!self->mapped || (!producer && strcmp(side, "head") != 0)) {
+    if (!self->mapped || self->closed || (!producer && strcmp(side, "head") != 0)) {
         PyErr_SetString(PyExc_ValueError, "side must be 'head' or 'tail' on an open ring");
-    } else if (lock_side_for_test(producer ? &r->tail_lock : &r->head_lock) == 0) {
-        if (producer && partial.buf) {
-            /* Half a message: bytes beyond the tail, never published. */
-            uint32_t hdr[2] = {(uint32_t)partial.len, PW_REC_BYTES};
-            uint64_t tail = atomic_load(&r->tail);
-            memcpy(self->rr.data + (pw_pos(tail) & (self->rr.capacity - 1)), hdr,
-                   sizeof hdr);
-        }
-        result = Py_NewRef(Py_None);
+        goto out;
     }
+    struct pw_ring *r = self->rr.ring;
+    if (lock_side_for_test(producer ? &r->tail_lock : &r->head_lock) < 0)
+        goto out;
+    uint64_t head = atomic_load(&r->head), tail = atomic_load(&r->tail);
+    if (producer && (partial.buf || publish)) {
+        uint64_t len = partial.buf ? (uint64_t)partial.len : 0;
+        uint32_t hdr[2] = {(uint32_t)len, PW_REC_BYTES};
+        if (pw_record_size(len) > self->rr.capacity - (uint32_t)(pw_pos(tail) - pw_pos(head))) {
+            pw_mutex_unlock(&r->tail_lock);
+            PyErr_SetString(PyExc_ValueError, "no room for the record");
+            goto out;
+        }
+        uint32_t pos = pw_pos(tail);
+        pw_ring_copy_in(&self->rr, pos, hdr, sizeof hdr);
+        if (len)
+            pw_ring_copy_in(&self->rr, pos + PW_REC_HEADER, partial.buf, len);
+        if (publish)
+            atomic_store(&r->tail, pw_pack(pw_count(tail) + 1,
+                                           pos + (uint32_t)pw_record_size(len)));
+    } else if (!producer && publish) {
+        if (pw_count(head) == pw_count(tail)) {
+            pw_mutex_unlock(&r->head_lock);
+            PyErr_SetString(PyExc_ValueError, "the ring is empty");
+            goto out;
+        }
+        uint32_t hdr[2];
+        pw_ring_copy_out(&self->rr, pw_pos(head), hdr, sizeof hdr);
+        atomic_store(&r->head, pw_pack(pw_count(head) + 1,
+                                       pw_pos(head) + (uint32_t)pw_record_size(hdr[0])));
+    }
+    result = Py_NewRef(Py_None);
+out:
     if (partial.buf)
         PyBuffer_Release(&partial);
     return result;
@@ -730,8 +882,9 @@ static PyMethodDef Ring_methods[] = {
      "put_nowait(obj)\n--\n\nEquivalent to put(obj, False)."},
     {"put_many", (PyCFunction)(void (*)(void))Ring_put_many, METH_FASTCALL | METH_KEYWORDS,
      "put_many(items, block=True, timeout=None)\n--\n\nPut every item, in order, taking the "
-     "lock once per group of items. On timeout raises queue.Full whose `count` attribute "
-     "says how many items were put."},
+     "lock once per group of items. If an item cannot be pickled, the items before it are "
+     "put and it and the rest are not; its exception carries `count`, the number put. On "
+     "timeout raises queue.Full whose `count` attribute says how many items were put."},
     {"get", (PyCFunction)(void (*)(void))Ring_get, METH_FASTCALL | METH_KEYWORDS,
      "get(block=True, timeout=None)\n--\n\nRemove and return an item. Blocks while the queue "
      "is empty; raises queue.Empty if block is false or the timeout passes."},
@@ -740,7 +893,8 @@ static PyMethodDef Ring_methods[] = {
     {"get_many", (PyCFunction)(void (*)(void))Ring_get_many, METH_FASTCALL | METH_KEYWORDS,
      "get_many(block=True, timeout=None, max_messages=None)\n--\n\nWait like get() for the "
      "first item, then return a list of it and every item already queued behind it, up to "
-     "max_messages."},
+     "max_messages. A message that fails to unpickle is consumed (as get() consumes it) and "
+     "the others are returned; its exception is raised by this queue handle's next get call."},
     {"qsize", (PyCFunction)Ring_qsize, METH_NOARGS,
      "qsize()\n--\n\nThe number of items in the queue now."},
     {"empty", (PyCFunction)Ring_empty, METH_NOARGS,
@@ -751,7 +905,6 @@ static PyMethodDef Ring_methods[] = {
     {"_join", (PyCFunction)(void (*)(void))Ring_join, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_statistics", (PyCFunction)Ring_statistics, METH_NOARGS, NULL},
     {"_release", (PyCFunction)Ring_release, METH_NOARGS, NULL},
-    {"_debug_die_holding", (PyCFunction)Ring_debug_die_holding, METH_VARARGS, NULL},
     {"_segment_size", (PyCFunction)Ring_segment_size, METH_O | METH_STATIC, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -777,10 +930,17 @@ static PyTypeObject RingType = {
     .tp_getset = Ring_getset,
 };
 
+static PyMethodDef ring_module_methods[] = {
+    {"_debug_ring_hold", (PyCFunction)(void (*)(void))debug_ring_hold,
+     METH_VARARGS | METH_KEYWORDS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
 int pw_ring_register(PyObject *module)
 {
     str_buffers = PyUnicode_InternFromString("buffers");
-    if (!str_buffers || PyType_Ready(&RingType) < 0)
+    if (!str_buffers || PyType_Ready(&RingType) < 0 ||
+        PyModule_AddFunctions(module, ring_module_methods) < 0)
         return -1;
     return PyModule_AddObjectRef(module, "Ring", (PyObject *)&RingType);
 }

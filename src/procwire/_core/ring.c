@@ -111,13 +111,14 @@ static uint32_t write_record(pw_ringref *rr, uint32_t pos, const pw_msg *m)
 
 /*
  * Waits until *word moves away from `seen` (the other side published), the
- * deadline passes (returns 1) or a signal handler raises (-1). The sleeper
- * protocol: count ourselves asleep, read the sequence, re-check, then sleep
- * on the sequence. A waker that publishes and then sees a sleeper bumps the
- * sequence before waking, so no wake-up is lost in between.
+ * deadline passes (returns 1), a slice ends (0: the caller re-checks) or a
+ * signal handler raises (-1). The sleeper protocol (core.h): register as a
+ * sleeper, read the sequence, re-check, then sleep on the sequence. A waker
+ * that publishes and then sees a sleeper bumps the sequence before waking,
+ * so no wake-up is lost in between.
  */
 static int wait_for_change(pw_ringref *rr, _Atomic uint64_t *word, uint64_t seen,
-                           _Atomic uint32_t *seq, _Atomic uint32_t *sleeping, int64_t deadline)
+                           _Atomic uint32_t *seq, struct pw_waiters *sleepers, int64_t deadline)
 {
     if (pw_now_ns() >= deadline)
         return 1;
@@ -136,23 +137,43 @@ static int wait_for_change(pw_ringref *rr, _Atomic uint64_t *word, uint64_t seen
     } else if (budget > 0) {
         rr->spin_ns = 2000; /* try spinning again, a little */
     }
+    pw_sleeper sl;
+    pw_sleeper_enter(sleepers, &sl);
     uint32_t s = atomic_load(seq);
-    atomic_fetch_add(sleeping, 1);
     int rc = 0;
     if (atomic_load(word) == seen)
-        rc = pw_futex_wait(seq, s, deadline);
-    atomic_fetch_sub(sleeping, 1);
+        rc = pw_sleeper_wait(&sl, seq, s, deadline);
+    pw_sleeper_leave(&sl);
     return rc;
 }
 
-static void wake_sleepers(_Atomic uint32_t *seq, _Atomic uint32_t *sleeping)
+static void wake_sleepers(_Atomic uint32_t *seq, struct pw_waiters *sleepers)
 {
-    /* seq_cst: this load must not be ordered before the publishing store
-     * that precedes it (the sleeper does the mirror image). */
-    if (atomic_load(sleeping)) {
+    /* seq_cst: these loads must not be ordered before the publishing store
+     * that precedes them (the sleeper does the mirror image). */
+    if (pw_waiters_any(sleepers)) {
         atomic_fetch_add(seq, 1);
-        pw_futex_wake(seq, INT32_MAX);
+        pw_waiters_wake(sleepers, seq, INT32_MAX);
     }
+}
+
+/*
+ * How long a call may wait for a side's lock. The lock is held for
+ * microseconds, so a non-blocking call (deadline already passed) still gets
+ * a short grace to take it: "Full"/"Empty" should mean full or empty, not
+ * "another process was inside put() right now". But the wait always ends:
+ * a holder that is stopped (SIGSTOP, Ctrl-Z, a debugger) or a corrupt lock
+ * word makes the call raise Full/Empty after the grace or its own timeout,
+ * whichever is later, instead of hanging.
+ */
+#define PW_NOWAIT_LOCK_GRACE_NS 5000000LL
+
+static int64_t lock_deadline_for(int64_t deadline)
+{
+    if (deadline == PW_FOREVER)
+        return deadline;
+    int64_t grace = pw_now_ns() + PW_NOWAIT_LOCK_GRACE_NS;
+    return deadline > grace ? deadline : grace;
 }
 
 /* Locks one side, counting an owner's death; -1 error, 1 timeout, 0 locked. */
@@ -178,9 +199,7 @@ int pw_ring_put(pw_ringref *rr, pw_msg *msgs, Py_ssize_t n, Py_ssize_t *done, in
 {
     struct pw_ring *r = rr->ring;
     const uint64_t cap = rr->capacity;
-    /* The lock is held for microseconds: a non-blocking put still waits for
-     * it, as multiprocessing's put_nowait waits for its feeder lock. */
-    int64_t lock_deadline = deadline == 0 ? PW_FOREVER : deadline;
+    const int64_t lock_deadline = lock_deadline_for(deadline);
     for (;;) {
         int rc = lock_side(&r->tail_lock, &r->tail_owner_died, lock_deadline);
         if (rc)
@@ -212,21 +231,22 @@ int pw_ring_put(pw_ringref *rr, pw_msg *msgs, Py_ssize_t n, Py_ssize_t *done, in
             /* The publishing store: the records and their count appear at once. */
             atomic_store(&r->tail, pw_pack(count, pos));
             atomic_store_explicit(&r->total_in,
-                                  atomic_load_explicit(&r->total_in, memory_order_relaxed) +
-                                      (uint64_t)(i - first), memory_order_relaxed);
+                                  pw_widen_count(atomic_load_explicit(&r->total_in,
+                                                                      memory_order_relaxed),
+                                                 count), memory_order_relaxed);
             atomic_store_explicit(&r->bytes_in,
                                   atomic_load_explicit(&r->bytes_in, memory_order_relaxed) + bytes,
                                   memory_order_relaxed);
         }
         pw_mutex_unlock(&r->tail_lock);
         if (i > first)
-            wake_sleepers(&r->not_empty_seq, &r->consumers_sleeping);
+            wake_sleepers(&r->not_empty_seq, &r->consumers);
         *done = i;
         if (i == n)
             return 0;
         if (i == first) {
             /* No room: wait for a consumer to move the head. */
-            rc = wait_for_change(rr, &r->head, head, &r->not_full_seq, &r->producers_sleeping,
+            rc = wait_for_change(rr, &r->head, head, &r->not_full_seq, &r->producers,
                                  deadline);
             if (rc < 0)
                 return rc;
@@ -321,7 +341,7 @@ static int read_record(pw_ringref *rr, uint32_t pos, uint32_t type, uint64_t len
 Py_ssize_t pw_ring_get(pw_ringref *rr, pw_record *out, Py_ssize_t max, int64_t deadline)
 {
     struct pw_ring *r = rr->ring;
-    int64_t lock_deadline = deadline == 0 ? PW_FOREVER : deadline;
+    const int64_t lock_deadline = lock_deadline_for(deadline);
     for (;;) {
         int rc = lock_side(&r->head_lock, &r->head_owner_died, lock_deadline);
         if (rc)
@@ -364,15 +384,16 @@ Py_ssize_t pw_ring_get(pw_ringref *rr, pw_record *out, Py_ssize_t max, int64_t d
         if (taken) {
             atomic_store(&r->head, pw_pack(count, pos));
             atomic_store_explicit(&r->total_out,
-                                  atomic_load_explicit(&r->total_out, memory_order_relaxed) +
-                                      (uint64_t)taken, memory_order_relaxed);
+                                  pw_widen_count(atomic_load_explicit(&r->total_out,
+                                                                      memory_order_relaxed),
+                                                 count), memory_order_relaxed);
             atomic_store_explicit(&r->bytes_out,
                                   atomic_load_explicit(&r->bytes_out, memory_order_relaxed) +
                                       bytes, memory_order_relaxed);
         }
         pw_mutex_unlock(&r->head_lock);
         if (taken)
-            wake_sleepers(&r->not_full_seq, &r->producers_sleeping);
+            wake_sleepers(&r->not_full_seq, &r->producers);
         if (taken) {
             /* Deliver what was taken; a bad record after them raises on the
              * next call, with nothing lost in between. */
@@ -382,7 +403,7 @@ Py_ssize_t pw_ring_get(pw_ringref *rr, pw_record *out, Py_ssize_t max, int64_t d
         }
         if (err)
             return -1;
-        rc = wait_for_change(rr, &r->tail, tail, &r->not_empty_seq, &r->consumers_sleeping,
+        rc = wait_for_change(rr, &r->tail, tail, &r->not_empty_seq, &r->consumers,
                              deadline);
         if (rc < 0)
             return -1;
@@ -396,6 +417,11 @@ Py_ssize_t pw_ring_get(pw_ringref *rr, pw_record *out, Py_ssize_t max, int64_t d
 void pw_ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
 {
     copy_out(rr, pos, dst, n);
+}
+
+void pw_ring_copy_in(pw_ringref *rr, uint32_t pos, const void *src, uint64_t n)
+{
+    copy_in(rr, pos, src, n);
 }
 
 int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, int *fn_rc)
@@ -430,12 +456,13 @@ int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, int *fn_rc)
     pos += (uint32_t)pw_record_size(hdr[0]);
     atomic_store(&r->head, pw_pack(count + 1, pos));
     atomic_store_explicit(&r->total_out,
-                          atomic_load_explicit(&r->total_out, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
+                          pw_widen_count(atomic_load_explicit(&r->total_out,
+                                                              memory_order_relaxed),
+                                         count + 1), memory_order_relaxed);
     atomic_store_explicit(&r->bytes_out,
                           atomic_load_explicit(&r->bytes_out, memory_order_relaxed) + hdr[0],
                           memory_order_relaxed);
     pw_mutex_unlock(&r->head_lock);
-    wake_sleepers(&r->not_full_seq, &r->producers_sleeping);
+    wake_sleepers(&r->not_full_seq, &r->producers);
     return 1;
 }

@@ -93,6 +93,8 @@ typedef int (*pw_take_fn)(void *ctx, pw_ringref *rr, uint32_t payload_pos, uint3
                           uint64_t len);
 int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, int *fn_rc);
 void pw_ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n);
+/* Copies n bytes into the ring at pos (wrapping); for test hooks. */
+void pw_ring_copy_in(pw_ringref *rr, uint32_t pos, const void *src, uint64_t n);
 
 /* Copies bigger than this release the GIL: other threads keep running. */
 #define PW_GIL_FREE_COPY 65536u

@@ -496,9 +496,10 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
         }
     }
     atomic_fetch_add(&l->contended, 1);
-    atomic_fetch_add(&l->waiters, 1);
+    pw_sleeper sl; /* issue 9 #15: registered so a killed waiter is reaped */
+    pw_sleeper_enter(&l->sleepers, &sl);
     enum pw_lock_result r = pw_mutex_lock(&l->mutex, deadline);
-    atomic_fetch_sub(&l->waiters, 1);
+    pw_sleeper_leave(&sl);
     switch (r) {
     case PW_LOCK_OK:
         goto acquired;
@@ -682,7 +683,7 @@ static PyObject *Lock_stats(LockObject *self, PyObject *unused)
                          (atomic_load(&l->inconsistent) || mutex_owner_died(&l->mutex))
                              ? Py_True : Py_False,
                          "owner_deaths", (unsigned long long)atomic_load(&l->owner_deaths),
-                         "waiters", (unsigned)atomic_load(&l->waiters), "contended",
+                         "waiters", (unsigned)pw_waiters_reconcile(&l->sleepers), "contended",
                          (unsigned long long)atomic_load(&l->contended), "holder_dead",
                          mutex_owner_died(&l->mutex) ? Py_True : Py_False);
 }
@@ -786,19 +787,20 @@ static PyObject *Semaphore_acquire(SyncObject *self, PyObject *const *args, Py_s
         Py_RETURN_FALSE;
     if (spin_while_equal32(&s->value, 0) && sem_trydown(s))
         goto got;
-    atomic_fetch_add(&s->waiters, 1);
+    pw_sleeper sl; /* issue 9 #15: registered so a killed sleeper is reaped */
+    pw_sleeper_enter(&s->sleepers, &sl);
     for (;;) {
         if (sem_trydown(s))
             break;
-        int r = sliced_wait(&s->value, 0, deadline);
+        int r = pw_sleeper_wait(&sl, &s->value, 0, deadline);
         if (r != 0) {
-            atomic_fetch_sub(&s->waiters, 1);
+            pw_sleeper_leave(&sl);
             if (r < 0)
                 return NULL;
             Py_RETURN_FALSE;
         }
     }
-    atomic_fetch_sub(&s->waiters, 1);
+    pw_sleeper_leave(&sl);
 got:
     atomic_fetch_add_explicit(&s->acquires, 1, memory_order_relaxed);
     Py_RETURN_TRUE;
@@ -820,8 +822,8 @@ static PyObject *Semaphore_release(SyncObject *self, PyObject *unused)
         }
     } while (!atomic_compare_exchange_weak(&s->value, &v, v + 1));
     atomic_fetch_add_explicit(&s->releases, 1, memory_order_relaxed);
-    if (atomic_load(&s->waiters))
-        pw_futex_wake(&s->value, 1);
+    if (pw_waiters_any(&s->sleepers))
+        pw_waiters_wake(&s->sleepers, &s->value, 1);
     Py_RETURN_NONE;
 }
 
@@ -842,11 +844,12 @@ static PyObject *Semaphore_stats(SyncObject *self, PyObject *unused)
     if (check_open(self) < 0)
         return NULL;
     struct pw_sem *s = self->p;
-    return Py_BuildValue("{s:I,s:I,s:O,s:I,s:K,s:K}", "value",
+    return Py_BuildValue("{s:I,s:I,s:O,s:I,s:K,s:K,s:K}", "value",
                          (unsigned)atomic_load(&s->value), "maxvalue", s->maxvalue, "bounded",
-                         s->bounded ? Py_True : Py_False, "waiters", (unsigned)atomic_load(&s->waiters),
+                         s->bounded ? Py_True : Py_False, "waiters", (unsigned)pw_waiters_reconcile(&s->sleepers),
                          "acquires", (unsigned long long)atomic_load(&s->acquires), "releases",
-                         (unsigned long long)atomic_load(&s->releases));
+                         (unsigned long long)atomic_load(&s->releases), "wake_syscalls",
+                         (unsigned long long)atomic_load(&s->sleepers.wakes));
 }
 
 static PyObject *Semaphore_maxvalue(SyncObject *self, void *closure)
@@ -921,8 +924,8 @@ static PyObject *Event_set(SyncObject *self, PyObject *unused)
             Py_RETURN_NONE;
     } while (!atomic_compare_exchange_weak(&e->state, &s, (s + 2) | 1));
     atomic_fetch_add_explicit(&e->sets, 1, memory_order_relaxed);
-    if (atomic_load(&e->waiters))
-        pw_futex_wake(&e->state, INT32_MAX);
+    if (pw_waiters_any(&e->sleepers))
+        pw_waiters_wake(&e->sleepers, &e->state, INT32_MAX);
     Py_RETURN_NONE;
 }
 
@@ -959,7 +962,8 @@ static PyObject *Event_wait(SyncObject *self, PyObject *const *args, Py_ssize_t 
         if ((s & 1) || (s >> 1) != (s0 >> 1))
             Py_RETURN_TRUE;
     }
-    atomic_fetch_add(&e->waiters, 1);
+    pw_sleeper sl; /* issue 9 #15: registered so a killed sleeper is reaped */
+    pw_sleeper_enter(&e->sleepers, &sl);
     int result;
     uint32_t s = atomic_load(&e->state);
     for (;;) {
@@ -967,14 +971,14 @@ static PyObject *Event_wait(SyncObject *self, PyObject *const *args, Py_ssize_t 
             result = 1;
             break;
         }
-        int r = sliced_wait(&e->state, s, deadline);
+        int r = pw_sleeper_wait(&sl, &e->state, s, deadline);
         if (r != 0) {
             result = r < 0 ? -1 : 0;
             break;
         }
         s = atomic_load_explicit(&e->state, memory_order_acquire);
     }
-    atomic_fetch_sub(&e->waiters, 1);
+    pw_sleeper_leave(&sl);
     if (result < 0)
         return NULL;
     return PyBool_FromLong(result);
@@ -985,10 +989,11 @@ static PyObject *Event_stats(SyncObject *self, PyObject *unused)
     if (check_open(self) < 0)
         return NULL;
     struct pw_event *e = self->p;
-    return Py_BuildValue("{s:O,s:I,s:K}", "is_set", (atomic_load(&e->state) & 1) ? Py_True
+    return Py_BuildValue("{s:O,s:I,s:K,s:K}", "is_set", (atomic_load(&e->state) & 1) ? Py_True
                                                                                   : Py_False,
-                         "waiters", (unsigned)atomic_load(&e->waiters), "sets",
-                         (unsigned long long)atomic_load(&e->sets));
+                         "waiters", (unsigned)pw_waiters_reconcile(&e->sleepers), "sets",
+                         (unsigned long long)atomic_load(&e->sets), "wake_syscalls",
+                         (unsigned long long)atomic_load(&e->sleepers.wakes));
 }
 
 static PyMethodDef Event_methods[] = {
@@ -1057,8 +1062,10 @@ static PyObject *Condition_prepare_wait(SyncObject *self, PyObject *unused)
     if (check_open(self) < 0)
         return NULL;
     struct pw_cond *c = self->p;
-    atomic_fetch_add(&c->waiters, 1);
-    return PyLong_FromUnsignedLong(atomic_load(&c->seq));
+    pw_sleeper sl; /* issue 9 #15: the slot index travels to _sleep in bits 32.. */
+    pw_sleeper_enter(&c->sleepers, &sl);
+    return PyLong_FromUnsignedLongLong((unsigned long long)(sl.slot + 1) << 32 |
+                                       atomic_load(&c->seq));
 }
 
 /* _sleep(seq, timeout) -> bool: after _prepare_wait() and releasing the lock,
@@ -1092,7 +1099,11 @@ static PyObject *Condition_sleep(SyncObject *self, PyObject *const *args, Py_ssi
         }
     }
 out:
-    atomic_fetch_sub(&c->waiters, 1);
+    if (!(seq == (unsigned long)-1 && PyErr_Occurred())) {
+        pw_sleeper sl;
+        pw_sleeper_resume(&c->sleepers, &sl, (int)(seq >> 32) - 1);
+        pw_sleeper_leave(&sl);
+    }
     if (result < 0)
         return NULL;
     return PyBool_FromLong(result);
@@ -1107,10 +1118,10 @@ static PyObject *Condition_notify(SyncObject *self, PyObject *arg)
     if (check_open(self) < 0)
         return NULL;
     struct pw_cond *c = self->p;
-    if (n > 0 && atomic_load(&c->waiters)) {
+    if (n > 0 && pw_waiters_any(&c->sleepers)) {
         atomic_fetch_add(&c->seq, 1);
         atomic_fetch_add_explicit(&c->notifies, 1, memory_order_relaxed);
-        pw_futex_wake(&c->seq, n > INT32_MAX ? INT32_MAX : (int)n);
+        pw_waiters_wake(&c->sleepers, &c->seq, n > INT32_MAX ? INT32_MAX : (int)n);
     }
     Py_RETURN_NONE;
 }
@@ -1120,8 +1131,9 @@ static PyObject *Condition_stats(SyncObject *self, PyObject *unused)
     if (check_open(self) < 0)
         return NULL;
     struct pw_cond *c = self->p;
-    return Py_BuildValue("{s:I,s:K}", "waiters", (unsigned)atomic_load(&c->waiters),
-                         "notifies", (unsigned long long)atomic_load(&c->notifies));
+    return Py_BuildValue("{s:I,s:K,s:K}", "waiters", (unsigned)pw_waiters_reconcile(&c->sleepers),
+                         "notifies", (unsigned long long)atomic_load(&c->notifies),
+                         "wake_syscalls", (unsigned long long)atomic_load(&c->sleepers.wakes));
 }
 
 static PyMethodDef Condition_methods[] = {
@@ -1261,7 +1273,8 @@ static PyObject *Barrier_wait(SyncObject *self, PyObject *const *args, Py_ssize_
         return PyLong_FromUnsignedLong(index);
     }
     uint32_t s = atomic_load(&b->seq);
-    atomic_fetch_add(&b->waiters, 1);
+    pw_sleeper sl; /* issue 9 #15: registered so a killed sleeper is reaped */
+    pw_sleeper_enter(&b->sleepers, &sl);
     pthread_mutex_unlock(&b->mutex);
     PyObject *result = NULL;
     for (;;) {
@@ -1293,7 +1306,7 @@ static PyObject *Barrier_wait(SyncObject *self, PyObject *const *args, Py_ssize_
         }
         s = atomic_load(&b->seq);
     }
-    atomic_fetch_sub(&b->waiters, 1);
+    pw_sleeper_leave(&sl);
     return result;
 }
 
@@ -1334,7 +1347,7 @@ static PyObject *Barrier_stats(SyncObject *self, PyObject *unused)
     return Py_BuildValue("{s:I,s:I,s:O,s:I,s:I,s:L,s:K}", "parties", b->parties, "n_waiting",
                          count >= b->parties ? 0u : count, "broken",
                          atomic_load(&b->broken) ? Py_True : Py_False, "waiters",
-                         (unsigned)atomic_load(&b->waiters), "generation",
+                         (unsigned)pw_waiters_reconcile(&b->sleepers), "generation",
                          (unsigned)atomic_load(&b->generation), "timeout_ns",
                          (long long)b->timeout_ns, "owner_deaths",
                          (unsigned long long)atomic_load(&b->owner_deaths));

@@ -7,7 +7,13 @@
 #include "core.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <linux/futex.h>
 #include <math.h>
 #include <sched.h>
@@ -89,11 +95,237 @@ int pw_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline)
     }
 }
 
-void pw_futex_wake(_Atomic uint32_t *word, int n)
+int pw_futex_wake(_Atomic uint32_t *word, int n)
 {
     /* Shared futexes (no FUTEX_PRIVATE_FLAG): the word lives in a MAP_SHARED
      * segment, and sleeper and waker are different processes. */
-    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, n, NULL, NULL, 0);
+    long woke = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, n, NULL, NULL, 0);
+    return woke > 0 ? (int)woke : 0;
+}
+
+/* ------------------------------------------------------------- sleepers */
+
+/*
+ * Who sleeps: see struct pw_waiters in layout.h. Everything here runs on the
+ * slow path only (a thread about to make a futex system call, a waker whose
+ * wake-up found nobody, statistics()), so reading /proc is affordable.
+ */
+
+#define ID_NS(id) ((uint32_t)((id) >> 54))
+#define ID_PID(id) ((pid_t)(((id) >> 32) & 0x3fffff))
+#define ID_START(id) ((uint32_t)(id))
+
+/* Reads /proc/<pid>/stat (pid 0: self): its state letter and start time.
+ * 1 read, 0 no such process, -1 unknown (no /proc, unreadable, unparsable). */
+static int read_proc_stat(pid_t pid, char *state, uint64_t *start)
+{
+    char path[64], buf[1024];
+    if (pid)
+        snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    else
+        snprintf(path, sizeof path, "/proc/self/stat");
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT || errno == ESRCH ? 0 : -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    int err = errno;
+    close(fd);
+    if (n < 0)
+        return err == ESRCH ? 0 : -1;
+    buf[n] = 0;
+    /* The command name may hold spaces and parentheses: skip to the last ')'. */
+    char *p = strrchr(buf, ')');
+    if (!p || p[1] != ' ' || !p[2])
+        return -1;
+    *state = p[2];
+    p += 2; /* field 3 */
+    for (int field = 3; field < 22; field++) {
+        p = strchr(p, ' ');
+        if (!p)
+            return -1;
+        p++;
+    }
+    char *end;
+    *start = strtoull(p, &end, 10);
+    return end == p ? -1 : 1;
+}
+
+/* This process's identity (layout.h), computed once per process (pid). */
+static uint64_t self_identity(void)
+{
+    static _Atomic uint64_t cached_id;
+    static _Atomic int cached_pid;
+    pid_t pid = getpid();
+    uint64_t id = atomic_load(&cached_id);
+    if (id && atomic_load(&cached_pid) == pid)
+        return id;
+    uint32_t ns = 0;
+    struct stat st;
+    if (stat("/proc/self/ns/pid", &st) == 0)
+        ns = (uint32_t)st.st_ino & 0x3ff;
+    char state;
+    uint64_t start = 0;
+    if (read_proc_stat(0, &state, &start) != 1)
+        start = 0; /* unknown: reconcilers fall back to kill(pid, 0) */
+    id = (uint64_t)ns << 54 | ((uint64_t)pid & 0x3fffff) << 32 | (start & 0xffffffffu);
+    atomic_store(&cached_id, id);
+    atomic_store(&cached_pid, pid);
+    return id;
+}
+
+/*
+ * Is the process that wrote identity id certainly dead? Never guesses "dead":
+ * a slot from another pid namespace, or one that cannot be checked, is
+ * alive. Dead means: no such pid (in our namespace, which the namespace bits
+ * say is the writer's), a zombie, or a pid now used by a process that started
+ * at another time (pid reuse).
+ */
+static int sleeper_dead(uint64_t id, uint64_t self)
+{
+    pid_t pid = ID_PID(id);
+    if (ID_NS(id) != ID_NS(self) || pid <= 0)
+        return 0;
+    if (pid == ID_PID(self)) /* us, or a dead process whose pid we now have */
+        return ID_START(id) != ID_START(self) && ID_START(id) && ID_START(self);
+    char state = 0;
+    uint64_t start = 0;
+    int r = read_proc_stat(pid, &state, &start);
+    if (r == 1)
+        return state == 'Z' || state == 'X' ||
+               (ID_START(id) != 0 && (uint32_t)start != ID_START(id));
+    if (r == 0 && ID_START(self) != 0)
+        return 1; /* our /proc works and has no such process */
+    return kill(pid, 0) < 0 && errno == ESRCH;
+}
+
+static int claim_slot(struct pw_waiters *w, uint64_t id)
+{
+    /* Start at a per-thread place, so that threads rarely race for a slot. */
+    static _Thread_local unsigned first;
+    if (!first)
+        first = (unsigned)syscall(SYS_gettid) | 0x80000000u;
+    for (int k = 0; k < PW_WAIT_SLOTS; k++) {
+        int i = (int)((first + (unsigned)k) % PW_WAIT_SLOTS);
+        uint64_t expected = 0;
+        if (atomic_load_explicit(&w->slot[i], memory_order_relaxed) == 0 &&
+            atomic_compare_exchange_strong(&w->slot[i], &expected, id))
+            return i;
+    }
+    return -1;
+}
+
+void pw_sleeper_enter(struct pw_waiters *w, pw_sleeper *s)
+{
+    s->w = w;
+    s->id = self_identity();
+    s->slot = claim_slot(w, s->id);
+}
+
+void pw_sleeper_resume(struct pw_waiters *w, pw_sleeper *s, int slot)
+{
+    s->w = w;
+    s->id = self_identity();
+    s->slot = slot >= 0 && slot < PW_WAIT_SLOTS ? slot : -1;
+}
+
+void pw_sleeper_leave(pw_sleeper *s)
+{
+    if (s->slot >= 0) {
+        uint64_t expected = s->id;
+        /* Fails only if a reconciler freed it: nothing left to undo. */
+        atomic_compare_exchange_strong(&s->w->slot[s->slot], &expected, 0);
+        s->slot = -1;
+    }
+}
+
+int pw_sleeper_wait(pw_sleeper *s, _Atomic uint32_t *word, uint32_t expected, int64_t deadline)
+{
+    int64_t now = pw_now_ns();
+    if (now >= deadline)
+        return 1;
+    int64_t slice = s->slot >= 0 ? PW_WAIT_SLICE_NS : PW_WAIT_POLL_NS;
+    int64_t until = deadline - now > slice ? now + slice : deadline;
+    int r = pw_futex_wait(word, expected, until);
+    if (r == 1) {
+        if (until == deadline)
+            return 1;
+        if (PyErr_CheckSignals() < 0)
+            return -1;
+        r = 0;
+    }
+    if (r == 0 && (s->slot < 0 || atomic_load(&s->w->slot[s->slot]) != s->id)) {
+        /* Without a slot (all taken), or it was taken from us: register
+         * again before the caller re-checks its condition. */
+        s->slot = claim_slot(s->w, s->id);
+    }
+    return r;
+}
+
+uint32_t pw_waiters_reconcile(struct pw_waiters *w)
+{
+    uint64_t self = self_identity();
+    uint32_t live = 0;
+    for (int i = 0; i < PW_WAIT_SLOTS; i++) {
+        uint64_t id = atomic_load(&w->slot[i]);
+        if (!id)
+            continue;
+        if (sleeper_dead(id, self)) {
+            /* Only a dead process's slot is freed, and only once: a live
+             * sleeper's slot never holds a dead process's identity. */
+            if (atomic_compare_exchange_strong(&w->slot[i], &id, 0)) {
+                atomic_fetch_add_explicit(&w->reaped, 1, memory_order_relaxed);
+                continue;
+            }
+            if (!id)
+                continue;
+        }
+        live++;
+    }
+    return live;
+}
+
+uint32_t pw_waiters_count_live(const struct pw_waiters *w)
+{
+    struct pw_waiters *ww = (struct pw_waiters *)w;
+    uint64_t self = self_identity();
+    uint32_t live = 0;
+    for (int i = 0; i < PW_WAIT_SLOTS; i++) {
+        uint64_t id = atomic_load(&ww->slot[i]);
+        if (id && !sleeper_dead(id, self))
+            live++;
+    }
+    return live;
+}
+
+/* Reconciles unless some process did less than interval_ns ago. */
+static void reconcile_at_most_every(struct pw_waiters *w, int64_t interval_ns)
+{
+    int64_t now = pw_now_ns();
+    int64_t last = atomic_load_explicit(&w->last_reconcile_ns, memory_order_relaxed);
+    if (now - last < interval_ns && last <= now)
+        return;
+    if (atomic_compare_exchange_strong(&w->last_reconcile_ns, &last, now))
+        pw_waiters_reconcile(w);
+}
+
+#define PW_RECONCILE_AFTER_EMPTY_WAKE_NS 1000000LL  /* 1 ms  */
+#define PW_RECONCILE_BLIND_NS 100000000LL           /* 100 ms */
+
+int pw_waiters_wake(struct pw_waiters *w, _Atomic uint32_t *word, int n)
+{
+    atomic_fetch_add_explicit(&w->wakes, 1, memory_order_relaxed);
+    int woke = pw_futex_wake(word, n);
+    /* Nobody woken although a slot is taken: its sleeper may be dead, or
+     * merely between registering and sleeping (then the check is wasted). */
+    if (woke == 0)
+        reconcile_at_most_every(w, PW_RECONCILE_AFTER_EMPTY_WAKE_NS);
+    return woke;
+}
+
+void pw_waiters_woke_unknown(struct pw_waiters *w)
+{
+    atomic_fetch_add_explicit(&w->wakes, 1, memory_order_relaxed);
+    reconcile_at_most_every(w, PW_RECONCILE_BLIND_NS);
 }
 
 /* The spin loops themselves: no GIL handling, no system calls. Reading the

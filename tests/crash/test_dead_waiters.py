@@ -1,0 +1,351 @@
+"""Sleepers killed with SIGKILL are not counted past their death (issue 9, defect 15).
+
+For every type with a waiter count, a child blocks, is seen blocked through
+statistics(), and is killed. Then:
+
+* statistics() (and `procwire ls`, through procwire.objects) count 0 waiters;
+* the operations that wake sleepers stop paying a wake-up system call after
+  at most one: the first finds the dead sleeper's slot, wakes nobody, and
+  reaps it. The native per-object ``wake_syscalls`` counter shows it.
+
+The wake checks read the counter only before the kill and after the
+operations: statistics() itself reaps dead sleepers, so calling it in between
+would hide whether the wakers reap on their own.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import procwire
+from procwire import objects
+
+JOIN = 60
+OPS = 200
+
+
+def _wait_until(cond, what, timeout=JOIN):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def _start_blocked(ctx, target, args, stats, key="waiters", n=1):
+    p = ctx.Process(target=target, args=args)
+    p.start()
+    _wait_until(lambda: stats()[key] == n, f"{key} == {n}")
+    return p
+
+
+def _kill(p):
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(JOIN)
+    assert p.exitcode == -signal.SIGKILL
+
+
+@pytest.fixture(autouse=True)
+def _no_child_survives():
+    """A failed assertion must not leave a blocked child behind."""
+    yield
+    import multiprocessing as mp
+    for child in mp.active_children():
+        child.kill()
+        child.join(JOIN)
+
+
+# -- Queue, SimpleQueue, JoinableQueue --------------------------------------------------
+
+def _get(q):
+    q.get()
+
+
+def _put(q):
+    q.put("blocked")
+
+
+def _join(q):
+    q.join()
+
+
+@pytest.mark.parametrize("cls", [procwire.Queue, procwire.SimpleQueue])
+def test_a_killed_getter_is_not_counted_and_puts_stop_waking(ctx, cls):
+    q = cls()
+    try:
+        p = _start_blocked(ctx, _get, (q,), q.statistics, "consumers_waiting")
+        wakes = q.statistics().get("wake_syscalls")
+        _kill(p)
+        for i in range(OPS):
+            q.put(i)
+        stats = q.statistics()
+        assert stats["consumers_waiting"] == 0
+        assert stats["dead_waiters_reaped"] == 1
+        assert stats["wake_syscalls"] - wakes <= 1, stats
+        assert q.get_many() == list(range(OPS))
+    finally:
+        q.close()
+
+
+def test_a_killed_putter_is_not_counted_and_gets_stop_waking(ctx):
+    q = procwire.Queue(maxsize=1)
+    try:
+        q.put("full")
+        p = _start_blocked(ctx, _put, (q,), q.statistics, "producers_waiting")
+        wakes = q.statistics().get("wake_syscalls")
+        _kill(p)
+        assert q.get() == "full"
+        for i in range(OPS):
+            q.put(i)
+            assert q.get() == i
+        stats = q.statistics()
+        assert stats["producers_waiting"] == 0
+        assert stats["wake_syscalls"] - wakes <= 1, stats
+    finally:
+        q.close()
+
+
+def test_a_killed_joiner_is_not_counted_and_task_done_stops_waking(ctx):
+    q = procwire.JoinableQueue()
+    try:
+        q.put_many(range(OPS + 1))
+        p = _start_blocked(ctx, _join, (q,), q.statistics, "joiners_waiting")
+        wakes = q.statistics().get("wake_syscalls")
+        _kill(p)
+        for _ in range(OPS):
+            q.task_done()
+        stats = q.statistics()
+        assert stats["joiners_waiting"] == 0
+        assert stats["wake_syscalls"] - wakes <= 1, stats
+    finally:
+        q.close()
+
+
+def test_procwire_ls_counts_no_dead_waiter(ctx):
+    name = f"deadwaiter{os.getpid()}"
+    q = procwire.Queue(name=name)
+    try:
+        p = _start_blocked(ctx, _get, (q,), q.statistics, "consumers_waiting")
+        assert objects.describe(name).waiters == 1
+        _kill(p)
+        # Inspection never writes to the segment: it counts live sleepers only.
+        assert objects.describe(name).waiters == 0
+    finally:
+        q.close()
+
+
+def test_many_sleepers_beyond_the_slots_are_all_woken():
+    # More threads than a wait queue has slots: the extra ones are not counted
+    # but still wake promptly (they share the futex and poll meanwhile).
+    q = procwire.Queue()
+    n = 40
+    got = []
+    lock = threading.Lock()
+
+    def consumer():
+        item = q.get(timeout=JOIN)
+        with lock:
+            got.append(item)
+
+    threads = [threading.Thread(target=consumer) for _ in range(n)]
+    try:
+        for t in threads:
+            t.start()
+        _wait_until(lambda: q.statistics()["consumers_waiting"] >= 16, "16 sleepers counted")
+        assert q.statistics()["consumers_waiting"] <= 16
+        q.put_many(range(n))
+        for t in threads:
+            t.join(JOIN)
+        assert sorted(got) == list(range(n))
+        assert q.statistics()["consumers_waiting"] == 0
+    finally:
+        for t in threads:
+            t.join(JOIN)
+        q.close()
+
+
+# -- Event, Semaphore, Condition, Barrier ------------------------------------------------
+
+def _event_wait(ev):
+    ev.wait()
+
+
+def _sem_acquire(sem):
+    sem.acquire()
+
+
+def _cond_wait(cond):
+    with cond:
+        cond.wait()
+
+
+def _barrier_wait(b):
+    b.wait()
+
+
+def test_a_killed_event_waiter_is_not_counted_and_set_stops_waking(ctx):
+    ev = procwire.Event()
+    try:
+        p = _start_blocked(ctx, _event_wait, (ev,), ev.statistics)
+        wakes = ev.statistics().get("wake_syscalls")
+        _kill(p)
+        for _ in range(OPS):
+            ev.set()
+            ev.clear()
+        stats = ev.statistics()
+        assert stats["waiters"] == 0
+        assert stats["wake_syscalls"] - wakes <= 1, stats
+    finally:
+        ev.close()
+
+
+def test_a_killed_semaphore_waiter_is_not_counted_and_release_stops_waking(ctx):
+    sem = procwire.Semaphore(0)
+    try:
+        p = _start_blocked(ctx, _sem_acquire, (sem,), sem.statistics)
+        wakes = sem.statistics().get("wake_syscalls")
+        _kill(p)
+        for _ in range(OPS):
+            sem.release()
+        stats = sem.statistics()
+        assert stats["waiters"] == 0
+        assert stats["value"] == OPS
+        assert stats["wake_syscalls"] - wakes <= 1, stats
+    finally:
+        sem.close()
+
+
+def test_a_killed_condition_waiter_is_not_counted_and_notify_stops_waking(ctx):
+    cond = procwire.Condition()
+    try:
+        p = _start_blocked(ctx, _cond_wait, (cond,), cond.statistics)
+        wakes = cond.statistics().get("wake_syscalls")
+        _kill(p)
+        for _ in range(OPS):
+            with cond:
+                cond.notify()
+        stats = cond.statistics()
+        assert stats["waiters"] == 0
+        assert stats["wake_syscalls"] - wakes <= 1, stats
+        # A live waiter is still woken by notify().
+        woke = threading.Event()
+
+        def waiter():
+            with cond:
+                if cond.wait(JOIN):
+                    woke.set()
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        _wait_until(lambda: cond.statistics()["waiters"] == 1, "a live waiter")
+        with cond:
+            cond.notify()
+        assert woke.wait(JOIN)
+        t.join(JOIN)
+    finally:
+        cond.close()
+
+
+def test_a_killed_barrier_waiter_is_not_counted(ctx):
+    b = procwire.Barrier(3)
+    try:
+        p = _start_blocked(ctx, _barrier_wait, (b,), b.statistics)
+        _kill(p)
+        assert b.statistics()["waiters"] == 0
+    finally:
+        b.close()
+
+
+def _lock_acquire(lock):
+    lock.acquire()
+
+
+@pytest.mark.parametrize("cls", [procwire.Lock, procwire.RLock])
+def test_a_killed_lock_waiter_is_not_counted(ctx, cls):
+    lock = cls()
+    try:
+        assert lock.acquire(timeout=JOIN)
+        p = _start_blocked(ctx, _lock_acquire, (lock,), lock.statistics)
+        _kill(p)
+        assert lock.statistics()["waiters"] == 0
+        lock.release()
+        assert lock.acquire(timeout=JOIN)  # and the lock still works
+        lock.release()
+    finally:
+        lock.close()
+
+
+# -- Pipe --------------------------------------------------------------------------------
+
+def _recv(conn):
+    conn.recv()
+
+
+def test_a_killed_receiver_is_not_counted_and_send_stops_signalling(ctx):
+    a, b = procwire.Pipe()
+    try:
+        p = _start_blocked(ctx, _recv, (b,), b.statistics, "receivers_waiting")
+        wakes = b.statistics().get("wake_syscalls")
+        _kill(p)
+        for i in range(OPS):
+            a.send(i)
+        stats = b.statistics()
+        assert stats["receivers_waiting"] == 0
+        assert stats["wake_syscalls"] - wakes <= 1, stats
+        assert [b.recv() for _ in range(OPS)] == list(range(OPS))
+    finally:
+        a.close()
+        b.close()
+
+
+# -- the identity rules, on slots written by hand ----------------------------------------
+
+SLOT0 = 64 + 64  # pw_header, then struct pw_event's first line; layout.h
+
+
+def _start_time(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
+def _identity(pid: int, start: int, ns: int | None = None) -> int:
+    if ns is None:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    return (ns & 0x3FF) << 54 | (pid & 0x3FFFFF) << 32 | (start & 0xFFFFFFFF)
+
+
+def test_a_slot_is_freed_only_when_its_process_is_certainly_gone():
+    name = f"slotrules{os.getpid()}"
+    ev = procwire.Event(name=name)
+    path = f"/dev/shm/procwire.{name}"
+    other = os.getppid()  # alive for the whole test
+    fd = os.open(path, os.O_RDWR)
+    try:
+        def write(i, ident):
+            os.pwrite(fd, ident.to_bytes(8, "little"), SLOT0 + 8 * i)
+
+        def read(i):
+            return int.from_bytes(os.pread(fd, 8, SLOT0 + 8 * i), "little")
+
+        live = _identity(other, _start_time(other))
+        reused = _identity(other, _start_time(other) + 1)        # pid reused since
+        foreign = _identity(other, 12345, ns=os.stat("/proc/self/ns/pid").st_ino + 1)
+        with open("/proc/sys/kernel/pid_max") as f:
+            gone_pid = int(f.read()) - 1  # < 2**22; almost never in use
+        while os.path.exists(f"/proc/{gone_pid}"):
+            gone_pid -= 1
+        gone = _identity(gone_pid, 1)
+        for i, ident in enumerate((live, reused, foreign, gone)):
+            write(i, ident)
+        assert ev.statistics()["waiters"] == 2  # live and foreign stay counted
+        assert (read(0), read(1), read(2), read(3)) == (live, 0, foreign, 0)
+        assert procwire.objects.describe(name).waiters == 2
+        write(0, 0)
+        write(2, 0)
+        assert ev.statistics()["waiters"] == 0
+    finally:
+        os.close(fd)
+        ev.close()
