@@ -25,17 +25,33 @@ class BadSignatureWarning(RuntimeWarning):
     """A message whose HMAC did not verify was refused (and never unpickled)."""
 
 
-class _WorkerLost(ProcwireError):
-    """A task's worker died (its heartbeat expired) and no retry was left."""
-
-
-# The local pool (procwire.pool) defines procwire.WorkerLost; when it is
-# there, the Redis pool raises that very class, so `except procwire.WorkerLost`
-# catches both.
 try:
-    WorkerLost: type[Exception] = procwire.WorkerLost  # type: ignore[attr-defined]
-except AttributeError:
-    WorkerLost = _WorkerLost
+    _WorkerLostBase: type[Exception] = procwire.WorkerLost  # type: ignore[attr-defined]
+except AttributeError:  # a procwire without the local pool
+    _WorkerLostBase = ProcwireError
+
+
+class WorkerLost(_WorkerLostBase):  # type: ignore[misc,valid-type]
+    """A Redis pool task's worker died (its heartbeat expired) and no retry was left.
+
+    A subclass of the local pool's ``procwire.WorkerLost``, so one ``except``
+    catches both. ``pid`` is the worker's pid (on its machine), ``exitcode``
+    and ``signal`` are None (Redis only sees the heartbeat stop), ``attempts``
+    how many times the task was run.
+    """
+
+    def __init__(self, message: str, pid: int | None = None, attempts: int = 1) -> None:
+        Exception.__init__(self, message)
+        self.pid = pid
+        self.exitcode = None
+        self.signal = None
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.args[0], self.pid, self.attempts))
 
 
 OwnerDiedWarning = procwire.OwnerDiedWarning

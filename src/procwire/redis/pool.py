@@ -330,10 +330,16 @@ class Pool(RedisObject):
             kind, job, index, *rest = blob.decode().split(":", 3)
             job_, index_ = int(job), int(index)
             if kind == "L":
+                who = rest[0] if rest else "?"
+                try:
+                    pid: int | None = int(who.split(":")[-2])
+                except (IndexError, ValueError):
+                    pid = None
                 err: BaseException = WorkerLost(
-                    f"task(s) of chunk {index_} were lost: worker {rest[0] if rest else '?'} of "
+                    f"task(s) of chunk {index_} were lost: worker {who} of "
                     f"pool {self.name!r} died (heartbeat expired) and "
-                    f"{self._retries} retr{'y' if self._retries == 1 else 'ies'} were spent")
+                    f"{self._retries} retr{'y' if self._retries == 1 else 'ies'} were spent",
+                    pid, self._retries + 1)
             else:
                 err = RuntimeError("a task's signature did not verify at the worker: it was "
                                    "refused (check that every worker uses the same authkey)")
