@@ -45,4 +45,5 @@ from procwire.cli import (  # noqa: E402 (they import `main` from this module)
     demo,  # noqa: F401
     objects,  # noqa: F401
     signals,  # noqa: F401
+    worker,  # noqa: F401
 )

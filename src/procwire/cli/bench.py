@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from procwire.bench import (
+    engine as engine_bench,
     harness,
     lesson,
     pipe as pipe_bench,
@@ -40,6 +41,7 @@ SUITES = {
     "sync": ("Locks, events and shared values", sync_bench.cases),
     "pipe": ("Pipes", pipe_bench.cases),
     "pool": ("Process pools (2 workers, f(x) = x + 1)", pool_bench.cases),
+    "engine": ("procwire on Redis against raw redis-py (loopback)", engine_bench.cases),
 }
 
 
