@@ -115,9 +115,13 @@ def _entries_table(entries: list[Entry]) -> Table:
 
 
 @main.command("ls")
+@click.argument("url", required=False, metavar="[redis://...]")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-def ls_command(as_json: bool) -> None:
-    """List the named procwire objects in /dev/shm.
+def ls_command(url: str | None, as_json: bool) -> None:
+    """List the named procwire objects in /dev/shm (or in a Redis database).
+
+    With a redis:// or rediss:// URL: the objects and pools in that database
+    with their counters (see procwire.redis).
 
     For each: name, type, size, what it holds, its creator and whether that
     process still runs, the processes that map it or hold it open now, the
@@ -128,6 +132,10 @@ def ls_command(as_json: bool) -> None:
     Nothing is locked or modified: the objects are read through a read-only
     mapping.
     """
+    if url is not None:
+        from procwire.cli.worker import ls_redis
+        ls_redis(url, as_json)
+        return
     entries = objects.scan()
     if as_json:
         click.echo(json.dumps([e.to_json() for e in entries], indent=2))
