@@ -152,6 +152,15 @@ def register(path: str, temp: str, dev: int, ino: int) -> None:
                   f"process stay in place if it is killed, until `procwire clean`")
 
 
+def ensure_running() -> None:
+    """Start this process's tracker now rather than at the first named create."""
+    if not enabled():
+        return
+    with _lock:
+        if _sock is None:
+            _start()
+
+
 def unregister(dev: int, ino: int) -> None:
     """This process removed (or never linked) the name itself."""
     with _lock:
