@@ -97,7 +97,10 @@ def _start() -> socket.socket:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         cmd = [sys.executable, "-I", "-S", os.path.abspath(__file__), str(theirs.fileno())]
+        # No stdout/stderr of the program: a parent reading the program's output
+        # to EOF must not wait for a tracker that outlives it (waiting for users).
         _proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                  start_new_session=True, close_fds=True)
     except BaseException:
         ours.close()
@@ -324,6 +327,12 @@ class _Tracker:
 def main(fd: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    try:  # one pidfd per watched name
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
     _Tracker(fd).run()
 
 
