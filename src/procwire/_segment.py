@@ -350,7 +350,7 @@ class Segment:
             info = self._finalizer.detach()
             self._finalizer = None
             if info is not None:
-                _, args, _ = info  # (path, dev, ino, creator)
+                _, _, args, _ = info  # (obj, func, (path, dev, ino, creator), kwargs)
                 if args[3] == os.getpid():
                     _tracker.unregister(args[1], args[2])
 
