@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from procwire.bench.harness import Case, Result
+from procwire.bench.harness import Case, Result, ratio_range
 
 FORK = mp.get_context("fork")
 MiB = 1 << 20
@@ -402,6 +402,13 @@ class Cell:
     procwire: float | None = None
     ratio: float | None = None  # >1: procwire is better
     note: str | None = None     # why a figure is missing
+    # min-max over the repeats (None with one repeat): each side's, and the
+    # lowest and highest ratio any pairing of the repeats gives
+    stdlib_range: tuple[float, float] | None = None
+    procwire_range: tuple[float, float] | None = None
+    ratio_range: tuple[float, float] | None = None
+    # (max - min) / median of the wider side's repeats
+    relative_spread: float | None = None
 
 
 def table(results: list[Result]) -> list[dict[str, Any]]:
@@ -429,6 +436,13 @@ def table(results: list[Result]) -> list[dict[str, Any]]:
             if cell.stdlib and cell.procwire:
                 cell.ratio = (cell.procwire / cell.stdlib if higher
                               else cell.stdlib / cell.procwire)
+            cell.stdlib_range = std.spread if std else None
+            cell.procwire_range = ours.spread if ours else None
+            if std and ours:
+                cell.ratio_range = ratio_range(ours, std)
+            spreads = [r.relative_spread for r in (std, ours)
+                       if r is not None and r.relative_spread is not None]
+            cell.relative_spread = max(spreads) if spreads else None
             cells[metric] = cell
         rows.append({"mechanism": m, "cells": cells})
     return rows
