@@ -354,3 +354,81 @@ def test_every_user_holds_a_shared_flock_and_nothing_else(cleanup_names):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # nobody left
     finally:
         os.close(fd)
+
+
+def _parent_and_forked_creator(base: str, conn) -> None:
+    """Create a name, fork a child that creates another through the same tracker."""
+    os.environ["PROCWIRE_TRACKER"] = "1"
+    from procwire import _tracker
+    _KEEP.append(procwire.Queue(name=base + "-q"))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        _KEEP.append(procwire.Lock(name=base + "-lock"))
+        os.write(w, b"x")
+        os.read(r, 1)  # never returns (this process holds the write end): killed
+        os._exit(0)
+    assert os.read(r, 1) == b"x"
+    conn.send((pid, _tracker.tracker_pid()))
+    conn.recv()
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_forked_creator_shares_the_tracker_and_is_cleaned_up_alone(cleanup_names):
+    """The tracker follows each creator, not the program: a killed forked child's name
+    goes while its parent (the tracker's starter) lives on with its own."""
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    base = _unique("shared")
+    cleanup_names.append(base)
+    ours, theirs = ctx.Pipe()
+    p = ctx.Process(target=_parent_and_forked_creator, args=(base, theirs))
+    p.start()
+    theirs.close()
+    assert ours.poll(JOIN)
+    child, tracker = ours.recv()
+    try:
+        os.kill(child, signal.SIGKILL)
+        _wait_until(lambda: not os.path.exists(_path(base + "-lock")),
+                    "the killed child's name to go")
+        assert os.path.exists(_path(base + "-q"))  # its parent still runs
+        assert not _process_gone(tracker)          # one tracker, still serving the parent
+    finally:
+        _kill(p, signal.SIGKILL)
+        ours.close()
+    _wait_until(lambda: not os.path.exists(_path(base + "-q")), "the parent's name to go")
+    # Nothing left to watch and nobody to serve: the tracker ends.
+    _wait_until(lambda: _process_gone(tracker), "the tracker to exit")
+
+
+def _orderly_creator(base: str, conn) -> None:
+    os.environ["PROCWIRE_TRACKER"] = "1"
+    from procwire import _tracker
+    q = procwire.Queue(name=base + "-q")
+    conn.send(_tracker.tracker_pid())
+    q.close()
+    conn.send(os.path.exists(_path(base + "-q")))
+
+
+def test_an_orderly_creator_removes_its_own_name_and_its_tracker_ends(ctx, cleanup_names):
+    base = _unique("orderly")
+    cleanup_names.append(base)
+    ours, theirs = ctx.Pipe()
+    p = ctx.Process(target=_orderly_creator, args=(base, theirs))
+    p.start()
+    theirs.close()
+    assert ours.poll(JOIN)
+    tracker = ours.recv()
+    assert ours.poll(JOIN)
+    assert ours.recv() is False   # close() removed it, as before
+    p.join(JOIN)
+    assert p.exitcode == 0
+    ours.close()
+    _wait_until(lambda: _process_gone(tracker), "the tracker to exit with its program")
