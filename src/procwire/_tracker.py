@@ -37,7 +37,7 @@ the creating process's next named create (which starts a new tracker and
 registers its live names again) or ``procwire clean``.
 
 ``PROCWIRE_TRACKER=0`` in the environment turns the tracker off (names of
-killed creators then stay until ``procwire clean``, as before 0.2).
+killed creators then stay until ``procwire clean``).
 
 This file runs as the tracker with ``python -I -S _tracker.py FD``: it imports
 only the standard library, so the tracker starts fast and does not depend on
@@ -46,7 +46,6 @@ procwire being importable.
 from __future__ import annotations
 
 import array
-import errno
 import fcntl
 import os
 import select
@@ -55,7 +54,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 _MSG_MAX = 8192
 
@@ -329,7 +327,7 @@ def main(fd: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
     try:  # one pidfd per watched name
         import resource
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ImportError, ValueError, OSError):
         pass

@@ -232,7 +232,7 @@ def _creator_with_child(base: str, conn) -> None:
     os.environ["PROCWIRE_TRACKER"] = "1"
     q = procwire.Queue(name=base + "-q")
     _KEEP.append(q)
-    r, w = os.pipe()
+    r, _w = os.pipe()  # the write end stays open here: the read never returns
     pid = os.fork()
     if pid == 0:  # the grandchild: holds the inherited queue until it is killed
         q.put(b"grandchild alive")
