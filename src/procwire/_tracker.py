@@ -78,10 +78,13 @@ def enabled() -> bool:
 def _after_fork_in_child() -> None:
     # The socket is shared with the parent (its tracker serves us too); the
     # pidfd names the parent, and the names are the parent's to unregister.
-    global _lock, _pidfd, _names
+    global _lock, _pidfd, _names, _proc
     _lock = threading.Lock()
+    if _pidfd >= 0:
+        os.close(_pidfd)
     _pidfd = -1
     _names = {}
+    _proc = None  # the parent's child, not ours to reap
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -160,6 +163,7 @@ def ensure_running() -> None:
     with _lock:
         if _sock is None:
             _start()
+        _own_pidfd()
 
 
 def unregister(dev: int, ino: int) -> None:
@@ -174,7 +178,10 @@ def unregister(dev: int, ino: int) -> None:
 
 
 def tracker_pid() -> int | None:
-    """The pid of the tracker this process started, if any (for tests and tools)."""
+    """The pid of the tracker this process started, if any (for tests and tools).
+
+    None in a forked child that uses its parent's tracker.
+    """
     return _proc.pid if _proc is not None else None
 
 

@@ -45,9 +45,22 @@ def _wait_until(cond, what: str, timeout: float = BOUND) -> None:
         time.sleep(0.002)
 
 
+def _own_tracker(on: str = "1") -> None:
+    """Make this child start its own tracker at its first named create.
+
+    A fork child would otherwise use the test process's tracker, if the suite
+    runs with PROCWIRE_TRACKER=1; these tests kill and watch their own.
+    """
+    os.environ["PROCWIRE_TRACKER"] = on  # forkserver children do not see the test's env
+    from procwire import _tracker
+    if _tracker._sock is not None and _tracker.tracker_pid() is None:
+        _tracker._sock.close()
+        _tracker._sock = None
+
+
 def _creator(base: str, conn, tracker: str = "1") -> None:
     """Create one named object of each family, report, then block until killed."""
-    os.environ["PROCWIRE_TRACKER"] = tracker  # forkserver children do not see the test's env
+    _own_tracker(tracker)
     from procwire import _tracker
     _KEEP.extend([procwire.Queue(name=base + "-q"), procwire.Lock(name=base + "-lock"),
                   procwire.Value("i", 7, name=base + "-value"),
@@ -229,7 +242,7 @@ def _tracker_waits_on_ino(ino: int):
 
 def _creator_with_child(base: str, conn) -> None:
     """A creator that forks a grandchild sharing the object, then waits to be killed."""
-    os.environ["PROCWIRE_TRACKER"] = "1"
+    _own_tracker()
     q = procwire.Queue(name=base + "-q")
     _KEEP.append(q)
     r, _w = os.pipe()  # the write end stays open here: the read never returns
@@ -269,7 +282,7 @@ def test_a_forked_grandchild_keeps_the_inherited_object_alive(cleanup_names):
 
 
 def _create_kill_tracker_create(base: str, conn) -> None:
-    os.environ["PROCWIRE_TRACKER"] = "1"
+    _own_tracker()
     from procwire import _tracker
     _KEEP.append(procwire.Queue(name=base + "-q"))
     first = _tracker.tracker_pid()
@@ -358,15 +371,16 @@ def test_every_user_holds_a_shared_flock_and_nothing_else(cleanup_names):
 
 def _parent_and_forked_creator(base: str, conn) -> None:
     """Create a name, fork a child that creates another through the same tracker."""
-    os.environ["PROCWIRE_TRACKER"] = "1"
+    _own_tracker()
     from procwire import _tracker
     _KEEP.append(procwire.Queue(name=base + "-q"))
     r, w = os.pipe()
+    block_r, _block_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         _KEEP.append(procwire.Lock(name=base + "-lock"))
         os.write(w, b"x")
-        os.read(r, 1)  # never returns (this process holds the write end): killed
+        os.read(block_r, 1)  # never returns (this process holds the write end): killed
         os._exit(0)
     assert os.read(r, 1) == b"x"
     conn.send((pid, _tracker.tracker_pid()))
@@ -409,7 +423,7 @@ def test_a_forked_creator_shares_the_tracker_and_is_cleaned_up_alone(cleanup_nam
 
 
 def _orderly_creator(base: str, conn) -> None:
-    os.environ["PROCWIRE_TRACKER"] = "1"
+    _own_tracker()
     from procwire import _tracker
     q = procwire.Queue(name=base + "-q")
     conn.send(_tracker.tracker_pid())
