@@ -16,7 +16,8 @@ creates, attaches and cleans up segments; ``queue`` builds the message queues;
 twin of ``multiprocessing.connection``) its ``Listener``/``Client``, over
 sockets with a shared-memory upgrade; ``context`` the ``get_context`` contexts;
 ``sync`` the locks, semaphores, events, conditions and barriers; ``shared``
-the shared ``Value``/``Array``;
+the shared ``Value``/``Array``; ``pool`` the process ``Pool`` and
+``ProcessPoolExecutor``;
 ``signals`` wraps the signal API; ``lessons`` holds the lesson's demo programs;
 ``cli`` is the ``procwire`` command.
 
@@ -80,6 +81,9 @@ _EXPORTS = {
     "Array": "procwire.shared",
     "RawValue": "procwire.shared",
     "RawArray": "procwire.shared",
+    "WorkerLost": "procwire.errors",
+    "Pool": "procwire.pool",
+    "ProcessPoolExecutor": "procwire.pool",
 }
 
 # submodules reachable as attributes without an explicit import
@@ -117,5 +121,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from procwire.errors import BrokenBarrierError, OwnerDiedWarning
     from procwire.queue import JoinableQueue, Queue, SimpleQueue
     from procwire.shared import Array, RawArray, RawValue, Value
+    from procwire.errors import WorkerLost
+    from procwire.pool import Pool, ProcessPoolExecutor
     from procwire.sync import (Barrier, BoundedSemaphore, Condition, Event, Lock, RLock,
                                Semaphore)

@@ -10,10 +10,44 @@ lock's previous holder dead (see :mod:`procwire.sync`).
 """
 from __future__ import annotations
 
+import signal as _signal
 from queue import Empty, Full
 from threading import BrokenBarrierError
 
 from procwire._core import MessageTooLarge, OwnerDiedWarning, ProcwireError, SegmentError
 
 __all__ = ["BrokenBarrierError", "Empty", "Full", "MessageTooLarge", "OwnerDiedWarning",
-           "ProcwireError", "SegmentError"]
+           "ProcwireError", "SegmentError", "WorkerLost"]
+
+
+class WorkerLost(ProcwireError):
+    """A pool worker died (SIGKILL, a crash, ``os._exit``, out of memory) holding this task.
+
+    Raised by the task's ``get()`` or ``Future.result()``. Only the tasks the
+    dead worker held fail this way (after their ``retries``, if any); the pool
+    replaces the worker and goes on. Attributes: ``pid``, ``exitcode`` (as
+    ``Process.exitcode``: negative for a signal), ``signal`` (its name, e.g.
+    ``"SIGKILL"``, or None) and ``attempts`` (how many times the task ran).
+    """
+
+    def __init__(self, pid: int, exitcode: int | None, attempts: int = 1) -> None:
+        self.pid = pid
+        self.exitcode = exitcode
+        self.attempts = attempts
+        self.signal: str | None = None
+        if exitcode is not None and exitcode < 0:
+            try:
+                self.signal = _signal.Signals(-exitcode).name
+            except ValueError:
+                self.signal = f"signal {-exitcode}"
+            how = f"was killed by {self.signal}"
+        elif exitcode is None:
+            how = "vanished"
+        else:
+            how = f"exited with code {exitcode}"
+        tries = f" (attempt {attempts}; no retries left)" if attempts > 1 else ""
+        super().__init__(f"pool worker {pid} {how} while it held this task{tries}; "
+                         "pass retries=N to the pool to re-run such tasks")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.pid, self.exitcode, self.attempts))

@@ -249,7 +249,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for dist in ("procwire", "numpy", "faster-fifo", "pyzmq"):
+    for dist in ("procwire", "numpy", "faster-fifo", "pyzmq", "loky"):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from procwire.bench import harness, lesson, queues
 from procwire.bench import pipe as pipe_bench
+from procwire.bench import pool as pool_bench
 from procwire.bench import sync as sync_bench
 from procwire.cli import fail, main
 
@@ -35,6 +36,7 @@ SUITES = {
     "queue": ("Message queues", queues.cases),
     "sync": ("Locks, events and shared values", sync_bench.cases),
     "pipe": ("Pipes", pipe_bench.cases),
+    "pool": ("Process pools (2 workers, f(x) = x + 1)", pool_bench.cases),
 }
 
 
@@ -51,6 +53,10 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:.2f} GB/s"
     if unit == "µs":
         return f"{value:.1f} µs"
+    if unit == "ms":
+        return f"{value:.1f} ms"
+    if unit == "tasks/s":
+        return _fmt(value, "msg/s").replace("/s", " tasks/s")
     return f"{value:.2f} {unit}"
 
 

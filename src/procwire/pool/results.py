@@ -1,0 +1,247 @@
+"""Result objects of a pool, independent of how tasks travel.
+
+``ApplyResult`` (alias ``AsyncResult``), ``MapResult``, ``IMapIterator`` and
+``IMapUnorderedIterator`` have the API of their :mod:`multiprocessing.pool`
+twins. A transport (the local pool of worker processes here, or any other)
+delivers outcomes by calling ``_set(index, (success, value))`` from any
+thread; ``index`` is the chunk number for maps and ignored for ``apply``.
+Nothing here knows about processes, pipes or pickling.
+
+The errors a pool adds to a task's own exceptions live here too, so that every
+transport raises the same ones: :class:`procwire.WorkerLost` (the worker
+holding the task died), :class:`BrokenPool` (workers cannot start) and
+:class:`PoolTerminated` (``terminate()`` came first).
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import TimeoutError
+from typing import Any, Callable
+
+from procwire.errors import ProcwireError, WorkerLost
+
+__all__ = ["ApplyResult", "AsyncResult", "BrokenPool", "IMapIterator", "IMapUnorderedIterator",
+           "MapResult", "PoolStatistics", "PoolTerminated", "TimeoutError", "WorkerLost"]
+
+
+class BrokenPool(ProcwireError, BrokenProcessPool):
+    """Workers cannot be started: the initializer failed repeatedly.
+
+    A ``concurrent.futures.process.BrokenProcessPool``, so executor code that
+    catches that keeps working. The initializer's own error is ``__cause__``.
+    """
+
+
+class PoolTerminated(ProcwireError, RuntimeError):
+    """The pool was terminated before this task finished."""
+
+
+@dataclass(frozen=True)
+class PoolStatistics:
+    """A snapshot of a pool's counters; tasks are counted in chunks.
+
+    ``workers``: live worker processes. ``tasks_queued``: submitted, not yet
+    sent to a worker. ``tasks_running``: leased to a worker, result not yet
+    back. ``tasks_done``: finished with a result or the task's own exception.
+    ``tasks_failed``: of those done, how many raised (WorkerLost included).
+    ``tasks_retried``: re-runs after a worker died holding the task.
+    ``worker_deaths``: workers that died while holding tasks or before they
+    were ready (a worker retiring after ``maxtasksperchild`` is not a death).
+    ``workers_started``: every worker process started, replacements included.
+    """
+
+    workers: int
+    tasks_queued: int
+    tasks_running: int
+    tasks_done: int
+    tasks_failed: int
+    tasks_retried: int
+    worker_deaths: int
+    workers_started: int
+
+
+Callback = Callable[[Any], object] | None
+
+
+class ApplyResult:
+    """The result of ``apply_async``: ``get(timeout)``, ``wait``, ``ready``, ``successful``.
+
+    ``owner`` is kept alive as long as this result (multiprocessing's results
+    keep their pool alive the same way). Callbacks run in the thread that
+    delivers the result, once, before ``get()`` returns.
+    """
+
+    def __init__(self, owner: object = None, callback: Callback = None,
+                 error_callback: Callback = None) -> None:
+        self._pool = owner
+        self._event = threading.Event()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = False
+        self._value: Any = None
+
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        if not self._event.wait(timeout):
+            raise TimeoutError
+        if self._success:
+            return self._value
+        raise self._value
+
+    def _set(self, index: int, outcome: tuple[bool, Any]) -> None:
+        if self._event.is_set():
+            return
+        self._success, self._value = outcome
+        try:
+            if self._success and self._callback is not None:
+                self._callback(self._value)
+            elif not self._success and self._error_callback is not None:
+                self._error_callback(self._value)
+        finally:
+            self._event.set()
+            self._pool = None
+
+    def __repr__(self) -> str:
+        state = ("pending" if not self.ready() else
+                 "done" if self._success else f"failed: {type(self._value).__name__}")
+        return f"<{type(self).__module__}.{type(self).__qualname__} {state}>"
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(ApplyResult):
+    """The result of ``map_async``/``starmap_async``: a list, in order.
+
+    Chunk ``i`` covers items ``i*chunksize`` onwards. The first failing chunk
+    fails the whole result at once (as in multiprocessing); later chunks still
+    run, their outcomes are dropped.
+    """
+
+    def __init__(self, owner: object, chunksize: int, length: int, callback: Callback = None,
+                 error_callback: Callback = None) -> None:
+        super().__init__(owner, callback, error_callback)
+        self._chunksize = chunksize
+        self._values: list[Any] = [None] * length
+        self._remaining = -(-length // chunksize) if chunksize else 0
+        self._lock = threading.Lock()
+        if self._remaining == 0:
+            super()._set(0, (True, []))
+
+    def _set(self, index: int, outcome: tuple[bool, Any]) -> None:
+        ok, value = outcome
+        if not ok:
+            self._values = []
+            super()._set(index, outcome)
+            return
+        with self._lock:
+            if self._event.is_set():
+                return
+            if self._chunksize == 1:
+                self._values[index] = value[0]
+            else:
+                start = index * self._chunksize
+                self._values[start:start + len(value)] = value
+            self._remaining -= 1
+            finished = self._remaining == 0
+        if finished:
+            values, self._values = self._values, []
+            super()._set(index, (True, values))
+
+
+class IMapIterator:
+    """The iterator ``imap`` returns: results in order; ``next(timeout)``.
+
+    A failed chunk raises its exception at its place in the order, and the
+    iteration can go on after it (as in multiprocessing with chunksize=1).
+    ``_set_length(n)`` ends the iteration after ``n`` chunks. ``_on_consume``,
+    if a transport sets it, is called after each item is handed out: the
+    local pool uses it to read a lazy iterable only as fast as it is consumed.
+    """
+
+    _on_consume: Callable[[], None] | None = None
+
+    def __init__(self, owner: object = None) -> None:
+        self._pool = owner
+        self._cond = threading.Condition(threading.Lock())
+        self._items: collections.deque[tuple[bool, Any]] = collections.deque()
+        self._index = 0  # next chunk to hand out
+        self._length: int | None = None
+        self._unsorted: dict[int, tuple[bool, Any]] = {}
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        with self._cond:
+            try:
+                item = self._items.popleft()
+            except IndexError:
+                if self._index == self._length:
+                    self._pool = None
+                    raise StopIteration from None
+                self._cond.wait(timeout)
+                try:
+                    item = self._items.popleft()
+                except IndexError:
+                    if self._index == self._length:
+                        self._pool = None
+                        raise StopIteration from None
+                    raise TimeoutError from None
+        if self._on_consume is not None:
+            self._on_consume()
+        success, value = item
+        if success:
+            return value
+        raise value
+
+    __next__ = next
+
+    def _set(self, index: int, outcome: tuple[bool, Any]) -> None:
+        with self._cond:
+            if self._index == index:
+                self._items.append(outcome)
+                self._index += 1
+                while self._index in self._unsorted:
+                    self._items.append(self._unsorted.pop(self._index))
+                    self._index += 1
+                self._cond.notify()
+            else:
+                self._unsorted[index] = outcome
+            if self._index == self._length:
+                self._cond.notify_all()
+
+    def _set_length(self, length: int) -> None:
+        with self._cond:
+            self._length = length
+            if self._index == self._length:
+                self._cond.notify_all()
+
+    def _pending(self) -> int:
+        """Outcomes delivered but not yet handed out."""
+        return len(self._items) + len(self._unsorted)
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """The iterator ``imap_unordered`` returns: results as they come."""
+
+    def _set(self, index: int, outcome: tuple[bool, Any]) -> None:
+        with self._cond:
+            self._items.append(outcome)
+            self._index += 1
+            self._cond.notify()
+            if self._index == self._length:
+                self._cond.notify_all()
