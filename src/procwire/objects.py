@@ -25,6 +25,7 @@ import mmap
 import os
 import stat as _stat
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -32,7 +33,35 @@ from procwire import _core
 from procwire._segment import PREFIX, SHM_DIR, TEMP_MARK, validate_name
 from procwire.errors import SegmentError
 
-__all__ = ["Entry", "scan", "describe", "remove", "clean_candidates", "users_of"]
+__all__ = ["Entry", "scan", "describe", "remove", "clean_candidates", "users_of", "printable"]
+
+# A segment's fixed common header (struct pw_header in _core/layout.h): magic
+# at 0, total_size at 16.
+_HEADER_SIZE = 64
+
+
+def printable(text: str) -> str:
+    """`text` safe to show on a terminal: control characters escaped.
+
+    Names come from the file system, where any user can put escape sequences
+    (colours, cursor moves, a fake prompt), bidirectional overrides or bytes
+    that are not UTF-8 into a file name. Those are shown as Python escapes
+    (``\x1b``, ``\u202e``, ``\udcff`` for an undecodable byte) and a backslash
+    as ``\\``, so the output names every file unambiguously. The commands
+    never parse a name as rich markup either (they pass ``Text`` objects).
+    """
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif (code < 0x20 or 0x7f <= code < 0xa0 or 0xd800 <= code < 0xe000
+              or unicodedata.category(ch) in ("Cf", "Cn", "Co", "Zl", "Zp")):
+            out.append(ascii(ch)[1:-1])
+        else:
+            out.append(ch)
+    return "".join(out)
+
 
 # Keys of _core.inspect() that count threads blocked on the object.
 _WAITER_KEYS = ("waiters", "consumers_waiting", "producers_waiting", "joiners_waiting")
@@ -63,6 +92,7 @@ class Entry:
     creator_pid: int | None = None
     creator_alive: bool | None = None
     users: list[int] = field(default_factory=list)
+    regular: bool = True           # a regular file (the only kind `clean` removes)
 
     @property
     def temporary(self) -> bool:
@@ -86,6 +116,7 @@ class Entry:
                 "size": self.size, "creator_pid": self.creator_pid,
                 "creator_alive": self.creator_alive, "users": self.users,
                 "in_use": self.in_use, "waiters": self.waiters, "error": self.error,
+                "regular": self.regular,
                 "counters": self.info}
 
 
@@ -202,26 +233,43 @@ def _read(path: str, name: str) -> Entry:
     except FileNotFoundError:
         raise
     except OSError as exc:
+        # Whatever a file is, it is listed: a symlink (ELOOP), another
+        # user's file (EACCES), a socket (ENXIO), ...
+        st = os.lstat(path)
+        entry.uid, entry.size, entry.dev, entry.ino = (st.st_uid, st.st_size, st.st_dev,
+                                                       st.st_ino)
+        entry.regular = _stat.S_ISREG(st.st_mode)
+        entry.state = "corrupt"
         if exc.errno == errno.ELOOP:
-            entry.state, entry.error = "corrupt", "a symbolic link, not a segment"
-            return entry
-        if exc.errno == errno.EACCES:
-            st = os.lstat(path)
-            entry.uid, entry.size, entry.dev, entry.ino = (st.st_uid, st.st_size, st.st_dev,
-                                                           st.st_ino)
-            entry.state, entry.error = "corrupt", f"not readable (owned by uid {st.st_uid})"
-            return entry
-        raise
+            entry.error = "a symbolic link, not a segment"
+        elif exc.errno == errno.EACCES:
+            entry.error = f"not readable (owned by uid {st.st_uid})"
+        elif not entry.regular:
+            entry.error = "not a regular file"
+        else:
+            entry.error = f"cannot be opened: {exc.strerror}"
+        return entry
     try:
         st = os.fstat(fd)
         entry.uid, entry.size, entry.dev, entry.ino = st.st_uid, st.st_size, st.st_dev, st.st_ino
-        if not _stat.S_ISREG(st.st_mode):
+        entry.regular = _stat.S_ISREG(st.st_mode)
+        if not entry.regular:
             entry.state, entry.error = "corrupt", "not a regular file"
             return entry
         if st.st_size == 0:
             entry.state, entry.error = "corrupt", "empty (0 bytes)"
             return entry
-        with mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ) as m:
+        problem = _unmappable(fd, st.st_size)
+        if problem:
+            entry.state, entry.error = "corrupt", problem
+            return entry
+        try:
+            m = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+        except (OSError, OverflowError, ValueError) as exc:
+            entry.state = "corrupt"
+            entry.error = f"cannot be mapped ({st.st_size} bytes): {exc}"
+            return entry
+        with m:
             try:
                 entry.info = _core.inspect(m)
             except SegmentError as exc:
@@ -236,6 +284,34 @@ def _read(path: str, name: str) -> Entry:
     return entry
 
 
+def _unmappable(fd: int, size: int) -> str | None:
+    """Why the file must not be mapped, judged from its header read with pread.
+
+    Only a file whose header claims exactly the file's size is mapped (and
+    then validated whole by _core.inspect): anyone can make a sparse file of
+    2^48 bytes in /dev/shm, and mapping it would fail, or take a large part
+    of the address space, for nothing.
+    """
+    try:
+        head = os.pread(fd, _HEADER_SIZE, 0)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    if len(head) < _HEADER_SIZE:
+        return (f"is not a procwire segment: {len(head)} bytes is shorter than the "
+                f"{_HEADER_SIZE}-byte header")
+    claimed = int.from_bytes(head[16:24], "little")
+    if claimed == size:
+        return None
+    try:
+        _core.header_info(head)  # the first complaint about magic, version or kind
+    except SegmentError as exc:
+        message = str(exc).removeprefix("the segment ")
+        if "truncated or corrupt" not in message:
+            return message
+    return (f"is truncated or corrupt: its header says {claimed} bytes but the file "
+            f"has {size}")
+
+
 def _temp_entry(path: str, suffix: str) -> Entry:
     """A `procwire.<name>.creating-<pid>-<hex>` file: stale once its pid is dead."""
     name, _, rest = suffix.rpartition(TEMP_MARK)
@@ -247,6 +323,7 @@ def _temp_entry(path: str, suffix: str) -> Entry:
     try:
         st = os.lstat(path)
         entry.uid, entry.size, entry.dev, entry.ino = st.st_uid, st.st_size, st.st_dev, st.st_ino
+        entry.regular = _stat.S_ISREG(st.st_mode)
     except FileNotFoundError:
         raise
     entry.creator_alive = pid_alive(pid, st.st_mtime_ns)
@@ -326,26 +403,29 @@ def clean_candidates(entries: list[Entry]) -> list[Entry]:
     """
     me = os.geteuid()
     return [e for e in entries
-            if (e.uid == me or me == 0) and e.state != "creating" and not e.in_use]
+            if (e.uid == me or me == 0) and e.regular and e.state != "creating"
+            and not e.in_use]
 
 
 def remove_unused(entry: Entry) -> bool:
     """Remove `entry` if it is still the same file and still unused; True if removed.
 
     Re-checks just before unlinking, so that a process that attached since
-    the listing keeps its object's name.
+    the listing keeps its object's name. Never removes anything but a regular
+    file; an error on one file (say, it became another user's) is False, so
+    that ``clean`` goes on with the others.
     """
     try:
         st = os.lstat(entry.path)
-    except FileNotFoundError:
+    except OSError:
         return False
-    if (st.st_dev, st.st_ino) != (entry.dev, entry.ino):
-        return False  # removed and created again since we looked
+    if (st.st_dev, st.st_ino) != (entry.dev, entry.ino) or not _stat.S_ISREG(st.st_mode):
+        return False  # removed and created again since we looked, or not a file
     if users_of({(entry.dev, entry.ino)}):
         return False
     try:
         os.unlink(entry.path)
-    except FileNotFoundError:
+    except OSError:
         return False
     return True
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import array
 import errno
 import os
-import pickle
 import select
 import socket
 import time
@@ -38,16 +37,12 @@ from multiprocessing import BufferTooShort
 from multiprocessing import reduction as _mp_reduction
 from typing import Any
 
-from procwire import _core
+from procwire import _core, _pickle
 from procwire._segment import Segment
 
 __all__ = ["Client", "Connection", "DEFAULT_CAPACITY", "Listener", "Pipe"]
 
 DEFAULT_CAPACITY = 1024 * 1024  # bytes per direction
-
-_HIGHEST = pickle.HIGHEST_PROTOCOL
-_ForkingPickler = _mp_reduction.ForkingPickler
-
 
 _LARGE_BYTES = 1 << 16
 _PROTO5_BINBYTES8 = b"\x80\x05\x8e"  # PROTO 5, BINBYTES8
@@ -61,11 +56,7 @@ def _dumps(obj: Any) -> bytes:
         # itself regrows its buffer and takes ~10x longer for a 1 MiB bytes.
         return b"".join((_PROTO5_BINBYTES8, len(obj).to_bytes(8, "little"), obj,
                          _MEMOIZE_STOP))
-    try:
-        return pickle.dumps(obj, _HIGHEST)
-    except Exception:
-        # Sockets, connections and other objects only ForkingPickler knows.
-        return bytes(_ForkingPickler.dumps(obj, _HIGHEST))
+    return _pickle.dumps(obj)
 
 
 def _capacity_for(capacity: int | None) -> int:
@@ -112,7 +103,7 @@ class Connection(_core.PipeEnd):
         self._segment = segment
         _core.PipeEnd.__init__(self, segment.buffer, create=create, end=end, capacity=capacity,
                                duplex=duplex, fds=fds, count=count,
-                               name=f"Pipe end {end}", dumps=_dumps, loads=pickle.loads)
+                               name=f"Pipe end {end}", dumps=_dumps, loads=_pickle.loads)
         _live.add(self)
 
     def recv_bytes_into(self, buf: Any, offset: int = 0, *, timeout: float | None = None) -> int:

@@ -21,44 +21,18 @@ naming the capacity that would take it.
 """
 from __future__ import annotations
 
-import pickle
 from typing import Any, Iterable
 
-from procwire import _core
+from procwire import _core, _pickle
 from procwire._segment import Named, Segment, validate_name
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue", "DEFAULT_CAPACITY"]
 
 DEFAULT_CAPACITY = 4 * 1024 * 1024
 
-_HIGHEST = pickle.HIGHEST_PROTOCOL  # >= 5 on every Python procwire supports
-_MAX_OOB_BUFFERS = 63  # ring.c: a record holds the pickle and at most 63 buffers
-
-
-def _dumps_buffers(obj: Any) -> bytes | list:
-    """Pickle an object that exports a buffer (a numpy array, say).
-
-    Its data travels out of band: this returns ``[pickle, buffer, ...]`` when
-    pickle hands buffers out, and the ring copies them straight into shared
-    memory (one copy, not two). Other objects the ring pickles directly with
-    ``pickle.dumps(obj, 5)``; buffers nested inside them travel in band.
-    """
-    buffers: list[pickle.PickleBuffer] = []
-    data = pickle.dumps(obj, _HIGHEST, buffer_callback=buffers.append)
-    if not buffers:
-        return data
-    if len(buffers) > _MAX_OOB_BUFFERS:
-        # A record carries at most 63 out-of-band buffers (a numpy object
-        # array of 100 arrays has 100): pickle the rest in band, one copy more.
-        return pickle.dumps(obj, _HIGHEST)
-    try:
-        return [data, *(b.raw() for b in buffers)]
-    except BufferError:  # a non-contiguous buffer: let pickle copy it in band
-        return pickle.dumps(obj, _HIGHEST)
-
-
-_SERIALIZER: dict[str, Any] = {"dumps": pickle.dumps, "protocol": _HIGHEST, "dumps_buffers": _dumps_buffers,
-               "loads": pickle.loads}
+# Messages are pickled like multiprocessing's (its reducers included).
+_SERIALIZER: dict[str, Any] = {"dumps": _pickle.dumps, "protocol": _pickle.HIGHEST,
+                               "dumps_buffers": _pickle.dumps_buffers, "loads": _pickle.loads}
 
 
 def _capacity_for(capacity: int | None) -> int:

@@ -158,7 +158,7 @@ def _lock_from_info(h: _Handle, info: dict) -> Any:
     if mode == _core.LOCKMODE_NAMED:
         from procwire.sync import _attached_kind
         lname = info["lock_name"].decode()
-        return (RLock if _attached_kind(lname) == "rlock" else Lock).attach(lname)
+        return (Lock if _attached_kind(lname) == "lock" else RLock).attach(lname)
     if mode == _core.LOCKMODE_EXTERNAL:
         raise ValueError(f"procwire object {h.segment.name!r} was created with a lock that "
                          f"has no name; it can only be shared with child processes")
@@ -311,7 +311,36 @@ def _synchronized(obj: Any, lock: Any) -> Any:
         if obj._type_ is ctypes.c_char:
             return SynchronizedString(obj, lock)
         return SynchronizedArray(obj, lock)
-    return Synchronized(obj, lock)
+    if isinstance(obj, ctypes._SimpleCData):
+        return Synchronized(obj, lock)
+    return _synchronized_class(type(obj))(obj, lock)
+
+
+_struct_classes: dict[type, type] = {}
+
+
+def _locked_field(name: str) -> property:
+    def get(self: Any) -> Any:
+        with self._lock:
+            return getattr(self._obj, name)
+
+    def set_(self: Any, value: Any) -> None:
+        with self._lock:
+            setattr(self._obj, name, value)
+
+    return property(get, set_)
+
+
+def _synchronized_class(cls: type) -> type:
+    """As multiprocessing.sharedctypes.synchronized: a wrapper of a Structure
+    gets one locked property per field (``v.x``, ``v.y``)."""
+    try:
+        return _struct_classes[cls]
+    except KeyError:
+        fields = {f[0]: _locked_field(f[0]) for f in getattr(cls, "_fields_", ())}
+        scls = _struct_classes[cls] = type("Synchronized" + cls.__name__,
+                                           (SynchronizedBase,), fields)
+        return scls
 
 
 class SynchronizedBase:

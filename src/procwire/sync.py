@@ -51,10 +51,21 @@ Where procwire differs from multiprocessing
   whose party died before arriving leaves the others waiting until their
   ``timeout`` (which breaks the barrier, as in threading), or until any
   process calls ``abort()`` -- a parent watching ``Process.sentinel`` can do
-  this. A process killed *inside* a Barrier's bookkeeping breaks the barrier.
-* ``Condition.notify(n)`` may, in a rare race, wake a waiter that was still
-  going to sleep in addition to ``n`` others; as with POSIX condition
-  variables, loop on your predicate (``wait_for`` does).
+  this. A process killed *inside* a Barrier's bookkeeping, or while running
+  its action (which runs with the barrier's internal lock held), breaks the
+  barrier. ``abort()`` takes no lock; ``wait(timeout)`` honours its timeout
+  for the internal lock too, and ``reset(timeout=None)`` raises TimeoutError
+  if it cannot take it in time.
+* A handle that did not acquire a lock never releases it: acquisitions are
+  counted per handle (per ``attach()`` or unpickled copy), as in
+  multiprocessing. A holder is its thread id plus a random id of its process,
+  so another PID namespace's thread with the same id is not "this thread".
+* ``close()`` while another thread waits on the object makes that wait raise
+  ``ValueError`` within one wait slice (at most 100 ms).
+* ``Condition.notify(n)`` wakes at most ``n`` of the threads waiting when it
+  is called (none that starts waiting later), ``notify_all()`` all of them,
+  as in multiprocessing. A waiter killed while waiting absorbs no
+  notification (beyond 16 simultaneous waiters, a killed one stays counted).
 """
 from __future__ import annotations
 
@@ -307,6 +318,15 @@ class Event(_Shared, _core.Event):
         self._segment = segment
         _core.Event.__init__(self, segment.buffer, self._display_for(segment.name))
 
+    def __repr__(self) -> str:
+        # multiprocessing's format (its test suite checks it), plus the name.
+        try:
+            state = "set" if self.is_set() else "unset"
+        except ValueError:
+            state = "closed"
+        name = f" {self.name!r}" if self.name else ""
+        return f"<{type(self).__qualname__} at {id(self):#x}{name} {state}>"
+
 
 # ----------------------------------------------------------- condition
 
@@ -338,8 +358,11 @@ class Condition(_Shared, _core.Condition):
             else:
                 mode, lock_name = _core.LOCKMODE_EXTERNAL, b""
         else:
-            raise TypeError(f"Condition(lock) takes a procwire Lock or RLock, not "
-                            f"{type(lock).__name__}")
+            kind = f"{type(lock).__module__}.{type(lock).__qualname__}"
+            raise TypeError(f"Condition(lock) needs a procwire Lock or RLock (procwire.Lock(), "
+                            f"procwire.RLock(), or the get_lock() of a procwire Value/Array), "
+                            f"not a {kind}: a procwire Condition's waiters sleep in shared "
+                            f"memory beside the lock, so create the lock with procwire too")
         segment = _new_segment(self._kind, self._label, name, lock_mode=mode,
                                lock_name=lock_name)
         self._open(segment, lock=lock)
@@ -353,7 +376,9 @@ class Condition(_Shared, _core.Condition):
         elif lock is None and mode == _core.LOCKMODE_NAMED:
             lname = lock_name.decode()
             kind = _attached_kind(lname)
-            lock = (RLock if kind == "rlock" else Lock).attach(lname)
+            # A Lock segment holds a Lock; every other kind (RLock, or the
+            # lock embedded in a Value, Array or Condition) an RLock.
+            lock = (Lock if kind == "lock" else RLock).attach(lname)
         elif lock is None:
             self._close()
             raise SegmentError(f"{self._display} uses an anonymous lock, so it can only be "
@@ -427,6 +452,30 @@ class Condition(_Shared, _core.Condition):
         s = self._stats()
         s["lock"] = self._lock.statistics()
         return s
+
+    # multiprocessing's Condition is built of three semaphores, and its test
+    # suite (_TestCondition.check_invariant) reads them to check that no
+    # sleeper and no wake-up is left over. These read-only views give the
+    # same invariant from procwire's counters: threads in wait(), none
+    # counted as woken, and notifications granted but not yet taken.
+    @property
+    def _sleeping_count(self) -> _CountView:
+        return _CountView(lambda: self._stats()["waiters"])
+
+    @property
+    def _woken_count(self) -> _CountView:
+        return _CountView(lambda: 0)
+
+    @property
+    def _wait_semaphore(self) -> _CountView:
+        return _CountView(lambda: self._stats()["notified_pending"])
+
+
+class _CountView:
+    """``get_value()`` of a live counter (see Condition._sleeping_count)."""
+
+    def __init__(self, read: Callable[[], int]) -> None:
+        self.get_value = read
 
 
 def _rebuild_condition(cls: type, handle: tuple[str, object], lock: Lock | None) -> Condition:

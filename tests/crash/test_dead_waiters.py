@@ -249,6 +249,82 @@ def test_a_killed_condition_waiter_is_not_counted_and_notify_stops_waking(ctx):
         cond.close()
 
 
+def _cond_wait_record(cond, phase, woke, i):
+    """Waits once; records the phase the notifier had set when it woke us
+    (read under the lock, so it names the notify that woke this waiter)."""
+    with cond:
+        ok = cond.wait(JOIN)
+        woke[i] = phase.value if ok else -1
+
+
+def _no_pending(cond, waiting):
+    stats = cond.statistics()
+    assert stats["waiters"] == waiting, stats
+    assert stats["not_notified"] == waiting, stats  # no phantom: the dead one is not counted
+    assert stats["notified_pending"] == 0, stats  # no wake-up kept for the dead one
+
+
+@pytest.mark.parametrize("when", ["before", "among"])
+def test_notify_n_after_a_killed_condition_waiter_wakes_exactly_n_live_waiters(ctx, when):
+    """Issue 9, defect 15 in Condition.notify(n): a waiter killed while waiting
+    (alone, reaped before the others come; or among live waiters, not yet
+    reaped) takes no wake-up from a live waiter, and leaves none behind that
+    would let a later notify(n) wake more than n."""
+    cond = procwire.Condition()
+    phase = procwire.RawValue("i", 0)
+    woke = procwire.RawArray("i", 3)  # per live waiter: phase it woke in, 0 = asleep
+    procs = []
+
+    def start(i):
+        p = ctx.Process(target=_cond_wait_record, args=(cond, phase, woke, i))
+        p.start()
+        procs.append(p)
+
+    def notify(n, ph):
+        with cond:
+            phase.value = ph
+            cond.notify(n)
+
+    try:
+        dead = _start_blocked(ctx, _cond_wait, (cond,), cond.statistics)
+        if when == "before":
+            _kill(dead)
+            start(0)
+            _wait_until(lambda: cond.statistics()["waiters"] == 1, "waiter 0 asleep")
+            _no_pending(cond, 1)
+            notify(2, 1)  # room for two: only the live one is there to wake
+            _wait_until(lambda: woke[0] != 0, "waiter 0 woken")
+            assert woke[0] == 1
+            _no_pending(cond, 0)
+        start(1)
+        start(2)
+        _wait_until(lambda: cond.statistics()["waiters"] == (2 if when == "before" else 3),
+                    "two live waiters asleep")
+        if when == "among":
+            _kill(dead)  # not reaped yet: notify(1) itself must skip it
+        notify(1, 2)
+        _wait_until(lambda: woke[1] != 0 or woke[2] != 0, "one live waiter woken")
+        # Exactly one: the other is still registered, not notified, and no
+        # wake-up is pending for it.
+        _no_pending(cond, 1)
+        assert sorted(woke[1:]) == [0, 2]
+        with cond:
+            phase.value = 3
+            cond.notify_all()
+        _wait_until(lambda: woke[1] != 0 and woke[2] != 0, "the other live waiter woken")
+        assert sorted(woke[1:]) == [2, 3]
+        for p in procs:
+            p.join(JOIN)
+            assert p.exitcode == 0
+        _no_pending(cond, 0)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(JOIN)
+        cond.close()
+
+
 def test_a_killed_barrier_waiter_is_not_counted(ctx):
     b = procwire.Barrier(3)
     try:

@@ -19,6 +19,8 @@ import pytest
 
 from procwire import Empty, Full, Queue, _core
 
+from chaoshelpers import chaos  # noqa: F401 (fixture)
+
 JOIN = 60
 
 
@@ -157,10 +159,10 @@ def _chaos_consumer(q, results, tag):
             return
 
 
-def test_chaos_kill_producers_and_consumers_at_random(capsys):
-    seed = int(os.environ.get("PROCWIRE_CHAOS_SEED", random.randrange(2**32)))
-    kills = int(os.environ.get("PROCWIRE_CHAOS_KILLS", 300))
-    print(f"chaos seed={seed} kills={kills}")
+@pytest.mark.chaos
+def test_chaos_kill_producers_and_consumers_at_random(chaos):
+    # Seed and size from chaoshelpers (--full-chaos: 1,000 kills), at least 300.
+    seed, kills = chaos.seed, max(chaos.kills, 300)
     rnd = random.Random(seed)
     ctx = mp.get_context("fork")  # hundreds of restarts; start methods are covered above
     q = Queue(maxsize=40, capacity=16384)
@@ -232,7 +234,8 @@ def test_chaos_kill_producers_and_consumers_at_random(capsys):
         q.put("alive")
         assert q.get(timeout=10) == "alive"
         stats = q.statistics()
-        print(f"delivered={len(delivered)} lost={missing} owner_died={stats['owner_died']}")
+        print(f"queue: kills={kills} delivered={len(delivered)} lost={missing} "
+              f"owner_died={stats['owner_died']}")
     finally:
         q.close()
         results.close()

@@ -320,3 +320,25 @@ def test_lost_update_start_methods(method):
 def test_lost_update_bad_input():
     with pytest.raises(ValueError):
         lost_update(processes=0)
+
+
+def _double_point(p):
+    p.x *= 2
+    p.y *= 2
+
+
+class _Pt(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_double)]
+
+
+def test_synchronized_structure_has_locked_fields_like_multiprocessing(ctx):
+    # multiprocessing.sharedctypes.synchronized gives a Structure one locked
+    # property per field; its _TestSharedCTypes.test_synchronize relies on it.
+    v = Value(_Pt, 3, 2.0)
+    assert (v.x, v.y) == (3, 2.0)
+    p = ctx.Process(target=_double_point, args=(v,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    assert (v.x, v.y) == (6, 4.0)
+    assert type(v).__name__ == "Synchronized_Pt" and v.get_lock().statistics()["locked"] is False

@@ -79,6 +79,9 @@ static inline uint64_t pw_widen_count(uint64_t total, uint32_t count)
  * -1 with an exception set when a signal handler raised.
  */
 int pw_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline);
+/* The same, woken only by wakes whose bitset shares a bit with mask. */
+int pw_futex_wait_mask(_Atomic uint32_t *word, uint32_t expected, int64_t deadline,
+                       uint32_t mask);
 
 /* Wakes up to n sleepers (INT32_MAX for all). Never blocks. Returns how many
  * it woke (0 on error). */
@@ -142,6 +145,12 @@ static inline int pw_waiters_any(struct pw_waiters *w)
  * operation forever. Returns the number woken.
  */
 int pw_waiters_wake(struct pw_waiters *w, _Atomic uint32_t *word, int n);
+/* pw_waiters_wake for sleepers that wait with a bitset (pw_futex_wait_mask):
+ * wakes up to n of those whose mask shares a bit with mask. */
+int pw_waiters_wake_mask(struct pw_waiters *w, _Atomic uint32_t *word, int n, uint32_t mask);
+/* 1 if slot i is free or its sleeper's process is dead (the slot is freed
+ * then, as pw_waiters_reconcile does), 0 if it may be alive. Reads /proc. */
+int pw_waiters_slot_dead(struct pw_waiters *w, int i);
 /* For sleepers woken by other means (a Pipe's eventfd): counts one wake
  * system call and reconciles at most every 100 ms. */
 void pw_waiters_woke_unknown(struct pw_waiters *w);
@@ -177,6 +186,24 @@ static inline void pw_cpu_relax(void)
 
 /* Initialises a process-shared robust mutex in shared memory. 0 or errno. */
 int pw_mutex_init(pthread_mutex_t *m);
+int pw_mutex_init_raw(pthread_mutex_t *m); /* the same, without learning the kind */
+
+/*
+ * Checks the bytes of a mutex in a segment before glibc trusts them (see
+ * mutex.c): 0, or -1 with SegmentError naming `what` (NULL: "a shared
+ * object"). Called on attach for every mutex of every kind of segment, and
+ * pw_mutex_trylock()/pw_mutex_lock() check again before each use (a process
+ * may corrupt the segment after we attached).
+ */
+int pw_mutex_check(const pthread_mutex_t *m, const char *what);
+extern int pw_mutex_kind;
+
+/* The cheap part of pw_mutex_check, for fast paths: 1 if sane. */
+static inline int pw_mutex_sane(const pthread_mutex_t *m)
+{
+    return atomic_load_explicit((_Atomic int *)&m->__data.__kind, memory_order_relaxed) ==
+           pw_mutex_kind;
+}
 
 enum pw_lock_result {
     PW_LOCK_ERROR = -1,      /* exception set                                */
@@ -195,10 +222,55 @@ enum pw_lock_result {
 enum pw_lock_result pw_mutex_lock(pthread_mutex_t *m, int64_t deadline);
 #define PW_LOCK_SLICE_NS 50000000LL
 
+/*
+ * pw_mutex_lock that also gives up (PW_LOCK_TIMEOUT) as soon as *cancel is
+ * non-zero, checked between slices with the GIL held: the guard's `closed`
+ * flag, so that close() from another thread ends the wait.
+ */
+enum pw_lock_result pw_mutex_lock_cancellable(pthread_mutex_t *m, int64_t deadline,
+                                              const int *cancel);
+
 /* Like pw_mutex_lock but never waits: PW_LOCK_TIMEOUT when busy. */
 enum pw_lock_result pw_mutex_trylock(pthread_mutex_t *m);
 
 void pw_mutex_unlock(pthread_mutex_t *m);
+
+/* ------------------------------------------ guard against a concurrent close */
+
+/*
+ * A native object whose calls release the GIL brackets each such call with
+ * pw_guard_enter()/pw_guard_leave(): close() from another thread then only
+ * marks it closed (pw_guard_close()), waiting calls notice the flag and leave
+ * with an error, and the mapping is released by whoever leaves last -- never
+ * under a thread inside a native call. The fields are protected by the GIL.
+ * (queue.c and pipe.c have the same idiom written inline.)
+ */
+typedef struct {
+    int closed; /* close() was called */
+    int active; /* calls in progress in this process */
+} pw_guard;
+
+/* 0, or -1 (no exception set) if the object is closed. */
+static inline int pw_guard_enter(pw_guard *g)
+{
+    if (g->closed)
+        return -1;
+    g->active++;
+    return 0;
+}
+
+/* 1 if the caller left last after a close: it must release the mapping now. */
+static inline int pw_guard_leave(pw_guard *g)
+{
+    return --g->active == 0 && g->closed;
+}
+
+/* Marks closed. 1 if no call is in progress: release the mapping now. */
+static inline int pw_guard_close(pw_guard *g)
+{
+    g->closed = 1;
+    return g->active == 0;
+}
 
 /* --------------------------------------------------------------- segment */
 

@@ -21,7 +21,9 @@
 #include <stdint.h>
 
 #define PW_MAGIC 0x3145524957435250ULL /* "PRCWIRE1" read as little-endian */
-#define PW_LAYOUT_VERSION 2u /* 2: struct pw_waiters replaces the sleeper counts */
+#define PW_LAYOUT_VERSION 3u /* 2: struct pw_waiters replaces the sleeper counts;
+                                3: pw_lock holder_proc/holder_hold, pw_cond
+                                wake and state */
 #define PW_CACHELINE 64
 
 /* What the segment holds. Values are part of the layout: never reuse one. */
@@ -264,7 +266,12 @@ struct pw_lock {
     uint32_t reserved0;             /* 80: layout 1: waiters (now `sleepers`)    */
     uint32_t recursive;             /* 84: 1 for an RLock, 0 for a Lock          */
     _Atomic uint64_t contended;     /* 88: acquires that had to wait             */
-    uint64_t reserved[4];           /* 96..127                                   */
+    _Atomic uint64_t holder_proc;   /* 96: random id of the holder's process, 0
+                                           when free (holder writes): tids alone
+                                           repeat across PID namespaces          */
+    _Atomic uint64_t holder_hold;   /* 104: serial of the current hold, unique in
+                                           the holder's process (holder writes)  */
+    uint64_t reserved[2];           /* 112..127                                  */
     struct pw_waiters sleepers;     /* 128: threads blocked in acquire (statistics
                                             only: the mutex does its own wakes)  */
 };
@@ -310,8 +317,29 @@ enum pw_lock_mode {
 #define PW_LOCK_NAME_MAX 256
 
 /*
- * Condition. 832 bytes. Waiters sleep on `seq`; notify(n) bumps it and wakes
- * n of them (a waiter that read seq just before the bump also returns).
+ * Condition. 896 bytes. Waiters sleep on `seq`. A waiter registered in
+ * `sleepers` slot i (wait.c) has its notify state in state[i]:
+ *     COND_WAITING (1)   set by _prepare_wait() (lock held)
+ *     COND_NOTIFIED (2)  set by notify(n) (lock held) by one compare-and-swap
+ *                        from WAITING, then seq is bumped
+ *     0                  set by the waiter as it leaves: one exchange, so a
+ *                        timeout and a notify never both claim it
+ * A state counts only while its `sleepers` slot is taken: a killed waiter's
+ * slot is reaped like any sleeper's and its state is then ignored (and
+ * overwritten by the slot's next waiter), so it never stays "waiting" and
+ * never absorbs a later notify. notify(n) marks at most n WAITING states,
+ * skipping those of dead processes when it has a choice; it wakes exactly the
+ * marked waiters (FUTEX_WAKE_BITSET, bit i for slot i).
+ *
+ * Waiters beyond the PW_WAIT_SLOTS slots (no slot) use `wake` instead, two
+ * counts changed together by compare-and-swap:
+ *     bits 63..32  waiting, not yet notified
+ *     bits 31..0   notifications granted and not yet taken
+ * notify(n) moves what is left of n, up to the first count, to the second; a
+ * slotless waiter takes one grant only if seq moved since it began waiting; a
+ * slotless waiter that times out leaves the first count if no notify came
+ * since it began, else it takes a grant if one is left. (A killed slotless
+ * waiter stays in these counts: only ever more than 16 waiters at once.)
  */
 struct pw_cond {
     _Atomic uint32_t seq;           /*   0: futex word                           */
@@ -319,13 +347,17 @@ struct pw_cond {
     uint32_t lock_mode;             /*   8: enum pw_lock_mode                     */
     uint32_t lock_name_len;         /*  12 */
     _Atomic uint64_t notifies;      /*  16: statistics                            */
-    uint64_t reserved[5];           /*  24..63 */
+    _Atomic uint64_t wake;          /*  24: slotless waiters: (waiting << 32) |
+                                            granted, see above                    */
+    uint64_t reserved[4];           /*  32..63 */
     char lock_name[PW_LOCK_NAME_MAX]; /* 64: not NUL-terminated                   */
     struct pw_lock lock;            /* 320: the default RLock                     */
     struct pw_waiters sleepers;     /* 640: threads in wait(), from _prepare_wait()
                                             to the end of _sleep()                */
+    _Atomic uint32_t state[PW_WAIT_SLOTS]; /* 832: notify state of the waiter in
+                                            sleepers.slot[i], see above           */
 };
-_Static_assert(sizeof(struct pw_cond) == 832, "pw_cond layout");
+_Static_assert(sizeof(struct pw_cond) == 896, "pw_cond layout");
 
 /*
  * Barrier. 128 bytes. All fields but the futex word `seq` change under

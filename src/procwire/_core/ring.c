@@ -55,6 +55,9 @@ int pw_ring_validate(const struct pw_ring *r, uint64_t data_bytes, const char *w
     if ((uint32_t)(pw_pos(tail) - pw_pos(head)) > cap || (pw_pos(head) | pw_pos(tail)) & 7)
         return pw_segment_error("%s is corrupt: head and tail positions are inconsistent",
                                 what);
+    /* The robust mutexes' bytes, before glibc trusts them (mutex.c). */
+    if (pw_mutex_check(&r->tail_lock, what) < 0 || pw_mutex_check(&r->head_lock, what) < 0)
+        return -1;
     return 0;
 }
 

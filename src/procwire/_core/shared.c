@@ -119,6 +119,8 @@ static PyObject *shared_info(PyObject *mod, PyObject *args)
                          what);
         goto out;
     }
+    if (s->lock_mode == PW_LOCKMODE_EMBEDDED && pw_mutex_check(&s->lock.mutex, what) < 0)
+        goto out;
     result = Py_BuildValue("{s:s,s:s,s:K,s:K,s:I,s:y#,s:K}", "kind", pw_kind_name(h->kind),
                            "typecode", s->typecode, "elem_size",
                            (unsigned long long)s->elem_size, "length",

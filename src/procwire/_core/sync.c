@@ -31,9 +31,32 @@ static PyObject *PwExc_BrokenBarrierError;
  * (pthread_atfork), as the forking thread gets a new tid there. */
 static _Thread_local pid_t cached_tid;
 
+/*
+ * A random id of this process, written into a lock by its holder. A tid is
+ * unique only inside one PID namespace: processes in two containers sharing
+ * /dev/shm both have a thread 1, and glibc, which knows only the tid, would
+ * take the other's lock for ours. "This thread holds it" is therefore the tid
+ * AND this id. A forked child draws a new one.
+ */
+static uint64_t proc_id;
+static uint64_t hold_serial; /* GIL-protected */
+
+static void new_proc_id(void)
+{
+    uint64_t v = 0;
+    if (syscall(SYS_getrandom, &v, sizeof v, 0) != (long)sizeof v || v == 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        v = ((uint64_t)getpid() << 32) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^
+            (uint64_t)(uintptr_t)&v;
+    }
+    proc_id = v ? v : 1;
+}
+
 static void reset_tid(void)
 {
     cached_tid = 0;
+    new_proc_id();
 }
 
 static inline pid_t my_tid(void)
@@ -91,6 +114,8 @@ typedef struct {
     PyObject_HEAD
     Py_buffer view;
     int mapped;
+    int keep_mapping; /* never release the view: a robust list may point into it */
+    pw_guard guard;   /* blocking calls against a concurrent close() */
     void *p;          /* the kind's struct inside the mapping */
     PyObject *name;   /* str, for messages */
 } SyncObject;
@@ -100,7 +125,8 @@ static void sync_release(SyncObject *self)
     if (self->mapped) {
         self->mapped = 0;
         self->p = NULL;
-        PyBuffer_Release(&self->view);
+        if (!self->keep_mapping)
+            PyBuffer_Release(&self->view);
     }
 }
 
@@ -118,10 +144,32 @@ static PyObject *Sync_get_name(SyncObject *self, void *closure)
 
 static inline int check_open(SyncObject *self)
 {
-    if (self->p)
+    if (self->p && !self->guard.closed)
         return 0;
-    PyErr_Format(PyExc_ValueError, "%R is not open", self->name ? self->name : Py_None);
+    PyErr_Format(PyExc_ValueError, "%R is closed", self->name ? self->name : Py_None);
     return -1;
+}
+
+/* Brackets a call that may release the GIL (core.h, pw_guard). */
+static inline int sync_enter(SyncObject *self)
+{
+    if (check_open(self) < 0)
+        return -1;
+    return pw_guard_enter(&self->guard);
+}
+
+static inline void sync_leave(SyncObject *self)
+{
+    if (pw_guard_leave(&self->guard))
+        sync_release(self);
+}
+
+/* For a wait that saw the object closed by another thread. NULL. */
+static PyObject *closed_while_waiting(SyncObject *self)
+{
+    PyErr_Format(PyExc_ValueError, "%R was closed by another thread while this one waited on it",
+                 self->name ? self->name : Py_None);
+    return NULL;
 }
 
 /*
@@ -325,9 +373,20 @@ out:
 
 /* ============================================================== Lock */
 
+/*
+ * Who holds a lock, per handle. A process may open one named lock several
+ * times (attach() twice, a pickled copy); each opening is a handle. As in
+ * multiprocessing, acquisitions are counted per handle: `mine` counts those
+ * made through this handle in the current hold (identified by the hold serial
+ * the holder writes into the lock), so that closing or collecting a handle
+ * releases only what was acquired through it.
+ */
 typedef struct {
     SyncObject base;
     struct pw_lock *lock;
+    uint32_t mine;       /* acquisitions through this handle in hold `hold` */
+    uint64_t hold;       /* the hold serial those belong to                 */
+    int locked_here;     /* this handle's mapping took the pthread mutex     */
 } LockObject;
 
 static int Lock_init(LockObject *self, PyObject *args, PyObject *kwds)
@@ -357,47 +416,120 @@ static int Lock_init(LockObject *self, PyObject *args, PyObject *kwds)
         sync_release(&self->base);
         return -1;
     }
+    if (pw_mutex_check(&l->mutex, PyUnicode_AsUTF8(name)) < 0) {
+        sync_release(&self->base);
+        return -1;
+    }
     self->lock = l;
+    self->mine = 0;
+    self->hold = 0;
+    self->locked_here = 0;
     return 0;
+}
+
+/* This thread of this process holds the mutex (through any handle). */
+static inline int held_by_this_thread(struct pw_lock *l)
+{
+    return mutex_holder(&l->mutex) == my_tid() && !mutex_owner_died(&l->mutex) &&
+           atomic_load_explicit(&l->holder_proc, memory_order_relaxed) == proc_id;
+}
+
+/* ... and acquired it through this handle. */
+static inline int held_via(LockObject *self, struct pw_lock *l)
+{
+    return self->mine > 0 && held_by_this_thread(l) &&
+           atomic_load_explicit(&l->holder_hold, memory_order_relaxed) == self->hold;
+}
+
+/* The pthread mutex was just taken through this handle: a new hold. */
+static void took(LockObject *self, struct pw_lock *l)
+{
+    self->hold = ++hold_serial;
+    self->mine = 1;
+    self->locked_here = 1;
+    atomic_store_explicit(&l->holder_hold, self->hold, memory_order_relaxed);
+    atomic_store_explicit(&l->holder_proc, proc_id, memory_order_relaxed);
+    atomic_store_explicit(&l->depth, 1, memory_order_relaxed);
+}
+
+/* Unlocks a mutex this thread holds, whatever the depth. 0 or an errno;
+ * EUCLEAN if another process corrupted the mutex meanwhile (it is left
+ * locked: glibc's unlock of a kind we did not create may abort). */
+static int unlock_now(struct pw_lock *l)
+{
+    if (!pw_mutex_sane(&l->mutex))
+        return EUCLEAN;
+    atomic_store_explicit(&l->depth, 0, memory_order_relaxed);
+    atomic_store_explicit(&l->holder_proc, 0, memory_order_relaxed);
+    atomic_store_explicit(&l->holder_hold, 0, memory_order_relaxed);
+    return pthread_mutex_unlock(&l->mutex);
+}
+
+/* Gives up what this handle acquired in the current hold, if anything; the
+ * mutex itself is unlocked when no handle of this thread holds it any more.
+ * Returns 1 if the mutex stays held by this thread through another handle
+ * after this one took it (its robust-list entry points into our mapping). */
+static int drop_own_hold(LockObject *self, struct pw_lock *l)
+{
+    if (!held_via(self, l)) {
+        self->mine = 0;
+        return 0;
+    }
+    uint32_t d = atomic_load_explicit(&l->depth, memory_order_relaxed);
+    uint32_t mine = self->mine;
+    self->mine = 0;
+    if (d > mine) {
+        atomic_store_explicit(&l->depth, d - mine, memory_order_relaxed);
+        return self->locked_here;
+    }
+    return unlock_now(l) != 0; /* still on our robust list if it failed */
+}
+
+/* Another live thread of this process holds the mutex through this handle. */
+static pid_t other_thread_holds_via(LockObject *self, struct pw_lock *l)
+{
+    pid_t holder = mutex_holder(&l->mutex);
+    if (!holder || holder == my_tid() || self->mine == 0 || mutex_owner_died(&l->mutex) ||
+        atomic_load(&l->holder_proc) != proc_id || atomic_load(&l->holder_hold) != self->hold)
+        return 0;
+    char task[64];
+    snprintf(task, sizeof task, "/proc/self/task/%d", (int)holder);
+    return access(task, F_OK) == 0 ? holder : 0;
 }
 
 /*
  * Drops this object's view of the mapping. A robust mutex held by a thread
  * of this process sits on that thread's robust list, which glibc and the
- * kernel walk later: unmapping it would make them touch freed memory. So a
- * lock dropped by the thread that holds it is released first; close() of a
- * lock another thread of this process holds raises; and if such a lock is
+ * kernel walk later: unmapping it would make them touch freed memory. So what
+ * the calling thread acquired through this handle is released first (and
+ * nothing acquired through another handle); close() of a lock another thread
+ * of this process holds through this handle raises; and if such a lock is
  * garbage-collected (no thread can release it any more), its mapping is kept
- * for the life of the process.
+ * for the life of the process. A call waiting in another thread leaves with
+ * an error; the mapping goes when it has left.
  */
 static int lock_drop(LockObject *self, int from_close)
 {
     struct pw_lock *l = self->lock;
-    if (l && self->base.mapped) {
-        pid_t holder = mutex_holder(&l->mutex);
-        if (holder == my_tid()) {
-            atomic_store_explicit(&l->depth, 0, memory_order_relaxed);
-            pthread_mutex_unlock(&l->mutex);
-        } else if (holder) {
-            char task[64];
-            snprintf(task, sizeof task, "/proc/self/task/%d", (int)holder);
-            if (access(task, F_OK) == 0) {
-                if (from_close) {
-                    PyErr_Format(PyExc_RuntimeError,
-                                 "%U is held by another thread of this process (tid %d); "
-                                 "release it there before closing it",
-                                 self->base.name, (int)holder);
-                    return -1;
-                }
-                self->lock = NULL;
-                self->base.mapped = 0; /* the view is deliberately never released */
-                self->base.p = NULL;
-                return 0;
+    if (l && self->base.mapped && !self->base.guard.closed) {
+        pid_t other = other_thread_holds_via(self, l);
+        if (other) {
+            if (from_close) {
+                PyErr_Format(PyExc_RuntimeError,
+                             "%U is held by another thread of this process (tid %d); "
+                             "release it there before closing it",
+                             self->base.name, (int)other);
+                return -1;
             }
+            self->base.keep_mapping = 1; /* the view is deliberately never released */
+        } else if (drop_own_hold(self, l)) {
+            self->base.keep_mapping = 1;
         }
     }
-    self->lock = NULL;
-    sync_release(&self->base);
+    if (pw_guard_close(&self->base.guard)) {
+        self->lock = NULL;
+        sync_release(&self->base);
+    }
     return 0;
 }
 
@@ -416,58 +548,122 @@ static PyObject *Lock_close(LockObject *self, PyObject *unused)
 
 static inline struct pw_lock *lock_of(LockObject *self)
 {
-    if (!self->base.p) {
-        check_open(&self->base);
+    if (check_open(&self->base) < 0)
         return NULL;
-    }
     return self->lock;
 }
 
-/* We hold the mutex now; its previous holder died holding it. */
+/* We hold the mutex now (took() was called); its previous holder died holding it. */
 static PyObject *owner_died(LockObject *self, struct pw_lock *l)
 {
     atomic_fetch_add(&l->owner_deaths, 1);
     atomic_store(&l->inconsistent, 1);
-    atomic_store_explicit(&l->depth, 1, memory_order_relaxed);
     if (PyErr_WarnFormat(PwExc_OwnerDiedWarning, 1,
                          "%U: a process died while holding this lock; it is yours now, "
                          "but what it protected may be half-updated. Repair it, then call "
                          "make_consistent()", self->base.name) < 0) {
         /* Warnings are errors here: do not keep a lock we report failing to take. */
-        atomic_store_explicit(&l->depth, 0, memory_order_relaxed);
-        pthread_mutex_unlock(&l->mutex);
+        self->mine = 0;
+        unlock_now(l);
         return NULL;
     }
     Py_RETURN_TRUE;
 }
 
+/* The mutex was taken (rc 0 or EOWNERDEAD) through this handle. */
+static PyObject *acquired(LockObject *self, struct pw_lock *l, int owner_dead)
+{
+    if (owner_dead)
+        pthread_mutex_consistent(&l->mutex);
+    took(self, l);
+    if (self->base.guard.closed) {
+        /* close() ran while we waited: do not keep a lock through a handle
+         * that is going away. */
+        self->mine = 0;
+        unlock_now(l);
+        return closed_while_waiting(&self->base);
+    }
+    if (owner_dead)
+        return owner_died(self, l);
+    Py_RETURN_TRUE;
+}
+
+/*
+ * The lock word names this tid, but not this process: a thread with the same
+ * tid in another PID namespace holds it, and glibc (which answers EDEADLK)
+ * cannot wait for it. Sleep on the lock word ourselves, flagging it so that
+ * the holder's unlock wakes us, until it changes or the deadline.
+ * Returns 0 to retry the lock, 1 on timeout, -1 with an exception set.
+ */
+static int wait_foreign_holder(LockObject *self, struct pw_lock *l, int64_t deadline)
+{
+    _Atomic uint32_t *word = (_Atomic uint32_t *)&l->mutex.__data.__lock;
+    uint32_t w = atomic_load(word);
+    if ((pid_t)(w & FUTEX_TID_MASK) != my_tid() || (w & FUTEX_OWNER_DIED))
+        return 0;
+    if (!(w & FUTEX_WAITERS)) {
+        uint32_t flagged = w | FUTEX_WAITERS;
+        if (!atomic_compare_exchange_strong(word, &w, flagged))
+            return 0;
+        w = flagged;
+    }
+    return sliced_wait(word, w, deadline);
+}
+
 static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
                                    int64_t deadline)
 {
-    if (rc != EBUSY && rc != EDEADLK) {
-        errno = rc;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    if (rc == EDEADLK || mutex_holder(&l->mutex) == my_tid()) {
-        /* A Lock this thread already holds: only another thread could release
-         * it, and procwire locks are released by their holder only. */
-        if (deadline == PW_FOREVER) {
-            PyErr_Format(PyExc_RuntimeError,
-                         "%U: this thread already holds this Lock, so acquire() would wait "
-                         "forever (use an RLock for re-entrant locking)", self->base.name);
-            return NULL;
+    for (;;) {
+        if (rc == 0 || rc == EOWNERDEAD)
+            return acquired(self, l, rc == EOWNERDEAD);
+        if (rc != EBUSY && rc != EDEADLK) {
+            errno = rc;
+            return PyErr_SetFromErrno(PyExc_OSError);
         }
-        _Atomic uint32_t never = 0;
-        for (;;) {
-            int r = sliced_wait(&never, 0, deadline);
+        if (held_by_this_thread(l)) {
+            /* A Lock this thread already holds: only this thread could
+             * release it, and procwire locks are released by their holder only. */
+            if (deadline == PW_FOREVER) {
+                PyErr_Format(PyExc_RuntimeError,
+                             "%U: this thread already holds this Lock, so acquire() would "
+                             "wait forever (use an RLock for re-entrant locking)",
+                             self->base.name);
+                return NULL;
+            }
+            _Atomic uint32_t never = 0;
+            pw_sleeper sl; /* counted as blocked in acquire, as every waiter */
+            pw_sleeper_enter(&l->sleepers, &sl);
+            for (;;) {
+                int r = self->base.guard.closed ? -2 : pw_sleeper_wait(&sl, &never, 0, deadline);
+                if (r == 0)
+                    continue;
+                pw_sleeper_leave(&sl);
+                if (r == -2)
+                    return closed_while_waiting(&self->base);
+                if (r < 0)
+                    return NULL;
+                Py_RETURN_FALSE;
+            }
+        }
+        if (deadline == 0)
+            Py_RETURN_FALSE;
+        if (rc == EDEADLK || mutex_holder(&l->mutex) == my_tid()) {
+            /* Same tid, another process: another PID namespace. */
+            if (self->base.guard.closed)
+                return closed_while_waiting(&self->base);
+            pw_sleeper sl; /* counted as blocked in acquire, as every waiter */
+            pw_sleeper_enter(&l->sleepers, &sl);
+            int r = wait_foreign_holder(self, l, deadline);
+            pw_sleeper_leave(&sl);
             if (r < 0)
                 return NULL;
             if (r == 1)
                 Py_RETURN_FALSE;
+            rc = pthread_mutex_trylock(&l->mutex);
+            continue;
         }
+        break;
     }
-    if (deadline == 0)
-        Py_RETURN_FALSE;
     /* Adaptive: a lock held for a few microseconds is cheaper to spin for
      * than to sleep on, when the holder runs on another CPU. */
     int64_t budget = pw_spin_budget();
@@ -488,31 +684,36 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
             }
         } while (rc == EBUSY && pw_now_ns() < end);
         Py_END_ALLOW_THREADS
-        if (rc == 0)
-            goto acquired;
-        if (rc == EOWNERDEAD) {
-            pthread_mutex_consistent(&l->mutex);
-            return owner_died(self, l);
-        }
+        if (rc == 0 || rc == EOWNERDEAD)
+            return acquired(self, l, rc == EOWNERDEAD);
+        if (rc == EDEADLK)
+            return lock_acquire_slow(self, l, rc, deadline);
     }
     atomic_fetch_add(&l->contended, 1);
     pw_sleeper sl; /* issue 9 #15: registered so a killed waiter is reaped */
     pw_sleeper_enter(&l->sleepers, &sl);
-    enum pw_lock_result r = pw_mutex_lock(&l->mutex, deadline);
+    enum pw_lock_result r = pw_mutex_lock_cancellable(&l->mutex, deadline,
+                                                      &self->base.guard.closed);
     pw_sleeper_leave(&sl);
     switch (r) {
     case PW_LOCK_OK:
-        goto acquired;
+        return acquired(self, l, 0);
     case PW_LOCK_OWNER_DIED:
-        return owner_died(self, l);
+        /* pw_mutex_lock made it consistent already */
+        return acquired(self, l, 1);
     case PW_LOCK_TIMEOUT:
+        if (self->base.guard.closed)
+            return closed_while_waiting(&self->base);
         Py_RETURN_FALSE;
     default:
+        if (PyErr_ExceptionMatches(PyExc_RuntimeError) && !held_by_this_thread(l) &&
+            mutex_holder(&l->mutex) == my_tid()) {
+            /* EDEADLK from a same-tid holder in another PID namespace. */
+            PyErr_Clear();
+            return lock_acquire_slow(self, l, EDEADLK, deadline);
+        }
         return NULL;
     }
-acquired:
-    atomic_store_explicit(&l->depth, 1, memory_order_relaxed);
-    Py_RETURN_TRUE;
 }
 
 static PyObject *Lock_acquire(LockObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -530,30 +731,38 @@ static PyObject *Lock_acquire(LockObject *self, PyObject *const *args, Py_ssize_
     struct pw_lock *l = lock_of(self);
     if (!l)
         return NULL;
-    if (l->recursive && mutex_holder(&l->mutex) == my_tid()) {
+    if (!pw_mutex_sane(&l->mutex) && pw_mutex_check(&l->mutex, PyUnicode_AsUTF8(self->base.name)) < 0)
+        return NULL;
+    if (l->recursive && held_by_this_thread(l)) {
         if (l->depth == UINT32_MAX) {
             PyErr_SetString(PyExc_OverflowError, "RLock recursion too deep");
             return NULL;
         }
+        uint64_t hold = atomic_load_explicit(&l->holder_hold, memory_order_relaxed);
+        if (self->hold != hold) {
+            /* Joining a hold another handle of this thread began. */
+            self->hold = hold;
+            self->mine = 0;
+            self->locked_here = 0;
+        }
+        self->mine++;
         atomic_store_explicit(&l->depth, l->depth + 1, memory_order_relaxed);
         Py_RETURN_TRUE;
     }
     int rc = pthread_mutex_trylock(&l->mutex);
-    if (rc == 0) {
-        atomic_store_explicit(&l->depth, 1, memory_order_relaxed);
-        Py_RETURN_TRUE;
-    }
-    if (rc == EOWNERDEAD) {
-        pthread_mutex_consistent(&l->mutex);
-        return owner_died(self, l);
-    }
-    return lock_acquire_slow(self, l, rc, deadline);
+    if (rc == 0 || rc == EOWNERDEAD)
+        return acquired(self, l, rc == EOWNERDEAD);
+    if (sync_enter(&self->base) < 0)
+        return NULL;
+    PyObject *result = lock_acquire_slow(self, l, rc, deadline);
+    sync_leave(&self->base);
+    return result;
 }
 
 static int lock_release(LockObject *self, struct pw_lock *l)
 {
-    pid_t holder = mutex_holder(&l->mutex);
-    if (holder != my_tid() || mutex_owner_died(&l->mutex)) {
+    if (!held_by_this_thread(l) || (l->recursive && !held_via(self, l))) {
+        pid_t holder = mutex_holder(&l->mutex);
         if (l->recursive) {
             PyErr_SetString(PyExc_AssertionError,
                             "attempt to release recursive lock not owned by thread");
@@ -570,13 +779,14 @@ static int lock_release(LockObject *self, struct pw_lock *l)
     }
     if (l->recursive) {
         uint32_t d = atomic_load_explicit(&l->depth, memory_order_relaxed);
+        self->mine--;
         if (d > 1) {
             atomic_store_explicit(&l->depth, d - 1, memory_order_relaxed);
             return 0;
         }
     }
-    atomic_store_explicit(&l->depth, 0, memory_order_relaxed);
-    int rc = pthread_mutex_unlock(&l->mutex);
+    self->mine = 0;
+    int rc = unlock_now(l);
     if (rc) {
         errno = rc;
         PyErr_SetFromErrno(PyExc_OSError);
@@ -598,12 +808,13 @@ static PyObject *Lock_exit(LockObject *self, PyObject *const *args, Py_ssize_t n
     return Lock_release(self, NULL);
 }
 
+/* As multiprocessing's SemLock._is_mine(): held by this thread through this handle. */
 static PyObject *Lock_is_mine(LockObject *self, PyObject *unused)
 {
     struct pw_lock *l = lock_of(self);
     if (!l)
         return NULL;
-    return PyBool_FromLong(mutex_holder(&l->mutex) == my_tid() && !mutex_owner_died(&l->mutex));
+    return PyBool_FromLong(held_via(self, l));
 }
 
 static PyObject *Lock_count(LockObject *self, PyObject *unused)
@@ -611,25 +822,33 @@ static PyObject *Lock_count(LockObject *self, PyObject *unused)
     struct pw_lock *l = lock_of(self);
     if (!l)
         return NULL;
-    int mine = mutex_holder(&l->mutex) == my_tid() && !mutex_owner_died(&l->mutex);
-    return PyLong_FromUnsignedLong(mine ? l->depth : 0);
+    return PyLong_FromUnsignedLong(held_via(self, l) ? (l->recursive ? self->mine : 1) : 0);
 }
 
-/* _release_save() -> depth: releases entirely (Condition.wait). */
+/* _release_save() -> depth: releases what this handle holds (Condition.wait). */
 static PyObject *Lock_release_save(LockObject *self, PyObject *unused)
 {
     struct pw_lock *l = lock_of(self);
     if (!l)
         return NULL;
-    if (mutex_holder(&l->mutex) != my_tid()) {
+    if (!held_via(self, l)) {
         PyErr_SetString(PyExc_RuntimeError, "cannot release un-acquired lock");
         return NULL;
     }
-    uint32_t depth = l->depth ? l->depth : 1;
-    atomic_store_explicit(&l->depth, 1, memory_order_relaxed);
-    if (lock_release(self, l) < 0)
-        return NULL;
-    return PyLong_FromUnsignedLong(depth);
+    uint32_t saved = l->recursive ? self->mine : 1;
+    uint32_t d = atomic_load_explicit(&l->depth, memory_order_relaxed);
+    self->mine = 0;
+    if (l->recursive && d > saved) {
+        /* Other handles of this thread hold it too: they keep it. */
+        atomic_store_explicit(&l->depth, d - saved, memory_order_relaxed);
+    } else {
+        int rc = unlock_now(l);
+        if (rc) {
+            errno = rc;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+    }
+    return PyLong_FromUnsignedLong(saved);
 }
 
 /* _acquire_restore(depth): re-takes the lock, blocking, with that depth. */
@@ -645,7 +864,11 @@ static PyObject *Lock_acquire_restore(LockObject *self, PyObject *arg)
     if (!r)
         return NULL;
     Py_DECREF(r);
-    atomic_store_explicit(&l->depth, depth ? (uint32_t)depth : 1, memory_order_relaxed);
+    if (depth > 1 && l->recursive) {
+        uint32_t d = atomic_load_explicit(&l->depth, memory_order_relaxed);
+        self->mine += (uint32_t)depth - 1;
+        atomic_store_explicit(&l->depth, d + (uint32_t)depth - 1, memory_order_relaxed);
+    }
     Py_RETURN_NONE;
 }
 
@@ -654,7 +877,7 @@ static PyObject *Lock_make_consistent(LockObject *self, PyObject *unused)
     struct pw_lock *l = lock_of(self);
     if (!l)
         return NULL;
-    if (mutex_holder(&l->mutex) != my_tid()) {
+    if (!held_by_this_thread(l)) {
         PyErr_Format(PyExc_RuntimeError, "%U: make_consistent() must be called while holding "
                      "the lock, after repairing what it protects", self->base.name);
         return NULL;
@@ -688,9 +911,12 @@ static PyObject *Lock_stats(LockObject *self, PyObject *unused)
                          mutex_owner_died(&l->mutex) ? Py_True : Py_False);
 }
 
+/* Idempotent. A call waiting in another thread leaves with an error within
+ * one wait slice; the mapping goes when the last call in progress leaves. */
 static PyObject *Sync_close(SyncObject *self, PyObject *unused)
 {
-    sync_release(self);
+    if (pw_guard_close(&self->guard))
+        sync_release(self);
     Py_RETURN_NONE;
 }
 
@@ -785,22 +1011,27 @@ static PyObject *Semaphore_acquire(SyncObject *self, PyObject *const *args, Py_s
         goto got;
     if (deadline == 0)
         Py_RETURN_FALSE;
+    if (sync_enter(self) < 0)
+        return NULL;
     if (spin_while_equal32(&s->value, 0) && sem_trydown(s))
-        goto got;
+        goto got_left;
     pw_sleeper sl; /* issue 9 #15: registered so a killed sleeper is reaped */
     pw_sleeper_enter(&s->sleepers, &sl);
     for (;;) {
         if (sem_trydown(s))
             break;
-        int r = pw_sleeper_wait(&sl, &s->value, 0, deadline);
+        int r = self->guard.closed ? -2 : pw_sleeper_wait(&sl, &s->value, 0, deadline);
         if (r != 0) {
             pw_sleeper_leave(&sl);
-            if (r < 0)
-                return NULL;
-            Py_RETURN_FALSE;
+            PyObject *res = r == -2 ? closed_while_waiting(self)
+                            : r < 0 ? NULL : Py_NewRef(Py_False);
+            sync_leave(self);
+            return res;
         }
     }
     pw_sleeper_leave(&sl);
+got_left:
+    sync_leave(self);
 got:
     atomic_fetch_add_explicit(&s->acquires, 1, memory_order_relaxed);
     Py_RETURN_TRUE;
@@ -956,11 +1187,15 @@ static PyObject *Event_wait(SyncObject *self, PyObject *const *args, Py_ssize_t 
         Py_RETURN_TRUE;
     if (deadline == 0)
         Py_RETURN_FALSE;
+    if (sync_enter(self) < 0)
+        return NULL;
     /* A set() changes the generation bits even if a clear() follows at once. */
     if (spin_while_equal32(&e->state, s0)) {
         uint32_t s = atomic_load_explicit(&e->state, memory_order_acquire);
-        if ((s & 1) || (s >> 1) != (s0 >> 1))
+        if ((s & 1) || (s >> 1) != (s0 >> 1)) {
+            sync_leave(self);
             Py_RETURN_TRUE;
+        }
     }
     pw_sleeper sl; /* issue 9 #15: registered so a killed sleeper is reaped */
     pw_sleeper_enter(&e->sleepers, &sl);
@@ -971,6 +1206,10 @@ static PyObject *Event_wait(SyncObject *self, PyObject *const *args, Py_ssize_t 
             result = 1;
             break;
         }
+        if (self->guard.closed) {
+            result = -2;
+            break;
+        }
         int r = pw_sleeper_wait(&sl, &e->state, s, deadline);
         if (r != 0) {
             result = r < 0 ? -1 : 0;
@@ -979,9 +1218,10 @@ static PyObject *Event_wait(SyncObject *self, PyObject *const *args, Py_ssize_t 
         s = atomic_load_explicit(&e->state, memory_order_acquire);
     }
     pw_sleeper_leave(&sl);
-    if (result < 0)
-        return NULL;
-    return PyBool_FromLong(result);
+    PyObject *res = result == -2 ? closed_while_waiting(self)
+                    : result < 0 ? NULL : PyBool_FromLong(result);
+    sync_leave(self);
+    return res;
 }
 
 static PyObject *Event_stats(SyncObject *self, PyObject *unused)
@@ -1044,6 +1284,10 @@ static int Condition_init(SyncObject *self, PyObject *args, PyObject *kwds)
         sync_release(self);
         return -1;
     }
+    if (pw_mutex_check(&c->lock.mutex, PyUnicode_AsUTF8(name)) < 0) {
+        sync_release(self);
+        return -1;
+    }
     return 0;
 }
 
@@ -1056,57 +1300,162 @@ static PyObject *Condition_lock_info(SyncObject *self, PyObject *unused)
     return Py_BuildValue("(Iy#)", c->lock_mode, c->lock_name, (Py_ssize_t)c->lock_name_len);
 }
 
-/* _prepare_wait() -> seq: count this thread as a waiter (lock held). */
+/* Notify state of a registered waiter (layout.h, struct pw_cond). */
+#define COND_WAITING 1u
+#define COND_NOTIFIED 2u
+
+/*
+ * The `wake` word (layout.h), for waiters without a registry slot only:
+ * (waiting << 32) | granted. Every change is one compare-and-swap, so a
+ * notify and a waiter that times out never both count the same waiter.
+ */
+#define COND_ONE_WAITING (1ULL << 32)
+/* The bit of the futex bitset for slotless waiters (they wait on every bit). */
+#define COND_SLOTLESS_BIT (1u << PW_WAIT_SLOTS)
+_Static_assert(PW_WAIT_SLOTS < 32, "one futex bitset bit per registry slot");
+
+/* Takes one grant if there is one. 1 if taken. */
+static int cond_take_grant(struct pw_cond *c)
+{
+    uint64_t w = atomic_load(&c->wake);
+    while ((uint32_t)w > 0) {
+        if (atomic_compare_exchange_weak(&c->wake, &w, w - 1))
+            return 1;
+    }
+    return 0;
+}
+
+/*
+ * A slotless waiter leaves without having taken a grant (timeout, error,
+ * close). If no notify came since it began (seq == seq0) it was not notified:
+ * it leaves the waiting count. Otherwise it may have been one of those
+ * notified: it takes a grant if one is left (and counts as woken), else it
+ * leaves the waiting count. Returns 1 if it took a grant.
+ */
+static int cond_give_up(struct pw_cond *c, uint32_t seq0)
+{
+    uint64_t w = atomic_load(&c->wake);
+    for (;;) {
+        uint64_t waiting = w >> 32, granted = (uint32_t)w, next;
+        int took;
+        if (granted > 0 && (atomic_load(&c->seq) != seq0 || waiting == 0)) {
+            next = w - 1;
+            took = 1;
+        } else if (waiting > 0) {
+            next = w - COND_ONE_WAITING;
+            took = 0;
+        } else {
+            return 0; /* nothing counts us: a corrupt or reset segment */
+        }
+        if (atomic_compare_exchange_weak(&c->wake, &w, next))
+            return took;
+    }
+}
+
+/* _prepare_wait() -> int: registers this thread as a waiter (lock held).
+ * Bits 31..0: seq now; bits 32..: its registry slot + 1 (0: slotless). */
 static PyObject *Condition_prepare_wait(SyncObject *self, PyObject *unused)
 {
     if (check_open(self) < 0)
         return NULL;
     struct pw_cond *c = self->p;
-    pw_sleeper sl; /* issue 9 #15: the slot index travels to _sleep in bits 32.. */
+    /* issue 9 #15: registered so a killed waiter is reaped, and with it its
+     * notify state (which counts only while the slot is taken). */
+    pw_sleeper sl;
     pw_sleeper_enter(&c->sleepers, &sl);
+    if (sl.slot >= 0)
+        atomic_store(&c->state[sl.slot], COND_WAITING);
+    else
+        atomic_fetch_add(&c->wake, COND_ONE_WAITING);
     return PyLong_FromUnsignedLongLong((unsigned long long)(sl.slot + 1) << 32 |
                                        atomic_load(&c->seq));
 }
 
+/* One slice of sleep on seq, woken only by wakes that name `mask`'s bits.
+ * 0: re-check, 1: deadline passed, -1: exception set. */
+static int cond_wait_slice(_Atomic uint32_t *word, uint32_t expected, int64_t deadline,
+                           uint32_t mask)
+{
+    int64_t now = pw_now_ns();
+    if (now >= deadline)
+        return 1;
+    int64_t until = deadline - now > PW_LOCK_SLICE_NS ? now + PW_LOCK_SLICE_NS : deadline;
+    int r = pw_futex_wait_mask(word, expected, until, mask);
+    if (r == 1) {
+        if (until == deadline)
+            return 1;
+        return PyErr_CheckSignals() < 0 ? -1 : 0;
+    }
+    return r;
+}
+
 /* _sleep(seq, timeout) -> bool: after _prepare_wait() and releasing the lock,
- * wait for a notify. False on timeout. Always un-counts the waiter. */
+ * wait for a notify. False on timeout. Always unregisters the waiter.
+ * Only a notify that came after _prepare_wait() wakes it, and each notify(n)
+ * wakes at most n waiters: a registered waiter returns True only if a notify
+ * marked it, a slotless one only if it took one of a notify's grants. */
 static PyObject *Condition_sleep(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "_sleep(seq, timeout)");
         return NULL;
     }
-    if (check_open(self) < 0)
+    if (sync_enter(self) < 0)
         return NULL;
     struct pw_cond *c = self->p;
     int result;
     unsigned long seq = PyLong_AsUnsignedLong(args[0]);
-    int64_t deadline;
-    if ((seq == (unsigned long)-1 && PyErr_Occurred()) ||
-        pw_deadline_from(1, args[1], &deadline) < 0) {
+    int seq_ok = !(seq == (unsigned long)-1 && PyErr_Occurred());
+    pw_sleeper sl;
+    pw_sleeper_resume(&c->sleepers, &sl, seq_ok ? (int)(seq >> 32) - 1 : -1);
+    /* The registration is kept from _prepare_wait() to here (no re-claiming
+     * of another slot, as pw_sleeper_wait would): state[slot] is ours. */
+    int slot = sl.slot;
+    uint32_t mask = slot >= 0 ? 1u << slot : FUTEX_BITSET_MATCH_ANY;
+    int64_t deadline = 0;
+    if (!seq_ok || pw_deadline_from(1, args[1], &deadline) < 0) {
         result = -1;
         goto out;
     }
     for (;;) {
-        if (atomic_load(&c->seq) != (uint32_t)seq) {
+        /* seq before state: a notify marks the state, then bumps seq. */
+        uint32_t now = atomic_load(&c->seq);
+        if (slot >= 0 ? atomic_load(&c->state[slot]) == COND_NOTIFIED
+                      : now != (uint32_t)seq && cond_take_grant(c)) {
             result = 1;
             break;
         }
-        int r = sliced_wait(&c->seq, (uint32_t)seq, deadline);
+        if (self->guard.closed) {
+            result = -2;
+            break;
+        }
+        int r = cond_wait_slice(&c->seq, now, deadline, mask);
         if (r) {
             result = r < 0 ? -1 : 0;
             break;
         }
     }
 out:
-    if (!(seq == (unsigned long)-1 && PyErr_Occurred())) {
-        pw_sleeper sl;
-        pw_sleeper_resume(&c->sleepers, &sl, (int)(seq >> 32) - 1);
-        pw_sleeper_leave(&sl);
+    if (slot >= 0) {
+        /* One exchange: either a notify marked us first (we count as woken:
+         * "notified just as the timeout passed"), or it will not find us. */
+        if (atomic_exchange(&c->state[slot], 0) == COND_NOTIFIED && result == 0)
+            result = 1;
+    } else if (seq_ok && result != 1 && cond_give_up(c, (uint32_t)seq) && result == 0) {
+        result = 1; /* notified just as the timeout passed */
     }
-    if (result < 0)
-        return NULL;
-    return PyBool_FromLong(result);
+    pw_sleeper_leave(&sl);
+    PyObject *res = result == -2 ? closed_while_waiting(self)
+                    : result < 0 ? NULL : PyBool_FromLong(result);
+    sync_leave(self);
+    return res;
+}
+
+/* Marks slot i's waiter notified if it still waits. 1 if marked. */
+static int cond_mark(struct pw_cond *c, int i)
+{
+    uint32_t expected = COND_WAITING;
+    return atomic_compare_exchange_strong(&c->state[i], &expected, COND_NOTIFIED);
 }
 
 /* _notify(n): wake up to n waiters (lock held). */
@@ -1118,11 +1467,58 @@ static PyObject *Condition_notify(SyncObject *self, PyObject *arg)
     if (check_open(self) < 0)
         return NULL;
     struct pw_cond *c = self->p;
-    if (n > 0 && pw_waiters_any(&c->sleepers)) {
-        atomic_fetch_add(&c->seq, 1);
-        atomic_fetch_add_explicit(&c->notifies, 1, memory_order_relaxed);
-        pw_waiters_wake(&c->sleepers, &c->seq, n > INT32_MAX ? INT32_MAX : (int)n);
+    if (n <= 0 || !pw_waiters_any(&c->sleepers))
+        Py_RETURN_NONE;
+    /* Registered waiters not yet notified. The lock keeps new ones out. The
+     * scan starts at a slot that moves with every notify, so that repeated
+     * notify(1)s do not always favour the same slots. */
+    int waiting[PW_WAIT_SLOTS], k = 0;
+    unsigned first = atomic_load(&c->seq);
+    for (unsigned j = 0; j < PW_WAIT_SLOTS; j++) {
+        int i = (int)((first + j) % PW_WAIT_SLOTS);
+        if (atomic_load(&c->state[i]) == COND_WAITING && atomic_load(&c->sleepers.slot[i]))
+            waiting[k++] = i;
     }
+    uint32_t bits = 0;
+    Py_ssize_t m = 0;
+    /* With a choice to make, a killed waiter must not take a live one's
+     * wake-up: check (and reap) the process of each waiter about to be
+     * marked, unless it is this one. Without a choice, all are marked, and
+     * a dead one's mark is simply never taken. */
+    int choose = k > n;
+    pid_t me = getpid();
+    for (int j = 0; j < k && m < n; j++) {
+        int i = waiting[j];
+        if (choose && (pid_t)((atomic_load(&c->sleepers.slot[i]) >> 32) & 0x3fffff) != me &&
+            pw_waiters_slot_dead(&c->sleepers, i))
+            continue;
+        if (cond_mark(c, i)) {
+            bits |= 1u << i;
+            m++;
+        }
+    }
+    if (m < n) {
+        /* Slotless waiters (more than PW_WAIT_SLOTS at once): grants. */
+        uint64_t w = atomic_load(&c->wake), g;
+        do {
+            uint64_t left = (uint64_t)(n - m), slotless = w >> 32;
+            g = left < slotless ? left : slotless;
+            if (g == 0)
+                break;
+        } while (!atomic_compare_exchange_weak(&c->wake, &w, w - g * COND_ONE_WAITING + g));
+        if (g) {
+            bits |= COND_SLOTLESS_BIT;
+            m += (Py_ssize_t)g;
+        }
+    }
+    if (m == 0)
+        Py_RETURN_NONE;
+    /* The marks are visible before seq moves: a waiter that sees the new
+     * seq finds its mark. */
+    atomic_fetch_add(&c->seq, 1);
+    atomic_fetch_add_explicit(&c->notifies, 1, memory_order_relaxed);
+    /* Exactly the marked waiters (and every slotless one, which re-checks). */
+    pw_waiters_wake_mask(&c->sleepers, &c->seq, INT32_MAX, bits);
     Py_RETURN_NONE;
 }
 
@@ -1131,9 +1527,20 @@ static PyObject *Condition_stats(SyncObject *self, PyObject *unused)
     if (check_open(self) < 0)
         return NULL;
     struct pw_cond *c = self->p;
-    return Py_BuildValue("{s:I,s:K,s:K}", "waiters", (unsigned)pw_waiters_reconcile(&c->sleepers),
-                         "notifies", (unsigned long long)atomic_load(&c->notifies),
-                         "wake_syscalls", (unsigned long long)atomic_load(&c->sleepers.wakes));
+    uint32_t live = pw_waiters_reconcile(&c->sleepers);
+    uint64_t w = atomic_load(&c->wake);
+    unsigned not_notified = (unsigned)(w >> 32), pending = (unsigned)(uint32_t)w;
+    for (int i = 0; i < PW_WAIT_SLOTS; i++) {
+        if (!atomic_load(&c->sleepers.slot[i]))
+            continue; /* free, or reaped: its state no longer counts */
+        uint32_t st = atomic_load(&c->state[i]);
+        not_notified += st == COND_WAITING;
+        pending += st == COND_NOTIFIED;
+    }
+    return Py_BuildValue("{s:I,s:K,s:K,s:I,s:I}", "waiters", (unsigned)live, "notifies",
+                         (unsigned long long)atomic_load(&c->notifies), "wake_syscalls",
+                         (unsigned long long)atomic_load(&c->sleepers.wakes), "not_notified",
+                         not_notified, "notified_pending", pending);
 }
 
 static PyMethodDef Condition_methods[] = {
@@ -1177,6 +1584,10 @@ static int Barrier_init(SyncObject *self, PyObject *args, PyObject *kwds)
         sync_release(self);
         return -1;
     }
+    if (pw_mutex_check(&b->mutex, PyUnicode_AsUTF8(name)) < 0) {
+        sync_release(self);
+        return -1;
+    }
     return 0;
 }
 
@@ -1189,58 +1600,78 @@ static void barrier_break(struct pw_barrier *b)
     pw_futex_wake(&b->seq, INT32_MAX);
 }
 
+/* Breaks the barrier without its mutex, for when the mutex cannot be had in
+ * time (its holder is stopped, or runs the action): the flag alone makes
+ * every waiter and every later wait() raise; reset() clears it. */
+static void barrier_break_unlocked(struct pw_barrier *b)
+{
+    atomic_store(&b->broken, 1);
+    atomic_fetch_add(&b->seq, 1);
+    pw_futex_wake(&b->seq, INT32_MAX);
+}
+
 static PyObject *broken_error(void)
 {
     PyErr_SetNone(PwExc_BrokenBarrierError);
     return NULL;
 }
 
-/* Locks the barrier's mutex. A holder that died mid-update breaks it.
- * Returns 0, or -1 with an exception set (BrokenBarrierError if broken). */
-static int barrier_lock(struct pw_barrier *b)
+/* Locks the barrier's mutex by the deadline. A holder that died mid-update,
+ * or while running the action, breaks it. Returns 0 (locked), 1 (timed out
+ * or the object was closed), -1 with an exception set. */
+static int barrier_lock(SyncObject *self, struct pw_barrier *b, int64_t deadline)
 {
-    enum pw_lock_result r = pw_mutex_lock(&b->mutex, PW_FOREVER);
-    if (r == PW_LOCK_ERROR)
-        return -1;
-    if (r == PW_LOCK_OWNER_DIED) {
+    enum pw_lock_result r = pw_mutex_lock_cancellable(&b->mutex, deadline, &self->guard.closed);
+    switch (r) {
+    case PW_LOCK_OK:
+        return 0;
+    case PW_LOCK_OWNER_DIED:
         atomic_fetch_add(&b->owner_deaths, 1);
         barrier_break(b);
+        return 0;
+    case PW_LOCK_TIMEOUT:
+        return 1;
+    default:
+        return -1;
     }
-    return 0;
 }
 
-static PyObject *Barrier_wait(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* A waiter's check that the party holding the mutex is alive: the action
+ * runs with the mutex held, so a runner killed during the action leaves it
+ * owner-died. Returns 0, or -1 with an exception set. */
+static int barrier_check_holder(struct pw_barrier *b)
 {
-    /* _wait(timeout, action) */
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_wait(timeout, action)");
-        return NULL;
-    }
-    if (check_open(self) < 0)
-        return NULL;
-    struct pw_barrier *b = self->p;
-    PyObject *action = args[1];
-    int64_t deadline;
-    if (pw_deadline_from(1, args[0], &deadline) < 0)
-        return NULL;
-    if (barrier_lock(b) < 0)
-        return NULL;
-    /* The last party of the previous round may still run the action. */
-    while (atomic_load(&b->count) >= b->parties && !atomic_load(&b->broken)) {
-        uint32_t s = atomic_load(&b->seq);
+    switch (pw_mutex_trylock(&b->mutex)) {
+    case PW_LOCK_OWNER_DIED:
+        atomic_fetch_add(&b->owner_deaths, 1);
+        barrier_break(b);
+        /* fall through */
+    case PW_LOCK_OK:
         pthread_mutex_unlock(&b->mutex);
-        int r = sliced_wait(&b->seq, s, deadline);
-        if (r < 0)
-            return NULL;
-        if (barrier_lock(b) < 0)
-            return NULL;
-        if (r == 1) {
-            barrier_break(b);
-            pthread_mutex_unlock(&b->mutex);
-            return broken_error();
-        }
+        return 0;
+    case PW_LOCK_TIMEOUT:
+        return 0;
+    default:
+        return -1;
     }
-    if (atomic_load(&b->broken)) {
+}
+
+static PyObject *barrier_wait(SyncObject *self, struct pw_barrier *b, PyObject *action,
+                              int64_t deadline)
+{
+    int lr = barrier_lock(self, b, deadline);
+    if (lr < 0)
+        return NULL;
+    if (lr == 1) {
+        if (self->guard.closed)
+            return closed_while_waiting(self);
+        /* As a wait that times out: the barrier breaks. */
+        barrier_break_unlocked(b);
+        return broken_error();
+    }
+    if (atomic_load(&b->broken) || atomic_load(&b->count) >= b->parties) {
+        /* (count >= parties only in a corrupt segment: the last party holds
+         * the mutex from its arrival to the trip) */
         pthread_mutex_unlock(&b->mutex);
         return broken_error();
     }
@@ -1248,12 +1679,9 @@ static PyObject *Barrier_wait(SyncObject *self, PyObject *const *args, Py_ssize_
     uint32_t gen = atomic_load(&b->generation), resets = atomic_load(&b->resets);
     if (index + 1 == b->parties) {
         if (action != Py_None) {
-            pthread_mutex_unlock(&b->mutex);
+            /* The action runs with the mutex held: if this process dies in
+             * it, the waiters find the mutex owner-died and break. */
             PyObject *r = PyObject_CallNoArgs(action);
-            if (barrier_lock(b) < 0) {
-                Py_XDECREF(r);
-                return NULL;
-            }
             if (!r) {
                 barrier_break(b);
                 pthread_mutex_unlock(&b->mutex);
@@ -1261,6 +1689,8 @@ static PyObject *Barrier_wait(SyncObject *self, PyObject *const *args, Py_ssize_
             }
             Py_DECREF(r);
             if (atomic_load(&b->broken) || atomic_load(&b->resets) != resets) {
+                /* abort() (which needs no mutex) ran meanwhile */
+                atomic_store(&b->count, 0);
                 pthread_mutex_unlock(&b->mutex);
                 return broken_error();
             }
@@ -1286,57 +1716,107 @@ static PyObject *Barrier_wait(SyncObject *self, PyObject *const *args, Py_ssize_
             broken_error();
             break;
         }
-        int r = sliced_wait(&b->seq, s, deadline);
+        if (self->guard.closed) {
+            closed_while_waiting(self);
+            break;
+        }
+        int r = pw_sleeper_wait(&sl, &b->seq, s, deadline);
         if (r < 0)
             break;
         if (r == 1) {
             /* Timed out: as in threading, the barrier breaks, unless it
              * tripped at the last moment. */
-            if (barrier_lock(b) < 0)
+            int lr2 = barrier_lock(self, b, 0);
+            if (lr2 < 0)
                 break;
             if (atomic_load(&b->generation) != gen) {
                 result = PyLong_FromUnsignedLong(index);
             } else {
-                if (atomic_load(&b->resets) == resets)
-                    barrier_break(b);
+                if (atomic_load(&b->resets) == resets) {
+                    if (lr2 == 0)
+                        barrier_break(b);
+                    else
+                        barrier_break_unlocked(b);
+                }
                 broken_error();
             }
-            pthread_mutex_unlock(&b->mutex);
+            if (lr2 == 0)
+                pthread_mutex_unlock(&b->mutex);
             break;
         }
+        if (atomic_load(&b->seq) == s && barrier_check_holder(b) < 0)
+            break;
         s = atomic_load(&b->seq);
     }
     pw_sleeper_leave(&sl);
     return result;
 }
 
+static PyObject *Barrier_wait(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* _wait(timeout, action) */
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_wait(timeout, action)");
+        return NULL;
+    }
+    int64_t deadline;
+    if (pw_deadline_from(1, args[0], &deadline) < 0)
+        return NULL;
+    if (sync_enter(self) < 0)
+        return NULL;
+    PyObject *result = barrier_wait(self, self->p, args[1], deadline);
+    sync_leave(self);
+    return result;
+}
+
+/* abort() needs no mutex, so a stopped or dead party never blocks it. */
 static PyObject *Barrier_abort(SyncObject *self, PyObject *unused)
 {
     if (check_open(self) < 0)
         return NULL;
-    struct pw_barrier *b = self->p;
-    if (barrier_lock(b) < 0)
-        return NULL;
-    barrier_break(b);
-    pthread_mutex_unlock(&b->mutex);
+    barrier_break_unlocked(self->p);
     Py_RETURN_NONE;
 }
 
-static PyObject *Barrier_reset(SyncObject *self, PyObject *unused)
+static PyObject *Barrier_reset(SyncObject *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
 {
-    if (check_open(self) < 0)
+    static const char *const names[] = {"timeout"};
+    PyObject *a[1] = {NULL};
+    int64_t deadline = PW_FOREVER;
+    if ((nargs || kwnames) &&
+        (pw_parse_args("reset", args, nargs, kwnames, names, 1, 0, a) < 0 ||
+         pw_deadline_from(1, a[0], &deadline) < 0))
+        return NULL;
+    if (sync_enter(self) < 0)
         return NULL;
     struct pw_barrier *b = self->p;
-    if (barrier_lock(b) < 0)
-        return NULL;
-    atomic_fetch_add(&b->resets, 1);
-    atomic_store(&b->count, 0);
-    atomic_store(&b->broken, 0);
-    atomic_fetch_add(&b->seq, 1);
-    pthread_mutex_unlock(&b->mutex);
-    pw_futex_wake(&b->seq, INT32_MAX);
-    Py_RETURN_NONE;
+    PyObject *result = NULL;
+    int lr = barrier_lock(self, b, deadline);
+    if (lr == 1) {
+        if (self->guard.closed)
+            closed_while_waiting(self);
+        else
+            PyErr_Format(PyExc_TimeoutError,
+                         "%U: reset() could not take the barrier's internal lock in time "
+                         "(is a process holding it stopped?)", self->name);
+    } else if (lr == 0) {
+        atomic_fetch_add(&b->resets, 1);
+        atomic_store(&b->count, 0);
+        atomic_store(&b->broken, 0);
+        atomic_fetch_add(&b->seq, 1);
+        pthread_mutex_unlock(&b->mutex);
+        pw_futex_wake(&b->seq, INT32_MAX);
+        result = Py_NewRef(Py_None);
+    }
+    sync_leave(self);
+    return result;
 }
+
+/* _core._debug_hold_barrier_mutex(barrier): takes a Barrier's internal mutex
+ * and returns holding it, so that a test process can stop or kill itself
+ * while holding it. Never used by the library. */
+static PyObject *debug_hold_barrier_mutex(PyObject *mod, PyObject *arg);
 
 static PyObject *Barrier_stats(SyncObject *self, PyObject *unused)
 {
@@ -1344,6 +1824,8 @@ static PyObject *Barrier_stats(SyncObject *self, PyObject *unused)
         return NULL;
     struct pw_barrier *b = self->p;
     uint32_t count = atomic_load(&b->count);
+    if (atomic_load(&b->broken))
+        count = 0;
     return Py_BuildValue("{s:I,s:I,s:O,s:I,s:I,s:L,s:K}", "parties", b->parties, "n_waiting",
                          count >= b->parties ? 0u : count, "broken",
                          atomic_load(&b->broken) ? Py_True : Py_False, "waiters",
@@ -1358,8 +1840,10 @@ static PyMethodDef Barrier_methods[] = {
     {"abort", (PyCFunction)Barrier_abort, METH_NOARGS,
      "abort()\n--\n\nBreak the barrier: current and future wait() calls raise "
      "BrokenBarrierError until reset()."},
-    {"reset", (PyCFunction)Barrier_reset, METH_NOARGS,
-     "reset()\n--\n\nReturn to the empty state; current waiters raise BrokenBarrierError."},
+    {"reset", (PyCFunction)(void (*)(void))Barrier_reset, METH_FASTCALL | METH_KEYWORDS,
+     "reset(timeout=None)\n--\n\nReturn to the empty state; current waiters raise "
+     "BrokenBarrierError. TimeoutError if the barrier's internal lock cannot be taken "
+     "within timeout."},
     {"_stats", (PyCFunction)Barrier_stats, METH_NOARGS, NULL},
     {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
@@ -1378,18 +1862,40 @@ static PyTypeObject BarrierType = {
     .tp_getset = Sync_getset,
 };
 
+static PyObject *debug_hold_barrier_mutex(PyObject *mod, PyObject *arg)
+{
+    if (!PyObject_TypeCheck(arg, &BarrierType)) {
+        PyErr_SetString(PyExc_TypeError, "a Barrier is required");
+        return NULL;
+    }
+    SyncObject *self = (SyncObject *)arg;
+    if (check_open(self) < 0)
+        return NULL;
+    struct pw_barrier *b = self->p;
+    if (pw_mutex_lock(&b->mutex, PW_FOREVER) == PW_LOCK_ERROR)
+        return NULL;
+    /* Held on this thread's robust list past this call: the mapping must
+     * outlive the object, or the kernel could not report our death. */
+    self->keep_mapping = 1;
+    Py_RETURN_NONE;
+}
+
 /* ====================================================== registration */
 
 static PyMethodDef sync_functions[] = {
     {"sync_init", (PyCFunction)(void (*)(void))sync_init, METH_VARARGS | METH_KEYWORDS,
      "sync_init(buffer, kind, **params): lay out and publish a fresh sync segment."},
     {"sync_size", sync_size, METH_O, "sync_size(kind) -> bytes of a segment of that kind."},
+    {"_debug_hold_barrier_mutex", debug_hold_barrier_mutex, METH_O,
+     "Test hook: take a Barrier's internal mutex and return holding it."},
     {NULL, NULL, 0, NULL},
 };
 
 int pw_sync_register(PyObject *module)
 {
     static int atfork_done;
+    if (!proc_id)
+        new_proc_id();
     if (!atfork_done) {
         if (pthread_atfork(NULL, NULL, reset_tid) != 0) {
             PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");

@@ -61,6 +61,12 @@ int pw_deadline_from(int block, PyObject *timeout, int64_t *deadline)
 
 int pw_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline)
 {
+    return pw_futex_wait_mask(word, expected, deadline, FUTEX_BITSET_MATCH_ANY);
+}
+
+int pw_futex_wait_mask(_Atomic uint32_t *word, uint32_t expected, int64_t deadline,
+                       uint32_t mask)
+{
     struct timespec ts, *tsp = NULL;
     if (deadline != PW_FOREVER) {
         if (pw_now_ns() >= deadline)
@@ -73,8 +79,7 @@ int pw_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline)
     long rc;
     int err;
     Py_BEGIN_ALLOW_THREADS
-    rc = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET, expected, tsp, NULL,
-                 FUTEX_BITSET_MATCH_ANY);
+    rc = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET, expected, tsp, NULL, mask);
     err = errno;
     Py_END_ALLOW_THREADS
     if (rc == 0)
@@ -320,6 +325,28 @@ int pw_waiters_wake(struct pw_waiters *w, _Atomic uint32_t *word, int n)
     if (woke == 0)
         reconcile_at_most_every(w, PW_RECONCILE_AFTER_EMPTY_WAKE_NS);
     return woke;
+}
+
+int pw_waiters_wake_mask(struct pw_waiters *w, _Atomic uint32_t *word, int n, uint32_t mask)
+{
+    atomic_fetch_add_explicit(&w->wakes, 1, memory_order_relaxed);
+    long rc = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_BITSET, n, NULL, NULL, mask);
+    int woke = rc > 0 ? (int)rc : 0;
+    if (woke == 0)
+        reconcile_at_most_every(w, PW_RECONCILE_AFTER_EMPTY_WAKE_NS);
+    return woke;
+}
+
+int pw_waiters_slot_dead(struct pw_waiters *w, int i)
+{
+    uint64_t id = atomic_load(&w->slot[i]);
+    if (!id)
+        return 1;
+    if (!sleeper_dead(id, self_identity()))
+        return 0;
+    if (atomic_compare_exchange_strong(&w->slot[i], &id, 0))
+        atomic_fetch_add_explicit(&w->reaped, 1, memory_order_relaxed);
+    return 1;
 }
 
 void pw_waiters_woke_unknown(struct pw_waiters *w)

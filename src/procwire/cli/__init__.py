@@ -40,3 +40,4 @@ from procwire.cli import bench  # noqa: E402,F401
 from procwire.cli import objects  # noqa: E402,F401
 from procwire.cli import demo  # noqa: E402,F401
 from procwire.cli import signals  # noqa: E402,F401
+from procwire.cli import worker  # noqa: E402,F401

@@ -25,6 +25,7 @@ from procwire.bench import harness, lesson, queues
 from procwire.bench import pipe as pipe_bench
 from procwire.bench import pool as pool_bench
 from procwire.bench import sync as sync_bench
+from procwire.bench import engine as engine_bench
 from procwire.cli import fail, main
 
 BASELINE = "multiprocessing"
@@ -37,6 +38,7 @@ SUITES = {
     "sync": ("Locks, events and shared values", sync_bench.cases),
     "pipe": ("Pipes", pipe_bench.cases),
     "pool": ("Process pools (2 workers, f(x) = x + 1)", pool_bench.cases),
+    "engine": ("procwire on Redis against raw redis-py (loopback)", engine_bench.cases),
 }
 
 

@@ -73,11 +73,20 @@ def _lock_state(i: dict[str, Any]) -> str:
     return "free"
 
 
+def _shown(text: str, style: str | None = None) -> Text:
+    """Text from outside (a file name, a process name): never markup, never raw controls."""
+    return Text(objects.printable(text), style=style or "")
+
+
+def _process(pid: int) -> str:
+    return f"{pid} ({objects.printable(objects.process_name(pid))})"
+
+
 def _creator(e: Entry) -> Text:
     if not e.creator_pid:
         return Text("?")
     if e.creator_alive:
-        return Text(f"{e.creator_pid} ({objects.process_name(e.creator_pid)})")
+        return Text(_process(e.creator_pid))
     return Text(f"{e.creator_pid} (dead)", style="yellow")
 
 
@@ -85,7 +94,7 @@ def _state(e: Entry) -> Text:
     if e.state == "ok":
         return Text("in use" if e.in_use else "unused", style=None if e.in_use else "yellow")
     if e.state == "corrupt":
-        return Text(f"corrupt: {e.error}", style="red")
+        return _shown(f"corrupt: {e.error}", style="red")
     if e.state == "stale":
         return Text("stale temporary file", style="yellow")
     return Text("being created")
@@ -98,17 +107,21 @@ def _entries_table(entries: list[Entry]) -> Table:
                          ("WAITERS", "right"), ("STATE", "left")):
         table.add_column(col, justify=justify, overflow="fold")
     for e in entries:
-        users = ", ".join(f"{p} ({objects.process_name(p)})" for p in e.users) or "-"
-        table.add_row(e.name, e.kind or ("temporary" if e.temporary else "?"), _size(e.size),
-                      _fill(e), _creator(e), users, str(e.waiters) if e.state == "ok" else "",
-                      _state(e))
+        users = Text(", ".join(_process(p) for p in e.users) or "-")
+        table.add_row(_shown(e.name), e.kind or ("temporary" if e.temporary else "?"),
+                      _size(e.size), _shown(_fill(e)), _creator(e), users,
+                      str(e.waiters) if e.state == "ok" else "", _state(e))
     return table
 
 
 @main.command("ls")
+@click.argument("url", required=False, metavar="[redis://...]")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-def ls_command(as_json: bool) -> None:
-    """List the named procwire objects in /dev/shm.
+def ls_command(url: str | None, as_json: bool) -> None:
+    """List the named procwire objects in /dev/shm (or in a Redis database).
+
+    With a redis:// or rediss:// URL: the objects and pools in that database
+    with their counters (see procwire.redis).
 
     For each: name, type, size, what it holds, its creator and whether that
     process still runs, the processes that map it or hold it open now, the
@@ -119,6 +132,10 @@ def ls_command(as_json: bool) -> None:
     Nothing is locked or modified: the objects are read through a read-only
     mapping.
     """
+    if url is not None:
+        from procwire.cli.worker import ls_redis
+        ls_redis(url, as_json)
+        return
     entries = objects.scan()
     if as_json:
         click.echo(json.dumps([e.to_json() for e in entries], indent=2))
@@ -152,8 +169,8 @@ def _stat_view(e: Entry, rates: dict[str, float]) -> Group:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
-    head.add_row("name", e.name)
-    head.add_row("path", e.path)
+    head.add_row("name", _shown(e.name))
+    head.add_row("path", _shown(e.path))
     head.add_row("type", e.kind or "?")
     head.add_row("size", f"{_size(e.size)} ({e.size} bytes)")
     head.add_row("state", _state(e))
@@ -161,10 +178,9 @@ def _stat_view(e: Entry, rates: dict[str, float]) -> Group:
     if e.info.get("created_ns"):
         created = datetime.fromtimestamp(e.info["created_ns"] / 1e9)
         head.add_row("created", created.isoformat(sep=" ", timespec="seconds"))
-    head.add_row("used by", ", ".join(f"{p} ({objects.process_name(p)})" for p in e.users)
-                 or "no process")
+    head.add_row("used by", Text(", ".join(_process(p) for p in e.users) or "no process"))
     if e.state == "ok":
-        head.add_row("holds", _fill(e))
+        head.add_row("holds", _shown(_fill(e)))
         head.add_row("waiters", str(e.waiters))
     counters = Table(box=None, pad_edge=False, header_style="bold")
     counters.add_column("counter")
@@ -176,9 +192,9 @@ def _stat_view(e: Entry, rates: dict[str, float]) -> Group:
             continue
         if isinstance(value, dict):
             for k2, v2 in value.items():
-                counters.add_row(f"{key}.{k2}", str(v2))
+                counters.add_row(f"{key}.{k2}", _shown(str(v2)))
         else:
-            counters.add_row(key, str(value))
+            counters.add_row(key, _shown(str(value)))
     for label, rate in rates.items():
         counters.add_row(label, f"{rate:,.0f}")
     return Group(head, Text(""), counters)
@@ -295,5 +311,6 @@ def clean_command(yes: bool, dry_run: bool) -> None:
         if objects.remove_unused(e):
             removed += 1
         else:
-            console.print(f"kept {e.name}: in use or replaced since it was listed")
+            console.print(Text(f"kept {objects.printable(e.name)}: in use, replaced or not "
+                               "removable since it was listed"))
     console.print(f"removed {removed} file(s)")

@@ -1,0 +1,109 @@
+"""Shared by the chaos (random SIGKILL) and fuzz tests: sizes, seeds, payloads.
+
+Sizes: the normal suite runs a small count of each; ``--full-chaos`` (what
+.ci/run runs once) runs the full count: at least 1,000 kills per mechanism
+and thousands of corrupt segments. ``PROCWIRE_CHAOS_KILLS`` and
+``PROCWIRE_FUZZ_CASES`` override the counts, ``PROCWIRE_CHAOS_SEED`` fixes the
+seed. Every test prints its seed (shown with the failure report, or with
+``-s``) and is reproducible from it: the seed drives every random choice
+(victim, timing, payload, corruption), though not the kernel's scheduling.
+"""
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+
+import pytest
+
+JOIN = 60            # seconds a survivor gets to finish: generous, the machine is shared
+FULL_KILLS = 1000    # per mechanism, with --full-chaos
+QUICK_KILLS = 25     # per mechanism, in the normal suite
+FULL_FUZZ = 4000     # corrupt segments, with --full-chaos
+QUICK_FUZZ = 300
+
+FORK = mp.get_context("fork")  # hundreds of restarts; start methods are covered elsewhere
+
+
+@dataclass
+class Chaos:
+    seed: int
+    kills: int
+    fuzz_cases: int
+    full: bool
+
+    def rng(self, label: str) -> random.Random:
+        """A generator for one test, derived from the seed and the test's label."""
+        return random.Random(f"{self.seed}:{label}")
+
+
+@pytest.fixture
+def chaos(request) -> Chaos:
+    full = request.config.getoption("--full-chaos")
+    seed = int(os.environ.get("PROCWIRE_CHAOS_SEED", random.randrange(2**32)))
+    kills = int(os.environ.get("PROCWIRE_CHAOS_KILLS", FULL_KILLS if full else QUICK_KILLS))
+    cases = int(os.environ.get("PROCWIRE_FUZZ_CASES", FULL_FUZZ if full else QUICK_FUZZ))
+    print(f"chaos seed={seed} kills={kills} fuzz_cases={cases} "
+          f"(reproduce: PROCWIRE_CHAOS_SEED={seed})")
+    return Chaos(seed, kills, cases, full)
+
+
+def payload(tag: int, seq: int, big: bool = False) -> bytes:
+    """The message `seq` of sender `tag`: checkable by the receiver, of varied size.
+
+    With `big`, about one message in four is 20-120 KB (streamed through a
+    64 KiB pipe ring, whose streaming threshold is a quarter of it).
+    """
+    rnd = random.Random(tag * 1_000_003 + seq)
+    unit = hashlib.sha256(f"{tag}:{seq}".encode()).digest()
+    if big and rnd.random() < 0.25:
+        return unit * rnd.randint(640, 3800)
+    return unit * rnd.randint(0, 90)
+
+
+def kill(proc, finished_ok: bool = False) -> bool:
+    """SIGKILL `proc` and reap it; True if the kill landed.
+
+    It must not have ended by itself before, unless `finished_ok` and it
+    ended successfully (a one-shot worker that was done already).
+    """
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.join(JOIN)
+    if finished_ok and proc.exitcode == 0:
+        return False
+    assert proc.exitcode == -signal.SIGKILL, (
+        f"a chaos worker ended by itself (exit code {proc.exitcode}) before it was killed: "
+        "its error is on stderr above")
+    return True
+
+
+def pause(rnd: random.Random, most: float = 0.01) -> None:
+    time.sleep(rnd.uniform(0, most))  # chaos timing (when to kill), not synchronisation
+
+
+def join_survivors(procs, what: str) -> None:
+    """Every survivor must end by itself, successfully, within JOIN seconds."""
+    deadline = time.monotonic() + JOIN
+    for p in procs:
+        p.join(max(0.1, deadline - time.monotonic()))
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+        p.join(JOIN)
+    assert not hung, f"{what}: {len(hung)} survivor(s) still running after {JOIN} s (hang)"
+    failed = [p.exitcode for p in procs if p.exitcode != 0]
+    assert not failed, f"{what}: survivors failed with exit codes {failed}"
+
+
+def reap_all(procs) -> None:
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join(JOIN)
