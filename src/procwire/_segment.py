@@ -24,12 +24,13 @@ import os
 import re
 import secrets
 import stat
+import time
 import weakref
 from collections.abc import Callable
 from multiprocessing import context as _mp_context, reduction as _mp_reduction
 from typing import Any
 
-from procwire import _core
+from procwire import _core, _tracker
 from procwire.errors import SegmentError
 
 # Where named segments live. PROCWIRE_SHM_DIR moves them to another tmpfs
@@ -120,6 +121,32 @@ def _unlink_if_same(path: str, dev: int, ino: int, creator: int) -> None:
             os.unlink(path)
     except FileNotFoundError:
         pass
+    _tracker.unregister(dev, ino)
+
+
+# How long attach waits for an exclusive flock to go. Only the tracker takes
+# one, for the few microseconds between finding a segment unused and removing
+# its name; a process of this user holding one for longer is not procwire.
+_ATTACH_LOCK_WAIT = 10.0
+
+
+def _lock_shared(fd: int, path: str) -> None:
+    """Take the shared flock that marks this process as a user of the segment."""
+    deadline = None
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + _ATTACH_LOCK_WAIT
+            elif now > deadline:
+                raise SegmentError(
+                    f"{path} has been locked exclusively (flock LOCK_EX) for "
+                    f"{_ATTACH_LOCK_WAIT:.0f} s by some process; procwire's tracker holds "
+                    f"that lock only for an instant. Find the holder in /proc/locks") from None
+            time.sleep(0.001)
 
 
 class Segment:
@@ -182,20 +209,29 @@ class Segment:
         temp = f"{final}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(temp, flags, 0o600)
+        st = None
+        linked = False
         try:
+            # Our shared flock: this process (and its forked children, which
+            # share the open file) uses the segment until the last descriptor goes.
+            fcntl.flock(fd, fcntl.LOCK_SH)
             os.fchmod(fd, 0o600)  # the umask can only narrow it; be explicit anyway
+            st = os.fstat(fd)
+            # Known to the tracker before the name exists, so that a kill at any
+            # point after the link leaves nothing behind.
+            _tracker.register(final, temp, st.st_dev, st.st_ino)
             _reserve(fd, size, f"procwire object {name!r}", SHM_DIR)
             buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             try:
                 initialise(buffer)
                 os.link(temp, final)  # atomic: fails if the name exists
+                linked = True
             except BaseException:
                 try:
                     buffer.close()
                 except BufferError:
                     pass  # `initialise` still holds a view; the caller releases it
                 raise
-            st = os.fstat(fd)
             guard_fd = os.dup(fd)
         except FileExistsError:
             raise FileExistsError(
@@ -208,6 +244,8 @@ class Segment:
             except FileNotFoundError:
                 pass
             os.close(fd)
+            if st is not None and not linked:
+                _tracker.unregister(st.st_dev, st.st_ino)
         seg = cls(buffer, -1, name, size, guard_fd)
         seg._finalizer = weakref.finalize(seg, _unlink_if_same, final, st.st_dev, st.st_ino,
                                           os.getpid())
@@ -218,6 +256,19 @@ class Segment:
     @classmethod
     def attach_named(cls, name: str) -> Segment:
         path = path_of(name)
+        # The tracker may remove the name of a dead creator's unused segment
+        # between our open() and our flock(): after the flock, the path must
+        # still name the file we opened, else we came too late (try again: the
+        # name may belong to a new object by now).
+        for _ in range(100):
+            seg = cls._try_attach(name, path)
+            if seg is not None:
+                return seg
+        raise SegmentError(f"procwire object {name!r} kept being removed and created again "
+                           f"while attaching; try again")
+
+    @classmethod
+    def _try_attach(cls, name: str, path: str) -> Segment | None:
         try:
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -237,6 +288,14 @@ class Segment:
                     errno.EACCES, f"procwire object {name!r} belongs to uid {st.st_uid}, "
                     f"not to you (uid {os.geteuid()}); procwire never attaches to another "
                     f"user's segment", path)
+            _lock_shared(fd, path)
+            try:
+                now = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                now = None
+            if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                os.close(fd)
+                return None
             if st.st_size == 0:
                 raise SegmentError(f"procwire object {name!r} at {path} is empty (0 bytes)")
             buffer = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED,
@@ -290,8 +349,12 @@ class Segment:
         except FileNotFoundError:
             pass
         if self._finalizer is not None:
-            self._finalizer.detach()
+            info = self._finalizer.detach()
             self._finalizer = None
+            if info is not None:
+                _, _, args, _ = info  # (obj, func, (path, dev, ino, creator), kwargs)
+                if args[3] == os.getpid():
+                    _tracker.unregister(args[1], args[2])
 
     def close(self) -> None:
         """Drop this process's mapping and descriptors; the creator also removes the name.

@@ -15,7 +15,10 @@ SRC = os.path.dirname(os.path.dirname(procwire.__file__))
 # sessions running beside this one clean /dev/shm of segments whose creator
 # died, which is exactly what these tests leave on purpose.
 SHM_DIR = f"/dev/shm/pwtest-cli-{os.getpid()}"
-ENV = {**os.environ, "PYTHONPATH": SRC, "NO_COLOR": "1", "PROCWIRE_SHM_DIR": SHM_DIR}
+# PROCWIRE_TRACKER=0: these tests make stale names on purpose (a creator killed
+# with SIGKILL), which the cleanup tracker would otherwise remove.
+ENV = {**os.environ, "PYTHONPATH": SRC, "NO_COLOR": "1", "PROCWIRE_SHM_DIR": SHM_DIR,
+       "PROCWIRE_TRACKER": "0"}
 SHM = SHM_DIR + "/procwire."
 TIMEOUT = 60
 

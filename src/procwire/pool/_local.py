@@ -173,6 +173,23 @@ def _report_callback_error() -> None:
     traceback.print_exc()
 
 
+def _set_run(job: Any, run: list[tuple[int, tuple[bool, Any]]]) -> None:
+    """Deliver outcomes of one job, several at once where the job can take them."""
+    set_many = getattr(job, "_set_many", None) if len(run) > 1 else None
+    try:
+        if set_many is not None:
+            set_many(run)
+            return
+    except Exception:
+        _report_callback_error()
+        return
+    for index, outcome in run:
+        try:
+            job._set(index, outcome)
+        except Exception:
+            _report_callback_error()
+
+
 class LocalCore:
     """Worker processes, their pipes, the backlog, the ledger and the manager thread."""
 
@@ -511,13 +528,21 @@ class LocalCore:
         outbox = self._manager_outbox
         if outbox:
             self._manager_outbox = []
+            # Consecutive outcomes of one map or imap (a batch's results) go to
+            # it in one call: one lock round and one wake-up of its reader
+            # instead of one per task.
+            job: Any = None
+            run: list[tuple[int, tuple[bool, Any]]] = []
             for t, ok, value in outbox:
-                job = t.job
+                if t.job is not job:
+                    if run:
+                        _set_run(job, run)
+                        run = []
+                    job = t.job
+                run.append((t.index, (ok, value)))
                 t.job = t.func = t.data = None
-                try:
-                    job._set(t.index, (ok, value))
-                except Exception:
-                    _report_callback_error()
+            if run:
+                _set_run(job, run)
 
     def _drain(self, w: _Worker) -> None:
         conn = w.conn

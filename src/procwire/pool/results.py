@@ -162,6 +162,33 @@ class MapResult(ApplyResult):
             values, self._values = self._values, []
             super()._set(index, (True, values))
 
+    def _set_many(self, outcomes: list[tuple[int, tuple[bool, Any]]]) -> None:
+        """Several chunks' outcomes at once: one lock round instead of one per chunk."""
+        with self._lock:
+            if self._event.is_set():
+                return
+            if all(outcome[0] for _, outcome in outcomes):
+                values = self._values
+                if self._chunksize == 1:
+                    for index, outcome in outcomes:
+                        values[index] = outcome[1][0]
+                else:
+                    size = self._chunksize
+                    for index, outcome in outcomes:
+                        value = outcome[1]
+                        values[index * size:index * size + len(value)] = value
+                self._remaining -= len(outcomes)
+                if self._remaining != 0:
+                    return
+                self._values = []
+                last = outcomes[-1][0]
+                outcomes = []
+        if outcomes:  # a failure among them: the first decides, one by one as before
+            for index, outcome in outcomes:
+                self._set(index, outcome)
+            return
+        super()._set(last, (True, values))
+
 
 class IMapIterator:
     """The iterator ``imap`` returns: results in order; ``next(timeout)``.
@@ -225,6 +252,26 @@ class IMapIterator:
             if self._index == self._length:
                 self._cond.notify_all()
 
+    def _set_many(self, outcomes: list[tuple[int, tuple[bool, Any]]]) -> None:
+        """Several chunks' outcomes at once: one lock round and one notify."""
+        with self._cond:
+            before = self._index
+            for index, outcome in outcomes:
+                if self._index == index:
+                    self._items.append(outcome)
+                    self._index += 1
+                    while self._index in self._unsorted:
+                        self._items.append(self._unsorted.pop(self._index))
+                        self._index += 1
+                else:
+                    self._unsorted[index] = outcome
+            # Only when something can be handed out: a waiter woken for nothing
+            # would take it as its timeout.
+            if self._index == self._length:
+                self._cond.notify_all()
+            elif self._index != before:
+                self._cond.notify()
+
     def _set_length(self, length: int) -> None:
         with self._cond:
             self._length = length
@@ -246,3 +293,9 @@ class IMapUnorderedIterator(IMapIterator):
             self._cond.notify()
             if self._index == self._length:
                 self._cond.notify_all()
+
+    def _set_many(self, outcomes: list[tuple[int, tuple[bool, Any]]]) -> None:
+        with self._cond:
+            self._items.extend(outcome for _, outcome in outcomes)
+            self._index += len(outcomes)
+            self._cond.notify_all() if self._index == self._length else self._cond.notify()
