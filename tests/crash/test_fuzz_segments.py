@@ -223,29 +223,52 @@ def _use(kind: str, name: str) -> None:
         br = p.Barrier.attach(name)
         try:
             _each([lambda: br.statistics(), lambda: br.parties, lambda: br.n_waiting,
-                   lambda: br.broken, lambda: br.wait(timeout=T), lambda: br.reset(),
-                   lambda: br.abort(), lambda: br.reset()])
+                   lambda: br.broken, lambda: br.wait(timeout=T), lambda: br.reset(timeout=T),
+                   lambda: br.abort(), lambda: br.reset(timeout=T)])
         finally:
             br.close()
         return
+    # Only calls that take a timeout are made: a call without one (reset(),
+    # a synchronized Value's .value, an Array's items) waits for as long as the
+    # lock word names a holder, as in multiprocessing, and a corrupt word that
+    # names a live thread (init's tid 1, say) cannot be told from a stopped
+    # holder. The synchronized objects are therefore used through
+    # get_lock().acquire(timeout=...) and get_obj().
     if kind in ("value", "rawvalue"):
         v = (p.Value.attach(name) if kind == "value" else p.RawValue.attach(name))
-        def bump():
-            v.value = v.value + 1
-        calls = [lambda: v.value, bump]
         if kind == "value":
             def locked():
                 lk = v.get_lock()
                 if lk.acquire(timeout=T):
-                    lk.release()
-            calls += [locked, lambda: v.statistics()]
+                    try:
+                        obj = v.get_obj()
+                        obj.value = obj.value + 1
+                    finally:
+                        lk.release()
+            calls = [locked, lambda: v.statistics()]
+        else:
+            def bump():
+                v.value = v.value + 1
+            calls = [lambda: v.value, bump]
         _each(calls)
         return
     if kind in ("array", "rawarray"):
         a = (p.Array.attach(name) if kind == "array" else p.RawArray.attach(name))
-        def write():
-            a[len(a) - 1] = a[0]
-        _each([lambda: len(a), lambda: a[0], lambda: a[:], write, lambda: list(a)])
+        if kind == "array":
+            def locked_array():
+                lk = a.get_lock()
+                if lk.acquire(timeout=T):
+                    try:
+                        items = a.get_obj()
+                        items[len(items) - 1] = items[0]
+                        list(items)
+                    finally:
+                        lk.release()
+            _each([lambda: len(a), locked_array])
+        else:
+            def write():
+                a[len(a) - 1] = a[0]
+            _each([lambda: len(a), lambda: a[0], lambda: a[:], write, lambda: list(a)])
         return
     raise AssertionError(kind)
 
