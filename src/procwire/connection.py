@@ -64,6 +64,7 @@ from multiprocessing import (
 from multiprocessing.connection import answer_challenge, deliver_challenge
 from typing import TYPE_CHECKING, Any
 
+from procwire import _aio
 from procwire._segment import validate_name
 from procwire.pipe import Connection, Pipe, _from_fds
 
@@ -136,6 +137,20 @@ class SocketConnection(_mpc.Connection):
                         timeout: float | None = None) -> int:
         self._wait_for_message(timeout)
         return super().recv_bytes_into(buf, offset)
+
+    async def recv_async(self, *, timeout: float | None = None) -> Any:
+        """Await the next object without blocking the event loop (``loop.add_reader``).
+
+        ``EOFError`` when the peer closed, ``TimeoutError`` if ``timeout``
+        passes before a message begins; cancelling it receives nothing. A
+        message that has begun is read to its end, as :meth:`recv` reads it.
+        """
+        return await _aio.recv_async(self, timeout)
+
+    async def send_async(self, obj: Any) -> None:
+        """Send ``obj``: the kernel's socket buffer takes it at once unless full
+        (then this blocks as :meth:`send` does, until the peer reads)."""
+        self.send(obj)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd {self.fileno()}"

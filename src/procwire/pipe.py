@@ -36,7 +36,7 @@ import weakref
 from multiprocessing import BufferTooShort, reduction as _mp_reduction
 from typing import TYPE_CHECKING, Any, Generic, cast
 
-from procwire import _core, _pickle
+from procwire import _aio, _core, _pickle
 from procwire._segment import Segment
 
 if TYPE_CHECKING:  # what __getattr__ below returns
@@ -93,6 +93,11 @@ def _capacity_for(capacity: int | None) -> int:
 _live: weakref.WeakSet[Connection] = weakref.WeakSet()
 
 
+# send_async's watcher of each end that needed one (Connection has __slots__).
+_send_watchers: weakref.WeakKeyDictionary[Connection, _aio.TokenWatcher] = \
+    weakref.WeakKeyDictionary()
+
+
 def _before_fork() -> None:
     for conn in list(_live):
         if not conn.closed:
@@ -146,6 +151,52 @@ class Connection(_core.PipeEnd, Generic[_SendT, _RecvT]):
         write and the receiver one read when the ring runs empty.
         """
         return self._fileno()
+
+    # -- event loops (see procwire._aio) ------------------------------------------
+
+    async def recv_async(self, *, timeout: float | None = None) -> _RecvT:
+        """Await the next object, like :meth:`recv`, without blocking the event loop.
+
+        Waits with ``loop.add_reader`` on :meth:`fileno`; ``EOFError`` when the
+        other end is closed and nothing is left, ``TimeoutError`` if ``timeout``
+        passes first. Cancelling it receives nothing. A message streamed in
+        pieces (longer than a quarter of the ring) is received once its first
+        piece is there, waiting for the rest as :meth:`recv` does.
+        """
+        result: _RecvT = await _aio.recv_async(self, timeout)
+        return result
+
+    async def send_async(self, obj: _SendT) -> None:
+        """Send ``obj``, like :meth:`send`, awaiting room in the ring without blocking the loop.
+
+        A message that fits returns at once. Otherwise a watcher thread of
+        this end (one per end and process, not per call) sleeps until the
+        receiver takes a record. A message longer than a quarter of the ring
+        is streamed: it waits for the whole ring to be free, and the loop is
+        blocked while the receiver takes what goes beyond the ring's capacity.
+        ``BrokenPipeError`` if the other end is closed.
+        """
+        data = _dumps(obj)
+        await self._await_send_room(len(data))
+        self.send_bytes(data)
+
+    async def _await_send_room(self, length: int) -> None:
+        watcher: _aio.TokenWatcher | None = None
+        while True:
+            token, free, capacity = self._send_room()
+            need = 8 + ((length + 7) & ~7) if length <= capacity // 4 else capacity
+            if free >= need:
+                return
+            if watcher is None:
+                watcher = _send_watchers.get(self)
+                if watcher is None:
+                    watcher = _send_watchers[self] = _aio.TokenWatcher(
+                        repr(self), lambda: self._send_room()[0],
+                        lambda token: self._wait_send_room(token), self._kick_send)
+            # Slices, to notice a receiver that died with the ring full: then
+            # send_bytes raises BrokenPipeError instead of waiting for ever.
+            if not await watcher.wait_moved(token, 0.1) and self._statistics()["peer_closed"]:
+                return
 
     # -- passing descriptors ----------------------------------------------------
 
@@ -225,6 +276,9 @@ class Connection(_core.PipeEnd, Generic[_SendT, _RecvT]):
 
     def close(self) -> None:
         """Close this handle. The end stays open while other processes hold it."""
+        watcher = _send_watchers.pop(self, None)
+        if watcher is not None:
+            watcher.close()
         if not self.closed:
             self._close()
             _live.discard(self)

@@ -36,8 +36,9 @@ else:
 
     _T = TypeVar("_T")
 
-from procwire import _core, _pickle
+from procwire import _aio, _core, _pickle
 from procwire._segment import Named, Segment, validate_name
+from procwire.errors import Empty, Full
 
 __all__ = ["DEFAULT_CAPACITY", "JoinableQueue", "Queue", "SimpleQueue"]
 
@@ -152,10 +153,119 @@ class Queue(Named, _core.Ring, Generic[_T]):
         """Release this process's handle. Further use of it raises ValueError.
 
         Other processes are not affected. A named queue's creator also removes
-        the name. Safe to call more than once.
+        the name. Safe to call more than once. Stops this handle's ``fileno()``
+        and ``put_async`` watcher threads and closes the descriptor.
         """
+        for attr in ("_readiness", "_room_watcher"):
+            watcher = self.__dict__.pop(attr, None)
+            if watcher is not None:
+                watcher.close()
         self._release()
         self._segment.close()
+
+    # -- waiting from select() and event loops (see procwire._aio) ---------------
+
+    def fileno(self) -> int:
+        """A descriptor readable while a message waits, for select, selectors,
+        ``multiprocessing.connection.wait`` and ``loop.add_reader``.
+
+        An eventfd private to this handle, made readable by a watcher thread
+        of this process that sleeps in the queue's futex wait (so a put from
+        any process, related or attached by name, wakes it); reading it
+        directly is meaningless. This handle's ``get``, ``get_nowait`` and
+        ``get_many`` drain it when they leave the queue empty or find it
+        empty. If another process takes the last message, it stays readable
+        until this handle's next get finds the queue empty (``get_nowait``
+        raises ``queue.Empty`` and clears it): a spurious wake-up to expect,
+        as with several consumers anyway. The thread and descriptor live until
+        :meth:`close`.
+        """
+        readiness = self.__dict__.get("_readiness")
+        if readiness is None or readiness.fd < 0:
+            if self._released:
+                raise ValueError(f"{self._display(self._segment.name)} is closed")
+            readiness = _aio.Readiness(
+                self._display(self._segment.name), lambda: self._word(0),
+                lambda: self.qsize() > 0, lambda token: self._wait_change(0, token),
+                self._kick)
+            self._readiness = readiness
+            self._hook_gets()
+        return readiness.fd
+
+    def _hook_gets(self) -> None:
+        # This handle's gets keep the descriptor level-triggered. Instance
+        # attributes, so that queues without fileno() keep the native calls.
+        ring = _core.Ring
+
+        def recheck() -> None:
+            readiness = self.__dict__.get("_readiness")
+            if readiness is not None:
+                readiness.recheck()
+
+        def get(block: bool = True, timeout: float | None = None) -> Any:
+            try:
+                return ring.get(self, block, timeout)
+            finally:
+                recheck()
+
+        def get_nowait() -> Any:
+            try:
+                return ring.get_nowait(self)
+            finally:
+                recheck()
+
+        def get_many(block: bool = True, timeout: float | None = None,
+                     max_messages: int | None = None) -> list[Any]:
+            try:
+                return ring.get_many(self, block, timeout, max_messages)
+            finally:
+                recheck()
+
+        for fn in (get, get_nowait, get_many):
+            fn.__doc__ = getattr(ring, fn.__name__).__doc__
+            self.__dict__[fn.__name__] = fn
+
+    async def get_async(self, timeout: float | None = None) -> _T:
+        """Remove and return an item, awaiting one without blocking the event loop.
+
+        Raises ``queue.Empty`` if ``timeout`` seconds pass first. Cancelling
+        it takes nothing from the queue. Waits through :meth:`fileno` (one
+        watcher thread per handle and process, not one per call).
+        """
+        deadline = _aio.deadline_of(timeout)
+        fd = self.fileno()
+        while True:
+            try:
+                return self.get_nowait()
+            except Empty:
+                pass
+            if not await _aio.wait_readable(fd, deadline):
+                try:
+                    return self.get_nowait()
+                except Empty:
+                    raise Empty from None
+
+    async def put_async(self, obj: _T, timeout: float | None = None) -> None:
+        """Put ``obj``, awaiting room (a bounded or full queue) without blocking the loop.
+
+        Raises ``queue.Full`` if ``timeout`` seconds pass first; cancelling it
+        puts nothing. A put that has room returns at once, with no thread
+        involved; waiting for room uses one watcher thread per handle.
+        """
+        deadline = _aio.deadline_of(timeout)
+        while True:
+            token = self._word(1)
+            try:
+                return self.put(obj, False)
+            except Full:
+                pass
+            watcher = self.__dict__.get("_room_watcher")
+            if watcher is None:
+                watcher = self._room_watcher = _aio.TokenWatcher(
+                    self._display(self._segment.name), lambda: self._word(1),
+                    lambda token: self._wait_change(1, token), self._kick)
+            if not await watcher.wait_moved(token, _aio.left(deadline)):
+                return self.put(obj, False)  # one last try; queue.Full if still no room
 
     def join_thread(self) -> None:
         """Compatibility: there is no feeder thread, so nothing to wait for."""

@@ -73,7 +73,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self
 
-from procwire import _core
+from procwire import _aio, _core
 from procwire._segment import Named, Segment, validate_name
 from procwire.errors import SegmentError
 
@@ -332,6 +332,29 @@ class Event(_Shared, _core.Event):
     def _open(self, segment: Segment, **kw: Any) -> None:
         self._segment = segment
         _core.Event.__init__(self, segment.buffer, self._display_for(segment.name))
+
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """Await the flag without blocking the event loop: ``wait()`` for asyncio.
+
+        Returns True once the flag is set (or was set while waiting), False
+        if ``timeout`` seconds pass first; cancellable. While coroutines wait,
+        one watcher thread of this handle sleeps in :meth:`wait` (futex, GIL
+        released) for all of them, so ``set()`` from any process wakes them at
+        once; the thread exits about 0.1 s after the last waiter leaves.
+        """
+        if self.is_set():
+            return True
+        watcher = self.__dict__.get("_async_watcher")
+        if watcher is None:
+            watcher = self._async_watcher = _aio.FlagWatcher(
+                self._display or "Event", lambda slice_: self.wait(slice_))
+        return await watcher.wait(timeout) or self.is_set()
+
+    def close(self) -> None:
+        watcher = self.__dict__.pop("_async_watcher", None)
+        if watcher is not None:
+            watcher.close()
+        super().close()
 
     def __repr__(self) -> str:
         # multiprocessing's format (its test suite checks it), plus the name.

@@ -1151,6 +1151,61 @@ out:
     return result;
 }
 
+/* _send_room() -> (token, free bytes, capacity) of the ring this end sends
+ * into, for send_async (procwire._aio): token is its head word, which
+ * _wait_send_room(token, timeout) sleeps on (GIL released) until a receiver
+ * takes a record. */
+static PyObject *PipeEnd_send_room(PipeEndObject *self, PyObject *unused)
+{
+    if (enter(self) < 0)
+        return NULL;
+    PyObject *r = NULL;
+    if (check_writable(self) == 0) {
+        uint64_t head = atomic_load(&self->out.ring->head);
+        r = Py_BuildValue("(KKK)", (unsigned long long)head,
+                          (unsigned long long)(self->out.capacity -
+                                               pw_ring_used_bytes(&self->out)),
+                          (unsigned long long)self->out.capacity);
+    }
+    leave(self);
+    return r;
+}
+
+static const char *const wait_room_names[] = {"token", "timeout"};
+
+static PyObject *PipeEnd_wait_send_room(PipeEndObject *self, PyObject *const *args,
+                                        Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *a[2];
+    int64_t deadline;
+    if (pw_parse_args("_wait_send_room", args, nargs, kwnames, wait_room_names, 2, 1, a) < 0 ||
+        pw_parse_block_timeout(NULL, a[1], &deadline) < 0)
+        return NULL;
+    unsigned long long token = PyLong_AsUnsignedLongLong(a[0]);
+    if (token == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (enter(self) < 0)
+        return NULL;
+    int rc = check_writable(self);
+    if (rc == 0)
+        rc = pw_ring_wait_word(&self->out, 1, token, deadline);
+    leave(self);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* _kick_send(): wakes _wait_send_room() sleepers (a closing watcher). */
+static PyObject *PipeEnd_kick_send(PipeEndObject *self, PyObject *unused)
+{
+    if (enter(self) < 0)
+        return NULL;
+    if (self->writable)
+        pw_ring_kick(&self->out);
+    leave(self);
+    Py_RETURN_NONE;
+}
+
 static PyObject *PipeEnd_fds(PipeEndObject *self, PyObject *unused)
 {
     if (enter(self) < 0)
@@ -1239,6 +1294,9 @@ static PyMethodDef PipeEnd_methods[] = {
     {"_add_handle", (PyCFunction)PipeEnd_add_handle, METH_NOARGS, NULL},
     {"_fileno", (PyCFunction)PipeEnd_fileno, METH_NOARGS, NULL},
     {"_fds", (PyCFunction)PipeEnd_fds, METH_NOARGS, NULL},
+    {"_send_room", (PyCFunction)PipeEnd_send_room, METH_NOARGS, NULL},
+    {"_wait_send_room", FN(PipeEnd_wait_send_room), FASTKW, NULL},
+    {"_kick_send", (PyCFunction)PipeEnd_kick_send, METH_NOARGS, NULL},
     {"_statistics", (PyCFunction)PipeEnd_statistics, METH_NOARGS, NULL},
     {"_segment_size", (PyCFunction)PipeEnd_segment_size, METH_VARARGS | METH_STATIC, NULL},
     {NULL, NULL, 0, NULL},

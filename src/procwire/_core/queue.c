@@ -776,6 +776,72 @@ static PyObject *Ring_statistics(RingObject *self, PyObject *unused)
     return d;
 }
 
+/* ---------------------------------------------- watchers (procwire._aio) */
+
+static int side_arg(PyObject *arg, int *side)
+{
+    long v = PyLong_AsLong(arg);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v != 0 && v != 1) {
+        PyErr_SetString(PyExc_ValueError, "side must be 0 (tail) or 1 (head)");
+        return -1;
+    }
+    *side = (int)v;
+    return 0;
+}
+
+/* _word(side) -> int: the tail (0) or head (1) position word, a token for
+ * _wait_change(). */
+static PyObject *Ring_word(RingObject *self, PyObject *arg)
+{
+    int side;
+    if (side_arg(arg, &side) < 0 || enter(self) < 0)
+        return NULL;
+    struct pw_ring *r = self->rr.ring;
+    uint64_t w = atomic_load(side ? &r->head : &r->tail);
+    leave(self);
+    return PyLong_FromUnsignedLongLong(w);
+}
+
+static const char *const wait_change_names[] = {"side", "token", "timeout"};
+
+/* _wait_change(side, token, timeout) -> bool: sleeps once (GIL released)
+ * while the side's word equals token; True if it moved. */
+static PyObject *Ring_wait_change(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
+{
+    PyObject *a[3];
+    int side;
+    int64_t deadline;
+    if (pw_parse_args("_wait_change", args, nargs, kwnames, wait_change_names, 3, 2, a) < 0 ||
+        side_arg(a[0], &side) < 0 || pw_parse_block_timeout(NULL, a[2], &deadline) < 0)
+        return NULL;
+    unsigned long long token = PyLong_AsUnsignedLongLong(a[1]);
+    if (token == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (enter(self) < 0)
+        return NULL;
+    int rc = pw_ring_wait_word(&self->rr, side, token, deadline);
+    struct pw_ring *r = self->rr.ring;
+    uint64_t now = atomic_load(side ? &r->head : &r->tail);
+    leave(self);
+    if (rc < 0)
+        return NULL;
+    return PyBool_FromLong(now != token);
+}
+
+/* _kick(): wakes every thread asleep on this ring, in every process (they
+ * re-check and sleep again); stops a watcher. */
+static PyObject *Ring_kick(RingObject *self, PyObject *unused)
+{
+    if (enter(self) < 0)
+        return NULL;
+    pw_ring_kick(&self->rr);
+    leave(self);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Ring_release(RingObject *self, PyObject *unused)
 {
     /* Idempotent. The mapping goes when the last call in progress leaves. */
@@ -905,6 +971,10 @@ static PyMethodDef Ring_methods[] = {
     {"_join", (PyCFunction)(void (*)(void))Ring_join, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_statistics", (PyCFunction)Ring_statistics, METH_NOARGS, NULL},
     {"_release", (PyCFunction)Ring_release, METH_NOARGS, NULL},
+    {"_word", (PyCFunction)Ring_word, METH_O, NULL},
+    {"_wait_change", (PyCFunction)(void (*)(void))Ring_wait_change, METH_FASTCALL | METH_KEYWORDS,
+     NULL},
+    {"_kick", (PyCFunction)Ring_kick, METH_NOARGS, NULL},
     {"_segment_size", (PyCFunction)Ring_segment_size, METH_O | METH_STATIC, NULL},
     {NULL, NULL, 0, NULL},
 };

@@ -262,6 +262,37 @@ int pw_ring_put(pw_ringref *rr, pw_msg *msgs, Py_ssize_t n, Py_ssize_t *done, in
     }
 }
 
+/* ---------------------------------------------------------------- watchers */
+
+int pw_ring_wait_word(pw_ringref *rr, int side, uint64_t token, int64_t deadline)
+{
+    struct pw_ring *r = rr->ring;
+    _Atomic uint64_t *word = side ? &r->head : &r->tail;
+    _Atomic uint32_t *seq = side ? &r->not_full_seq : &r->not_empty_seq;
+    struct pw_waiters *w = side ? &r->producers : &r->consumers;
+    /* No spin: a watcher is a background thread, off the data path. Slices
+     * that end without a wake-up sleep again here, so an idle watcher costs
+     * its process nothing; any wake-up (a publish, or pw_ring_kick) returns. */
+    for (;;) {
+        pw_sleeper sl;
+        pw_sleeper_enter(w, &sl);
+        uint32_t s = atomic_load(seq);
+        int rc = 0;
+        if (atomic_load(word) == token)
+            rc = pw_sleeper_wait(&sl, seq, s, deadline);
+        pw_sleeper_leave(&sl);
+        if (rc != 0 || atomic_load(word) != token || atomic_load(seq) != s)
+            return rc;
+    }
+}
+
+void pw_ring_kick(pw_ringref *rr)
+{
+    struct pw_ring *r = rr->ring;
+    wake_sleepers(&r->not_empty_seq, &r->consumers);
+    wake_sleepers(&r->not_full_seq, &r->producers);
+}
+
 /* -------------------------------------------------------------------- get */
 
 static int bad_record(pw_ringref *rr, const char *why, uint64_t a, uint64_t b)

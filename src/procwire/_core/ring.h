@@ -99,6 +99,18 @@ void pw_ring_copy_in(pw_ringref *rr, uint32_t pos, const void *src, uint64_t n);
 /* Copies bigger than this release the GIL: other threads keep running. */
 #define PW_GIL_FREE_COPY 65536u
 
+/*
+ * For watcher threads (procwire._aio: fileno() and the async methods): sleeps
+ * once while a side's position word still equals `token`, registered as a
+ * sleeper of the wait queue the other side wakes after it publishes (side 0:
+ * the tail, woken by puts; side 1: the head, woken by takes). Returns 0 (the
+ * word changed, a wake-up or a slice ended: re-check), 1 when the deadline
+ * passed, -1 with an exception set. pw_ring_kick() wakes every such sleeper
+ * (and the ring's other sleepers, which re-check and sleep again).
+ */
+int pw_ring_wait_word(pw_ringref *rr, int side, uint64_t token, int64_t deadline);
+void pw_ring_kick(pw_ringref *rr);
+
 /* Messages in the ring now (a snapshot). */
 uint32_t pw_ring_count(const pw_ringref *rr);
 uint64_t pw_ring_used_bytes(const pw_ringref *rr);

@@ -1,0 +1,361 @@
+"""The async methods under asyncio and uvloop: Queue.get_async/put_async,
+Connection.recv_async/send_async, Event.wait_async. Each waits without
+blocking the loop, with no thread per call, and is cancellable."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from procwire import Empty, Event, Full, JoinableQueue, Pipe, Queue, SimpleQueue
+
+BOUND = 30  # seconds: a bound for a hang, not a speed check
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is in the test extra
+    uvloop = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm_uvloop():
+    # uvloop keeps one pipe per process for its whole life (libuv's signal
+    # lock), made by its first loop: make it before any leak check's snapshot.
+    if uvloop is not None:
+        loop = uvloop.new_event_loop()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    if request.param == "uvloop":
+        if uvloop is None:
+            pytest.skip("uvloop is not installed")
+        factory = uvloop.new_event_loop
+    else:
+        factory = asyncio.new_event_loop
+
+    def run(coro):
+        loop = factory()
+        try:
+            return loop.run_until_complete(asyncio.wait_for(coro, BOUND))
+        finally:
+            loop.close()
+    return run
+
+
+def _threads():
+    return {t for t in threading.enumerate() if t.name.startswith("procwire")}
+
+
+# ------------------------------------------------------------------ queues
+
+
+def _put_after(q, delay_event, items):
+    delay_event.wait(BOUND)
+    for item in items:
+        q.put(item)
+
+
+@pytest.mark.parametrize("cls", [Queue, SimpleQueue, JoinableQueue])
+def test_get_async_waits_for_a_put_from_another_process(run, ctx, cls):
+    q, go = cls(), Event()
+    p = ctx.Process(target=_put_after, args=(q, go, ["a", "b"]))
+    p.start()
+    try:
+        async def main():
+            ticks = 0
+
+            async def ticker():  # the loop keeps running while get_async waits
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.001)
+
+            t = asyncio.create_task(ticker())
+            await asyncio.sleep(0.02)
+            go.set()
+            got = [await q.get_async(), await q.get_async(timeout=BOUND)]
+            t.cancel()
+            return got, ticks
+
+        got, ticks = run(main())
+        assert got == ["a", "b"] and ticks > 1
+        p.join(BOUND)
+    finally:
+        q.close()
+        go.close()
+
+
+def test_get_async_timeout_and_cancel_take_nothing(run):
+    q = Queue()
+    try:
+        async def main():
+            with pytest.raises(Empty):
+                await q.get_async(timeout=0.05)
+            task = asyncio.create_task(q.get_async())
+            await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            q.put("still there")
+            return await q.get_async(timeout=BOUND)
+
+        assert run(main()) == "still there"
+        assert q.qsize() == 0
+    finally:
+        q.close()
+
+
+def test_many_coroutines_share_one_descriptor(run):
+    q = Queue()
+    try:
+        async def main():
+            tasks = [asyncio.create_task(q.get_async()) for _ in range(20)]
+            await asyncio.sleep(0.01)
+            q.put_many(range(20))
+            return sorted(await asyncio.gather(*tasks))
+
+        assert run(main()) == list(range(20))
+        assert len(_threads()) == 1  # one watcher for the handle, not one per call
+    finally:
+        q.close()
+    assert not _threads()
+
+
+def _get_after(q, go, n):
+    go.wait(BOUND)
+    for _ in range(n):
+        q.get(timeout=BOUND)
+
+
+def test_put_async_waits_for_room_in_a_bounded_queue(run, ctx):
+    q, go = Queue(maxsize=2), Event()
+    p = ctx.Process(target=_get_after, args=(q, go, 4))
+    p.start()
+    try:
+        async def main():
+            await q.put_async(1)
+            await q.put_async(2)
+            with pytest.raises(Full):
+                await q.put_async(3, timeout=0.05)
+            task = asyncio.create_task(q.put_async("cancelled"))
+            await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert q.qsize() == 2
+            go.set()
+            await q.put_async(3)
+            await q.put_async(4, timeout=BOUND)
+
+        run(main())
+        p.join(BOUND)
+        assert p.exitcode == 0 and q.qsize() == 0
+    finally:
+        q.close()
+        go.close()
+
+
+def test_put_async_waits_for_bytes_of_room(run):
+    q = Queue(capacity=4096)
+    try:
+        async def main():
+            await q.put_async(b"x" * 3000)
+            task = asyncio.create_task(q.put_async(b"y" * 3000))
+            await asyncio.sleep(0.02)
+            assert not task.done()
+            assert q.get() == b"x" * 3000
+            await asyncio.wait_for(task, BOUND)
+            return q.get_nowait()
+
+        assert run(main()) == b"y" * 3000
+    finally:
+        q.close()
+
+
+def test_closed_queue_raises_in_the_waiting_coroutine(run):
+    q = Queue()
+
+    async def main():
+        task = asyncio.create_task(q.get_async())
+        await asyncio.sleep(0.02)
+        q.close()
+        with pytest.raises(ValueError):
+            await task
+
+    run(main())
+
+
+# ------------------------------------------------------------------ pipes
+
+
+def _echo_later(conn, other, go):
+    other.close()  # a fork child inherits the parent's end too
+    go.wait(BOUND)
+    while True:
+        try:
+            obj = conn.recv()
+        except EOFError:
+            return
+        conn.send(obj)
+
+
+def test_recv_async_and_send_async_with_a_child(run, ctx):
+    a, b = Pipe(capacity=4096)
+    go = Event()
+    p = ctx.Process(target=_echo_later, args=(b, a, go))
+    p.start()
+    b.close()
+    try:
+        async def main():
+            # The child does not read yet: the ring fills and send_async waits.
+            sent = 0
+
+            async def sender():
+                nonlocal sent
+                for i in range(40):
+                    await a.send_async((i, b"z" * 500))
+                    sent += 1
+
+            t = asyncio.create_task(sender())
+            await asyncio.sleep(0.05)
+            assert 0 < sent < 40
+            go.set()
+            got = [await a.recv_async(timeout=BOUND) for _ in range(40)]
+            await t
+            return got
+
+        got = run(main())
+        assert got == [(i, b"z" * 500) for i in range(40)]
+        a.close()
+        p.join(BOUND)
+    finally:
+        a.close()
+        go.close()
+
+
+def test_recv_async_timeout_cancel_and_eof(run):
+    a, b = Pipe()
+    try:
+        async def main():
+            with pytest.raises(TimeoutError):
+                await a.recv_async(timeout=0.05)
+            task = asyncio.create_task(a.recv_async())
+            await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            b.send("kept")
+            assert await a.recv_async() == "kept"
+            b.close()
+            with pytest.raises(EOFError):
+                await a.recv_async(timeout=BOUND)
+
+        run(main())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_send_async_to_a_closed_peer_raises(run):
+    a, b = Pipe(capacity=4096)
+    try:
+        async def main():
+            a.send(b"x" * 3000)
+            task = asyncio.create_task(a.send_async(b"y" * 3000))
+            await asyncio.sleep(0.02)
+            b.close()
+            with pytest.raises(BrokenPipeError):
+                await task
+
+        run(main())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_socket_connection_recv_async(run):
+    from procwire.connection import Client, Listener
+
+    with Listener(("127.0.0.1", 0), authkey=b"k") as listener:
+        result = {}
+
+        def serve():
+            with listener.accept() as conn:
+                conn.send(conn.recv())
+
+        t = threading.Thread(target=serve)
+        t.start()
+        with Client(listener.address, authkey=b"k", shared_memory=False) as c:
+            async def main():
+                await c.send_async("over tcp")
+                return await c.recv_async(timeout=BOUND)
+
+            result["got"] = run(main())
+        t.join(BOUND)
+    assert result["got"] == "over tcp"
+
+
+# ------------------------------------------------------------------ events
+
+
+def _set_later(ev, go):
+    go.wait(BOUND)
+    ev.set()
+
+
+def test_event_wait_async_set_by_another_process(run, ctx):
+    ev, go = Event(), Event()
+    p = ctx.Process(target=_set_later, args=(ev, go))
+    p.start()
+    try:
+        async def main():
+            waiters = [asyncio.create_task(ev.wait_async()) for _ in range(3)]
+            await asyncio.sleep(0.02)
+            assert not any(w.done() for w in waiters)
+            go.set()
+            return await asyncio.gather(*waiters)
+
+        assert run(main()) == [True, True, True]
+        p.join(BOUND)
+    finally:
+        ev.close()
+        go.close()
+    assert not _threads()
+
+
+def test_event_wait_async_timeout_and_cancel(run):
+    ev = Event()
+    try:
+        async def main():
+            assert await ev.wait_async(0.05) is False
+            task = asyncio.create_task(ev.wait_async())
+            await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            ev.set()
+            return await ev.wait_async(0)
+
+        assert run(main()) is True
+    finally:
+        ev.close()
+
+
+def test_watcher_thread_leaves_after_the_last_waiter(run):
+    ev = Event()
+    try:
+        async def main():
+            assert await ev.wait_async(0.01) is False
+
+        run(main())
+        deadline = time.monotonic() + BOUND
+        while _threads() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _threads()
+    finally:
+        ev.close()
