@@ -35,13 +35,15 @@ the watcher among ``consumers_waiting`` while it sleeps.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where used: `import procwire` need not load asyncio
+    import asyncio
 
 __all__ = ["FlagWatcher", "Readiness", "TokenWatcher", "wait_readable"]
 
@@ -212,6 +214,8 @@ class TokenWatcher:
 
     async def wait_moved(self, token: int, timeout: float | None) -> bool:
         """Wait until the word is no longer ``token``; False if ``timeout`` passed first."""
+        import asyncio
+
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
 
@@ -271,6 +275,8 @@ class FlagWatcher:
 
     async def wait(self, timeout: float | None) -> bool:
         """True once the flag is seen set, False if ``timeout`` passed first."""
+        import asyncio
+
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         key = object()
@@ -348,6 +354,8 @@ def _on_readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
 
 async def wait_readable(fd: int, deadline: float | None) -> bool:
     """Wait until ``fd`` is readable; False once ``deadline`` (monotonic) passes."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
     key = (fd, loop)

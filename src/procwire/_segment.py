@@ -98,8 +98,27 @@ def _reserve(fd: int, size: int, what: str, where: str | None) -> None:
 
 # Anonymous segments cannot shrink or grow once made: a process that
 # ftruncate()s one (any child holds the descriptor) gets EPERM instead of
-# killing every user of it with SIGBUS.
+# killing every user of it with SIGBUS. A queue's may grow: its spill area
+# lies beyond the mapped part (see queue.py), reached with pread/pwrite only.
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+_SEALS_GROWABLE = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+
+_KIND_QUEUE = 1  # layout.h, enum pw_kind
+
+
+def mapped_size(fd: int, file_size: int) -> int:
+    """How many bytes of a segment file to map: the whole file, except for a queue.
+
+    A queue's file may be longer than its header says (``total_size``): the
+    spill area beyond it holds messages that did not fit the ring, and is
+    never mapped. Anything else is mapped whole and validated as before.
+    """
+    head = os.pread(fd, 64, 0)
+    if len(head) == 64 and int.from_bytes(head[12:16], "little") == _KIND_QUEUE:
+        claimed = int.from_bytes(head[16:24], "little")
+        if 0 < claimed < file_size:
+            return claimed
+    return file_size
 
 
 def _release_guard(token: int, fd: int) -> None:
@@ -156,8 +175,8 @@ class Segment:
     ``fd`` stays open for anonymous segments only: it is what children get.
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "_guard", "_guard_token", "buffer", "fd", "name",
-                 "size")
+    __slots__ = ("__weakref__", "_finalizer", "_guard", "_guard_fd", "_guard_token", "buffer",
+                 "fd", "name", "size")
 
     def __init__(self, buffer: mmap.mmap, fd: int, name: str | None, size: int,
                  guard_fd: int = -1) -> None:
@@ -168,6 +187,7 @@ class Segment:
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._guard: weakref.finalize[Any, Any] | None = None
         self._guard_token: int | None = None
+        self._guard_fd = guard_fd
         if guard_fd >= 0:
             # A named segment's file can be truncated by any process of this
             # user: _core's SIGBUS guard repairs faults in this mapping (see
@@ -183,12 +203,17 @@ class Segment:
 
     # -- creation -------------------------------------------------------------
 
+    @property
+    def io_fd(self) -> int:
+        """A descriptor of the segment's file for pread/pwrite (ours, closed with it)."""
+        return self.fd if self.fd >= 0 else self._guard_fd
+
     @classmethod
-    def create_anonymous(cls, size: int, label: str) -> Segment:
+    def create_anonymous(cls, size: int, label: str, *, growable: bool = False) -> Segment:
         fd = os.memfd_create(f"procwire:{label}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             _reserve(fd, size, f"an anonymous {label}", None)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS_GROWABLE if growable else _SEALS)
             buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(fd)
@@ -298,18 +323,18 @@ class Segment:
                 return None
             if st.st_size == 0:
                 raise SegmentError(f"procwire object {name!r} at {path} is empty (0 bytes)")
-            buffer = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED,
-                               mmap.PROT_READ | mmap.PROT_WRITE)
+            size = mapped_size(fd, st.st_size)
+            buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(fd)
             raise
-        return cls(buffer, -1, name, st.st_size, fd)
+        return cls(buffer, -1, name, size, fd)
 
     @classmethod
     def from_fd(cls, fd: int) -> Segment:
         """Adopt a descriptor received from a parent (it becomes ours to close)."""
         try:
-            size = os.fstat(fd).st_size
+            size = mapped_size(fd, os.fstat(fd).st_size)
             buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(fd)

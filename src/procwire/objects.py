@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from procwire import _core
-from procwire._segment import PREFIX, SHM_DIR, TEMP_MARK, validate_name
+from procwire._segment import PREFIX, SHM_DIR, TEMP_MARK, mapped_size, validate_name
 from procwire.errors import SegmentError
 
 __all__ = ["Entry", "clean_candidates", "describe", "printable", "remove", "scan", "users_of"]
@@ -259,15 +259,16 @@ def _read(path: str, name: str) -> Entry:
         if st.st_size == 0:
             entry.state, entry.error = "corrupt", "empty (0 bytes)"
             return entry
-        problem = _unmappable(fd, st.st_size)
+        size = mapped_size(fd, st.st_size)  # a queue's spill area is not mapped
+        problem = _unmappable(fd, size)
         if problem:
             entry.state, entry.error = "corrupt", problem
             return entry
         try:
-            m = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+            m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
         except (OSError, OverflowError, ValueError) as exc:
             entry.state = "corrupt"
-            entry.error = f"cannot be mapped ({st.st_size} bytes): {exc}"
+            entry.error = f"cannot be mapped ({size} bytes): {exc}"
             return entry
         with m:
             try:

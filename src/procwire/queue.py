@@ -15,9 +15,14 @@ shared-memory ring (``procwire._core.Ring``):
 * ``qsize()`` is exact and works everywhere.
 
 Capacity: ``maxsize`` bounds the number of messages, as in multiprocessing;
-``capacity`` bounds the bytes (default 4 MiB, rounded up to a power of two).
-A message larger than the ring raises :class:`procwire.MessageTooLarge`,
-naming the capacity that would take it.
+there is no byte limit. ``capacity`` is the size of the shared ring, the fast
+path (default 4 MiB, rounded up to a power of two). A message larger than the
+ring, and with ``maxsize=0`` any message that finds it full, goes to the
+queue's spill area: a log in the queue's own file beyond the mapped part,
+which outlives its producer, keeps FIFO order and is freed as it is consumed
+(``_core/layout.h``, "The spill area").
+
+Waiting: ``fileno()`` and the ``*_async`` methods (``procwire._aio``).
 """
 from __future__ import annotations
 
@@ -72,8 +77,9 @@ class Queue(Named, _core.Ring, Generic[_T]):
 
     ``Queue(maxsize=0, *, capacity=None, name=None)``
 
-    ``maxsize`` > 0 bounds the number of queued messages; ``capacity`` the
-    bytes of the ring. With ``name``, the queue appears as
+    ``maxsize`` > 0 bounds the number of queued messages; ``capacity`` is the
+    size of the ring, the fast path: what does not fit goes to the spill area
+    (with ``maxsize=0``, ``put`` never waits for room). With ``name``, the queue appears as
     ``/dev/shm/procwire.<name>`` and an unrelated process can open it with
     ``Queue.attach(name)``; this object removes the name when it is closed or
     its process exits. ``ctx`` is accepted for compatibility and ignored.
@@ -101,7 +107,8 @@ class Queue(Named, _core.Ring, Generic[_T]):
         cap = _capacity_for(capacity)
         size = _core.Ring._segment_size(cap)
         if name is None:
-            segment = Segment.create_anonymous(size, self._kind_label)
+            # Growable: the spill area lies beyond the mapped segment.
+            segment = Segment.create_anonymous(size, self._kind_label, growable=True)
             self._setup(segment, create=True, capacity=cap, maxsize=maxsize)
         else:
             validate_name(name)
@@ -110,10 +117,11 @@ class Queue(Named, _core.Ring, Generic[_T]):
                 # Lays out the ring; Segment links the name only after this.
                 _core.Ring.__init__(self, buffer, create=True, capacity=cap, maxsize=maxsize,
                                     kind=_core.KIND_QUEUE, name=self._display(name),
-                                    **_SERIALIZER)
+                                    spill=True, **_SERIALIZER)
 
             try:
                 self._segment = Segment.create_named(name, size, initialise)
+                self._set_spill_fd(self._segment.io_fd)
             except BaseException:
                 self._release()
                 raise
@@ -126,7 +134,8 @@ class Queue(Named, _core.Ring, Generic[_T]):
         self._segment = segment
         _core.Ring.__init__(self, segment.buffer, create=create, capacity=capacity,
                             maxsize=maxsize, kind=_core.KIND_QUEUE,
-                            name=self._display(segment.name), **_SERIALIZER)
+                            name=self._display(segment.name), spill=True, **_SERIALIZER)
+        self._set_spill_fd(segment.io_fd)
 
     # -- by name ----------------------------------------------------------------
 

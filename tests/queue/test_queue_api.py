@@ -88,8 +88,10 @@ def test_maxsize_zero_or_negative_means_unbounded_by_count():
             q.close()
 
 
-def test_full_by_bytes_blocks_until_room():
-    q = Queue(capacity=4096)
+def test_full_by_bytes_blocks_until_room_in_a_bounded_queue():
+    # With maxsize > 0 a message that fits the ring waits for room in it, as
+    # documented; with maxsize=0 it would spill (test_queue_unbounded.py).
+    q = Queue(maxsize=100, capacity=4096)
     try:
         q.put(b"x" * 4000)
         with pytest.raises(procwire.Full):
@@ -201,19 +203,17 @@ def test_unpicklable_object_raises_from_put_and_loses_nothing(q):
     assert q.get_many() == ["before", "ok", "after"]
 
 
-def test_oversized_message_names_the_limit_and_the_setting():
-    q = Queue(capacity=8192)
-    try:
-        with pytest.raises(procwire.MessageTooLarge) as info:
+def test_message_larger_than_the_ring_goes_through_the_spill():
+    # Was MessageTooLarge before issue 11: a queue has no byte limit now.
+    for q in (Queue(capacity=8192), Queue(maxsize=3, capacity=8192)):
+        try:
             q.put(b"x" * 10_000)
-        msg = str(info.value)
-        assert "10000 bytes" in msg and "capacity=16384" in msg
-        assert isinstance(info.value, ValueError)
-        assert q.empty()  # nothing half-put
-        q.put(b"x" * (8192 - 8))  # the documented largest message fits
-        assert len(q.get()) == 8192 - 8
-    finally:
-        q.close()
+            q.put(b"x" * (8192 - 8))  # the largest message the ring itself takes
+            assert q.qsize() == 2
+            assert q.get() == b"x" * 10_000 and len(q.get()) == 8192 - 8
+            assert q.empty()
+        finally:
+            q.close()
 
 
 def test_capacity_is_rounded_up_to_a_power_of_two():

@@ -21,9 +21,10 @@
 #include <stdint.h>
 
 #define PW_MAGIC 0x3145524957435250ULL /* "PRCWIRE1" read as little-endian */
-#define PW_LAYOUT_VERSION 3u /* 2: struct pw_waiters replaces the sleeper counts;
+#define PW_LAYOUT_VERSION 4u /* 2: struct pw_waiters replaces the sleeper counts;
                                 3: pw_lock holder_proc/holder_hold, pw_cond
-                                wake and state */
+                                wake and state;
+                                4: pw_ring spill area (PW_RING_SPILL) */
 #define PW_CACHELINE 64
 
 /* What the segment holds. Values are part of the layout: never reuse one. */
@@ -134,9 +135,11 @@ enum pw_record_type {
 struct pw_ring {
     /* -- configuration, immutable after creation (64 bytes) -- */
     uint64_t capacity;        /* data bytes, power of two                       */
-    uint32_t maxsize;         /* max messages, 0 = bounded by bytes only        */
-    uint32_t ring_flags;
-    uint64_t reserved0[6];
+    uint32_t maxsize;         /* max messages, 0 = no count limit               */
+    uint32_t ring_flags;      /* PW_RING_SPILL                                  */
+    uint64_t spill_base;      /* PW_RING_SPILL: file offset of spill offset 0
+                                 (the segment's total_size)                     */
+    uint64_t reserved0[5];
 
     /* -- producer side: only producers write these lines -- */
     pthread_mutex_t tail_lock;           /* robust, process-shared          */
@@ -145,7 +148,11 @@ struct pw_ring {
     _Atomic uint64_t total_in;           /* lifetime statistics (advisory)  */
     _Atomic uint64_t bytes_in;
     _Atomic uint64_t tail_owner_died;
-    uint64_t reserved1[4];
+    _Atomic uint64_t ov_tail;            /* spill: end of the spilled records   */
+    _Atomic uint64_t ov_tail_intent;     /* spill: PW_INTENT_VALID | count before
+                                            a publish that spills (see below)   */
+    _Atomic uint64_t ov_tail_intent_end; /* spill: ov_tail once it is published */
+    _Atomic uint64_t ov_reserved;        /* spill: end of the pages allocated   */
 
     /* -- consumer side: only consumers write these lines -- */
     pthread_mutex_t head_lock;
@@ -154,7 +161,11 @@ struct pw_ring {
     _Atomic uint64_t total_out;
     _Atomic uint64_t bytes_out;
     _Atomic uint64_t head_owner_died;
-    uint64_t reserved2[4];
+    _Atomic uint64_t ov_head;            /* spill: the oldest spilled record    */
+    _Atomic uint64_t ov_head_intent;     /* spill: PW_INTENT_VALID | count before
+                                            a take of spilled records           */
+    _Atomic uint64_t ov_head_intent_end; /* spill: ov_head once it is published */
+    _Atomic uint64_t ov_punched;         /* spill: pages below it are freed     */
 
     /* -- futex words. A sleeper registers in its struct pw_waiters, reads the
      *    seq, re-checks its condition, then sleeps on the seq. A waker that
@@ -177,6 +188,36 @@ struct pw_ring {
 };
 
 #define PW_RING_DATA_ALIGN 4096u
+
+/*
+ * The spill area (queues only, ring_flags & PW_RING_SPILL): what does not fit
+ * the ring -- a message larger than it, or, with maxsize == 0, a message that
+ * finds it full -- is appended to a log in the segment's own file, beyond the
+ * mapped part (file offset spill_base + ov_tail), written and read with
+ * pwrite/pread and never mapped. The ring's count words count every message,
+ * ring and spill alike (qsize, join and the totals stay exact); the ring's
+ * byte positions count ring records only. Rules:
+ *   - the spill is used while it is not empty (ov_head != ov_tail), so every
+ *     ring record precedes every spilled one: a consumer takes from the ring
+ *     while pos(head) != pos(tail), then from the spill at ov_head;
+ *   - a spilled record is 16 bytes, u64 length, u32 type, u32 count (the
+ *     message's number, mod 2^32, checked by the consumer), then the payload
+ *     padded to 8 bytes;
+ *   - a side that moves ov_tail/ov_head with its position word first stores
+ *     the intent (the new offset, then PW_INTENT_VALID | its count before the
+ *     publish), publishes the position word, then the offset, then clears the
+ *     intent. The next holder of that side's lock finishes a dead process's
+ *     intent: published (the count moved) -> the offset takes the intent's
+ *     end; not published -> dropped. A record written but never published is
+ *     overwritten by the next spill;
+ *   - consumers free the pages below ov_head (hole punching, ov_punched), so
+ *     the memory held is what is queued plus at most a page and the
+ *     allocation ahead of ov_tail (ov_reserved, PW_SPILL_CHUNK at a time).
+ *     The file's apparent size grows with the bytes ever spilled.
+ */
+#define PW_RING_SPILL 1u
+#define PW_INTENT_VALID (1ULL << 63)
+#define PW_SPILL_HEADER 16u
 
 /* pw_ring.closed_flags, for a Pipe's rings. Set once, never cleared. */
 #define PW_RING_READER_CLOSED 1u /* the receiving end is closed in every process */

@@ -16,6 +16,7 @@
 typedef struct {
     PyObject_HEAD
     pw_ringref rr;
+    uint64_t max_msg;    /* the largest message put() takes: the ring's, or the spill's */
     Py_buffer view;      /* the mapping, held while open */
     int mapped;          /* view is held */
     int closed;          /* close() was called */
@@ -71,14 +72,14 @@ static void leave(RingObject *self)
 static int Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"buffer", "create", "capacity", "maxsize", "kind", "name",
-                             "dumps", "protocol", "dumps_buffers", "loads", NULL};
+                             "dumps", "protocol", "dumps_buffers", "loads", "spill", NULL};
     PyObject *buffer, *name, *dumps, *protocol, *dumps_buffers, *loads;
-    int create = 0;
+    int create = 0, spill = 0;
     unsigned long long capacity = 0;
     unsigned int maxsize = 0, kind = PW_KIND_QUEUE;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$pKIIUOO!OO:Ring", kwlist, &buffer, &create,
-                                     &capacity, &maxsize, &kind, &name, &dumps, &PyLong_Type,
-                                     &protocol, &dumps_buffers, &loads))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$pKIIUOO!OOp:Ring", kwlist, &buffer,
+                                     &create, &capacity, &maxsize, &kind, &name, &dumps,
+                                     &PyLong_Type, &protocol, &dumps_buffers, &loads, &spill))
         return -1;
     if (self->mapped) {
         PyErr_SetString(PyExc_RuntimeError, "Ring.__init__ called twice");
@@ -133,6 +134,10 @@ static int Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
             PyErr_SetFromErrno(PyExc_OSError);
             goto fail;
         }
+        if (spill) { /* its spill area starts where the mapping ends */
+            r->ring_flags |= PW_RING_SPILL;
+            r->spill_base = size;
+        }
         pw_header_publish(h);
     } else {
         if (pw_header_validate(h, self->view.len, kind, what) < 0)
@@ -144,12 +149,22 @@ static int Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
         }
         if (pw_ring_validate(r, size - h->data_offset, what) < 0)
             goto fail;
+        if (r->ring_flags & ~PW_RING_SPILL ||
+            ((r->ring_flags & PW_RING_SPILL) && r->spill_base != size)) {
+            pw_segment_error("%s is corrupt: ring flags %u, spill area at %llu (mapping "
+                             "%llu bytes)", what, r->ring_flags,
+                             (unsigned long long)r->spill_base, (unsigned long long)size);
+            goto fail;
+        }
     }
     self->rr.ring = r;
     self->rr.data = (uint8_t *)h + h->data_offset;
     self->rr.capacity = r->capacity;
     self->rr.spin_ns = PW_SPIN_MAX_NS;
     self->rr.what = what; /* UTF-8 cached by `name`, which we keep */
+    self->max_msg = pw_ring_max_payload(r->capacity);
+    self->rr.spill = 0; /* until _set_spill_fd() */
+    self->rr.spill_fd = -1;
     self->closed = 0;
     return 0;
 fail:
@@ -191,7 +206,12 @@ static int msg_too_large(RingObject *self, uint64_t len)
     uint64_t cap = self->rr.capacity, suggest = cap;
     while (suggest < PW_RING_MAX_CAPACITY && pw_ring_max_payload(suggest) < len)
         suggest <<= 1;
-    if (pw_ring_max_payload(suggest) < len)
+    if (self->rr.spill)
+        PyErr_Format(PwExc_MessageTooLarge,
+                     "a message of %llu bytes is larger than the %llu bytes one message of "
+                     "%U may have: send it in parts", (unsigned long long)len,
+                     (unsigned long long)PW_SPILL_MAX_PAYLOAD, self->name);
+    else if (pw_ring_max_payload(suggest) < len)
         PyErr_Format(PwExc_MessageTooLarge,
                      "a message of %llu bytes is larger than the biggest ring procwire "
                      "makes (%llu bytes): send it in parts, or through a Value/Array",
@@ -310,7 +330,7 @@ static int msg_prepare(RingObject *self, PyObject *obj, pw_msg *m)
             return -1;
         }
     }
-    if (m->len > pw_ring_max_payload(self->rr.capacity))
+    if (m->len > self->max_msg)
         return msg_too_large(self, m->len);
     return 0;
 }
@@ -675,6 +695,8 @@ static PyObject *Ring_full(RingObject *self, PyObject *unused)
     int full;
     if (self->rr.ring->maxsize)
         full = pw_ring_count(&self->rr) >= self->rr.ring->maxsize;
+    else if (self->rr.spill) /* never: what the ring cannot take spills */
+        full = 0;
     else /* not even an empty message fits */
         full = self->rr.capacity - pw_ring_used_bytes(&self->rr) < PW_REC_HEADER;
     leave(self);
@@ -741,6 +763,12 @@ static PyObject *Ring_join(RingObject *self, PyObject *const *args, Py_ssize_t n
     return result;
 }
 
+static uint64_t spill_bytes(struct pw_ring *r)
+{
+    uint64_t h = atomic_load(&r->ov_head), t = atomic_load(&r->ov_tail);
+    return t > h ? t - h : 0; /* ov_tail is stored just after the publish */
+}
+
 static PyObject *Ring_statistics(RingObject *self, PyObject *unused)
 {
     if (enter(self) < 0)
@@ -752,7 +780,7 @@ static PyObject *Ring_statistics(RingObject *self, PyObject *unused)
     uint32_t producers = pw_waiters_reconcile(&r->producers);
     uint32_t joiners = pw_waiters_reconcile(&r->joiners);
     PyObject *d = Py_BuildValue(
-        "{s:K,s:I,s:I,s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I,s:I,s:K,s:K}",
+        "{s:K,s:I,s:I,s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I,s:I,s:K,s:K,s:K}",
         "capacity", (unsigned long long)self->rr.capacity, "maxsize", r->maxsize,
         "messages", pw_count(tail) - pw_count(head),
         "bytes_used", (unsigned long long)(uint32_t)(pw_pos(tail) - pw_pos(head)),
@@ -771,7 +799,9 @@ static PyObject *Ring_statistics(RingObject *self, PyObject *unused)
                                               atomic_load(&r->joiners.wakes)),
         "dead_waiters_reaped", (unsigned long long)(atomic_load(&r->consumers.reaped) +
                                                     atomic_load(&r->producers.reaped) +
-                                                    atomic_load(&r->joiners.reaped)));
+                                                    atomic_load(&r->joiners.reaped)),
+        /* advisory: bytes of spilled records not yet taken */
+        "spill_bytes", (unsigned long long)spill_bytes(r));
     leave(self);
     return d;
 }
@@ -840,6 +870,31 @@ static PyObject *Ring_kick(RingObject *self, PyObject *unused)
     pw_ring_kick(&self->rr);
     leave(self);
     Py_RETURN_NONE;
+}
+
+/* _set_spill_fd(fd): the segment's file, through which this handle reads and
+ * writes the spill area (a queue made with spill=True). The descriptor stays
+ * the caller's; it must stay open while the handle is. */
+static PyObject *Ring_set_spill_fd(RingObject *self, PyObject *arg)
+{
+    long fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (enter(self) < 0)
+        return NULL;
+    PyObject *r = NULL;
+    if (!(self->rr.ring->ring_flags & PW_RING_SPILL))
+        PyErr_Format(PyExc_ValueError, "%U has no spill area", self->name);
+    else if (fd < 0 || fd > INT32_MAX)
+        PyErr_SetString(PyExc_ValueError, "the spill descriptor must be a descriptor");
+    else {
+        self->rr.spill_fd = (int)fd;
+        self->rr.spill = 1;
+        self->max_msg = PW_SPILL_MAX_PAYLOAD;
+        r = Py_NewRef(Py_None);
+    }
+    leave(self);
+    return r;
 }
 
 static PyObject *Ring_release(RingObject *self, PyObject *unused)
@@ -972,6 +1027,7 @@ static PyMethodDef Ring_methods[] = {
     {"_statistics", (PyCFunction)Ring_statistics, METH_NOARGS, NULL},
     {"_release", (PyCFunction)Ring_release, METH_NOARGS, NULL},
     {"_word", (PyCFunction)Ring_word, METH_O, NULL},
+    {"_set_spill_fd", (PyCFunction)Ring_set_spill_fd, METH_O, NULL},
     {"_wait_change", (PyCFunction)(void (*)(void))Ring_wait_change, METH_FASTCALL | METH_KEYWORDS,
      NULL},
     {"_kick", (PyCFunction)Ring_kick, METH_NOARGS, NULL},
@@ -991,7 +1047,7 @@ static PyTypeObject RingType = {
     .tp_name = "procwire._core.Ring",
     .tp_basicsize = sizeof(RingObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Ring(buffer, *, create, capacity, maxsize, kind, name, dumps, protocol, dumps_buffers, loads)\n--\n\n"
+    .tp_doc = "Ring(buffer, *, create, capacity, maxsize, kind, name, dumps, protocol, dumps_buffers, loads, spill)\n--\n\n"
               "A multi-producer multi-consumer message ring in a shared segment.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Ring_init,

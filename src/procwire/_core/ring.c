@@ -15,9 +15,13 @@
  * sleep on a futex sequence word. Wakers only make the system call when
  * someone is actually asleep.
  */
-#include "ring.h"
+#include "ring.h" /* Python.h first: it defines _GNU_SOURCE (fallocate, PUNCH_HOLE) */
 
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 uint64_t pw_ring_segment_size(uint64_t capacity)
 {
@@ -196,6 +200,180 @@ static int lock_side(pthread_mutex_t *m, _Atomic uint64_t *died, int64_t deadlin
     }
 }
 
+/* ------------------------------------------------------------------ spill */
+
+static uint64_t spill_record_size(uint64_t len) { return PW_SPILL_HEADER + ((len + 7) & ~7ULL); }
+
+/*
+ * Finishes a dead holder's intent on one side (layout.h, "The spill area"):
+ * the side's lock is held and `count` is its position word's count now.
+ */
+static void spill_repair(_Atomic uint64_t *intent, _Atomic uint64_t *intent_end,
+                         _Atomic uint64_t *offset, uint32_t count)
+{
+    uint64_t in = atomic_load(intent);
+    if (!(in & PW_INTENT_VALID))
+        return;
+    if ((uint32_t)in != count) /* the publish happened: its offset stands */
+        atomic_store(offset, atomic_load(intent_end));
+    atomic_store(intent, 0);
+}
+
+/* Makes sure the file has pages for [off, end) of the spill; 0, or -1 with errno. */
+static int spill_reserve(pw_ringref *rr, uint64_t end)
+{
+    struct pw_ring *r = rr->ring;
+    uint64_t have = atomic_load_explicit(&r->ov_reserved, memory_order_relaxed);
+    if (end <= have)
+        return 0;
+    uint64_t want = end - have < PW_SPILL_CHUNK ? have + PW_SPILL_CHUNK : end;
+    /* Every page allocated now: a full /dev/shm is ENOSPC here, not a
+     * SIGBUS later (the same rule as creating a segment). */
+    int rc = posix_fallocate(rr->spill_fd, (off_t)(r->spill_base + have), (off_t)(want - have));
+    if (rc) {
+        errno = rc;
+        return -1;
+    }
+    atomic_store_explicit(&r->ov_reserved, want, memory_order_relaxed);
+    return 0;
+}
+
+/* Writes one spilled record at spill offset off; 0, or -1 with errno. */
+static int spill_write(pw_ringref *rr, uint64_t off, const pw_msg *m, uint32_t count)
+{
+    struct iovec iov[PW_MSG_INLINE_PARTS + 70];
+    uint64_t hdr[2] = {m->len, (uint64_t)m->type | ((uint64_t)count << 32)};
+    static const uint64_t zero = 0;
+    int n = 0;
+    iov[n++] = (struct iovec){hdr, sizeof hdr};
+    for (int i = 0; i < m->nparts; i++)
+        iov[n++] = (struct iovec){(void *)m->part[i], m->part_len[i]};
+    uint64_t pad = ((m->len + 7) & ~7ULL) - m->len;
+    if (pad)
+        iov[n++] = (struct iovec){(void *)&zero, pad};
+    uint64_t total = PW_SPILL_HEADER + m->len + pad;
+    off_t at = (off_t)(rr->ring->spill_base + off);
+    int first = 0;
+    while (total) {
+        ssize_t w = pwritev(rr->spill_fd, iov + first, n - first, at);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        at += w;
+        total -= (uint64_t)w;
+        while (first < n && (uint64_t)w >= iov[first].iov_len) {
+            w -= (ssize_t)iov[first].iov_len;
+            first++;
+        }
+        if (first < n) {
+            iov[first].iov_base = (char *)iov[first].iov_base + w;
+            iov[first].iov_len -= (size_t)w;
+        }
+    }
+    return 0;
+}
+
+/* Reads n bytes of the spill at offset off; 0, or -1 (errno, or EIO if short). */
+static int spill_read(const pw_ringref *rr, uint64_t off, void *dst, uint64_t n)
+{
+    off_t at = (off_t)(rr->ring->spill_base + off);
+    char *p = dst;
+    while (n) {
+        ssize_t got = pread(rr->spill_fd, p, n, at);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0) {
+            if (got == 0)
+                errno = EIO;
+            return -1;
+        }
+        p += got;
+        at += got;
+        n -= (uint64_t)got;
+    }
+    return 0;
+}
+
+/* Frees the spill's pages below ov_head (consumers; head lock held). */
+static void spill_punch(pw_ringref *rr)
+{
+    struct pw_ring *r = rr->ring;
+    uint64_t done = atomic_load_explicit(&r->ov_punched, memory_order_relaxed);
+    uint64_t upto = atomic_load_explicit(&r->ov_head, memory_order_relaxed) & ~4095ULL;
+    if (upto <= done)
+        return;
+    if (fallocate(rr->spill_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)(r->spill_base + done), (off_t)(upto - done)) == 0)
+        atomic_store_explicit(&r->ov_punched, upto, memory_order_relaxed);
+}
+
+static int spill_error(pw_ringref *rr, const char *doing)
+{
+    int e = errno;
+    if (e == ENOSPC || e == ENOMEM || e == EFBIG || e == EDQUOT)
+        PyErr_Format(PyExc_OSError, "%s: %s its spill area failed (%s): the message did "
+                     "not fit the ring and shared memory has no room for it (`df -h "
+                     "/dev/shm`); consume the queue or give it more room", rr->what, doing,
+                     strerror(e));
+    else
+        PyErr_Format(PyExc_OSError, "%s: %s its spill area failed (%s)", rr->what, doing,
+                     strerror(e));
+    return -1;
+}
+
+/*
+ * Appends msgs[i..n) to the spill (tail lock held), as many as maxsize
+ * allows, after finishing a dead producer's intent; stores the intent for the
+ * publish that follows. *count and *bytes advance with each message; returns
+ * the index reached, and sets *err (errno) if a write failed.
+ */
+static __attribute__((noinline, cold)) Py_ssize_t
+spill_put(pw_ringref *rr, pw_msg *msgs, Py_ssize_t i, Py_ssize_t n, uint32_t head_count,
+          uint32_t before, uint32_t *count, uint64_t *bytes, int *err)
+{
+    struct pw_ring *r = rr->ring;
+    spill_repair(&r->ov_tail_intent, &r->ov_tail_intent_end, &r->ov_tail, before);
+    uint64_t ovt = atomic_load_explicit(&r->ov_tail, memory_order_relaxed), start = ovt;
+    for (; i < n; i++) {
+        if (r->maxsize && (uint32_t)(*count - head_count) >= r->maxsize)
+            break;
+        uint64_t end = ovt + spill_record_size(msgs[i].len);
+        int w;
+        if (msgs[i].len >= PW_GIL_FREE_COPY) {
+            Py_BEGIN_ALLOW_THREADS
+            w = spill_reserve(rr, end);
+            if (w == 0)
+                w = spill_write(rr, ovt, &msgs[i], *count);
+            Py_END_ALLOW_THREADS
+        } else {
+            w = spill_reserve(rr, end);
+            if (w == 0)
+                w = spill_write(rr, ovt, &msgs[i], *count);
+        }
+        if (w < 0) {
+            *err = errno;
+            break;
+        }
+        ovt = end;
+        (*count)++;
+        *bytes += msgs[i].len;
+    }
+    if (ovt != start) { /* the intent, before the caller's publish */
+        atomic_store(&r->ov_tail_intent_end, ovt);
+        atomic_store(&r->ov_tail_intent, PW_INTENT_VALID | before);
+    }
+    return i;
+}
+
+/* After the publish: the spill's new end, then the intent is done. */
+static __attribute__((noinline, cold)) void spill_put_done(struct pw_ring *r)
+{
+    atomic_store(&r->ov_tail, atomic_load(&r->ov_tail_intent_end));
+    atomic_store(&r->ov_tail_intent, 0);
+}
+
 /* -------------------------------------------------------------------- put */
 
 int pw_ring_put(pw_ringref *rr, pw_msg *msgs, Py_ssize_t n, Py_ssize_t *done, int64_t deadline)
@@ -212,23 +390,42 @@ int pw_ring_put(pw_ringref *rr, pw_msg *msgs, Py_ssize_t n, Py_ssize_t *done, in
         uint32_t pos = pw_pos(tail), count = pw_count(tail);
         uint64_t bytes = 0;
         Py_ssize_t first = *done, i = first;
-        for (; i < n; i++) {
-            uint64_t need = pw_record_size(msgs[i].len);
-            if (need > cap - (uint32_t)(pos - pw_pos(head)))
-                break;
-            if (r->maxsize && (uint32_t)(count - pw_count(head)) >= r->maxsize)
-                break;
-            if (msgs[i].len >= PW_GIL_FREE_COPY) {
-                uint32_t p = pos;
-                Py_BEGIN_ALLOW_THREADS
-                p = write_record(rr, p, &msgs[i]);
-                Py_END_ALLOW_THREADS
-                pos = p;
-            } else {
-                pos = write_record(rr, pos, &msgs[i]);
+        /* While the spill holds messages (or a dead producer's intent is
+         * open), everything goes there: ring records always come first. A
+         * stale ov_head only says "not empty", which is always in order. */
+        int spilling = rr->spill &&
+            ((atomic_load_explicit(&r->ov_tail_intent, memory_order_relaxed) & PW_INTENT_VALID) ||
+             atomic_load_explicit(&r->ov_tail, memory_order_relaxed) != atomic_load(&r->ov_head));
+        if (!spilling) {
+            for (; i < n; i++) {
+                uint64_t need = pw_record_size(msgs[i].len);
+                if (need > cap - (uint32_t)(pos - pw_pos(head)))
+                    break;
+                if (r->maxsize && (uint32_t)(count - pw_count(head)) >= r->maxsize)
+                    break;
+                if (msgs[i].len >= PW_GIL_FREE_COPY) {
+                    uint32_t p = pos;
+                    Py_BEGIN_ALLOW_THREADS
+                    p = write_record(rr, p, &msgs[i]);
+                    Py_END_ALLOW_THREADS
+                    pos = p;
+                } else {
+                    pos = write_record(rr, pos, &msgs[i]);
+                }
+                count++;
+                bytes += msgs[i].len;
             }
-            count++;
-            bytes += msgs[i].len;
+        }
+        /* What the ring cannot take spills: with maxsize == 0 anything, in a
+         * bounded queue only a message larger than the ring (the others wait
+         * for room, as documented). */
+        int spilled = 0, spill_err = 0;
+        if (i < n && rr->spill &&
+            (spilling || !r->maxsize || msgs[i].len > pw_ring_max_payload(cap))) {
+            Py_ssize_t j = spill_put(rr, msgs, i, n, pw_count(head), pw_count(tail), &count,
+                                     &bytes, &spill_err);
+            spilled = j > i;
+            i = j;
         }
         if (i > first) {
             /* The publishing store: the records and their count appear at once. */
@@ -240,11 +437,17 @@ int pw_ring_put(pw_ringref *rr, pw_msg *msgs, Py_ssize_t n, Py_ssize_t *done, in
             atomic_store_explicit(&r->bytes_in,
                                   atomic_load_explicit(&r->bytes_in, memory_order_relaxed) + bytes,
                                   memory_order_relaxed);
+            if (spilled)
+                spill_put_done(r);
         }
         pw_mutex_unlock(&r->tail_lock);
         if (i > first)
             wake_sleepers(&r->not_empty_seq, &r->consumers);
         *done = i;
+        if (spill_err) {
+            errno = spill_err;
+            return spill_error(rr, "writing to");
+        }
         if (i == n)
             return 0;
         if (i == first) {
@@ -301,22 +504,56 @@ static int bad_record(pw_ringref *rr, const char *why, uint64_t a, uint64_t b)
                             why, (unsigned long long)a, (unsigned long long)b);
 }
 
+/* Where a record's payload is: the ring (at a wrapping position) or the spill. */
+typedef struct {
+    int spill;
+    uint64_t pos; /* ring: the record's position; spill: its offset */
+} rec_src;
+
+/* Copies n bytes at `off` into the record's payload; 0, or -1 (spill read failed). */
+static int src_copy(pw_ringref *rr, const rec_src *src, uint64_t off, void *dst, uint64_t n)
+{
+    if (src->spill)
+        return spill_read(rr, src->pos + PW_SPILL_HEADER + off, dst, n);
+    copy_out(rr, (uint32_t)(src->pos + PW_REC_HEADER + off), dst, n);
+    return 0;
+}
+
+static int src_copy_gil_free(pw_ringref *rr, const rec_src *src, uint64_t off, void *dst,
+                             uint64_t n)
+{
+    if (n < PW_GIL_FREE_COPY)
+        return src_copy(rr, src, off, dst, n);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = src_copy(rr, src, off, dst, n);
+    Py_END_ALLOW_THREADS
+    return rc;
+}
+
+static int spill_read_failed(pw_ringref *rr, PyObject *obj)
+{
+    Py_XDECREF(obj);
+    return spill_error(rr, "reading");
+}
+
 /* Allocates the payload object(s) for a record and copies it out. */
-static int read_record(pw_ringref *rr, uint32_t pos, uint32_t type, uint64_t len,
+static int read_record(pw_ringref *rr, const rec_src *src, uint32_t type, uint64_t len,
                        pw_record *out)
 {
-    uint32_t p = pos + PW_REC_HEADER;
     PyObject *obj;
     if (type == PW_REC_PICKLE_OOB) {
         uint64_t nparts;
         if (len < 8)
             return bad_record(rr, "out-of-band record too short", len, 8);
-        copy_out(rr, p, &nparts, 8);
+        if (src_copy(rr, src, 0, &nparts, 8) < 0)
+            return spill_read_failed(rr, NULL);
         nparts &= 0xffffffffu;
         if (nparts == 0 || nparts > 64 || 8 + 8 * nparts > len)
             return bad_record(rr, "out-of-band record has a bad part count", nparts, len);
         uint64_t lens[64], sum = 8 + 8 * nparts;
-        copy_out(rr, p + 8, lens, 8 * nparts);
+        if (src_copy(rr, src, 8, lens, 8 * nparts) < 0)
+            return spill_read_failed(rr, NULL);
         for (uint64_t i = 0; i < nparts; i++) {
             if (lens[i] > len)
                 return bad_record(rr, "out-of-band part longer than its record", lens[i], len);
@@ -327,7 +564,7 @@ static int read_record(pw_ringref *rr, uint32_t pos, uint32_t type, uint64_t len
         obj = PyList_New((Py_ssize_t)nparts);
         if (!obj)
             return -1;
-        p += (uint32_t)(8 + 8 * nparts);
+        uint64_t p = 8 + 8 * nparts;
         for (uint64_t i = 0; i < nparts; i++) {
             /* Part 0 is the pickle; the others become mutable buffers, as
              * out-of-band buffers are (numpy arrays stay writable). */
@@ -338,15 +575,10 @@ static int read_record(pw_ringref *rr, uint32_t pos, uint32_t type, uint64_t len
                 return -1;
             }
             char *dst = i == 0 ? PyBytes_AS_STRING(part) : PyByteArray_AS_STRING(part);
-            if (lens[i] >= PW_GIL_FREE_COPY) {
-                Py_BEGIN_ALLOW_THREADS
-                copy_out(rr, p, dst, lens[i]);
-                Py_END_ALLOW_THREADS
-            } else {
-                copy_out(rr, p, dst, lens[i]);
-            }
-            p += (uint32_t)lens[i];
             PyList_SET_ITEM(obj, (Py_ssize_t)i, part);
+            if (src_copy_gil_free(rr, src, p, dst, lens[i]) < 0)
+                return spill_read_failed(rr, obj);
+            p += lens[i];
         }
     } else {
         char *dst;
@@ -359,17 +591,56 @@ static int read_record(pw_ringref *rr, uint32_t pos, uint32_t type, uint64_t len
         }
         if (!obj)
             return -1;
-        if (len >= PW_GIL_FREE_COPY) {
-            Py_BEGIN_ALLOW_THREADS
-            copy_out(rr, p, dst, len);
-            Py_END_ALLOW_THREADS
-        } else {
-            copy_out(rr, p, dst, len);
-        }
+        if (src_copy_gil_free(rr, src, 0, dst, len) < 0)
+            return spill_read_failed(rr, obj);
     }
     out->type = type;
     out->payload = obj;
     return 0;
+}
+
+/*
+ * Takes the oldest spilled record (head lock held; the ring is empty up to the
+ * tail snapshot and `count` says more messages were published). *ovh is the
+ * spill offset reached in this batch, 0 on the first call (then the intent of
+ * a dead consumer is finished first and it is loaded). Stores the intent for
+ * the caller's publish. 0 taken (*len its payload bytes), -1 error.
+ */
+static __attribute__((noinline, cold)) int
+spill_take(pw_ringref *rr, uint32_t before, uint32_t count, uint64_t *ovh, int *spilled,
+           pw_record *out, uint64_t *len)
+{
+    struct pw_ring *r = rr->ring;
+    if (!*spilled)
+        *ovh = atomic_load_explicit(&r->ov_head, memory_order_relaxed);
+    uint64_t hdr[2];
+    if (spill_read(rr, *ovh, hdr, sizeof hdr) < 0)
+        return spill_error(rr, "reading");
+    uint32_t type = (uint32_t)hdr[1], seq = (uint32_t)(hdr[1] >> 32);
+    /* Checked like a ring record: the spill is untrusted too. */
+    if (seq != count || type == 0 || type >= PW_REC_STREAM_FIRST ||
+        hdr[0] > PW_SPILL_MAX_PAYLOAD)
+        return bad_record(rr, "spilled record does not follow (count, type)", seq, type);
+    rec_src src = {1, *ovh};
+    if (read_record(rr, &src, type, hdr[0], out) < 0)
+        return -1;
+    *ovh += spill_record_size(hdr[0]);
+    *len = hdr[0];
+    /* The intent, before the caller's publish. */
+    atomic_store(&r->ov_head_intent_end, *ovh);
+    if (!*spilled)
+        atomic_store(&r->ov_head_intent, PW_INTENT_VALID | before);
+    *spilled = 1;
+    return 0;
+}
+
+/* After the publish: the spill's new start, the intent done, pages freed. */
+static __attribute__((noinline, cold)) void spill_take_done(pw_ringref *rr)
+{
+    struct pw_ring *r = rr->ring;
+    atomic_store(&r->ov_head, atomic_load(&r->ov_head_intent_end));
+    atomic_store(&r->ov_head_intent, 0);
+    spill_punch(rr);
 }
 
 Py_ssize_t pw_ring_get(pw_ringref *rr, pw_record *out, Py_ssize_t max, int64_t deadline)
@@ -383,7 +654,13 @@ Py_ssize_t pw_ring_get(pw_ringref *rr, pw_record *out, Py_ssize_t max, int64_t d
         uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
         uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
         uint32_t pos = pw_pos(head), count = pw_count(head);
-        uint64_t bytes = 0;
+        uint64_t bytes = 0, ovh = 0;
+        int spilled = 0;
+        /* A consumer killed inside a spilled take left its intent: finish it
+         * before the count moves (see layout.h). */
+        if (rr->spill && (atomic_load_explicit(&r->ov_head_intent, memory_order_relaxed) &
+                          PW_INTENT_VALID))
+            spill_repair(&r->ov_head_intent, &r->ov_head_intent_end, &r->ov_head, count);
         Py_ssize_t taken = 0;
         int err = 0;
         while (taken < max && count != pw_count(tail)) {
@@ -392,6 +669,19 @@ Py_ssize_t pw_ring_get(pw_ringref *rr, pw_record *out, Py_ssize_t max, int64_t d
             uint32_t used = pw_pos(tail) - pos;
             uint32_t hdr[2];
             if (used < PW_REC_HEADER || used > rr->capacity) {
+                if (used == 0 && rr->spill) {
+                    /* The ring is empty and messages remain: spilled ones. */
+                    uint64_t len;
+                    if (spill_take(rr, pw_count(head), count, &ovh, &spilled, &out[taken],
+                                   &len) < 0) {
+                        err = -1;
+                        break;
+                    }
+                    count++;
+                    bytes += len;
+                    taken++;
+                    continue;
+                }
                 err = bad_record(rr, "message count and byte positions disagree", used,
                                  pw_count(tail) - count);
                 break;
@@ -406,7 +696,8 @@ Py_ssize_t pw_ring_get(pw_ringref *rr, pw_record *out, Py_ssize_t max, int64_t d
                 err = bad_record(rr, "unknown record type", hdr[1], len);
                 break;
             }
-            if (read_record(rr, pos, hdr[1], len, &out[taken]) < 0) {
+            rec_src src = {0, pos};
+            if (read_record(rr, &src, hdr[1], len, &out[taken]) < 0) {
                 err = -1;
                 break;
             }
@@ -424,6 +715,8 @@ Py_ssize_t pw_ring_get(pw_ringref *rr, pw_record *out, Py_ssize_t max, int64_t d
             atomic_store_explicit(&r->bytes_out,
                                   atomic_load_explicit(&r->bytes_out, memory_order_relaxed) +
                                       bytes, memory_order_relaxed);
+            if (spilled)
+                spill_take_done(rr);
         }
         pw_mutex_unlock(&r->head_lock);
         if (taken)

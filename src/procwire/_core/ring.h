@@ -15,7 +15,14 @@ typedef struct {
     uint64_t capacity;
     int64_t spin_ns;    /* adaptive spin before sleeping, per process */
     const char *what;   /* name for error messages */
+    int spill;          /* the ring has a spill area (PW_RING_SPILL) and spill_fd */
+    int spill_fd;       /* the segment's file, for pread/pwrite beyond the mapping */
 } pw_ringref;
+
+/* A spilled message's largest payload: a sanity bound on what a record may
+ * claim (the memory and /dev/shm are the real limits). */
+#define PW_SPILL_MAX_PAYLOAD (1ULL << 40)
+#define PW_SPILL_CHUNK (1ULL << 20) /* the spill allocates pages this many at a time */
 
 /* Packing of the head and tail words (see layout.h). */
 static inline uint32_t pw_pos(uint64_t word) { return (uint32_t)word; }
