@@ -87,9 +87,9 @@ def test_backlog_beyond_the_ring_never_blocks_and_stays_fifo(cls):
 def test_the_ring_is_used_again_once_the_backlog_is_drained():
     q = Queue(capacity=4096)
     try:
-        for i in range(100):
+        for _ in range(100):
             q.put(b"b" * 1000)
-        for i in range(100):
+        for _ in range(100):
             q.get(timeout=BOUND)
         q.put("ring")
         assert q.statistics()["bytes_used"] > 0  # back in the ring
@@ -146,7 +146,7 @@ def test_a_gigabyte_of_messages_queued_before_any_consumer(request):
     try:
         chunk = os.urandom(size)
         batch = 1024
-        for i in range(0, count, batch):
+        for _ in range(0, count, batch):
             q.put_many([chunk] * batch, timeout=0)
         assert q.qsize() == count
         taken = 0
