@@ -130,6 +130,9 @@ class Engine:
         while True:
             try:
                 return fn(self.client)
+            except redis.AuthenticationError as e:
+                # (a ConnectionError subclass in redis-py: retrying cannot help)
+                raise EngineError(f"Redis at {self.display} refused the credentials: {e}") from e
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 now = time.monotonic()
                 if first_failure is None:
@@ -148,10 +151,9 @@ class Engine:
                         "reachable from this machine?") from e
                 time.sleep(pause)  # back-off before reconnecting, not a synchronisation
                 pause = min(pause * 2, 1.0)
-            except redis.AuthenticationError as e:
-                raise EngineError(f"Redis at {self.display} refused the credentials: {e}") from e
             except redis.ResponseError as e:
-                if "NOPERM" in str(e) or "NOAUTH" in str(e):
+                if (isinstance(e, redis.exceptions.NoPermissionError)
+                        or "NOPERM" in str(e) or "NOAUTH" in str(e)):
                     raise EngineError(f"Redis at {self.display}: {e} (check the ACL user's "
                                       "permissions on keys procwire:*)") from e
                 raise
