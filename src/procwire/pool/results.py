@@ -7,9 +7,11 @@ delivers outcomes from any thread by calling ``_set(index, (success, value))``
 for one task, or ``_set_span(index, values)`` for the successful values of
 tasks ``index, index + 1, ...`` at once (one lock round for a whole batch).
 ``index`` is the task number: the chunk number for maps, ignored for
-``apply``. A map task's value is its chunk's list of results, or, at
-chunksize 1, the one item's result itself. Nothing here knows about
-processes, pipes or pickling.
+``apply``. For a map, ``_set`` takes a chunk's list of results; in
+``_set_span`` a task's value is its chunk's list, or at chunksize 1 the one
+item's result itself. The imap iterators count tasks as items: ``_set`` and
+``_set_many([(index, outcome), ...])`` take one item's outcome each. Nothing
+here knows about processes, pipes or pickling.
 
 The errors a pool adds to a task's own exceptions live here too, so that every
 transport raises the same ones: :class:`procwire.WorkerLost` (the worker
@@ -156,19 +158,23 @@ class MapResult(ApplyResult):
             self._values = []
             super()._set(index, outcome)
             return
-        self._set_span(index, [value])
+        self._store(index, [value], True)
 
     def _set_span(self, index: int, values: list[Any]) -> None:
         """Tasks ``index...`` succeeded with `values`: one lock round for all of them."""
+        self._store(index, values, self._chunksize != 1)
+
+    def _store(self, index: int, values: list[Any], chunks: bool) -> None:
+        # `values`: chunks' lists of results, or (chunks false) one result per task
         with self._lock:
             if self._event.is_set():
                 return
-            if self._chunksize == 1:
-                self._values[index:index + len(values)] = values
-            else:
+            if chunks:
                 flat = list(itertools.chain.from_iterable(values))
                 start = index * self._chunksize
                 self._values[start:start + len(flat)] = flat
+            else:
+                self._values[index:index + len(values)] = values
             self._remaining -= len(values)
             if self._remaining != 0:
                 return
@@ -243,19 +249,36 @@ class IMapIterator:
         ok, value = outcome
         self._set_span(index, [value if ok else _Failed(value)])
 
+    def _set_many(self, outcomes: list[tuple[int, tuple[bool, Any]]]) -> None:
+        """Several tasks' outcomes at once: one lock round and one notify."""
+        with self._cond:
+            for index, (ok, value) in outcomes:
+                self._insert(index, [value if ok else _Failed(value)])
+            self._notify()
+
     def _set_span(self, index: int, values: list[Any]) -> None:
         with self._cond:
-            if self._index == index:
-                self._items.extend(values)
-                self._index += len(values)
-                while (run := self._unsorted.pop(self._index, None)) is not None:
-                    self._items.extend(run)
-                    self._index += len(run)
-                self._cond.notify()
-            else:
-                self._unsorted[index] = values
-            if self._index == self._length:
-                self._cond.notify_all()
+            self._insert(index, values)
+            self._notify()
+
+    def _insert(self, index: int, values: list[Any]) -> None:
+        # Lock held. In order: a run that arrives early waits in _unsorted.
+        if self._index == index:
+            self._items.extend(values)
+            self._index += len(values)
+            while (run := self._unsorted.pop(self._index, None)) is not None:
+                self._items.extend(run)
+                self._index += len(run)
+        else:
+            self._unsorted[index] = values
+
+    def _notify(self) -> None:
+        # Lock held. Only when something can be handed out: a waiter woken for
+        # nothing would take it as its timeout.
+        if self._index == self._length:
+            self._cond.notify_all()
+        elif self._items:
+            self._cond.notify()
 
     def _set_length(self, length: int) -> None:
         with self._cond:
@@ -271,11 +294,6 @@ class IMapIterator:
 class IMapUnorderedIterator(IMapIterator):
     """The iterator ``imap_unordered`` returns: results as they come."""
 
-    def _set_span(self, index: int, values: list[Any]) -> None:
-        with self._cond:
-            self._items.extend(values)
-            self._index += len(values)
-            if self._index == self._length:
-                self._cond.notify_all()
-            else:
-                self._cond.notify()
+    def _insert(self, index: int, values: list[Any]) -> None:
+        self._items.extend(values)
+        self._index += len(values)
