@@ -1,0 +1,706 @@
+/*
+ * ring.c -- the multi-producer multi-consumer message ring.
+ *
+ * Crash safety comes from the order of writes, not from repair:
+ *   - a producer writes its record bytes beyond the published tail, then
+ *     publishes them with one release store of the tail word;
+ *   - a consumer copies records out, then frees them with one release store
+ *     of the head word.
+ * A process killed at any point has either published or not. The robust
+ * mutex hands its side's lock to the next process, which finds the ring
+ * exactly as the last completed publish left it.
+ *
+ * Waiting is pw_wait_until (wait.c): spin while the peer runs on another CPU,
+ * then sleep on the side's futex sequence word. Wakers only make the system
+ * call when someone is actually asleep.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* fallocate, FALLOC_FL_PUNCH_HOLE */
+#endif
+#include "ring.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+uint64_t pw_ring_segment_size(uint64_t capacity)
+{
+    return pw_ring_data_offset(sizeof(struct pw_header) + sizeof(struct pw_ring)) + capacity;
+}
+
+int pw_ring_init(struct pw_ring *r, uint64_t capacity, uint32_t maxsize)
+{
+    memset(r, 0, sizeof *r);
+    r->capacity = capacity;
+    r->maxsize = maxsize;
+    int rc = pw_mutex_init(&r->tail_lock);
+    if (rc == 0)
+        rc = pw_mutex_init(&r->head_lock);
+    return rc;
+}
+
+int pw_ring_validate(const struct pw_ring *r, uint64_t data_bytes, const char *what)
+{
+    uint64_t cap = r->capacity;
+    if (!pw_ring_capacity_ok(cap))
+        return pw_fail(PW_ECORRUPT, "%s is corrupt: ring capacity %llu is not a power of two "
+                       "between %u and %u", what, (unsigned long long)cap,
+                       PW_RING_MIN_CAPACITY, PW_RING_MAX_CAPACITY);
+    if (cap > data_bytes)
+        return pw_fail(PW_ECORRUPT, "%s is corrupt: ring capacity %llu exceeds the %llu data "
+                       "bytes mapped", what, (unsigned long long)cap,
+                       (unsigned long long)data_bytes);
+    if (r->maxsize > INT32_MAX)
+        return pw_fail(PW_ECORRUPT, "%s is corrupt: maxsize %u", what, r->maxsize);
+    uint64_t head = atomic_load(&((struct pw_ring *)r)->head);
+    uint64_t tail = atomic_load(&((struct pw_ring *)r)->tail);
+    if ((uint32_t)(pw_pos(tail) - pw_pos(head)) > cap || (pw_pos(head) | pw_pos(tail)) & 7)
+        return pw_fail(PW_ECORRUPT, "%s is corrupt: head and tail positions are inconsistent",
+                       what);
+    /* The robust mutexes' bytes, before glibc trusts them (mutex.c). */
+    int rc = pw_mutex_check(&r->tail_lock, what);
+    return rc ? rc : pw_mutex_check(&r->head_lock, what);
+}
+
+void pw_ringref_init(pw_ringref *rr, struct pw_ring *r, uint8_t *data, const char *what)
+{
+    rr->ring = r;
+    rr->data = data;
+    rr->capacity = r->capacity;
+    pw_spinner_init(&rr->spin);
+    rr->what = what;
+}
+
+uint32_t pw_ring_count(const pw_ringref *rr)
+{
+    uint64_t head = atomic_load_explicit(&rr->ring->head, memory_order_acquire);
+    uint64_t tail = atomic_load_explicit(&rr->ring->tail, memory_order_acquire);
+    uint32_t n = pw_count(tail) - pw_count(head);
+    return n > INT32_MAX ? 0 : n; /* head moved past our tail snapshot */
+}
+
+uint64_t pw_ring_used_bytes(const pw_ringref *rr)
+{
+    uint64_t head = atomic_load_explicit(&rr->ring->head, memory_order_acquire);
+    uint64_t tail = atomic_load_explicit(&rr->ring->tail, memory_order_acquire);
+    uint32_t n = pw_pos(tail) - pw_pos(head);
+    return n > rr->capacity ? 0 : n;
+}
+
+void pw_msg_single(pw_msg *m, uint32_t type, const void *buf, uint64_t len)
+{
+    m->type = type;
+    m->len = len;
+    m->nparts = 1;
+    m->part = m->part_inline;
+    m->part_len = m->part_len_inline;
+    m->part[0] = buf;
+    m->part_len[0] = len;
+}
+
+/* ------------------------------------------------------------- byte copies */
+
+void pw_ring_copy_in(pw_ringref *rr, uint32_t pos, const void *src, uint64_t n)
+{
+    uint64_t off = pos & (rr->capacity - 1);
+    uint64_t first = rr->capacity - off < n ? rr->capacity - off : n;
+    memcpy(rr->data + off, src, first);
+    if (n > first)
+        memcpy(rr->data, (const uint8_t *)src + first, n - first);
+}
+
+static void spill_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n);
+
+void pw_ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
+{
+    if (__builtin_expect(rr->src_spill, 0)) {
+        spill_copy_out(rr, pos, dst, n);
+        return;
+    }
+    uint64_t off = pos & (rr->capacity - 1);
+    uint64_t first = rr->capacity - off < n ? rr->capacity - off : n;
+    memcpy(dst, rr->data + off, first);
+    if (n > first)
+        memcpy((uint8_t *)dst + first, rr->data, n - first);
+}
+
+void pw_ring_copy_out_large(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
+{
+    if (n >= PW_LARGE_COPY)
+        PW_UNBLOCKED(pw_ring_copy_out(rr, pos, dst, n));
+    else
+        pw_ring_copy_out(rr, pos, dst, n);
+}
+
+/* Writes one record at pos; returns the position after it. */
+static uint32_t write_record(pw_ringref *rr, uint32_t pos, const pw_msg *m)
+{
+    uint32_t hdr[2] = {(uint32_t)m->len, m->type};
+    pw_ring_copy_in(rr, pos, hdr, sizeof hdr);
+    uint32_t p = pos + PW_REC_HEADER;
+    for (int i = 0; i < m->nparts; i++) {
+        pw_ring_copy_in(rr, p, m->part[i], m->part_len[i]);
+        p += (uint32_t)m->part_len[i];
+    }
+    return pos + (uint32_t)pw_record_size(m->len);
+}
+
+/* ------------------------------------------------------------------ waits */
+
+struct moved {
+    _Atomic uint64_t *word;
+    uint64_t seen;
+};
+
+static int word_moved(void *ctx)
+{
+    struct moved *m = ctx;
+    return atomic_load(m->word) != m->seen;
+}
+
+/* Waits until *word moves away from `seen` (the other side published). */
+static int wait_for_move(pw_ringref *rr, _Atomic uint64_t *word, uint64_t seen,
+                         _Atomic uint32_t *seq, struct pw_waiters *sleepers, int64_t deadline)
+{
+    struct moved m = {word, seen};
+    pw_wait w = {.done = word_moved, .ctx = &m, .waiters = sleepers, .futex = seq,
+                 .mask = PW_FUTEX_ANY, .spin = &rr->spin};
+    return pw_wait_until(&w, deadline);
+}
+
+/*
+ * How long a call may wait for a side's lock. The lock is held for
+ * microseconds, so a non-blocking call (deadline already passed) still gets
+ * a short grace to take it: "Full"/"Empty" should mean full or empty, not
+ * "another process was inside put() right now". But the wait always ends:
+ * a holder that is stopped (SIGSTOP, Ctrl-Z, a debugger) or a corrupt lock
+ * word makes the call raise Full/Empty after the grace or its own timeout,
+ * whichever is later, instead of hanging.
+ */
+#define PW_NOWAIT_LOCK_GRACE_NS 5000000LL
+
+static int64_t lock_deadline_for(int64_t deadline)
+{
+    if (deadline == PW_FOREVER)
+        return deadline;
+    int64_t grace = pw_now_ns() + PW_NOWAIT_LOCK_GRACE_NS;
+    return deadline > grace ? deadline : grace;
+}
+
+/* Locks one side, counting an owner's death: PW_OK, PW_TIMEOUT or an error. */
+static int lock_side(pthread_mutex_t *m, _Atomic uint64_t *died, int64_t deadline)
+{
+    int rc = pw_mutex_lock(m, deadline, NULL);
+    if (rc == PW_OWNER_DIED) {
+        /* Nothing to repair: the dead process's last publish is the state. */
+        atomic_fetch_add_explicit(died, 1, memory_order_relaxed);
+        return PW_OK;
+    }
+    return rc;
+}
+
+/* Adds to a statistics counter only its side's lock holder writes. */
+static inline void add_relaxed(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static inline void store_total(_Atomic uint64_t *total, uint32_t count)
+{
+    atomic_store_explicit(total, pw_widen_count(atomic_load_explicit(total,
+                                                                     memory_order_relaxed),
+                                                count), memory_order_relaxed);
+}
+
+static int bad_record(const pw_ringref *rr, const char *why, uint64_t a, uint64_t b)
+{
+    return pw_fail(PW_ECORRUPT, "%s is corrupt: %s (%llu, %llu); no message was taken",
+                   rr->what, why, (unsigned long long)a, (unsigned long long)b);
+}
+
+/* ------------------------------------------------------------------ spill */
+
+void pw_ring_init_spill(struct pw_ring *r, uint64_t base)
+{
+    r->ring_flags |= PW_RING_SPILL;
+    r->spill_base = base;
+}
+
+int pw_ring_set_spill(pw_ringref *rr, int fd)
+{
+    if (!(rr->ring->ring_flags & PW_RING_SPILL) || fd < 0)
+        return pw_fail(PW_EINVAL, "%s has no spill area", rr->what);
+    rr->spill_fd = fd;
+    rr->spill = 1;
+    return PW_OK;
+}
+
+uint64_t pw_ring_spill_bytes(const pw_ringref *rr)
+{
+    struct pw_ring *r = rr->ring;
+    uint64_t h = atomic_load(&r->ov_head), t = atomic_load(&r->ov_tail);
+    return t > h ? t - h : 0; /* ov_tail is stored just after the publish */
+}
+
+static uint64_t spill_record_size(uint64_t len) { return PW_SPILL_HEADER + ((len + 7) & ~7ULL); }
+
+/* Finishes a dead holder's intent on one side (layout.h, "The spill area"):
+ * the side's lock is held and `count` is its position word's count now. */
+static void spill_repair(_Atomic uint64_t *intent, _Atomic uint64_t *intent_end,
+                         _Atomic uint64_t *offset, uint32_t count)
+{
+    uint64_t in = atomic_load(intent);
+    if (!(in & PW_INTENT_VALID))
+        return;
+    if ((uint32_t)in != count) /* the publish happened: its offset stands */
+        atomic_store(offset, atomic_load(intent_end));
+    atomic_store(intent, 0);
+}
+
+static int spill_failed(const pw_ringref *rr, const char *doing, int err)
+{
+    if (err == ENOSPC || err == ENOMEM || err == EFBIG || err == EDQUOT)
+        pw_fail(PW_ESYS, "%s: %s its spill area failed (%s): the message did not fit the "
+                "ring and shared memory has no room for it (`df -h /dev/shm`); consume the "
+                "queue or make room", rr->what, doing, strerror(err));
+    else
+        pw_fail(PW_ESYS, "%s: %s its spill area failed (%s)", rr->what, doing, strerror(err));
+    return pw_fail_errno(err);
+}
+
+/* Makes sure the file has pages up to spill offset end; 0 or an errno. */
+static int spill_reserve(pw_ringref *rr, uint64_t end)
+{
+    struct pw_ring *r = rr->ring;
+    uint64_t have = atomic_load_explicit(&r->ov_reserved, memory_order_relaxed);
+    if (end <= have)
+        return 0;
+    uint64_t want = end - have < PW_SPILL_CHUNK ? have + PW_SPILL_CHUNK : end;
+    /* Every page allocated now: a full /dev/shm is ENOSPC here, not a SIGBUS
+     * later (the rule for creating a segment too). */
+    int rc = posix_fallocate(rr->spill_fd, (off_t)(r->spill_base + have), (off_t)(want - have));
+    if (rc == 0)
+        atomic_store_explicit(&r->ov_reserved, want, memory_order_relaxed);
+    return rc;
+}
+
+/* Writes one spilled record at spill offset off; 0 or an errno. */
+static int spill_write(pw_ringref *rr, uint64_t off, const pw_msg *m, uint32_t count)
+{
+    struct iovec iov[PW_MSG_INLINE_PARTS + 72];
+    uint64_t hdr[2] = {m->len, (uint64_t)m->type | ((uint64_t)count << 32)};
+    static const uint64_t zero = 0;
+    int n = 0;
+    if (m->nparts + 2 > (int)(sizeof iov / sizeof iov[0]))
+        return EINVAL;
+    iov[n++] = (struct iovec){hdr, sizeof hdr};
+    for (int i = 0; i < m->nparts; i++)
+        iov[n++] = (struct iovec){(void *)m->part[i], m->part_len[i]};
+    uint64_t pad = ((m->len + 7) & ~7ULL) - m->len;
+    if (pad)
+        iov[n++] = (struct iovec){(void *)&zero, pad};
+    uint64_t left = PW_SPILL_HEADER + m->len + pad;
+    off_t at = (off_t)(rr->ring->spill_base + off);
+    int first = 0;
+    while (left) {
+        ssize_t w = pwritev(rr->spill_fd, iov + first, n - first, at);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno;
+        }
+        at += w;
+        left -= (uint64_t)w;
+        while (first < n && (size_t)w >= iov[first].iov_len) {
+            w -= (ssize_t)iov[first].iov_len;
+            first++;
+        }
+        if (first < n) {
+            iov[first].iov_base = (char *)iov[first].iov_base + w;
+            iov[first].iov_len -= (size_t)w;
+        }
+    }
+    return 0;
+}
+
+/* Reads n bytes of the spill at offset off; 0 or an errno (EIO if short). */
+static int spill_read(const pw_ringref *rr, uint64_t off, void *dst, uint64_t n)
+{
+    off_t at = (off_t)(rr->ring->spill_base + off);
+    char *p = dst;
+    while (n) {
+        ssize_t got = pread(rr->spill_fd, p, n, at);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return got == 0 ? EIO : errno;
+        p += got;
+        at += got;
+        n -= (uint64_t)got;
+    }
+    return 0;
+}
+
+static void spill_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
+{
+    int err = spill_read(rr, rr->src_off + pos, dst, n);
+    if (err) { /* only if the file was truncated under us: reported after the callback */
+        memset(dst, 0, n);
+        ((pw_ringref *)rr)->src_err = err;
+    }
+}
+
+/* Frees the spill's pages below ov_head (head lock held). */
+static void spill_punch(pw_ringref *rr)
+{
+    struct pw_ring *r = rr->ring;
+    uint64_t done = atomic_load_explicit(&r->ov_punched, memory_order_relaxed);
+    uint64_t upto = atomic_load_explicit(&r->ov_head, memory_order_relaxed) & ~4095ULL;
+    if (upto > done && fallocate(rr->spill_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                                 (off_t)(r->spill_base + done), (off_t)(upto - done)) == 0)
+        atomic_store_explicit(&r->ov_punched, upto, memory_order_relaxed);
+}
+
+/*
+ * Appends msgs[i..n) to the spill (tail lock held) as far as maxsize allows,
+ * after finishing a dead producer's intent; stores the intent for the caller's
+ * publish. *count and *bytes advance per message; returns the index reached,
+ * with *err an errno if a write failed.
+ */
+static __attribute__((noinline, cold)) size_t
+spill_put(pw_ringref *rr, const pw_msg *msgs, size_t i, size_t n, uint32_t head_count,
+          uint32_t before, uint32_t *count, uint64_t *bytes, int *err)
+{
+    struct pw_ring *r = rr->ring;
+    spill_repair(&r->ov_tail_intent, &r->ov_tail_intent_end, &r->ov_tail, before);
+    uint64_t ovt = atomic_load_explicit(&r->ov_tail, memory_order_relaxed), start = ovt;
+    for (; i < n; i++) {
+        if (r->maxsize && (uint32_t)(*count - head_count) >= r->maxsize)
+            break;
+        if (msgs[i].len > PW_SPILL_MAX_PAYLOAD) {
+            *err = EFBIG;
+            break;
+        }
+        uint64_t end = ovt + spill_record_size(msgs[i].len);
+        int w;
+        if (msgs[i].len >= PW_LARGE_COPY)
+            PW_UNBLOCKED(w = spill_reserve(rr, end); if (!w) w = spill_write(rr, ovt, &msgs[i], *count));
+        else if (!(w = spill_reserve(rr, end)))
+            w = spill_write(rr, ovt, &msgs[i], *count);
+        if (w) {
+            *err = w;
+            break;
+        }
+        ovt = end;
+        (*count)++;
+        *bytes += msgs[i].len;
+    }
+    if (ovt != start) { /* the intent, before the caller's publish */
+        atomic_store(&r->ov_tail_intent_end, ovt);
+        atomic_store(&r->ov_tail_intent, PW_INTENT_VALID | before);
+    }
+    return i;
+}
+
+/* After the publish: the spill's new end, then the intent is done. */
+static __attribute__((noinline, cold)) void spill_put_done(struct pw_ring *r)
+{
+    atomic_store(&r->ov_tail, atomic_load(&r->ov_tail_intent_end));
+    atomic_store(&r->ov_tail_intent, 0);
+}
+
+/*
+ * Hands the oldest spilled record to fn (head lock held; the ring is empty up
+ * to the tail snapshot and `count` says more were published). *ovh is the
+ * spill offset this take has reached, loaded on the first call (*spilled 0).
+ * Stores the intent for the caller's publish. Returns fn's result (0 or 1:
+ * consumed, *len its payload bytes) or a negative status (not consumed).
+ */
+static __attribute__((noinline, cold)) int
+spill_take(pw_ringref *rr, pw_take_fn fn, void *ctx, uint32_t before, uint32_t count,
+           uint64_t *ovh, int *spilled, uint64_t *len)
+{
+    struct pw_ring *r = rr->ring;
+    if (!*spilled)
+        *ovh = atomic_load_explicit(&r->ov_head, memory_order_relaxed);
+    uint64_t hdr[2];
+    int e = spill_read(rr, *ovh, hdr, sizeof hdr);
+    if (e)
+        return spill_failed(rr, "reading", e);
+    uint32_t type = (uint32_t)hdr[1], seq = (uint32_t)(hdr[1] >> 32);
+    /* Checked like a ring record: the spill is untrusted too. */
+    if (seq != count || type == 0 || type >= PW_REC_STREAM_FIRST || hdr[0] > PW_SPILL_MAX_PAYLOAD)
+        return bad_record(rr, "spilled record does not follow", seq, type);
+    uint64_t size = spill_record_size(hdr[0]);
+    uint8_t last;
+    e = spill_read(rr, *ovh + size - 1, &last, 1); /* the file holds all of it */
+    if (e)
+        return spill_failed(rr, "reading", e);
+    rr->src_spill = 1;
+    rr->src_err = 0;
+    rr->src_off = *ovh + PW_SPILL_HEADER;
+    int f = fn(ctx, rr, 0, type, hdr[0]);
+    rr->src_spill = 0;
+    if (f < 0)
+        return f;
+    if (rr->src_err) /* the file shrank under us (truncated): not consumed */
+        return spill_failed(rr, "reading", rr->src_err);
+    *ovh += size;
+    *len = hdr[0];
+    /* The intent, before the caller's publish. */
+    atomic_store(&r->ov_head_intent_end, *ovh);
+    if (!*spilled)
+        atomic_store(&r->ov_head_intent, PW_INTENT_VALID | before);
+    *spilled = 1;
+    return f;
+}
+
+/* After the publish: the spill's new start, the intent done, pages freed. */
+static __attribute__((noinline, cold)) void spill_take_done(pw_ringref *rr)
+{
+    struct pw_ring *r = rr->ring;
+    atomic_store(&r->ov_head, atomic_load(&r->ov_head_intent_end));
+    atomic_store(&r->ov_head_intent, 0);
+    spill_punch(rr);
+}
+
+/* -------------------------------------------------------------------- put */
+
+int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int64_t deadline)
+{
+    struct pw_ring *r = rr->ring;
+    const uint64_t cap = rr->capacity;
+    const int64_t lock_deadline = lock_deadline_for(deadline);
+    for (;;) {
+        int rc = lock_side(&r->tail_lock, &r->tail_owner_died, lock_deadline);
+        if (rc)
+            return rc;
+        uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+        uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+        uint32_t pos = pw_pos(tail), count = pw_count(tail);
+        uint64_t bytes = 0;
+        size_t first = *done, i = first;
+        /* While the spill holds messages (or a dead producer's intent is
+         * open), everything goes there: ring records always come first. A
+         * stale ov_head only says "not empty", which is always in order. */
+        int spilling = rr->spill &&
+            ((atomic_load_explicit(&r->ov_tail_intent, memory_order_relaxed) & PW_INTENT_VALID) ||
+             atomic_load_explicit(&r->ov_tail, memory_order_relaxed) != atomic_load(&r->ov_head));
+        if (!spilling) {
+            for (; i < n; i++) {
+                uint64_t need = pw_record_size(msgs[i].len);
+                if (need > cap - (uint32_t)(pos - pw_pos(head)))
+                    break;
+                if (r->maxsize && (uint32_t)(count - pw_count(head)) >= r->maxsize)
+                    break;
+                if (msgs[i].len >= PW_LARGE_COPY)
+                    PW_UNBLOCKED(pos = write_record(rr, pos, &msgs[i]));
+                else
+                    pos = write_record(rr, pos, &msgs[i]);
+                count++;
+                bytes += msgs[i].len;
+            }
+        }
+        /* What the ring cannot take spills: with maxsize == 0 anything, in a
+         * bounded queue only a message larger than the ring (the others wait
+         * for room, as documented). */
+        int spilled = 0, spill_err = 0;
+        if (i < n && rr->spill &&
+            (spilling || !r->maxsize || msgs[i].len > pw_ring_max_payload(cap))) {
+            size_t j = spill_put(rr, msgs, i, n, pw_count(head), pw_count(tail), &count,
+                                 &bytes, &spill_err);
+            spilled = j > i;
+            i = j;
+        }
+        if (i > first) {
+            /* The publishing store: the records and their count appear at once. */
+            atomic_store(&r->tail, pw_pack(count, pos));
+            store_total(&r->total_in, count);
+            add_relaxed(&r->bytes_in, bytes);
+            if (spilled)
+                spill_put_done(r);
+        }
+        pw_mutex_unlock(&r->tail_lock);
+        if (i > first)
+            pw_waiters_notify_all(&r->consumers, &r->not_empty_seq);
+        *done = i;
+        if (spill_err)
+            return spill_failed(rr, "writing to", spill_err);
+        if (i == n)
+            return PW_OK;
+        if (i == first) {
+            /* No room: wait for a consumer to move the head. */
+            rc = wait_for_move(rr, &r->head, head, &r->not_full_seq, &r->producers, deadline);
+            if (rc < 0)
+                return rc;
+            /* Timed out: one last look, in case room appeared meanwhile. */
+            if (rc == PW_TIMEOUT && atomic_load(&r->head) == head)
+                return PW_TIMEOUT;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------- take */
+
+int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t deadline,
+                 size_t *taken_out)
+{
+    struct pw_ring *r = rr->ring;
+    const int64_t lock_deadline = lock_deadline_for(deadline);
+    *taken_out = 0;
+    for (;;) {
+        int rc = lock_side(&r->head_lock, &r->head_owner_died, lock_deadline);
+        if (rc)
+            return rc;
+        uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+        uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+        uint32_t pos = pw_pos(head), count = pw_count(head);
+        uint64_t bytes = 0, ovh = 0;
+        size_t taken = 0;
+        int err = 0, spilled = 0;
+        /* A consumer killed inside a spilled take left its intent: finish it
+         * before the count moves (layout.h, "The spill area"). */
+        if (rr->spill && (atomic_load_explicit(&r->ov_head_intent, memory_order_relaxed) &
+                          PW_INTENT_VALID))
+            spill_repair(&r->ov_head_intent, &r->ov_head_intent_end, &r->ov_head, count);
+        while (taken < max && count != pw_count(tail)) {
+            /* Everything read from the ring is checked before it is used: a
+             * corrupt length must not send the copy outside the mapping. */
+            uint32_t used = pw_pos(tail) - pos;
+            uint32_t hdr[2];
+            if (used < PW_REC_HEADER || used > rr->capacity) {
+                if (used == 0 && rr->spill) {
+                    /* The ring is empty and messages remain: spilled ones. */
+                    uint64_t len = 0;
+                    int f = spill_take(rr, fn, ctx, pw_count(head), count, &ovh, &spilled,
+                                       &len);
+                    if (f < 0) {
+                        err = f;
+                        break;
+                    }
+                    count++;
+                    bytes += len;
+                    taken++;
+                    if (f > 0)
+                        break;
+                    continue;
+                }
+                err = bad_record(rr, "message count and byte positions disagree", used,
+                                 pw_count(tail) - count);
+                break;
+            }
+            pw_ring_copy_out(rr, pos, hdr, sizeof hdr);
+            uint64_t len = hdr[0], need = pw_record_size(len);
+            if (need > used) {
+                err = bad_record(rr, "record longer than the published data", need, used);
+                break;
+            }
+            int f = fn(ctx, rr, pos + PW_REC_HEADER, hdr[1], len);
+            if (f < 0) {
+                err = f;
+                break;
+            }
+            pos += (uint32_t)need;
+            count++;
+            bytes += len;
+            taken++;
+            if (f > 0)
+                break;
+        }
+        if (taken) {
+            atomic_store(&r->head, pw_pack(count, pos));
+            store_total(&r->total_out, count);
+            add_relaxed(&r->bytes_out, bytes);
+            if (spilled)
+                spill_take_done(rr);
+        }
+        pw_mutex_unlock(&r->head_lock);
+        if (taken)
+            pw_waiters_notify_all(&r->producers, &r->not_full_seq);
+        *taken_out = taken;
+        if (taken || err)
+            return err;
+        rc = wait_for_move(rr, &r->tail, tail, &r->not_empty_seq, &r->consumers, deadline);
+        if (rc < 0)
+            return rc;
+        if (rc == PW_TIMEOUT && atomic_load(&r->tail) == tail)
+            return PW_TIMEOUT;
+    }
+}
+
+/* ---------------------------------------------------------------- watchers */
+
+struct word_or_wake {
+    _Atomic uint64_t *word;
+    uint64_t token;
+    _Atomic uint32_t *seq;
+    uint32_t seen;
+};
+
+static int word_moved_or_woken(void *ctx)
+{
+    struct word_or_wake *m = ctx;
+    return atomic_load(m->word) != m->token || atomic_load(m->seq) != m->seen;
+}
+
+int pw_ring_wait_word(pw_ringref *rr, int side, uint64_t token, int64_t deadline)
+{
+    struct pw_ring *r = rr->ring;
+    struct word_or_wake m = {side ? &r->head : &r->tail, token,
+                             side ? &r->not_full_seq : &r->not_empty_seq, 0};
+    m.seen = atomic_load(m.seq);
+    /* No spin: a watcher is a background thread, off the data path. Any
+     * wake-up (a publish, or pw_ring_kick) bumps the sequence and returns. */
+    pw_wait w = {.done = word_moved_or_woken, .ctx = &m,
+                 .waiters = side ? &r->producers : &r->consumers, .futex = m.seq,
+                 .mask = PW_FUTEX_ANY, .spin = NULL};
+    return pw_wait_until(&w, deadline);
+}
+
+void pw_ring_kick(pw_ringref *rr)
+{
+    struct pw_ring *r = rr->ring;
+    pw_waiters_notify_all(&r->consumers, &r->not_empty_seq);
+    pw_waiters_notify_all(&r->producers, &r->not_full_seq);
+}
+
+/* ------------------------------------------------------------- test hook */
+
+int pw_ring_debug_hold(pw_ringref *rr, int producer, const void *partial, uint64_t partial_len,
+                       int publish)
+{
+    struct pw_ring *r = rr->ring;
+    pthread_mutex_t *m = producer ? &r->tail_lock : &r->head_lock;
+    int rc = pw_mutex_lock(m, PW_FOREVER, NULL);
+    if (rc < 0)
+        return rc;
+    uint64_t head = atomic_load(&r->head), tail = atomic_load(&r->tail);
+    if (producer && (partial || publish)) {
+        uint64_t len = partial ? partial_len : 0;
+        uint32_t hdr[2] = {(uint32_t)len, PW_REC_BYTES};
+        if (pw_record_size(len) > rr->capacity - (uint32_t)(pw_pos(tail) - pw_pos(head))) {
+            pw_mutex_unlock(m);
+            return pw_fail(PW_EINVAL, "no room for the record");
+        }
+        uint32_t pos = pw_pos(tail);
+        pw_ring_copy_in(rr, pos, hdr, sizeof hdr);
+        if (len)
+            pw_ring_copy_in(rr, pos + PW_REC_HEADER, partial, len);
+        if (publish)
+            atomic_store(&r->tail, pw_pack(pw_count(tail) + 1,
+                                           pos + (uint32_t)pw_record_size(len)));
+    } else if (!producer && publish) {
+        if (pw_count(head) == pw_count(tail)) {
+            pw_mutex_unlock(m);
+            return pw_fail(PW_EINVAL, "the ring is empty");
+        }
+        uint32_t hdr[2];
+        pw_ring_copy_out(rr, pw_pos(head), hdr, sizeof hdr);
+        atomic_store(&r->head, pw_pack(pw_count(head) + 1,
+                                       pw_pos(head) + (uint32_t)pw_record_size(hdr[0])));
+    }
+    return PW_OK;
+}
