@@ -60,6 +60,16 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _stop(thread: threading.Thread | None, kick: Callable[[], object]) -> None:
+    """Wake a watcher thread (asleep in a native wait) until it has ended."""
+    while thread is not None and thread.is_alive():
+        try:
+            kick()
+        except (ValueError, OSError):
+            pass  # closed already: its wait has returned or will
+        thread.join(0.05)
+
+
 class Readiness:
     """An eventfd a watcher thread keeps readable while ``ready()`` holds.
 
@@ -86,11 +96,17 @@ class Readiness:
         try:
             while not self._stop:
                 token = self._token()
-                if self._ready():
-                    with self._lock:
-                        if not self._signaled:
-                            os.eventfd_write(self.fd, 1)
-                            self._signaled = True
+                # Checked under the lock that recheck() takes: a get that
+                # empties the queue either sees our signal and drains it, or
+                # runs before and we see the queue empty.
+                with self._lock:
+                    armed = self._ready()
+                    if armed and not self._signaled:
+                        # Flag first: whoever sees the descriptor readable
+                        # (the write lets other threads run) sees the flag.
+                        self._signaled = True
+                        os.eventfd_write(self.fd, 1)
+                if armed:
                     # Until a get in this process finds the condition gone.
                     self._rearm.wait()
                     self._rearm.clear()
@@ -116,13 +132,7 @@ class Readiness:
         self._stop = True
         self._rearm.set()
         thread, self._thread = self._thread, None
-        if thread is not None and thread.is_alive():
-            while thread.is_alive():
-                try:
-                    self._kick()
-                except (ValueError, OSError):
-                    pass
-                thread.join(0.05)
+        _stop(thread, self._kick)
         if self.fd >= 0:
             _forget_fd(self.fd)
             os.close(self.fd)
@@ -199,13 +209,7 @@ class TokenWatcher:
             self._stop = True
             self._cond.notify_all()
             thread, self._thread = self._thread, None
-        if thread is not None:
-            while thread.is_alive():
-                try:
-                    self._kick()
-                except (ValueError, OSError):
-                    pass
-                thread.join(0.05)
+        _stop(thread, self._kick)
 
     def _forget_after_fork(self) -> None:
         self._thread = None

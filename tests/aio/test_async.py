@@ -161,7 +161,8 @@ def test_put_async_waits_for_room_in_a_bounded_queue(run, ctx):
 
 
 def test_put_async_waits_for_bytes_of_room(run):
-    q = Queue(capacity=4096)
+    # A bounded queue waits for room in its ring; with maxsize=0 it would spill.
+    q = Queue(maxsize=10, capacity=4096)
     try:
         async def main():
             await q.put_async(b"x" * 3000)

@@ -107,3 +107,52 @@ def reap_all(procs) -> None:
         if p.is_alive():
             p.kill()
         p.join(JOIN)
+
+
+def kill_producers_and_consumers(rnd: random.Random, kills: int, q, results, make_producer,
+                                 make_consumer, workers: int = 2) -> tuple[list, int]:
+    """The queue chaos: `workers` producers and consumers of q, a random one of
+    them SIGKILLed `kills` times and restarted (make_producer(tag),
+    make_consumer(tag) build them); then the producers are killed, the
+    consumers get one None each and must end by themselves. Returns the reports
+    the consumers put into `results` and how many consumers were killed."""
+    from procwire import Empty
+
+    tags = iter(range(1, 10**9))
+    producers = [make_producer(next(tags)) for _ in range(workers)]
+    consumers = [make_consumer(next(tags)) for _ in range(workers)]
+    delivered: list = []
+    consumer_kills = 0
+
+    def drain() -> None:
+        while True:
+            try:
+                delivered.extend(results.get_many(block=False))
+            except Empty:
+                return
+
+    try:
+        for p in producers + consumers:
+            p.start()
+        for _ in range(kills):
+            pause(rnd)
+            pool = rnd.choice((producers, consumers))
+            i = rnd.randrange(len(pool))
+            os.kill(pool[i].pid, signal.SIGKILL)
+            pool[i].join(JOIN)
+            if pool is producers:
+                pool[i] = make_producer(next(tags))
+            else:
+                consumer_kills += 1
+                pool[i] = make_consumer(next(tags))
+            pool[i].start()
+            drain()
+        for p in producers:
+            os.kill(p.pid, signal.SIGKILL)
+            p.join(JOIN)
+        q.put_many([None] * len(consumers), timeout=JOIN)
+        join_survivors(consumers, "consumers")
+        drain()
+    finally:
+        reap_all(producers + consumers)
+    return delivered, consumer_kills

@@ -13,10 +13,9 @@ import os
 import random
 import signal
 import threading
-import time
 
 import pytest
-from chaoshelpers import chaos  # noqa: F401 (fixture)
+from chaoshelpers import chaos, kill_producers_and_consumers  # noqa: F401 (chaos: a fixture)
 
 from procwire import Empty, Full, Queue, _core
 
@@ -166,49 +165,10 @@ def test_chaos_kill_producers_and_consumers_at_random(chaos):
     ctx = mp.get_context("fork")  # hundreds of restarts; start methods are covered above
     q = Queue(maxsize=40, capacity=16384)
     results = Queue(capacity=64 << 20)
-    tags = iter(range(1, 10**9))
-    producers = [ctx.Process(target=_chaos_producer, args=(q, next(tags))) for _ in range(2)]
-    consumers = [ctx.Process(target=_chaos_consumer, args=(q, results, next(tags)))
-                 for _ in range(2)]
-    delivered: list[tuple[int, int, bool]] = []
-    consumer_kills = 0
-    try:
-        for p in producers + consumers:
-            p.start()
-        for _ in range(kills):
-            time.sleep(rnd.uniform(0, 0.01))  # chaos timing, not synchronisation
-            pool = rnd.choice((producers, consumers))
-            i = rnd.randrange(len(pool))
-            os.kill(pool[i].pid, signal.SIGKILL)
-            pool[i].join(JOIN)
-            if pool is producers:
-                pool[i] = ctx.Process(target=_chaos_producer, args=(q, next(tags)))
-            else:
-                consumer_kills += 1
-                pool[i] = ctx.Process(target=_chaos_consumer, args=(q, results, next(tags)))
-            pool[i].start()
-            try:
-                delivered.extend(results.get_many(block=False))
-            except Empty:
-                pass
-        for p in producers:
-            os.kill(p.pid, signal.SIGKILL)
-            p.join(JOIN)
-        q.put_many([None] * len(consumers), timeout=JOIN)
-        for p in consumers:
-            p.join(JOIN)
-            assert p.exitcode == 0
-        while True:
-            try:
-                delivered.extend(results.get_many(block=False))
-            except Empty:
-                break
-    finally:
-        for p in producers + consumers:
-            if p.is_alive():
-                p.kill()
-                p.join(JOIN)
-
+    delivered, consumer_kills = kill_producers_and_consumers(
+        rnd, kills, q, results,
+        lambda tag: ctx.Process(target=_chaos_producer, args=(q, tag)),
+        lambda tag: ctx.Process(target=_chaos_consumer, args=(q, results, tag)))
     try:
         assert delivered, "nothing was delivered"
         assert all(ok for _, _, ok in delivered), "a delivered message was corrupt"

@@ -8,12 +8,11 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import signal
 import struct
 import time
 
 import pytest
-from chaoshelpers import FORK, JOIN, chaos  # noqa: F401 (a fixture)
+from chaoshelpers import FORK, JOIN, chaos, kill_producers_and_consumers  # noqa: F401
 
 from procwire import Empty, Queue
 
@@ -176,48 +175,10 @@ def test_spill_producers_and_consumers_killed_at_random(chaos):
     kills = max(chaos.kills, 100)
     q = Queue(capacity=4096)
     results = Queue(capacity=64 << 20)
-    tags = iter(range(1, 10**9))
-    producers = [FORK.Process(target=_producer, args=(q, next(tags), 4000)) for _ in range(2)]
-    consumers = [FORK.Process(target=_consumer, args=(q, results, next(tags)))
-                 for _ in range(2)]
-    delivered: list[tuple[int, int, bool, bool]] = []
-    consumer_kills = 0
-    try:
-        for p in producers + consumers:
-            p.start()
-        for _ in range(kills):
-            time.sleep(rnd.uniform(0, 0.01))  # chaos timing, not synchronisation
-            pool = rnd.choice((producers, consumers))
-            i = rnd.randrange(len(pool))
-            os.kill(pool[i].pid, signal.SIGKILL)
-            pool[i].join(JOIN)
-            if pool is producers:
-                pool[i] = FORK.Process(target=_producer, args=(q, next(tags), 4000))
-            else:
-                consumer_kills += 1
-                pool[i] = FORK.Process(target=_consumer, args=(q, results, next(tags)))
-            pool[i].start()
-            try:
-                delivered.extend(results.get_many(block=False))
-            except Empty:
-                pass
-        for p in producers:
-            os.kill(p.pid, signal.SIGKILL)
-            p.join(JOIN)
-        q.put_many([None] * len(consumers), timeout=JOIN)
-        for p in consumers:
-            p.join(JOIN)
-            assert p.exitcode == 0
-        while True:
-            try:
-                delivered.extend(results.get_many(block=False))
-            except Empty:
-                break
-    finally:
-        for p in producers + consumers:
-            if p.is_alive():
-                p.kill()
-                p.join(JOIN)
+    delivered, consumer_kills = kill_producers_and_consumers(
+        rnd, kills, q, results,
+        lambda tag: FORK.Process(target=_producer, args=(q, tag, 4000)),
+        lambda tag: FORK.Process(target=_consumer, args=(q, results, tag)))
     try:
         assert delivered, "nothing was delivered"
         assert all(ok for _, _, ok, _ in delivered), "a delivered message was corrupt"

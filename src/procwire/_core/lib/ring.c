@@ -113,17 +113,22 @@ void pw_ring_copy_in(pw_ringref *rr, uint32_t pos, const void *src, uint64_t n)
 
 static void spill_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n);
 
-void pw_ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
+/* From the ring itself (the take's own reads of record headers). */
+static inline void ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
 {
-    if (__builtin_expect(rr->src_spill, 0)) {
-        spill_copy_out(rr, pos, dst, n);
-        return;
-    }
     uint64_t off = pos & (rr->capacity - 1);
     uint64_t first = rr->capacity - off < n ? rr->capacity - off : n;
     memcpy(dst, rr->data + off, first);
     if (n > first)
         memcpy((uint8_t *)dst + first, rr->data, n - first);
+}
+
+void pw_ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
+{
+    if (__builtin_expect(rr->src_spill, 0))
+        spill_copy_out(rr, pos, dst, n); /* a spilled record's callback */
+    else
+        ring_copy_out(rr, pos, dst, n);
 }
 
 void pw_ring_copy_out_large(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
@@ -231,8 +236,11 @@ void pw_ring_init_spill(struct pw_ring *r, uint64_t base)
 
 int pw_ring_set_spill(pw_ringref *rr, int fd)
 {
-    if (!(rr->ring->ring_flags & PW_RING_SPILL) || fd < 0)
-        return pw_fail(PW_EINVAL, "%s has no spill area", rr->what);
+    if (fd < 0)
+        return pw_fail(PW_EINVAL, "%s: a spill descriptor must be >= 0", rr->what);
+    /* Every queue procwire makes has one (layout 4): a ring without is not one. */
+    if (!(rr->ring->ring_flags & PW_RING_SPILL))
+        return pw_fail(PW_ECORRUPT, "%s is corrupt: its ring has no spill area", rr->what);
     rr->spill_fd = fd;
     rr->spill = 1;
     return PW_OK;
@@ -592,7 +600,7 @@ int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t d
                                  pw_count(tail) - count);
                 break;
             }
-            pw_ring_copy_out(rr, pos, hdr, sizeof hdr);
+            ring_copy_out(rr, pos, hdr, sizeof hdr);
             uint64_t len = hdr[0], need = pw_record_size(len);
             if (need > used) {
                 err = bad_record(rr, "record longer than the published data", need, used);

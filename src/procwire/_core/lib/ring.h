@@ -29,8 +29,9 @@ typedef struct {
 #define PW_SPILL_MAX_PAYLOAD ((1ULL << 32) - 4096)
 #define PW_SPILL_CHUNK (1ULL << 20) /* the spill allocates pages this many at a time */
 
-/* Lets this view use the ring's spill area through fd: PW_OK, or PW_EINVAL if
- * the ring has none. The descriptor stays the caller's, open while in use. */
+/* Lets this view use the ring's spill area through fd: PW_OK, PW_ECORRUPT if
+ * the ring has none (every queue has one). The descriptor stays the caller's,
+ * open while in use. */
 int pw_ring_set_spill(pw_ringref *rr, int fd);
 /* Marks a fresh ring (pw_ring_init) as having a spill area from file offset
  * base (the segment's size) on. */
