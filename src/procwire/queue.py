@@ -22,7 +22,7 @@ naming the capacity that would take it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Generic, Self
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, overload
 
 if TYPE_CHECKING:
     # Queue() with no type argument is Queue[Any] (PEP 696 default), as
@@ -36,10 +36,13 @@ else:
 
     _T = TypeVar("_T")
 
+import threading
+
 from procwire import _core, _pickle
+from procwire._loans import Loan, View
 from procwire._segment import Named, Segment, validate_name
 
-__all__ = ["DEFAULT_CAPACITY", "JoinableQueue", "Queue", "SimpleQueue"]
+__all__ = ["DEFAULT_CAPACITY", "JoinableQueue", "Loan", "Queue", "SimpleQueue", "View"]
 
 DEFAULT_CAPACITY = 4 * 1024 * 1024
 
@@ -87,7 +90,17 @@ class Queue(Named, _core.Ring, Generic[_T]):
     if TYPE_CHECKING:  # the native methods (_core.Ring), typed with the item type
         def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None: ...
         def put_nowait(self, obj: _T, /) -> None: ...
-        def get(self, block: bool = True, timeout: float | None = None) -> _T: ...
+        @overload
+        def get(self, block: bool = True, timeout: float | None = None, *,
+                copy: Literal[True] = True) -> _T: ...
+        @overload
+        def get(self, block: bool = True, timeout: float | None = None, *,
+                copy: Literal[False]) -> View: ...
+        @overload
+        def get(self, block: bool = True, timeout: float | None = None, *,
+                copy: bool = True) -> _T | View: ...
+        def get(self, block: bool = True, timeout: float | None = None, *,
+                copy: bool = True) -> _T | View: ...
         def get_nowait(self) -> _T: ...
         def get_many(self, block: bool = True, timeout: float | None = None,
                      max_messages: int | None = None) -> list[_T]: ...
@@ -116,6 +129,7 @@ class Queue(Named, _core.Ring, Generic[_T]):
             except BaseException:
                 self._release()
                 raise
+            self._leases: set[Loan | View] = set()
 
     def _display(self, name: str | None) -> str:
         return f"{self._kind_label}({name!r})" if name else f"anonymous {self._kind_label}"
@@ -123,6 +137,7 @@ class Queue(Named, _core.Ring, Generic[_T]):
     def _setup(self, segment: Segment, *, create: bool, capacity: int = 0,
                maxsize: int = 0) -> None:
         self._segment = segment
+        self._leases = set()  # this handle's open loans and views
         _core.Ring.__init__(self, segment.buffer, create=create, capacity=capacity,
                             maxsize=maxsize, kind=_core.KIND_QUEUE,
                             name=self._display(segment.name), **_SERIALIZER)
@@ -152,8 +167,11 @@ class Queue(Named, _core.Ring, Generic[_T]):
         """Release this process's handle. Further use of it raises ValueError.
 
         Other processes are not affected. A named queue's creator also removes
-        the name. Safe to call more than once.
+        the name. Safe to call more than once. Open loans of this thread are
+        discarded and its views released first; RuntimeError if another
+        thread of this process holds one.
         """
+        self._end_leases()
         self._release()
         self._segment.close()
 
@@ -190,6 +208,74 @@ class Queue(Named, _core.Ring, Generic[_T]):
     def __reduce__(self) -> tuple[Any, ...]:
         handle = self._segment.reduce_handle(type(self).__name__)
         return (_rebuild, (type(self), handle))
+
+    # -- zero-copy messages (procwire._loans) ---------------------------------------
+
+    def loan(self, nbytes: int, block: bool = True, timeout: float | None = None) -> Loan:
+        """Room for one message of ``nbytes`` bytes, to be written in place.
+
+        ::
+
+            with q.loan(frame.nbytes) as buf:          # waits for room, as put() does
+                np.copyto(np.frombuffer(buf, frame.dtype).reshape(frame.shape), frame)
+            # published here; discarded instead if the block raised
+
+        ``buf`` is a writable memoryview of the ring's shared memory: the
+        message is written once, where the reader finds it, instead of being
+        built elsewhere and copied in by ``put()``. The reader gets it as
+        ``bytes`` from ``get()``, or in place with ``get(copy=False)``. While
+        the loan is open, other producers wait; a writer killed inside it
+        publishes nothing. ``block``/``timeout`` as for ``put()`` (raises
+        ``queue.Full``); :class:`procwire.MessageTooLarge` if it can never fit.
+        Worth it for large messages (see the README: from about 64 KiB).
+        """
+        if not isinstance(nbytes, int) or isinstance(nbytes, bool):
+            raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, not {nbytes}")
+        self._check_no_loan()
+        offset = self._loan_begin(nbytes, block, timeout)
+        try:
+            loan = Loan(self, nbytes, offset)
+        except BaseException:
+            self._loan_abort()
+            raise
+        self._leases.add(loan)
+        return loan
+
+    def _check_no_loan(self) -> None:
+        me = threading.get_ident()
+        if any(isinstance(x, Loan) and x._owner == me for x in self._leases):
+            raise RuntimeError(f"{self._display(self._segment.name)}: this thread has an open "
+                               "loan on this queue; publish or discard it before another")
+
+    def _get_view(self, block: bool, timeout: float | None) -> View:
+        """get(copy=False): the oldest message, in place (see procwire._loans.View)."""
+        me = threading.get_ident()
+        if any(isinstance(x, View) and x._owner == me for x in self._leases):
+            raise RuntimeError(f"{self._display(self._segment.name)}: this thread holds a view "
+                               "of this queue; release it before taking another message")
+        rtype, offset, length, copied = self._view_begin(block, timeout)
+        view = View(self, rtype, offset, length, copied)
+        if copied is None:
+            self._leases.add(view)
+        return view
+
+    _loads = staticmethod(_pickle.loads)
+
+    def _end_leases(self) -> None:
+        leases = getattr(self, "_leases", None)
+        if not leases:
+            return
+        me = threading.get_ident()
+        if any(x._owner != me for x in leases):
+            raise RuntimeError(f"{self._display(self._segment.name)}: another thread of this "
+                               "process holds a loan or view of it; end that first")
+        for x in list(leases):
+            if isinstance(x, Loan):
+                x.discard()
+            else:
+                x.release()
 
     def put_many(self, items: Iterable[_T], block: bool = True,
                  timeout: float | None = None) -> None:
