@@ -401,7 +401,7 @@ def copy_ceiling(size: int, messages: int) -> dict[str, Any]:
     a 64 MiB buffer, in one process: the ceiling of anything that copies each
     frame once (a loan's writer does exactly this, into the ring)."""
     import numpy as np
-    frame = np.arange(size // 8, dtype=np.float64)
+    frame: Any = np.arange(size // 8, dtype=np.float64)
     slots = max(1, 64 * MiB // size)
     ring = np.empty(slots * (size // 8))
     ring[:] = 0  # fault it in first, as a long-lived queue's ring is
