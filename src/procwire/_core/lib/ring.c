@@ -402,6 +402,19 @@ int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t d
 
 /* --------------------------------------------------------- loans and views */
 
+/* Found no room (no message): unlocks the side's lock and waits for the other
+ * side to move *word from seen. PW_OK to look again, PW_TIMEOUT, or an error. */
+static int unlock_and_wait(pw_ringref *rr, pthread_mutex_t *lock, _Atomic uint64_t *word,
+                           uint64_t seen, _Atomic uint32_t *seq, struct pw_waiters *sleepers,
+                           int64_t deadline)
+{
+    pw_mutex_unlock(lock);
+    int rc = wait_for_move(rr, word, seen, seq, sleepers, deadline);
+    if (rc == PW_TIMEOUT && atomic_load(word) != seen)
+        return PW_OK; /* timed out, but it moved meanwhile: one last look */
+    return rc;
+}
+
 int pw_ring_reserve(pw_ringref *rr, uint64_t len, int64_t deadline, uint32_t *pos)
 {
     struct pw_ring *r = rr->ring;
@@ -417,12 +430,10 @@ int pw_ring_reserve(pw_ringref *rr, uint64_t len, int64_t deadline, uint32_t *po
             *pos = pw_pos(tail);
             return PW_OK; /* the tail lock stays held until publish or unreserve */
         }
-        pw_mutex_unlock(&r->tail_lock);
-        rc = wait_for_move(rr, &r->head, head, &r->not_full_seq, &r->producers, deadline);
-        if (rc < 0)
+        rc = unlock_and_wait(rr, &r->tail_lock, &r->head, head, &r->not_full_seq,
+                             &r->producers, deadline);
+        if (rc)
             return rc;
-        if (rc == PW_TIMEOUT && atomic_load(&r->head) == head)
-            return PW_TIMEOUT;
     }
 }
 
@@ -463,12 +474,10 @@ int pw_ring_peek(pw_ringref *rr, int64_t deadline, uint32_t *pos, uint32_t *type
             atomic_store_explicit(&r->view_mark, head | 1, memory_order_relaxed);
             return PW_OK; /* the head lock stays held until consume or unpeek */
         }
-        pw_mutex_unlock(&r->head_lock);
-        rc = wait_for_move(rr, &r->tail, tail, &r->not_empty_seq, &r->consumers, deadline);
-        if (rc < 0)
+        rc = unlock_and_wait(rr, &r->head_lock, &r->tail, tail, &r->not_empty_seq,
+                             &r->consumers, deadline);
+        if (rc)
             return rc;
-        if (rc == PW_TIMEOUT && atomic_load(&r->tail) == tail)
-            return PW_TIMEOUT;
     }
 }
 
