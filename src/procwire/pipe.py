@@ -11,7 +11,7 @@ End of life works like a kernel pipe: once the other end is closed in every
 process -- by ``close()``, exit, or ``kill -9`` -- ``recv()`` raises
 ``EOFError`` after the buffered messages, and ``send()`` raises
 ``BrokenPipeError``. The kernel tracks this, through a small "life pipe" per
-end whose descriptors travel with the end (see ``_core/pipe.c``).
+end whose descriptors travel with the end (see ``_core/bind/pipe.c``).
 
 Passing ends to other processes:
 
