@@ -38,7 +38,7 @@ from procwire.stats import LockStatistics, Statistics, for_kind
 
 __all__ = ["Entry", "clean_candidates", "describe", "printable", "remove", "scan", "users_of"]
 
-# A segment's fixed common header (struct pw_header in _core/layout.h): magic
+# A segment's fixed common header (struct pw_header in _core/lib/layout.h): magic
 # at 0, total_size at 16.
 _HEADER_SIZE = 64
 

@@ -11,7 +11,7 @@ End of life works like a kernel pipe: once the other end is closed in every
 process -- by ``close()``, exit, or ``kill -9`` -- ``recv()`` raises
 ``EOFError`` after the buffered messages, and ``send()`` raises
 ``BrokenPipeError``. The kernel tracks this, through a small "life pipe" per
-end whose descriptors travel with the end (see ``_core/pipe.c``).
+end whose descriptors travel with the end (see ``_core/bind/pipe.c``).
 
 Passing ends to other processes:
 
@@ -60,20 +60,6 @@ __all__ = ["DEFAULT_CAPACITY", "Client", "Connection", "Listener", "Pipe"]
 
 DEFAULT_CAPACITY = 1024 * 1024  # bytes per direction
 
-_LARGE_BYTES = 1 << 16
-_PROTO5_BINBYTES8 = b"\x80\x05\x8e"  # PROTO 5, BINBYTES8
-_MEMOIZE_STOP = b"\x94."
-
-
-def _dumps(obj: Any) -> bytes:
-    """Pickle like multiprocessing (its reducers included), quickly for plain data."""
-    if type(obj) is bytes and len(obj) >= _LARGE_BYTES:
-        # The pickle pickle.dumps(obj, 5) means, built with one copy: pickle
-        # itself regrows its buffer and takes ~10x longer for a 1 MiB bytes.
-        return b"".join((_PROTO5_BINBYTES8, len(obj).to_bytes(8, "little"), obj,
-                         _MEMOIZE_STOP))
-    return _pickle.dumps(obj)
-
 
 # Every open Connection of this process, so that a fork child counts as a
 # holder of the ends it inherits (the kernel duplicates their descriptors).
@@ -116,7 +102,7 @@ class Connection(SegmentObject[ConnectionStatistics], ClosedOnExit, _core.PipeEn
               **state: Any) -> None:
         _core.PipeEnd.__init__(self, self._segment.buffer, create=create, end=end,
                                capacity=capacity, duplex=duplex, fds=fds, count=count,
-                               name=f"Pipe end {end}", dumps=_dumps, loads=_pickle.loads)
+                               name=f"Pipe end {end}", dumps=_pickle.dumps, loads=_pickle.loads)
         _live.add(self)
 
     @classmethod

@@ -11,7 +11,7 @@ shared-memory ring (``procwire._core.Ring``):
   protocol 5, with large buffers (numpy arrays, for example) copied out of
   band rather than through the pickle stream.
 * A process killed with SIGKILL at any instruction leaves the queue usable:
-  at most its own unfinished message is lost (see ``_core/ring.c``).
+  at most its own unfinished message is lost (see ``_core/lib/ring.c``).
 * ``qsize()`` is exact and works everywhere.
 
 Capacity: ``maxsize`` bounds the number of messages, as in multiprocessing;

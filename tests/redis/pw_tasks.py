@@ -38,3 +38,9 @@ def write_file_and_block(path, seconds):
 
 def tagged_slow(x):
     return tagged(x, 0.02)
+
+
+def boom_if_odd(x):
+    if x % 2:
+        raise ValueError(f"boom {x}")
+    return x

@@ -216,3 +216,61 @@ def test_chaos_sigkill_workers_during_a_long_map(rctx, redis_server):
         for w in workers:
             stop_worker(w, signal.SIGKILL if w.poll() is None else signal.SIGINT)
     assert len(outcomes) == n and kills == 10
+
+
+def test_pool_unlink_deletes_every_key_of_the_pool(rctx, redis_server):
+    from pw_tasks import square
+
+    import redis
+    r = redis.Redis.from_url(redis_server.url)
+    try:
+        with rctx.Pool(1, name="gone") as pool:
+            assert pool.map(square, range(10)) == [x * x for x in range(10)]
+            pool.close()
+            pool.join(JOIN)
+            assert r.keys("procwire:gone:*")  # tasks, stats, workers...
+            pool.unlink()
+            assert r.keys("procwire:gone:*") == []
+            assert not r.hexists("procwire:objects", "gone")
+        assert r.keys("procwire:gone:*") == []  # terminate() recreated nothing
+        with rctx.Pool(1, name="gone") as pool:  # the name again: a new, empty pool
+            assert pool.statistics()["done"] == 0
+            assert pool.map(square, range(3)) == [0, 1, 4]
+    finally:
+        r.close()
+
+
+def test_terminate_fails_unfinished_results_with_pool_terminated(rctx, tmp_path):
+    from pw_tasks import nap, write_file_and_block
+
+    from procwire.pool import PoolTerminated
+    started = tmp_path / "started"
+    pool = rctx.Pool(1, name="term")  # one worker, held by the first task
+    r = pool.apply_async(write_file_and_block, (str(started), 60))
+    m = pool.starmap_async(write_file_and_block, [(str(tmp_path / "m"), 60)] * 3)
+    it = pool.imap(nap, [60, 60])
+    wait_for(started.exists)
+    pool.terminate()
+    for result in (r, m):
+        with pytest.raises(PoolTerminated):
+            result.get(JOIN)
+    for _ in range(2):
+        with pytest.raises(PoolTerminated):
+            it.next(JOIN)
+    with pytest.raises(StopIteration):
+        it.next(JOIN)
+
+
+def test_imap_raises_each_task_exception_in_its_place(rctx):
+    from pw_tasks import boom_if_odd
+    with rctx.Pool(2, name="imap-errors") as pool:
+        for chunksize in (1, 3):
+            it = pool.imap(boom_if_odd, range(7), chunksize=chunksize)
+            got = []
+            for _ in range(7):
+                try:
+                    got.append(it.next(JOIN))
+                except ValueError as e:
+                    assert e.__cause__ is not None and "boom" in str(e.__cause__)  # remote tb
+                    got.append("err")
+            assert got == [0, "err", 2, "err", 4, "err", 6]

@@ -273,6 +273,44 @@ def test_condition_and_barrier(api):
     assert sorted(results) == [0, 1, 2]
 
 
+def test_barrier_action_runs_before_any_party_is_released(api):
+    released, acted = [], []
+    barrier = api.Barrier(3, action=lambda: acted.append(len(released)))
+
+    def party():
+        index = barrier.wait(JOIN)
+        released.append((index, len(acted)))
+    threads = [threading.Thread(target=party) for _ in range(2)]
+    for t in threads:
+        t.start()
+    party()
+    for t in threads:
+        t.join(JOIN)
+    assert acted == [0]  # no party had returned when the action ran
+    assert sorted(released) == [(0, 1), (1, 1), (2, 1)]
+
+
+def test_barrier_action_that_raises_breaks_the_barrier(api):
+    def action():
+        raise KeyError("action failed")
+    barrier = api.Barrier(2, action=action)
+    outcomes = []
+
+    def party():
+        try:
+            barrier.wait(JOIN)
+            outcomes.append("passed")
+        except Exception as e:
+            outcomes.append(type(e).__name__)
+    t = threading.Thread(target=party)
+    t.start()
+    party()
+    t.join(JOIN)
+    # the last to arrive ran the action and got its exception; the other is broken
+    assert sorted(outcomes) == ["BrokenBarrierError", "KeyError"]
+    assert barrier.broken
+
+
 # --------------------------------------------------------------------- Value/Array
 
 def test_value_with_its_lock_between_processes(api):

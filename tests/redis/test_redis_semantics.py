@@ -191,6 +191,36 @@ def test_semaphore_permit_of_a_dead_holder_comes_back(rctx):
         sem.release()
 
 
+def test_semaphore_released_by_a_process_that_holds_no_permit(rctx):
+    """As multiprocessing's: any process may release. The permit it returns takes
+    over a holder's lease, so that holder's death frees nothing a second time."""
+    sem, held = rctx.BoundedSemaphore(1, name="H"), MP.SimpleQueue()
+    p = MP.Process(target=_take_permit, args=(sem, held))
+    p.start()
+    held.get()
+    sem.release()  # this process holds no permit: it returns the child's
+    assert sem.get_value() == 1
+    with pytest.raises(ValueError):
+        sem.release()  # bounded: one more would exceed the initial value
+    _kill(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OwnerDiedWarning)
+        assert sem.acquire(timeout=JOIN)
+        # the dead child's lease was taken over: no second permit comes back
+        assert sem.acquire(timeout=LEASE * 2) is False
+    assert sem.statistics()["owner_deaths"] == 0
+    sem.release()
+    assert sem.get_value() == 1
+
+
+def test_semaphore_holder_released_for_then_releasing_counts_as_multiprocessing(rctx):
+    sem, other = rctx.Semaphore(1, name="C"), rctx.Semaphore(1, name="C")
+    assert sem.acquire(timeout=5)
+    other.release()  # a handle without a permit: takes over sem's
+    sem.release()  # sem's lease was handed over: one more release, not LeaseLost
+    assert sem.get_value() == 2  # multiprocessing.Semaphore: 1 - 1 + 1 + 1
+
+
 # ------------------------------------------------------------------------- signatures
 
 class Evil:
@@ -206,10 +236,12 @@ def test_bad_signature_refused_counted_never_unpickled(redis_server, tmp_path):
     bad = procwire.redis.get_context(redis_server.url, authkey=b"attacker's key")
     target = tmp_path / "pwned"
     bad.Queue(name="q").put(Evil(str(target)))
-    # a raw pickle written straight into the list, as anyone with access could
+    # raw pickles written straight into the list, as anyone with access could:
+    # one forged as signed, one as an unsigned (keyless) producer writes them
     r = redis.Redis.from_url(redis_server.url)
     try:
-        r.rpush("procwire:q:q", b"\0" * 32 + b"p" + pickle.dumps(Evil(str(target))))
+        evil = b"p" + pickle.dumps(Evil(str(target)))
+        r.rpush("procwire:q:q", b"S" + b"\0" * 32 + evil, b"U" + evil)
     finally:
         r.close()
     q = good.Queue(name="q")
@@ -217,7 +249,7 @@ def test_bad_signature_refused_counted_never_unpickled(redis_server, tmp_path):
     with pytest.warns(BadSignatureWarning):
         assert q.get(timeout=5) == "fine"
     assert not target.exists()
-    assert q.statistics()["rejected"] == 2
+    assert q.statistics()["rejected"] == 3
     jq = good.JoinableQueue(name="jq")
     bad.JoinableQueue(name="jq").put(Evil(str(target)))
     with pytest.warns(BadSignatureWarning):
@@ -227,6 +259,30 @@ def test_bad_signature_refused_counted_never_unpickled(redis_server, tmp_path):
     assert [d["reason"] for d in jq.dead_letters()] == ["bad signature"]
     assert jq.statistics()["rejected"] == 1
     assert jq.join(timeout=5)
+
+
+def test_without_an_authkey_payloads_are_unsigned_and_keyed_contexts_refuse_them(
+        redis_server, tmp_path, monkeypatch):
+    """No authkey: no signature (anyone who can reach Redis can inject work, as
+    README says), and a context with a key never unpickles such a message; a
+    keyless context refuses a signed one (a key mismatch, not a forgery)."""
+    monkeypatch.delenv("PROCWIRE_AUTHKEY", raising=False)
+    # made first: a keyless context otherwise takes the key of an open one on its URL
+    keyless = procwire.redis.get_context(redis_server.url)
+    keyed = procwire.redis.get_context(redis_server.url, authkey=KEY)
+    assert keyless._engine.authkey is None
+    target = tmp_path / "pwned"
+    keyless.Queue(name="open").put("hello")
+    assert keyless.Queue(name="open").get(timeout=5) == "hello"
+    keyless.Queue(name="open").put(Evil(str(target)))
+    with pytest.warns(BadSignatureWarning, match="not signed"):
+        with pytest.raises(queue.Empty):
+            keyed.Queue(name="open").get(timeout=0.2)
+    assert not target.exists()
+    keyed.Queue(name="open").put("signed")
+    with pytest.warns(BadSignatureWarning, match="has none"):
+        with pytest.raises(queue.Empty):
+            keyless.Queue(name="open").get(timeout=0.2)
 
 
 # ------------------------------------------------------------------------------- Ctrl-C

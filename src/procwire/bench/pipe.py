@@ -35,7 +35,10 @@ MiB = 1 << 20
 JOIN = 300
 W = "procwire.bench.pipe:"
 
-PAYLOADS = {"bytes64": b"x" * 64, "tuple": (1, "abc", 2.5), "bytes1m": b"x" * MiB}
+PAYLOADS = {"bytes64": b"x" * 64, "tuple": (1, "abc", 2.5), "bytes1m": b"x" * MiB,
+            "bytes8m": b"x" * (8 * MiB)}
+#: Payloads reported as GB/s, by their size.
+LARGE = {"bytes1m": MiB, "bytes8m": 8 * MiB}
 
 
 class _Ends:
@@ -133,12 +136,26 @@ def _flush(ends: _Ends, sock: Any) -> None:
         sock.context.term()
 
 
-def _pin(pinned: bool) -> None:
-    if pinned:
-        os.sched_setaffinity(0, {0})
+def _pin(pinned: bool | str) -> list[int] | None:
+    """Pins this process; returns the CPUs its forked peer should re-pin to.
+
+    ``True``: both processes on the first CPU; ``"split"``: this one on the
+    first CPU and the peer on the second (one process per core).
+    """
+    if not pinned:
+        return None
+    from procwire.bench.queues import two_cpus
+    if pinned == "split":
+        mine, theirs = two_cpus()
+        os.sched_setaffinity(0, {mine})
+        return [theirs]
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    return None
 
 
-def _echo_child(ends: _Ends, count: int) -> None:
+def _echo_child(ends: _Ends, count: int, pin: list[int] | None = None) -> None:
+    if pin:
+        os.sched_setaffinity(0, pin)
     s, r = ends.open("child")
     send, recv = _send_fn(ends.impl, s, "bytes64"), _recv_fn(ends.impl, r, "bytes64")
     for _ in range(count):
@@ -147,11 +164,12 @@ def _echo_child(ends: _Ends, count: int) -> None:
     os._exit(0)
 
 
-def rtt(impl: str, pinned: bool = False, count: int = 20000, warmup: int = 2000) -> dict[str, Any]:
-    """64-byte round trips; value = median µs, with p10/p99."""
-    _pin(pinned)
+def rtt(impl: str, pinned: bool | str = False, count: int = 20000,
+        warmup: int = 2000) -> dict[str, Any]:
+    """64-byte round trips; value = median µs, with p10/p99. ``pinned``: see _pin."""
+    child_pin = _pin(pinned)
     ends = _Ends(impl)
-    p = FORK.Process(target=_echo_child, args=(ends, count + warmup))
+    p = FORK.Process(target=_echo_child, args=(ends, count + warmup, child_pin))
     p.start()
     s, r = ends.open("parent")
     send, recv = _send_fn(impl, s, "bytes64"), _recv_fn(impl, r, "bytes64")
@@ -208,8 +226,8 @@ def throughput(impl: str, payload: str, messages: int) -> dict[str, Any]:
     ends.close()
     rate = (messages - 1) / dt
     out = {"minflt_per_msg": faults / (messages - 1)}
-    if payload == "bytes1m":
-        out["value"] = rate * MiB / 1e9
+    if payload in LARGE:
+        out["value"] = rate * LARGE[payload] / 1e9
         out["msg_per_s"] = rate
     else:
         out["value"] = rate
@@ -230,7 +248,10 @@ def cases(scale: float = 1.0) -> list[Case]:
         return max(1000, int(count * scale))
 
     out: list[Case] = []
-    for pinned, label in ((False, "RTT 64 B, unpinned"), (True, "RTT 64 B, pinned to 1 CPU")):
+    pinnings: tuple[tuple[bool | str, str], ...] = (
+        (False, "RTT 64 B, unpinned"), (True, "RTT 64 B, pinned to 1 CPU"),
+        ("split", "RTT 64 B, pinned to CPUs 0 and 1"))
+    for pinned, label in pinnings:
         for impl in ("procwire", "multiprocessing", "os.pipe", "pyzmq"):
             out.append(Case(label, impl, W + "rtt",
                             {"impl": impl, "pinned": pinned, "count": n(20000)}, "µs",
@@ -247,6 +268,10 @@ def cases(scale: float = 1.0) -> list[Case]:
     for impl in PEERS:
         out.append(Case("send_bytes 1 MiB 1→1", impl, W + "throughput",
                         {"impl": impl, "payload": "bytes1m", "messages": n(2000)}, "GB/s"))
+    for impl in ("procwire", "multiprocessing", "pyzmq"):
+        out.append(Case("send_bytes 8 MiB 1→1", impl, W + "throughput",
+                        {"impl": impl, "payload": "bytes8m", "messages": max(50, n(250))},
+                        "GB/s"))
     # procwire.connection's same-host upgrade against multiprocessing.connection's
     # socket: the same Listener(('127.0.0.1', port), authkey=...) / Client code.
     tcp = "Listener/Client TCP+authkey"

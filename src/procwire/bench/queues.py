@@ -28,8 +28,11 @@ PAYLOADS: dict[str, Callable[[], Any]] = {
     "tuple": lambda: (1, "abc", 2.5),
     "bytes1m": lambda: b"x" * MiB,
     "numpy1m": lambda: __import__("numpy").ones(MiB // 8),
+    "bytes8m": lambda: b"x" * (8 * MiB),
+    "numpy8m": lambda: __import__("numpy").ones(MiB),
 }
-PAYLOAD_BYTES = {"bytes64": 64, "tuple": 0, "bytes1m": MiB, "numpy1m": MiB}
+PAYLOAD_BYTES = {"bytes64": 64, "tuple": 0, "bytes1m": MiB, "numpy1m": MiB,
+                 "bytes8m": 8 * MiB, "numpy8m": 8 * MiB}
 
 
 # -- adapters: one small class per implementation ---------------------------------
@@ -133,9 +136,47 @@ class _ZmqEnd:
         return data if not data.startswith(b"\x80") else __import__("pickle").loads(data)
 
 
+class _ProcwirePipe:
+    """procwire's one-way Pipe as a 1→1 queue, for the large-message rows: the
+    Queue's figure beside the Pipe's, in one run. bytes go by send_bytes,
+    anything else by send (pickled, numpy's buffers out of band); the end of the
+    stream is an empty send_bytes."""
+
+    def __init__(self, big: bool) -> None:
+        import procwire
+        self.r, self.w = procwire.Pipe(duplex=False)
+
+    def endpoint(self, role: str) -> Any:
+        return _PipeEnd(self.r if role == "consumer" else self.w)
+
+    put_many = None
+    get_many = None
+
+
+class _PipeEnd:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def put(self, obj: Any) -> None:
+        if obj is None:
+            self.conn.send_bytes(b"")
+        elif type(obj) is bytes:
+            self.conn.send_bytes(obj)
+        else:
+            self.conn.send(obj)
+
+    def get(self) -> Any:
+        # Both kinds of message arrive as bytes: a pickle starts with PROTO.
+        data = self.conn.recv_bytes()
+        if not data:
+            return None
+        return data if not data.startswith(b"\x80") else __import__("pickle").loads(data)
+
+
 # adapters share an interface by duck typing (put_many may be None): Any
 IMPLS: dict[str, Any] = {"procwire": _Procwire, "multiprocessing": _Multiprocessing,
-                         "faster-fifo": _FasterFifo, "pyzmq": _Zmq}
+                         "faster-fifo": _FasterFifo, "pyzmq": _Zmq,
+                         "procwire Pipe": _ProcwirePipe}
 
 
 # -- workloads ----------------------------------------------------------------------
@@ -227,7 +268,9 @@ def throughput(impl: str, payload: str, messages: int, producers: int = 1,
     return out
 
 
-def _echo(impl: str, a: Any, b: Any, trips: int) -> None:
+def _echo(impl: str, a: Any, b: Any, trips: int, pin: list[int] | None) -> None:
+    if pin:
+        os.sched_setaffinity(0, pin)
     ping, pong = a.endpoint("consumer"), b.endpoint("producer")
     for _ in range(trips):
         pong.put(ping.get())
@@ -235,12 +278,32 @@ def _echo(impl: str, a: Any, b: Any, trips: int) -> None:
         pong.flush()
 
 
-def round_trip(impl: str, trips: int, pin: list[int] | None = None) -> dict[str, Any]:
-    """Median microseconds for a 64-byte message to go there and back."""
+def two_cpus() -> tuple[int, int]:
+    """The first two CPUs this process may run on (0 and 1 on the 2-vCPU VM)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("pinning to two CPUs needs two: this process may use only "
+                         f"CPU {cpus[0]}")
+    return cpus[0], cpus[1]
+
+
+def round_trip(impl: str, trips: int, pin: list[int] | None = None,
+               split: bool = False) -> dict[str, Any]:
+    """Median microseconds for a 64-byte message to go there and back.
+
+    ``pin``: both processes on these CPUs; ``split``: this process pinned to
+    one CPU and its peer to another (one process per core, as ``taskset``
+    deployments run), so that a wait can only end by a wake-up or a spin
+    across CPUs.
+    """
+    child_pin = None
+    if split:
+        mine, theirs = two_cpus()
+        pin, child_pin = [mine], [theirs]
     if pin:
         os.sched_setaffinity(0, pin)  # children inherit it
     a, b = IMPLS[impl](big=False), IMPLS[impl](big=False)
-    child = FORK.Process(target=_echo, args=(impl, a, b, trips))
+    child = FORK.Process(target=_echo, args=(impl, a, b, trips, child_pin))
     child.start()
     ping, pong = a.endpoint("producer"), b.endpoint("consumer")
     msg = b"x" * 64
@@ -308,12 +371,19 @@ def cases(scale: float = 1.0) -> list[Case]:
     out.append(Case("64 B bytes 4→4", "faster-fifo batched", W + "throughput",
                     {"impl": "faster-fifo", "payload": "bytes64", "messages": n(1_000_000),
                      "producers": 4, "consumers": 4, "batch": 256}, "msg/s"))
+    # Large messages, with procwire's own Pipe beside the Queue (issue 14: the
+    # Queue should move 1 and 8 MiB as fast as the Pipe streams them).
     big = {"procwire": n(4000), "multiprocessing": n(1000), "faster-fifo": n(2000),
-           "pyzmq": n(2000)}
-    for impl in PEERS:
+           "pyzmq": n(2000), "procwire Pipe": n(4000)}
+    for impl in (*PEERS, "procwire Pipe"):
         for payload, label in (("bytes1m", "1 MiB bytes 1→1"), ("numpy1m", "1 MiB numpy 1→1")):
             out.append(Case(label, impl, W + "throughput",
                             {"impl": impl, "payload": payload, "messages": big[impl]}, "GB/s"))
+    for impl in ("procwire", "multiprocessing", "faster-fifo", "procwire Pipe"):
+        for payload, label in (("bytes8m", "8 MiB bytes 1→1"), ("numpy8m", "8 MiB numpy 1→1")):
+            out.append(Case(label, impl, W + "throughput",
+                            {"impl": impl, "payload": payload,
+                             "messages": max(50, big[impl] // 8)}, "GB/s"))
     trips = {"procwire": n(100_000), "multiprocessing": n(20_000), "faster-fifo": n(20_000),
              "pyzmq": n(20_000)}
     for impl in PEERS:
@@ -322,6 +392,10 @@ def cases(scale: float = 1.0) -> list[Case]:
     for impl in ("procwire", "multiprocessing"):
         out.append(Case("round trip 64 B, one CPU", impl, W + "round_trip",
                         {"impl": impl, "trips": trips["multiprocessing"], "pin": [0]}, "µs",
+                        higher_is_better=False))
+    for impl in ("procwire", "multiprocessing"):
+        out.append(Case("round trip 64 B, pinned to CPUs 0 and 1", impl, W + "round_trip",
+                        {"impl": impl, "trips": trips["multiprocessing"], "split": True}, "µs",
                         higher_is_better=False))
     for impl in ("procwire", "multiprocessing", "faster-fifo"):
         out.append(Case("idle waiter CPU", impl, W + "idle_waiter_cpu",

@@ -63,7 +63,9 @@ def uncontended(impl: str, pairs: int) -> dict[str, Any]:
 
 # -- contended -------------------------------------------------------------------------
 
-def _hammer(lock: Any, pairs: int, ready: Any, go: Any) -> None:
+def _hammer(lock: Any, pairs: int, ready: Any, go: Any, cpu: int | None = None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     acquire, release = lock.acquire, lock.release
     ready.release()
     go.wait()
@@ -72,9 +74,15 @@ def _hammer(lock: Any, pairs: int, ready: Any, go: Any) -> None:
         release()
 
 
-def contended(impl: str, pairs: int, workers: int = 2) -> dict[str, Any]:
+def contended(impl: str, pairs: int, workers: int = 2, split: bool = False) -> dict[str, Any]:
     """Total acquire()+release() pairs per second, `workers` processes (threads
-    for the threading floor) hammering one lock."""
+    for the threading floor) hammering one lock. ``split``: worker i pinned to
+    the i-th CPU (mod 2), so that they always run at the same time."""
+    cpus: list[int | None] = [None] * workers
+    if split:
+        from procwire.bench.queues import two_cpus
+        pair = two_cpus()
+        cpus = [pair[i % 2] for i in range(workers)]
     lock = _lock(impl)
     ready: Any  # threading's or multiprocessing's: the same interface
     go: Any
@@ -85,8 +93,8 @@ def contended(impl: str, pairs: int, workers: int = 2) -> dict[str, Any]:
                    for _ in range(workers)]
     else:
         ready, go = FORK.Semaphore(0), FORK.Event()
-        runners = [FORK.Process(target=_hammer, args=(lock, pairs, ready, go))
-                   for _ in range(workers)]
+        runners = [FORK.Process(target=_hammer, args=(lock, pairs, ready, go, cpus[i]))
+                   for i in range(workers)]
     for r in runners:
         r.start()
     for _ in runners:
@@ -181,6 +189,10 @@ def cases(scale: float = 1.0) -> list[Case]:
     for impl in ("procwire", "multiprocessing", "threading"):
         out.append(Case("Lock contended, 2 processes (threading: 2 threads)", impl,
                         W + "contended", {"impl": impl, "pairs": n(500_000)}, "pairs/s"))
+    for impl in ("procwire", "multiprocessing"):
+        out.append(Case("Lock contended, 2 processes pinned to CPUs 0 and 1", impl,
+                        W + "contended", {"impl": impl, "pairs": n(500_000), "split": True},
+                        "pairs/s"))
     for impl in ("procwire", "multiprocessing", "threading"):
         out.append(Case("Event wake-up, other process (threading: thread), unpinned", impl,
                         W + "event_wake", {"impl": impl, "trips": n(20_000)}, "µs",

@@ -110,6 +110,9 @@ def worker_command(url: str, pool: str, processes: int | None, lease: float,
 
     say(f"procwire worker: pool {pool!r} at {engine.display}: {processes} processes "
         f"(pid {os.getpid()}); Ctrl-C to stop after the running tasks")
+    if authkey is None:
+        say("procwire worker: PROCWIRE_AUTHKEY is not set: tasks are not signed, and anyone "
+            "who can reach this Redis server can make these processes run their code")
     last = None
     try:
         while children:

@@ -38,11 +38,10 @@ def get_context(url: str, *, authkey: bytes | str | None = None, lease: float | 
     for TLS (redis-py's URL syntax, e.g. ``?ssl_ca_certs=/path/ca.pem``).
 
     ``authkey``: every payload is signed with HMAC-SHA256 under this key, and
-    a message whose signature does not verify is refused, counted and never
-    unpickled. Default: the ``PROCWIRE_AUTHKEY`` environment variable; without
-    either, payloads are signed with a fixed key, which detects corruption but
-    not a malicious writer -- whoever can write to the database could then make
-    consumers run code.
+    a message that is unsigned or whose signature does not verify is refused,
+    counted and never unpickled. Default: the ``PROCWIRE_AUTHKEY`` environment
+    variable. Without either, nothing is signed: whoever can reach the Redis
+    server can make every consumer unpickle, and so run, code of their choosing.
 
     ``lease``: seconds a dead holder keeps a lock, semaphore permit, pending
     message or task before it is freed (default 10; renewed every third of it

@@ -40,9 +40,11 @@ SLICE = 2.0
 SOCKET_TIMEOUT = SLICE + 8.0
 DEFAULT_LEASE = 10.0
 DEFAULT_RETRY_FOR = 10.0
-SIG = 32  # bytes of HMAC-SHA256 in front of every payload
+SIG = 32  # bytes of HMAC-SHA256 in a signed payload
+# A payload is b"S" + HMAC-SHA256(authkey, scope NUL data) + data with an
+# authkey, b"U" + data without one; data is b"b" + raw bytes or b"p" + a pickle.
+SIGNED, UNSIGNED = b"S", b"U"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
-_UNSIGNED_KEY = b"procwire: no authkey given"
 
 
 def validate_name(name: str) -> str:
@@ -90,7 +92,6 @@ class Engine:
         self.url = url
         self.display = redact(url)
         self.authkey = authkey
-        self._key = authkey if authkey is not None else _UNSIGNED_KEY
         self.pid = os.getpid()
         # No retries inside redis-py: a retried write could be applied twice.
         # Engine.call retries what is safe to retry.
@@ -129,6 +130,9 @@ class Engine:
         while True:
             try:
                 return fn(self.client)
+            except redis.AuthenticationError as e:
+                # (a ConnectionError subclass in redis-py: retrying cannot help)
+                raise EngineError(f"Redis at {self.display} refused the credentials: {e}") from e
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 now = time.monotonic()
                 if first_failure is None:
@@ -147,10 +151,9 @@ class Engine:
                         "reachable from this machine?") from e
                 time.sleep(pause)  # back-off before reconnecting, not a synchronisation
                 pause = min(pause * 2, 1.0)
-            except redis.AuthenticationError as e:
-                raise EngineError(f"Redis at {self.display} refused the credentials: {e}") from e
             except redis.ResponseError as e:
-                if "NOPERM" in str(e) or "NOAUTH" in str(e):
+                if (isinstance(e, redis.exceptions.NoPermissionError)
+                        or "NOPERM" in str(e) or "NOAUTH" in str(e)):
                     raise EngineError(f"Redis at {self.display}: {e} (check the ACL user's "
                                       "permissions on keys procwire:*)") from e
                 raise
@@ -158,19 +161,35 @@ class Engine:
     # -- payloads -------------------------------------------------------------------
 
     def sign(self, data: bytes, scope: str) -> bytes:
-        return hmac.digest(self._key, scope.encode() + b"\0" + data, "sha256") + data
+        """``data`` framed for Redis: signed under the authkey, or marked unsigned."""
+        key = self.authkey
+        if key is None:
+            return UNSIGNED + data
+        return SIGNED + hmac.digest(key, scope.encode() + b"\0" + data, "sha256") + data
 
     def verify(self, blob: bytes, scope: str) -> bytes | None:
-        """The data of a signed blob, or None (counted, warned) if the signature is bad."""
-        if len(blob) >= SIG:
-            data = blob[SIG:]
-            mac = hmac.digest(self._key, scope.encode() + b"\0" + data, "sha256")
-            if hmac.compare_digest(mac, blob[:SIG]):
+        """The data of a framed blob, or None (counted, warned) if it must be refused:
+        with an authkey, a blob that is unsigned or whose signature does not verify;
+        without one, a signed blob (its producer has a key this context lacks)."""
+        key = self.authkey
+        mark = blob[:1]
+        if key is None:
+            if mark == UNSIGNED:
+                return blob[1:]
+            why = ("it is signed with an authkey and this context has none: give it the "
+                   "producers' authkey")
+        elif mark == SIGNED and len(blob) > SIG:
+            data = blob[1 + SIG:]
+            mac = hmac.digest(key, scope.encode() + b"\0" + data, "sha256")
+            if hmac.compare_digest(mac, blob[1:1 + SIG]):
                 return data
+            why = "its signature does not match this context's authkey"
+        else:
+            why = "it is not signed, and this context requires signatures (it has an authkey)"
         self.rejected += 1
         warnings.warn(BadSignatureWarning(
-            f"refused a message on {scope!r} at {self.display}: its signature does not match "
-            "this context's authkey (never unpickled)"), stacklevel=3)
+            f"refused a message on {scope!r} at {self.display}: {why} (never unpickled)"),
+            stacklevel=3)
         return None
 
     def dumps(self, obj: Any, scope: str) -> bytes:

@@ -25,7 +25,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -155,16 +154,17 @@ def run_entry(engine: Engine, scope: str, blob: bytes) -> Any:
     return out
 
 
-def _portable(e: BaseException) -> BaseException:
-    """The exception, with its traceback as text, made picklable if it is not."""
+def _portable(e: BaseException) -> Any:
+    """The exception with its traceback as text, as multiprocessing's pool sends it
+    (unpickled, it has ``__cause__`` = RemoteTraceback); made picklable if it is not."""
     import pickle
-    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    from multiprocessing.pool import ExceptionWithTraceback  # type: ignore[attr-defined]
+    tb = e.__traceback__
     try:
         pickle.loads(pickle.dumps(e))
     except Exception:
         e = RuntimeError(f"{type(e).__name__}: {e} (the original exception is not picklable)")
-    e.__dict__["_procwire_remote_tb"] = tb
-    return e
+    return ExceptionWithTraceback(e, tb)
 
 
 class Worker:

@@ -8,12 +8,12 @@ to ``retries`` times, and then fails with ``WorkerLost``. Results are
 published atomically with the acknowledgement, so a task re-run after its
 worker was presumed dead yields one result, never two.
 
-The result classes follow ``multiprocessing.pool``'s (``ready``,
-``successful``, ``wait``, ``get``; ``imap`` iterators with ``next(timeout)``).
+The result objects are the local pool's (:mod:`procwire.pool.results`:
+``ApplyResult``, ``MapResult``, ``IMapIterator``, with ``multiprocessing.pool``'s
+API); this module only feeds them the outcomes that arrive from Redis.
 """
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import itertools
 import multiprocessing
@@ -22,11 +22,18 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from multiprocessing import TimeoutError
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from procwire.pool.results import (
+    ApplyResult,
+    IMapIterator,
+    IMapUnorderedIterator,
+    MapResult,
+    PoolTerminated,
+)
 from procwire.redis import _worker
 from procwire.redis._engine import SLICE, Engine, new_name
 from procwire.redis.context import RedisContext, RedisObject
@@ -35,175 +42,46 @@ from procwire.redis.errors import WorkerLost
 RUN, CLOSE, TERMINATE = "running", "closed", "terminated"
 
 
-class RemoteTraceback(Exception):
-    def __init__(self, tb: str) -> None:
-        self.tb = tb
+@dataclass
+class _Job:
+    """One submitted job and the result object its outcomes go to.
 
-    def __str__(self) -> str:
-        return self.tb
+    ``kind``: "apply" (an ApplyResult), "map" (a MapResult: a chunk fails
+    whole at its first exception, as in multiprocessing) or "imap" (an
+    IMapIterator fed one outcome per task, so each task's exception is raised
+    at its place and the iteration goes on). ``seen`` holds the chunks
+    delivered: the protocol delivers each once, and a second delivery is
+    counted in ``Pool.duplicate_results`` instead of reaching the result.
+    """
 
+    result: Any
+    kind: str
+    chunksize: int = 1
+    length: int = 1
+    left: int = 1
+    seen: set[int] = field(default_factory=set)
 
-def _rebuild_exc(e: BaseException) -> BaseException:
-    tb = e.__dict__.pop("_procwire_remote_tb", None)
-    if tb:
-        e.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
-    return e
+    def chunk_len(self, index: int) -> int:
+        return min(self.chunksize, self.length - index * self.chunksize)
 
+    def fail_unfinished(self, error: BaseException) -> None:
+        """Every chunk not yet delivered fails with ``error`` (the pool was terminated)."""
+        for index in range(-(-self.length // self.chunksize)):
+            if index not in self.seen:
+                self.seen.add(index)
+                self.deliver(index, [(False, error)] * self.chunk_len(index))
+                if self.kind != "imap":
+                    return  # the first failure completes an apply or a map
 
-class ApplyResult:
-    """The result of ``apply_async``; ``get(timeout)`` raises the task's exception."""
-
-    def __init__(self, pool: Pool, callback: Callable[[Any], Any] | None,
-                 error_callback: Callable[[BaseException], Any] | None) -> None:
-        self._pool = pool
-        self._event = threading.Event()
-        self._callback = callback
-        self._error_callback = error_callback
-        self._job = next(pool._counter)
-        self._success = False
-        self._value: Any = None
-
-    def ready(self) -> bool:
-        return self._event.is_set()
-
-    def successful(self) -> bool:
-        if not self.ready():
-            raise ValueError(f"{self!r} not ready")
-        return self._success
-
-    def wait(self, timeout: float | None = None) -> None:
-        _wait_event(self._event, timeout)
-
-    def get(self, timeout: float | None = None) -> Any:
-        self.wait(timeout)
-        if not self.ready():
-            raise TimeoutError
-        if self._success:
-            return self._value
-        raise self._value
-
-    def _set_chunk(self, index: int, results: list[tuple[bool, Any]]) -> None:
-        self._success, self._value = results[0]
-        if not self._success:
-            self._value = _rebuild_exc(self._value)
-        self._finish()
-
-    def _finish(self) -> None:
-        try:
-            if self._success and self._callback is not None:
-                self._callback(self._value)
-            if not self._success and self._error_callback is not None:
-                self._error_callback(self._value)
-        finally:
-            self._event.set()
-            self._pool._job_done(self._job)
-
-
-AsyncResult = ApplyResult
-
-
-class MapResult(ApplyResult):
-    def __init__(self, pool: Pool, chunksize: int, length: int,
-                 callback: Callable[[Any], Any] | None,
-                 error_callback: Callable[[BaseException], Any] | None) -> None:
-        super().__init__(pool, callback, error_callback)
-        self._chunksize = chunksize
-        self._length = length
-        self._value = [None] * length
-        self._left = -(-length // chunksize) if length else 0
-        self._error: BaseException | None = None
-        self._seen: set[int] = set()
-
-    def _set_chunk(self, index: int, results: list[tuple[bool, Any]]) -> None:
-        if index in self._seen:
-            self._pool.duplicate_results += 1
-            return
-        self._seen.add(index)
-        for k, (ok, value) in enumerate(results):
-            if ok:
-                self._value[index * self._chunksize + k] = value
-            elif self._error is None:
-                self._error = _rebuild_exc(value)
-        self._left -= 1
-        if self._left == 0:
-            if self._error is not None:
-                self._success, self._value = False, self._error
-            else:
-                self._success = True
-            self._finish()
-
-
-class IMapIterator:
-    """``imap``'s iterator: results in order, each task's exception raised in turn."""
-
-    def __init__(self, pool: Pool, chunksize: int, length: int, ordered: bool = True) -> None:
-        self._pool = pool
-        self._job = next(pool._counter)
-        self._chunksize = chunksize
-        self._length = length
-        self._ordered = ordered
-        self._cond = threading.Condition(threading.Lock())
-        self._items: dict[int, tuple[bool, Any]] = {}
-        self._queue: collections.deque[tuple[bool, Any]] = collections.deque()
-        self._index = 0
-        self._received = 0
-        self._seen: set[int] = set()
-        if length == 0:
-            pool._job_done(self._job)
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def next(self, timeout: float | None = None) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                if self._ordered and self._index in self._items:
-                    ok, value = self._items.pop(self._index)
-                    break
-                if not self._ordered and self._queue:
-                    ok, value = self._queue.popleft()
-                    break
-                if self._index >= self._length:
-                    raise StopIteration
-                left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
-                if left <= 0:
-                    raise TimeoutError
-                self._cond.wait(left)
-            self._index += 1
-        if ok:
-            return value
-        raise value
-
-    __next__ = next
-
-    def _set_chunk(self, index: int, results: list[tuple[bool, Any]]) -> None:
-        with self._cond:
-            if index in self._seen:
-                self._pool.duplicate_results += 1
-                return
-            self._seen.add(index)
-            for k, (ok, value) in enumerate(results):
-                item = (ok, value if ok else _rebuild_exc(value))
-                if self._ordered:
-                    self._items[index * self._chunksize + k] = item
-                else:
-                    self._queue.append(item)
-            self._received += len(results)
-            done = self._received >= self._length
-            self._cond.notify_all()
-        if done:
-            self._pool._job_done(self._job)
-
-
-def _wait_event(event: threading.Event, timeout: float | None) -> None:
-    # in slices, so that Ctrl-C in the main thread is seen promptly
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while not event.is_set():
-        left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
-        if left <= 0:
-            return
-        event.wait(left)
+    def deliver(self, index: int, outcomes: list[tuple[bool, Any]]) -> None:
+        if self.kind == "apply":
+            self.result._set(0, outcomes[0])
+        elif self.kind == "map":
+            failed = next((o for o in outcomes if not o[0]), None)
+            self.result._set(index, failed or (True, [v for _, v in outcomes]))
+        else:
+            start = index * self.chunksize
+            self.result._set_many([(start + k, o) for k, o in enumerate(outcomes)])
 
 
 class Pool(RedisObject):
@@ -330,8 +208,8 @@ class Pool(RedisObject):
 
     def _dispatch(self, blob: bytes, recovering: bool = False) -> None:
         if blob[:2] in (b"L:", b"R:"):
-            kind, job, index, *rest = blob.decode().split(":", 3)
-            job_, index_ = int(job), int(index)
+            kind, job, chunk, *rest = blob.decode().split(":", 3)
+            job_id, index = int(job), int(chunk)
             if kind == "L":
                 who = rest[0] if rest else "?"
                 try:
@@ -339,7 +217,7 @@ class Pool(RedisObject):
                 except (IndexError, ValueError):
                     pid = None
                 err: BaseException = WorkerLost(
-                    f"task(s) of chunk {index_} were lost: worker {who} of "
+                    f"task(s) of chunk {index} were lost: worker {who} of "
                     f"pool {self.name!r} died (heartbeat expired) and "
                     f"{self._retries} retr{'y' if self._retries == 1 else 'ies'} were spent",
                     pid, self._retries + 1)
@@ -347,26 +225,39 @@ class Pool(RedisObject):
                 err = RuntimeError("a task's signature did not verify at the worker: it was "
                                    "refused (check that every worker uses the same authkey)")
             with self._jobs_lock:
-                job_obj = self._jobs.get(job_)
+                job_obj = self._jobs.get(job_id)
             if job_obj is not None:
-                job_obj._set_chunk(index_, [(False, err)] * _chunk_len(job_obj, index_))
+                self._deliver(job_id, job_obj, index,
+                              [(False, err)] * job_obj.chunk_len(index), recovering)
             return
         payload = self._engine.loads(blob, self._results_key)
         if payload is Engine._BAD:
             return
-        job_, index_, results = payload
+        job_id, index, outcomes = payload
         with self._jobs_lock:
-            job_obj = self._jobs.get(job_)
+            job_obj = self._jobs.get(job_id)
         if job_obj is not None:
-            if recovering and index_ in getattr(job_obj, "_seen", ()):
-                return  # dispatched before the reply of its LREM was lost
-            job_obj._set_chunk(index_, results)
+            self._deliver(job_id, job_obj, index, outcomes, recovering)
         elif not recovering:
             self.duplicate_results += 1  # a result for a job already complete
 
-    def _job_done(self, job: int) -> None:
+    def _deliver(self, job_id: int, job: _Job, index: int, outcomes: list[tuple[bool, Any]],
+                 recovering: bool) -> None:
+        if index in job.seen:
+            if not recovering:  # recovering: dispatched before the reply of its LREM was lost
+                self.duplicate_results += 1
+            return
+        job.seen.add(index)
+        job.left -= 1
+        try:
+            job.deliver(index, outcomes)
+        finally:
+            if job.left == 0:
+                self._job_done(job_id)
+
+    def _job_done(self, job_id: int) -> None:
         with self._jobs_lock:
-            self._jobs.pop(job, None)
+            self._jobs.pop(job_id, None)
             if not self._jobs:
                 self._jobs_empty.notify_all()
 
@@ -376,33 +267,36 @@ class Pool(RedisObject):
         if self._state != RUN:
             raise ValueError("Pool not running")
 
-    def _submit(self, job: Any, entries: list[tuple[int, int, Any]]) -> None:
+    def _submit(self, job: _Job, entries: list[tuple[int, int, Any]]) -> None:
         """XADD every (chunk index, tasks in it, payload) in one round trip."""
+        job_id = next(self._counter)
+        job.left = len(entries)
         with self._jobs_lock:
-            self._jobs[job._job] = job
+            self._jobs[job_id] = job
         k = self._task_keys
         blobs = [(i, n, self._engine.dumps(p, k.tasks)) for i, n, p in entries]
 
         def add(r: redis.Redis) -> None:
             pipe = r.pipeline(transaction=False)
             for i, n, b in blobs:
-                pipe.xadd(k.tasks, {"d": b, "c": self._client, "j": job._job, "i": i, "n": n,
+                pipe.xadd(k.tasks, {"d": b, "c": self._client, "j": job_id, "i": i, "n": n,
                                     "a": 0, "r": self._retries})
             pipe.hincrby(k.stats, "submitted", sum(n for _, n, _ in blobs))
             pipe.execute()
         try:
             self._engine.call(add, idempotent=False, what=f"submitting to pool {self.name!r}")
         except BaseException:
-            self._job_done(job._job)
+            self._job_done(job_id)
             raise
 
     def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (),
                     kwds: dict[str, Any] | None = None, callback: Any = None,
                     error_callback: Any = None) -> ApplyResult:
         self._check_running()
-        job = ApplyResult(self, callback, error_callback)
-        self._submit(job, [(0, 1, (func, "apply", (tuple(args), dict(kwds or {}))))])
-        return job
+        result = ApplyResult(self, callback, error_callback)
+        self._submit(_Job(result, "apply"),
+                     [(0, 1, (func, "apply", (tuple(args), dict(kwds or {}))))])
+        return result
 
     def apply(self, func: Callable[..., Any], args: Iterable[Any] = (),
               kwds: dict[str, Any] | None = None) -> Any:
@@ -427,13 +321,11 @@ class Pool(RedisObject):
         self._check_running()
         items = list(iterable)
         chunksize = self._chunksize(len(items), chunksize)
-        job = MapResult(self, chunksize, len(items), callback, error_callback)
-        if not items:
-            job._success = True
-            job._finish()
-            return job
-        self._submit(job, self._chunks(func, kind, items, chunksize))
-        return job
+        result = MapResult(self, chunksize, len(items), callback, error_callback)
+        if items:
+            self._submit(_Job(result, "map", chunksize, len(items)),
+                         self._chunks(func, kind, items, chunksize))
+        return result
 
     def map_async(self, func: Callable[..., Any], iterable: Iterable[Any],
                   chunksize: int | None = None, callback: Any = None,
@@ -459,9 +351,12 @@ class Pool(RedisObject):
         if chunksize < 1:
             raise ValueError(f"chunksize must be 1+, not {chunksize}")
         items = list(iterable)
-        it = IMapIterator(self, chunksize, len(items), ordered)
+        # fed one outcome per task (not per chunk): indices count tasks
+        it = IMapIterator(self) if ordered else IMapUnorderedIterator(self)
+        it._set_length(len(items))
         if items:
-            self._submit(it, self._chunks(func, "map", items, chunksize))
+            self._submit(_Job(it, "imap", chunksize, len(items)),
+                         self._chunks(func, "map", items, chunksize))
         return it
 
     def imap(self, func: Callable[..., Any], iterable: Iterable[Any],
@@ -483,7 +378,7 @@ class Pool(RedisObject):
 
     def terminate(self) -> None:
         """Stop now: local workers are killed and their tasks given back to the queue;
-        results not yet received are abandoned (as multiprocessing does)."""
+        results not yet received fail with ``PoolTerminated`` (as the local pool's)."""
         if self._state == TERMINATE:
             return
         self._state = TERMINATE
@@ -503,7 +398,12 @@ class Pool(RedisObject):
         except Exception:
             pass
         with self._jobs_lock:
+            jobs = list(self._jobs.values())
             self._jobs.clear()
+            self._jobs_empty.notify_all()
+        for job in jobs:
+            job.fail_unfinished(PoolTerminated(f"pool {self.name!r} was terminated before this "
+                                               "task's result arrived"))
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for every task submitted by this Pool, then stop its local workers."""
@@ -539,12 +439,6 @@ class Pool(RedisObject):
 
     def __exit__(self, *exc: object) -> None:
         self.terminate()
-
-
-def _chunk_len(job: Any, index: int) -> int:
-    if isinstance(job, (MapResult, IMapIterator)):
-        return min(job._chunksize, job._length - index * job._chunksize)
-    return 1
 
 
 def pool_statistics(engine: Engine, keys: _worker.Keys) -> dict[str, int]:

@@ -416,9 +416,7 @@ class JoinableQueue(Queue):
                     raise
         self._engine.call(create, what=f"creating {self.name!r}")
 
-    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
-        self._check_open()
-        self.put_many([obj], block, timeout)
+    # put() and put_many() are Queue's, over this _push (self._list is the stream)
 
     def _push(self, blobs: list[bytes], deadline: float | None) -> int:
         e = self._engine
@@ -426,20 +424,6 @@ class JoinableQueue(Queue):
         return int(e.call(lambda r: script(keys=[self._stream, self._stats],
                                            args=[self._maxsize, *blobs]),
                           deadline=deadline, idempotent=False, what=f"put on {self.name!r}"))
-
-    def put_many(self, items: Iterable[Any], block: bool = True,
-                 timeout: float | None = None) -> None:
-        self._check_open()
-        blobs = [self._engine.dumps(o, self._stream) for o in items]
-        deadline = _deadline(block, timeout)
-        done = 0
-        while done < len(blobs):
-            n = self._push(blobs[done:done + _CHUNK], deadline)
-            done += n
-            if n == 0 and not self._wait_space(deadline):
-                err = queue.Full()
-                err.count = done  # type: ignore[attr-defined]
-                raise err
 
     def _reclaim(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -67,13 +67,29 @@ return {0, wait, died, 0}
 """
 
 _RELEASE = """
--- KEYS: holders, meta, wake list; ARGV: token ('' = no lease held), bound ('' = none)
-if ARGV[1] ~= '' then
-  if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return -1 end
-else
-  if ARGV[2] ~= '' then
+-- KEYS: holders, meta, wake list, handed zset
+-- ARGV: token ('' = this handle holds no permit), bound ('' = unbounded)
+-- A release by a process that holds no permit (a Semaphore used to signal,
+-- as multiprocessing allows) returns a permit that some holder took: it takes
+-- over the oldest holder's lease, so that holder's later death does not free
+-- the permit a second time. The holder's token goes to the handed set; its
+-- own release() later counts as one more release, as multiprocessing's does.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local held = ARGV[1] ~= ''
+if held and redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
+  if redis.call('ZREM', KEYS[4], ARGV[1]) == 0 then return -1 end
+  held = false
+end
+if not held then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0)
+  if #first > 0 then
+    redis.call('ZREM', KEYS[1], first[1])
+    redis.call('ZADD', KEYS[4], now, first[1])
+    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -10001)
+  elseif ARGV[2] ~= '' then
     local v = tonumber(redis.call('HGET', KEYS[2], 'value') or ARGV[2])
-    if v + redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return -2 end
+    if v >= tonumber(ARGV[2]) then return -2 end
   end
 end
 local v = redis.call('HINCRBY', KEYS[2], 'value', 1)
@@ -108,6 +124,7 @@ class Semaphore(RedisObject):
         self._holders = self._k + "holders"
         self._meta = self._k + "m"
         self._wake = self._k + "wake"
+        self._handed = self._k + "handed"
         self._reset()
 
     def _params(self) -> dict[str, Any]:
@@ -142,7 +159,8 @@ class Semaphore(RedisObject):
                     # the warning raised (warnings filter "error"): give the permit
                     # back before raising, as the local lock does
                     release = e.script(_RELEASE)
-                    e.call(lambda r: release(keys=[self._holders, self._meta, self._wake],
+                    e.call(lambda r: release(keys=[self._holders, self._meta, self._wake,
+                                                   self._handed],
                                              args=[token, ""]), what="release")
                     raise
             return True, None
@@ -182,9 +200,10 @@ class Semaphore(RedisObject):
         if held is not None:
             self._engine.keeper.remove(held[1])
         token = held[0] if held else ""
-        bound = str(self._initial) if self._bounded and not held else ""
+        bound = str(self._initial) if self._bounded else ""
         script = self._engine.script(_RELEASE)
-        v = self._engine.call(lambda r: script(keys=[self._holders, self._meta, self._wake],
+        v = self._engine.call(lambda r: script(keys=[self._holders, self._meta, self._wake,
+                                                     self._handed],
                                                args=[token, bound]),
                               what=f"release on {self.name!r}")
         if v == -1:
@@ -470,16 +489,28 @@ class Condition(RedisObject):
 # ---------------------------------------------------------------------------- Barrier
 
 _ARRIVE = """
--- KEYS: hash, channel; ARGV: parties
+-- KEYS: hash, channel; ARGV: parties, '1' if the arriving handle has an action
+-- The last to arrive trips the barrier at once, or, with an action, leaves it
+-- full and runs the action first (then _TRIP), as threading.Barrier does.
 local broken = redis.call('HGET', KEYS[1], 'broken')
 local gen = tonumber(redis.call('HGET', KEYS[1], 'generation') or 0)
 if broken == '1' then return {-1, gen} end
 local index = redis.call('HINCRBY', KEYS[1], 'count', 1) - 1
-if index + 1 >= tonumber(ARGV[1]) then
+if index + 1 >= tonumber(ARGV[1]) and ARGV[2] ~= '1' then
   redis.call('HSET', KEYS[1], 'count', 0, 'generation', gen + 1, 'tripped', gen)
   redis.call('PUBLISH', KEYS[2], 1)
 end
 return {index, gen}
+"""
+
+_TRIP = """
+-- KEYS: hash, channel; ARGV: generation. After the action: release the waiters,
+-- unless the barrier was broken (or reset) while the action ran.
+local gen = redis.call('HGET', KEYS[1], 'generation') or '0'
+if gen ~= ARGV[1] or redis.call('HGET', KEYS[1], 'broken') == '1' then return 0 end
+redis.call('HSET', KEYS[1], 'count', 0, 'generation', tonumber(gen) + 1, 'tripped', gen)
+redis.call('PUBLISH', KEYS[2], 1)
+return 1
 """
 
 _BREAK = """
@@ -529,13 +560,14 @@ class Barrier(RedisObject):
         def check() -> Any:
             if "index" not in state:
                 index, gen = e.call(lambda r: arrive(keys=[self._h, self._chan],
-                                                     args=[self._parties]),
+                                                     args=[self._parties,
+                                                           int(self._action is not None)]),
                                     idempotent=False, what="barrier wait")
                 if index < 0:
                     return "broken"
                 state["index"], state["gen"] = int(index), int(gen)
                 if index + 1 >= self._parties:
-                    return "tripped"
+                    return "tripped" if self._action is None else "act"
             h = e.call(lambda r: r.hmget(self._h, "generation", "broken", "tripped"),
                        what="barrier wait")
             gen, broken, tripped = (int(x) if x is not None else None for x in h)
@@ -554,14 +586,19 @@ class Barrier(RedisObject):
             raise BrokenBarrierError
         if outcome == "broken":
             raise BrokenBarrierError
-        index = state["index"]
-        if index + 1 >= self._parties and self._action is not None:
+        if outcome == "act":
+            # the last to arrive: the action runs before anyone is released
+            assert self._action is not None
             try:
                 self._action()
             except BaseException:
                 self.abort()
                 raise
-        return self._parties - 1 - index
+            trip = e.script(_TRIP)
+            if not e.call(lambda r: trip(keys=[self._h, self._chan], args=[state["gen"]]),
+                          what="barrier wait"):
+                raise BrokenBarrierError  # broken or reset while the action ran
+        return self._parties - 1 - state["index"]
 
     def reset(self) -> None:
         self._engine.call(lambda r: self._engine.script(_RESET)(keys=[self._h, self._chan]),
