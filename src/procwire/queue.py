@@ -21,8 +21,9 @@ naming the capacity that would take it.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Generic, Literal, Self, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, overload
 
 if TYPE_CHECKING:
     # Queue() with no type argument is Queue[Any] (PEP 696 default), as
@@ -36,11 +37,10 @@ else:
 
     _T = TypeVar("_T")
 
-import threading
-
 from procwire import _core, _pickle
 from procwire._loans import Loan, View
-from procwire._segment import Named, Segment, validate_name
+from procwire._segment import ClosedOnExit, SegmentObject, ring_capacity
+from procwire.stats import QueueStatistics
 
 __all__ = ["DEFAULT_CAPACITY", "JoinableQueue", "Loan", "Queue", "SimpleQueue", "View"]
 
@@ -51,16 +51,6 @@ _SERIALIZER: dict[str, Any] = {"dumps": _pickle.dumps, "protocol": _pickle.HIGHE
                                "dumps_buffers": _pickle.dumps_buffers, "loads": _pickle.loads}
 
 
-def _capacity_for(capacity: int | None) -> int:
-    if capacity is None:
-        return DEFAULT_CAPACITY
-    if not isinstance(capacity, int) or isinstance(capacity, bool):
-        raise TypeError(f"capacity must be an int number of bytes, not {type(capacity).__name__}")
-    if capacity < 4096 or capacity > 1 << 30:
-        raise ValueError(f"capacity must be between 4096 bytes and 1 GiB, not {capacity}")
-    return 1 << (capacity - 1).bit_length()  # next power of two
-
-
 def _maxsize_for(maxsize: int) -> int:
     if not isinstance(maxsize, int) or isinstance(maxsize, bool):
         raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
@@ -69,7 +59,7 @@ def _maxsize_for(maxsize: int) -> int:
     return max(maxsize, 0)  # <= 0 means no count limit, as in multiprocessing
 
 
-class Queue(Named, _core.Ring, Generic[_T]):
+class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.Ring, Generic[_T]):
     """A process-safe FIFO queue in shared memory, like ``multiprocessing.Queue``.
 
     ``Queue(maxsize=0, *, capacity=None, name=None)``
@@ -105,75 +95,43 @@ class Queue(Named, _core.Ring, Generic[_T]):
         def get_many(self, block: bool = True, timeout: float | None = None,
                      max_messages: int | None = None) -> list[_T]: ...
 
-    _kind_label = "Queue"
+    _label = "Queue"
+    _statistics_type = QueueStatistics
+    _close = _core.Ring._release
+    _counters = _core.Ring._statistics
 
     def __init__(self, maxsize: int = 0, *, capacity: int | None = None,
                  name: str | None = None, ctx: object = None) -> None:
         maxsize = _maxsize_for(maxsize)
-        cap = _capacity_for(capacity)
-        size = _core.Ring._segment_size(cap)
-        if name is None:
-            segment = Segment.create_anonymous(size, self._kind_label)
-            self._setup(segment, create=True, capacity=cap, maxsize=maxsize)
-        else:
-            validate_name(name)
+        cap = ring_capacity(capacity, DEFAULT_CAPACITY)
 
-            def initialise(buffer: Any) -> None:
-                # Lays out the ring; Segment links the name only after this.
-                _core.Ring.__init__(self, buffer, create=True, capacity=cap, maxsize=maxsize,
-                                    kind=_core.KIND_QUEUE, name=self._display(name),
-                                    **_SERIALIZER)
+        def layout(buffer: Any) -> None:
+            # A throw-away Ring writes the initial state; this object opens it
+            # like any attacher (so that one _bind serves every path).
+            ring = _core.Ring.__new__(_core.Ring)
+            _core.Ring.__init__(ring, buffer, create=True, capacity=cap, maxsize=maxsize,
+                                kind=_core.KIND_QUEUE, name=self._label, **_SERIALIZER)
+            ring._release()
 
-            try:
-                self._segment = Segment.create_named(name, size, initialise)
-            except BaseException:
-                self._release()
-                raise
-            self._leases: set[Loan | View] = set()
+        self._create(name, _core.Ring._segment_size(cap), layout)
 
-    def _display(self, name: str | None) -> str:
-        return f"{self._kind_label}({name!r})" if name else f"anonymous {self._kind_label}"
-
-    def _setup(self, segment: Segment, *, create: bool, capacity: int = 0,
-               maxsize: int = 0) -> None:
-        self._segment = segment
-        self._leases = set()  # this handle's open loans and views
-        _core.Ring.__init__(self, segment.buffer, create=create, capacity=capacity,
-                            maxsize=maxsize, kind=_core.KIND_QUEUE,
-                            name=self._display(segment.name), **_SERIALIZER)
-
-    # -- by name ----------------------------------------------------------------
-
-    @classmethod
-    def attach(cls, name: str) -> Self:
-        """Open the queue another process created with ``name=``.
-
-        Raises ``FileNotFoundError`` if there is none, and
-        :class:`procwire.SegmentError` if the name holds something that is not
-        a valid procwire queue.
-        """
-        segment = Segment.attach_named(name)
-        self = cls.__new__(cls)
-        try:
-            self._setup(segment, create=False)
-        except BaseException:
-            segment.close()
-            raise
-        return self
-
-    # -- multiprocessing.Queue's life-cycle methods -------------------------------
+    def _bind(self, **state: Any) -> None:
+        self._leases: set[Loan | View] = set()  # this handle's open loans and views
+        _core.Ring.__init__(self, self._segment.buffer, create=False, capacity=0, maxsize=0,
+                            kind=_core.KIND_QUEUE, name=self._describe(), **_SERIALIZER)
 
     def close(self) -> None:
         """Release this process's handle. Further use of it raises ValueError.
 
-        Other processes are not affected. A named queue's creator also removes
+        Other processes are not affected; a named queue's creator also removes
         the name. Safe to call more than once. Open loans of this thread are
         discarded and its views released first; RuntimeError if another
         thread of this process holds one.
         """
         self._end_leases()
-        self._release()
-        self._segment.close()
+        super().close()
+
+    # -- multiprocessing.Queue's life-cycle methods -------------------------------
 
     def join_thread(self) -> None:
         """Compatibility: there is no feeder thread, so nothing to wait for."""
@@ -183,31 +141,8 @@ class Queue(Named, _core.Ring, Generic[_T]):
     def cancel_join_thread(self) -> None:
         """Compatibility: there is no feeder thread, so exit never waits on the queue."""
 
-    def statistics(self) -> dict[str, int]:
-        """Live counters from the shared header: messages, bytes, waiters, owner deaths.
-
-        ``total_in``/``total_out`` count every message ever published into /
-        taken out of the ring, exactly, kills included (``total_in - total_out
-        == messages``); ``bytes_in``/``bytes_out`` are advisory: a process
-        killed right after publishing leaves its last batch's bytes uncounted.
-        """
-        return self._statistics()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self._released else f"qsize={self.qsize()}"
-        return f"<procwire.{type(self).__name__} {self._display(self._segment.name)} {state}>"
-
-    # -- pickling: to children, or by name anywhere --------------------------------
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        handle = self._segment.reduce_handle(type(self).__name__)
-        return (_rebuild, (type(self), handle))
+    def _repr_state(self) -> str:
+        return f"qsize={self.qsize()}"
 
     # -- zero-copy messages (procwire._loans) ---------------------------------------
 
@@ -227,13 +162,15 @@ class Queue(Named, _core.Ring, Generic[_T]):
         the loan is open, other producers wait; a writer killed inside it
         publishes nothing. ``block``/``timeout`` as for ``put()`` (raises
         ``queue.Full``); :class:`procwire.MessageTooLarge` if it can never fit.
-        Worth it for large messages (see the README: from about 64 KiB).
         """
         if not isinstance(nbytes, int) or isinstance(nbytes, bool):
             raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, not {nbytes}")
-        self._check_no_loan()
+        me = threading.get_ident()
+        if any(isinstance(x, Loan) and x._owner == me for x in self._leases):
+            raise RuntimeError(f"{self._describe()}: this thread has an open loan on this "
+                               "queue; publish or discard it before another")
         offset = self._loan_begin(nbytes, block, timeout)
         try:
             loan = Loan(self, nbytes, offset)
@@ -243,18 +180,12 @@ class Queue(Named, _core.Ring, Generic[_T]):
         self._leases.add(loan)
         return loan
 
-    def _check_no_loan(self) -> None:
-        me = threading.get_ident()
-        if any(isinstance(x, Loan) and x._owner == me for x in self._leases):
-            raise RuntimeError(f"{self._display(self._segment.name)}: this thread has an open "
-                               "loan on this queue; publish or discard it before another")
-
     def _get_view(self, block: bool, timeout: float | None) -> View:
         """get(copy=False): the oldest message, in place (see procwire._loans.View)."""
         me = threading.get_ident()
         if any(isinstance(x, View) and x._owner == me for x in self._leases):
-            raise RuntimeError(f"{self._display(self._segment.name)}: this thread holds a view "
-                               "of this queue; release it before taking another message")
+            raise RuntimeError(f"{self._describe()}: this thread holds a view of this queue; "
+                               "release it before taking another message")
         rtype, offset, length, copied = self._view_begin(block, timeout)
         view = View(self, rtype, offset, length, copied)
         if copied is None:
@@ -269,8 +200,8 @@ class Queue(Named, _core.Ring, Generic[_T]):
             return
         me = threading.get_ident()
         if any(x._owner != me for x in leases):
-            raise RuntimeError(f"{self._display(self._segment.name)}: another thread of this "
-                               "process holds a loan or view of it; end that first")
+            raise RuntimeError(f"{self._describe()}: another thread of this process holds a "
+                               "loan or view of it; end that first")
         for x in list(leases):
             if isinstance(x, Loan):
                 x.discard()
@@ -289,17 +220,6 @@ class Queue(Named, _core.Ring, Generic[_T]):
         return _core.Ring.put_many(self, items, block, timeout)
 
 
-def _rebuild(cls: type[Queue[Any]], handle: tuple[str, object]) -> Queue[Any]:
-    segment = Segment.from_handle(handle)
-    self = cls.__new__(cls)
-    try:
-        self._setup(segment, create=False)
-    except BaseException:
-        segment.close()
-        raise
-    return self
-
-
 class SimpleQueue(Queue[_T]):
     """Like ``multiprocessing.SimpleQueue``: ``put``, ``get``, ``empty``, ``close``.
 
@@ -307,7 +227,7 @@ class SimpleQueue(Queue[_T]):
     ``timeout``), without a message-count limit.
     """
 
-    _kind_label = "SimpleQueue"
+    _label = "SimpleQueue"
 
     def __init__(self, *, capacity: int | None = None, name: str | None = None,
                  ctx: object = None) -> None:
@@ -323,7 +243,7 @@ class JoinableQueue(Queue[_T]):
     exist.
     """
 
-    _kind_label = "JoinableQueue"
+    _label = "JoinableQueue"
 
     def task_done(self) -> None:
         """Mark one formerly enqueued task done; ValueError if called too often."""
