@@ -110,24 +110,33 @@ class _MessagePickler(pickle.Pickler):
         return reduce(obj)
 
 
-# Picklers not in use. A pickler serves one dump at a time: a thread switch
-# inside a reducer, or a reducer that sends a message itself, takes another.
-_idle: list[_MessagePickler] = []
+# Picklers not in use, each as (its dump, its output list, its clear_memo):
+# bound once, not looked up per message. A pickler serves one dump at a time:
+# a thread switch inside a reducer, or a reducer that sends a message itself,
+# takes another.
+_Idle = tuple[Callable[[Any], None], list[bytes], Callable[[], None]]
+_idle: list[_Idle] = []
 _join = b"".join
+
+
+def _new_pickler() -> _Idle:
+    pickler = _MessagePickler()
+    return pickler.dump, pickler.out, pickler.clear_memo
 
 
 def _dump_registered(obj: Any) -> bytes:
     try:
-        pickler = _idle.pop()
+        entry = _idle.pop()
     except IndexError:
-        pickler = _MessagePickler()
+        entry = _new_pickler()
+    dump, out, clear_memo = entry
     try:
-        pickler.dump(obj)
-        return _join(pickler.out)  # one piece (the same object) unless over 64 KiB
+        dump(obj)
+        return _join(out)  # one piece (the same object) unless over 64 KiB
     finally:
-        pickler.out.clear()
-        pickler.clear_memo()  # the memo holds the objects: let them go
-        _idle.append(pickler)
+        out.clear()
+        clear_memo()  # the memo holds the objects: let them go
+        _idle.append(entry)
 
 
 def dumps(obj: Any, protocol: int = HIGHEST) -> bytes:
