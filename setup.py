@@ -1,4 +1,6 @@
-"""Builds the one native module, procwire._core, from src/procwire/_core/*.c.
+"""Builds the one native module, procwire._core, from src/procwire/_core: lib/*.c (the
+plain-C lower layer, also built without Python by tests/native) and bind/*.c (the CPython
+types over it).
 
 PROCWIRE_SANITIZE=1 builds it with AddressSanitizer and UndefinedBehaviorSanitizer;
 the interpreter then needs libasan preloaded (see .ci/run).
@@ -17,11 +19,11 @@ if sanitize:
                "-fno-sanitize-recover=undefined"]
     ldflags += ["-fsanitize=address,undefined"]
 
-sources = sorted(glob.glob("src/procwire/_core/*.c"))
+sources = sorted(glob.glob("src/procwire/_core/lib/*.c") + glob.glob("src/procwire/_core/bind/*.c"))
 core = Extension(
     "procwire._core",
     sources=sources,
-    depends=glob.glob("src/procwire/_core/*.h"),
+    depends=glob.glob("src/procwire/_core/*/*.h"),
     extra_compile_args=cflags,
     extra_link_args=ldflags,
 )

@@ -7,10 +7,12 @@ changing one import is enough::
 
 Architecture
 ------------
-``procwire._core`` is a small private C module that knows only mechanics: the
-byte layout of shared segments (documented in ``_core/layout.h``), futex waits
-with monotonic deadlines, robust (owner-death aware) mutexes and the message
-ring. Everything a user touches is Python on top of it: ``_segment`` names,
+``procwire._core`` is the private C module, in two layers: ``_core/lib`` is
+plain C with the mechanics -- the byte layout of shared segments (documented in
+``_core/lib/layout.h``), the one wait (spin, then futex sleep with monotonic
+deadlines), robust (owner-death aware) mutexes and the message ring -- and
+``_core/bind`` the CPython types over it (the queues' and pipe's hot paths, the
+locks, the statistics). Everything a user touches is Python on top of it: ``_segment`` names,
 creates, attaches and cleans up segments; ``queue`` builds the message queues;
 ``pipe`` builds ``Pipe`` and its ``Connection`` ends; ``connection`` (the
 twin of ``multiprocessing.connection``) its ``Listener``/``Client``, over

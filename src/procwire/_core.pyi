@@ -1,4 +1,5 @@
-# Type stub for procwire's private native module (src/procwire/_core/*.c).
+# Type stub for procwire's private native module (src/procwire/_core: lib/ the plain-C
+# mechanics, bind/ the CPython types over them; the file names below are in bind/).
 #
 # Every type, function and constant the module defines, as its method tables
 # (PyMethodDef/PyGetSetDef) and argument parsers declare them. Positional-only
@@ -32,6 +33,8 @@ LOCKMODE_NONE: int
 LOCKMODE_EMBEDDED: int
 LOCKMODE_NAMED: int
 LOCKMODE_EXTERNAL: int
+RING_MIN_CAPACITY: int  # a ring's capacity: a power of two between these (bytes)
+RING_MAX_CAPACITY: int
 
 # -- exceptions (module.c, sync.c) ---------------------------------------------
 

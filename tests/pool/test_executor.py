@@ -244,8 +244,8 @@ def test_killed_worker_fails_only_its_future_and_the_executor_goes_on(ctx, tmp_p
         h.wait_for_file(started)
         others = [ex.submit(pow, 2, i) for i in range(10)]
         with ex._core._lock:
-            pid = next(w.pid for w in ex._core._workers.values() if w.leased and any(
-                t.job.future is victim for t in w.leased.values()))
+            pid = next(w.pid for w in ex._core._workers.values() if any(
+                s.job.future is victim for lease in w.leases for s in lease.remaining()))
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(WorkerLost) as info:
             victim.result(WAIT)

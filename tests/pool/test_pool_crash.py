@@ -63,11 +63,7 @@ def test_task_that_kills_its_worker_fails_alone(ctx, how, exitcode, signame):
 
 def _holder_of(pool, result):
     """The pid of the worker whose lease holds `result`'s task (from the ledger)."""
-    with pool._core._lock:
-        for w in pool._core._workers.values():
-            if any(t.job is result for t in w.leased.values()):
-                return w.pid
-    return None
+    return pool._core.holder_of(result)
 
 
 def test_sigkill_during_a_task_is_noticed_within_the_bound(tmp_path):

@@ -49,7 +49,7 @@ from typing import Any
 
 from procwire.errors import WorkerLost
 from procwire.pool import _worker
-from procwire.pool._worker import APPLY, BAD_BATCH, INIT_FAILED, PICKLED, PLAIN, READY, RESULTS
+from procwire.pool._worker import BAD_BATCH, INIT_FAILED, READY, RESULTS
 from procwire.pool.results import BrokenPool, PoolStatistics, PoolTerminated
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"  # multiprocessing.pool's states
@@ -79,34 +79,78 @@ def _terminate_all() -> None:
             pass
 
 
-class Task:
-    """One unit of work: an apply call, or one chunk of a map."""
+class Span:
+    """Consecutive tasks of one job with one function: the unit of the backlog and the ledger.
 
-    __slots__ = (
-        "attempts",
-        "data",
-        "func",
-        "index",
-        "job",
-        "kind",
-        "seq",
-        "solo",
-        "started",
-        "tid",
-    )
+    Task ``k`` (``lo <= k < hi``) has argument ``items[k]`` and is the job's
+    task number ``base + k``. Cutting a span shares ``items``: a map of a
+    million tasks is one list, leased in pieces, never copied per task.
+    """
 
-    def __init__(self, tid: int, job: Any, index: int, kind: int, func: Any, data: Any) -> None:
-        self.tid = tid
+    __slots__ = ("attempts", "base", "flat", "func", "hi", "items", "job", "kind", "lo", "solo",
+                 "started")
+
+    def __init__(self, job: Any, kind: int, func: Any, items: list[Any], *, base: int = 0,
+                 flat: bool = False) -> None:
         self.job = job
-        self.index = index
         self.kind = kind
         self.func = func
-        self.data = data
-        self.attempts = 0  # times sent to a worker that was ready
+        self.items = items
+        self.lo = 0
+        self.hi = len(items)
+        self.base = base
+        self.flat = flat  # one item per task (chunksize 1): its value is the item's result
+        self.attempts = 0  # times sent to a worker that died after starting it
         self.solo = False  # re-sent alone after its batch could not be unpickled
         # job._start (a Future's set_running_or_notify_cancel) still to be called?
         self.started = getattr(job, "_start", None) is None
-        self.seq = 0  # its place in the stream of tasks sent to its current worker
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def part(self, lo: int, hi: int) -> Span:
+        """Tasks ``lo:hi`` of this span (absolute positions in ``items``), as a new span."""
+        s = Span.__new__(Span)
+        s.job, s.kind, s.func, s.items, s.base, s.flat = (self.job, self.kind, self.func,
+                                                          self.items, self.base, self.flat)
+        s.attempts, s.solo, s.started = self.attempts, self.solo, self.started
+        s.lo, s.hi = lo, hi
+        return s
+
+    def wire(self) -> tuple[int, Any, bool, list[Any]]:
+        items = self.items
+        if self.lo or self.hi != len(items):
+            items = items[self.lo:self.hi]
+        return (self.kind, self.func, self.flat, items)
+
+    def release(self) -> None:
+        # Results and arguments are not kept alive by a finished span.
+        self.job = self.func = None
+        self.items = []
+
+
+class Lease:
+    """One batch sent to a worker: its spans, in order, and how many outcomes came back."""
+
+    __slots__ = ("count", "got", "seq", "si", "so", "spans")
+
+    def __init__(self, spans: list[Span], count: int, seq: int) -> None:
+        self.spans = spans
+        self.count = count  # tasks in the batch
+        self.seq = seq  # the worker's stream position of its first task
+        self.got = 0  # outcomes received (a prefix of the batch)
+        self.si = 0  # where the next outcome goes: spans[si], task lo + so
+        self.so = 0
+
+    def remaining(self) -> list[Span]:
+        """The tasks whose outcomes have not come back, as spans."""
+        out = []
+        for i in range(self.si, len(self.spans)):
+            s = self.spans[i]
+            lo = s.lo + self.so if i == self.si else s.lo
+            if lo < s.hi:
+                out.append(s.part(lo, s.hi))
+        return out
 
 
 class _Worker:
@@ -116,7 +160,7 @@ class _Worker:
         "held",
         "inflight",
         "init_error",
-        "leased",
+        "leases",
         "number",
         "pid",
         "process",
@@ -137,7 +181,7 @@ class _Worker:
         self.sent = 0  # tasks sent to it so far
         self.pid: int = process.pid
         self.sentinel: int = process.sentinel
-        self.leased: dict[int, Task] = {}
+        self.leases: collections.deque[Lease] = collections.deque()  # in the order sent
         self.inflight = 0  # batches sent whose last result message has not arrived
         self.quota = quota  # tasks it may still be sent (maxtasksperchild)
         self.ready = False
@@ -147,6 +191,10 @@ class _Worker:
         self.stopping = False
         self.init_error: BaseException | None = None
         self.number = number
+
+    def holding(self) -> int:
+        """Tasks leased to it whose outcomes have not come back."""
+        return sum(lease.count - lease.got for lease in self.leases)
 
 
 def _detach(error: BaseException) -> BaseException:
@@ -173,21 +221,19 @@ def _report_callback_error() -> None:
     traceback.print_exc()
 
 
-def _set_run(job: Any, run: list[tuple[int, tuple[bool, Any]]]) -> None:
-    """Deliver outcomes of one job, several at once where the job can take them."""
-    set_many = getattr(job, "_set_many", None) if len(run) > 1 else None
+def _deliver_one(job: Any, index: int, ok: bool, payload: Any) -> None:
+    """Hand one outbox entry to its job: ``payload`` is a run of values from task
+    ``index`` on when ``ok``, else the error of task ``index``."""
     try:
-        if set_many is not None:
-            set_many(run)
-            return
+        if not ok:
+            job._set(index, (False, payload))
+        elif (set_span := getattr(job, "_set_span", None)) is not None:
+            set_span(index, payload)
+        else:
+            for k, value in enumerate(payload):
+                job._set(index + k, (True, value))
     except Exception:
         _report_callback_error()
-        return
-    for index, outcome in run:
-        try:
-            job._set(index, outcome)
-        except Exception:
-            _report_callback_error()
 
 
 class LocalCore:
@@ -207,9 +253,8 @@ class LocalCore:
         self._retries = retries
         self._name = name
         self._lock = threading.RLock()
-        self._backlog: collections.deque[Task] = collections.deque()
+        self._backlog: collections.deque[Span] = collections.deque()
         self._workers: dict[int, _Worker] = {}  # by sentinel
-        self._tids = itertools.count()
         self._numbers = itertools.count(1)
         self._state = RUN
         self._stopping = False  # close(): stop messages sent
@@ -295,8 +340,6 @@ class LocalCore:
 
     # --------------------------------------------------------------- submitting
 
-    def new_task(self, job: Any, index: int, kind: int, func: Any, data: Any) -> Task:
-        return Task(next(self._tids), job, index, kind, func, data)
 
     def check_broken(self) -> None:
         if self._broken is not None:
@@ -308,18 +351,20 @@ class LocalCore:
         if self._broken is not None:
             raise _copy_error(self._broken)
 
-    def submit(self, tasks: Iterable[Task], *, check: bool = True) -> None:
+    def submit(self, span: Span, *, check: bool = True) -> None:
         with self._lock:
             if check:
                 self.check_running()
             elif self._state == TERMINATE or self._broken is not None:
-                failed = list(tasks)
                 error = self._broken or PoolTerminated("the pool was terminated")
-                self._deliver([(t, False, _copy_error(error)) for t in failed])
+                outcomes = self._failures([span], error)
+                self._done += len(outcomes)
+                self._failed += len(outcomes)
+                for outcome in outcomes:
+                    _deliver_one(*outcome)
                 return
-            before = len(self._backlog)
-            self._backlog.extend(tasks)
-            self._queued += len(self._backlog) - before
+            self._backlog.append(span)
+            self._queued += len(span)
             self._dispatch()
 
     def add_feeder(self, job: Any, func: Any, iterable: Iterable[Any], chunksize: int, kind: int,
@@ -352,7 +397,7 @@ class LocalCore:
             # trip. For long tasks only while there is more work than workers:
             # at the tail, a task must not wait behind another one while some
             # worker is idle.
-            depth = 2 if short or len(backlog) > n_workers else 1
+            depth = 2 if short or self._queued > n_workers else 1
             best = None
             for w in workers:
                 if (w.inflight < depth and w.held is None and not w.stopping
@@ -363,73 +408,89 @@ class LocalCore:
                         break
             if best is None:
                 return
-            n = min(per_batch, -(-len(backlog) // (n_workers * depth)))
+            n = min(per_batch, -(-self._queued // (n_workers * depth)))
             if best.quota is not None:
                 n = min(n, best.quota)
             self._send_batch(best, n)
 
     def _send_batch(self, w: _Worker, n: int) -> None:
         backlog = self._backlog
-        tasks: list[Task] = []
-        failed: list[tuple[Task, bool, Any]] = []
-        while backlog and len(tasks) < n:
-            t = backlog.popleft()
-            self._queued -= 1
-            if not t.started:
-                t.started = True
-                if not t.job._start(t.index):
-                    continue  # a cancelled future
-            if t.solo and tasks:
-                backlog.appendleft(t)
-                self._queued += 1
+        spans: list[Span] = []
+        count = 0
+        while backlog and count < n:
+            s = backlog[0]
+            if not s.started:  # an executor's future: one task per span
+                s.started = True
+                if not s.job._start(s.base + s.lo):
+                    backlog.popleft()  # a cancelled future
+                    self._queued -= len(s)
+                    continue
+            if s.solo and spans:
                 break
-            tasks.append(t)
-            if t.solo:
+            take = min(len(s), n - count)
+            if take == len(s):
+                backlog.popleft()
+                part = s
+            else:
+                part = s.part(s.lo, s.lo + take)
+                s.lo += take
+            self._queued -= take
+            spans.append(part)
+            count += take
+            if s.solo:
                 break
-        if not tasks:
+        if not spans:
             return
-        data = self._pickle_batch(tasks, failed)
-        if failed:
-            self._deliver_later(failed)
+        data = self._pickle_batch(spans)
         if data is None:
             return
-        for t in tasks:
-            w.leased[t.tid] = t
-            t.seq = w.sent
-            w.sent += 1
+        count = sum(map(len, spans))
+        w.leases.append(Lease(spans, count, w.sent))
+        w.sent += count
         w.inflight += 1
         if w.quota is not None:
-            w.quota -= len(tasks)
+            w.quota -= count
         if len(data) > PIPE_CAPACITY // 4 and (w.inflight > 1 or not w.ready):
             w.held = data  # sent by _release_held once the worker reads
             return
         self._write(w, data)
 
-    def _pickle_batch(self, tasks: list[Task], failed: list[Any]) -> memoryview | None:
+    @staticmethod
+    def _dump_batch(spans: list[Span]) -> memoryview:
         buf = io.BytesIO()
         pickler = pickle.Pickler(buf, _PROTOCOL)
+        pickler.dump(sum(map(len, spans)))
+        pickler.dump([s.wire() for s in spans])
+        return buf.getbuffer()
+
+    def _pickle_batch(self, spans: list[Span]) -> memoryview | None:
         try:
-            pickler.dump([t.tid for t in tasks])
-            pickler.dump([(t.kind, t.func, t.data) for t in tasks])
-            return buf.getbuffer()
+            return self._dump_batch(spans)
         except Exception:
             pass
         # Find the tasks that cannot be pickled; they fail, the others go.
-        good = []
-        for t in tasks:
+        good: list[Span] = []
+        failed: list[Any] = []
+        for s in spans:
             try:
-                pickle.dumps((t.kind, t.func, t.data), _PROTOCOL)
-                good.append(t)
-            except Exception as e:
-                failed.append((t, False, _detach(e)))
-        tasks[:] = good
+                pickle.dumps(s.wire(), _PROTOCOL)
+                good.append(s)
+                continue
+            except Exception:
+                pass
+            for k in range(s.lo, s.hi):
+                one = s.part(k, k + 1)
+                try:
+                    pickle.dumps(one.wire(), _PROTOCOL)
+                    good.append(one)
+                except Exception as e:
+                    failed.append((s.job, s.base + k, False, _detach(e)))
+        if failed:
+            self._deliver_later(failed)
+        spans[:] = good
         if not good:
             return None
-        buf = io.BytesIO()
-        pickler = pickle.Pickler(buf, _PROTOCOL)
-        pickler.dump([t.tid for t in good])
-        pickler.dump([(t.kind, t.func, t.data) for t in good])
-        return buf.getbuffer()
+        return self._dump_batch(good)
 
     def _write(self, w: _Worker, data: Any) -> None:
         try:
@@ -447,33 +508,24 @@ class LocalCore:
     # ------------------------------------------------------------ completing
 
     def _deliver_later(self, outcomes: list[Any]) -> None:
-        """Settle outcomes: now in a submitting thread, after the lock in the manager."""
-        for _, ok, _ in outcomes:
-            self._count(ok)
+        """Settle failures now in a submitting thread, after the lock in the manager."""
+        self._done += len(outcomes)
+        self._failed += len(outcomes)
         if threading.current_thread() is self._thread:
             self._manager_outbox.extend(outcomes)
         else:
-            for t, ok, value in outcomes:
-                self._set(t, ok, value)
-
-    def _count(self, ok: bool) -> None:
-        self._done += 1
-        if not ok:
-            self._failed += 1
-
-    def _deliver(self, outcomes: list[Any]) -> None:
-        for t, ok, value in outcomes:
-            self._count(ok)
-            self._set(t, ok, value)
+            for outcome in outcomes:
+                _deliver_one(*outcome)
 
     @staticmethod
-    def _set(t: Task, ok: bool, value: Any) -> None:
-        job = t.job
-        t.job = t.func = t.data = None  # results and arguments are not kept alive
-        try:
-            job._set(t.index, (ok, value))
-        except Exception:
-            _report_callback_error()
+    def _failures(spans: Iterable[Span], error: BaseException) -> list[Any]:
+        """One outcome per task of `spans`, each with its own copy of `error`."""
+        outcomes = []
+        for s in spans:
+            for k in range(s.lo, s.hi):
+                outcomes.append((s.job, s.base + k, False, _copy_error(error)))
+            s.release()
+        return outcomes
 
     # ------------------------------------------------------------ the manager
 
@@ -528,21 +580,8 @@ class LocalCore:
         outbox = self._manager_outbox
         if outbox:
             self._manager_outbox = []
-            # Consecutive outcomes of one map or imap (a batch's results) go to
-            # it in one call: one lock round and one wake-up of its reader
-            # instead of one per task.
-            job: Any = None
-            run: list[tuple[int, tuple[bool, Any]]] = []
-            for t, ok, value in outbox:
-                if t.job is not job:
-                    if run:
-                        _set_run(job, run)
-                        run = []
-                    job = t.job
-                run.append((t.index, (ok, value)))
-                t.job = t.func = t.data = None
-            if run:
-                _set_run(job, run)
+            for outcome in outbox:
+                _deliver_one(*outcome)
 
     def _drain(self, w: _Worker) -> None:
         conn = w.conn
@@ -563,36 +602,19 @@ class LocalCore:
     def _handle(self, w: _Worker, data: bytes) -> None:
         message = pickle.loads(data)
         tag = message[0]
-        outbox = self._manager_outbox
         with self._lock:
+            if tag in (RESULTS, BAD_BATCH) and not w.leases:
+                return  # its tasks already failed (terminate(), a broken pool)
             if tag == RESULTS:
-                _, batch_done, seconds, results = message
-                leased = w.leased
-                done = failed = 0
-                for tid, status, payload in results:
-                    t = leased.pop(tid, None)
-                    if t is None:
-                        continue
-                    if status == PLAIN:
-                        outbox.append((t, True, payload))
-                        done += 1
-                        continue
-                    try:
-                        value = pickle.loads(payload)
-                        ok = status == PICKLED
-                    except Exception as e:
-                        e.add_note("(raised while the pool's parent unpickled this task's result)")
-                        ok, value = False, _detach(e)
-                    done += 1
-                    failed += not ok
-                    outbox.append((t, ok, value))
-                self._done += done
-                self._failed += failed
+                _, batch_done, seconds, values, errors, nested = message
+                self._settle(w, values, errors, nested)
                 if batch_done:
                     w.inflight -= 1
-                    n = len(results)
-                    if n and seconds > 0:
-                        per = seconds / n
+                    lease = w.leases.popleft()
+                    for s in lease.spans:
+                        s.release()
+                    if lease.count and seconds > 0:
+                        per = seconds / lease.count
                         self._avg = per if self._avg is None else 0.7 * self._avg + 0.3 * per
                     self._release_held(w)
                     self._dispatch()
@@ -607,23 +629,77 @@ class LocalCore:
                 except Exception as e:
                     w.init_error = e
             elif tag == BAD_BATCH:
-                _, tids, payload = message
                 w.inflight -= 1
                 try:
-                    error = pickle.loads(payload)
+                    error = pickle.loads(message[1])
                 except Exception as e:
                     error = _detach(e)
-                tasks = [w.leased.pop(tid) for tid in tids if tid in w.leased]
-                if len(tasks) == 1 and tasks[0].solo:
-                    self._count(False)
-                    outbox.append((tasks[0], False, error))
+                lease = w.leases.popleft()
+                spans = lease.remaining()
+                if lease.count == 1 and spans[0].solo:
+                    self._done += 1
+                    self._failed += 1
+                    self._manager_outbox.append((spans[0].job, spans[0].base + spans[0].lo,
+                                                 False, error))
                 else:
-                    for t in reversed(tasks):
-                        t.solo = True
-                        self._backlog.appendleft(t)
-                        self._queued += 1
+                    # Sent again one by one: the culprit fails alone.
+                    singles = [s.part(k, k + 1) for s in spans for k in range(s.lo, s.hi)]
+                    for one in reversed(singles):
+                        one.solo = True
+                        self._backlog.appendleft(one)
+                    self._queued += len(singles)
                 self._release_held(w)
                 self._dispatch()
+
+    def _settle(self, w: _Worker, values: list[Any], errors: list[tuple[int, bytes]],
+                nested: list[tuple[int, bytes]]) -> None:
+        """The next ``len(values)`` outcomes of `w`'s tasks go to the outbox. Lock held."""
+        bad: dict[int, BaseException] = {}
+        for i, payload in nested:
+            try:
+                values[i] = pickle.loads(payload)
+            except Exception as e:
+                e.add_note("(raised while the pool's parent unpickled this task's result)")
+                bad[i] = _detach(e)
+        for i, payload in errors:
+            try:
+                bad[i] = pickle.loads(payload)
+            except Exception as e:
+                e.add_note("(raised while the pool's parent unpickled this task's error)")
+                bad[i] = _detach(e)
+        k = len(values)
+        self._done += k
+        self._failed += len(bad)
+        outbox = self._manager_outbox
+        lease = w.leases[0]
+        spans = lease.spans
+        i = 0
+        while i < k:
+            s = spans[lease.si]
+            lo = s.lo + lease.so
+            take = min(k - i, s.hi - lo)
+            index = s.base + lo
+            run = values if take == k else values[i:i + take]
+            if bad and any(i <= b < i + take for b in bad):
+                # Split the run around the failures, in order.
+                first = 0
+                for j in range(take):
+                    error = bad.get(i + j)
+                    if error is not None:
+                        if j > first:
+                            outbox.append((s.job, index + first, True, run[first:j]))
+                        outbox.append((s.job, index + j, False, error))
+                        first = j + 1
+                if first < take:
+                    outbox.append((s.job, index + first, True, run[first:]))
+            else:
+                outbox.append((s.job, index, True, run))
+            i += take
+            lease.so += take
+            if lo + take == s.hi:
+                lease.si += 1
+                lease.so = 0
+        lease.got += k
 
     def _reap(self, w: _Worker) -> None:
         self._drain(w)  # everything it sent before it died comes first
@@ -631,16 +707,17 @@ class LocalCore:
         exitcode = w.process.exitcode
         outbox = self._manager_outbox
         with self._lock:
-            lost = sorted(w.leased.values(), key=lambda t: t.tid)
-            w.leased.clear()
+            leases = list(w.leases)
+            w.leases.clear()
             self._forget(w)
             if self._state == TERMINATE:
                 return
             if not w.ready:
                 # It never ran anything: its tasks go elsewhere, untouched.
-                for t in reversed(lost):
-                    self._backlog.appendleft(t)
-                    self._queued += 1
+                requeue = [s for lease in leases for s in lease.remaining()]
+                for s in reversed(requeue):
+                    self._backlog.appendleft(s)
+                    self._queued += len(s)
                 self._deaths += 1
                 if w.init_error is not None or exitcode not in (-signal.SIGKILL,
                                                                  -signal.SIGTERM):
@@ -648,25 +725,43 @@ class LocalCore:
                     if self._init_failures >= INIT_FAILURE_LIMIT:
                         self._break(w, exitcode)
                         return
-            elif lost or (w.quota != 0 and not w.stopping):
+            elif any(lease.got < lease.count for lease in leases) or (
+                    w.quota != 0 and not w.stopping):
                 self._deaths += 1
                 # Tasks it never started go elsewhere untouched; the ones it
                 # started (running, or done with the result unsent) are lost.
                 started = w.progress.value
-                unstarted = [t for t in lost if t.seq >= started]
-                lost = [t for t in lost if t.seq < started]
-                for t in reversed(unstarted):
-                    self._backlog.appendleft(t)
-                    self._queued += 1
-                for t in reversed(lost):
-                    t.attempts += 1
-                    if t.attempts <= self._retries:
-                        self._retried += 1
-                        self._backlog.appendleft(t)
-                        self._queued += 1
+                lost: list[Span] = []
+                unstarted: list[Span] = []
+                for lease in leases:
+                    # Task j of the lease is number lease.seq + j of the worker's stream.
+                    cut = started - lease.seq  # tasks of this lease it started
+                    j = lease.got
+                    for s in lease.remaining():
+                        if j + len(s) <= cut:
+                            lost.append(s)
+                        elif j >= cut:
+                            unstarted.append(s)
+                        else:
+                            lost.append(s.part(s.lo, s.lo + cut - j))
+                            unstarted.append(s.part(s.lo + cut - j, s.hi))
+                        j += len(s)
+                retry: list[Span] = []
+                for s in lost:
+                    s.attempts += 1
+                    if s.attempts <= self._retries:
+                        self._retried += len(s)
+                        retry.append(s)
                     else:
-                        self._count(False)
-                        outbox.append((t, False, WorkerLost(w.pid, exitcode, t.attempts)))
+                        for k in range(s.lo, s.hi):
+                            self._done += 1
+                            self._failed += 1
+                            outbox.append((s.job, s.base + k, False,
+                                           WorkerLost(w.pid, exitcode, s.attempts)))
+                        s.release()
+                for s in reversed(retry + unstarted):
+                    self._backlog.appendleft(s)
+                    self._queued += len(s)
             # The replacement is started after the outcomes above are
             # delivered: a fork can take milliseconds, WorkerLost should not wait.
             self._replace.append((w, exitcode))
@@ -678,7 +773,7 @@ class LocalCore:
             pending, self._replace = self._replace, []
             for w, exitcode in pending:
                 busy = (self._backlog or self._feeders
-                        or any(x.leased for x in self._workers.values()))
+                        or any(x.leases for x in self._workers.values()))
                 if self._stopping or self._broken is not None or not (
                         self._state == RUN or busy):
                     continue
@@ -709,23 +804,23 @@ class LocalCore:
     def _fail_all(self, error: BaseException) -> None:
         """Every queued and leased task fails with `error`. Lock held."""
         outbox = self._manager_outbox if threading.current_thread() is self._thread else None
-        outcomes = []
-        while self._backlog:
-            outcomes.append((self._backlog.popleft(), False, _copy_error(error)))
+        spans = list(self._backlog)
+        self._backlog.clear()
         self._queued = 0
         for w in self._workers.values():
-            for t in w.leased.values():
-                outcomes.append((t, False, _copy_error(error)))
-            w.leased.clear()
+            for lease in w.leases:
+                spans += lease.remaining()
+            w.leases.clear()
         for feeder in list(self._feeders):
             feeder.stop()
+        outcomes = self._failures(spans, error)
         self._done += len(outcomes)
         self._failed += len(outcomes)
         if outbox is not None:
             outbox.extend(outcomes)
         else:
-            for t, ok, value in outcomes:
-                self._set(t, ok, value)
+            for outcome in outcomes:
+                _deliver_one(*outcome)
 
     def _step(self) -> bool:
         """State changes after each wake-up; True when the manager's work is over."""
@@ -747,7 +842,7 @@ class LocalCore:
             return False
         if self._state == CLOSE or self._broken is not None:
             busy = (self._backlog or self._feeders
-                    or any(w.leased for w in self._workers.values()))
+                    or any(w.leases for w in self._workers.values()))
             if not busy:
                 self._stop_workers()
                 if not self._workers:
@@ -827,17 +922,31 @@ class LocalCore:
         self._wake()
         done.wait(timeout)
 
+    def holder_of(self, job: Any) -> int | None:
+        """The pid of a worker holding a task of `job` whose outcome has not come back."""
+        with self._lock:
+            for w in self._workers.values():
+                for lease in w.leases:
+                    if any(s.job is job for s in lease.remaining()):
+                        return w.pid
+        return None
+
     def statistics(self) -> PoolStatistics:
         with self._lock:
             return PoolStatistics(
                 workers=len(self._workers), tasks_queued=self._queued,
-                tasks_running=sum(len(w.leased) for w in self._workers.values()),
+                tasks_running=sum(w.holding() for w in self._workers.values()),
                 tasks_done=self._done, tasks_failed=self._failed, tasks_retried=self._retried,
                 worker_deaths=self._deaths, workers_started=self._started)
 
 
 class _Feeder(threading.Thread):
-    """Reads a lazy iterable for imap, at most `prefetch` chunks ahead of the consumer."""
+    """Reads a lazy iterable for imap, at most `prefetch` tasks ahead of the consumer.
+
+    The consumer counts the items it is handed (``job._handed``); it calls
+    ``job._on_consume`` only when that count reaches ``job._wake_at``, which
+    the feeder sets when it waits for room: one call per refill, not per item.
+    """
 
     def __init__(self, core: LocalCore, job: Any, func: Any, iterator: Any, chunksize: int,
                  kind: int, prefetch: int) -> None:
@@ -850,15 +959,13 @@ class _Feeder(threading.Thread):
         self._kind = kind
         self._prefetch = prefetch
         self._cond = threading.Condition(threading.Lock())
-        self._ahead = 0  # chunks submitted but not yet handed to the consumer
+        self._submitted = 0  # tasks submitted so far
         self._stopped = False
         job._on_consume = self._consumed
 
     def _consumed(self) -> None:
         with self._cond:
-            self._ahead -= 1
-            if self._ahead <= self._prefetch // 2:
-                self._cond.notify()
+            self._cond.notify()
 
     def stop(self) -> None:
         with self._cond:
@@ -871,56 +978,78 @@ class _Feeder(threading.Thread):
             self._prefetch = 1 << 62
             self._cond.notify()
 
+    def _room(self) -> int:
+        """Tasks that may be submitted now; waits while there is no room. Lock held."""
+        while not self._stopped:
+            job = self._job()
+            if job is None:
+                return 0  # nobody will ever read the results
+            ahead: int = self._submitted - job._handed
+            if ahead <= self._prefetch // 2:
+                return self._prefetch - ahead
+            # Woken when the consumer has taken enough that half is left ahead
+            # (it checks `_wake_at` after each item; re-checked here, under the
+            # lock _consumed takes, so the wake-up cannot be missed).
+            job._wake_at = wake_at = self._submitted - self._prefetch // 2
+            if job._handed < wake_at:
+                del job
+                self._cond.wait(0.5)
+        return 0
+
+    def _read(self, room: int) -> tuple[list[Any], Any]:
+        """Up to `room` tasks' arguments, and StopIteration or the iterable's error, if any."""
+        items: list[Any] = []
+        chunksize = self._chunksize
+        deadline = time.monotonic() + 0.001
+        piece = 64
+        try:
+            while len(items) < room:
+                want = min(piece, room - len(items))
+                if chunksize == 1:
+                    before = len(items)
+                    # extend keeps the items read before the iterable raises
+                    items.extend(itertools.islice(self._iterator, want))
+                    if len(items) - before < want:
+                        return items, StopIteration
+                else:
+                    for _ in range(want):
+                        chunk = list(itertools.islice(self._iterator, chunksize))
+                        if not chunk:
+                            return items, StopIteration
+                        items.append(chunk)
+                if time.monotonic() > deadline:
+                    break  # a slow iterable: let the first items start
+                piece *= 2
+        except Exception as e:
+            return items, e
+        return items, None
+
     def run(self) -> None:
-        core, chunksize, kind = self._core, self._chunksize, self._kind
-        index = 0
+        core, kind = self._core, self._kind
         try:
             while True:
                 with self._cond:
-                    while self._ahead >= self._prefetch and not self._stopped:
-                        self._cond.wait(0.5)
-                        if self._job() is None:
-                            return  # nobody will ever read the results
-                    if self._stopped:
-                        return
-                    room = min(self._prefetch - self._ahead, 1024)
+                    room = min(self._room(), 1 << 16)
+                if not room:
+                    return
+                items, error = self._read(room)
                 job = self._job()
                 if job is None:
                     return
-                tasks: list[Task] = []
-                error: Any = None
-                deadline = time.monotonic() + 0.001
-                for _ in range(room):
-                    if tasks and time.monotonic() > deadline:
-                        break  # a slow iterable: let the first items start
-                    try:
-                        if kind == APPLY:
-                            chunk = next(self._iterator)
-                        else:
-                            chunk = list(itertools.islice(self._iterator, chunksize))
-                            if not chunk:
-                                raise StopIteration
-                    except StopIteration:
-                        error = StopIteration
-                        break
-                    except Exception as e:
-                        error = e
-                        break
-                    tasks.append(core.new_task(job, index, kind, self._func,
-                                               (chunk, {}) if kind == APPLY else chunk))
-                    index += 1
-                with self._cond:
-                    self._ahead += len(tasks)
-                if tasks:
-                    core.submit(tasks, check=False)
+                index = self._submitted
+                if items:
+                    with self._cond:
+                        self._submitted += len(items)
+                    core.submit(Span(job, kind, self._func, items, base=index,
+                                     flat=self._chunksize == 1), check=False)
                 if error is StopIteration:
-                    job._set_length(index)
+                    job._set_length(self._submitted)
                     return
                 if error is not None:
                     with self._cond:
-                        self._ahead += 1
-                    job._set(index, (False, error))
-                    job._set_length(index + 1)
+                        self._submitted += 1
+                    job._set(self._submitted - 1, (False, error))
+                    job._set_length(self._submitted)
                     return
                 del job
         finally:

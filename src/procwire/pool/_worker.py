@@ -5,24 +5,35 @@ shared between workers, so a worker killed anywhere can only lose what it
 held itself.
 
 Parent -> worker, one message per batch of tasks: two pickles back to back,
-``tids`` then ``tasks`` (``[(kind, func, data), ...]``). The ids come first so
-that a worker that cannot unpickle the tasks (a class its interpreter cannot
-import, say) can still name them in its answer. An empty message means "exit".
+the number of tasks ``count`` then the spans ``[(kind, func, flat, items),
+...]``. A span is consecutive tasks of one job with one function: ``items[k]``
+is one task's argument -- ``(args, kwds)`` for ``APPLY``, one item for a
+``flat`` map (chunksize 1), a chunk (a list of items) otherwise. The count
+comes first so that a worker that cannot unpickle the spans (a class its
+interpreter cannot import, say) can still account for them. An empty message
+means "exit".
 
 Worker -> parent, one pickle per message:
 
 * ``(READY, pid)`` once the initializer has run;
 * ``(INIT_FAILED, exception)`` if it raised (then the worker exits);
-* ``(RESULTS, batch_done, seconds, [(tid, status, payload), ...])``: a
-  result made only of plain built-in values (numbers, strings, bytes, None,
-  and short lists or tuples of them) travels as itself (status ``PLAIN``), since
-  it cannot fail to unpickle; any other result or exception is pickled on its
-  own (``PICKLED``, ``FAILED``), so that one that cannot be pickled here, or
-  unpickled in the parent, fails only its own task. ``batch_done`` is
-  set on the last message of a batch; a long batch sends what it has after
-  ``FLUSH_AFTER`` seconds, so results are never held back for long.
-* ``(BAD_BATCH, tids, exception)``: the tasks could not be unpickled; the
-  parent re-sends them one by one to find the culprit.
+* ``(RESULTS, batch_done, seconds, values, errors, nested)``: the outcomes of
+  the next ``len(values)`` tasks of the worker's stream, in order (the parent
+  knows which tasks those are). ``values[i]`` is task i's value when it is
+  made only of plain built-in values (numbers, strings, bytes, None, and
+  lists or tuples of them), which cannot fail to unpickle; any other value is
+  pickled on its own in ``nested`` as ``(i, bytes)``, and an exception (or a
+  value that cannot be pickled) in ``errors`` as ``(i, bytes)``, so that one
+  that cannot be pickled here, or unpickled in the parent, fails only its own
+  task. ``batch_done`` is set on the last message of a batch; a long batch
+  sends what it has after ``FLUSH_AFTER`` seconds, so results are never held
+  back for long.
+* ``(BAD_BATCH, exception)``: the batch could not be unpickled; the parent
+  re-sends its tasks one by one to find the culprit.
+
+The worker publishes, in a shared 64-bit word, how many tasks of its stream
+it has started (before each one runs): the parent reads it when the worker
+dies, to tell the tasks that ran from those that never started.
 """
 from __future__ import annotations
 
@@ -37,11 +48,13 @@ from multiprocessing.pool import ExceptionWithTraceback, MaybeEncodingError  # t
 from typing import Any
 
 READY, INIT_FAILED, RESULTS, BAD_BATCH = range(4)
-FAILED, PICKLED, PLAIN = range(3)  # a result's status
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 APPLY, MAP, STARMAP = range(3)
 FLUSH_AFTER = 0.005
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+# Tasks run in slices between which the worker reads the clock (to flush a
+# long batch's results); a slice is sized to take about this long.
+_SLICE_SECONDS = 0.0005
 
 # The parent's ends of every pool pipe in this process. A worker started by
 # fork inherits them and closes them at once: otherwise worker k would keep
@@ -61,25 +74,39 @@ def dump_exception(exc: BaseException) -> bytes:
         return pickle.dumps(MaybeEncodingError(e, exc), _PROTOCOL)
 
 
-def _dump_result(ok: bool, value: Any) -> tuple[int, Any]:
-    if ok:
-        kind = type(value)
-        if kind in _PLAIN:
-            return PLAIN, value
-        if (kind is list or kind is tuple) and len(value) <= 32:  # (a long list pickles
-            # faster than it is checked). A loop, not all() over a generator: this
-            # runs once per task, and the generator's frame cost most of a microsecond.
-            for v in value:
-                if type(v) not in _PLAIN:
-                    break
-            else:
-                return PLAIN, value
+def _set_aside(values: list[Any], errors: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """Pickle, each on its own, the values that are not plain; return them as ``nested``.
+
+    Plain values stay in ``values`` (one pickle for all of them, which cannot
+    fail to load); the others are replaced by None there.
+    """
+    plain = _PLAIN
+    if plain.issuperset(map(type, values)):
+        return []
+    nested = []
+    for i, v in enumerate(values):
+        kind = type(v)
+        if kind in plain:
+            continue
+        if (kind is list or kind is tuple) and plain.issuperset(map(type, v)):
+            continue
         try:
-            return PICKLED, pickle.dumps(value, _PROTOCOL)
+            nested.append((i, pickle.dumps(v, _PROTOCOL)))
         except Exception as e:
-            wrapped = MaybeEncodingError(e, value)
-            return FAILED, pickle.dumps(wrapped, _PROTOCOL)
-    return FAILED, dump_exception(value)
+            errors.append((i, pickle.dumps(MaybeEncodingError(e, v), _PROTOCOL)))
+        values[i] = None
+    return nested
+
+
+def _caller(kind: int, func: Any, flat: bool) -> Any:
+    """The function of one task's argument that runs it."""
+    if kind == APPLY:
+        return lambda a: func(*a[0], **a[1])
+    if flat:
+        return func if kind == MAP else (lambda a: func(*a))
+    if kind == MAP:
+        return lambda chunk: list(map(func, chunk))
+    return lambda chunk: list(starmap(func, chunk))
 
 
 def worker_main(conn: Any, progress: Any, initializer: Any, initargs: tuple[Any, ...],
@@ -102,6 +129,7 @@ def worker_main(conn: Any, progress: Any, initializer: Any, initargs: tuple[Any,
     connection = conn
     send = conn.send_bytes
     dumps = pickle.dumps
+    published = memoryview(progress).cast("B").cast("q")  # one aligned 8-byte store per task
     if initializer is not None:
         try:
             initializer(*initargs)
@@ -109,9 +137,10 @@ def worker_main(conn: Any, progress: Any, initializer: Any, initargs: tuple[Any,
             send(dumps((INIT_FAILED, dump_exception(e)), _PROTOCOL))
             return
     send(dumps((READY, os.getpid()), _PROTOCOL))
-    clock = time.monotonic
+    clock = time.perf_counter
     done = 0
     started = 0
+    step = 1  # tasks per slice, adapted to their measured duration
     while maxtasks is None or done < maxtasks:
         try:
             data = conn.recv_bytes()
@@ -120,39 +149,51 @@ def worker_main(conn: Any, progress: Any, initializer: Any, initargs: tuple[Any,
         if not data:
             return
         unpickler = pickle.Unpickler(io.BytesIO(data))
-        tids = unpickler.load()
+        count = unpickler.load()
         try:
-            tasks = unpickler.load()
+            spans = unpickler.load()
         except Exception as e:
-            send(dumps((BAD_BATCH, tids, dump_exception(e)), _PROTOCOL))
-            started += len(tids)  # none of them will run here: keep counting the stream
-            progress.value = started
+            send(dumps((BAD_BATCH, dump_exception(e)), _PROTOCOL))
+            started += count  # none of them will run here: keep counting the stream
+            published[0] = started
             continue
         del data, unpickler
-        results: list[tuple[int, int, Any]] = []
+        values: list[Any] = []
+        errors: list[tuple[int, bytes]] = []
+        append = values.append
         start = last_flush = clock()
-        last = len(tids) - 1
-        for i, (tid, (kind, func, args)) in enumerate(zip(tids, tasks, strict=True)):
-            started += 1
-            progress.value = started
-            try:
-                if kind == APPLY:
-                    value = func(*args[0], **args[1])
-                elif kind == MAP:
-                    value = list(map(func, args))
-                else:
-                    value = list(starmap(func, args))
-                ok = True
-            except Exception as e:
-                ok, value = False, e
-            status, payload = _dump_result(ok, value)
-            del value
-            results.append((tid, status, payload))
-            done += 1
-            now = clock()
-            if i < last and now - last_flush > FLUSH_AFTER:
-                send(dumps((RESULTS, False, 0.0, results), _PROTOCOL))
-                results = []
-                last_flush = now
-        send(dumps((RESULTS, True, clock() - start, results), _PROTOCOL))
-        del tasks, results
+        left = count
+        for kind, func, flat, items in spans:
+            call = _caller(kind, func, flat)
+            n = len(items)
+            i = 0
+            while i < n:
+                j = min(n, i + step)
+                t0 = clock()
+                for item in items[i:j] if i or j < n else items:
+                    started += 1
+                    published[0] = started
+                    try:
+                        append(call(item))
+                    except Exception as e:
+                        errors.append((len(values), dump_exception(e)))
+                        append(None)
+                now = clock()
+                left -= j - i
+                i = j
+                elapsed = now - t0
+                if elapsed < _SLICE_SECONDS / 2:
+                    step = min(step * 2, 1 << 16)
+                elif elapsed > _SLICE_SECONDS * 2 and step > 1:
+                    step //= 2
+                if left and now - last_flush > FLUSH_AFTER:
+                    nested = _set_aside(values, errors)
+                    send(dumps((RESULTS, False, 0.0, values, errors, nested), _PROTOCOL))
+                    values, errors = [], []
+                    append = values.append
+                    last_flush = now
+        call = func = items = item = None  # arguments and results are not kept alive
+        done += count
+        nested = _set_aside(values, errors)
+        send(dumps((RESULTS, True, clock() - start, values, errors, nested), _PROTOCOL))
+        del spans, values, errors, nested

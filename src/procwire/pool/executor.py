@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, process as _cf_process
 from typing import Any
 
-from procwire.pool._local import RUN, LocalCore
+from procwire.pool._local import RUN, LocalCore, Span
 from procwire.pool._worker import APPLY
 from procwire.pool.results import PoolStatistics
 
@@ -97,8 +97,7 @@ class ProcessPoolExecutor(Executor):
             if _shutdown_started:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             future: Future[Any] = Future()
-            core = self._core
-            core.submit([core.new_task(_FutureJob(future), 0, APPLY, fn, (args, kwargs))])
+            self._core.submit(Span(_FutureJob(future), APPLY, fn, [(args, kwargs)]))
             return future
 
     submit.__doc__ = Executor.submit.__doc__
@@ -120,9 +119,9 @@ class ProcessPoolExecutor(Executor):
             core = self._core
             if cancel_futures:
                 with core._lock:
-                    pending = [t for t in core._backlog if not t.started]
-                    for t in pending:
-                        t.job.future.cancel()
+                    pending = [s for s in core._backlog if not s.started]
+                    for s in pending:
+                        s.job.future.cancel()
             core.close()
         if wait:
             core.join()

@@ -6,7 +6,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from procwire.pool._local import CLOSE, RUN, TERMINATE, LocalCore
+from procwire.pool._local import CLOSE, RUN, TERMINATE, LocalCore, Span
 from procwire.pool._worker import APPLY, MAP, STARMAP
 from procwire.pool.results import (
     ApplyResult,
@@ -97,8 +97,7 @@ class Pool:
         """``func(*args, **kwds)`` in a worker; returns an :class:`ApplyResult`."""
         self._check_running()
         result = ApplyResult(self, callback, error_callback)
-        core = self._core
-        core.submit([core.new_task(result, 0, APPLY, func, (tuple(args), dict(kwds or {})))])
+        self._core.submit(Span(result, APPLY, func, [(tuple(args), dict(kwds or {}))]))
         return result
 
     def map(self, func: Callable[..., Any], iterable: Iterable[Any],
@@ -140,13 +139,13 @@ class Pool:
             chunksize = 0
         result = MapResult(self, chunksize, len(items), callback, error_callback)
         if items:
-            core = self._core
-            new = core.new_task
+            # One span for the whole map: the core leases it in pieces.
             if chunksize == 1:
-                core.submit([new(result, i, kind, func, [item]) for i, item in enumerate(items)])
+                self._core.submit(Span(result, kind, func, items, flat=True))
             else:
-                core.submit([new(result, i, kind, func, items[start:start + chunksize])
-                             for i, start in enumerate(range(0, len(items), chunksize))])
+                self._core.submit(Span(result, kind, func,
+                                       [items[i:i + chunksize]
+                                        for i in range(0, len(items), chunksize)]))
         return result
 
     def imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int = 1, *,
@@ -168,10 +167,10 @@ class Pool:
             prefetch = 128 * self._processes
         elif not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"prefetch must be a positive int of chunks, not {prefetch!r}")
-        result = cls(self)
+        result: IMapIterator = cls(self)
         self._core.add_feeder(result, func, iterable, chunksize, MAP, prefetch)
         if chunksize == 1:
-            return _Unwrap(result)
+            return result  # each task is one item
         return (item for chunk in result for item in chunk)
 
     # -------------------------------------------------------------- life cycle
@@ -234,20 +233,3 @@ class Pool:
         # multiprocessing's tests call this; here the pool replaces workers itself,
         # so it only waits until the replacements of exited workers are started.
         self._core.refresh()
-
-
-class _Unwrap:
-    """imap's iterator at chunksize 1: each chunk is a list of one item."""
-
-    __slots__ = ("_result",)
-
-    def __init__(self, result: IMapIterator) -> None:
-        self._result = result
-
-    def __iter__(self) -> _Unwrap:
-        return self
-
-    def next(self, timeout: float | None = None) -> Any:
-        return self._result.next(timeout)[0]
-
-    __next__ = next

@@ -3,9 +3,15 @@
 ``ApplyResult`` (alias ``AsyncResult``), ``MapResult``, ``IMapIterator`` and
 ``IMapUnorderedIterator`` have the API of their :mod:`multiprocessing.pool`
 twins. A transport (the local pool of worker processes here, or any other)
-delivers outcomes by calling ``_set(index, (success, value))`` from any
-thread; ``index`` is the chunk number for maps and ignored for ``apply``.
-Nothing here knows about processes, pipes or pickling.
+delivers outcomes from any thread by calling ``_set(index, (success, value))``
+for one task, or ``_set_span(index, values)`` for the successful values of
+tasks ``index, index + 1, ...`` at once (one lock round for a whole batch).
+``index`` is the task number: the chunk number for maps, ignored for
+``apply``. For a map, ``_set`` takes a chunk's list of results; in
+``_set_span`` a task's value is its chunk's list, or at chunksize 1 the one
+item's result itself. The imap iterators count tasks as items: ``_set`` and
+``_set_many([(index, outcome), ...])`` take one item's outcome each. Nothing
+here knows about processes, pipes or pickling.
 
 The errors a pool adds to a task's own exceptions live here too, so that every
 transport raises the same ones: :class:`procwire.WorkerLost` (the worker
@@ -15,6 +21,7 @@ holding the task died), :class:`BrokenPool` (workers cannot start) and
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
@@ -102,6 +109,9 @@ class ApplyResult:
             return self._value
         raise self._value
 
+    def _set_span(self, index: int, values: list[Any]) -> None:
+        self._set(index, (True, values[0]))
+
     def _set(self, index: int, outcome: tuple[bool, Any]) -> None:
         if self._event.is_set():
             return
@@ -148,56 +158,48 @@ class MapResult(ApplyResult):
             self._values = []
             super()._set(index, outcome)
             return
-        with self._lock:
-            if self._event.is_set():
-                return
-            if self._chunksize == 1:
-                self._values[index] = value[0]
-            else:
-                start = index * self._chunksize
-                self._values[start:start + len(value)] = value
-            self._remaining -= 1
-            finished = self._remaining == 0
-        if finished:
-            values, self._values = self._values, []
-            super()._set(index, (True, values))
+        self._store(index, [value], True)
 
-    def _set_many(self, outcomes: list[tuple[int, tuple[bool, Any]]]) -> None:
-        """Several chunks' outcomes at once: one lock round instead of one per chunk."""
+    def _set_span(self, index: int, values: list[Any]) -> None:
+        """Tasks ``index...`` succeeded with `values`: one lock round for all of them."""
+        self._store(index, values, self._chunksize != 1)
+
+    def _store(self, index: int, values: list[Any], chunks: bool) -> None:
+        # `values`: chunks' lists of results, or (chunks false) one result per task
         with self._lock:
             if self._event.is_set():
                 return
-            if all(outcome[0] for _, outcome in outcomes):
-                values = self._values
-                if self._chunksize == 1:
-                    for index, outcome in outcomes:
-                        values[index] = outcome[1][0]
-                else:
-                    size = self._chunksize
-                    for index, outcome in outcomes:
-                        value = outcome[1]
-                        values[index * size:index * size + len(value)] = value
-                self._remaining -= len(outcomes)
-                if self._remaining != 0:
-                    return
-                self._values = []
-                last = outcomes[-1][0]
-                outcomes = []
-        if outcomes:  # a failure among them: the first decides, one by one as before
-            for index, outcome in outcomes:
-                self._set(index, outcome)
-            return
-        super()._set(last, (True, values))
+            if chunks:
+                flat = list(itertools.chain.from_iterable(values))
+                start = index * self._chunksize
+                self._values[start:start + len(flat)] = flat
+            else:
+                self._values[index:index + len(values)] = values
+            self._remaining -= len(values)
+            if self._remaining != 0:
+                return
+            result, self._values = self._values, []
+        super()._set(index, (True, result))
+
+
+class _Failed:
+    """An imap item that is a task's exception, raised when it is handed out."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 class IMapIterator:
     """The iterator ``imap`` returns: results in order; ``next(timeout)``.
 
-    A failed chunk raises its exception at its place in the order, and the
+    A failed task raises its exception at its place in the order, and the
     iteration can go on after it (as in multiprocessing with chunksize=1).
-    ``_set_length(n)`` ends the iteration after ``n`` chunks. ``_on_consume``,
-    if a transport sets it, is called after each item is handed out: the
-    local pool uses it to read a lazy iterable only as fast as it is consumed.
+    ``_set_length(n)`` ends the iteration after ``n`` tasks. ``_handed``
+    counts the items handed out; a transport that reads a lazy iterable only
+    as fast as it is consumed sets ``_on_consume``, called when ``_handed``
+    reaches ``_wake_at``.
     """
 
     _on_consume: Callable[[], None] | None = None
@@ -205,72 +207,78 @@ class IMapIterator:
     def __init__(self, owner: object = None) -> None:
         self._pool = owner
         self._cond = threading.Condition(threading.Lock())
-        self._items: collections.deque[tuple[bool, Any]] = collections.deque()
-        self._index = 0  # next chunk to hand out
+        self._items: collections.deque[Any] = collections.deque()  # values, or _Failed
+        self._index = 0  # tasks delivered in order so far
         self._length: int | None = None
-        self._unsorted: dict[int, tuple[bool, Any]] = {}
+        self._unsorted: dict[int, list[Any]] = {}  # runs that arrived early, by first task
+        self._handed = 0
+        self._wake_at = -1
 
     def __iter__(self) -> IMapIterator:
         return self
 
     def next(self, timeout: float | None = None) -> Any:
-        with self._cond:
-            try:
-                item = self._items.popleft()
-            except IndexError:
-                if self._index == self._length:
-                    self._pool = None
-                    raise StopIteration from None
-                self._cond.wait(timeout)
+        try:
+            item = self._items.popleft()  # atomic: no lock while items are waiting
+        except IndexError:
+            with self._cond:
                 try:
                     item = self._items.popleft()
                 except IndexError:
                     if self._index == self._length:
                         self._pool = None
                         raise StopIteration from None
-                    raise TimeoutError from None
-        if self._on_consume is not None:
+                    self._cond.wait(timeout)
+                    try:
+                        item = self._items.popleft()
+                    except IndexError:
+                        if self._index == self._length:
+                            self._pool = None
+                            raise StopIteration from None
+                        raise TimeoutError from None
+        self._handed += 1
+        if self._handed == self._wake_at and self._on_consume is not None:
             self._on_consume()
-        success, value = item
-        if success:
-            return value
-        raise value
+        if type(item) is _Failed:
+            raise item.error
+        return item
 
     __next__ = next
 
     def _set(self, index: int, outcome: tuple[bool, Any]) -> None:
-        with self._cond:
-            if self._index == index:
-                self._items.append(outcome)
-                self._index += 1
-                while self._index in self._unsorted:
-                    self._items.append(self._unsorted.pop(self._index))
-                    self._index += 1
-                self._cond.notify()
-            else:
-                self._unsorted[index] = outcome
-            if self._index == self._length:
-                self._cond.notify_all()
+        ok, value = outcome
+        self._set_span(index, [value if ok else _Failed(value)])
 
     def _set_many(self, outcomes: list[tuple[int, tuple[bool, Any]]]) -> None:
-        """Several chunks' outcomes at once: one lock round and one notify."""
+        """Several tasks' outcomes at once: one lock round and one notify."""
         with self._cond:
-            before = self._index
-            for index, outcome in outcomes:
-                if self._index == index:
-                    self._items.append(outcome)
-                    self._index += 1
-                    while self._index in self._unsorted:
-                        self._items.append(self._unsorted.pop(self._index))
-                        self._index += 1
-                else:
-                    self._unsorted[index] = outcome
-            # Only when something can be handed out: a waiter woken for nothing
-            # would take it as its timeout.
-            if self._index == self._length:
-                self._cond.notify_all()
-            elif self._index != before:
-                self._cond.notify()
+            for index, (ok, value) in outcomes:
+                self._insert(index, [value if ok else _Failed(value)])
+            self._notify()
+
+    def _set_span(self, index: int, values: list[Any]) -> None:
+        with self._cond:
+            self._insert(index, values)
+            self._notify()
+
+    def _insert(self, index: int, values: list[Any]) -> None:
+        # Lock held. In order: a run that arrives early waits in _unsorted.
+        if self._index == index:
+            self._items.extend(values)
+            self._index += len(values)
+            while (run := self._unsorted.pop(self._index, None)) is not None:
+                self._items.extend(run)
+                self._index += len(run)
+        else:
+            self._unsorted[index] = values
+
+    def _notify(self) -> None:
+        # Lock held. Only when something can be handed out: a waiter woken for
+        # nothing would take it as its timeout.
+        if self._index == self._length:
+            self._cond.notify_all()
+        elif self._items:
+            self._cond.notify()
 
     def _set_length(self, length: int) -> None:
         with self._cond:
@@ -280,22 +288,12 @@ class IMapIterator:
 
     def _pending(self) -> int:
         """Outcomes delivered but not yet handed out."""
-        return len(self._items) + len(self._unsorted)
+        return len(self._items) + sum(map(len, self._unsorted.values()))
 
 
 class IMapUnorderedIterator(IMapIterator):
     """The iterator ``imap_unordered`` returns: results as they come."""
 
-    def _set(self, index: int, outcome: tuple[bool, Any]) -> None:
-        with self._cond:
-            self._items.append(outcome)
-            self._index += 1
-            self._cond.notify()
-            if self._index == self._length:
-                self._cond.notify_all()
-
-    def _set_many(self, outcomes: list[tuple[int, tuple[bool, Any]]]) -> None:
-        with self._cond:
-            self._items.extend(outcome for _, outcome in outcomes)
-            self._index += len(outcomes)
-            self._cond.notify_all() if self._index == self._length else self._cond.notify()
+    def _insert(self, index: int, values: list[Any]) -> None:
+        self._items.extend(values)
+        self._index += len(values)

@@ -102,8 +102,11 @@ static PyObject *shared_info(PyObject *mod, PyObject *args)
         return NULL;
     PyObject *result = NULL;
     const struct pw_header *h = view.buf;
-    if (pw_header_validate(view.buf, view.len, kind, what) < 0)
+    int rc = pw_header_validate(view.buf, (uint64_t)view.len, kind, what);
+    if (rc) {
+        pw_raise(rc);
         goto out;
+    }
     if (h->kind != PW_KIND_VALUE && h->kind != PW_KIND_ARRAY) {
         pw_segment_error("%s is a %s, not a value or array", what, pw_kind_name(h->kind));
         goto out;
@@ -119,8 +122,10 @@ static PyObject *shared_info(PyObject *mod, PyObject *args)
                          what);
         goto out;
     }
-    if (s->lock_mode == PW_LOCKMODE_EMBEDDED && pw_mutex_check(&s->lock.mutex, what) < 0)
+    if (s->lock_mode == PW_LOCKMODE_EMBEDDED && (rc = pw_mutex_check(&s->lock.mutex, what))) {
+        pw_raise(rc);
         goto out;
+    }
     result = Py_BuildValue("{s:s,s:s,s:K,s:K,s:I,s:y#,s:K}", "kind", pw_kind_name(h->kind),
                            "typecode", s->typecode, "elem_size",
                            (unsigned long long)s->elem_size, "length",

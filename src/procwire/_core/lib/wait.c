@@ -1,10 +1,11 @@
 /*
- * wait.c -- deadlines, futex sleeps and bounded spinning.
+ * wait.c -- deadlines, futex sleeps, the sleeper registry, the spin policy
+ * and pw_wait_until(), the one wait every blocking call of procwire uses.
  *
  * Deadlines are absolute CLOCK_MONOTONIC nanoseconds, so a wall-clock jump
  * never shortens or stretches a timeout (multiprocessing uses gettimeofday).
  */
-#include "core.h"
+#include "pw.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -15,11 +16,12 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <linux/futex.h>
-#include <math.h>
 #include <sched.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+_Static_assert(PW_FUTEX_ANY == FUTEX_BITSET_MATCH_ANY, "futex bitset");
 
 int64_t pw_now_ns(void)
 {
@@ -28,83 +30,43 @@ int64_t pw_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-int pw_deadline_from(int block, PyObject *timeout, int64_t *deadline)
+int64_t pw_deadline_after(int64_t ns)
 {
-    if (!block) {
-        *deadline = 0; /* already passed: try once */
+    if (ns <= 0)
         return 0;
-    }
-    if (timeout == NULL || timeout == Py_None) {
-        *deadline = PW_FOREVER;
-        return 0;
-    }
-    double seconds = PyFloat_AsDouble(timeout);
-    if (seconds == -1.0 && PyErr_Occurred()) {
-        PyErr_Format(PyExc_TypeError,
-                     "timeout must be a number of seconds or None, not %.100s",
-                     Py_TYPE(timeout)->tp_name);
-        return -1;
-    }
-    if (isnan(seconds)) {
-        PyErr_SetString(PyExc_ValueError, "timeout must be a number of seconds, not NaN");
-        return -1;
-    }
-    if (seconds <= 0) {
-        *deadline = 0;
-        return 0;
-    }
     int64_t now = pw_now_ns();
-    double ns = seconds * 1e9;
-    *deadline = ns >= (double)(PW_FOREVER - now) ? PW_FOREVER : now + (int64_t)ns;
-    return 0;
+    return ns >= PW_FOREVER - now ? PW_FOREVER : now + ns;
 }
 
-int pw_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline)
-{
-    return pw_futex_wait_mask(word, expected, deadline, FUTEX_BITSET_MATCH_ANY);
-}
-
-int pw_futex_wait_mask(_Atomic uint32_t *word, uint32_t expected, int64_t deadline,
-                       uint32_t mask)
+int pw_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline, uint32_t mask)
 {
     struct timespec ts, *tsp = NULL;
     if (deadline != PW_FOREVER) {
         if (pw_now_ns() >= deadline)
-            return 1;
+            return PW_TIMEOUT;
         /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline. */
         ts.tv_sec = deadline / 1000000000LL;
         ts.tv_nsec = deadline % 1000000000LL;
         tsp = &ts;
     }
-    long rc;
-    int err;
-    Py_BEGIN_ALLOW_THREADS
-    rc = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET, expected, tsp, NULL, mask);
-    err = errno;
-    Py_END_ALLOW_THREADS
-    if (rc == 0)
-        return 0;
-    switch (err) {
+    /* Shared futexes (no FUTEX_PRIVATE_FLAG): the word lives in a MAP_SHARED
+     * segment, and sleeper and waker are different processes. */
+    if (syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET, expected, tsp, NULL, mask) == 0)
+        return PW_OK;
+    switch (errno) {
     case EAGAIN: /* the word had already changed */
-        return 0;
+    case EINTR:  /* the caller re-checks (and its hooks look at signals) */
+        return PW_OK;
     case ETIMEDOUT:
-        return 1;
-    case EINTR:
-        /* A handler that did not raise lets the caller re-check its
-         * condition, which may have changed meanwhile. */
-        return PyErr_CheckSignals() < 0 ? -1 : 0;
+        return PW_TIMEOUT;
     default:
-        errno = err;
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
+        return pw_fail_errno(errno);
     }
 }
 
-int pw_futex_wake(_Atomic uint32_t *word, int n)
+int pw_futex_wake(_Atomic uint32_t *word, int n, uint32_t mask)
 {
-    /* Shared futexes (no FUTEX_PRIVATE_FLAG): the word lives in a MAP_SHARED
-     * segment, and sleeper and waker are different processes. */
-    long woke = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, n, NULL, NULL, 0);
+    long woke = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_BITSET, n, NULL, NULL, mask);
     return woke > 0 ? (int)woke : 0;
 }
 
@@ -233,6 +195,13 @@ void pw_sleeper_resume(struct pw_waiters *w, pw_sleeper *s, int slot)
     s->slot = slot >= 0 && slot < PW_WAIT_SLOTS ? slot : -1;
 }
 
+int pw_sleeper_refresh(pw_sleeper *s)
+{
+    if (s->slot < 0 || atomic_load(&s->w->slot[s->slot]) != s->id)
+        s->slot = claim_slot(s->w, s->id);
+    return s->slot >= 0;
+}
+
 void pw_sleeper_leave(pw_sleeper *s)
 {
     if (s->slot >= 0) {
@@ -241,29 +210,6 @@ void pw_sleeper_leave(pw_sleeper *s)
         atomic_compare_exchange_strong(&s->w->slot[s->slot], &expected, 0);
         s->slot = -1;
     }
-}
-
-int pw_sleeper_wait(pw_sleeper *s, _Atomic uint32_t *word, uint32_t expected, int64_t deadline)
-{
-    int64_t now = pw_now_ns();
-    if (now >= deadline)
-        return 1;
-    int64_t slice = s->slot >= 0 ? PW_WAIT_SLICE_NS : PW_WAIT_POLL_NS;
-    int64_t until = deadline - now > slice ? now + slice : deadline;
-    int r = pw_futex_wait(word, expected, until);
-    if (r == 1) {
-        if (until == deadline)
-            return 1;
-        if (PyErr_CheckSignals() < 0)
-            return -1;
-        r = 0;
-    }
-    if (r == 0 && (s->slot < 0 || atomic_load(&s->w->slot[s->slot]) != s->id)) {
-        /* Without a slot (all taken), or it was taken from us: register
-         * again before the caller re-checks its condition. */
-        s->slot = claim_slot(s->w, s->id);
-    }
-    return r;
 }
 
 uint32_t pw_waiters_reconcile(struct pw_waiters *w)
@@ -316,10 +262,10 @@ static void reconcile_at_most_every(struct pw_waiters *w, int64_t interval_ns)
 #define PW_RECONCILE_AFTER_EMPTY_WAKE_NS 1000000LL  /* 1 ms  */
 #define PW_RECONCILE_BLIND_NS 100000000LL           /* 100 ms */
 
-int pw_waiters_wake(struct pw_waiters *w, _Atomic uint32_t *word, int n)
+int pw_waiters_wake(struct pw_waiters *w, _Atomic uint32_t *word, int n, uint32_t mask)
 {
     atomic_fetch_add_explicit(&w->wakes, 1, memory_order_relaxed);
-    int woke = pw_futex_wake(word, n);
+    int woke = pw_futex_wake(word, n, mask);
     /* Nobody woken although a slot is taken: its sleeper may be dead, or
      * merely between registering and sleeping (then the check is wasted). */
     if (woke == 0)
@@ -327,14 +273,14 @@ int pw_waiters_wake(struct pw_waiters *w, _Atomic uint32_t *word, int n)
     return woke;
 }
 
-int pw_waiters_wake_mask(struct pw_waiters *w, _Atomic uint32_t *word, int n, uint32_t mask)
+void pw_waiters_notify_all(struct pw_waiters *w, _Atomic uint32_t *seq)
 {
-    atomic_fetch_add_explicit(&w->wakes, 1, memory_order_relaxed);
-    long rc = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_BITSET, n, NULL, NULL, mask);
-    int woke = rc > 0 ? (int)rc : 0;
-    if (woke == 0)
-        reconcile_at_most_every(w, PW_RECONCILE_AFTER_EMPTY_WAKE_NS);
-    return woke;
+    /* seq_cst: these loads must not be ordered before the store that changed
+     * the condition (the sleeper does the mirror image). */
+    if (pw_waiters_any(w)) {
+        atomic_fetch_add(seq, 1);
+        pw_waiters_wake(w, seq, INT32_MAX, PW_FUTEX_ANY);
+    }
 }
 
 int pw_waiters_slot_dead(struct pw_waiters *w, int i)
@@ -355,55 +301,7 @@ void pw_waiters_woke_unknown(struct pw_waiters *w)
     reconcile_at_most_every(w, PW_RECONCILE_BLIND_NS);
 }
 
-/* The spin loops themselves: no GIL handling, no system calls. Reading the
- * clock costs ~20 ns through the vDSO, so it is read every 64 relaxes. */
-#define SPIN_UNTIL_CHANGED(load_expr, expected, spin_ns)                       \
-    do {                                                                       \
-        int64_t end_ = pw_now_ns() + (spin_ns);                                \
-        for (;;) {                                                             \
-            for (int i_ = 0; i_ < 64; i_++) {                                  \
-                if ((load_expr) != (expected))                                 \
-                    return 1;                                                  \
-                pw_cpu_relax();                                                \
-            }                                                                  \
-            if (pw_now_ns() >= end_)                                           \
-                return 0;                                                      \
-        }                                                                      \
-    } while (0)
-
-static int spin64(_Atomic uint64_t *word, uint64_t expected, int64_t spin_ns)
-{
-    SPIN_UNTIL_CHANGED(atomic_load_explicit(word, memory_order_acquire), expected, spin_ns);
-}
-
-static int spin32(_Atomic uint32_t *word, uint32_t expected, int64_t spin_ns)
-{
-    SPIN_UNTIL_CHANGED(atomic_load_explicit(word, memory_order_acquire), expected, spin_ns);
-}
-
-/* Spinning waits for another process, so other threads of this one keep
- * the GIL meanwhile. */
-int pw_spin_while_equal(_Atomic uint64_t *word, uint64_t expected, int64_t spin_ns)
-{
-    if (spin_ns <= 0)
-        return atomic_load_explicit(word, memory_order_acquire) != expected;
-    int changed;
-    Py_BEGIN_ALLOW_THREADS
-    changed = spin64(word, expected, spin_ns);
-    Py_END_ALLOW_THREADS
-    return changed;
-}
-
-int pw_spin_while_equal32(_Atomic uint32_t *word, uint32_t expected, int64_t spin_ns)
-{
-    if (spin_ns <= 0)
-        return atomic_load_explicit(word, memory_order_acquire) != expected;
-    int changed;
-    Py_BEGIN_ALLOW_THREADS
-    changed = spin32(word, expected, spin_ns);
-    Py_END_ALLOW_THREADS
-    return changed;
-}
+/* --------------------------------------------------------------- spinning */
 
 int64_t pw_spin_budget(void)
 {
@@ -422,4 +320,102 @@ int64_t pw_spin_budget(void)
         checked_at = now;
     }
     return budget;
+}
+
+/* Spins until done() or spin_ns pass; the clock (~20 ns through the vDSO)
+ * is read every 64 relaxes. 1 if done. */
+static int spin_until(int (*done)(void *), void *ctx, int64_t spin_ns)
+{
+    int64_t end = pw_now_ns() + spin_ns;
+    for (;;) {
+        for (int i = 0; i < 64; i++) {
+            if (done(ctx))
+                return 1;
+            pw_cpu_relax();
+        }
+        if (pw_now_ns() >= end)
+            return 0;
+    }
+}
+
+int pw_spin(pw_spinner *sp, int (*done)(void *ctx), void *ctx, int64_t deadline)
+{
+    int64_t budget = pw_spin_budget();
+    if (sp->spin_ns > budget)
+        sp->spin_ns = budget;
+    if (sp->spin_ns <= 0) {
+        if (budget > 0)
+            sp->spin_ns = PW_SPIN_RETRY_NS; /* try spinning again, a little */
+        return 0;
+    }
+    int64_t spin = sp->spin_ns;
+    if (deadline != PW_FOREVER && deadline - pw_now_ns() < spin)
+        spin = deadline - pw_now_ns();
+    if (spin <= 0)
+        return 0;
+    int paid;
+    /* Spinning waits for another process: other threads of this one run. */
+    PW_UNBLOCKED(paid = spin_until(done, ctx, spin));
+    if (paid)
+        sp->spin_ns = budget; /* spinning paid off: keep the whole budget */
+    else
+        sp->spin_ns /= 2; /* the peer is slow or away: spin less next time */
+    return paid;
+}
+
+static int futex_sleep(const pw_wait *w, uint32_t seen, int64_t until)
+{
+    int rc;
+    PW_UNBLOCKED(rc = pw_futex_wait(w->futex, seen, until, w->mask));
+    return rc;
+}
+
+int pw_wait_until(const pw_wait *w, int64_t deadline)
+{
+    if (w->done(w->ctx))
+        return PW_OK;
+    if (pw_now_ns() >= deadline)
+        return PW_TIMEOUT;
+    if (w->spin && pw_spin(w->spin, w->done, w->ctx, deadline))
+        return PW_OK;
+    pw_sleeper own, *s = w->held;
+    if (!s) {
+        s = &own;
+        pw_sleeper_enter(w->waiters, s);
+    }
+    int rc;
+    for (;;) {
+        /* Registered (above), then the word, then the condition: a waker
+         * that changed the condition after our check bumps the word. */
+        uint32_t seen = w->futex ? atomic_load(w->futex) : 0;
+        if (w->done(w->ctx)) {
+            rc = PW_OK;
+            break;
+        }
+        if (w->cancel && *w->cancel) {
+            rc = PW_CANCELLED;
+            break;
+        }
+        int64_t now = pw_now_ns();
+        if (now >= deadline) {
+            rc = PW_TIMEOUT;
+            break;
+        }
+        int64_t slice = s->slot >= 0 ? PW_WAIT_SLICE_NS : PW_WAIT_POLL_NS;
+        int64_t until = deadline - now > slice ? now + slice : deadline;
+        rc = w->sleep ? w->sleep(w->ctx, seen, until) : futex_sleep(w, seen, until);
+        if (rc < 0)
+            break;
+        if (pw_hooks.interrupted && pw_hooks.interrupted()) {
+            rc = PW_ERAISED;
+            break;
+        }
+        /* Without a slot (all taken), or it was reaped: register again
+         * before re-checking. A caller-held registration stays as it is. */
+        if (!w->held)
+            pw_sleeper_refresh(s);
+    }
+    if (!w->held)
+        pw_sleeper_leave(s);
+    return rc;
 }

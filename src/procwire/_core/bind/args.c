@@ -1,5 +1,5 @@
 /*
- * args.c -- argument parsing for METH_FASTCALL | METH_KEYWORDS methods.
+ * args.c -- argument parsing: fast-call arguments and timeouts.
  *
  * put() and get() are called millions of times a second; the generic
  * PyArg_ParseTupleAndKeywords builds a tuple and a dict per call, this does
@@ -7,7 +7,39 @@
  */
 #include "core.h"
 
+#include <math.h>
 #include <string.h>
+
+int pw_deadline_from(int block, PyObject *timeout, int64_t *deadline)
+{
+    if (!block) {
+        *deadline = 0; /* already passed: try once */
+        return 0;
+    }
+    if (timeout == NULL || timeout == Py_None) {
+        *deadline = PW_FOREVER;
+        return 0;
+    }
+    double seconds = PyFloat_AsDouble(timeout);
+    if (seconds == -1.0 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_TypeError,
+                     "timeout must be a number of seconds or None, not %.100s",
+                     Py_TYPE(timeout)->tp_name);
+        return -1;
+    }
+    if (isnan(seconds)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be a number of seconds, not NaN");
+        return -1;
+    }
+    if (seconds <= 0) {
+        *deadline = 0;
+        return 0;
+    }
+    int64_t now = pw_now_ns();
+    double ns = seconds * 1e9;
+    *deadline = ns >= (double)(PW_FOREVER - now) ? PW_FOREVER : now + (int64_t)ns;
+    return 0;
+}
 
 int pw_parse_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                   const char *const *names, int nnames, int nrequired, PyObject **out)

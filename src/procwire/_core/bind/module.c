@@ -61,6 +61,7 @@ static struct PyModuleDef core_module = {
 
 PyMODINIT_FUNC PyInit__core(void)
 {
+    pw_install_hooks();
     PyObject *m = PyModule_Create(&core_module);
     if (!m)
         return NULL;

@@ -8,16 +8,15 @@
  * opens it with the type's constructor, which validates it: creating and
  * attaching share one path.
  *
- * Locks are robust pthread mutexes (mutex.c). Semaphores, events, conditions
- * and barriers are futex words. Every blocking wait follows core.h's rules,
- * and sleeps in slices of at most PW_LOCK_SLICE_NS so that a signal delivered
- * to another thread of the process still reaches PyErr_CheckSignals promptly.
+ * Locks are robust pthread mutexes (lib/mutex.c). Semaphores, events,
+ * conditions and barriers are futex words, waited on with pw_wait_until
+ * (lib/wait.c), which sleeps in slices so that a signal delivered to another
+ * thread of the process still reaches PyErr_CheckSignals promptly.
  */
 #include "core.h"
 
 #include <errno.h>
 #include <limits.h>
-#include <linux/futex.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -66,46 +65,24 @@ static inline pid_t my_tid(void)
     return cached_tid;
 }
 
-/* The holder's tid, from the mutex's lock word (0 when free). */
-static inline pid_t mutex_holder(pthread_mutex_t *m)
+#define mutex_holder(m) ((pid_t)pw_mutex_holder(m))
+#define mutex_owner_died(m) pw_mutex_owner_died(m)
+
+/* pw_wait's done() for "sleep until this word moves" waits. */
+struct word_moved {
+    _Atomic uint32_t *word;
+    uint32_t seen;
+};
+
+static int word_moved(void *ctx)
 {
-    int word = atomic_load_explicit((_Atomic int *)&m->__data.__lock, memory_order_relaxed);
-    return (pid_t)(word & FUTEX_TID_MASK);
+    struct word_moved *m = ctx;
+    return atomic_load(m->word) != m->seen;
 }
 
-static inline int mutex_owner_died(pthread_mutex_t *m)
+static int never(void *ctx)
 {
-    int word = atomic_load_explicit((_Atomic int *)&m->__data.__lock, memory_order_relaxed);
-    return (word & FUTEX_OWNER_DIED) != 0;
-}
-
-/* --------------------------------------------------------------- waiting */
-
-/*
- * Sleeps while *word == expected, in slices, until woken, the deadline, or a
- * signal handler raises. Returns 0 (woken or word changed: re-check), 1 on
- * timeout, -1 with an exception set.
- */
-static int sliced_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline)
-{
-    int64_t now = pw_now_ns();
-    if (now >= deadline)
-        return 1;
-    int64_t until = deadline - now > PW_LOCK_SLICE_NS ? now + PW_LOCK_SLICE_NS : deadline;
-    int r = pw_futex_wait(word, expected, until);
-    if (r == 1) {
-        if (until == deadline)
-            return 1;
-        if (PyErr_CheckSignals() < 0)
-            return -1;
-        return 0;
-    }
-    return r;
-}
-
-static int spin_while_equal32(_Atomic uint32_t *word, uint32_t expected)
-{
-    return pw_spin_while_equal32(word, expected, pw_spin_budget());
+    return 0;
 }
 
 /* ------------------------------------------------------- common object */
@@ -116,6 +93,7 @@ typedef struct {
     int mapped;
     int keep_mapping; /* never release the view: a robust list may point into it */
     pw_guard guard;   /* blocking calls against a concurrent close() */
+    pw_spinner spin;  /* adaptive spin before sleeping */
     void *p;          /* the kind's struct inside the mapping */
     PyObject *name;   /* str, for messages */
 } SyncObject;
@@ -196,8 +174,11 @@ static void *sync_map(SyncObject *self, PyObject *buffer, PyObject *name, const 
     self->mapped = 1;
     Py_XSETREF(self->name, Py_NewRef(name));
     const struct pw_header *h = self->view.buf;
-    if (pw_header_validate(h, self->view.len, 0, what) < 0)
+    int rc = pw_header_validate(h, (uint64_t)self->view.len, 0, what);
+    if (rc) {
+        pw_raise(rc);
         goto fail;
+    }
     int ok = 0;
     for (int i = 0; i < nkinds; i++)
         ok |= h->kind == kinds[i];
@@ -206,25 +187,14 @@ static void *sync_map(SyncObject *self, PyObject *buffer, PyObject *name, const 
                          pw_kind_name(kinds[0]));
         goto fail;
     }
-    size_t need, off = sizeof *h;
-    switch (h->kind) {
-    case PW_KIND_LOCK:
-    case PW_KIND_RLOCK: need = sizeof(struct pw_lock); break;
-    case PW_KIND_SEMAPHORE: need = sizeof(struct pw_sem); break;
-    case PW_KIND_EVENT: need = sizeof(struct pw_event); break;
-    case PW_KIND_CONDITION: need = sizeof(struct pw_cond); break;
-    case PW_KIND_BARRIER: need = sizeof(struct pw_barrier); break;
-    case PW_KIND_VALUE:
-    case PW_KIND_ARRAY: need = sizeof(struct pw_shared); break;
-    default: need = SIZE_MAX;
-    }
-    if (h->header_size != need) {
-        pw_segment_error("%s is corrupt: its %s header is %u bytes, expected %zu", what,
-                         pw_kind_name(h->kind), h->header_size, need);
+    rc = pw_header_validate_kind(h, (uint64_t)self->view.len, h->kind, what);
+    if (rc) {
+        pw_raise(rc);
         goto fail;
     }
     *kind_out = h->kind;
-    self->p = (char *)self->view.buf + off;
+    pw_spinner_init(&self->spin);
+    self->p = (char *)self->view.buf + sizeof *h;
     return self->p;
 fail:
     sync_release(self);
@@ -232,13 +202,6 @@ fail:
 }
 
 /* ------------------------------------------------------------ sync_init */
-
-int pw_lock_init(struct pw_lock *l, int recursive)
-{
-    memset(l, 0, sizeof *l);
-    l->recursive = recursive ? 1 : 0;
-    return pw_mutex_init(&l->mutex);
-}
 
 static int init_mutex_or_raise(pthread_mutex_t *m)
 {
@@ -251,16 +214,15 @@ static int init_mutex_or_raise(pthread_mutex_t *m)
     return 0;
 }
 
+/* The header size of a synchronisation kind (layout.h's table), 0 for others. */
 static size_t kind_struct_size(uint32_t kind)
 {
     switch (kind) {
-    case PW_KIND_LOCK:
-    case PW_KIND_RLOCK: return sizeof(struct pw_lock);
-    case PW_KIND_SEMAPHORE: return sizeof(struct pw_sem);
-    case PW_KIND_EVENT: return sizeof(struct pw_event);
-    case PW_KIND_CONDITION: return sizeof(struct pw_cond);
-    case PW_KIND_BARRIER: return sizeof(struct pw_barrier);
-    default: return 0;
+    case PW_KIND_LOCK: case PW_KIND_RLOCK: case PW_KIND_SEMAPHORE: case PW_KIND_EVENT:
+    case PW_KIND_CONDITION: case PW_KIND_BARRIER:
+        return pw_kind_info(kind)->header_size;
+    default:
+        return 0;
     }
 }
 
@@ -416,7 +378,9 @@ static int Lock_init(LockObject *self, PyObject *args, PyObject *kwds)
         sync_release(&self->base);
         return -1;
     }
-    if (pw_mutex_check(&l->mutex, PyUnicode_AsUTF8(name)) < 0) {
+    int rc = pw_mutex_check(&l->mutex, PyUnicode_AsUTF8(name));
+    if (rc) {
+        pw_raise(rc);
         sync_release(&self->base);
         return -1;
     }
@@ -599,15 +563,33 @@ static int wait_foreign_holder(LockObject *self, struct pw_lock *l, int64_t dead
 {
     _Atomic uint32_t *word = (_Atomic uint32_t *)&l->mutex.__data.__lock;
     uint32_t w = atomic_load(word);
-    if ((pid_t)(w & FUTEX_TID_MASK) != my_tid() || (w & FUTEX_OWNER_DIED))
+    if ((pid_t)(w & PW_MUTEX_TID_MASK) != my_tid() || (w & PW_MUTEX_OWNER_DIED))
         return 0;
-    if (!(w & FUTEX_WAITERS)) {
-        uint32_t flagged = w | FUTEX_WAITERS;
+    if (!(w & PW_MUTEX_WAITERS)) {
+        uint32_t flagged = w | PW_MUTEX_WAITERS;
         if (!atomic_compare_exchange_strong(word, &w, flagged))
             return 0;
         w = flagged;
     }
-    return sliced_wait(word, w, deadline);
+    struct word_moved m = {word, w};
+    pw_wait wt = {.done = word_moved, .ctx = &m, .waiters = &l->sleepers, .futex = word,
+                  .mask = PW_FUTEX_ANY, .cancel = &self->base.guard.closed};
+    int rc = pw_wait_until(&wt, deadline);
+    return rc == PW_TIMEOUT ? 1 : rc < 0 ? pw_raise_int(rc) : 0;
+}
+
+/* The Lock's spin: pw_spin's done(), which tries the mutex whenever it is free. */
+struct try_free {
+    pthread_mutex_t *m;
+    int rc; /* pthread_mutex_trylock's last answer */
+};
+
+static int take_if_free(void *ctx)
+{
+    struct try_free *t = ctx;
+    if (mutex_holder(t->m) == 0 || mutex_owner_died(t->m))
+        t->rc = pthread_mutex_trylock(t->m);
+    return t->rc != EBUSY;
 }
 
 static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
@@ -630,20 +612,17 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
                              self->base.name);
                 return NULL;
             }
-            _Atomic uint32_t never = 0;
-            pw_sleeper sl; /* counted as blocked in acquire, as every waiter */
-            pw_sleeper_enter(&l->sleepers, &sl);
-            for (;;) {
-                int r = self->base.guard.closed ? -2 : pw_sleeper_wait(&sl, &never, 0, deadline);
-                if (r == 0)
-                    continue;
-                pw_sleeper_leave(&sl);
-                if (r == -2)
-                    return closed_while_waiting(&self->base);
-                if (r < 0)
-                    return NULL;
-                Py_RETURN_FALSE;
-            }
+            /* Counted as blocked in acquire, as every waiter; sleeps until
+             * the deadline (or a close). */
+            _Atomic uint32_t nothing = 0;
+            pw_wait wt = {.done = never, .waiters = &l->sleepers, .futex = &nothing,
+                          .mask = PW_FUTEX_ANY, .cancel = &self->base.guard.closed};
+            int r = pw_wait_until(&wt, deadline);
+            if (r == PW_CANCELLED)
+                return closed_while_waiting(&self->base);
+            if (r < 0)
+                return pw_raise(r);
+            Py_RETURN_FALSE;
         }
         if (deadline == 0)
             Py_RETURN_FALSE;
@@ -651,10 +630,7 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
             /* Same tid, another process: another PID namespace. */
             if (self->base.guard.closed)
                 return closed_while_waiting(&self->base);
-            pw_sleeper sl; /* counted as blocked in acquire, as every waiter */
-            pw_sleeper_enter(&l->sleepers, &sl);
             int r = wait_foreign_holder(self, l, deadline);
-            pw_sleeper_leave(&sl);
             if (r < 0)
                 return NULL;
             if (r == 1)
@@ -665,54 +641,37 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
         break;
     }
     /* Adaptive: a lock held for a few microseconds is cheaper to spin for
-     * than to sleep on, when the holder runs on another CPU. */
-    int64_t budget = pw_spin_budget();
-    if (budget > 0) {
-        int64_t end = pw_now_ns() + budget;
-        if (end > deadline)
-            end = deadline;
-        rc = EBUSY;
-        /* Other threads of this process run while we spin; taking the GIL
-         * back while holding the mutex is safe (core.h, rule 4). */
-        Py_BEGIN_ALLOW_THREADS
-        do {
-            for (int i = 0; i < 64 && rc == EBUSY; i++) {
-                if (mutex_holder(&l->mutex) == 0 || mutex_owner_died(&l->mutex))
-                    rc = pthread_mutex_trylock(&l->mutex);
-                if (rc == EBUSY)
-                    pw_cpu_relax();
-            }
-        } while (rc == EBUSY && pw_now_ns() < end);
-        Py_END_ALLOW_THREADS
-        if (rc == 0 || rc == EOWNERDEAD)
-            return acquired(self, l, rc == EOWNERDEAD);
-        if (rc == EDEADLK)
-            return lock_acquire_slow(self, l, rc, deadline);
+     * than to sleep on, when the holder runs on another CPU. Taking the GIL
+     * back while holding the mutex is safe (core.h, rule 4). */
+    struct try_free t = {&l->mutex, EBUSY};
+    if (pw_spin(&self->base.spin, take_if_free, &t, deadline)) {
+        if (t.rc == 0 || t.rc == EOWNERDEAD)
+            return acquired(self, l, t.rc == EOWNERDEAD);
+        if (t.rc == EDEADLK)
+            return lock_acquire_slow(self, l, t.rc, deadline);
     }
     atomic_fetch_add(&l->contended, 1);
     pw_sleeper sl; /* issue 9 #15: registered so a killed waiter is reaped */
     pw_sleeper_enter(&l->sleepers, &sl);
-    enum pw_lock_result r = pw_mutex_lock_cancellable(&l->mutex, deadline,
-                                                      &self->base.guard.closed);
+    int r = pw_mutex_lock(&l->mutex, deadline, &self->base.guard.closed);
     pw_sleeper_leave(&sl);
     switch (r) {
-    case PW_LOCK_OK:
+    case PW_OK:
         return acquired(self, l, 0);
-    case PW_LOCK_OWNER_DIED:
+    case PW_OWNER_DIED:
         /* pw_mutex_lock made it consistent already */
         return acquired(self, l, 1);
-    case PW_LOCK_TIMEOUT:
-        if (self->base.guard.closed)
-            return closed_while_waiting(&self->base);
+    case PW_CANCELLED:
+        return closed_while_waiting(&self->base);
+    case PW_TIMEOUT:
         Py_RETURN_FALSE;
-    default:
-        if (PyErr_ExceptionMatches(PyExc_RuntimeError) && !held_by_this_thread(l) &&
-            mutex_holder(&l->mutex) == my_tid()) {
+    case PW_EDEADLK:
+        if (!held_by_this_thread(l) && mutex_holder(&l->mutex) == my_tid())
             /* EDEADLK from a same-tid holder in another PID namespace. */
-            PyErr_Clear();
             return lock_acquire_slow(self, l, EDEADLK, deadline);
-        }
-        return NULL;
+        return pw_raise(r);
+    default:
+        return pw_raise(r);
     }
 }
 
@@ -731,8 +690,11 @@ static PyObject *Lock_acquire(LockObject *self, PyObject *const *args, Py_ssize_
     struct pw_lock *l = lock_of(self);
     if (!l)
         return NULL;
-    if (!pw_mutex_sane(&l->mutex) && pw_mutex_check(&l->mutex, PyUnicode_AsUTF8(self->base.name)) < 0)
-        return NULL;
+    if (!pw_mutex_sane(&l->mutex)) {
+        int rc = pw_mutex_check(&l->mutex, PyUnicode_AsUTF8(self->base.name));
+        if (rc)
+            return pw_raise(rc);
+    }
     if (l->recursive && held_by_this_thread(l)) {
         if (l->depth == UINT32_MAX) {
             PyErr_SetString(PyExc_OverflowError, "RLock recursion too deep");
@@ -993,6 +955,11 @@ static inline int sem_trydown(struct pw_sem *s)
     return 0;
 }
 
+static int sem_trydown_ctx(void *s)
+{
+    return sem_trydown(s);
+}
+
 static PyObject *Semaphore_acquire(SyncObject *self, PyObject *const *args, Py_ssize_t nargs,
                                    PyObject *kwnames)
 {
@@ -1013,24 +980,16 @@ static PyObject *Semaphore_acquire(SyncObject *self, PyObject *const *args, Py_s
         Py_RETURN_FALSE;
     if (sync_enter(self) < 0)
         return NULL;
-    if (spin_while_equal32(&s->value, 0) && sem_trydown(s))
-        goto got_left;
-    pw_sleeper sl; /* issue 9 #15: registered so a killed sleeper is reaped */
-    pw_sleeper_enter(&s->sleepers, &sl);
-    for (;;) {
-        if (sem_trydown(s))
-            break;
-        int r = self->guard.closed ? -2 : pw_sleeper_wait(&sl, &s->value, 0, deadline);
-        if (r != 0) {
-            pw_sleeper_leave(&sl);
-            PyObject *res = r == -2 ? closed_while_waiting(self)
-                            : r < 0 ? NULL : Py_NewRef(Py_False);
-            sync_leave(self);
-            return res;
-        }
+    /* Sleeps on the count itself: release() moves it. */
+    pw_wait w = {.done = sem_trydown_ctx, .ctx = s, .waiters = &s->sleepers, .futex = &s->value,
+                 .mask = PW_FUTEX_ANY, .spin = &self->spin, .cancel = &self->guard.closed};
+    int r = pw_wait_until(&w, deadline);
+    if (r != PW_OK) {
+        PyObject *res = r == PW_CANCELLED ? closed_while_waiting(self)
+                        : r == PW_TIMEOUT ? Py_NewRef(Py_False) : pw_raise(r);
+        sync_leave(self);
+        return res;
     }
-    pw_sleeper_leave(&sl);
-got_left:
     sync_leave(self);
 got:
     atomic_fetch_add_explicit(&s->acquires, 1, memory_order_relaxed);
@@ -1054,7 +1013,7 @@ static PyObject *Semaphore_release(SyncObject *self, PyObject *unused)
     } while (!atomic_compare_exchange_weak(&s->value, &v, v + 1));
     atomic_fetch_add_explicit(&s->releases, 1, memory_order_relaxed);
     if (pw_waiters_any(&s->sleepers))
-        pw_waiters_wake(&s->sleepers, &s->value, 1);
+        pw_waiters_wake(&s->sleepers, &s->value, 1, PW_FUTEX_ANY);
     Py_RETURN_NONE;
 }
 
@@ -1156,7 +1115,7 @@ static PyObject *Event_set(SyncObject *self, PyObject *unused)
     } while (!atomic_compare_exchange_weak(&e->state, &s, (s + 2) | 1));
     atomic_fetch_add_explicit(&e->sets, 1, memory_order_relaxed);
     if (pw_waiters_any(&e->sleepers))
-        pw_waiters_wake(&e->sleepers, &e->state, INT32_MAX);
+        pw_waiters_wake(&e->sleepers, &e->state, INT32_MAX, PW_FUTEX_ANY);
     Py_RETURN_NONE;
 }
 
@@ -1166,6 +1125,19 @@ static PyObject *Event_clear(SyncObject *self, PyObject *unused)
         return NULL;
     atomic_fetch_and(&((struct pw_event *)self->p)->state, ~1u);
     Py_RETURN_NONE;
+}
+
+/* A set() changes the generation bits even if a clear() follows at once. */
+struct event_wait {
+    struct pw_event *e;
+    uint32_t s0; /* the state when the wait began */
+};
+
+static int event_happened(void *ctx)
+{
+    struct event_wait *w = ctx;
+    uint32_t s = atomic_load_explicit(&w->e->state, memory_order_acquire);
+    return (s & 1) || (s >> 1) != (w->s0 >> 1);
 }
 
 static PyObject *Event_wait(SyncObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -1189,37 +1161,14 @@ static PyObject *Event_wait(SyncObject *self, PyObject *const *args, Py_ssize_t 
         Py_RETURN_FALSE;
     if (sync_enter(self) < 0)
         return NULL;
-    /* A set() changes the generation bits even if a clear() follows at once. */
-    if (spin_while_equal32(&e->state, s0)) {
-        uint32_t s = atomic_load_explicit(&e->state, memory_order_acquire);
-        if ((s & 1) || (s >> 1) != (s0 >> 1)) {
-            sync_leave(self);
-            Py_RETURN_TRUE;
-        }
-    }
-    pw_sleeper sl; /* issue 9 #15: registered so a killed sleeper is reaped */
-    pw_sleeper_enter(&e->sleepers, &sl);
-    int result;
-    uint32_t s = atomic_load(&e->state);
-    for (;;) {
-        if ((s & 1) || (s >> 1) != (s0 >> 1)) {
-            result = 1;
-            break;
-        }
-        if (self->guard.closed) {
-            result = -2;
-            break;
-        }
-        int r = pw_sleeper_wait(&sl, &e->state, s, deadline);
-        if (r != 0) {
-            result = r < 0 ? -1 : 0;
-            break;
-        }
-        s = atomic_load_explicit(&e->state, memory_order_acquire);
-    }
-    pw_sleeper_leave(&sl);
-    PyObject *res = result == -2 ? closed_while_waiting(self)
-                    : result < 0 ? NULL : PyBool_FromLong(result);
+    struct event_wait ew = {e, s0};
+    pw_wait w = {.done = event_happened, .ctx = &ew, .waiters = &e->sleepers,
+                 .futex = &e->state, .mask = PW_FUTEX_ANY, .spin = &self->spin,
+                 .cancel = &self->guard.closed};
+    int r = pw_wait_until(&w, deadline);
+    PyObject *res = r == PW_OK ? Py_NewRef(Py_True)
+                    : r == PW_TIMEOUT ? Py_NewRef(Py_False)
+                    : r == PW_CANCELLED ? closed_while_waiting(self) : pw_raise(r);
     sync_leave(self);
     return res;
 }
@@ -1284,7 +1233,9 @@ static int Condition_init(SyncObject *self, PyObject *args, PyObject *kwds)
         sync_release(self);
         return -1;
     }
-    if (pw_mutex_check(&c->lock.mutex, PyUnicode_AsUTF8(name)) < 0) {
+    int rc = pw_mutex_check(&c->lock.mutex, PyUnicode_AsUTF8(name));
+    if (rc) {
+        pw_raise(rc);
         sync_release(self);
         return -1;
     }
@@ -1371,22 +1322,20 @@ static PyObject *Condition_prepare_wait(SyncObject *self, PyObject *unused)
                                        atomic_load(&c->seq));
 }
 
-/* One slice of sleep on seq, woken only by wakes that name `mask`'s bits.
- * 0: re-check, 1: deadline passed, -1: exception set. */
-static int cond_wait_slice(_Atomic uint32_t *word, uint32_t expected, int64_t deadline,
-                           uint32_t mask)
+/* pw_wait's done() for Condition._sleep: this waiter was notified. */
+struct cond_wait {
+    struct pw_cond *c;
+    int slot;      /* its registry slot, or -1: slotless */
+    uint32_t seq0; /* seq at _prepare_wait() */
+};
+
+static int cond_notified(void *ctx)
 {
-    int64_t now = pw_now_ns();
-    if (now >= deadline)
-        return 1;
-    int64_t until = deadline - now > PW_LOCK_SLICE_NS ? now + PW_LOCK_SLICE_NS : deadline;
-    int r = pw_futex_wait_mask(word, expected, until, mask);
-    if (r == 1) {
-        if (until == deadline)
-            return 1;
-        return PyErr_CheckSignals() < 0 ? -1 : 0;
-    }
-    return r;
+    struct cond_wait *w = ctx;
+    /* (pw_wait_until read seq before calling: a notify marks, then bumps seq) */
+    if (w->slot >= 0)
+        return atomic_load(&w->c->state[w->slot]) == COND_NOTIFIED;
+    return atomic_load(&w->c->seq) != w->seq0 && cond_take_grant(w->c);
 }
 
 /* _sleep(seq, timeout) -> bool: after _prepare_wait() and releasing the lock,
@@ -1411,30 +1360,19 @@ static PyObject *Condition_sleep(SyncObject *self, PyObject *const *args, Py_ssi
     /* The registration is kept from _prepare_wait() to here (no re-claiming
      * of another slot, as pw_sleeper_wait would): state[slot] is ours. */
     int slot = sl.slot;
-    uint32_t mask = slot >= 0 ? 1u << slot : FUTEX_BITSET_MATCH_ANY;
+    uint32_t mask = slot >= 0 ? 1u << slot : PW_FUTEX_ANY;
     int64_t deadline = 0;
     if (!seq_ok || pw_deadline_from(1, args[1], &deadline) < 0) {
         result = -1;
         goto out;
     }
-    for (;;) {
-        /* seq before state: a notify marks the state, then bumps seq. */
-        uint32_t now = atomic_load(&c->seq);
-        if (slot >= 0 ? atomic_load(&c->state[slot]) == COND_NOTIFIED
-                      : now != (uint32_t)seq && cond_take_grant(c)) {
-            result = 1;
-            break;
-        }
-        if (self->guard.closed) {
-            result = -2;
-            break;
-        }
-        int r = cond_wait_slice(&c->seq, now, deadline, mask);
-        if (r) {
-            result = r < 0 ? -1 : 0;
-            break;
-        }
-    }
+    struct cond_wait cw = {c, slot, (uint32_t)seq};
+    pw_wait w = {.done = cond_notified, .ctx = &cw, .waiters = &c->sleepers, .futex = &c->seq,
+                 .mask = mask, .held = &sl, .cancel = &self->guard.closed};
+    int r = pw_wait_until(&w, deadline);
+    if (r < 0)
+        pw_raise(r);
+    result = r == PW_OK ? 1 : r == PW_TIMEOUT ? 0 : r == PW_CANCELLED ? -2 : -1;
 out:
     if (slot >= 0) {
         /* One exchange: either a notify marked us first (we count as woken:
@@ -1489,7 +1427,7 @@ static PyObject *Condition_notify(SyncObject *self, PyObject *arg)
     pid_t me = getpid();
     for (int j = 0; j < k && m < n; j++) {
         int i = waiting[j];
-        if (choose && (pid_t)((atomic_load(&c->sleepers.slot[i]) >> 32) & 0x3fffff) != me &&
+        if (choose && pw_waiters_slot_pid(&c->sleepers, i) != me &&
             pw_waiters_slot_dead(&c->sleepers, i))
             continue;
         if (cond_mark(c, i)) {
@@ -1518,7 +1456,7 @@ static PyObject *Condition_notify(SyncObject *self, PyObject *arg)
     atomic_fetch_add(&c->seq, 1);
     atomic_fetch_add_explicit(&c->notifies, 1, memory_order_relaxed);
     /* Exactly the marked waiters (and every slotless one, which re-checks). */
-    pw_waiters_wake_mask(&c->sleepers, &c->seq, INT32_MAX, bits);
+    pw_waiters_wake(&c->sleepers, &c->seq, INT32_MAX, bits);
     Py_RETURN_NONE;
 }
 
@@ -1584,7 +1522,9 @@ static int Barrier_init(SyncObject *self, PyObject *args, PyObject *kwds)
         sync_release(self);
         return -1;
     }
-    if (pw_mutex_check(&b->mutex, PyUnicode_AsUTF8(name)) < 0) {
+    int rc = pw_mutex_check(&b->mutex, PyUnicode_AsUTF8(name));
+    if (rc) {
+        pw_raise(rc);
         sync_release(self);
         return -1;
     }
@@ -1597,7 +1537,7 @@ static void barrier_break(struct pw_barrier *b)
     atomic_store(&b->broken, 1);
     atomic_store(&b->count, 0);
     atomic_fetch_add(&b->seq, 1);
-    pw_futex_wake(&b->seq, INT32_MAX);
+    pw_futex_wake(&b->seq, INT32_MAX, PW_FUTEX_ANY);
 }
 
 /* Breaks the barrier without its mutex, for when the mutex cannot be had in
@@ -1607,7 +1547,7 @@ static void barrier_break_unlocked(struct pw_barrier *b)
 {
     atomic_store(&b->broken, 1);
     atomic_fetch_add(&b->seq, 1);
-    pw_futex_wake(&b->seq, INT32_MAX);
+    pw_futex_wake(&b->seq, INT32_MAX, PW_FUTEX_ANY);
 }
 
 static PyObject *broken_error(void)
@@ -1621,39 +1561,61 @@ static PyObject *broken_error(void)
  * or the object was closed), -1 with an exception set. */
 static int barrier_lock(SyncObject *self, struct pw_barrier *b, int64_t deadline)
 {
-    enum pw_lock_result r = pw_mutex_lock_cancellable(&b->mutex, deadline, &self->guard.closed);
+    int r = pw_mutex_lock(&b->mutex, deadline, &self->guard.closed);
     switch (r) {
-    case PW_LOCK_OK:
+    case PW_OK:
         return 0;
-    case PW_LOCK_OWNER_DIED:
+    case PW_OWNER_DIED:
         atomic_fetch_add(&b->owner_deaths, 1);
         barrier_break(b);
         return 0;
-    case PW_LOCK_TIMEOUT:
+    case PW_TIMEOUT:
+    case PW_CANCELLED:
         return 1;
     default:
-        return -1;
+        return pw_raise_int(r);
     }
 }
 
 /* A waiter's check that the party holding the mutex is alive: the action
  * runs with the mutex held, so a runner killed during the action leaves it
- * owner-died. Returns 0, or -1 with an exception set. */
+ * owner-died. Returns PW_OK or an error status. */
 static int barrier_check_holder(struct pw_barrier *b)
 {
-    switch (pw_mutex_trylock(&b->mutex)) {
-    case PW_LOCK_OWNER_DIED:
+    int r = pw_mutex_trylock(&b->mutex);
+    switch (r) {
+    case PW_OWNER_DIED:
         atomic_fetch_add(&b->owner_deaths, 1);
         barrier_break(b);
         /* fall through */
-    case PW_LOCK_OK:
+    case PW_OK:
         pthread_mutex_unlock(&b->mutex);
-        return 0;
-    case PW_LOCK_TIMEOUT:
-        return 0;
+        return PW_OK;
+    case PW_TIMEOUT:
+        return PW_OK;
     default:
-        return -1;
+        return r;
     }
+}
+
+/* pw_wait's done() for a barrier waiter: tripped, broken or reset -- or its
+ * holder died (checked as the wait goes, since the kernel's owner-died mark
+ * does not move seq). */
+struct barrier_wait_ctx {
+    struct pw_barrier *b;
+    uint32_t gen, resets;
+    int error; /* barrier_check_holder's error, if any */
+};
+
+static int barrier_moved(void *ctx)
+{
+    struct barrier_wait_ctx *w = ctx;
+    struct pw_barrier *b = w->b;
+    if (atomic_load(&b->generation) != w->gen || atomic_load(&b->broken) ||
+        atomic_load(&b->resets) != w->resets)
+        return 1;
+    w->error = barrier_check_holder(b);
+    return w->error != PW_OK || atomic_load(&b->broken);
 }
 
 static PyObject *barrier_wait(SyncObject *self, struct pw_barrier *b, PyObject *action,
@@ -1699,10 +1661,9 @@ static PyObject *barrier_wait(SyncObject *self, struct pw_barrier *b, PyObject *
         atomic_fetch_add(&b->generation, 1);
         atomic_fetch_add(&b->seq, 1);
         pthread_mutex_unlock(&b->mutex);
-        pw_futex_wake(&b->seq, INT32_MAX);
+        pw_futex_wake(&b->seq, INT32_MAX, PW_FUTEX_ANY);
         return PyLong_FromUnsignedLong(index);
     }
-    uint32_t s = atomic_load(&b->seq);
     pw_sleeper sl; /* issue 9 #15: registered so a killed sleeper is reaped */
     pw_sleeper_enter(&b->sleepers, &sl);
     pthread_mutex_unlock(&b->mutex);
@@ -1720,10 +1681,18 @@ static PyObject *barrier_wait(SyncObject *self, struct pw_barrier *b, PyObject *
             closed_while_waiting(self);
             break;
         }
-        int r = pw_sleeper_wait(&sl, &b->seq, s, deadline);
-        if (r < 0)
+        struct barrier_wait_ctx bw = {b, gen, resets, PW_OK};
+        pw_wait w = {.done = barrier_moved, .ctx = &bw, .waiters = &b->sleepers,
+                     .futex = &b->seq, .mask = PW_FUTEX_ANY, .held = &sl,
+                     .cancel = &self->guard.closed};
+        int r = pw_wait_until(&w, deadline);
+        if (r == PW_OK && bw.error != PW_OK)
+            r = bw.error;
+        if (r < 0) {
+            pw_raise(r);
             break;
-        if (r == 1) {
+        }
+        if (r == PW_TIMEOUT) {
             /* Timed out: as in threading, the barrier breaks, unless it
              * tripped at the last moment. */
             int lr2 = barrier_lock(self, b, 0);
@@ -1744,9 +1713,6 @@ static PyObject *barrier_wait(SyncObject *self, struct pw_barrier *b, PyObject *
                 pthread_mutex_unlock(&b->mutex);
             break;
         }
-        if (atomic_load(&b->seq) == s && barrier_check_holder(b) < 0)
-            break;
-        s = atomic_load(&b->seq);
     }
     pw_sleeper_leave(&sl);
     return result;
@@ -1806,7 +1772,7 @@ static PyObject *Barrier_reset(SyncObject *self, PyObject *const *args, Py_ssize
         atomic_store(&b->broken, 0);
         atomic_fetch_add(&b->seq, 1);
         pthread_mutex_unlock(&b->mutex);
-        pw_futex_wake(&b->seq, INT32_MAX);
+        pw_futex_wake(&b->seq, INT32_MAX, PW_FUTEX_ANY);
         result = Py_NewRef(Py_None);
     }
     sync_leave(self);
@@ -1872,8 +1838,9 @@ static PyObject *debug_hold_barrier_mutex(PyObject *mod, PyObject *arg)
     if (check_open(self) < 0)
         return NULL;
     struct pw_barrier *b = self->p;
-    if (pw_mutex_lock(&b->mutex, PW_FOREVER) == PW_LOCK_ERROR)
-        return NULL;
+    int rc = pw_mutex_lock(&b->mutex, PW_FOREVER, NULL);
+    if (rc < 0)
+        return pw_raise(rc);
     /* Held on this thread's robust list past this call: the mapping must
      * outlive the object, or the kernel could not report our death. */
     self->keep_mapping = 1;

@@ -13,15 +13,6 @@
  */
 #include "core.h"
 
-#include <linux/futex.h>
-
-/* The holder's tid and owner-died bit, from a glibc mutex's lock word. */
-static inline uint32_t lock_word(const pthread_mutex_t *m)
-{
-    return (uint32_t)atomic_load_explicit((_Atomic int *)&m->__data.__lock,
-                                          memory_order_relaxed);
-}
-
 static int set_item(PyObject *d, const char *key, PyObject *value)
 {
     if (!value)
@@ -36,13 +27,13 @@ static int set_item(PyObject *d, const char *key, PyObject *value)
 
 static int add_lock(PyObject *d, const struct pw_lock *l)
 {
-    uint32_t word = lock_word(&l->mutex);
-    uint32_t holder = word & FUTEX_TID_MASK;
+    uint32_t word = pw_mutex_word(&l->mutex);
+    uint32_t holder = word & PW_MUTEX_TID_MASK;
     return set_item(d, "locked", PyBool_FromLong(holder != 0)) ||
            set_item(d, "holder_tid", PyLong_FromUnsignedLong(holder)) ||
            set_item(d, "depth", PyLong_FromUnsignedLong(holder ? atomic_load(&l->depth) : 0)) ||
            set_item(d, "owner_died", PyBool_FromLong(atomic_load(&l->inconsistent) ||
-                                                     (word & FUTEX_OWNER_DIED))) ||
+                                                     (word & PW_MUTEX_OWNER_DIED))) ||
            set_item(d, "owner_deaths", U64(&l->owner_deaths)) ||
            set_item(d, "waiters", PyLong_FromUnsignedLong(pw_waiters_count_live(&l->sleepers))) ||
            set_item(d, "contended", U64(&l->contended));
@@ -94,17 +85,10 @@ static int add_ring(PyObject *d, const struct pw_ring *r, const struct pw_header
 static int add_kind(PyObject *d, const char *base, const struct pw_header *h)
 {
     const void *p = base + sizeof *h;
-    size_t need = 0;
-    switch (h->kind) {
-    case PW_KIND_QUEUE: need = sizeof(struct pw_ring); break;
-    case PW_KIND_LOCK: case PW_KIND_RLOCK: need = sizeof(struct pw_lock); break;
-    case PW_KIND_SEMAPHORE: need = sizeof(struct pw_sem); break;
-    case PW_KIND_EVENT: need = sizeof(struct pw_event); break;
-    case PW_KIND_CONDITION: need = sizeof(struct pw_cond); break;
-    case PW_KIND_BARRIER: need = sizeof(struct pw_barrier); break;
-    case PW_KIND_VALUE: case PW_KIND_ARRAY: need = sizeof(struct pw_shared); break;
-    default: return 0; /* a kind this file does not describe: the header only */
-    }
+    const struct pw_kind_info *k = pw_kind_info(h->kind);
+    if (!k || h->kind == PW_KIND_PIPE)
+        return 0; /* a kind this file does not describe: the header only */
+    size_t need = k->header_size;
     if (h->header_size < need)
         return pw_segment_error("the segment is corrupt: a %s needs a %zu-byte header, "
                                 "this one has %u", pw_kind_name(h->kind), need, h->header_size);
@@ -185,8 +169,11 @@ static PyObject *inspect(PyObject *self, PyObject *arg)
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     PyObject *d = NULL;
-    if (pw_header_validate(view.buf, view.len, 0, "the segment") < 0)
+    int rc = pw_header_validate(view.buf, (uint64_t)view.len, 0, "the segment");
+    if (rc) {
+        pw_raise(rc);
         goto done;
+    }
     const struct pw_header *h = view.buf;
     d = Py_BuildValue("{s:s,s:I,s:I,s:K,s:I,s:K,s:K,s:I}", "kind", pw_kind_name(h->kind),
                       "kind_id", h->kind, "version", h->version, "total_size",

@@ -10,7 +10,7 @@
  * The mutexes are error-checking, so a thread that locks a mutex it already
  * holds gets an exception instead of a self-deadlock.
  */
-#include "core.h"
+#include "pw.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -21,11 +21,13 @@
  * first use (-1 until then). */
 int pw_mutex_kind = -1;
 
+static int init_raw(pthread_mutex_t *m);
+
 static void learn_kind(void)
 {
     pthread_mutex_t m;
     memset(&m, 0, sizeof m);
-    if (pw_mutex_init_raw(&m) == 0) {
+    if (init_raw(&m) == 0) {
         pw_mutex_kind = m.__data.__kind;
         pthread_mutex_destroy(&m);
     }
@@ -35,7 +37,14 @@ int pw_mutex_init(pthread_mutex_t *m)
 {
     if (pw_mutex_kind < 0)
         learn_kind();
-    return pw_mutex_init_raw(m);
+    return init_raw(m);
+}
+
+int pw_lock_init(struct pw_lock *l, int recursive)
+{
+    memset(l, 0, sizeof *l);
+    l->recursive = recursive ? 1 : 0;
+    return pw_mutex_init(&l->mutex);
 }
 
 /*
@@ -56,22 +65,21 @@ int pw_mutex_check(const pthread_mutex_t *m, const char *what)
         learn_kind();
     int kind = atomic_load_explicit((_Atomic int *)&m->__data.__kind, memory_order_relaxed);
     int owner = atomic_load_explicit((_Atomic int *)&m->__data.__owner, memory_order_relaxed);
+    if (!what)
+        what = "a shared object";
     if (kind == pw_mutex_kind && owner != INT_MAX - 1)
-        return 0;
-    if (kind == pw_mutex_kind) {
-        /* glibc's PTHREAD_MUTEX_NOTRECOVERABLE: procwire always makes an
-         * owner-died mutex consistent again, so only a corruption gets here. */
-        pw_segment_error("%s is corrupt: one of its robust mutexes is marked unrecoverable "
-                         "(re-create the object)", what ? what : "a shared object");
-        return -1;
-    }
-    pw_segment_error("%s is corrupt: one of its robust mutexes has kind 0x%x, expected 0x%x "
-                     "(re-create the object)", what ? what : "a shared object", (unsigned)kind,
-                     (unsigned)pw_mutex_kind);
-    return -1;
+        return PW_OK;
+    if (kind == pw_mutex_kind) /* glibc's PTHREAD_MUTEX_NOTRECOVERABLE: procwire always
+                                  makes an owner-died mutex consistent, so only a
+                                  corruption gets here */
+        return pw_fail(PW_ECORRUPT, "%s is corrupt: one of its robust mutexes is marked "
+                       "unrecoverable (re-create the object)", what);
+    return pw_fail(PW_ECORRUPT, "%s is corrupt: one of its robust mutexes has kind 0x%x, "
+                   "expected 0x%x (re-create the object)", what, (unsigned)kind,
+                   (unsigned)pw_mutex_kind);
 }
 
-int pw_mutex_init_raw(pthread_mutex_t *m)
+static int init_raw(pthread_mutex_t *m)
 {
     pthread_mutexattr_t attr;
     int rc = pthread_mutexattr_init(&attr);
@@ -85,77 +93,60 @@ int pw_mutex_init_raw(pthread_mutex_t *m)
     return rc;
 }
 
-/* Maps a pthread result to ours; sets an exception for real errors. */
-static enum pw_lock_result lock_result(pthread_mutex_t *m, int rc)
+int pw_mutex_status(pthread_mutex_t *m, int rc)
 {
     switch (rc) {
     case 0:
-        return PW_LOCK_OK;
+        return PW_OK;
     case EOWNERDEAD:
         /* The previous owner died holding the lock. We own it now; mark it
          * consistent so that it stays usable after we unlock. */
         pthread_mutex_consistent(m);
-        return PW_LOCK_OWNER_DIED;
+        return PW_OWNER_DIED;
     case EBUSY:
     case ETIMEDOUT:
-        return PW_LOCK_TIMEOUT;
+        return PW_TIMEOUT;
     case EDEADLK:
-        PyErr_SetString(PyExc_RuntimeError,
-                        "this thread already holds the lock it is trying to take "
-                        "(a re-entrant call, e.g. from a signal handler?)");
-        return PW_LOCK_ERROR;
+        return pw_fail(PW_EDEADLK, "this thread already holds the lock it is trying to take "
+                       "(a re-entrant call, e.g. from a signal handler?)");
     case ENOTRECOVERABLE:
-        pw_segment_error("a shared lock is permanently unusable: a process died "
-                         "holding it and its state was never repaired; "
-                         "re-create the object");
-        return PW_LOCK_ERROR;
+        return pw_fail(PW_ECORRUPT, "a shared lock is permanently unusable: a process died "
+                       "holding it and its state was never repaired; re-create the object");
     default:
-        errno = rc;
-        PyErr_SetFromErrno(PyExc_OSError);
-        return PW_LOCK_ERROR;
+        return pw_fail_errno(rc);
     }
 }
 
-enum pw_lock_result pw_mutex_trylock(pthread_mutex_t *m)
+int pw_mutex_trylock(pthread_mutex_t *m)
 {
-    if (!pw_mutex_sane(m)) {
-        pw_mutex_check(m, NULL);
-        return PW_LOCK_ERROR;
-    }
-    return lock_result(m, pthread_mutex_trylock(m));
+    if (!pw_mutex_sane(m))
+        return pw_mutex_check(m, NULL);
+    return pw_mutex_status(m, pthread_mutex_trylock(m));
 }
 
-enum pw_lock_result pw_mutex_lock(pthread_mutex_t *m, int64_t deadline)
+int pw_mutex_lock(pthread_mutex_t *m, int64_t deadline, const int *cancel)
 {
-    return pw_mutex_lock_cancellable(m, deadline, NULL);
-}
-
-enum pw_lock_result pw_mutex_lock_cancellable(pthread_mutex_t *m, int64_t deadline,
-                                              const int *cancel)
-{
-    enum pw_lock_result r = pw_mutex_trylock(m);
-    if (r != PW_LOCK_TIMEOUT)
+    int r = pw_mutex_trylock(m);
+    if (r != PW_TIMEOUT)
         return r;
     for (;;) {
         if (cancel && *cancel)
-            return PW_LOCK_TIMEOUT;
+            return PW_CANCELLED;
         int64_t now = pw_now_ns();
         if (now >= deadline)
-            return PW_LOCK_TIMEOUT;
+            return PW_TIMEOUT;
         /* glibc restarts a robust mutex wait after a signal, so Ctrl-C could
          * not get through a long wait: wait in slices and check signals
          * between them. The owner's death still wakes us at once. */
         int64_t until = deadline - now > PW_LOCK_SLICE_NS ? now + PW_LOCK_SLICE_NS : deadline;
         struct timespec ts = {.tv_sec = until / 1000000000LL, .tv_nsec = until % 1000000000LL};
         int rc;
-        Py_BEGIN_ALLOW_THREADS
-        rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
-        Py_END_ALLOW_THREADS
-        r = lock_result(m, rc);
-        if (r != PW_LOCK_TIMEOUT)
+        PW_UNBLOCKED(rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts));
+        r = pw_mutex_status(m, rc);
+        if (r != PW_TIMEOUT)
             return r;
-        if (PyErr_CheckSignals() < 0)
-            return PW_LOCK_ERROR;
+        if (pw_hooks.interrupted && pw_hooks.interrupted())
+            return PW_ERAISED;
     }
 }
 

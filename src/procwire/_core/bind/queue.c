@@ -9,7 +9,7 @@
  * put() serialises in the caller, before any lock is taken, so an
  * unpicklable object raises from put() itself and nothing else is affected.
  */
-#include "ring.h"
+#include "core.h"
 
 #include <string.h>
 
@@ -108,8 +108,7 @@ static int Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
     struct pw_ring *r = (struct pw_ring *)(h + 1);
     uint64_t size = (uint64_t)self->view.len;
     if (create) {
-        if (capacity < PW_RING_MIN_CAPACITY || capacity > PW_RING_MAX_CAPACITY ||
-            (capacity & (capacity - 1))) {
+        if (!pw_ring_capacity_ok(capacity)) {
             PyErr_Format(PyExc_ValueError,
                          "capacity must be a power of two between %u and %u bytes, not %llu",
                          PW_RING_MIN_CAPACITY, PW_RING_MAX_CAPACITY, capacity);
@@ -135,21 +134,16 @@ static int Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
         }
         pw_header_publish(h);
     } else {
-        if (pw_header_validate(h, self->view.len, kind, what) < 0)
-            goto fail;
-        if (h->header_size != sizeof *r) {
-            pw_segment_error("%s is corrupt: ring header is %u bytes, expected %zu", what,
-                             h->header_size, sizeof *r);
+        int rc = pw_header_validate_kind(h, size, kind, what);
+        if (!rc)
+            rc = pw_ring_validate(r, size - h->data_offset, what);
+        if (rc) {
+            pw_raise(rc);
             goto fail;
         }
-        if (pw_ring_validate(r, size - h->data_offset, what) < 0)
-            goto fail;
     }
-    self->rr.ring = r;
-    self->rr.data = (uint8_t *)h + h->data_offset;
-    self->rr.capacity = r->capacity;
-    self->rr.spin_ns = PW_SPIN_MAX_NS;
-    self->rr.what = what; /* UTF-8 cached by `name`, which we keep */
+    /* `what`: UTF-8 cached by `name`, which we keep */
+    pw_ringref_init(&self->rr, r, (uint8_t *)h + h->data_offset, what);
     self->closed = 0;
     return 0;
 fail:
@@ -173,17 +167,25 @@ static void Ring_dealloc(RingObject *self)
 
 /* ------------------------------------------------------------ messages */
 
-static void msg_release(pw_msg *m)
+/* The Python side of a message being put: what keeps its bytes alive. */
+typedef struct {
+    uint64_t *oob_prefix;     /* PICKLE_OOB: nparts word + part lengths */
+    Py_buffer *views;         /* buffers to release */
+    int nviews;
+    PyObject *keep;           /* a reference that keeps the bytes alive */
+} msg_refs;
+
+static void msg_release(pw_msg *m, msg_refs *x)
 {
-    for (int i = 0; i < m->nviews; i++)
-        PyBuffer_Release(&m->views[i]);
-    PyMem_Free(m->views);
+    for (int i = 0; i < x->nviews; i++)
+        PyBuffer_Release(&x->views[i]);
+    PyMem_Free(x->views);
     if (m->part != m->part_inline) {
         PyMem_Free(m->part);
         PyMem_Free(m->part_len);
     }
-    PyMem_Free(m->oob_prefix);
-    Py_CLEAR(m->keep);
+    PyMem_Free(x->oob_prefix);
+    Py_CLEAR(x->keep);
 }
 
 static int msg_too_large(RingObject *self, uint64_t len)
@@ -226,7 +228,7 @@ static int msg_set_parts(pw_msg *m, int n)
 }
 
 /* A protocol-5 pickle plus its out-of-band buffers: [pickle, buf, ...]. */
-static int msg_prepare_oob(pw_msg *m, PyObject *parts)
+static int msg_prepare_oob(pw_msg *m, msg_refs *x, PyObject *parts)
 {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(parts);
     if (n < 1 || n > 64) {
@@ -235,55 +237,56 @@ static int msg_prepare_oob(pw_msg *m, PyObject *parts)
         return -1;
     }
     m->type = PW_REC_PICKLE_OOB;
-    m->views = PyMem_Calloc((size_t)n, sizeof(Py_buffer));
-    m->oob_prefix = PyMem_Malloc(sizeof(uint64_t) * (size_t)(n + 1));
-    if (!m->views || !m->oob_prefix || msg_set_parts(m, (int)n + 1) < 0) {
+    x->views = PyMem_Calloc((size_t)n, sizeof(Py_buffer));
+    x->oob_prefix = PyMem_Malloc(sizeof(uint64_t) * (size_t)(n + 1));
+    if (!x->views || !x->oob_prefix || msg_set_parts(m, (int)n + 1) < 0) {
         PyErr_NoMemory();
         return -1;
     }
-    m->oob_prefix[0] = (uint64_t)n;
-    m->part[0] = m->oob_prefix;
+    x->oob_prefix[0] = (uint64_t)n;
+    m->part[0] = x->oob_prefix;
     m->part_len[0] = sizeof(uint64_t) * (uint64_t)(n + 1);
     m->len = m->part_len[0];
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(parts, i), &m->views[i],
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(parts, i), &x->views[i],
                                PyBUF_SIMPLE) < 0)
             return -1;
-        m->nviews++;
-        m->oob_prefix[i + 1] = (uint64_t)m->views[i].len;
-        m->part[i + 1] = m->views[i].buf;
-        m->part_len[i + 1] = (uint64_t)m->views[i].len;
-        m->len += (uint64_t)m->views[i].len;
+        x->nviews++;
+        x->oob_prefix[i + 1] = (uint64_t)x->views[i].len;
+        m->part[i + 1] = x->views[i].buf;
+        m->part_len[i + 1] = (uint64_t)x->views[i].len;
+        m->len += (uint64_t)x->views[i].len;
     }
     m->nparts = (int)n + 1;
     return 0;
 }
 
-static int msg_prepare(RingObject *self, PyObject *obj, pw_msg *m)
+static int msg_prepare(RingObject *self, PyObject *obj, pw_msg *m, msg_refs *x)
 {
     memset(m, 0, sizeof *m);
+    memset(x, 0, sizeof *x);
     m->part = m->part_inline;
     m->part_len = m->part_len_inline;
     m->nparts = 1;
     if (PyBytes_CheckExact(obj)) {
         /* The common case skips pickling altogether. */
         m->type = PW_REC_BYTES;
-        m->keep = Py_NewRef(obj);
+        x->keep = Py_NewRef(obj);
         m->part[0] = PyBytes_AS_STRING(obj);
         m->len = m->part_len[0] = (uint64_t)PyBytes_GET_SIZE(obj);
     } else if (PyByteArray_CheckExact(obj)) {
         /* An export pins the bytearray's size while we copy it. */
         m->type = PW_REC_BYTEARRAY;
-        m->views = PyMem_Calloc(1, sizeof(Py_buffer));
-        if (!m->views) {
+        x->views = PyMem_Calloc(1, sizeof(Py_buffer));
+        if (!x->views) {
             PyErr_NoMemory();
             return -1;
         }
-        if (PyObject_GetBuffer(obj, &m->views[0], PyBUF_SIMPLE) < 0)
+        if (PyObject_GetBuffer(obj, &x->views[0], PyBUF_SIMPLE) < 0)
             return -1;
-        m->nviews = 1;
-        m->part[0] = m->views[0].buf;
-        m->len = m->part_len[0] = (uint64_t)m->views[0].len;
+        x->nviews = 1;
+        m->part[0] = x->views[0].buf;
+        m->len = m->part_len[0] = (uint64_t)x->views[0].len;
     } else {
         /* Objects that export a buffer (numpy arrays, ...) may travel out
          * of band; everything else takes the direct dumps(obj, protocol). */
@@ -296,13 +299,13 @@ static int msg_prepare(RingObject *self, PyObject *obj, pw_msg *m)
         }
         if (!data)
             return -1;
-        m->keep = data;
+        x->keep = data;
         if (PyBytes_CheckExact(data)) {
             m->type = PW_REC_PICKLE;
             m->part[0] = PyBytes_AS_STRING(data);
             m->len = m->part_len[0] = (uint64_t)PyBytes_GET_SIZE(data);
         } else if (PyList_CheckExact(data) || PyTuple_CheckExact(data)) {
-            if (msg_prepare_oob(m, data) < 0)
+            if (msg_prepare_oob(m, x, data) < 0)
                 return -1;
         } else {
             PyErr_Format(PyExc_TypeError, "dumps() must return bytes or a list of buffers, "
@@ -313,6 +316,114 @@ static int msg_prepare(RingObject *self, PyObject *obj, pw_msg *m)
     if (m->len > pw_ring_max_payload(self->rr.capacity))
         return msg_too_large(self, m->len);
     return 0;
+}
+
+/* A record copied out of the ring. */
+typedef struct {
+    uint32_t type;
+    PyObject *payload; /* bytes or bytearray; for PICKLE_OOB, a list [bytes, bytearray...] */
+} pw_record;
+
+static int bad_record(const pw_ringref *rr, const char *why, uint64_t a, uint64_t b)
+{
+    return pw_fail(PW_ECORRUPT, "%s is corrupt: %s (%llu, %llu); no message was taken",
+                   rr->what, why, (unsigned long long)a, (unsigned long long)b);
+}
+
+/* Allocates the payload object(s) for a record and copies it out. */
+static int read_record(const pw_ringref *rr, uint32_t p, uint32_t type, uint64_t len,
+                       pw_record *out)
+{
+    PyObject *obj;
+    if (type == 0 || type >= PW_REC_MAX_)
+        return bad_record(rr, "unknown record type", type, len);
+    if (type == PW_REC_PICKLE_OOB) {
+        uint64_t nparts;
+        if (len < 8)
+            return bad_record(rr, "out-of-band record too short", len, 8);
+        pw_ring_copy_out(rr, p, &nparts, 8);
+        nparts &= 0xffffffffu;
+        if (nparts == 0 || nparts > 64 || 8 + 8 * nparts > len)
+            return bad_record(rr, "out-of-band record has a bad part count", nparts, len);
+        uint64_t lens[64], sum = 8 + 8 * nparts;
+        pw_ring_copy_out(rr, p + 8, lens, 8 * nparts);
+        for (uint64_t i = 0; i < nparts; i++) {
+            if (lens[i] > len)
+                return bad_record(rr, "out-of-band part longer than its record", lens[i], len);
+            sum += lens[i];
+        }
+        if (sum != len)
+            return bad_record(rr, "out-of-band parts do not add up", sum, len);
+        obj = PyList_New((Py_ssize_t)nparts);
+        if (!obj)
+            return PW_ERAISED;
+        p += (uint32_t)(8 + 8 * nparts);
+        for (uint64_t i = 0; i < nparts; i++) {
+            /* Part 0 is the pickle; the others become mutable buffers, as
+             * out-of-band buffers are (numpy arrays stay writable). */
+            PyObject *part = i == 0 ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)lens[i])
+                                    : PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)lens[i]);
+            if (!part) {
+                Py_DECREF(obj);
+                return PW_ERAISED;
+            }
+            char *dst = i == 0 ? PyBytes_AS_STRING(part) : PyByteArray_AS_STRING(part);
+            pw_ring_copy_out_large(rr, p, dst, lens[i]);
+            p += (uint32_t)lens[i];
+            PyList_SET_ITEM(obj, (Py_ssize_t)i, part);
+        }
+    } else {
+        char *dst;
+        if (type == PW_REC_BYTEARRAY) {
+            obj = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)len);
+            dst = obj ? PyByteArray_AS_STRING(obj) : NULL;
+        } else {
+            obj = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+            dst = obj ? PyBytes_AS_STRING(obj) : NULL;
+        }
+        if (!obj)
+            return PW_ERAISED;
+        pw_ring_copy_out_large(rr, p, dst, len);
+    }
+    out->type = type;
+    out->payload = obj;
+    return 0;
+}
+
+struct take_ctx {
+    pw_record *out;
+    size_t n;
+};
+
+static int take_record(void *ctx, const pw_ringref *rr, uint32_t pos, uint32_t type,
+                       uint64_t len)
+{
+    struct take_ctx *c = ctx;
+    int rc = read_record(rr, pos, type, len, &c->out[c->n]);
+    if (rc == 0)
+        c->n++;
+    return rc;
+}
+
+/*
+ * Takes up to `max` records (at least 1), waiting for the first until the
+ * deadline. Returns the number taken (>= 1), 0 on timeout, -1 with an
+ * exception set. A bad record after good ones is left for the next call.
+ */
+static Py_ssize_t take_records(RingObject *self, pw_record *out, size_t max, int64_t deadline)
+{
+    struct take_ctx c = {out, 0};
+    size_t taken;
+    int rc = pw_ring_take(&self->rr, take_record, &c, max, deadline, &taken);
+    if (taken) {
+        if (rc == PW_ERAISED)
+            PyErr_Clear(); /* delivered what was taken; the error recurs next call */
+        return (Py_ssize_t)taken;
+    }
+    if (rc == PW_TIMEOUT)
+        return 0;
+    pw_raise(rc);
+    return -1;
 }
 
 /* Turns a record into the object that was put. Steals rec->payload. */
@@ -346,12 +457,6 @@ static PyObject *record_to_object(RingObject *self, pw_record *rec)
 }
 
 /* ------------------------------------------------------------ put / get */
-
-static int lock_side_for_test(pthread_mutex_t *m)
-{
-    enum pw_lock_result r = pw_mutex_lock(m, PW_FOREVER);
-    return r == PW_LOCK_ERROR ? -1 : 0;
-}
 
 static PyObject *raise_full(Py_ssize_t done, Py_ssize_t n)
 {
@@ -404,30 +509,35 @@ static PyObject *put_objects(RingObject *self, PyObject *const *items, Py_ssize_
                              int64_t deadline, int many)
 {
     pw_msg msgs[PW_BATCH];
+    msg_refs refs[PW_BATCH];
     Py_ssize_t total_done = 0;
     while (total_done < n) {
         Py_ssize_t batch = n - total_done < PW_BATCH ? n - total_done : PW_BATCH;
-        Py_ssize_t prepared = 0, done = 0;
+        Py_ssize_t prepared = 0;
+        size_t done = 0;
         int rc = 0, bad = 0;
         PyObject *et = NULL, *ev = NULL, *etb = NULL;
         for (; prepared < batch; prepared++) {
-            if (msg_prepare(self, items[total_done + prepared], &msgs[prepared]) < 0) {
-                msg_release(&msgs[prepared]);
+            if (msg_prepare(self, items[total_done + prepared], &msgs[prepared],
+                            &refs[prepared]) < 0) {
+                msg_release(&msgs[prepared], &refs[prepared]);
                 bad = 1;
                 PyErr_Fetch(&et, &ev, &etb);
                 break;
             }
         }
         if (prepared)
-            rc = pw_ring_put(&self->rr, msgs, prepared, &done, deadline);
+            rc = pw_ring_put(&self->rr, msgs, (size_t)prepared, &done, deadline);
         for (Py_ssize_t i = 0; i < prepared; i++)
-            msg_release(&msgs[i]);
-        total_done += done;
-        if (rc < 0 || rc == 1) {
+            msg_release(&msgs[i], &refs[i]);
+        total_done += (Py_ssize_t)done;
+        if (rc != PW_OK) {
             /* The put itself failed or timed out: that is the error; the
              * serialisation error, if any, becomes its context. */
-            if (rc == 1)
+            if (rc == PW_TIMEOUT)
                 raise_full(total_done, many ? 2 : 1);
+            else
+                pw_raise(rc);
             if (bad) {
                 PyErr_NormalizeException(&et, &ev, &etb);
                 PyObject *t, *v, *tb;
@@ -514,7 +624,7 @@ static PyObject *get_one(RingObject *self, int64_t deadline)
     if (raise_pending(self))
         return NULL;
     pw_record rec;
-    Py_ssize_t got = pw_ring_get(&self->rr, &rec, 1, deadline);
+    Py_ssize_t got = take_records(self, &rec, 1, deadline);
     if (got < 0)
         return NULL;
     if (got == 0) {
@@ -588,7 +698,7 @@ static PyObject *Ring_get_many(RingObject *self, PyObject *const *args, Py_ssize
     while (result && got < max) {
         Py_ssize_t want = max - got < PW_BATCH ? max - got : PW_BATCH;
         /* Wait only for the first message; then take what is already there. */
-        Py_ssize_t n = pw_ring_get(&self->rr, recs, want, got || failed ? 0 : deadline);
+        Py_ssize_t n = take_records(self, recs, (size_t)want, got || failed ? 0 : deadline);
         if (n < 0) {
             if (got || failed) /* deliver what we have; the error comes back next call */
                 PyErr_Clear();
@@ -701,9 +811,15 @@ static PyObject *Ring_task_done(RingObject *self, PyObject *unused)
             break;
     }
     if (pw_waiters_any(&r->joiners))
-        pw_waiters_wake(&r->joiners, &r->tasks_done, INT32_MAX);
+        pw_waiters_wake(&r->joiners, &r->tasks_done, INT32_MAX, PW_FUTEX_ANY);
     leave(self);
     Py_RETURN_NONE;
+}
+
+static int all_tasks_done(void *ctx)
+{
+    struct pw_ring *r = ctx;
+    return atomic_load(&r->tasks_done) == pw_count(atomic_load(&r->tail));
 }
 
 static const char *const join_names[] = {"timeout"};
@@ -717,26 +833,12 @@ static PyObject *Ring_join(RingObject *self, PyObject *const *args, Py_ssize_t n
         pw_deadline_from(1, a[0], &deadline) < 0 || enter(self) < 0)
         return NULL;
     struct pw_ring *r = self->rr.ring;
-    PyObject *result = NULL;
-    for (;;) {
-        uint32_t done = atomic_load(&r->tasks_done);
-        if (done == pw_count(atomic_load(&r->tail))) {
-            result = Py_NewRef(Py_True);
-            break;
-        }
-        pw_sleeper sl;
-        pw_sleeper_enter(&r->joiners, &sl);
-        int rc = 0;
-        if (atomic_load(&r->tasks_done) == done)
-            rc = pw_sleeper_wait(&sl, &r->tasks_done, done, deadline);
-        pw_sleeper_leave(&sl);
-        if (rc < 0)
-            break;
-        if (rc == 1 && atomic_load(&r->tasks_done) != pw_count(atomic_load(&r->tail))) {
-            result = Py_NewRef(Py_False);
-            break;
-        }
-    }
+    /* Sleeps on tasks_done, which every task_done() moves. */
+    pw_wait w = {.done = all_tasks_done, .ctx = r, .waiters = &r->joiners,
+                 .futex = &r->tasks_done, .mask = PW_FUTEX_ANY};
+    int rc = pw_wait_until(&w, deadline);
+    PyObject *result = rc == PW_OK ? Py_NewRef(Py_True)
+                       : rc == PW_TIMEOUT ? Py_NewRef(Py_False) : pw_raise(rc);
     leave(self);
     return result;
 }
@@ -812,35 +914,11 @@ static PyObject *debug_ring_hold(PyObject *module, PyObject *args, PyObject *kwd
         PyErr_SetString(PyExc_ValueError, "side must be 'head' or 'tail' on an open ring");
         goto out;
     }
-    struct pw_ring *r = self->rr.ring;
-    if (lock_side_for_test(producer ? &r->tail_lock : &r->head_lock) < 0)
+    int rc = pw_ring_debug_hold(&self->rr, producer, partial.buf, (uint64_t)partial.len,
+                                publish);
+    if (rc < 0) {
+        pw_raise(rc);
         goto out;
-    uint64_t head = atomic_load(&r->head), tail = atomic_load(&r->tail);
-    if (producer && (partial.buf || publish)) {
-        uint64_t len = partial.buf ? (uint64_t)partial.len : 0;
-        uint32_t hdr[2] = {(uint32_t)len, PW_REC_BYTES};
-        if (pw_record_size(len) > self->rr.capacity - (uint32_t)(pw_pos(tail) - pw_pos(head))) {
-            pw_mutex_unlock(&r->tail_lock);
-            PyErr_SetString(PyExc_ValueError, "no room for the record");
-            goto out;
-        }
-        uint32_t pos = pw_pos(tail);
-        pw_ring_copy_in(&self->rr, pos, hdr, sizeof hdr);
-        if (len)
-            pw_ring_copy_in(&self->rr, pos + PW_REC_HEADER, partial.buf, len);
-        if (publish)
-            atomic_store(&r->tail, pw_pack(pw_count(tail) + 1,
-                                           pos + (uint32_t)pw_record_size(len)));
-    } else if (!producer && publish) {
-        if (pw_count(head) == pw_count(tail)) {
-            pw_mutex_unlock(&r->head_lock);
-            PyErr_SetString(PyExc_ValueError, "the ring is empty");
-            goto out;
-        }
-        uint32_t hdr[2];
-        pw_ring_copy_out(&self->rr, pw_pos(head), hdr, sizeof hdr);
-        atomic_store(&r->head, pw_pack(pw_count(head) + 1,
-                                       pw_pos(head) + (uint32_t)pw_record_size(hdr[0])));
     }
     result = Py_NewRef(Py_None);
 out:

@@ -18,10 +18,10 @@
  *    the other (Connection.send_handle/recv_handle, in pipe.py): so they
  *    are only ever polled for POLLHUP here, never for POLLIN.
  *
- *  - Sleeping. A receiver spins a little on the ring's tail word, then
- *    registers in its end's `readers` (wait.c) and sleeps in ppoll() on its end's
- *    eventfd and the peer's life pipe: a new message or the peer's death
- *    wakes it. A sender writes the eventfd only when someone sleeps there
+ *  - Sleeping. A receiver waits with pw_wait_until (lib/wait.c): it spins a
+ *    little on the ring's tail word, then registers in its end's `readers`
+ *    and sleeps in ppoll() on its end's eventfd and the peer's life pipe: a
+ *    new message or the peer's death wakes it. A sender writes the eventfd only when someone sleeps there
  *    (or fileno() was handed out), so an awake receiver costs no syscall.
  *    A sender waiting for room sleeps on the ring's futex in 20 ms slices
  *    and checks the peer's life pipe between slices.
@@ -35,7 +35,7 @@
  * the end's send_lock keeps together; the receiver copies each piece straight
  * into the final bytes object (or the caller's buffer).
  */
-#include "ring.h"
+#include "core.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -159,7 +159,7 @@ static void mark_end_closed(struct pw_pipe *p, int e)
     atomic_fetch_or(&p->ring[1 - e].closed_flags, PW_RING_WRITER_CLOSED);
     /* Senders into ring e (the other end) may sleep on its not_full futex. */
     atomic_fetch_add(&p->ring[e].not_full_seq, 1);
-    pw_futex_wake(&p->ring[e].not_full_seq, INT32_MAX);
+    pw_futex_wake(&p->ring[e].not_full_seq, INT32_MAX, PW_FUTEX_ANY);
 }
 
 /* Polls the peer's life pipe now: 1 (and marks the peer closed) if every
@@ -233,75 +233,59 @@ static void resync_after_take(PipeEndObject *self)
     }
 }
 
+struct data_wait {
+    PipeEndObject *self;
+    uint64_t tail; /* the ring's tail word when the receiver found it empty */
+};
+
+static int data_arrived(void *ctx)
+{
+    struct data_wait *d = ctx;
+    return atomic_load(&d->self->in.ring->tail) != d->tail || peer_closed(d->self);
+}
+
+/* One slice of sleep in ppoll() on this end's eventfd and the peer's life
+ * pipe (pw_wait's `sleep`; runs with the GIL released). */
+static int sleep_in_ppoll(void *ctx, uint32_t unused, int64_t until)
+{
+    PipeEndObject *self = ((struct data_wait *)ctx)->self;
+    struct pollfd pfd[2] = {{.fd = self->ev_self, .events = POLLIN},
+                            {.fd = self->life_peer, .events = 0}}; /* HUP */
+    int64_t left = until - pw_now_ns();
+    if (left < 0)
+        left = 0;
+    struct timespec ts = {.tv_sec = left / 1000000000LL, .tv_nsec = left % 1000000000LL};
+    int n;
+    PW_UNBLOCKED(n = ppoll(pfd, 2, &ts, NULL));
+    if (n < 0)
+        return errno == EINTR ? PW_OK : pw_fail_errno(errno);
+    if (n == 0)
+        return PW_TIMEOUT;
+    if (pfd[1].revents & (POLLHUP | POLLERR))
+        mark_end_closed(self->pipe, 1 - self->end);
+    if (pfd[0].revents & POLLIN) {
+        /* Ours to drain: the caller re-checks the ring next, and
+         * resync_after_take() re-signals for anyone else. */
+        atomic_store(&self->me->fd_signaled, 0);
+        ev_drain(self->ev_self);
+    }
+    return PW_OK;
+}
+
 /*
  * Waits until the ring's tail moves away from `tail`, the peer's end is gone,
- * or the deadline passes. Returns 0 (re-check), 1 timeout, -1 exception.
+ * this handle is closed, or the deadline passes. Returns 0 (re-check), 1
+ * timeout, -1 with an exception set.
  */
 static int wait_for_data(PipeEndObject *self, uint64_t tail, int64_t deadline)
 {
-    struct pw_ring *r = self->in.ring;
-    pw_ringref *rr = &self->in;
-    if (pw_now_ns() >= deadline)
-        return 1;
-    int64_t budget = pw_spin_budget();
-    if (rr->spin_ns > budget)
-        rr->spin_ns = budget;
-    if (rr->spin_ns > 0) {
-        if (pw_spin_while_equal(&r->tail, tail, rr->spin_ns)) {
-            rr->spin_ns = budget;
-            return 0;
-        }
-        rr->spin_ns /= 2;
-    } else if (budget > 0) {
-        rr->spin_ns = 2000;
-    }
-    struct pw_pipe_end *me = self->me;
-    pw_sleeper sl; /* issue 9 #15: registered so a killed receiver is reaped */
-    pw_sleeper_enter(&me->readers, &sl);
-    int rc = 0;
-    if (atomic_load(&r->tail) == tail && !peer_closed(self)) {
-        struct pollfd pfd[2] = {{.fd = self->ev_self, .events = POLLIN},
-                                {.fd = self->life_peer, .events = 0}}; /* HUP */
-        /* Sleep in slices: a receiver without a slot (or whose slot was
-         * reaped) registers again between them (pw_sleeper_wait's rule). */
-        struct timespec ts, *tsp = &ts;
-        int64_t slice = sl.slot >= 0 ? PW_WAIT_SLICE_NS : PW_WAIT_POLL_NS;
-        int64_t left = deadline - pw_now_ns();
-        int sliced = left > slice;
-        if (left < 0)
-            left = 0;
-        if (sliced)
-            left = slice;
-        ts.tv_sec = left / 1000000000LL;
-        ts.tv_nsec = left % 1000000000LL;
-        int n, err;
-        Py_BEGIN_ALLOW_THREADS
-        n = ppoll(pfd, 2, tsp, NULL);
-        err = errno;
-        Py_END_ALLOW_THREADS
-        if (n < 0) {
-            if (err == EINTR)
-                rc = PyErr_CheckSignals() < 0 ? -1 : 0;
-            else {
-                errno = err;
-                PyErr_SetFromErrno(PyExc_OSError);
-                rc = -1;
-            }
-        } else if (n == 0) {
-            rc = sliced ? 0 : 1;
-        } else {
-            if (pfd[1].revents & (POLLHUP | POLLERR))
-                mark_end_closed(self->pipe, 1 - self->end);
-            if (pfd[0].revents & POLLIN) {
-                /* Ours to drain: the loop re-checks the ring next, and
-                 * resync_after_take() re-signals for anyone else. */
-                atomic_store(&me->fd_signaled, 0);
-                ev_drain(self->ev_self);
-            }
-        }
-    }
-    pw_sleeper_leave(&sl);
-    return rc;
+    struct data_wait d = {self, tail};
+    pw_wait w = {.done = data_arrived, .ctx = &d, .waiters = &self->me->readers,
+                 .spin = &self->in.spin, .cancel = &self->closed, .sleep = sleep_in_ppoll};
+    int rc = pw_wait_until(&w, deadline);
+    if (rc == PW_OK || rc == PW_CANCELLED)
+        return 0;
+    return rc == PW_TIMEOUT ? 1 : pw_raise_int(rc);
 }
 
 /* ----------------------------------------------------------------- send */
@@ -311,12 +295,12 @@ static int wait_for_data(PipeEndObject *self, uint64_t tail, int64_t deadline)
 static int put_record(PipeEndObject *self, pw_msg *m)
 {
     for (;;) {
-        Py_ssize_t done = 0;
+        size_t done = 0;
         int64_t slice = pw_now_ns() + PW_PIPE_SEND_SLICE_NS;
         int rc = pw_ring_put(&self->out, m, 1, &done, slice);
         if (rc < 0)
-            return -1;
-        if (rc == 0) {
+            return pw_raise_int(rc);
+        if (rc == PW_OK) {
             signal_peer(self);
             return 0;
         }
@@ -345,46 +329,30 @@ static int send_buffer(PipeEndObject *self, const char *buf, uint64_t len)
             return -1;
         }
     }
-    switch (pw_mutex_lock(&self->me->send_lock, PW_FOREVER)) {
-    case PW_LOCK_OWNER_DIED:
-        /* A sender died mid-message: the receiver drops its pieces when
-         * this message begins. */
+    int lr = pw_mutex_lock(&self->me->send_lock, PW_FOREVER, NULL);
+    if (lr == PW_OWNER_DIED) /* A sender died mid-message: the receiver drops its
+                                pieces when this message begins. */
         atomic_fetch_add(&self->me->send_owner_died, 1);
-        break;
-    case PW_LOCK_OK:
-        break;
-    default:
-        return -1;
-    }
+    else if (lr != PW_OK)
+        return pw_raise_int(lr);
     pw_msg m;
-    memset(&m, 0, sizeof m);
-    m.part = m.part_inline;
-    m.part_len = m.part_len_inline;
     uint64_t piece = self->out.capacity / 4;
     int rc;
     if (len <= piece) {
-        m.type = PW_REC_BYTES;
-        m.nparts = 1;
-        m.part[0] = buf;
-        m.len = m.part_len[0] = len;
+        pw_msg_single(&m, PW_REC_BYTES, buf, len);
         rc = put_record(self, &m);
     } else {
         piece -= 16;
         uint64_t total = len, sent = piece;
-        m.type = PW_REC_STREAM_FIRST;
+        pw_msg_single(&m, PW_REC_STREAM_FIRST, &total, 8);
         m.nparts = 2;
-        m.part[0] = &total;
-        m.part_len[0] = 8;
         m.part[1] = buf;
         m.part_len[1] = piece;
         m.len = 8 + piece;
         rc = put_record(self, &m);
         while (rc == 0 && sent < len) {
             uint64_t n = len - sent < piece ? len - sent : piece;
-            m.type = PW_REC_STREAM_MORE;
-            m.nparts = 1;
-            m.part[0] = buf + sent;
-            m.len = m.part_len[0] = n;
+            pw_msg_single(&m, PW_REC_STREAM_MORE, buf + sent, n);
             rc = put_record(self, &m);
             sent += n;
         }
@@ -490,6 +458,7 @@ typedef struct {
     uint64_t total, got; /* a streamed message in progress when total > 0  */
     int in_stream;
     uint64_t length;     /* length of the finished (or refused) message    */
+    int status;          /* enum take_status of the last record taken      */
 } recv_ctx;
 
 static void ctx_drop(recv_ctx *c)
@@ -500,17 +469,6 @@ static void ctx_drop(recv_ctx *c)
     c->dst = NULL;
     c->in_stream = 0;
     c->total = c->got = 0;
-}
-
-static void copy_piece(pw_ringref *rr, uint32_t pos, char *dst, uint64_t n)
-{
-    if (n >= PW_GIL_FREE_COPY) {
-        Py_BEGIN_ALLOW_THREADS
-        pw_ring_copy_out(rr, pos, dst, n);
-        Py_END_ALLOW_THREADS
-    } else {
-        pw_ring_copy_out(rr, pos, dst, n);
-    }
 }
 
 /* Sets up the destination for a message of `len` bytes. */
@@ -534,16 +492,16 @@ static int ctx_begin(recv_ctx *c, uint64_t len)
     return 0;
 }
 
-static int take_cb(void *ctx, pw_ringref *rr, uint32_t pos, uint32_t type, uint64_t len)
+static int take_piece(recv_ctx *c, const pw_ringref *rr, uint32_t pos, uint32_t type,
+                      uint64_t len)
 {
-    recv_ctx *c = ctx;
     int rc;
     switch (type) {
     case PW_REC_BYTES:
         ctx_drop(c);
         if ((rc = ctx_begin(c, len)) != 0)
             return rc;
-        copy_piece(rr, pos, c->dst, len);
+        pw_ring_copy_out_large(rr, pos, c->dst, len);
         return TAKE_DONE;
     case PW_REC_STREAM_FIRST: {
         ctx_drop(c);
@@ -561,7 +519,7 @@ static int take_cb(void *ctx, pw_ringref *rr, uint32_t pos, uint32_t type, uint6
         }
         if ((rc = ctx_begin(c, total)) != 0)
             return rc; /* its MORE pieces will be skipped */
-        copy_piece(rr, pos + 8, c->dst, len - 8);
+        pw_ring_copy_out_large(rr, pos + 8, c->dst, len - 8);
         c->total = total;
         c->got = len - 8;
         c->in_stream = 1;
@@ -579,7 +537,7 @@ static int take_cb(void *ctx, pw_ringref *rr, uint32_t pos, uint32_t type, uint6
             pw_segment_error("%s is corrupt: stream pieces exceed their message", rr->what);
             return TAKE_ERROR;
         }
-        copy_piece(rr, pos, c->dst + c->got, len);
+        pw_ring_copy_out_large(rr, pos, c->dst + c->got, len);
         c->got += len;
         if (c->got == c->total) {
             c->in_stream = 0;
@@ -592,6 +550,15 @@ static int take_cb(void *ctx, pw_ringref *rr, uint32_t pos, uint32_t type, uint6
         pw_segment_error("%s is corrupt: unknown record type %u", rr->what, type);
         return TAKE_ERROR;
     }
+}
+
+/* pw_ring_take's callback: one record at a time, consumed whatever becomes
+ * of it (its take status goes to ctx). */
+static int take_cb(void *ctx, const pw_ringref *rr, uint32_t pos, uint32_t type, uint64_t len)
+{
+    recv_ctx *c = ctx;
+    c->status = take_piece(c, rr, pos, type, len);
+    return 1;
 }
 
 /*
@@ -666,17 +633,13 @@ static int stash_pending(PipeEndObject *self)
 static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
 {
     struct pw_pipe_end *me = self->me;
-    switch (pw_mutex_lock(&me->recv_lock, deadline)) {
-    case PW_LOCK_OWNER_DIED:
+    int lr = pw_mutex_lock(&me->recv_lock, deadline, NULL);
+    if (lr == PW_OWNER_DIED)
         atomic_fetch_add(&me->recv_owner_died, 1);
-        break;
-    case PW_LOCK_OK:
-        break;
-    case PW_LOCK_TIMEOUT:
+    else if (lr == PW_TIMEOUT)
         return 1;
-    default:
-        return -1;
-    }
+    else if (lr != PW_OK)
+        return pw_raise_int(lr);
     int result;
     int resumed = resume_stash(self, c);
     if (resumed < 0) {
@@ -686,13 +649,15 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
     }
     for (;;) {
         uint64_t tail = atomic_load(&self->in.ring->tail);
-        int status = 0;
-        int taken = pw_ring_take(&self->in, take_cb, c, &status);
-        if (taken < 0) {
+        size_t taken;
+        int rc = pw_ring_take(&self->in, take_cb, c, 1, 0, &taken);
+        if (rc < 0) {
+            pw_raise(rc);
             result = -1;
             break;
         }
         if (taken) {
+            int status = c->status;
             if (status == TAKE_DONE) {
                 result = 0;
                 break;
@@ -717,7 +682,7 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
             result = -1;
             break;
         }
-        int rc = wait_for_data(self, tail, deadline);
+        rc = wait_for_data(self, tail, deadline);
         if (rc < 0) {
             stash_partial(self, c); /* a signal: Ctrl-C loses nothing either */
             result = -1;
@@ -971,12 +936,10 @@ static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
     struct pw_header *h = self->view.buf;
     struct pw_pipe *p = (struct pw_pipe *)(h + 1);
     uint64_t size = (uint64_t)self->view.len;
-    uint64_t hdr = sizeof *h + sizeof *p;
-    uint64_t data_offset = (hdr + PW_RING_DATA_ALIGN - 1) & ~(uint64_t)(PW_RING_DATA_ALIGN - 1);
+    uint64_t data_offset = pw_ring_data_offset(sizeof *h + sizeof *p);
     if (create) {
         uint64_t cap1 = duplex ? capacity : PW_RING_MIN_CAPACITY;
-        if (capacity < PW_RING_MIN_CAPACITY || capacity > PW_RING_MAX_CAPACITY ||
-            (capacity & (capacity - 1))) {
+        if (!pw_ring_capacity_ok(capacity)) {
             PyErr_Format(PyExc_ValueError,
                          "capacity must be a power of two between %u and %u bytes, not %llu",
                          PW_RING_MIN_CAPACITY, PW_RING_MAX_CAPACITY, capacity);
@@ -1008,9 +971,12 @@ static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
         }
         pw_header_publish(h);
     } else {
-        if (pw_header_validate(h, self->view.len, PW_KIND_PIPE, what) < 0)
+        int rc = pw_header_validate_kind(h, size, PW_KIND_PIPE, what);
+        if (rc) {
+            pw_raise(rc);
             goto fail;
-        if (h->header_size != sizeof *p || h->data_offset != data_offset) {
+        }
+        if (h->data_offset != data_offset) {
             pw_segment_error("%s is corrupt: pipe header is %u bytes, expected %zu", what,
                              h->header_size, sizeof *p);
             goto fail;
@@ -1021,9 +987,13 @@ static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
             pw_segment_error("%s is corrupt: ring capacities do not fit the segment", what);
             goto fail;
         }
-        if (pw_ring_validate(&p->ring[0], p->capacity[0], what) < 0 ||
-            pw_ring_validate(&p->ring[1], p->capacity[1], what) < 0)
+        rc = pw_ring_validate(&p->ring[0], p->capacity[0], what);
+        if (!rc)
+            rc = pw_ring_validate(&p->ring[1], p->capacity[1], what);
+        if (rc) {
+            pw_raise(rc);
             goto fail;
+        }
         duplex = (p->pipe_flags & PW_PIPE_DUPLEX) != 0;
     }
     self->pipe = p;
@@ -1034,10 +1004,8 @@ static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
     self->writable = duplex || end == 1;
     uint8_t *data = (uint8_t *)h + data_offset;
     uint8_t *ring_data[2] = {data, data + p->capacity[0]};
-    self->in = (pw_ringref){&p->ring[end], ring_data[end], p->capacity[end], PW_SPIN_MAX_NS,
-                            what};
-    self->out = (pw_ringref){&p->ring[1 - end], ring_data[1 - end], p->capacity[1 - end],
-                             PW_SPIN_MAX_NS, what};
+    pw_ringref_init(&self->in, &p->ring[end], ring_data[end], what);
+    pw_ringref_init(&self->out, &p->ring[1 - end], ring_data[1 - end], what);
     self->ev_self = fds[0];
     self->ev_peer = fds[1];
     self->life_peer = fds[2];
@@ -1194,8 +1162,7 @@ static PyObject *PipeEnd_segment_size(PyObject *cls, PyObject *args)
     int duplex;
     if (!PyArg_ParseTuple(args, "Kp", &cap, &duplex))
         return NULL;
-    uint64_t hdr = sizeof(struct pw_header) + sizeof(struct pw_pipe);
-    uint64_t off = (hdr + PW_RING_DATA_ALIGN - 1) & ~(uint64_t)(PW_RING_DATA_ALIGN - 1);
+    uint64_t off = pw_ring_data_offset(sizeof(struct pw_header) + sizeof(struct pw_pipe));
     return PyLong_FromUnsignedLongLong(off + cap + (duplex ? cap : PW_RING_MIN_CAPACITY));
 }
 

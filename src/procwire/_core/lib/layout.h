@@ -26,18 +26,30 @@
                                 wake and state */
 #define PW_CACHELINE 64
 
-/* What the segment holds. Values are part of the layout: never reuse one. */
+/*
+ * What a segment holds: THE table of kinds. Each row gives the kind's name
+ * (enum PW_KIND_<ID>, Python's _core.KIND_<ID>), its number (part of the
+ * layout: never reuse one), its lower-case name (`procwire ls`, messages) and
+ * the struct at offset 64 (its header_size is that struct's size). The enum,
+ * the names, the header sizes, the Python constants and the inspection code
+ * are all generated from it.
+ */
+#define PW_KINDS(X)                                                            \
+    X(QUEUE, 1, "queue", pw_ring)                                              \
+    X(PIPE, 2, "pipe", pw_pipe)                                                \
+    X(VALUE, 3, "value", pw_shared)                                            \
+    X(ARRAY, 4, "array", pw_shared)                                            \
+    X(LOCK, 5, "lock", pw_lock)                                                \
+    X(RLOCK, 6, "rlock", pw_lock)                                              \
+    X(SEMAPHORE, 7, "semaphore", pw_sem)                                       \
+    X(CONDITION, 8, "condition", pw_cond)                                      \
+    X(EVENT, 9, "event", pw_event)                                             \
+    X(BARRIER, 10, "barrier", pw_barrier)
+
 enum pw_kind {
-    PW_KIND_QUEUE = 1,
-    PW_KIND_PIPE = 2,
-    PW_KIND_VALUE = 3,
-    PW_KIND_ARRAY = 4,
-    PW_KIND_LOCK = 5,
-    PW_KIND_RLOCK = 6,
-    PW_KIND_SEMAPHORE = 7,
-    PW_KIND_CONDITION = 8,
-    PW_KIND_EVENT = 9,
-    PW_KIND_BARRIER = 10,
+#define PW_KIND_ENUM_(id, num, name, type) PW_KIND_##id = num,
+    PW_KINDS(PW_KIND_ENUM_)
+#undef PW_KIND_ENUM_
     PW_KIND_MAX_ = 64
 };
 

@@ -1,0 +1,114 @@
+/*
+ * ring.h -- the message ring's mechanics (ring.c), for the queues and the
+ * pipe of the binding layer, and for tests/native. Plain C.
+ *
+ * A pw_ringref is one process's view of a struct pw_ring in a mapping.
+ */
+#ifndef PROCWIRE_RING_H
+#define PROCWIRE_RING_H
+
+#include "pw.h"
+
+typedef struct {
+    struct pw_ring *ring;
+    uint8_t *data;      /* capacity bytes of records */
+    uint64_t capacity;
+    pw_spinner spin;    /* adaptive spin before sleeping, per process */
+    const char *what;   /* name for error messages */
+} pw_ringref;
+
+/* Packing of the head and tail words (see layout.h). */
+static inline uint32_t pw_pos(uint64_t word) { return (uint32_t)word; }
+static inline uint32_t pw_count(uint64_t word) { return (uint32_t)(word >> 32); }
+static inline uint64_t pw_pack(uint32_t count, uint32_t pos)
+{
+    return ((uint64_t)count << 32) | pos;
+}
+static inline uint64_t pw_record_size(uint64_t payload) { return PW_REC_HEADER + ((payload + 7) & ~7ULL); }
+
+/* 1 if capacity is one a ring can have (a power of two within the limits). */
+static inline int pw_ring_capacity_ok(uint64_t cap)
+{
+    return cap >= PW_RING_MIN_CAPACITY && cap <= PW_RING_MAX_CAPACITY && !(cap & (cap - 1));
+}
+
+/* Bytes of a queue segment with a ring of `capacity`: headers + data. */
+uint64_t pw_ring_segment_size(uint64_t capacity);
+/* Where the data of a segment whose headers take hdr bytes starts. */
+static inline uint64_t pw_ring_data_offset(uint64_t hdr)
+{
+    return (hdr + PW_RING_DATA_ALIGN - 1) & ~(uint64_t)(PW_RING_DATA_ALIGN - 1);
+}
+
+/* Largest payload one record can carry in a ring of this capacity. */
+static inline uint64_t pw_ring_max_payload(uint64_t capacity) { return capacity - PW_REC_HEADER; }
+
+/* Initialises a fresh ring (robust mutexes, empty). 0 or errno. */
+int pw_ring_init(struct pw_ring *r, uint64_t capacity, uint32_t maxsize);
+
+/* Validates an attached ring against the bytes mapped for its data:
+ * PW_OK or PW_ECORRUPT. */
+int pw_ring_validate(const struct pw_ring *r, uint64_t data_bytes, const char *what);
+
+/* Sets up a view of ring r whose data starts at data. */
+void pw_ringref_init(pw_ringref *rr, struct pw_ring *r, uint8_t *data, const char *what);
+
+/* A message being put: a record type and the byte ranges of its payload. */
+#define PW_MSG_INLINE_PARTS 3
+typedef struct {
+    uint32_t type;
+    uint64_t len;             /* total payload bytes */
+    int nparts;
+    const void **part;        /* -> part_inline, or the caller's arrays */
+    uint64_t *part_len;
+    const void *part_inline[PW_MSG_INLINE_PARTS];
+    uint64_t part_len_inline[PW_MSG_INLINE_PARTS];
+} pw_msg;
+
+/* A one-part message of `type` over [buf, buf+len). */
+void pw_msg_single(pw_msg *m, uint32_t type, const void *buf, uint64_t len);
+
+/* Copies of at least this many bytes run with the hooks' unblock (the GIL
+ * released): other threads keep running. */
+#define PW_LARGE_COPY 65536u
+
+/*
+ * Puts msgs[*done..n) into the ring, as many per lock as fit, waiting for
+ * room until the deadline. PW_OK when all are in, PW_TIMEOUT (some may be in:
+ * *done says how many), or an error.
+ */
+int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int64_t deadline);
+
+/*
+ * Takes records, oldest first. `fn` is called under the head lock for each
+ * with the record's payload position, type and length; it copies what it
+ * needs with pw_ring_copy_out and returns 0 (consumed: take the next, up to
+ * max), 1 (consumed: stop), or a negative status (not consumed: stop).
+ * Waits for the first record until the deadline. Returns PW_OK with
+ * *taken >= 1, PW_TIMEOUT with *taken == 0, or an error -- which may follow
+ * records already taken (*taken > 0: deliver those; the error recurs on the
+ * next call). Producers asleep on a full ring are woken.
+ */
+typedef int (*pw_take_fn)(void *ctx, const pw_ringref *rr, uint32_t payload_pos, uint32_t type,
+                          uint64_t len);
+int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t deadline,
+                 size_t *taken);
+
+/* Copies between the ring (at pos, wrapping) and ordinary memory. */
+void pw_ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n);
+void pw_ring_copy_in(pw_ringref *rr, uint32_t pos, const void *src, uint64_t n);
+/* pw_ring_copy_out with the hooks' unblock around it if it is large. */
+void pw_ring_copy_out_large(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n);
+
+/* Messages / bytes in the ring now (a snapshot). */
+uint32_t pw_ring_count(const pw_ringref *rr);
+uint64_t pw_ring_used_bytes(const pw_ringref *rr);
+
+/* Test hook (bind/testing.c, tests/native): takes a side's lock and keeps it
+ * ("head" or "tail"); with `partial` writes half a record beyond the tail,
+ * with `publish` moves the side's position by one message as a process
+ * killed right after its publishing store would. */
+int pw_ring_debug_hold(pw_ringref *rr, int tail, const void *partial, uint64_t partial_len,
+                       int publish);
+
+#endif /* PROCWIRE_RING_H */
