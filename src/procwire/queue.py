@@ -26,8 +26,9 @@ Waiting: ``fileno()`` and the ``*_async`` methods (``procwire._aio``).
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Generic, Self
+from typing import TYPE_CHECKING, Any, Generic, Literal, overload
 
 if TYPE_CHECKING:
     # Queue() with no type argument is Queue[Any] (PEP 696 default), as
@@ -42,26 +43,18 @@ else:
     _T = TypeVar("_T")
 
 from procwire import _aio, _core, _pickle
-from procwire._segment import Named, Segment, validate_name
+from procwire._loans import Loan, View
+from procwire._segment import ClosedOnExit, SegmentObject, ring_capacity
 from procwire.errors import Empty, Full
+from procwire.stats import QueueStatistics
 
-__all__ = ["DEFAULT_CAPACITY", "JoinableQueue", "Queue", "SimpleQueue"]
+__all__ = ["DEFAULT_CAPACITY", "JoinableQueue", "Loan", "Queue", "SimpleQueue", "View"]
 
 DEFAULT_CAPACITY = 4 * 1024 * 1024
 
 # Messages are pickled like multiprocessing's (its reducers included).
 _SERIALIZER: dict[str, Any] = {"dumps": _pickle.dumps, "protocol": _pickle.HIGHEST,
                                "dumps_buffers": _pickle.dumps_buffers, "loads": _pickle.loads}
-
-
-def _capacity_for(capacity: int | None) -> int:
-    if capacity is None:
-        return DEFAULT_CAPACITY
-    if not isinstance(capacity, int) or isinstance(capacity, bool):
-        raise TypeError(f"capacity must be an int number of bytes, not {type(capacity).__name__}")
-    if capacity < 4096 or capacity > 1 << 30:
-        raise ValueError(f"capacity must be between 4096 bytes and 1 GiB, not {capacity}")
-    return 1 << (capacity - 1).bit_length()  # next power of two
 
 
 def _maxsize_for(maxsize: int) -> int:
@@ -72,7 +65,7 @@ def _maxsize_for(maxsize: int) -> int:
     return max(maxsize, 0)  # <= 0 means no count limit, as in multiprocessing
 
 
-class Queue(Named, _core.Ring, Generic[_T]):
+class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.Ring, Generic[_T]):
     """A process-safe FIFO queue in shared memory, like ``multiprocessing.Queue``.
 
     ``Queue(maxsize=0, *, capacity=None, name=None)``
@@ -94,83 +87,68 @@ class Queue(Named, _core.Ring, Generic[_T]):
     if TYPE_CHECKING:  # the native methods (_core.Ring), typed with the item type
         def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None: ...
         def put_nowait(self, obj: _T, /) -> None: ...
-        def get(self, block: bool = True, timeout: float | None = None) -> _T: ...
+        @overload
+        def get(self, block: bool = True, timeout: float | None = None, *,
+                copy: Literal[True] = True) -> _T: ...
+        @overload
+        def get(self, block: bool = True, timeout: float | None = None, *,
+                copy: Literal[False]) -> View: ...
+        @overload
+        def get(self, block: bool = True, timeout: float | None = None, *,
+                copy: bool = True) -> _T | View: ...
+        def get(self, block: bool = True, timeout: float | None = None, *,
+                copy: bool = True) -> _T | View: ...
         def get_nowait(self) -> _T: ...
         def get_many(self, block: bool = True, timeout: float | None = None,
                      max_messages: int | None = None) -> list[_T]: ...
 
-    _kind_label = "Queue"
+    _label = "Queue"
+    _growable = True  # the spill area lies beyond the mapping, in the same file
+    _statistics_type = QueueStatistics
+    _close = _core.Ring._release
+    _counters = _core.Ring._statistics
 
     def __init__(self, maxsize: int = 0, *, capacity: int | None = None,
                  name: str | None = None, ctx: object = None) -> None:
         maxsize = _maxsize_for(maxsize)
-        cap = _capacity_for(capacity)
-        size = _core.Ring._segment_size(cap)
-        if name is None:
-            # Growable: the spill area lies beyond the mapped segment.
-            segment = Segment.create_anonymous(size, self._kind_label, growable=True)
-            self._setup(segment, create=True, capacity=cap, maxsize=maxsize)
-        else:
-            validate_name(name)
+        cap = ring_capacity(capacity, DEFAULT_CAPACITY)
 
-            def initialise(buffer: Any) -> None:
-                # Lays out the ring; Segment links the name only after this.
-                _core.Ring.__init__(self, buffer, create=True, capacity=cap, maxsize=maxsize,
-                                    kind=_core.KIND_QUEUE, name=self._display(name),
-                                    spill=True, **_SERIALIZER)
+        def layout(buffer: Any) -> None:
+            # A throw-away Ring writes the initial state; this object opens it
+            # like any attacher (so that one _bind serves every path).
+            ring = _core.Ring.__new__(_core.Ring)
+            _core.Ring.__init__(ring, buffer, create=True, capacity=cap, maxsize=maxsize,
+                                kind=_core.KIND_QUEUE, name=self._label, spill=True,
+                                **_SERIALIZER)
+            ring._release()
 
-            try:
-                self._segment = Segment.create_named(name, size, initialise)
-                self._set_spill_fd(self._segment.io_fd)
-            except BaseException:
-                self._release()
-                raise
+        self._create(name, _core.Ring._segment_size(cap), layout)
 
-    def _display(self, name: str | None) -> str:
-        return f"{self._kind_label}({name!r})" if name else f"anonymous {self._kind_label}"
-
-    def _setup(self, segment: Segment, *, create: bool, capacity: int = 0,
-               maxsize: int = 0) -> None:
-        self._segment = segment
-        _core.Ring.__init__(self, segment.buffer, create=create, capacity=capacity,
-                            maxsize=maxsize, kind=_core.KIND_QUEUE,
-                            name=self._display(segment.name), spill=True, **_SERIALIZER)
-        self._set_spill_fd(segment.io_fd)
-
-    # -- by name ----------------------------------------------------------------
-
-    @classmethod
-    def attach(cls, name: str) -> Self:
-        """Open the queue another process created with ``name=``.
-
-        Raises ``FileNotFoundError`` if there is none, and
-        :class:`procwire.SegmentError` if the name holds something that is not
-        a valid procwire queue.
-        """
-        segment = Segment.attach_named(name)
-        self = cls.__new__(cls)
-        try:
-            self._setup(segment, create=False)
-        except BaseException:
-            segment.close()
-            raise
-        return self
-
-    # -- multiprocessing.Queue's life-cycle methods -------------------------------
+    def _bind(self, **state: Any) -> None:
+        self._leases: set[Loan | View] = set()  # this handle's open loans and views
+        _core.Ring.__init__(self, self._segment.buffer, create=False, capacity=0, maxsize=0,
+                            kind=_core.KIND_QUEUE, name=self._describe(), spill=False,
+                            **_SERIALIZER)
+        # The spill area lies beyond the mapping, reached through the file.
+        self._set_spill_fd(self._segment.io_fd)
 
     def close(self) -> None:
         """Release this process's handle. Further use of it raises ValueError.
 
-        Other processes are not affected. A named queue's creator also removes
-        the name. Safe to call more than once. Stops this handle's ``fileno()``
+        Other processes are not affected; a named queue's creator also removes
+        the name. Safe to call more than once. Open loans of this thread are
+        discarded and its views released first; RuntimeError if another
+        thread of this process holds one. Stops this handle's ``fileno()``
         and ``put_async`` watcher threads and closes the descriptor.
         """
+        self._end_leases()
         for attr in ("_readiness", "_room_watcher"):
             watcher = self.__dict__.pop(attr, None)
             if watcher is not None:
                 watcher.close()
-        self._release()
-        self._segment.close()
+        super().close()
+
+    # -- multiprocessing.Queue's life-cycle methods -------------------------------
 
     # -- waiting from select() and event loops (see procwire._aio) ---------------
 
@@ -192,9 +170,9 @@ class Queue(Named, _core.Ring, Generic[_T]):
         readiness = self.__dict__.get("_readiness")
         if readiness is None or readiness.fd < 0:
             if self._released:
-                raise ValueError(f"{self._display(self._segment.name)} is closed")
+                raise ValueError(f"{self._describe()} is closed")
             readiness = _aio.Readiness(
-                self._display(self._segment.name), lambda: self._word(0),
+                self._describe(), lambda: self._word(0),
                 lambda: self.qsize() > 0, lambda token: self._wait_change(0, token),
                 self._kick)
             self._readiness = readiness
@@ -211,9 +189,9 @@ class Queue(Named, _core.Ring, Generic[_T]):
             if readiness is not None:
                 readiness.recheck()
 
-        def get(block: bool = True, timeout: float | None = None) -> Any:
+        def get(block: bool = True, timeout: float | None = None, *, copy: bool = True) -> Any:
             try:
-                return ring.get(self, block, timeout)
+                return ring.get(self, block, timeout, copy=copy)
             finally:
                 recheck()
 
@@ -271,7 +249,7 @@ class Queue(Named, _core.Ring, Generic[_T]):
             watcher = self.__dict__.get("_room_watcher")
             if watcher is None:
                 watcher = self._room_watcher = _aio.TokenWatcher(
-                    self._display(self._segment.name), lambda: self._word(1),
+                    self._describe(), lambda: self._word(1),
                     lambda token: self._wait_change(1, token), self._kick)
             if not await watcher.wait_moved(token, _aio.left(deadline)):
                 return self.put(obj, False)  # one last try; queue.Full if still no room
@@ -284,31 +262,73 @@ class Queue(Named, _core.Ring, Generic[_T]):
     def cancel_join_thread(self) -> None:
         """Compatibility: there is no feeder thread, so exit never waits on the queue."""
 
-    def statistics(self) -> dict[str, int]:
-        """Live counters from the shared header: messages, bytes, waiters, owner deaths.
+    def _repr_state(self) -> str:
+        return f"qsize={self.qsize()}"
 
-        ``total_in``/``total_out`` count every message ever published into /
-        taken out of the ring, exactly, kills included (``total_in - total_out
-        == messages``); ``bytes_in``/``bytes_out`` are advisory: a process
-        killed right after publishing leaves its last batch's bytes uncounted.
+    # -- zero-copy messages (procwire._loans) ---------------------------------------
+
+    def loan(self, nbytes: int, block: bool = True, timeout: float | None = None) -> Loan:
+        """Room for one message of ``nbytes`` bytes, to be written in place.
+
+        ::
+
+            with q.loan(frame.nbytes) as buf:          # waits for room, as put() does
+                np.copyto(np.frombuffer(buf, frame.dtype).reshape(frame.shape), frame)
+            # published here; discarded instead if the block raised
+
+        ``buf`` is a writable memoryview of the ring's shared memory: the
+        message is written once, where the reader finds it, instead of being
+        built elsewhere and copied in by ``put()``. The reader gets it as
+        ``bytes`` from ``get()``, or in place with ``get(copy=False)``. While
+        the loan is open, other producers wait; a writer killed inside it
+        publishes nothing. A loan is in the ring: it waits while the spill area
+        holds messages (it must not overtake them). ``block``/``timeout`` as for ``put()`` (raises
+        ``queue.Full``); :class:`procwire.MessageTooLarge` if it can never fit.
         """
-        return self._statistics()
+        if not isinstance(nbytes, int) or isinstance(nbytes, bool):
+            raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, not {nbytes}")
+        me = threading.get_ident()
+        if any(isinstance(x, Loan) and x._owner == me for x in self._leases):
+            raise RuntimeError(f"{self._describe()}: this thread has an open loan on this "
+                               "queue; publish or discard it before another")
+        offset = self._loan_begin(nbytes, block, timeout)
+        try:
+            loan = Loan(self, nbytes, offset)
+        except BaseException:
+            self._loan_abort()
+            raise
+        self._leases.add(loan)
+        return loan
 
-    def __enter__(self) -> Self:
-        return self
+    def _get_view(self, block: bool, timeout: float | None) -> View:
+        """get(copy=False): the oldest message, in place (see procwire._loans.View)."""
+        me = threading.get_ident()
+        if any(isinstance(x, View) and x._owner == me for x in self._leases):
+            raise RuntimeError(f"{self._describe()}: this thread holds a view of this queue; "
+                               "release it before taking another message")
+        rtype, offset, length, copied = self._view_begin(block, timeout)
+        view = View(self, rtype, offset, length, copied)
+        if copied is None:
+            self._leases.add(view)
+        return view
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    _loads = staticmethod(_pickle.loads)
 
-    def __repr__(self) -> str:
-        state = "closed" if self._released else f"qsize={self.qsize()}"
-        return f"<procwire.{type(self).__name__} {self._display(self._segment.name)} {state}>"
-
-    # -- pickling: to children, or by name anywhere --------------------------------
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        handle = self._segment.reduce_handle(type(self).__name__)
-        return (_rebuild, (type(self), handle))
+    def _end_leases(self) -> None:
+        leases = getattr(self, "_leases", None)
+        if not leases:
+            return
+        me = threading.get_ident()
+        if any(x._owner != me for x in leases):
+            raise RuntimeError(f"{self._describe()}: another thread of this process holds a "
+                               "loan or view of it; end that first")
+        for x in list(leases):
+            if isinstance(x, Loan):
+                x.discard()
+            else:
+                x.release()
 
     def put_many(self, items: Iterable[_T], block: bool = True,
                  timeout: float | None = None) -> None:
@@ -322,17 +342,6 @@ class Queue(Named, _core.Ring, Generic[_T]):
         return _core.Ring.put_many(self, items, block, timeout)
 
 
-def _rebuild(cls: type[Queue[Any]], handle: tuple[str, object]) -> Queue[Any]:
-    segment = Segment.from_handle(handle)
-    self = cls.__new__(cls)
-    try:
-        self._setup(segment, create=False)
-    except BaseException:
-        segment.close()
-        raise
-    return self
-
-
 class SimpleQueue(Queue[_T]):
     """Like ``multiprocessing.SimpleQueue``: ``put``, ``get``, ``empty``, ``close``.
 
@@ -340,7 +349,7 @@ class SimpleQueue(Queue[_T]):
     ``timeout``), without a message-count limit.
     """
 
-    _kind_label = "SimpleQueue"
+    _label = "SimpleQueue"
 
     def __init__(self, *, capacity: int | None = None, name: str | None = None,
                  ctx: object = None) -> None:
@@ -356,7 +365,7 @@ class JoinableQueue(Queue[_T]):
     exist.
     """
 
-    _kind_label = "JoinableQueue"
+    _label = "JoinableQueue"
 
     def task_done(self) -> None:
         """Mark one formerly enqueued task done; ValueError if called too often."""

@@ -19,6 +19,7 @@ from multiprocessing.connection import wait
 import pytest
 
 from procwire import Empty, JoinableQueue, Queue, SimpleQueue
+from procwire._segment import Segment
 
 BOUND = 30  # seconds: a bound for a hang, not a speed check
 
@@ -175,8 +176,8 @@ def test_unrelated_processes_by_name():
 
 def test_another_consumer_taking_the_last_message_is_one_spurious_wake():
     q = Queue()
-    other = Queue.__new__(Queue)  # a second handle of the same queue, as another process has
-    other._setup(q._segment.__class__.from_fd(os.dup(q._segment.fd)), create=False)
+    # a second handle of the same queue, as another process has
+    other = Queue._from_segment(Segment.from_fd(os.dup(q._segment.fd)))
     try:
         fd = q.fileno()
         q.put(1)

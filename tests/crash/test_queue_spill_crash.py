@@ -23,7 +23,7 @@ MiB = 1 << 20
 # mutex line, then tail, total_in, bytes_in, tail_owner_died, ov_tail,
 # ov_tail_intent, ov_tail_intent_end, ov_reserved), the consumer line alike.
 TAIL, OV_TAIL, OV_TAIL_INTENT, OV_TAIL_INTENT_END = 192, 224, 232, 240
-HEAD, OV_HEAD, OV_HEAD_INTENT, OV_HEAD_INTENT_END = 320, 352, 360, 368
+HEAD, OV_HEAD, OV_HEAD_INTENT, OV_HEAD_INTENT_END = 320, 360, 368, 376
 VALID = 1 << 63
 
 

@@ -194,3 +194,19 @@ def test_empty_raises_as_before():
             q.get_nowait()
     finally:
         q.close()
+
+
+def test_a_spilled_message_read_with_copy_false_and_a_loan_after_the_spill():
+    q = Queue(capacity=4096)
+    try:
+        q.put(b"v" * 10_000)  # larger than the ring: spilled
+        q.put(b"w" * 100)     # behind it, so spilled too
+        with q.get(copy=False) as value:  # no view of the spill: a copy, consumed
+            assert bytes(value) == b"v" * 10_000
+        with q.get(copy=False) as value:
+            assert bytes(value) == b"w" * 100
+        with q.loan(3) as buf:  # the spill is empty again: the loan takes the ring
+            buf[:] = b"abc"
+        assert q.get(timeout=BOUND) == b"abc"
+    finally:
+        q.close()

@@ -21,10 +21,11 @@
 #include <stdint.h>
 
 #define PW_MAGIC 0x3145524957435250ULL /* "PRCWIRE1" read as little-endian */
-#define PW_LAYOUT_VERSION 4u /* 2: struct pw_waiters replaces the sleeper counts;
+#define PW_LAYOUT_VERSION 5u /* 2: struct pw_waiters replaces the sleeper counts;
                                 3: pw_lock holder_proc/holder_hold, pw_cond
-                                wake and state;
-                                4: pw_ring spill area (PW_RING_SPILL) */
+                                wake and state; 4: pw_ring view_mark, pw_lock's
+                                holder words on the mutex's cache line;
+                                5: pw_ring spill area (PW_RING_SPILL) */
 #define PW_CACHELINE 64
 
 /*
@@ -173,11 +174,15 @@ struct pw_ring {
     _Atomic uint64_t total_out;
     _Atomic uint64_t bytes_out;
     _Atomic uint64_t head_owner_died;
+    _Atomic uint64_t view_mark;          /* head | 1 while a reader holds the
+                                            record at head in place (a view,
+                                            Queue.get(copy=False)), 0 otherwise:
+                                            if that reader dies, the next one
+                                            drops the record                  */
     _Atomic uint64_t ov_head;            /* spill: the oldest spilled record    */
     _Atomic uint64_t ov_head_intent;     /* spill: PW_INTENT_VALID | count before
                                             a take of spilled records           */
     _Atomic uint64_t ov_head_intent_end; /* spill: ov_head once it is published */
-    _Atomic uint64_t ov_punched;         /* spill: pages below it are freed     */
 
     /* -- futex words. A sleeper registers in its struct pw_waiters, reads the
      *    seq, re-checks its condition, then sleeps on the seq. A waker that
@@ -191,7 +196,9 @@ struct pw_ring {
     uint32_t reserved7;                  /* layout 1: joiners_sleeping        */
     _Atomic uint32_t closed_flags;       /* Pipe: PW_RING_*_CLOSED bits below */
     uint32_t reserved3;
-    uint64_t reserved4[4];
+    _Atomic uint64_t ov_punched;         /* spill: pages below it are freed
+                                            (consumers, head lock held)        */
+    uint64_t reserved4[3];
 
     /* -- sleepers, one wait queue per futex word above -- */
     struct pw_waiters consumers;         /* asleep on not_empty_seq (get)     */
@@ -311,25 +318,32 @@ struct pw_pipe {
  */
 struct pw_lock {
     pthread_mutex_t mutex;          /*  0: 40 bytes on x86-64 glibc              */
-    char pad0[PW_CACHELINE - sizeof(pthread_mutex_t)];
-    _Atomic uint32_t depth;         /* 64: RLock recursion depth (holder writes) */
-    _Atomic uint32_t inconsistent;  /* 68: 1 from an owner-died acquire until
-                                           make_consistent()                     */
-    _Atomic uint64_t owner_deaths;  /* 72: acquires that found the holder dead   */
-    uint32_t reserved0;             /* 80: layout 1: waiters (now `sleepers`)    */
-    uint32_t recursive;             /* 84: 1 for an RLock, 0 for a Lock          */
-    _Atomic uint64_t contended;     /* 88: acquires that had to wait             */
-    _Atomic uint64_t holder_proc;   /* 96: random id of the holder's process, 0
+    /* What the holder writes on every acquire and release shares the mutex's
+     * cache line (on x86-64): a contended lock moves one line between CPUs
+     * per hand-over, not two. */
+    _Atomic uint32_t depth;         /* 40: RLock recursion depth (holder writes) */
+    uint32_t recursive;             /* 44: 1 for an RLock, 0 for a Lock          */
+    _Atomic uint64_t holder_proc;   /* 48: random id of the holder's process, 0
                                            when free (holder writes): tids alone
                                            repeat across PID namespaces          */
-    _Atomic uint64_t holder_hold;   /* 104: serial of the current hold, unique in
+    _Atomic uint64_t holder_hold;   /* 56: serial of the current hold, unique in
                                            the holder's process (holder writes)  */
-    uint64_t reserved[2];           /* 112..127                                  */
+    /* -- written on owner deaths and waits only -- */
+    _Atomic uint32_t inconsistent   /* 64: 1 from an owner-died acquire until    */
+        __attribute__((aligned(PW_CACHELINE))); /*  make_consistent()           */
+    uint32_t reserved0;             /* 68: layout 1: waiters (now `sleepers`)    */
+    _Atomic uint64_t owner_deaths;  /* 72: acquires that found the holder dead   */
+    _Atomic uint64_t contended;     /* 80: acquires that had to wait             */
+    uint64_t reserved[5];           /* 88..127                                   */
     struct pw_waiters sleepers;     /* 128: threads blocked in acquire (statistics
                                             only: the mutex does its own wakes)  */
 };
 _Static_assert(sizeof(pthread_mutex_t) <= PW_CACHELINE, "mutex fits one line");
+#if defined(__x86_64__)
+_Static_assert(offsetof(struct pw_lock, holder_hold) + 8 == PW_CACHELINE,
+               "the holder's words share the mutex's line");
 _Static_assert(sizeof(struct pw_lock) == 320, "pw_lock layout");
+#endif
 
 /* Semaphore and BoundedSemaphore. 64 bytes. */
 struct pw_sem {

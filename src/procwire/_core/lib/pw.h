@@ -35,6 +35,7 @@ enum pw_status {
     PW_TIMEOUT = 1,     /* the deadline passed first                              */
     PW_OWNER_DIED = 2,  /* a lock was taken; its previous holder died holding it   */
     PW_CANCELLED = 3,   /* the caller's cancel flag was set (a concurrent close)   */
+    PW_SPILLED = 4,     /* pw_ring_peek: the oldest message is in the spill area  */
     PW_ERAISED = -1,    /* a hook or callback failed; it reported the error itself */
     PW_ECORRUPT = -2,   /* a segment is corrupt or foreign: see pw_last_error()    */
     PW_ESYS = -3,       /* a system call failed: pw_last_errno()                   */
