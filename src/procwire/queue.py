@@ -72,7 +72,8 @@ class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.Ring, Generic[_T
 
     ``maxsize`` > 0 bounds the number of queued messages; ``capacity`` is the
     size of the ring, the fast path: what does not fit goes to the spill area
-    (with ``maxsize=0``, ``put`` never waits for room). With ``name``, the queue appears as
+    (with ``maxsize=0``, ``put`` waits at most 10 ms for room in the ring, once,
+    then spills). With ``name``, the queue appears as
     ``/dev/shm/procwire.<name>`` and an unrelated process can open it with
     ``Queue.attach(name)``; this object removes the name when it is closed or
     its process exits. ``ctx`` is accepted for compatibility and ignored.

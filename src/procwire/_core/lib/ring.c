@@ -71,6 +71,11 @@ void pw_ringref_init(pw_ringref *rr, struct pw_ring *r, uint8_t *data, const cha
     rr->capacity = r->capacity;
     pw_spinner_init(&rr->spin);
     rr->what = what;
+    rr->spill = 0; /* until pw_ring_set_spill */
+    rr->spill_fd = -1;
+    rr->src_spill = 0;
+    rr->src_err = 0;
+    rr->src_off = 0;
 }
 
 uint32_t pw_ring_count(const pw_ringref *rr)
@@ -516,6 +521,7 @@ int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int6
     struct pw_ring *r = rr->ring;
     const uint64_t cap = rr->capacity;
     const int64_t lock_deadline = lock_deadline_for(deadline);
+    int64_t grace = -1; /* until when a full ring is waited for before spilling */
     for (;;) {
         int rc = lock_side(&r->tail_lock, &r->tail_owner_died, lock_deadline);
         if (rc)
@@ -545,8 +551,22 @@ int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int6
          * bounded queue only a message larger than the ring (the others wait
          * for room, as documented). */
         int spilled = 0, spill_err = 0;
-        if (i < n && rr->spill &&
-            (spilling || !r->maxsize || msgs[i].len > pw_ring_max_payload(cap))) {
+        int may_spill = i < n && rr->spill &&
+            (spilling || !r->maxsize || msgs[i].len > pw_ring_max_payload(cap));
+        if (may_spill && !spilling && msgs[i].len <= pw_ring_max_payload(cap)) {
+            /* The ring is full but the message fits it: a running consumer
+             * frees room within microseconds, and the ring is the fast path,
+             * so wait a little before spilling (PW_SPILL_GRACE_NS, 10 ms; not when
+             * the call may not wait at all). */
+            int64_t now = pw_now_ns();
+            if (grace < 0)
+                grace = deadline <= now ? 0
+                        : (deadline - now > PW_SPILL_GRACE_NS ? now + PW_SPILL_GRACE_NS
+                                                              : deadline);
+            if (now < grace)
+                may_spill = 0;
+        }
+        if (may_spill) {
             size_t j = spill_put(rr, msgs, i, n, pw_count(head), pw_count(tail), &count,
                                  &bytes, &spill_err);
             spilled = j > i;
@@ -566,12 +586,15 @@ int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int6
         if (i == n)
             return PW_OK;
         if (i == first) {
-            /* No room: wait for a consumer to move the head. */
-            rc = wait_for_move(rr, &r->head, head, &r->not_full_seq, &r->producers, deadline);
+            /* No room: wait for a consumer to move the head (in the grace
+             * before spilling, until its end: then the loop spills). */
+            int in_grace = grace > 0 && rr->spill && !r->maxsize;
+            rc = wait_for_move(rr, &r->head, head, &r->not_full_seq, &r->producers,
+                               in_grace ? grace : deadline);
             if (rc < 0)
                 return rc;
             /* Timed out: one last look, in case room appeared meanwhile. */
-            if (rc == PW_TIMEOUT && atomic_load(&r->head) == head)
+            if (rc == PW_TIMEOUT && !in_grace && atomic_load(&r->head) == head)
                 return PW_TIMEOUT;
         }
     }

@@ -28,6 +28,11 @@ typedef struct {
 /* A spilled message's largest payload (callbacks see 32-bit positions). */
 #define PW_SPILL_MAX_PAYLOAD ((1ULL << 32) - 4096)
 #define PW_SPILL_CHUNK (1ULL << 20) /* the spill allocates pages this many at a time */
+/* With maxsize == 0, a put that finds the ring full (and the spill empty)
+ * waits this long for a consumer to make room before it spills: a running
+ * consumer keeps the queue on the ring, the fast path; a missing or stalled
+ * one costs the first spilling put this once. */
+#define PW_SPILL_GRACE_NS 10000000LL
 
 /* Lets this view use the ring's spill area through fd: PW_OK, PW_ECORRUPT if
  * the ring has none (every queue has one). The descriptor stays the caller's,
