@@ -79,8 +79,9 @@ def _capacity_for(capacity: int | None) -> int:
         return DEFAULT_CAPACITY
     if not isinstance(capacity, int) or isinstance(capacity, bool):
         raise TypeError(f"capacity must be an int number of bytes, not {type(capacity).__name__}")
-    if capacity < 4096 or capacity > 1 << 30:
-        raise ValueError(f"capacity must be between 4096 bytes and 1 GiB, not {capacity}")
+    if capacity < _core.RING_MIN_CAPACITY or capacity > _core.RING_MAX_CAPACITY:
+        raise ValueError(f"capacity must be between {_core.RING_MIN_CAPACITY} bytes and "
+                         f"{_core.RING_MAX_CAPACITY >> 30} GiB, not {capacity}")
     return 1 << (capacity - 1).bit_length()
 
 

@@ -1,7 +1,7 @@
 """Message queues: ``Queue``, ``SimpleQueue`` and ``JoinableQueue``.
 
 Drop-in replacements for their :mod:`multiprocessing` twins, built on one
-shared-memory ring (``procwire._core.Ring``):
+shared-memory ring (``procwire._core.QueueBase``):
 
 * ``put`` serialises in the calling thread and copies straight into shared
   memory. There is no feeder thread: an unpicklable object raises from
@@ -53,8 +53,9 @@ def _capacity_for(capacity: int | None) -> int:
         return DEFAULT_CAPACITY
     if not isinstance(capacity, int) or isinstance(capacity, bool):
         raise TypeError(f"capacity must be an int number of bytes, not {type(capacity).__name__}")
-    if capacity < 4096 or capacity > 1 << 30:
-        raise ValueError(f"capacity must be between 4096 bytes and 1 GiB, not {capacity}")
+    if capacity < _core.RING_MIN_CAPACITY or capacity > _core.RING_MAX_CAPACITY:
+        raise ValueError(f"capacity must be between {_core.RING_MIN_CAPACITY} bytes and "
+                         f"{_core.RING_MAX_CAPACITY >> 30} GiB, not {capacity}")
     return 1 << (capacity - 1).bit_length()  # next power of two
 
 
@@ -66,7 +67,7 @@ def _maxsize_for(maxsize: int) -> int:
     return max(maxsize, 0)  # <= 0 means no count limit, as in multiprocessing
 
 
-class Queue(Named, _core.Ring, Generic[_T]):
+class Queue(Named, _core.QueueBase, Generic[_T]):
     """A process-safe FIFO queue in shared memory, like ``multiprocessing.Queue``.
 
     ``Queue(maxsize=0, *, capacity=None, name=None)``
@@ -84,7 +85,7 @@ class Queue(Named, _core.Ring, Generic[_T]):
     ``multiprocessing.Queue``: ``q: Queue[int] = Queue()``.
     """
 
-    if TYPE_CHECKING:  # the native methods (_core.Ring), typed with the item type
+    if TYPE_CHECKING:  # the native methods (_core.QueueBase), typed with the item type
         def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None: ...
         def put_nowait(self, obj: _T, /) -> None: ...
         def get(self, block: bool = True, timeout: float | None = None) -> _T: ...
@@ -98,7 +99,7 @@ class Queue(Named, _core.Ring, Generic[_T]):
                  name: str | None = None, ctx: object = None) -> None:
         maxsize = _maxsize_for(maxsize)
         cap = _capacity_for(capacity)
-        size = _core.Ring._segment_size(cap)
+        size = _core.QueueBase._segment_size(cap)
         if name is None:
             segment = Segment.create_anonymous(size, self._kind_label)
             self._setup(segment, create=True, capacity=cap, maxsize=maxsize)
@@ -107,7 +108,7 @@ class Queue(Named, _core.Ring, Generic[_T]):
 
             def initialise(buffer: Any) -> None:
                 # Lays out the ring; Segment links the name only after this.
-                _core.Ring.__init__(self, buffer, create=True, capacity=cap, maxsize=maxsize,
+                _core.QueueBase.__init__(self, buffer, create=True, capacity=cap, maxsize=maxsize,
                                     kind=_core.KIND_QUEUE, name=self._display(name),
                                     **_SERIALIZER)
 
@@ -123,7 +124,7 @@ class Queue(Named, _core.Ring, Generic[_T]):
     def _setup(self, segment: Segment, *, create: bool, capacity: int = 0,
                maxsize: int = 0) -> None:
         self._segment = segment
-        _core.Ring.__init__(self, segment.buffer, create=create, capacity=capacity,
+        _core.QueueBase.__init__(self, segment.buffer, create=create, capacity=capacity,
                             maxsize=maxsize, kind=_core.KIND_QUEUE,
                             name=self._display(segment.name), **_SERIALIZER)
 
@@ -200,7 +201,7 @@ class Queue(Named, _core.Ring, Generic[_T]):
         the number of items put (its index). On timeout raises ``queue.Full``,
         whose ``count`` attribute says the same.
         """
-        return _core.Ring.put_many(self, items, block, timeout)
+        return _core.QueueBase.put_many(self, items, block, timeout)
 
 
 def _rebuild(cls: type[Queue[Any]], handle: tuple[str, object]) -> Queue[Any]:
