@@ -28,10 +28,11 @@ import time
 import weakref
 from collections.abc import Callable
 from multiprocessing import context as _mp_context, reduction as _mp_reduction
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar, cast
 
 from procwire import _core, _tracker
 from procwire.errors import SegmentError
+from procwire.stats import Statistics
 
 # Where named segments live. PROCWIRE_SHM_DIR moves them to another tmpfs
 # directory (a container's private one, or a test session's own, out of reach
@@ -61,6 +62,19 @@ def validate_name(name: object) -> str:
         raise ValueError(f"procwire name {name!r} may use only letters, digits, '_', '-' "
                          f"and '.', and must start with a letter, digit or '_'")
     return name
+
+
+def ring_capacity(capacity: int | None, default: int) -> int:
+    """A queue's or pipe's ring size in bytes: ``capacity`` checked and rounded up to a
+    power of two (``default`` for None)."""
+    if capacity is None:
+        return default
+    if not isinstance(capacity, int) or isinstance(capacity, bool):
+        raise TypeError(f"capacity must be an int number of bytes, not {type(capacity).__name__}")
+    if capacity < _core.RING_MIN_CAPACITY or capacity > _core.RING_MAX_CAPACITY:
+        raise ValueError(f"capacity must be between {_core.RING_MIN_CAPACITY} bytes and "
+                         f"{_core.RING_MAX_CAPACITY >> 30} GiB, not {capacity}")
+    return 1 << (capacity - 1).bit_length()  # next power of two
 
 
 def path_of(name: str) -> str:
@@ -189,13 +203,10 @@ class Segment:
         try:
             _reserve(fd, size, f"an anonymous {label}", None)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-            buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(fd)
             raise
-        seg = cls(buffer, fd, None, size)
-        seg._finalizer = weakref.finalize(seg, os.close, fd)
-        return seg
+        return cls.from_fd(fd)
 
     @classmethod
     def create_named(cls, name: str, size: int,
@@ -307,7 +318,8 @@ class Segment:
 
     @classmethod
     def from_fd(cls, fd: int) -> Segment:
-        """Adopt a descriptor received from a parent (it becomes ours to close)."""
+        """Map an anonymous segment's descriptor (a new one, or one received from a
+        parent): it becomes ours to close."""
         try:
             size = os.fstat(fd).st_size
             buffer = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -392,10 +404,106 @@ class Segment:
                 f"(`procwire rm {self.name}`) and create it again")
 
 
-class Named:
-    """The by-name surface every segment-backed object shares."""
+def new_segment(label: str, name: str | None, size: int,
+                layout: Callable[[mmap.mmap], object]) -> Segment:
+    """A new segment of ``size`` bytes, laid out by ``layout(buffer)``.
 
+    Anonymous (a memfd) without ``name``; else ``/dev/shm/procwire.<name>``,
+    linked into place only once ``layout`` has returned.
+    """
+    if name is None:
+        segment = Segment.create_anonymous(size, label)
+        try:
+            layout(segment.buffer)
+        except BaseException:
+            segment.close()
+            raise
+        return segment
+    validate_name(name)
+    return Segment.create_named(name, size, layout)
+
+
+StatsT = TypeVar("StatsT", bound="Statistics")
+
+
+class SegmentObject(Generic[StatsT]):
+    """The life cycle that every segment-backed procwire object shares.
+
+    A subclass says how to open itself on a segment (:meth:`_bind`, which
+    validates what it finds), and provides the native ``_close()`` (release
+    the buffer; idempotent) and ``_counters()`` (a dict of the shared
+    counters). This class does the rest, once for every type: creating
+    (anonymous or named), attaching by name, pickling (to children by
+    descriptor, anywhere by name) with one rebuild function, close and
+    unlink, typed statistics and repr.
+    """
+
+    _label: ClassVar[str] = "object"  # the type's name in messages: "Queue", "Lock"
+    _statistics_type: ClassVar[type[Statistics]]
+    # False for a view that shares its container's mapping (the RLock inside
+    # a Condition or a Value): closing it leaves the segment to the container.
+    _owns_segment = True
     _segment: Segment
+
+    if TYPE_CHECKING:  # native, from the _core type every subclass also derives from
+        def _close(self) -> None: ...
+        def _counters(self) -> dict[str, Any]: ...
+
+    # Opens the native object on self._segment, validating what it finds; its
+    # keyword arguments are the type's own (what _pickle_state() returned,
+    # when unpickled).
+    _bind: Callable[..., None]
+
+    def _pickle_state(self) -> dict[str, Any]:
+        """What a pickle carries besides the segment, passed back to :meth:`_bind`."""
+        return {}
+
+    def _create(self, name: str | None, size: int, layout: Callable[[mmap.mmap], object],
+                **state: Any) -> None:
+        """Create this object's segment, laid out by ``layout(buffer)``, and open it."""
+        self._adopt(new_segment(self._label, name, size, layout), **state)
+
+    def _adopt(self, segment: Segment, **state: Any) -> None:
+        self._segment = segment
+        try:
+            self._bind(**state)
+        except BaseException:
+            if self._owns_segment:
+                segment.close()
+            raise
+
+    @classmethod
+    def _from_segment(cls, segment: Segment, owns: bool = True, **state: Any) -> Self:
+        self = cls.__new__(cls)
+        if not owns:
+            self._owns_segment = False
+        self._adopt(segment, **state)
+        return self
+
+    @classmethod
+    def _from_handle(cls, handle: Any, state: dict[str, Any]) -> Self:
+        """Rebuild from what :meth:`__reduce__` pickled (see :func:`rebuild`)."""
+        return cls._from_segment(Segment.from_handle(handle), **state)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        handle = self._segment.reduce_handle(self._label)
+        return (rebuild, (type(self), handle, self._pickle_state()))
+
+    def _describe(self) -> str:
+        """``Queue('jobs')``, or ``anonymous Queue``: in messages and reprs."""
+        name = self._segment.name
+        return f"{self._label}({name!r})" if name else f"anonymous {self._label}"
+
+    # -- the public surface ----------------------------------------------------
+
+    @classmethod
+    def attach(cls, name: str) -> Self:
+        """Open the object another process created with ``name=``.
+
+        ``FileNotFoundError`` if there is none; :class:`procwire.SegmentError`
+        if the name holds something else.
+        """
+        return cls._from_segment(Segment.attach_named(name))
 
     @property
     def name(self) -> str | None:
@@ -405,3 +513,47 @@ class Named:
     def unlink(self) -> None:
         """Remove the name now; processes that have the object open keep using it."""
         self._segment.unlink()
+
+    def close(self) -> None:
+        """Release this process's handle. Further use of it raises ValueError.
+
+        Other processes are not affected; a named object's creator also
+        removes the name. Safe to call more than once.
+        """
+        self._close()
+        if self._owns_segment:
+            self._segment.close()
+
+    def statistics(self) -> StatsT:
+        """A snapshot of the live counters in shared memory (see :mod:`procwire.stats`)."""
+        return cast(StatsT, self._statistics_type.from_counters(self._counters()))
+
+    def _repr_state(self) -> str:
+        """What the repr says after the name; raises ValueError once closed."""
+        s = self.statistics()  # nested statistics (a Condition's lock) are left out
+        return " ".join(f"{k}={s[k]}" for k in s._names() if not isinstance(s[k], Statistics))
+
+    def __repr__(self) -> str:
+        try:
+            state = self._repr_state()
+        except ValueError:
+            state = "closed"
+        return f"<procwire.{type(self).__name__} {self._describe()} {state}>"
+
+
+def rebuild(cls: Any, handle: Any, state: dict[str, Any]) -> Any:
+    """Unpickle any procwire object: ``cls._from_handle(handle, state)``."""
+    return cls._from_handle(handle, state)
+
+
+class ClosedOnExit:
+    """``with obj:`` closes ``obj`` at the end (queues and pipe ends; locks are held instead)."""
+
+    if TYPE_CHECKING:
+        def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

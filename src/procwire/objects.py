@@ -20,6 +20,7 @@ every process, for root).
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import mmap
 import os
@@ -33,6 +34,7 @@ from typing import Any
 from procwire import _core
 from procwire._segment import PREFIX, SHM_DIR, TEMP_MARK, validate_name
 from procwire.errors import SegmentError
+from procwire.stats import LockStatistics, Statistics, for_kind
 
 __all__ = ["Entry", "clean_candidates", "describe", "printable", "remove", "scan", "users_of"]
 
@@ -64,8 +66,8 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
-# Keys of _core.inspect() that count threads blocked on the object.
-_WAITER_KEYS = ("waiters", "consumers_waiting", "producers_waiting", "joiners_waiting")
+# Statistics fields that count threads blocked on the object.
+_WAITER_FIELDS = ("waiters", "consumers_waiting", "producers_waiting", "joiners_waiting")
 
 
 @dataclass
@@ -74,7 +76,9 @@ class Entry:
 
     ``state`` is one of:
 
-    * ``"ok"``: a valid procwire object; ``info`` holds its header and counters;
+    * ``"ok"``: a valid procwire object; ``info`` holds its header (and the raw
+      counters), ``statistics`` the counters as its type's ``statistics()``
+      snapshot (:mod:`procwire.stats`; None for a kind without counters);
     * ``"corrupt"``: not a valid segment; ``error`` says why;
     * ``"creating"``: a temporary file whose creator is still building it;
     * ``"stale"``: a temporary file whose creator died before finishing it.
@@ -89,6 +93,7 @@ class Entry:
     ino: int = 0
     kind: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    statistics: Statistics | None = None
     error: str | None = None
     creator_pid: int | None = None
     creator_alive: bool | None = None
@@ -106,11 +111,16 @@ class Entry:
 
     @property
     def waiters(self) -> int:
-        n = sum(int(self.info.get(k, 0)) for k in _WAITER_KEYS)
-        lock = self.info.get("lock")
-        if isinstance(lock, dict):
-            n += int(lock.get("waiters", 0))
-        return n
+        """Live threads blocked on the object (its lock's included)."""
+        s = self.statistics
+        n = sum(getattr(s, k, 0) for k in _WAITER_FIELDS)
+        lock = getattr(s, "lock", None)
+        return n + (lock.waiters if isinstance(lock, LockStatistics) else 0)
+
+    @property
+    def counters(self) -> dict[str, Any]:
+        """The statistics as a plain dict (nested ones too), for JSON."""
+        return dataclasses.asdict(self.statistics) if self.statistics is not None else {}
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "path": self.path, "state": self.state, "kind": self.kind,
@@ -118,7 +128,7 @@ class Entry:
                 "creator_alive": self.creator_alive, "users": self.users,
                 "in_use": self.in_use, "waiters": self.waiters, "error": self.error,
                 "regular": self.regular,
-                "counters": self.info}
+                "counters": self.counters}
 
 
 # ----------------------------------------------------------------- processes
@@ -279,6 +289,9 @@ def _read(path: str, name: str) -> Entry:
     finally:
         os.close(fd)
     entry.kind = entry.info["kind"]
+    reader = for_kind(entry.kind)
+    if reader is not None:
+        entry.statistics = reader.from_counters(entry.info)
     entry.creator_pid = entry.info["creator_pid"]
     entry.creator_alive = pid_alive(entry.creator_pid, entry.info["created_ns"])
     return entry

@@ -37,7 +37,8 @@ from multiprocessing import BufferTooShort, reduction as _mp_reduction
 from typing import TYPE_CHECKING, Any, Generic, cast
 
 from procwire import _core, _pickle
-from procwire._segment import Segment
+from procwire._segment import ClosedOnExit, Segment, SegmentObject, rebuild, ring_capacity
+from procwire.stats import ConnectionStatistics
 
 if TYPE_CHECKING:  # what __getattr__ below returns
     from typing_extensions import TypeVar
@@ -59,31 +60,6 @@ __all__ = ["DEFAULT_CAPACITY", "Client", "Connection", "Listener", "Pipe"]
 
 DEFAULT_CAPACITY = 1024 * 1024  # bytes per direction
 
-_LARGE_BYTES = 1 << 16
-_PROTO5_BINBYTES8 = b"\x80\x05\x8e"  # PROTO 5, BINBYTES8
-_MEMOIZE_STOP = b"\x94."
-
-
-def _dumps(obj: Any) -> bytes:
-    """Pickle like multiprocessing (its reducers included), quickly for plain data."""
-    if type(obj) is bytes and len(obj) >= _LARGE_BYTES:
-        # The pickle pickle.dumps(obj, 5) means, built with one copy: pickle
-        # itself regrows its buffer and takes ~10x longer for a 1 MiB bytes.
-        return b"".join((_PROTO5_BINBYTES8, len(obj).to_bytes(8, "little"), obj,
-                         _MEMOIZE_STOP))
-    return _pickle.dumps(obj)
-
-
-def _capacity_for(capacity: int | None) -> int:
-    if capacity is None:
-        return DEFAULT_CAPACITY
-    if not isinstance(capacity, int) or isinstance(capacity, bool):
-        raise TypeError(f"capacity must be an int number of bytes, not {type(capacity).__name__}")
-    if capacity < _core.RING_MIN_CAPACITY or capacity > _core.RING_MAX_CAPACITY:
-        raise ValueError(f"capacity must be between {_core.RING_MIN_CAPACITY} bytes and "
-                         f"{_core.RING_MAX_CAPACITY >> 30} GiB, not {capacity}")
-    return 1 << (capacity - 1).bit_length()
-
 
 # Every open Connection of this process, so that a fork child counts as a
 # holder of the ends it inherits (the kernel duplicates their descriptors).
@@ -103,7 +79,8 @@ def _before_fork() -> None:
 os.register_at_fork(before=_before_fork)
 
 
-class Connection(_core.PipeEnd, Generic[_SendT, _RecvT]):
+class Connection(SegmentObject[ConnectionStatistics], ClosedOnExit, _core.PipeEnd,
+                 Generic[_SendT, _RecvT]):
     """One end of a :func:`Pipe`; the API of ``multiprocessing.connection.Connection``.
 
     ``send``, ``recv``, ``send_bytes``, ``recv_bytes`` and ``poll`` are native.
@@ -112,19 +89,28 @@ class Connection(_core.PipeEnd, Generic[_SendT, _RecvT]):
     multiprocessing does not have.
     """
 
-    __slots__ = ("__weakref__", "_segment")
-
     if TYPE_CHECKING:  # the native methods (_core.PipeEnd), typed with the message types
         def send(self, obj: _SendT, /) -> None: ...
         def recv(self, *, timeout: float | None = None) -> _RecvT: ...
 
-    def _setup(self, segment: Segment, fds: tuple[int, int, int, int], *, create: bool,
-               end: int, capacity: int = 0, duplex: bool = True, count: bool = True) -> None:
-        self._segment = segment
-        _core.PipeEnd.__init__(self, segment.buffer, create=create, end=end, capacity=capacity,
-                               duplex=duplex, fds=fds, count=count,
-                               name=f"Pipe end {end}", dumps=_dumps, loads=_pickle.loads)
+    _label = "Pipe end"
+    _statistics_type = ConnectionStatistics
+    _counters = _core.PipeEnd._statistics
+
+    def _bind(self, *, fds: tuple[int, int, int, int], end: int, create: bool = False,
+              capacity: int = 0, duplex: bool = True, count: bool = True,
+              **state: Any) -> None:
+        _core.PipeEnd.__init__(self, self._segment.buffer, create=create, end=end,
+                               capacity=capacity, duplex=duplex, fds=fds, count=count,
+                               name=f"Pipe end {end}", dumps=_pickle.dumps, loads=_pickle.loads)
         _live.add(self)
+
+    @classmethod
+    def attach(cls, name: str) -> Connection:
+        """Pipe ends have no name: pass them to children, or use procwire.connection's
+        ``Listener``/``Client`` to reach an unrelated process."""
+        raise TypeError("a Pipe end has no name to attach to: pass it to child processes, or "
+                        "connect unrelated processes with procwire.connection.Listener/Client")
 
     def recv_bytes_into(self, buf: Any, offset: int = 0, *, timeout: float | None = None) -> int:
         """Read a message into ``buf`` at ``offset``; return its length in bytes.
@@ -232,16 +218,6 @@ class Connection(_core.PipeEnd, Generic[_SendT, _RecvT]):
         # Idempotent: it retries the mmap if a call in another thread still held it.
         self._segment.close()
 
-    def statistics(self) -> dict[str, Any]:
-        """Counters from the shared header: messages and bytes each way, drops, handles."""
-        return self._statistics()
-
-    def __enter__(self) -> Connection:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         if self.closed:
             return "<procwire.Connection closed>"
@@ -257,12 +233,16 @@ class Connection(_core.PipeEnd, Generic[_SendT, _RecvT]):
         return [self._segment.fd, *self._fds()]
 
     def __reduce__(self) -> tuple[Any, ...]:
-        fds = self._handle_fds()
-        dups = [_mp_reduction.DupFd(fd) for fd in fds]
+        # The segment travels with the end's four descriptors (see _from_fds).
+        dups = tuple(_mp_reduction.DupFd(fd) for fd in self._handle_fds())
         # The receiving process adopts this count; if it never arrives, the
         # kernel still reports the end closed once the descriptors are gone.
         self._add_handle()
-        return (_rebuild, (self._end, tuple(dups)))
+        return (rebuild, (type(self), dups, {"end": self._end}))
+
+    @classmethod
+    def _from_handle(cls, handle: Any, state: dict[str, Any]) -> Connection:
+        return _from_fds(state["end"], [d.detach() for d in handle])
 
 
 def _wait_fd(fd: int, events: int, timeout: float | None) -> None:
@@ -317,19 +297,12 @@ def _from_fds(end: int, fds: list[int]) -> Connection:
         for fd in rest:
             os.close(fd)
         raise
-    conn = Connection.__new__(Connection)
     try:
-        conn._setup(segment, rest, create=False, end=end, count=False)
+        return Connection._from_segment(segment, fds=rest, end=end, count=False)
     except BaseException:
         for fd in rest:
             os.close(fd)
-        segment.close()
         raise
-    return conn
-
-
-def _rebuild(end: int, dups: tuple[Any, ...]) -> Connection:
-    return _from_fds(end, [d.detach() for d in dups])
 
 
 def _new_fds() -> tuple[list[int], list[tuple[int, int]]]:
@@ -366,7 +339,7 @@ def Pipe(duplex: bool = True, *, capacity: int | None = None) -> tuple[Connectio
     a power of two); longer messages are streamed through it.
     """
     duplex = bool(duplex)
-    cap = _capacity_for(capacity)
+    cap = ring_capacity(capacity, DEFAULT_CAPACITY)
     size = _core.PipeEnd._segment_size(cap, duplex)
     segment = Segment.create_anonymous(size, "Pipe")
     ev, life = _new_fds()
@@ -375,17 +348,15 @@ def Pipe(duplex: bool = True, *, capacity: int | None = None) -> tuple[Connectio
     fds0 = (ev[0], ev[1], life[1][0], life[0][1])
     fds1 = (os.dup(ev[1]), os.dup(ev[0]), life[0][0], life[1][1])
     try:
-        c0 = Connection.__new__(Connection)
-        c0._setup(segment, fds0, create=True, end=0, capacity=cap, duplex=duplex)
+        c0: Connection = Connection._from_segment(segment, fds=fds0, end=0, create=True,
+                                                  capacity=cap, duplex=duplex)
     except BaseException:
         for fd in (*fds0, *fds1):
             os.close(fd)
-        segment.close()
         raise
     try:
-        seg1 = Segment.from_fd(os.dup(segment.fd))
-        c1 = Connection.__new__(Connection)
-        c1._setup(seg1, fds1, create=False, end=1)
+        c1: Connection = Connection._from_segment(Segment.from_fd(os.dup(segment.fd)),
+                                                  fds=fds1, end=1)
     except BaseException:
         for fd in fds1:
             os.close(fd)

@@ -22,7 +22,7 @@ naming the capacity that would take it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Generic, Self
+from typing import TYPE_CHECKING, Any, Generic
 
 if TYPE_CHECKING:
     # Queue() with no type argument is Queue[Any] (PEP 696 default), as
@@ -37,7 +37,8 @@ else:
     _T = TypeVar("_T")
 
 from procwire import _core, _pickle
-from procwire._segment import Named, Segment, validate_name
+from procwire._segment import ClosedOnExit, SegmentObject, ring_capacity
+from procwire.stats import QueueStatistics
 
 __all__ = ["DEFAULT_CAPACITY", "JoinableQueue", "Queue", "SimpleQueue"]
 
@@ -48,17 +49,6 @@ _SERIALIZER: dict[str, Any] = {"dumps": _pickle.dumps, "protocol": _pickle.HIGHE
                                "dumps_buffers": _pickle.dumps_buffers, "loads": _pickle.loads}
 
 
-def _capacity_for(capacity: int | None) -> int:
-    if capacity is None:
-        return DEFAULT_CAPACITY
-    if not isinstance(capacity, int) or isinstance(capacity, bool):
-        raise TypeError(f"capacity must be an int number of bytes, not {type(capacity).__name__}")
-    if capacity < _core.RING_MIN_CAPACITY or capacity > _core.RING_MAX_CAPACITY:
-        raise ValueError(f"capacity must be between {_core.RING_MIN_CAPACITY} bytes and "
-                         f"{_core.RING_MAX_CAPACITY >> 30} GiB, not {capacity}")
-    return 1 << (capacity - 1).bit_length()  # next power of two
-
-
 def _maxsize_for(maxsize: int) -> int:
     if not isinstance(maxsize, int) or isinstance(maxsize, bool):
         raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
@@ -67,7 +57,7 @@ def _maxsize_for(maxsize: int) -> int:
     return max(maxsize, 0)  # <= 0 means no count limit, as in multiprocessing
 
 
-class Queue(Named, _core.QueueBase, Generic[_T]):
+class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.QueueBase, Generic[_T]):
     """A process-safe FIFO queue in shared memory, like ``multiprocessing.Queue``.
 
     ``Queue(maxsize=0, *, capacity=None, name=None)``
@@ -93,70 +83,31 @@ class Queue(Named, _core.QueueBase, Generic[_T]):
         def get_many(self, block: bool = True, timeout: float | None = None,
                      max_messages: int | None = None) -> list[_T]: ...
 
-    _kind_label = "Queue"
+    _label = "Queue"
+    _statistics_type = QueueStatistics
+    _close = _core.QueueBase._release
+    _counters = _core.QueueBase._statistics
 
     def __init__(self, maxsize: int = 0, *, capacity: int | None = None,
                  name: str | None = None, ctx: object = None) -> None:
         maxsize = _maxsize_for(maxsize)
-        cap = _capacity_for(capacity)
-        size = _core.QueueBase._segment_size(cap)
-        if name is None:
-            segment = Segment.create_anonymous(size, self._kind_label)
-            self._setup(segment, create=True, capacity=cap, maxsize=maxsize)
-        else:
-            validate_name(name)
+        cap = ring_capacity(capacity, DEFAULT_CAPACITY)
 
-            def initialise(buffer: Any) -> None:
-                # Lays out the ring; Segment links the name only after this.
-                _core.QueueBase.__init__(self, buffer, create=True, capacity=cap, maxsize=maxsize,
-                                    kind=_core.KIND_QUEUE, name=self._display(name),
-                                    **_SERIALIZER)
+        def layout(buffer: Any) -> None:
+            # A throw-away Ring writes the initial state; this object opens it
+            # like any attacher (so that one _bind serves every path).
+            ring = _core.QueueBase.__new__(_core.QueueBase)
+            _core.QueueBase.__init__(ring, buffer, create=True, capacity=cap, maxsize=maxsize,
+                                kind=_core.KIND_QUEUE, name=self._label, **_SERIALIZER)
+            ring._release()
 
-            try:
-                self._segment = Segment.create_named(name, size, initialise)
-            except BaseException:
-                self._release()
-                raise
+        self._create(name, _core.QueueBase._segment_size(cap), layout)
 
-    def _display(self, name: str | None) -> str:
-        return f"{self._kind_label}({name!r})" if name else f"anonymous {self._kind_label}"
-
-    def _setup(self, segment: Segment, *, create: bool, capacity: int = 0,
-               maxsize: int = 0) -> None:
-        self._segment = segment
-        _core.QueueBase.__init__(self, segment.buffer, create=create, capacity=capacity,
-                            maxsize=maxsize, kind=_core.KIND_QUEUE,
-                            name=self._display(segment.name), **_SERIALIZER)
-
-    # -- by name ----------------------------------------------------------------
-
-    @classmethod
-    def attach(cls, name: str) -> Self:
-        """Open the queue another process created with ``name=``.
-
-        Raises ``FileNotFoundError`` if there is none, and
-        :class:`procwire.SegmentError` if the name holds something that is not
-        a valid procwire queue.
-        """
-        segment = Segment.attach_named(name)
-        self = cls.__new__(cls)
-        try:
-            self._setup(segment, create=False)
-        except BaseException:
-            segment.close()
-            raise
-        return self
+    def _bind(self, **state: Any) -> None:
+        _core.QueueBase.__init__(self, self._segment.buffer, create=False, capacity=0, maxsize=0,
+                            kind=_core.KIND_QUEUE, name=self._describe(), **_SERIALIZER)
 
     # -- multiprocessing.Queue's life-cycle methods -------------------------------
-
-    def close(self) -> None:
-        """Release this process's handle. Further use of it raises ValueError.
-
-        Other processes are not affected. A named queue's creator also removes
-        the name. Safe to call more than once.
-        """
-        self._release()
-        self._segment.close()
 
     def join_thread(self) -> None:
         """Compatibility: there is no feeder thread, so nothing to wait for."""
@@ -166,31 +117,8 @@ class Queue(Named, _core.QueueBase, Generic[_T]):
     def cancel_join_thread(self) -> None:
         """Compatibility: there is no feeder thread, so exit never waits on the queue."""
 
-    def statistics(self) -> dict[str, int]:
-        """Live counters from the shared header: messages, bytes, waiters, owner deaths.
-
-        ``total_in``/``total_out`` count every message ever published into /
-        taken out of the ring, exactly, kills included (``total_in - total_out
-        == messages``); ``bytes_in``/``bytes_out`` are advisory: a process
-        killed right after publishing leaves its last batch's bytes uncounted.
-        """
-        return self._statistics()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self._released else f"qsize={self.qsize()}"
-        return f"<procwire.{type(self).__name__} {self._display(self._segment.name)} {state}>"
-
-    # -- pickling: to children, or by name anywhere --------------------------------
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        handle = self._segment.reduce_handle(type(self).__name__)
-        return (_rebuild, (type(self), handle))
+    def _repr_state(self) -> str:
+        return f"qsize={self.qsize()}"
 
     def put_many(self, items: Iterable[_T], block: bool = True,
                  timeout: float | None = None) -> None:
@@ -204,17 +132,6 @@ class Queue(Named, _core.QueueBase, Generic[_T]):
         return _core.QueueBase.put_many(self, items, block, timeout)
 
 
-def _rebuild(cls: type[Queue[Any]], handle: tuple[str, object]) -> Queue[Any]:
-    segment = Segment.from_handle(handle)
-    self = cls.__new__(cls)
-    try:
-        self._setup(segment, create=False)
-    except BaseException:
-        segment.close()
-        raise
-    return self
-
-
 class SimpleQueue(Queue[_T]):
     """Like ``multiprocessing.SimpleQueue``: ``put``, ``get``, ``empty``, ``close``.
 
@@ -222,7 +139,7 @@ class SimpleQueue(Queue[_T]):
     ``timeout``), without a message-count limit.
     """
 
-    _kind_label = "SimpleQueue"
+    _label = "SimpleQueue"
 
     def __init__(self, *, capacity: int | None = None, name: str | None = None,
                  ctx: object = None) -> None:
@@ -238,7 +155,7 @@ class JoinableQueue(Queue[_T]):
     exist.
     """
 
-    _kind_label = "JoinableQueue"
+    _label = "JoinableQueue"
 
     def task_done(self) -> None:
         """Mark one formerly enqueued task done; ValueError if called too often."""

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import ctypes
 from multiprocessing import reduction as _mp_reduction, sharedctypes as _mp_sharedctypes
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from procwire import _core
-from procwire._segment import Segment, validate_name
+from procwire._segment import Segment, SegmentObject, new_segment, rebuild
+from procwire.errors import SegmentError
+from procwire.stats import SharedStatistics
 from procwire.sync import Lock, RLock
-
-if TYPE_CHECKING:
-    from procwire._core import _SharedInfo
 
 __all__ = ["Array", "RawArray", "RawValue", "Value"]
 
@@ -63,7 +62,10 @@ def _code_of(type_: type) -> str:
     return ""
 
 
-class _Handle:
+_LOCK_MODES = ("none", "embedded", "named", "external")  # by _core.LOCKMODE_*
+
+
+class _Handle(SegmentObject[SharedStatistics]):
     """This process's hold on one Value/Array segment.
 
     The ctypes object built over the segment keeps it as ``_wrapper``, the
@@ -72,30 +74,45 @@ class _Handle:
     (and the two can share a ctypes type without stepping on each other).
     """
 
-    __slots__ = ("__weakref__", "elem", "kind", "length", "segment")
+    _label = "RawValue/RawArray"
+    _statistics_type = SharedStatistics
 
-    def __init__(self, segment: Segment, kind: int, elem: type, length: int) -> None:
-        self.segment = segment
-        self.kind = kind
-        self.elem = elem
-        self.length = length
+    def _bind(self, kind: int = 0, type_hint: Any = None, **state: Any) -> None:
+        """Check the segment's layout (and ``type_hint`` against it), learn the element type."""
+        segment = self._segment
+        what = f"procwire object {segment.name!r}" if segment.name else "the shared value"
+        info = _core.shared_info(segment.buffer, kind, what)
+        elem = None
+        if type_hint is not None:
+            elem = _resolve(type_hint)
+            if ctypes.sizeof(elem) != info["elem_size"]:
+                raise TypeError(f"{what} holds elements of {info['elem_size']} bytes, not "
+                                f"{ctypes.sizeof(elem)} ({elem.__name__})")
+        elif info["typecode"]:
+            elem = _SIMPLE_TYPES.get(info["typecode"])
+        if elem is None:
+            raise TypeError(f"{what} holds a custom ctypes type: pass it to attach(name, type)")
+        if ctypes.sizeof(elem) != info["elem_size"]:
+            raise SegmentError(f"{what} is corrupt: element size {info['elem_size']} does not "
+                               f"match type code {info['typecode']!r}")
+        self.kind = _core.KIND_VALUE if info["kind"] == "value" else _core.KIND_ARRAY
+        self.elem, self.length, self.info = elem, info["length"], info
+
+    def _close(self) -> None:
+        """Nothing native to release: the ctypes object over the buffer holds it."""
+
+    def _counters(self) -> dict[str, Any]:
+        info = self.info
+        return {**info, "lock_mode": _LOCK_MODES[info["lock_mode"]],
+                "lock_name": info["lock_name"].decode(errors="replace")}
+
+    def _pickle_state(self) -> dict[str, Any]:
+        return {"type_hint": self.elem}
 
     def create_memoryview(self) -> memoryview:
         nbytes = ctypes.sizeof(self.elem) * self.length
         start = _core.SHARED_DATA_OFFSET
-        return memoryview(self.segment.buffer)[start:start + nbytes]
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_handle, (self.segment.reduce_handle("RawValue/RawArray"), self.elem))
-
-
-def _rebuild_handle(handle: tuple[str, object], elem: type) -> _Handle:
-    segment = Segment.from_handle(handle)
-    try:
-        return _open(segment, 0, elem)[0]
-    except BaseException:
-        segment.close()
-        raise
+        return memoryview(self._segment.buffer)[start:start + nbytes]
 
 
 def _create(kind: int, elem: type, length: int, lock_mode: int, lock_name: bytes,
@@ -103,29 +120,18 @@ def _create(kind: int, elem: type, length: int, lock_mode: int, lock_name: bytes
     elem_size = ctypes.sizeof(elem)  # TypeError for a bad typecode, as in multiprocessing
     if length < 0:
         raise ValueError(f"array length must be >= 0, not {length}")
-    size = _core.shared_size(elem_size * length)
     code = _code_of(elem)
-
-    def initialise(buffer: Any) -> None:
-        _core.shared_init(buffer, kind, code, elem_size, length, lock_mode, lock_name)
-
-    if name is None:
-        segment = Segment.create_anonymous(size, "Value" if kind == _core.KIND_VALUE else "Array")
-        try:
-            initialise(segment.buffer)
-        except BaseException:
-            segment.close()
-            raise
-    else:
-        validate_name(name)
-        segment = Segment.create_named(name, size, initialise)
-    return _Handle(segment, kind, elem, length)
+    segment = new_segment(
+        "Value" if kind == _core.KIND_VALUE else "Array", name,
+        _core.shared_size(elem_size * length),
+        lambda buf: _core.shared_init(buf, kind, code, elem_size, length, lock_mode, lock_name))
+    return _Handle._from_segment(segment, kind=kind, type_hint=elem)
 
 
 def _obj_over(h: _Handle) -> Any:
     elem: Any = h.elem  # a ctypes type: ctypes types multiply into array types
     type_: Any = elem if h.kind == _core.KIND_VALUE else elem * h.length
-    obj = type_.from_buffer(h.segment.buffer, _core.SHARED_DATA_OFFSET)
+    obj = type_.from_buffer(h._segment.buffer, _core.SHARED_DATA_OFFSET)
     obj._wrapper = h
     # multiprocessing's reducer: it pickles obj._wrapper, i.e. our handle.
     # (reduce_ctype is not in typeshed's multiprocessing.sharedctypes)
@@ -134,42 +140,20 @@ def _obj_over(h: _Handle) -> Any:
     return obj
 
 
-def _open(segment: Segment, kind: int,
-          type_hint: Any = None) -> tuple[_Handle, _SharedInfo]:
-    what = f"procwire object {segment.name!r}" if segment.name else "the shared value"
-    info = _core.shared_info(segment.buffer, kind, what)
-    elem = None
-    if type_hint is not None:
-        elem = _resolve(type_hint)
-        if ctypes.sizeof(elem) != info["elem_size"]:
-            raise TypeError(f"{what} holds elements of {info['elem_size']} bytes, not "
-                            f"{ctypes.sizeof(elem)} ({elem.__name__})")
-    elif info["typecode"]:
-        elem = _SIMPLE_TYPES.get(info["typecode"])
-    if elem is None:
-        raise TypeError(f"{what} holds a custom ctypes type: pass it to attach(name, type)")
-    if ctypes.sizeof(elem) != info["elem_size"]:
-        from procwire.errors import SegmentError
-        raise SegmentError(f"{what} is corrupt: element size {info['elem_size']} does not "
-                           f"match type code {info['typecode']!r}")
-    return _Handle(segment, _core.KIND_VALUE if info["kind"] == "value" else _core.KIND_ARRAY,
-                   elem, info["length"]), info
-
-
 def _embedded_lock(h: _Handle) -> RLock:
-    return RLock._from_segment(h.segment, owns=False)
+    return RLock._from_segment(h._segment, owns=False)
 
 
-def _lock_from_info(h: _Handle, info: _SharedInfo) -> Any:
-    mode = info["lock_mode"]
+def _lock_from_info(h: _Handle) -> Any:
+    mode = h.info["lock_mode"]
     if mode == _core.LOCKMODE_EMBEDDED:
         return _embedded_lock(h)
     if mode == _core.LOCKMODE_NAMED:
         from procwire.sync import _attached_kind
-        lname = info["lock_name"].decode()
+        lname = h.info["lock_name"].decode()
         return (Lock if _attached_kind(lname) == "lock" else RLock).attach(lname)
     if mode == _core.LOCKMODE_EXTERNAL:
-        raise ValueError(f"procwire object {h.segment.name!r} was created with a lock that "
+        raise ValueError(f"procwire object {h.name!r} was created with a lock that "
                          f"has no name; it can only be shared with child processes")
     return None
 
@@ -194,8 +178,8 @@ class RawValue:
 
     @staticmethod
     def attach(name: str, typecode_or_type: Any = None) -> Any:
-        h, _ = _open(Segment.attach_named(name), _core.KIND_VALUE, typecode_or_type)
-        return _obj_over(h)
+        return _obj_over(_Handle._from_segment(Segment.attach_named(name),
+                                               kind=_core.KIND_VALUE, type_hint=typecode_or_type))
 
 
 class RawArray:
@@ -221,8 +205,8 @@ class RawArray:
 
     @staticmethod
     def attach(name: str, typecode_or_type: Any = None) -> Any:
-        h, _ = _open(Segment.attach_named(name), _core.KIND_ARRAY, typecode_or_type)
-        return _obj_over(h)
+        return _obj_over(_Handle._from_segment(Segment.attach_named(name),
+                                               kind=_core.KIND_ARRAY, type_hint=typecode_or_type))
 
 
 # ---------------------------------------------------- synchronized forms
@@ -317,12 +301,11 @@ def _new_array(typecode_or_type: Any, size_or_initializer: Any, lock: Any,
 
 
 def _attach(name: str, kind: int, typecode_or_type: Any) -> Any:
-    segment = Segment.attach_named(name)
+    h = _Handle._from_segment(Segment.attach_named(name), kind=kind, type_hint=typecode_or_type)
     try:
-        h, info = _open(segment, kind, typecode_or_type)
-        lock = _lock_from_info(h, info)
+        lock = _lock_from_info(h)
     except BaseException:
-        segment.close()
+        h.close()
         raise
     obj = _obj_over(h)
     return obj if lock is None else _synchronized(obj, lock)
@@ -342,6 +325,8 @@ _struct_classes: dict[type, type] = {}
 
 
 def _locked_field(name: str) -> property:
+    """A property that reads and writes the wrapped ctypes object's ``name`` under the lock."""
+
     def get(self: Any) -> Any:
         with self._lock:
             return getattr(self._obj, name)
@@ -383,10 +368,24 @@ class SynchronizedBase:
         return self._lock.__exit__(*args)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        h = self._obj._wrapper
-        handle = h.segment.reduce_handle(type(self).__name__)
-        embedded = isinstance(self._lock, RLock) and self._lock._segment is h.segment
-        return (_rebuild_synchronized, (handle, h.elem, None if embedded else self._lock))
+        h: _Handle = self._obj._wrapper
+        handle = h._segment.reduce_handle(type(self).__name__)
+        embedded = isinstance(self._lock, RLock) and self._lock._segment is h._segment
+        return (rebuild, (SynchronizedBase, handle,
+                          {**h._pickle_state(), "lock": None if embedded else self._lock}))
+
+    @classmethod
+    def _from_handle(cls, handle: Any, state: dict[str, Any]) -> Any:
+        """Rebuild (see procwire._segment.rebuild): the wrapper class follows the element type."""
+        h = _Handle._from_segment(Segment.from_handle(handle), type_hint=state["type_hint"])
+        lock = state["lock"]
+        if lock is None:
+            try:
+                lock = _embedded_lock(h)
+            except BaseException:
+                h.close()
+                raise
+        return _synchronized(_obj_over(h), lock)
 
     def get_obj(self) -> Any:
         return self._obj
@@ -398,44 +397,25 @@ class SynchronizedBase:
     def name(self) -> str | None:
         """The name given at creation, or None."""
         h: _Handle = self._obj._wrapper
-        return h.segment.name
+        return h.name
 
     def unlink(self) -> None:
         """Remove the name now; processes that have it open keep using it."""
-        self._obj._wrapper.segment.unlink()
+        h: _Handle = self._obj._wrapper
+        h.unlink()
 
-    def statistics(self) -> dict[str, Any]:
-        """The lock's statistics, plus the element type and length."""
-        h = self._obj._wrapper
-        s = self._lock.statistics() if hasattr(self._lock, "statistics") else {}
-        return {"type": h.elem.__name__, "length": h.length, "lock": s}
+    def statistics(self) -> SharedStatistics:
+        """The element type and length, and the lock's statistics (if a procwire lock)."""
+        h: _Handle = self._obj._wrapper
+        lock = self._lock.statistics() if isinstance(self._lock, Lock) else None
+        return SharedStatistics.from_counters({**h._counters(), "lock": lock})
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} wrapper for {self._obj}>"
 
 
-def _rebuild_synchronized(handle: tuple[str, object], elem: type, lock: Any) -> Any:
-    segment = Segment.from_handle(handle)
-    try:
-        h, _info = _open(segment, 0, elem)
-        if lock is None:
-            lock = _embedded_lock(h)
-    except BaseException:
-        segment.close()
-        raise
-    return _synchronized(_obj_over(h), lock)
-
-
 class Synchronized(SynchronizedBase):
-    @property
-    def value(self) -> Any:
-        with self._lock:
-            return self._obj.value
-
-    @value.setter
-    def value(self, v: Any) -> None:
-        with self._lock:
-            self._obj.value = v
+    value = _locked_field("value")
 
 
 class SynchronizedArray(_core.BufferView, SynchronizedBase):
@@ -464,24 +444,5 @@ class SynchronizedArray(_core.BufferView, SynchronizedBase):
 
 
 class SynchronizedString(SynchronizedArray):
-    @property
-    def value(self) -> bytes:
-        with self._lock:
-            value: bytes = self._obj.value
-            return value
-
-    @value.setter
-    def value(self, v: bytes) -> None:
-        with self._lock:
-            self._obj.value = v
-
-    @property
-    def raw(self) -> bytes:
-        with self._lock:
-            raw: bytes = self._obj.raw
-            return raw
-
-    @raw.setter
-    def raw(self, v: bytes) -> None:
-        with self._lock:
-            self._obj.raw = v
+    value = _locked_field("value")
+    raw = _locked_field("raw")

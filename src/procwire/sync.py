@@ -71,11 +71,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from procwire import _core
-from procwire._segment import Named, Segment, validate_name
+from procwire._segment import Segment, SegmentObject, StatsT
 from procwire.errors import SegmentError
+from procwire.stats import (
+    BarrierStatistics,
+    ConditionStatistics,
+    EventStatistics,
+    LockStatistics,
+    SemaphoreStatistics,
+)
 
 __all__ = [
     "Barrier",
@@ -95,103 +102,29 @@ BrokenBarrierError = threading.BrokenBarrierError
 _SEM_VALUE_MAX = 2**31 - 1
 
 
-def _new_segment(kind: int, label: str, name: str | None, **params: Any) -> Segment:
-    """Create and lay out a segment for a primitive of `kind`."""
-    size = _core.sync_size(kind)
-    if name is None:
-        segment = Segment.create_anonymous(size, label)
-        try:
-            _core.sync_init(segment.buffer, kind, **params)
-        except BaseException:
-            segment.close()
-            raise
-        return segment
-    validate_name(name)
-    return Segment.create_named(name, size, lambda buf: _core.sync_init(buf, kind, **params))
+class _SyncObject(SegmentObject[StatsT]):
+    """What every primitive shares beyond SegmentObject: its kind's segment."""
 
+    _kind: int
 
-def _tgid_of(tid: int) -> int | None:
-    """The process id owning thread `tid`, or None if it no longer exists."""
-    try:
-        with open(f"/proc/{tid}/status") as f:
-            for line in f:
-                if line.startswith("Tgid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-class _Shared(Named):
-    """What every primitive shares: segment, name, pickling, attach, close."""
-
-    _label = "?"
-    _segment: Segment
-
-    if TYPE_CHECKING:  # provided by the native base every primitive also derives from
-        @property
-        def _display(self) -> str | None: ...
-        def _close(self) -> None: ...
+    if TYPE_CHECKING:  # native, from the _core type every primitive also derives from
         def _stats(self) -> dict[str, int]: ...
-    _owns_segment = True
 
-    def _display_for(self, name: str | None) -> str:
-        return f"{self._label}({name!r})" if name else f"anonymous {self._label}"
-
-    def _open(self, segment: Segment, **kw: Any) -> None:
-        raise NotImplementedError
-
-    @classmethod
-    def _from_segment(cls, segment: Segment, owns: bool = True, **kw: Any) -> Self:
-        self = cls.__new__(cls)
-        try:
-            self._owns_segment = owns
-            self._open(segment, **kw)
-        except BaseException:
-            if owns:
-                segment.close()
-            raise
-        return self
-
-    @classmethod
-    def attach(cls, name: str) -> Self:
-        """Open the object another process created with ``name=``.
-
-        ``FileNotFoundError`` if there is none; :class:`procwire.SegmentError`
-        if the name holds something else.
-        """
-        return cls._from_segment(Segment.attach_named(name))
-
-    def close(self) -> None:
-        """Release this process's handle (the creator also removes the name)."""
-        self._close()
-        if self._owns_segment:
-            self._segment.close()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        handle = self._segment.reduce_handle(type(self).__name__)
-        return (_rebuild, (type(self), handle, self._owns_segment))
-
-    def __repr__(self) -> str:
-        try:
-            state = " ".join(f"{k}={v}" for k, v in self.statistics().items())
-        except ValueError:
-            state = "closed"
-        return f"<procwire.{type(self).__name__} {self._display} {state}>"
-
-    def statistics(self) -> dict[str, Any]:
+    def _counters(self) -> dict[str, Any]:
         return self._stats()
 
-
-def _rebuild(cls: type[_Shared], handle: tuple[str, object], owns: bool = True) -> Any:
-    # An embedded lock re-opens its container's segment and owns that mapping.
-    return cls._from_segment(Segment.from_handle(handle))
+    def _create_sync(self, name: str | None, params: dict[str, Any] | None = None,
+                     **state: Any) -> None:
+        """Create a segment of this primitive's kind (``sync_init(**params)``), open it."""
+        kind, params = self._kind, params or {}
+        self._create(name, _core.sync_size(kind),
+                     lambda buf: _core.sync_init(buf, kind, **params), **state)
 
 
 # ---------------------------------------------------------------- locks
 
 
-class Lock(_Shared, _core.Lock):
+class Lock(_SyncObject[LockStatistics], _core.Lock):
     """A non-recursive lock, like ``multiprocessing.Lock``.
 
     ``acquire(block=True, timeout=None) -> bool``, ``release()``, and the
@@ -204,38 +137,26 @@ class Lock(_Shared, _core.Lock):
     """
 
     _label = "Lock"
+    _statistics_type = LockStatistics
     _recursive = False
     _kind = _core.KIND_LOCK
 
     def __init__(self, *, ctx: object = None, name: str | None = None) -> None:
-        self._open(_new_segment(self._kind, self._label, name))
+        self._create_sync(name)
 
-    def _open(self, segment: Segment, **kw: Any) -> None:
-        self._segment = segment
-        _core.Lock.__init__(self, segment.buffer, self._display_for(segment.name),
+    def _bind(self, **state: Any) -> None:
+        _core.Lock.__init__(self, self._segment.buffer, self._describe(),
                             recursive=self._recursive)
 
-    def statistics(self) -> dict[str, Any]:
-        """holder_pid/holder_tid (None/0 when free), locked, depth, waiters,
-        contended, owner_died, owner_deaths."""
-        s: dict[str, Any] = self._stats()
-        tid = s["holder_tid"]
-        s["holder_pid"] = _tgid_of(tid) if tid else None
-        return s
-
-    def __repr__(self) -> str:
-        try:
-            s = self.statistics()
-        except ValueError:
-            return f"<procwire.{type(self).__name__} {self._display} closed>"
-        if not s["locked"]:
+    def _repr_state(self) -> str:
+        s = self.statistics()
+        if not s.locked:
             owner = "None"
         elif self._is_mine():
             owner = "this thread"
         else:
-            owner = f"pid {s['holder_pid']} tid {s['holder_tid']}"
-        died = " owner_died" if s["owner_died"] else ""
-        return f"<procwire.{type(self).__name__} {self._display} owner={owner}{died}>"
+            owner = f"pid {s.holder_pid} tid {s.holder_tid}"
+        return f"owner={owner}" + (" owner_died" if s.owner_died else "")
 
 
 class RLock(Lock):
@@ -255,7 +176,7 @@ class RLock(Lock):
 # ---------------------------------------------------------- semaphores
 
 
-class Semaphore(_Shared, _core.Semaphore):
+class Semaphore(_SyncObject[SemaphoreStatistics], _core.Semaphore):
     """A counting semaphore, like ``multiprocessing.Semaphore``.
 
     ``acquire(block=True, timeout=None) -> bool``, ``release()``,
@@ -265,23 +186,19 @@ class Semaphore(_Shared, _core.Semaphore):
     """
 
     _label = "Semaphore"
+    _statistics_type = SemaphoreStatistics
     _kind = _core.KIND_SEMAPHORE
-
-    def __init__(self, value: int = 1, *, ctx: object = None, name: str | None = None) -> None:
-        value = self._check_value(value)
-        self._open(_new_segment(self._kind, self._label, name, value=value,
-                                bounded=self._bounded))
-
     _bounded = False
 
-    def _open(self, segment: Segment, **kw: Any) -> None:
-        self._segment = segment
-        _core.Semaphore.__init__(self, segment.buffer, self._display_for(segment.name))
+    def __init__(self, value: int = 1, *, ctx: object = None, name: str | None = None) -> None:
+        self._create_sync(name, {"value": self._check_value(value), "bounded": self._bounded})
+
+    def _bind(self, **state: Any) -> None:
+        _core.Semaphore.__init__(self, self._segment.buffer, self._describe())
         if bool(self._stats()["bounded"]) != self._bounded:
             actual = "a BoundedSemaphore" if self._stats()["bounded"] else "a Semaphore"
             self._close()
-            raise SegmentError(f"{self._display_for(segment.name)} is {actual}, not a "
-                               f"{type(self).__name__}")
+            raise SegmentError(f"{self._describe()} is {actual}, not a {type(self).__name__}")
 
     @staticmethod
     def _check_value(value: int) -> int:
@@ -293,13 +210,9 @@ class Semaphore(_Shared, _core.Semaphore):
             raise OverflowError(f"semaphore value must be at most {_SEM_VALUE_MAX}")
         return value
 
-    def __repr__(self) -> str:
-        try:
-            value = self.get_value()
-        except ValueError:
-            return f"<procwire.{type(self).__name__} {self._display} closed>"
-        extra = f", maxvalue={self._maxvalue}" if self._maxvalue else ""
-        return f"<procwire.{type(self).__name__} {self._display} value={value}{extra}>"
+    def _repr_state(self) -> str:
+        value = self.get_value()
+        return f"value={value}" + (f", maxvalue={self._maxvalue}" if self._maxvalue else "")
 
 
 class BoundedSemaphore(Semaphore):
@@ -313,7 +226,7 @@ class BoundedSemaphore(Semaphore):
 # --------------------------------------------------------------- event
 
 
-class Event(_Shared, _core.Event):
+class Event(_SyncObject[EventStatistics], _core.Event):
     """An event flag, like ``multiprocessing.Event``: ``set()``, ``clear()``,
     ``is_set()``, ``wait(timeout=None) -> bool``.
 
@@ -324,14 +237,14 @@ class Event(_Shared, _core.Event):
     """
 
     _label = "Event"
+    _statistics_type = EventStatistics
     _kind = _core.KIND_EVENT
 
     def __init__(self, *, ctx: object = None, name: str | None = None) -> None:
-        self._open(_new_segment(self._kind, self._label, name))
+        self._create_sync(name)
 
-    def _open(self, segment: Segment, **kw: Any) -> None:
-        self._segment = segment
-        _core.Event.__init__(self, segment.buffer, self._display_for(segment.name))
+    def _bind(self, **state: Any) -> None:
+        _core.Event.__init__(self, self._segment.buffer, self._describe())
 
     def __repr__(self) -> str:
         # multiprocessing's format (its test suite checks it), plus the name.
@@ -346,7 +259,7 @@ class Event(_Shared, _core.Event):
 # ----------------------------------------------------------- condition
 
 
-class Condition(_Shared, _core.Condition):
+class Condition(_SyncObject[ConditionStatistics], _core.Condition):
     """A condition variable, like ``multiprocessing.Condition``.
 
     ``Condition(lock=None)``: with no lock it uses its own RLock, kept in the
@@ -358,6 +271,7 @@ class Condition(_Shared, _core.Condition):
     """
 
     _label = "Condition"
+    _statistics_type = ConditionStatistics
     _kind = _core.KIND_CONDITION
 
     def __init__(self, lock: Lock | None = None, *, ctx: object = None,
@@ -378,16 +292,13 @@ class Condition(_Shared, _core.Condition):
                             f"procwire.RLock(), or the get_lock() of a procwire Value/Array), "
                             f"not a {kind}: a procwire Condition's waiters sleep in shared "
                             f"memory beside the lock, so create the lock with procwire too")
-        segment = _new_segment(self._kind, self._label, name, lock_mode=mode,
-                               lock_name=lock_name)
-        self._open(segment, lock=lock)
+        self._create_sync(name, {"lock_mode": mode, "lock_name": lock_name}, lock=lock)
 
-    def _open(self, segment: Segment, lock: Lock | None = None, **kw: Any) -> None:
-        self._segment = segment
-        _core.Condition.__init__(self, segment.buffer, self._display_for(segment.name))
+    def _bind(self, lock: Lock | None = None, **state: Any) -> None:
+        _core.Condition.__init__(self, self._segment.buffer, self._describe())
         mode, lock_name = self._lock_info()
         if mode == _core.LOCKMODE_EMBEDDED:
-            lock = RLock._from_segment(segment, owns=False)
+            lock = RLock._from_segment(self._segment, owns=False)
         elif lock is None and mode == _core.LOCKMODE_NAMED:
             lname = lock_name.decode()
             kind = _attached_kind(lname)
@@ -396,17 +307,15 @@ class Condition(_Shared, _core.Condition):
             lock = (Lock if kind == "lock" else RLock).attach(lname)
         elif lock is None:
             self._close()
-            raise SegmentError(f"{self._display} uses an anonymous lock, so it can only be "
+            raise SegmentError(f"{self._describe()} uses an anonymous lock, so it can only be "
                                f"passed to child processes, not attached by name")
         self._lock = lock
         self.acquire = lock.acquire
         self.release = lock.release
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        handle = self._segment.reduce_handle(type(self).__name__)
+    def _pickle_state(self) -> dict[str, Any]:
         mode, _ = self._lock_info()
-        lock = None if mode == _core.LOCKMODE_EMBEDDED else self._lock
-        return (_rebuild_condition, (type(self), handle, lock))
+        return {"lock": None if mode == _core.LOCKMODE_EMBEDDED else self._lock}
 
     def __enter__(self) -> bool:
         return self._lock.__enter__()
@@ -463,10 +372,8 @@ class Condition(_Shared, _core.Condition):
         """Wake every waiter. The caller must hold the lock."""
         self.notify(2**31 - 1)
 
-    def statistics(self) -> dict[str, Any]:
-        s: dict[str, Any] = self._stats()
-        s["lock"] = self._lock.statistics()
-        return s
+    def _counters(self) -> dict[str, Any]:
+        return {**self._stats(), "lock": self._lock.statistics()}
 
     # multiprocessing's Condition is built of three semaphores, and its test
     # suite (_TestCondition.check_invariant) reads them to check that no
@@ -493,18 +400,6 @@ class _CountView:
         self.get_value = read
 
 
-def _rebuild_condition(cls: type[Condition], handle: tuple[str, object],
-                       lock: Lock | None) -> Condition:
-    segment = Segment.from_handle(handle)
-    self = cls.__new__(cls)
-    try:
-        self._open(segment, lock=lock)
-    except BaseException:
-        segment.close()
-        raise
-    return self
-
-
 def _attached_kind(name: str) -> str:
     seg = Segment.attach_named(name)
     try:
@@ -516,7 +411,7 @@ def _attached_kind(name: str) -> str:
 # ------------------------------------------------------------- barrier
 
 
-class Barrier(_Shared, _core.Barrier):
+class Barrier(_SyncObject[BarrierStatistics], _core.Barrier):
     """A barrier for ``parties`` processes, like ``multiprocessing.Barrier``.
 
     ``wait(timeout=None) -> int`` (an index in ``range(parties)``),
@@ -530,6 +425,7 @@ class Barrier(_Shared, _core.Barrier):
     """
 
     _label = "Barrier"
+    _statistics_type = BarrierStatistics
     _kind = _core.KIND_BARRIER
 
     def __init__(self, parties: int, action: Callable[[], Any] | None = None,
@@ -544,19 +440,14 @@ class Barrier(_Shared, _core.Barrier):
         if action is not None and not callable(action):
             raise TypeError("action must be callable or None")
         timeout_ns = -1 if timeout is None else max(0, int(float(timeout) * 1e9))
+        self._create_sync(name, {"parties": parties, "timeout_ns": timeout_ns}, action=action)
+
+    def _bind(self, action: Callable[[], Any] | None = None, **state: Any) -> None:
         self._action = action
-        self._open(_new_segment(self._kind, self._label, name, parties=parties,
-                                timeout_ns=timeout_ns))
+        _core.Barrier.__init__(self, self._segment.buffer, self._describe())
 
-    def _open(self, segment: Segment, **kw: Any) -> None:
-        if not hasattr(self, "_action"):
-            self._action = None
-        self._segment = segment
-        _core.Barrier.__init__(self, segment.buffer, self._display_for(segment.name))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        handle = self._segment.reduce_handle(type(self).__name__)
-        return (_rebuild_barrier, (type(self), handle, self._action))
+    def _pickle_state(self) -> dict[str, Any]:
+        return {"action": self._action}
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait until all parties have called wait(); BrokenBarrierError if
@@ -577,15 +468,3 @@ class Barrier(_Shared, _core.Barrier):
     @property
     def broken(self) -> bool:
         return bool(self._stats()["broken"])
-
-
-def _rebuild_barrier(cls: type[Barrier], handle: tuple[str, object], action: Any) -> Barrier:
-    self = cls.__new__(cls)
-    self._action = action
-    segment = Segment.from_handle(handle)
-    try:
-        self._open(segment)
-    except BaseException:
-        segment.close()
-        raise
-    return self

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -65,3 +66,26 @@ def test_plot_without_matplotlib_is_one_clear_line(tmp_path):
     assert out.returncode == 1
     assert out.stderr.strip() == ("procwire: error: --plot needs matplotlib: "
                                   "pip install 'procwire[plot]'")
+
+
+# What importing the library must not load: the command's dependencies (click,
+# rich) and the optional back ends' (numpy, redis). Only the command imports them.
+_HEAVY = ("click", "rich", "numpy", "redis")
+
+
+@pytest.mark.parametrize("modules", [
+    "procwire",
+    "procwire, procwire.queue, procwire.pipe, procwire.sync, procwire.shared, "
+    "procwire.stats, procwire.objects, procwire.connection, procwire.context",
+])
+def test_importing_the_library_loads_no_command_or_back_end_dependency(modules):
+    # A fresh interpreter: this one has pytest's imports (and the command's) loaded.
+    code = (f"import sys; import {modules}; "
+            f"print([m for m in sys.modules if m.split('.')[0] in {_HEAVY!r}])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    cli = subprocess.run([sys.executable, "-c", "import sys, procwire.cli; "
+                          "print(all(m in sys.modules for m in ('click', 'rich')))"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert cli.stdout.strip() == "True"  # the command itself does load them

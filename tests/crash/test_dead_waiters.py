@@ -77,7 +77,7 @@ def test_a_killed_getter_is_not_counted_and_puts_stop_waking(ctx, cls):
     q = cls()
     try:
         p = _start_blocked(ctx, _get, (q,), q.statistics, "consumers_waiting")
-        wakes = q.statistics().get("wake_syscalls")
+        wakes = q.statistics().wake_syscalls
         _kill(p)
         for i in range(OPS):
             q.put(i)
@@ -95,7 +95,7 @@ def test_a_killed_putter_is_not_counted_and_gets_stop_waking(ctx):
     try:
         q.put("full")
         p = _start_blocked(ctx, _put, (q,), q.statistics, "producers_waiting")
-        wakes = q.statistics().get("wake_syscalls")
+        wakes = q.statistics().wake_syscalls
         _kill(p)
         assert q.get() == "full"
         for i in range(OPS):
@@ -113,7 +113,7 @@ def test_a_killed_joiner_is_not_counted_and_task_done_stops_waking(ctx):
     try:
         q.put_many(range(OPS + 1))
         p = _start_blocked(ctx, _join, (q,), q.statistics, "joiners_waiting")
-        wakes = q.statistics().get("wake_syscalls")
+        wakes = q.statistics().wake_syscalls
         _kill(p)
         for _ in range(OPS):
             q.task_done()
@@ -190,7 +190,7 @@ def test_a_killed_event_waiter_is_not_counted_and_set_stops_waking(ctx):
     ev = procwire.Event()
     try:
         p = _start_blocked(ctx, _event_wait, (ev,), ev.statistics)
-        wakes = ev.statistics().get("wake_syscalls")
+        wakes = ev.statistics().wake_syscalls
         _kill(p)
         for _ in range(OPS):
             ev.set()
@@ -206,7 +206,7 @@ def test_a_killed_semaphore_waiter_is_not_counted_and_release_stops_waking(ctx):
     sem = procwire.Semaphore(0)
     try:
         p = _start_blocked(ctx, _sem_acquire, (sem,), sem.statistics)
-        wakes = sem.statistics().get("wake_syscalls")
+        wakes = sem.statistics().wake_syscalls
         _kill(p)
         for _ in range(OPS):
             sem.release()
@@ -222,7 +222,7 @@ def test_a_killed_condition_waiter_is_not_counted_and_notify_stops_waking(ctx):
     cond = procwire.Condition()
     try:
         p = _start_blocked(ctx, _cond_wait, (cond,), cond.statistics)
-        wakes = cond.statistics().get("wake_syscalls")
+        wakes = cond.statistics().wake_syscalls
         _kill(p)
         for _ in range(OPS):
             with cond:
@@ -364,7 +364,7 @@ def test_a_killed_receiver_is_not_counted_and_send_stops_signalling(ctx):
     a, b = procwire.Pipe()
     try:
         p = _start_blocked(ctx, _recv, (b,), b.statistics, "receivers_waiting")
-        wakes = b.statistics().get("wake_syscalls")
+        wakes = b.statistics().wake_syscalls
         _kill(p)
         for i in range(OPS):
             a.send(i)

@@ -161,7 +161,7 @@ def test_random_kills_of_sleepers_leave_no_phantom_waiter(kind, capsys):
     # Read before the chaos: statistics() reaps dead sleepers itself, and the
     # point below is that the wakers do it on their own. The workers only wait,
     # so nothing makes a wake-up system call meanwhile.
-    before = stats().get("wake_syscalls", 0)
+    before = stats().wake_syscalls
     try:
         for p in workers:
             p.start()

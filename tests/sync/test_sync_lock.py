@@ -145,7 +145,7 @@ def test_statistics_and_repr(lock_cls):
     s = lock.statistics()
     for key in ("holder_pid", "holder_tid", "locked", "waiters", "owner_died", "owner_deaths",
                 "contended", "depth"):
-        assert key in s
+        assert hasattr(s, key)
     assert "owner=None" in repr(lock)
     with lock:
         assert "owner=this thread" in repr(lock)

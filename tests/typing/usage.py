@@ -40,7 +40,8 @@ reveal_type(q.get_nowait())  # R: int
 reveal_type(q.get_many(max_messages=8))  # R: list[int]
 reveal_type(q.qsize())  # R: int
 reveal_type(q.empty())  # R: bool
-reveal_type(q.statistics())  # R: dict[str, int]
+reveal_type(q.statistics())  # R: procwire.stats.QueueStatistics
+reveal_type(q.statistics().messages)  # R: int
 q.put("one")  # E: arg-type
 q.put_many(["one"])  # E: list-item
 q.get(timeout="soon")  # E: arg-type

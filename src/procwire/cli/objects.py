@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from procwire import objects
+from procwire import objects, stats
 from procwire.cli import fail, main
 from procwire.objects import Entry
 
@@ -46,36 +46,35 @@ def _size(n: float) -> str:
 
 def _fill(e: Entry) -> str:
     """What the object holds now, in a few words."""
-    i = e.info
+    s = e.statistics
     if e.state != "ok":
         return ""
-    if e.kind == "queue":
-        cap = f" / {_size(i['capacity'])}"
-        limit = f" (max {i['maxsize']})" if i["maxsize"] else ""
-        return f"{i['messages']} msg{limit}, {_size(i['bytes_used'])}{cap}"
-    if e.kind in ("lock", "rlock"):
-        return _lock_state(i)
-    if e.kind == "semaphore":
-        return f"value {i['value']}" + (f" of {i['maxvalue']}" if i["bounded"] else "")
-    if e.kind == "event":
-        return "set" if i["is_set"] else "clear"
-    if e.kind == "barrier":
-        return ("broken" if i["broken"] else
-                f"{i['n_waiting']}/{i['parties']} arrived, trip {i['generation']}")
-    if e.kind == "condition":
-        return f"{i['notifies']} notifies"
-    if e.kind in ("value", "array"):
-        shape = "" if e.kind == "value" else f"[{i['length']}]"
-        lock = i["lock_mode"] if i["lock_mode"] != "embedded" else _lock_state(i["lock"])
-        return f"{i['typecode'] or 'ctypes'}{shape}, lock: {lock}"
+    if isinstance(s, stats.QueueStatistics):
+        limit = f" (max {s.maxsize})" if s.maxsize else ""
+        return f"{s.messages} msg{limit}, {_size(s.bytes_used)} / {_size(s.capacity)}"
+    if isinstance(s, stats.LockStatistics):
+        return _lock_state(s)
+    if isinstance(s, stats.SemaphoreStatistics):
+        return f"value {s.value}" + (f" of {s.maxvalue}" if s.bounded else "")
+    if isinstance(s, stats.EventStatistics):
+        return "set" if s.is_set else "clear"
+    if isinstance(s, stats.BarrierStatistics):
+        return ("broken" if s.broken else
+                f"{s.n_waiting}/{s.parties} arrived, trip {s.generation}")
+    if isinstance(s, stats.ConditionStatistics):
+        return f"{s.notifies} notifies"
+    if isinstance(s, stats.SharedStatistics):
+        shape = "" if e.kind == "value" else f"[{s.length}]"
+        lock = _lock_state(s.lock) if s.lock is not None else s.lock_mode
+        return f"{s.typecode or 'ctypes'}{shape}, lock: {lock}"
     return ""
 
 
-def _lock_state(i: dict[str, Any]) -> str:
-    if i["owner_died"]:
+def _lock_state(s: stats.LockStatistics) -> str:
+    if s.owner_died:
         return "owner died"
-    if i["locked"]:
-        return f"held by tid {i['holder_tid']}" + (f" ×{i['depth']}" if i["depth"] > 1 else "")
+    if s.locked:
+        return f"held by tid {s.holder_tid}" + (f" ×{s.depth}" if s.depth > 1 else "")
     return "free"
 
 
@@ -167,7 +166,7 @@ def _rates(prev: tuple[float, Entry] | None, now: tuple[float, Entry]) -> dict[s
     dt = now[0] - prev[0]
     if dt <= 0:
         return {}
-    a, b = prev[1].info, now[1].info
+    a, b = prev[1].counters, now[1].counters
     return {label: (b[k] - a[k]) / dt for k, label in _RATE_KEYS.items()
             if k in a and k in b and isinstance(b[k], int)}
 
@@ -192,16 +191,14 @@ def _stat_view(e: Entry, rates: dict[str, float]) -> Group:
     counters = Table(box=None, pad_edge=False, header_style="bold")
     counters.add_column("counter")
     counters.add_column("value", justify="right")
-    skip = {"kind", "kind_id", "version", "total_size", "creator_pid", "created_ns",
-            "data_offset", "header_size"}
-    for key, value in e.info.items():
-        if key in skip:
-            continue
-        if isinstance(value, dict):
-            for k2, v2 in value.items():
-                counters.add_row(f"{key}.{k2}", _shown(str(v2)))
-        else:
-            counters.add_row(key, _shown(str(value)))
+    # The fields of the type's statistics() (procwire.stats), by the same names;
+    # "-" for the few that only a live object reports.
+    for key, value in e.counters.items():
+        nested = value.items() if isinstance(value, dict) else ()
+        for k2, v2 in nested:
+            counters.add_row(f"{key}.{k2}", _shown("-" if v2 is None else str(v2)))
+        if not nested:
+            counters.add_row(key, _shown("-" if value is None else str(value)))
     for label, rate in rates.items():
         counters.add_row(label, f"{rate:,.0f}")
     return Group(head, Text(""), counters)
