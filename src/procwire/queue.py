@@ -94,11 +94,11 @@ class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.QueueBase, Gener
         cap = ring_capacity(capacity, DEFAULT_CAPACITY)
 
         def layout(buffer: Any) -> None:
-            # A throw-away Ring writes the initial state; this object opens it
+            # A throw-away QueueBase writes the initial state; this object opens it
             # like any attacher (so that one _bind serves every path).
             ring = _core.QueueBase.__new__(_core.QueueBase)
             _core.QueueBase.__init__(ring, buffer, create=True, capacity=cap, maxsize=maxsize,
-                                kind=_core.KIND_QUEUE, name=self._label, **_SERIALIZER)
+                                     kind=_core.KIND_QUEUE, name=self._label, **_SERIALIZER)
             ring._release()
 
         self._create(name, _core.QueueBase._segment_size(cap), layout)
