@@ -53,6 +53,9 @@ from procwire.pool.results import BrokenPool, PoolStatistics, PoolTerminated
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"  # multiprocessing.pool's states
 BATCH_SECONDS = 0.004
+READ_AHEAD_SECONDS = 0.02  # imap's default read-ahead: this much work per worker,
+READ_AHEAD_BYTES = 16 << 20  # at most this much pickled arguments per worker,
+READ_AHEAD_MIN, READ_AHEAD_MAX = 128, 8192  # and this many tasks per worker
 HELP_SECONDS = 0.001  # how long a caller waiting for one result reads its worker's pipe
 MAX_BATCH = 4096
 INIT_FAILURE_LIMIT = 3  # consecutive workers that fail to start before the pool is broken
@@ -311,6 +314,7 @@ class LocalCore:
         self._broken: BaseException | None = None
         self._init_failures = 0
         self._avg: float | None = None  # moving average of seconds per task
+        self._avg_bytes: float | None = None  # and of bytes sent per task
         self._queued = self._done = self._failed = self._retried = 0
         self._deaths = self._started = 0
         self._sel = _Epoll()
@@ -417,12 +421,28 @@ class LocalCore:
             self._dispatch()
 
     def add_feeder(self, job: Any, func: Any, iterable: Iterable[Any], chunksize: int, kind: int,
-                   prefetch: int) -> None:
+                   prefetch: int | None) -> None:
         with self._lock:
             self.check_running()
             feeder = _Feeder(self, job, func, iter(iterable), chunksize, kind, prefetch)
             self._feeders.add(feeder)
         feeder.start()
+
+    def read_ahead(self) -> int:
+        """How many tasks imap's feeder may read ahead of the consumer, by default.
+
+        About ``READ_AHEAD_SECONDS`` of work per worker (at the measured time
+        per task), so that tiny tasks travel in large batches; but no more than
+        ``READ_AHEAD_BYTES`` of pickled arguments per worker, nor fewer than
+        ``READ_AHEAD_MIN`` or more than ``READ_AHEAD_MAX`` tasks per worker.
+        Until tasks have run, the minimum.
+        """
+        n = max(1, self._processes)
+        avg, size = self._avg, self._avg_bytes
+        if not avg or size is None:
+            return READ_AHEAD_MIN * n
+        tasks = min(READ_AHEAD_SECONDS / avg, READ_AHEAD_BYTES / max(size, 1.0))
+        return n * max(READ_AHEAD_MIN, min(READ_AHEAD_MAX, int(tasks)))
 
     def _feeder_done(self, feeder: _Feeder) -> None:
         with self._lock:
@@ -500,6 +520,8 @@ class LocalCore:
         if w.quota is not None:
             w.quota -= count
         size = len(data[0]) + sum(r.nbytes for r in data[1])
+        per = size / count
+        self._avg_bytes = per if self._avg_bytes is None else 0.7 * self._avg_bytes + 0.3 * per
         if size > PIPE_CAPACITY // 4 and (w.inflight > 1 or not w.ready):
             w.held = data  # sent by _release_held once the worker reads
             return
@@ -1138,7 +1160,7 @@ class _Feeder(threading.Thread):
     """
 
     def __init__(self, core: LocalCore, job: Any, func: Any, iterator: Any, chunksize: int,
-                 kind: int, prefetch: int) -> None:
+                 kind: int, prefetch: int | None) -> None:
         super().__init__(name="procwire-pool-feeder", daemon=True)
         self._core = core
         self._job = weakref.ref(job)
@@ -1146,7 +1168,7 @@ class _Feeder(threading.Thread):
         self._iterator = iterator
         self._chunksize = chunksize
         self._kind = kind
-        self._prefetch = prefetch
+        self._prefetch = prefetch  # None: LocalCore.read_ahead(), adapted as tasks run
         self._cond = threading.Condition(threading.Lock())
         self._submitted = 0  # tasks submitted so far
         self._stopped = False
@@ -1173,13 +1195,14 @@ class _Feeder(threading.Thread):
             job = self._job()
             if job is None:
                 return 0  # nobody will ever read the results
+            limit = self._prefetch if self._prefetch is not None else self._core.read_ahead()
             ahead: int = self._submitted - job._handed
-            if ahead <= self._prefetch // 2:
-                return self._prefetch - ahead
+            if ahead <= limit // 2:
+                return limit - ahead
             # Woken when the consumer has taken enough that half is left ahead
             # (it checks `_wake_at` after each item; re-checked here, under the
             # lock _consumed takes, so the wake-up cannot be missed).
-            job._wake_at = wake_at = self._submitted - self._prefetch // 2
+            job._wake_at = wake_at = self._submitted - limit // 2
             if job._handed < wake_at:
                 del job
                 self._cond.wait(0.5)
