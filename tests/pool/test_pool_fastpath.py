@@ -3,7 +3,6 @@ result, outcomes settled in runs, results that a reader lost."""
 from __future__ import annotations
 
 import threading
-import time
 
 import poolhelpers as h
 import pytest
@@ -78,20 +77,11 @@ def test_imap_runs_with_failures_keep_their_places():
 
 def test_imap_default_read_ahead_grows_for_tiny_tasks_and_stays_bounded():
     from procwire.pool._local import READ_AHEAD_MAX, READ_AHEAD_MIN
-    pulled = []
-
-    def gen():
-        for i in h.endless():
-            pulled.append(i)
-            yield i
-
+    pulled, gen = h.counting(h.endless())
     with procwire.Pool(2) as pool:
         assert pool._core.read_ahead() == 2 * READ_AHEAD_MIN  # nothing measured yet
-        it = pool.imap_unordered(h.sq, gen())
+        it = pool.imap_unordered(h.sq, gen)
         assert len([next(it) for _ in range(50_000)]) == 50_000
-        deadline = time.monotonic() + WAIT
-        while pool.statistics().tasks_running + pool.statistics().tasks_queued:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        h.wait_idle(pool)
         assert 2 * READ_AHEAD_MIN < pool._core.read_ahead() <= 2 * READ_AHEAD_MAX
         assert len(pulled) <= 50_000 + 2 * READ_AHEAD_MAX + 1
