@@ -56,7 +56,6 @@ BATCH_SECONDS = 0.004
 READ_AHEAD_SECONDS = 0.02  # imap's default read-ahead: this much work per worker,
 READ_AHEAD_BYTES = 16 << 20  # at most this much pickled arguments per worker,
 READ_AHEAD_MIN, READ_AHEAD_MAX = 128, 8192  # and this many tasks per worker
-HELP_SECONDS = 0.001  # how long a caller waiting for one result reads its worker's pipe
 MAX_BATCH = 4096
 INIT_FAILURE_LIMIT = 3  # consecutive workers that fail to start before the pool is broken
 PIPE_CAPACITY = 1 << 20
@@ -195,8 +194,8 @@ class _Worker:
         self.stopping = False
         self.init_error: BaseException | None = None
         self.number = number
-        # Held while reading its pipe and settling what was read: by the manager,
-        # or by a caller waiting for its own result (LocalCore.help_wait).
+        # Held while reading its pipe and settling what was read, so that the
+        # messages of one worker are settled one at a time, in order.
         self.reading = threading.Lock()
 
     def holding(self) -> int:
@@ -209,11 +208,7 @@ Batch = tuple[bytes, list[memoryview]]
 
 
 class _Epoll:
-    """The manager's epoll set: each descriptor with its data; a pipe can be muted.
-
-    A caller reading its own result from a worker's pipe mutes that pipe here
-    for the while, so that the result does not also wake the manager thread.
-    """
+    """The manager's epoll set: each descriptor with the data it stands for."""
 
     def __init__(self) -> None:
         self._ep = select.epoll()
@@ -226,10 +221,6 @@ class _Epoll:
     def unregister(self, fd: int) -> None:
         if self._data.pop(fd, _MISSING) is not _MISSING:
             self._ep.unregister(fd)
-
-    def mute(self, fd: int, muted: bool) -> None:
-        if fd in self._data:
-            self._ep.modify(fd, 0 if muted else select.EPOLLIN)
 
     def select(self) -> list[Any]:
         while True:
@@ -650,7 +641,7 @@ class LocalCore:
 
     def _flush_outbox(self) -> None:
         if self._manager_outbox:
-            with self._lock:  # a helping caller flushes too: each entry goes once
+            with self._lock:  # each entry goes once
                 outbox, self._manager_outbox = self._manager_outbox, []
             for outcome in outbox:
                 _deliver_one(*outcome)
@@ -672,72 +663,6 @@ class LocalCore:
                             pass
                     return
                 self._handle(w, data)
-
-    # ------------------------------------------------------- a waiting caller
-
-    def help_wait(self, job: Any, timeout: float | None) -> None:
-        """Called by a thread about to wait for `job` (one task): read its result here.
-
-        The thread reads the pipe of the worker holding the task itself --
-        spinning briefly with the GIL released, then sleeping in the pipe's
-        own wait -- and settles what arrives, so the result takes one
-        wake-up (worker -> caller) instead of three (worker -> manager thread
-        -> caller). It gives up after ``HELP_SECONDS`` (the manager takes over)
-        or as soon as another thread reads that pipe. Outcomes of jobs with
-        callbacks are left to the manager thread, where callbacks always run.
-        """
-        limit = HELP_SECONDS if timeout is None else min(timeout, HELP_SECONDS)
-        deadline = time.monotonic() + limit
-        while not job._event.is_set():
-            w = self._holder(job)
-            if w is None or not w.reading.acquire(blocking=False):
-                return
-            try:
-                if w.eof:
-                    return
-                conn = w.conn
-                with self._lock:
-                    if conn.closed:
-                        return
-                    fd = conn.fileno()
-                    self._sel.mute(fd, True)
-                try:
-                    data = conn.recv_bytes(timeout=max(0.0, deadline - time.monotonic()))
-                    self._handle(w, data)
-                except (TimeoutError, EOFError, OSError):
-                    return  # still running, or the worker died: the manager settles it
-                finally:
-                    with self._lock:
-                        self._sel.mute(fd, False)
-            finally:
-                w.reading.release()
-                self._flush_helped()
-
-    def _holder(self, job: Any) -> _Worker | None:
-        with self._lock:
-            for w in self._workers.values():
-                for lease in w.leases:
-                    for s in lease.spans:
-                        if s.job is job:
-                            return w
-        return None
-
-    def _flush_helped(self) -> None:
-        """Deliver what a helping caller settled; outcomes with callbacks go to the manager."""
-        if not self._manager_outbox:
-            return
-        with self._lock:
-            outbox, self._manager_outbox = self._manager_outbox, []
-        deferred = []
-        for outcome in outbox:
-            if getattr(outcome[0], "_inline", False):
-                _deliver_one(*outcome)
-            else:
-                deferred.append(outcome)
-        if deferred:
-            with self._lock:
-                self._manager_outbox[:0] = deferred
-            self._wake()
 
     def _handle(self, w: _Worker, data: bytes) -> None:
         """Settle one message from `w`. Caller holds ``w.reading``."""
@@ -812,9 +737,10 @@ class LocalCore:
     def _skip(self, w: _Worker, first: int) -> None:
         """Outcomes before stream position `first` that never reached the ledger fail. Lock held.
 
-        Only a thread interrupted (KeyboardInterrupt in a caller helping with
-        its own result) between taking a message and settling it loses one;
-        the tasks it covered ran, but their results are gone.
+        A reader interrupted between taking a message and settling it (an
+        exception in the reading thread) would lose one: the tasks it covered
+        ran, but their results are gone. The check keeps every later result
+        going to its own task.
         """
         while w.leases:
             lease = w.leases[0]
@@ -822,7 +748,7 @@ class LocalCore:
             if missing <= 0:
                 return
             error = RuntimeError("the task ran, but its result was lost: an exception "
-                                 "(KeyboardInterrupt) interrupted the thread reading it")
+                                 "interrupted the thread reading it from the worker")
             spans = lease.remaining()
             lost: list[Span] = []
             for s in spans:
@@ -857,8 +783,8 @@ class LocalCore:
 
         Everything is worked out first and committed at the end, by
         attribute stores and one list extension: an exception raised in
-        between (KeyboardInterrupt in a helping caller) leaves the ledger as
-        it was, and ``first`` of the next message shows the gap.
+        between leaves the ledger as it was, and ``first`` of the next message
+        shows the gap.
         """
         self._skip(w, first)
         if not w.leases:
