@@ -207,3 +207,9 @@ def tiny_work(i):
     for k in range(2000 + (i % 7) * 1000):
         x += k
     return i
+
+
+def boom_if_odd(x):
+    if x % 2:
+        raise ValueError(f"odd: {x}")
+    return x

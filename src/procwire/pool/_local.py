@@ -37,7 +37,7 @@ import itertools
 import multiprocessing
 import os
 import pickle
-import selectors
+import select
 import signal
 import sys
 import threading
@@ -54,6 +54,7 @@ from procwire.pool.results import BrokenPool, PoolStatistics, PoolTerminated
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"  # multiprocessing.pool's states
 BATCH_SECONDS = 0.004
+HELP_SECONDS = 0.001  # how long a caller waiting for one result reads its worker's pipe
 MAX_BATCH = 4096
 INIT_FAILURE_LIMIT = 3  # consecutive workers that fail to start before the pool is broken
 PIPE_CAPACITY = 1 << 20
@@ -166,6 +167,7 @@ class _Worker:
         "process",
         "progress",
         "quota",
+        "reading",
         "ready",
         "sent",
         "sentinel",
@@ -191,10 +193,54 @@ class _Worker:
         self.stopping = False
         self.init_error: BaseException | None = None
         self.number = number
+        # Held while reading its pipe and settling what was read: by the manager,
+        # or by a caller waiting for its own result (LocalCore.help_wait).
+        self.reading = threading.Lock()
 
     def holding(self) -> int:
         """Tasks leased to it whose outcomes have not come back."""
         return sum(lease.count - lease.got for lease in self.leases)
+
+
+class _Epoll:
+    """The manager's epoll set: each descriptor with its data; a pipe can be muted.
+
+    A caller reading its own result from a worker's pipe mutes that pipe here
+    for the while, so that the result does not also wake the manager thread.
+    """
+
+    def __init__(self) -> None:
+        self._ep = select.epoll()
+        self._data: dict[int, Any] = {}
+
+    def register(self, fd: int, data: Any) -> None:
+        self._ep.register(fd, select.EPOLLIN)
+        self._data[fd] = data
+
+    def unregister(self, fd: int) -> None:
+        if self._data.pop(fd, _MISSING) is not _MISSING:
+            self._ep.unregister(fd)
+
+    def mute(self, fd: int, muted: bool) -> None:
+        if fd in self._data:
+            self._ep.modify(fd, 0 if muted else select.EPOLLIN)
+
+    def select(self) -> list[Any]:
+        while True:
+            try:
+                ready = self._ep.poll()
+                break
+            except InterruptedError:
+                continue
+        data = self._data
+        return [data[fd] for fd, _ in ready if fd in data]
+
+    def close(self) -> None:
+        self._ep.close()
+        self._data.clear()
+
+
+_MISSING = object()
 
 
 def _detach(error: BaseException) -> BaseException:
@@ -264,9 +310,9 @@ class LocalCore:
         self._avg: float | None = None  # moving average of seconds per task
         self._queued = self._done = self._failed = self._retried = 0
         self._deaths = self._started = 0
-        self._sel = selectors.EpollSelector()
+        self._sel = _Epoll()
         self._wakefd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._sel.register(self._wakefd, selectors.EVENT_READ, None)
+        self._sel.register(self._wakefd, None)
         self._thread: threading.Thread | None = None
         self._refresh_events: list[threading.Event] = []
         self._manager_outbox: list[Any] = []
@@ -307,8 +353,8 @@ class LocalCore:
         w = _Worker(process, parent, progress, self._maxtasks, number)
         self._workers[w.sentinel] = w
         self._started += 1
-        self._sel.register(w.sentinel, selectors.EVENT_READ, ("exit", w))
-        self._sel.register(parent.fileno(), selectors.EVENT_READ, ("pipe", w))
+        self._sel.register(w.sentinel, ("exit", w))
+        self._sel.register(parent.fileno(), ("pipe", w))
 
     def _abort_start(self) -> None:
         for w in list(self._workers.values()):
@@ -542,14 +588,14 @@ class LocalCore:
             while True:
                 events = sel.select()
                 exits = []
-                for key, _ in events:
-                    if key.data is None:
+                for data in events:
+                    if data is None:
                         try:
                             os.eventfd_read(self._wakefd)
                         except BlockingIOError:
                             pass
                         continue
-                    kind, w = key.data
+                    kind, w = data
                     if kind == "pipe":
                         self._drain(w)
                     else:
@@ -577,47 +623,113 @@ class LocalCore:
             self._shutdown_manager()
 
     def _flush_outbox(self) -> None:
-        outbox = self._manager_outbox
-        if outbox:
-            self._manager_outbox = []
+        if self._manager_outbox:
+            with self._lock:  # a helping caller flushes too: each entry goes once
+                outbox, self._manager_outbox = self._manager_outbox, []
             for outcome in outbox:
                 _deliver_one(*outcome)
 
     def _drain(self, w: _Worker) -> None:
         conn = w.conn
-        while not w.eof:
-            try:
-                if not conn.poll(0):
-                    return
-                data = conn.recv_bytes()
-            except (EOFError, OSError):
-                w.eof = True
+        with w.reading:
+            while not w.eof:
                 try:
-                    self._sel.unregister(conn.fileno())
-                except (KeyError, ValueError, OSError):
-                    pass
+                    if not conn.poll(0):
+                        return
+                    data = conn.recv_bytes()
+                except (EOFError, OSError):
+                    w.eof = True
+                    with self._lock:
+                        try:
+                            self._sel.unregister(conn.fileno())
+                        except (KeyError, ValueError, OSError):
+                            pass
+                    return
+                self._handle(w, data)
+
+    # ------------------------------------------------------- a waiting caller
+
+    def help_wait(self, job: Any, timeout: float | None) -> None:
+        """Called by a thread about to wait for `job` (one task): read its result here.
+
+        The thread reads the pipe of the worker holding the task itself --
+        spinning briefly with the GIL released, then sleeping in the pipe's
+        own wait -- and settles what arrives, so the result takes one
+        wake-up (worker -> caller) instead of three (worker -> manager thread
+        -> caller). It gives up after ``HELP_SECONDS`` (the manager takes over)
+        or as soon as another thread reads that pipe. Outcomes of jobs with
+        callbacks are left to the manager thread, where callbacks always run.
+        """
+        limit = HELP_SECONDS if timeout is None else min(timeout, HELP_SECONDS)
+        deadline = time.monotonic() + limit
+        while not job._event.is_set():
+            w = self._holder(job)
+            if w is None or not w.reading.acquire(blocking=False):
                 return
-            self._handle(w, data)
+            try:
+                if w.eof:
+                    return
+                conn = w.conn
+                with self._lock:
+                    if conn.closed:
+                        return
+                    fd = conn.fileno()
+                    self._sel.mute(fd, True)
+                try:
+                    data = conn.recv_bytes(timeout=max(0.0, deadline - time.monotonic()))
+                    self._handle(w, data)
+                except (TimeoutError, EOFError, OSError):
+                    return  # still running, or the worker died: the manager settles it
+                finally:
+                    with self._lock:
+                        self._sel.mute(fd, False)
+            finally:
+                w.reading.release()
+                self._flush_helped()
+
+    def _holder(self, job: Any) -> _Worker | None:
+        with self._lock:
+            for w in self._workers.values():
+                for lease in w.leases:
+                    for s in lease.spans:
+                        if s.job is job:
+                            return w
+        return None
+
+    def _flush_helped(self) -> None:
+        """Deliver what a helping caller settled; outcomes with callbacks go to the manager."""
+        if not self._manager_outbox:
+            return
+        with self._lock:
+            outbox, self._manager_outbox = self._manager_outbox, []
+        deferred = []
+        for outcome in outbox:
+            if getattr(outcome[0], "_inline", False):
+                _deliver_one(*outcome)
+            else:
+                deferred.append(outcome)
+        if deferred:
+            with self._lock:
+                self._manager_outbox[:0] = deferred
+            self._wake()
 
     def _handle(self, w: _Worker, data: bytes) -> None:
+        """Settle one message from `w`. Caller holds ``w.reading``."""
         message = pickle.loads(data)
         tag = message[0]
         with self._lock:
-            if tag in (RESULTS, BAD_BATCH) and not w.leases:
-                return  # its tasks already failed (terminate(), a broken pool)
+            if tag in (RESULTS, BAD_BATCH):
+                self._retire(w)
+                if not w.leases:
+                    return  # its tasks already failed (terminate(), a broken pool)
             if tag == RESULTS:
-                _, batch_done, seconds, values, errors, nested = message
-                self._settle(w, values, errors, nested)
-                if batch_done:
-                    w.inflight -= 1
-                    lease = w.leases.popleft()
-                    for s in lease.spans:
-                        s.release()
-                    if lease.count and seconds > 0:
-                        per = seconds / lease.count
-                        self._avg = per if self._avg is None else 0.7 * self._avg + 0.3 * per
-                    self._release_held(w)
-                    self._dispatch()
+                _, first, seconds, values, errors, nested = message
+                self._settle(w, first, values, errors, nested)
+                lease = w.leases[0] if w.leases else None
+                if seconds is not None and lease is not None and lease.count:
+                    per = seconds / lease.count
+                    self._avg = per if self._avg is None else 0.7 * self._avg + 0.3 * per
+                self._retire(w)
             elif tag == READY:
                 w.ready = True
                 self._init_failures = 0
@@ -629,12 +741,13 @@ class LocalCore:
                 except Exception as e:
                     w.init_error = e
             elif tag == BAD_BATCH:
-                w.inflight -= 1
+                _, first, _count, payload = message
+                self._skip(w, first)
                 try:
-                    error = pickle.loads(message[1])
+                    error = pickle.loads(payload)
                 except Exception as e:
                     error = _detach(e)
-                lease = w.leases.popleft()
+                lease = w.leases[0]
                 spans = lease.remaining()
                 if lease.count == 1 and spans[0].solo:
                     self._done += 1
@@ -648,12 +761,75 @@ class LocalCore:
                         one.solo = True
                         self._backlog.appendleft(one)
                     self._queued += len(singles)
-                self._release_held(w)
-                self._dispatch()
+                lease.got = lease.count
+                self._retire(w)
 
-    def _settle(self, w: _Worker, values: list[Any], errors: list[tuple[int, bytes]],
-                nested: list[tuple[int, bytes]]) -> None:
-        """The next ``len(values)`` outcomes of `w`'s tasks go to the outbox. Lock held."""
+    def _retire(self, w: _Worker) -> None:
+        """Leases whose every outcome came back end; their worker can take more. Lock held."""
+        retired = False
+        while w.leases and w.leases[0].got == w.leases[0].count:
+            lease = w.leases.popleft()
+            w.inflight -= 1
+            for s in lease.spans:
+                s.release()
+            retired = True
+        if retired:
+            self._release_held(w)
+            self._dispatch()
+
+    def _skip(self, w: _Worker, first: int) -> None:
+        """Outcomes before stream position `first` that never reached the ledger fail. Lock held.
+
+        Only a thread interrupted (KeyboardInterrupt in a caller helping with
+        its own result) between taking a message and settling it loses one;
+        the tasks it covered ran, but their results are gone.
+        """
+        while w.leases:
+            lease = w.leases[0]
+            missing = min(first - (lease.seq + lease.got), lease.count - lease.got)
+            if missing <= 0:
+                return
+            error = RuntimeError("the task ran, but its result was lost: an exception "
+                                 "(KeyboardInterrupt) interrupted the thread reading it")
+            spans = lease.remaining()
+            lost: list[Span] = []
+            for s in spans:
+                take = min(len(s), missing - sum(map(len, lost)))
+                if take <= 0:
+                    break
+                lost.append(s.part(s.lo, s.lo + take))
+            outcomes = self._failures(lost, error)
+            self._settle_positions(lease, missing)
+            self._done += len(outcomes)
+            self._failed += len(outcomes)
+            self._manager_outbox.extend(outcomes)
+            self._retire(w)
+
+    @staticmethod
+    def _settle_positions(lease: Lease, k: int) -> None:
+        si, so = lease.si, lease.so
+        left = k
+        while left:
+            s = lease.spans[si]
+            take = min(left, len(s) - so)
+            left -= take
+            so += take
+            if so == len(s):
+                si, so = si + 1, 0
+        lease.si, lease.so, lease.got = si, so, lease.got + k
+
+    def _settle(self, w: _Worker, first: int, values: list[Any],
+                errors: list[tuple[int, bytes]], nested: list[tuple[int, bytes]]) -> None:
+        """The outcomes of tasks ``first...`` of `w`'s stream go to the outbox. Lock held.
+
+        Everything is worked out first and committed at the end, by
+        attribute stores and one list extension: an exception raised in
+        between (KeyboardInterrupt in a helping caller) leaves the ledger as
+        it was, and ``first`` of the next message shows the gap.
+        """
+        self._skip(w, first)
+        if not w.leases:
+            return
         bad: dict[int, BaseException] = {}
         for i, payload in nested:
             try:
@@ -668,38 +844,39 @@ class LocalCore:
                 e.add_note("(raised while the pool's parent unpickled this task's error)")
                 bad[i] = _detach(e)
         k = len(values)
-        self._done += k
-        self._failed += len(bad)
-        outbox = self._manager_outbox
         lease = w.leases[0]
         spans = lease.spans
+        si, so = lease.si, lease.so
+        out: list[Any] = []
         i = 0
         while i < k:
-            s = spans[lease.si]
-            lo = s.lo + lease.so
+            s = spans[si]
+            lo = s.lo + so
             take = min(k - i, s.hi - lo)
             index = s.base + lo
             run = values if take == k else values[i:i + take]
             if bad and any(i <= b < i + take for b in bad):
                 # Split the run around the failures, in order.
-                first = 0
+                start = 0
                 for j in range(take):
                     error = bad.get(i + j)
                     if error is not None:
-                        if j > first:
-                            outbox.append((s.job, index + first, True, run[first:j]))
-                        outbox.append((s.job, index + j, False, error))
-                        first = j + 1
-                if first < take:
-                    outbox.append((s.job, index + first, True, run[first:]))
+                        if j > start:
+                            out.append((s.job, index + start, True, run[start:j]))
+                        out.append((s.job, index + j, False, error))
+                        start = j + 1
+                if start < take:
+                    out.append((s.job, index + start, True, run[start:]))
             else:
-                outbox.append((s.job, index, True, run))
+                out.append((s.job, index, True, run))
             i += take
-            lease.so += take
+            so += take
             if lo + take == s.hi:
-                lease.si += 1
-                lease.so = 0
-        lease.got += k
+                si, so = si + 1, 0
+        lease.si, lease.so, lease.got = si, so, lease.got + k
+        self._done += k
+        self._failed += len(bad)
+        self._manager_outbox.extend(out)
 
     def _reap(self, w: _Worker) -> None:
         self._drain(w)  # everything it sent before it died comes first

@@ -17,19 +17,21 @@ Worker -> parent, one pickle per message:
 
 * ``(READY, pid)`` once the initializer has run;
 * ``(INIT_FAILED, exception)`` if it raised (then the worker exits);
-* ``(RESULTS, batch_done, seconds, values, errors, nested)``: the outcomes of
-  the next ``len(values)`` tasks of the worker's stream, in order (the parent
-  knows which tasks those are). ``values[i]`` is task i's value when it is
+* ``(RESULTS, first, seconds, values, errors, nested)``: the outcomes of
+  tasks ``first, first + 1, ...`` of the worker's stream (every task it was
+  sent, numbered from 0 in the order sent; the parent's ledger knows which
+  tasks those are, and checks ``first``). ``values[i]`` is the value when it is
   made only of plain built-in values (numbers, strings, bytes, None, and
   lists or tuples of them), which cannot fail to unpickle; any other value is
   pickled on its own in ``nested`` as ``(i, bytes)``, and an exception (or a
   value that cannot be pickled) in ``errors`` as ``(i, bytes)``, so that one
   that cannot be pickled here, or unpickled in the parent, fails only its own
-  task. ``batch_done`` is set on the last message of a batch; a long batch
-  sends what it has after ``FLUSH_AFTER`` seconds, so results are never held
-  back for long.
-* ``(BAD_BATCH, exception)``: the batch could not be unpickled; the parent
-  re-sends its tasks one by one to find the culprit.
+  task. ``seconds`` (the batch's running time) is set on the last message of
+  a batch, else None; a long batch sends what it has after ``FLUSH_AFTER``
+  seconds, so results are never held back for long.
+* ``(BAD_BATCH, first, count, exception)``: the batch of tasks ``first`` to
+  ``first + count - 1`` could not be unpickled; the parent re-sends them one
+  by one to find the culprit.
 
 The worker publishes, in a shared 64-bit word, how many tasks of its stream
 it has started (before each one runs): the parent reads it when the worker
@@ -153,7 +155,7 @@ def worker_main(conn: Any, progress: Any, initializer: Any, initargs: tuple[Any,
         try:
             spans = unpickler.load()
         except Exception as e:
-            send(dumps((BAD_BATCH, dump_exception(e)), _PROTOCOL))
+            send(dumps((BAD_BATCH, started, count, dump_exception(e)), _PROTOCOL))
             started += count  # none of them will run here: keep counting the stream
             published[0] = started
             continue
@@ -162,6 +164,7 @@ def worker_main(conn: Any, progress: Any, initializer: Any, initargs: tuple[Any,
         errors: list[tuple[int, bytes]] = []
         append = values.append
         start = last_flush = clock()
+        first = started  # the stream position of values[0]
         left = count
         for kind, func, flat, items in spans:
             call = _caller(kind, func, flat)
@@ -188,12 +191,13 @@ def worker_main(conn: Any, progress: Any, initializer: Any, initargs: tuple[Any,
                     step //= 2
                 if left and now - last_flush > FLUSH_AFTER:
                     nested = _set_aside(values, errors)
-                    send(dumps((RESULTS, False, 0.0, values, errors, nested), _PROTOCOL))
+                    send(dumps((RESULTS, first, None, values, errors, nested), _PROTOCOL))
+                    first += len(values)
                     values, errors = [], []
                     append = values.append
                     last_flush = now
         call = func = items = item = None  # arguments and results are not kept alive
         done += count
         nested = _set_aside(values, errors)
-        send(dumps((RESULTS, True, clock() - start, values, errors, nested), _PROTOCOL))
+        send(dumps((RESULTS, first, clock() - start, values, errors, nested), _PROTOCOL))
         del spans, values, errors, nested

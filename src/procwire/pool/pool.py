@@ -97,6 +97,7 @@ class Pool:
         """``func(*args, **kwds)`` in a worker; returns an :class:`ApplyResult`."""
         self._check_running()
         result = ApplyResult(self, callback, error_callback)
+        result._helper = self._core.help_wait
         self._core.submit(Span(result, APPLY, func, [(tuple(args), dict(kwds or {}))]))
         return result
 
