@@ -55,10 +55,14 @@ _CONNECTION_MARKER = b"multiprocessing.connection"
 _MARKER_LENGTH = len(_CONNECTION_MARKER)
 _FunctionType = types.FunctionType
 
-# A bytes object of at least this many bytes is pickled by hand (see dumps).
+# bytes objects shorter than 256 or of at least _LARGE_BYTES bytes are pickled
+# by hand (see dumps), exactly as pickle.dumps(obj, 5) pickles them.
 _LARGE_BYTES = 1 << 16
 _PROTO5_BINBYTES8 = b"\x80\x05\x8e"  # PROTO 5, BINBYTES8
 _MEMOIZE_STOP = b"\x94."
+# PROTO 5, FRAME <its length>, SHORT_BINBYTES <n>: the head of a short bytes' pickle
+_SHORT_BYTES_HEAD = [b"\x80\x05\x95" + (n + 4).to_bytes(8, "little") + b"C" + bytes((n,))
+                     for n in range(256)]
 
 
 def _dump(obj: Any, buffers: list[pickle.PickleBuffer] | None) -> bytes:
@@ -110,24 +114,33 @@ class _MessagePickler(pickle.Pickler):
         return reduce(obj)
 
 
-# Picklers not in use. A pickler serves one dump at a time: a thread switch
-# inside a reducer, or a reducer that sends a message itself, takes another.
-_idle: list[_MessagePickler] = []
+# Picklers not in use, each as (its dump, its output list, its clear_memo):
+# bound once, not looked up per message. A pickler serves one dump at a time:
+# a thread switch inside a reducer, or a reducer that sends a message itself,
+# takes another.
+_Idle = tuple[Callable[[Any], None], list[bytes], Callable[[], None]]
+_idle: list[_Idle] = []
 _join = b"".join
+
+
+def _new_pickler() -> _Idle:
+    pickler = _MessagePickler()
+    return pickler.dump, pickler.out, pickler.clear_memo
 
 
 def _dump_registered(obj: Any) -> bytes:
     try:
-        pickler = _idle.pop()
+        entry = _idle.pop()
     except IndexError:
-        pickler = _MessagePickler()
+        entry = _new_pickler()
+    dump, out, clear_memo = entry
     try:
-        pickler.dump(obj)
-        return _join(pickler.out)  # one piece (the same object) unless over 64 KiB
+        dump(obj)
+        return _join(out)  # one piece (the same object) unless over 64 KiB
     finally:
-        pickler.out.clear()
-        pickler.clear_memo()  # the memo holds the objects: let them go
-        _idle.append(pickler)
+        out.clear()
+        clear_memo()  # the memo holds the objects: let them go
+        _idle.append(entry)
 
 
 def dumps(obj: Any, protocol: int = HIGHEST) -> bytes:
@@ -138,7 +151,10 @@ def dumps(obj: Any, protocol: int = HIGHEST) -> bytes:
     this runs once per message.)
     """
     if type(obj) is bytes:  # no reducer applies to bytes
-        if len(obj) < _LARGE_BYTES:
+        n = len(obj)
+        if n < 256:  # half pickle.dumps's cost: a join instead of a new pickler
+            return _join((_SHORT_BYTES_HEAD[n], obj, _MEMOIZE_STOP))
+        if n < _LARGE_BYTES:
             return pickle.dumps(obj, HIGHEST)
         # The pickle pickle.dumps(obj, 5) means, built with one copy: pickle
         # itself regrows its buffer and takes ~10x longer for a 1 MiB bytes.

@@ -103,3 +103,9 @@ def test_an_unpicklable_message_leaves_the_next_one_intact(registered):
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         _pickle.dumps((1, lambda: None))
     assert pickle.loads(_pickle.dumps((2, "ok"))) == (2, "ok")
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 64, 255, 256, 1000, (1 << 16) - 1])
+def test_bytes_pickle_exactly_as_pickle_dumps_does(size):
+    data = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    assert _pickle.dumps(data) == pickle.dumps(data, 5)

@@ -6,6 +6,7 @@ if set, and returns ``{"value": figure, ...}``. Patterns (issue 13's goals):
 
 * Queue put/get, one message per call: procwire ``Queue`` against RPUSH/BLPOP;
 * batched 100: ``put_many``/``get_many`` against pipelined RPUSH / LPOP count;
+* the same two without an authkey (nothing signed: the MAC's share of the cost);
 * acknowledged: ``JoinableQueue`` put/get/task_done against XADD/XREADGROUP/XACK;
 * the Pool: 10k tiny tasks through one ``procwire worker``-style process of 2
   (tasks/s), and one task's round trip against a raw BLPOP round trip.
@@ -97,9 +98,9 @@ def _raw_consume(url: str, n: int, batch: int) -> None:
         got += 1
 
 
-def _pw_producer(url: str, n: int, batch: int) -> None:
+def _pw_producer(url: str, n: int, batch: int, key: bytes | None = KEY) -> None:
     import procwire.redis
-    q = procwire.redis.get_context(url, authkey=KEY).Queue(name="pw")
+    q = procwire.redis.get_context(url, authkey=key).Queue(name="pw")
     if batch:
         for i in range(0, n, batch):
             q.put_many([PAYLOAD] * min(batch, n - i))
@@ -108,9 +109,9 @@ def _pw_producer(url: str, n: int, batch: int) -> None:
             q.put(PAYLOAD)
 
 
-def _pw_consume(url: str, n: int, batch: int) -> None:
+def _pw_consume(url: str, n: int, batch: int, key: bytes | None = KEY) -> None:
     import procwire.redis
-    q = procwire.redis.get_context(url, authkey=KEY).Queue(name="pw")
+    q = procwire.redis.get_context(url, authkey=key).Queue(name="pw")
     got = 0
     while got < n:
         if batch:
@@ -120,15 +121,24 @@ def _pw_consume(url: str, n: int, batch: int) -> None:
             got += 1
 
 
-def queue_throughput(impl: str, messages: int, batch: int = 0) -> dict[str, Any]:
-    """Messages per second, one producer process to one consumer (this process)."""
+def queue_throughput(impl: str, messages: int, batch: int = 0,
+                     authkey: bool = True) -> dict[str, Any]:
+    """Messages per second, one producer process to one consumer (this process).
+
+    ``authkey=False``: procwire without a key, so nothing is signed (the
+    price of the per-message MAC is the difference)."""
+    os.environ.pop("PROCWIRE_AUTHKEY", None)
     with _server() as url:
-        producer, consume = ((_raw_producer, _raw_consume) if impl == "redis-py"
-                             else (_pw_producer, _pw_consume))
-        p = FORK.Process(target=producer, args=(url, messages, batch))
+        args: tuple[Any, ...]
+        if impl == "redis-py":
+            producer, consume, args = _raw_producer, _raw_consume, (url, messages, batch)
+        else:
+            producer, consume = _pw_producer, _pw_consume
+            args = (url, messages, batch, KEY if authkey else None)
+        p = FORK.Process(target=producer, args=args)
         t0 = time.perf_counter()
         p.start()
-        consume(url, messages, batch)
+        consume(*args)
         elapsed = time.perf_counter() - t0
         p.join(JOIN)
         if p.exitcode != 0:
@@ -265,6 +275,12 @@ def cases(scale: float = 1.0) -> list[Case]:
                         {"impl": impl, "messages": n(10_000)}, "msg/s"))
         out.append(Case("round trip (Pool task / BLPOP)", impl, W + "round_trip",
                         {"impl": impl, "trips": n(2_000)}, "µs", higher_is_better=False))
+    out.append(Case("Queue put/get, 1 msg/call, no authkey", "procwire", W + "queue_throughput",
+                    {"impl": "procwire", "messages": n(20_000), "authkey": False}, "msg/s"))
+    out.append(Case("Queue put_many/get_many of 100, no authkey", "procwire",
+                    W + "queue_throughput",
+                    {"impl": "procwire", "messages": n(500_000), "batch": 100,
+                     "authkey": False}, "msg/s"))
     out.append(Case("Pool, 10k tiny tasks, 1 worker of 2", "procwire", W + "pool_tasks",
                     {"tasks": 10_000 if scale >= 1 else n(10_000)}, "msg/s"))
     return out

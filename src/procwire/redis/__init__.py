@@ -37,7 +37,7 @@ def get_context(url: str, *, authkey: bytes | str | None = None, lease: float | 
     ``url``: ``redis://[[user]:password@]host[:port][/db]``, or ``rediss://``
     for TLS (redis-py's URL syntax, e.g. ``?ssl_ca_certs=/path/ca.pem``).
 
-    ``authkey``: every payload is signed with HMAC-SHA256 under this key, and
+    ``authkey``: every payload is signed (keyed BLAKE2b-256, a MAC) under this key, and
     a message that is unsigned or whose signature does not verify is refused,
     counted and never unpickled. Default: the ``PROCWIRE_AUTHKEY`` environment
     variable. Without either, nothing is signed: whoever can reach the Redis

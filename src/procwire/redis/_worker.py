@@ -33,6 +33,19 @@ from procwire.redis._engine import PREFIX, SLICE, Engine, identity
 
 GROUP = "w"
 
+SUBMIT = """
+-- KEYS: tasks, stats; ARGV: client, retries, job, then (chunk index, tasks in it,
+-- payload) per entry. One XADD per entry, and the submitted counter.
+local total = 0
+for i = 4, #ARGV, 3 do
+  redis.call('XADD', KEYS[1], '*', 'd', ARGV[i + 2], 'c', ARGV[1], 'j', ARGV[3],
+             'i', ARGV[i], 'n', ARGV[i + 1], 'a', 0, 'r', ARGV[2])
+  total = total + tonumber(ARGV[i + 1])
+end
+redis.call('HINCRBY', KEYS[2], 'submitted', total)
+return total
+"""
+
 _FINISH = """
 -- KEYS: tasks, results, stats, done_by; ARGV: id, result, tasks in it, consumer
 if redis.call('XACK', KEYS[1], 'w', ARGV[1]) == 1 then

@@ -22,7 +22,7 @@ class LeaseLost(ProcwireError):
 
 
 class BadSignatureWarning(RuntimeWarning):
-    """A message whose HMAC did not verify was refused (and never unpickled)."""
+    """A message whose signature did not verify was refused (and never unpickled)."""
 
 
 try:

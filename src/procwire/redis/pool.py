@@ -40,6 +40,8 @@ from procwire.redis.context import RedisContext, RedisObject
 from procwire.redis.errors import WorkerLost
 
 RUN, CLOSE, TERMINATE = "running", "closed", "terminated"
+_KEEP = 64  # results left in the in-flight list before it is emptied
+_SUBMIT_CHUNK = 1000  # entries per script call (Lua's unpack and argument limits)
 
 
 @dataclass
@@ -166,10 +168,23 @@ class Pool(RedisObject):
     # -- results -----------------------------------------------------------------------
 
     def _handle_results(self) -> None:
+        """Move each result to the in-flight list (BLMOVE) and dispatch it.
+
+        The in-flight list keeps a result whose BLMOVE reply was lost (the
+        connection dropped after Redis had moved it): ``_recover`` dispatches
+        those. Between two BLMOVEs that were answered, everything in it has been
+        dispatched, so it is emptied by one DEL every ``_KEEP`` results or when
+        idle, not by one LREM per result (a round trip off the critical path).
+        """
         e, k = self._engine, self._task_keys
         last_reclaim = 0.0
+        kept = 0  # results dispatched, still in the in-flight list
+        unsure = False  # the in-flight list may hold results not yet dispatched
         while not self._stop.is_set():
             try:
+                if unsure:
+                    self._recover()
+                    unsure, kept = False, 0
                 now = time.monotonic()
                 if now - last_reclaim > self._lease / 3:
                     _worker.reclaim(e, k)
@@ -185,18 +200,17 @@ class Pool(RedisObject):
                                     min(SLICE, self._lease / 3), "LEFT", "RIGHT")
                 got = e.call(move, what="waiting for results")
                 if got is not None:
+                    kept += 1
                     self._dispatch(got)
-                    e.call(lambda r: r.lrem(self._inflight, 1, got),  # noqa: B023 (runs now)
-                           what="results")
-                if calls > 1:
-                    self._recover()
+                if calls > 1:  # a reply was lost: something may be in flight unseen
+                    unsure = True
+                elif kept and (got is None or kept >= _KEEP):
+                    e.call(lambda r: r.delete(self._inflight), what="results")
+                    kept = 0
             except Exception:
+                unsure = True
                 if self._stop.wait(0.5):
                     return
-                try:
-                    self._recover()
-                except Exception:
-                    pass
 
     def _recover(self) -> None:
         """Results moved to the in-flight list by a BLMOVE whose reply was lost."""
@@ -244,7 +258,7 @@ class Pool(RedisObject):
     def _deliver(self, job_id: int, job: _Job, index: int, outcomes: list[tuple[bool, Any]],
                  recovering: bool) -> None:
         if index in job.seen:
-            if not recovering:  # recovering: dispatched before the reply of its LREM was lost
+            if not recovering:  # recovering: dispatched already, still in the in-flight list
                 self.duplicate_results += 1
             return
         job.seen.add(index)
@@ -268,23 +282,22 @@ class Pool(RedisObject):
             raise ValueError("Pool not running")
 
     def _submit(self, job: _Job, entries: list[tuple[int, int, Any]]) -> None:
-        """XADD every (chunk index, tasks in it, payload) in one round trip."""
+        """XADD every (chunk index, tasks in it, payload): one script, one round trip."""
         job_id = next(self._counter)
         job.left = len(entries)
         with self._jobs_lock:
             self._jobs[job_id] = job
         k = self._task_keys
-        blobs = [(i, n, self._engine.dumps(p, k.tasks)) for i, n, p in entries]
-
-        def add(r: redis.Redis) -> None:
-            pipe = r.pipeline(transaction=False)
-            for i, n, b in blobs:
-                pipe.xadd(k.tasks, {"d": b, "c": self._client, "j": job_id, "i": i, "n": n,
-                                    "a": 0, "r": self._retries})
-            pipe.hincrby(k.stats, "submitted", sum(n for _, n, _ in blobs))
-            pipe.execute()
+        blobs = self._engine.dumps_many([p for _, _, p in entries], k.tasks)
+        args: list[Any] = [self._client, self._retries, job_id]
+        for (i, n, _), blob in zip(entries, blobs):
+            args += (i, n, blob)
+        submit = self._engine.script(_worker.SUBMIT)
         try:
-            self._engine.call(add, idempotent=False, what=f"submitting to pool {self.name!r}")
+            for start in range(0, len(args) - 3, 3 * _SUBMIT_CHUNK):
+                part = args[:3] + args[3 + start:3 + start + 3 * _SUBMIT_CHUNK]
+                self._engine.call(lambda r: submit([k.tasks, k.stats], part),  # noqa: B023
+                                  idempotent=False, what=f"submitting to pool {self.name!r}")
         except BaseException:
             self._job_done(job_id)
             raise

@@ -45,6 +45,13 @@ redis.call('HINCRBY', KEYS[2], 'put', n)
 return n
 """
 
+_PUT_UNBOUNDED = """
+-- KEYS: list, stats; ARGV: items (no maxsize: one argument less to send per put)
+redis.call('RPUSH', KEYS[1], unpack(ARGV))
+redis.call('HINCRBY', KEYS[2], 'put', #ARGV)
+return #ARGV
+"""
+
 _CHUNK = 1000  # items per script call (Lua's unpack has a stack limit)
 
 
@@ -59,7 +66,12 @@ def _deadline(block: bool, timeout: float | None) -> float | None:
 
 
 def _remaining(deadline: float | None) -> float:
-    return SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
+    """Seconds a blocking command may wait now; 0 means do not block (Redis reads a
+    blocking timeout below a millisecond as 0, which is "forever")."""
+    if deadline is None:
+        return SLICE
+    left = min(SLICE, deadline - time.monotonic())
+    return left if left >= 0.001 else 0.0
 
 
 def _maxsize(maxsize: int) -> int:
@@ -88,22 +100,20 @@ class Queue(RedisObject):
     # -- put -----------------------------------------------------------------------
 
     def _push(self, blobs: list[bytes], deadline: float | None) -> int:
-        """Push as many of ``blobs`` as fit now; returns how many."""
+        """Push as many of ``blobs`` as fit now; returns how many.
+
+        One EVALSHA: RPUSH and the ``put`` counter (and, bounded, the room
+        check) in one command and one round trip."""
         e = self._engine
-        if not self._maxsize:
-            # nothing to check first: RPUSH and the counter in one round trip
-            def push(r: redis.Redis) -> int:
-                p = r.pipeline(transaction=True)
-                p.rpush(self._list, *blobs)
-                p.hincrby(self._stats, "put", len(blobs))
-                p.execute()
-                return len(blobs)
-            return e.call(push, deadline=deadline, idempotent=False,
-                          what=f"put on {self.name!r}")
-        script = e.script(_PUT)
-        return int(e.call(lambda r: script(keys=[self._list, self._stats],
-                                           args=[self._maxsize, *blobs]),
-                          deadline=deadline, idempotent=False, what=f"put on {self.name!r}"))
+        keys = [self._list, self._stats]
+        args: list[Any]
+        if self._maxsize:
+            script = e.script(_PUT)
+            args = [self._maxsize, *blobs]
+        else:
+            script, args = e.script(_PUT_UNBOUNDED), blobs
+        return int(e.call(lambda r: script(keys, args), deadline=deadline, idempotent=False,
+                          what=f"put on {self.name!r}"))
 
     def _wait_space(self, deadline: float | None) -> bool:
         wait = _remaining(deadline)
@@ -120,7 +130,6 @@ class Queue(RedisObject):
         while not self._push([blob], deadline):
             if not self._wait_space(deadline):
                 raise queue.Full
-        return None
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
@@ -133,11 +142,12 @@ class Queue(RedisObject):
         items were put.
         """
         self._check_open()
-        blobs = [self._engine.dumps(o, self._list) for o in items]
+        blobs = self._engine.dumps_many(items, self._list)
         deadline = _deadline(block, timeout)
         done = 0
         while done < len(blobs):
-            n = self._push(blobs[done:done + _CHUNK], deadline)
+            n = self._push(blobs[done:done + _CHUNK] if done or len(blobs) > _CHUNK else blobs,
+                           deadline)
             done += n
             if n == 0 and not self._wait_space(deadline):
                 err = queue.Full()
@@ -147,6 +157,7 @@ class Queue(RedisObject):
     # -- get -----------------------------------------------------------------------
 
     def _got(self, blobs: list[bytes]) -> list[Any]:
+        """The objects of the blobs taken, refused ones left out (and counted)."""
         if self._maxsize:
             # wake as many producers waiting for space as messages taken
             def tokens(r: redis.Redis) -> None:
@@ -155,14 +166,13 @@ class Queue(RedisObject):
                 p.ltrim(self._space, -self._maxsize, -1)
                 p.execute()
             self._engine.call(tokens, what=f"get on {self.name!r}")
-        out = []
-        for blob in blobs:
-            obj = self._engine.loads(blob, self._list)
-            if obj is Engine._BAD:
-                self._engine.call(lambda r: r.hincrby(self._stats, "rejected", 1),
-                                  what="counting a refused message")
-                continue
-            out.append(obj)
+        out = self._engine.loads_many(blobs, self._list)
+        bad = Engine._BAD
+        if bad in out:
+            refused = out.count(bad)
+            self._engine.call(lambda r: r.hincrby(self._stats, "rejected", refused),
+                              what="counting a refused message")
+            out = [o for o in out if o is not bad]
         return out
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
@@ -193,7 +203,10 @@ class Queue(RedisObject):
     def get_many(self, max_messages: int | None = None, block: bool = True,
                  timeout: float | None = None) -> list[Any]:
         """Up to ``max_messages`` messages (all there are if None) in one round trip,
-        waiting (as ``get``) until there is at least one."""
+        waiting (as ``get``) until there is at least one.
+
+        One BLMPOP (Redis 7) takes them, waiting if the list is empty; on an
+        older server, LPOP with a count, then BLPOP when empty."""
         self._check_open()
         if max_messages is not None and max_messages < 1:
             raise ValueError("max_messages must be >= 1 or None")
@@ -201,24 +214,34 @@ class Queue(RedisObject):
         deadline = _deadline(block, timeout)
         e = self._engine
         while True:
-            blobs = e.call(lambda r: r.lpop(self._list, count), what=f"get on {self.name!r}")
-            if blobs:
-                items = self._got(blobs)
-                if items:
-                    return items
-                continue
             wait = _remaining(deadline)
-            if wait <= 0:
-                raise queue.Empty
-            got = e.call(lambda r: r.blpop([self._list], timeout=wait),  # noqa: B023 (runs now)
-                         deadline=deadline, what=f"get on {self.name!r}")
-            if got is not None:
-                first = self._got([got[1]])
-                rest = [] if count == 1 else e.call(lambda r: r.lpop(self._list, count - 1),
-                                                    what=f"get on {self.name!r}") or []
-                items = first + (self._got(rest) if rest else [])
-                if items:
-                    return items
+            if wait > 0 and e.blmpop:
+                try:
+                    got = e.call(lambda r: r.blmpop(wait, 1, self._list,  # noqa: B023 (runs now)
+                                                    direction="LEFT", count=count),
+                                 deadline=deadline, what=f"get on {self.name!r}")
+                except redis.ResponseError as err:
+                    if "unknown command" not in str(err).lower():
+                        raise
+                    e.blmpop = False  # Redis < 7
+                    continue
+                if got is None:
+                    continue
+                blobs = got[1]
+            else:
+                blobs = e.call(lambda r: r.lpop(self._list, count),
+                               what=f"get on {self.name!r}")
+                if not blobs:
+                    if wait <= 0:
+                        raise queue.Empty
+                    got = e.call(lambda r: r.blpop([self._list], timeout=wait),  # noqa: B023
+                                 deadline=deadline, what=f"get on {self.name!r}")
+                    if got is None:
+                        continue
+                    blobs = [got[1]]
+            items = self._got(blobs)
+            if items:
+                return items
 
     # -- state -----------------------------------------------------------------------
 
@@ -493,8 +516,8 @@ class JoinableQueue(Queue):
 
     def _deliver(self, entries: list[tuple[bytes, bytes]]) -> list[Any]:
         out = []
-        for mid, blob in entries:
-            obj = self._engine.loads(blob, self._stream)
+        objs = self._engine.loads_many([blob for _, blob in entries], self._stream)
+        for (mid, blob), obj in zip(entries, objs):
             if obj is Engine._BAD:
                 self._refuse(mid, blob)
                 continue
