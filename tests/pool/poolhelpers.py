@@ -173,6 +173,13 @@ def kill_self_mid_send(nbytes):
     return b"s" * nbytes
 
 
+def kill_self_mid_send_array(nbytes):
+    """Like kill_self_mid_send, with a numpy array (whose buffer travels out of band)."""
+    import numpy as np
+    kill_self_mid_send(0)
+    return np.ones(nbytes // 8)
+
+
 def arm_kill_mid_receive(_=None):
     """Die by SIGKILL once the next (large) task is partly received."""
     conn = _my_connection()
@@ -213,3 +220,23 @@ def boom_if_odd(x):
     if x % 2:
         raise ValueError(f"odd: {x}")
     return x
+
+
+def counting(iterable):
+    """A generator over `iterable`, and the list of the items it has yielded so far."""
+    pulled = []
+
+    def gen():
+        for item in iterable:
+            pulled.append(item)
+            yield item
+
+    return pulled, gen()
+
+
+def wait_idle(pool):
+    """Wait until the pool has no task queued or running (an imap feeder has stopped)."""
+    deadline = time.monotonic() + WAIT
+    while pool.statistics().tasks_running + pool.statistics().tasks_queued:
+        assert time.monotonic() < deadline, pool.statistics()
+        time.sleep(0.01)

@@ -138,8 +138,17 @@ def test_numpy_round_trip():
     a = np.arange(1 << 17, dtype=np.float64)  # 1 MiB
     with procwire.Pool(2) as pool:
         out = pool.map(h.numpy_twice, [a] * 6, chunksize=1)
-    for b in out:
+        # Large buffers travel out of band: the results are writable arrays of
+        # their own; small and non-contiguous arrays travel in the pickle.
+        mixed = [a, a[::2], a[:10], np.asfortranarray(np.ones((512, 300)))]
+        again = pool.map(h.numpy_twice, mixed, chunksize=1)
+        chunked = pool.map(h.numpy_twice, [a] * 6, chunksize=3)
+    for b in out + chunked:
         assert (b == a * 2).all()
+    out[0][1] = -1.0  # writable, and not shared with anything else
+    assert out[1][1] == 2.0 and chunked[0][1] == 2.0
+    for got, x in zip(again, mixed, strict=True):
+        assert got.shape == x.shape and (got == x * 2).all()
 
 
 def test_initializer_and_maxtasksperchild(ctx):
@@ -223,23 +232,15 @@ def test_statistics_counts():
 
 
 def test_imap_reads_an_endless_generator_only_a_bounded_way_ahead():
-    pulled = []
-
-    def gen():
-        for i in h.endless():
-            pulled.append(i)
-            yield i
-
+    pulled, gen = h.counting(h.endless())
     with procwire.Pool(2) as pool:
-        it = pool.imap(h.sq, gen(), prefetch=50)
+        it = pool.imap(h.sq, gen, prefetch=50)
         assert [next(it) for _ in range(500)] == [i * i for i in range(500)]
         # the feeder stops at most `prefetch` chunks ahead of what was consumed
-        deadline = time.monotonic() + WAIT
-        while pool.statistics().tasks_running + pool.statistics().tasks_queued:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        h.wait_idle(pool)
         assert len(pulled) <= 500 + 50 + 1
-        it2 = pool.imap_unordered(h.sq, gen(), chunksize=10, prefetch=8)
+        _, gen2 = h.counting(h.endless())
+        it2 = pool.imap_unordered(h.sq, gen2, chunksize=10, prefetch=8)
         assert len([next(it2) for _ in range(100)]) == 100
 
 
