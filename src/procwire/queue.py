@@ -21,8 +21,9 @@ naming the capacity that would take it.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Generic
+from typing import TYPE_CHECKING, Any, Generic, Literal, overload
 
 if TYPE_CHECKING:
     # Queue() with no type argument is Queue[Any] (PEP 696 default), as
@@ -37,10 +38,11 @@ else:
     _T = TypeVar("_T")
 
 from procwire import _core, _pickle
+from procwire._loans import Loan, View
 from procwire._segment import ClosedOnExit, SegmentObject, ring_capacity
 from procwire.stats import QueueStatistics
 
-__all__ = ["DEFAULT_CAPACITY", "JoinableQueue", "Queue", "SimpleQueue"]
+__all__ = ["DEFAULT_CAPACITY", "JoinableQueue", "Loan", "Queue", "SimpleQueue", "View"]
 
 DEFAULT_CAPACITY = 4 * 1024 * 1024
 
@@ -78,7 +80,17 @@ class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.Ring, Generic[_T
     if TYPE_CHECKING:  # the native methods (_core.Ring), typed with the item type
         def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None: ...
         def put_nowait(self, obj: _T, /) -> None: ...
-        def get(self, block: bool = True, timeout: float | None = None) -> _T: ...
+        @overload
+        def get(self, block: bool = True, timeout: float | None = None, *,
+                copy: Literal[True] = True) -> _T: ...
+        @overload
+        def get(self, block: bool = True, timeout: float | None = None, *,
+                copy: Literal[False]) -> View: ...
+        @overload
+        def get(self, block: bool = True, timeout: float | None = None, *,
+                copy: bool = True) -> _T | View: ...
+        def get(self, block: bool = True, timeout: float | None = None, *,
+                copy: bool = True) -> _T | View: ...
         def get_nowait(self) -> _T: ...
         def get_many(self, block: bool = True, timeout: float | None = None,
                      max_messages: int | None = None) -> list[_T]: ...
@@ -104,8 +116,20 @@ class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.Ring, Generic[_T
         self._create(name, _core.Ring._segment_size(cap), layout)
 
     def _bind(self, **state: Any) -> None:
+        self._leases: set[Loan | View] = set()  # this handle's open loans and views
         _core.Ring.__init__(self, self._segment.buffer, create=False, capacity=0, maxsize=0,
                             kind=_core.KIND_QUEUE, name=self._describe(), **_SERIALIZER)
+
+    def close(self) -> None:
+        """Release this process's handle. Further use of it raises ValueError.
+
+        Other processes are not affected; a named queue's creator also removes
+        the name. Safe to call more than once. Open loans of this thread are
+        discarded and its views released first; RuntimeError if another
+        thread of this process holds one.
+        """
+        self._end_leases()
+        super().close()
 
     # -- multiprocessing.Queue's life-cycle methods -------------------------------
 
@@ -119,6 +143,70 @@ class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.Ring, Generic[_T
 
     def _repr_state(self) -> str:
         return f"qsize={self.qsize()}"
+
+    # -- zero-copy messages (procwire._loans) ---------------------------------------
+
+    def loan(self, nbytes: int, block: bool = True, timeout: float | None = None) -> Loan:
+        """Room for one message of ``nbytes`` bytes, to be written in place.
+
+        ::
+
+            with q.loan(frame.nbytes) as buf:          # waits for room, as put() does
+                np.copyto(np.frombuffer(buf, frame.dtype).reshape(frame.shape), frame)
+            # published here; discarded instead if the block raised
+
+        ``buf`` is a writable memoryview of the ring's shared memory: the
+        message is written once, where the reader finds it, instead of being
+        built elsewhere and copied in by ``put()``. The reader gets it as
+        ``bytes`` from ``get()``, or in place with ``get(copy=False)``. While
+        the loan is open, other producers wait; a writer killed inside it
+        publishes nothing. ``block``/``timeout`` as for ``put()`` (raises
+        ``queue.Full``); :class:`procwire.MessageTooLarge` if it can never fit.
+        """
+        if not isinstance(nbytes, int) or isinstance(nbytes, bool):
+            raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, not {nbytes}")
+        me = threading.get_ident()
+        if any(isinstance(x, Loan) and x._owner == me for x in self._leases):
+            raise RuntimeError(f"{self._describe()}: this thread has an open loan on this "
+                               "queue; publish or discard it before another")
+        offset = self._loan_begin(nbytes, block, timeout)
+        try:
+            loan = Loan(self, nbytes, offset)
+        except BaseException:
+            self._loan_abort()
+            raise
+        self._leases.add(loan)
+        return loan
+
+    def _get_view(self, block: bool, timeout: float | None) -> View:
+        """get(copy=False): the oldest message, in place (see procwire._loans.View)."""
+        me = threading.get_ident()
+        if any(isinstance(x, View) and x._owner == me for x in self._leases):
+            raise RuntimeError(f"{self._describe()}: this thread holds a view of this queue; "
+                               "release it before taking another message")
+        rtype, offset, length, copied = self._view_begin(block, timeout)
+        view = View(self, rtype, offset, length, copied)
+        if copied is None:
+            self._leases.add(view)
+        return view
+
+    _loads = staticmethod(_pickle.loads)
+
+    def _end_leases(self) -> None:
+        leases = getattr(self, "_leases", None)
+        if not leases:
+            return
+        me = threading.get_ident()
+        if any(x._owner != me for x in leases):
+            raise RuntimeError(f"{self._describe()}: another thread of this process holds a "
+                               "loan or view of it; end that first")
+        for x in list(leases):
+            if isinstance(x, Loan):
+                x.discard()
+            else:
+                x.release()
 
     def put_many(self, items: Iterable[_T], block: bool = True,
                  timeout: float | None = None) -> None:

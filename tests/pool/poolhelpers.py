@@ -173,6 +173,13 @@ def kill_self_mid_send(nbytes):
     return b"s" * nbytes
 
 
+def kill_self_mid_send_array(nbytes):
+    """Like kill_self_mid_send, with a numpy array (whose buffer travels out of band)."""
+    import numpy as np
+    kill_self_mid_send(0)
+    return np.ones(nbytes // 8)
+
+
 def arm_kill_mid_receive(_=None):
     """Die by SIGKILL once the next (large) task is partly received."""
     conn = _my_connection()

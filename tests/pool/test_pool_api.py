@@ -138,8 +138,17 @@ def test_numpy_round_trip():
     a = np.arange(1 << 17, dtype=np.float64)  # 1 MiB
     with procwire.Pool(2) as pool:
         out = pool.map(h.numpy_twice, [a] * 6, chunksize=1)
-    for b in out:
+        # Large buffers travel out of band: the results are writable arrays of
+        # their own; small and non-contiguous arrays travel in the pickle.
+        mixed = [a, a[::2], a[:10], np.asfortranarray(np.ones((512, 300)))]
+        again = pool.map(h.numpy_twice, mixed, chunksize=1)
+        chunked = pool.map(h.numpy_twice, [a] * 6, chunksize=3)
+    for b in out + chunked:
         assert (b == a * 2).all()
+    out[0][1] = -1.0  # writable, and not shared with anything else
+    assert out[1][1] == 2.0 and chunked[0][1] == 2.0
+    for got, x in zip(again, mixed, strict=True):
+        assert got.shape == x.shape and (got == x * 2).all()
 
 
 def test_initializer_and_maxtasksperchild(ctx):

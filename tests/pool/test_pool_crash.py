@@ -141,6 +141,19 @@ def test_worker_killed_while_sending_a_large_result():
         assert pool.statistics().worker_deaths == 1
 
 
+def test_worker_killed_while_sending_a_large_array():
+    # The array's buffer follows its message: the worker dies between the two
+    # or in the middle of the buffer, and the task fails alone.
+    pytest.importorskip("numpy")
+    with procwire.Pool(1) as pool:
+        r = pool.apply_async(h.kill_self_mid_send_array, (64 << 20,))
+        with pytest.raises(WorkerLost) as info:
+            r.get(WAIT)
+        assert info.value.signal == "SIGKILL"
+        assert pool.apply(h.sq, (9,)) == 81
+        assert pool.statistics().worker_deaths == 1
+
+
 def test_worker_killed_while_taking_a_large_task():
     data = b"d" * (32 << 20)
     with procwire.Pool(1) as pool:

@@ -44,7 +44,10 @@ reveal_type(q.statistics())  # R: procwire.stats.QueueStatistics
 reveal_type(q.statistics().messages)  # R: int
 q.put("one")  # E: arg-type
 q.put_many(["one"])  # E: list-item
-q.get(timeout="soon")  # E: arg-type
+q.get(timeout="soon")  # E: call-overload
+reveal_type(q.get(copy=False))  # R: procwire._loans.View
+with q.loan(8) as buf:
+    reveal_type(buf)  # R: memoryview[int]
 
 untyped = Queue()  # no annotation needed: Queue() is Queue[Any]
 reveal_type(untyped)  # R: procwire.queue.Queue[Any]

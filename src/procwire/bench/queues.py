@@ -182,7 +182,9 @@ IMPLS: dict[str, Any] = {"procwire": _Procwire, "multiprocessing": _Multiprocess
 # -- workloads ----------------------------------------------------------------------
 
 def _producer(impl: Any, payload: Any, n: int, batch: int, sentinels: int, ready: Any,
-              go: Any, finished: Any) -> None:
+              go: Any, finished: Any, cpu: int | None = None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     ready.wait()  # every consumer has bound (pyzmq) before any producer connects
     q = impl.endpoint("producer")
     go.wait()
@@ -203,7 +205,9 @@ def _producer(impl: Any, payload: Any, n: int, batch: int, sentinels: int, ready
         q.flush()
 
 
-def _consumer(impl: Any, batch: int, ready: Any, go: Any) -> None:
+def _consumer(impl: Any, batch: int, ready: Any, go: Any, cpu: int | None = None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     q = impl.endpoint("consumer")
     ready.wait()
     go.wait()
@@ -220,8 +224,18 @@ def _consumer(impl: Any, batch: int, ready: Any, go: Any) -> None:
 
 
 def throughput(impl: str, payload: str, messages: int, producers: int = 1,
-               consumers: int = 1, batch: int = 0) -> dict[str, Any]:
-    """Messages per second from `producers` to `consumers` processes."""
+               consumers: int = 1, batch: int = 0, split: bool = False) -> dict[str, Any]:
+    """Messages per second from `producers` to `consumers` processes.
+
+    ``split``: consumers pinned to the first CPU and producers to the second,
+    so that the two sides always run at the same time (unpinned, the
+    scheduler sometimes puts both on one CPU, which halves large-message
+    rates: the two copies then take turns).
+    """
+    cons_cpu: int | None = None
+    prod_cpu: int | None = None
+    if split:
+        cons_cpu, prod_cpu = two_cpus()
     adapter = IMPLS[impl](big=PAYLOAD_BYTES[payload] >= MiB)
     if batch and adapter.put_many is None:
         raise SystemExit(f"{impl} has no batch API")
@@ -232,10 +246,11 @@ def throughput(impl: str, payload: str, messages: int, producers: int = 1,
     own_sentinels = consumers if producers == 1 else 0
     ready = FORK.Barrier(producers + consumers + 1)
     go, finished = FORK.Event(), FORK.Event()
-    cons = [FORK.Process(target=_consumer, args=(adapter, batch, ready, go))
+    cons = [FORK.Process(target=_consumer, args=(adapter, batch, ready, go, cons_cpu))
             for _ in range(consumers)]
     prods = [FORK.Process(target=_producer,
-                          args=(adapter, obj, per, batch, own_sentinels, ready, go, finished))
+                          args=(adapter, obj, per, batch, own_sentinels, ready, go, finished,
+                                prod_cpu))
              for _ in range(producers)]
     faults0 = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
     for p in cons + prods:  # consumers first: pyzmq's receivers must bind first
@@ -321,6 +336,83 @@ def round_trip(impl: str, trips: int, pin: list[int] | None = None,
             "p99": us[len(us) * 99 // 100]}
 
 
+def _loan_producer(q: Any, size: int, n: int, mode: str, go: Any) -> None:
+    import numpy as np
+    frame: Any = np.arange(size // 8, dtype=np.float64)
+    go.wait()
+    if mode == "loan":
+        for _ in range(n):
+            with q.loan(size) as buf:
+                np.copyto(np.frombuffer(buf, np.float64), frame)
+    else:
+        for _ in range(n):
+            q.put(frame)
+    q.put(None)
+
+
+def loaned(mode: str, size: int, messages: int) -> dict[str, Any]:
+    """Numpy frames of `size` bytes, 1→1, GB/s of frames delivered.
+
+    ``mode="loan"``: the producer copies each frame into a loan (one copy,
+    straight into shared memory) and the consumer takes it with
+    ``get(copy=False)`` as a read-only array over the ring, reads its first
+    and last element and releases it (no copy). ``mode="put"``: ``put(frame)``
+    and ``get()`` (one copy in, one copy out). The same frames either way.
+    """
+    import numpy as np
+
+    import procwire
+    q = procwire.Queue(capacity=max(64 * MiB, 8 * size))
+    go = FORK.Event()
+    p = FORK.Process(target=_loan_producer, args=(q, size, messages, mode, go))
+    p.start()
+    last = float(size // 8 - 1)
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t0 = time.perf_counter()
+    go.set()
+    got = 0
+    if mode == "loan":
+        while True:
+            with q.get(copy=False) as v:
+                if v is None:
+                    break
+                arr = np.frombuffer(v, np.float64)
+                if arr[0] != 0.0 or arr[-1] != last:
+                    raise SystemExit("a loaned frame arrived wrong")
+                del arr
+            got += 1
+    else:
+        while (arr := q.get()) is not None:
+            if arr[0] != 0.0 or arr[-1] != last:
+                raise SystemExit("a frame arrived wrong")
+            got += 1
+    elapsed = time.perf_counter() - t0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+    p.join(JOIN)
+    q.close()
+    if p.exitcode != 0 or got != messages:
+        raise SystemExit("the producer failed")
+    return {"value": got * size / elapsed / 1e9, "msg_per_s": got / elapsed,
+            "consumer_faults_per_msg": faults / got}
+
+
+def copy_ceiling(size: int, messages: int) -> dict[str, Any]:
+    """GB/s of ``numpy.copyto`` of one `size`-byte frame into successive slots of
+    a 64 MiB buffer, in one process: the ceiling of anything that copies each
+    frame once (a loan's writer does exactly this, into the ring)."""
+    import numpy as np
+    frame: Any = np.arange(size // 8, dtype=np.float64)
+    slots = max(1, 64 * MiB // size)
+    ring = np.empty(slots * (size // 8))
+    ring[:] = 0  # fault it in first, as a long-lived queue's ring is
+    t0 = time.perf_counter()
+    for i in range(messages):
+        j = i % slots
+        np.copyto(ring[j * (size // 8):(j + 1) * (size // 8)], frame)
+    elapsed = time.perf_counter() - t0
+    return {"value": messages * size / elapsed / 1e9}
+
+
 def idle_waiter_cpu(impl: str, seconds: float = 1.0) -> dict[str, Any]:
     """CPU milliseconds a consumer burns per second blocked on an empty queue."""
     q = IMPLS[impl](big=False).endpoint("consumer")
@@ -384,6 +476,24 @@ def cases(scale: float = 1.0) -> list[Case]:
             out.append(Case(label, impl, W + "throughput",
                             {"impl": impl, "payload": payload,
                              "messages": max(50, big[impl] // 8)}, "GB/s"))
+    # The same with the two processes pinned apart: the figure without the
+    # scheduler's coin toss (both on one CPU halves it, for every transport).
+    for impl in ("procwire", "faster-fifo", "procwire Pipe"):
+        for payload, label, count in (("bytes1m", "1 MiB", big[impl]),
+                                      ("bytes8m", "8 MiB", max(50, big[impl] // 8))):
+            out.append(Case(f"{label} bytes 1→1, pinned to CPUs 0 and 1", impl,
+                            W + "throughput", {"impl": impl, "payload": payload,
+                                               "messages": count, "split": True}, "GB/s"))
+    # Zero-copy loans against put/get on the same numpy frames (issue 14, item
+    # 5): where a loan starts to pay, and what it reaches at 8 MiB.
+    for size, label in ((4096, "4 KiB"), (65536, "64 KiB"), (MiB, "1 MiB"), (8 * MiB, "8 MiB")):
+        count = max(100, n(4_000_000_000 // size) if size >= MiB else n(200_000))
+        for impl, mode in (("procwire", "loan"), ("procwire put/get", "put")):
+            out.append(Case(f"{label} numpy 1→1, loan + view (vs put/get)", impl,
+                            W + "loaned", {"mode": mode, "size": size, "messages": count},
+                            "GB/s"))
+    out.append(Case("8 MiB numpy.copyto, one process (one copy's ceiling)", "numpy",
+                    W + "copy_ceiling", {"size": 8 * MiB, "messages": n(2000)}, "GB/s"))
     trips = {"procwire": n(100_000), "multiprocessing": n(20_000), "faster-fifo": n(20_000),
              "pyzmq": n(20_000)}
     for impl in PEERS:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import io
 import itertools
 import multiprocessing
 import os
@@ -189,7 +188,7 @@ class _Worker:
         self.ready = False
         self.eof = False  # its pipe reported end-of-file: everything it sent was read
         self.unwritable = False  # a send to it failed: it is dying
-        self.held: bytes | memoryview | None = None  # a large batch waiting for it to be idle
+        self.held: Batch | None = None  # a large batch waiting for it to be idle
         self.stopping = False
         self.init_error: BaseException | None = None
         self.number = number
@@ -200,6 +199,10 @@ class _Worker:
     def holding(self) -> int:
         """Tasks leased to it whose outcomes have not come back."""
         return sum(lease.count - lease.got for lease in self.leases)
+
+
+# A batch on the wire: its message, and the out-of-band buffers that follow it.
+Batch = tuple[bytes, list[memoryview]]
 
 
 class _Epoll:
@@ -496,20 +499,19 @@ class LocalCore:
         w.inflight += 1
         if w.quota is not None:
             w.quota -= count
-        if len(data) > PIPE_CAPACITY // 4 and (w.inflight > 1 or not w.ready):
+        size = len(data[0]) + sum(r.nbytes for r in data[1])
+        if size > PIPE_CAPACITY // 4 and (w.inflight > 1 or not w.ready):
             w.held = data  # sent by _release_held once the worker reads
             return
         self._write(w, data)
 
     @staticmethod
-    def _dump_batch(spans: list[Span]) -> memoryview:
-        buf = io.BytesIO()
-        pickler = pickle.Pickler(buf, _PROTOCOL)
-        pickler.dump(sum(map(len, spans)))
-        pickler.dump([s.wire() for s in spans])
-        return buf.getbuffer()
+    def _dump_batch(spans: list[Span]) -> Batch:
+        raws: list[memoryview] = []
+        body, sizes = _worker.dumps_oob([s.wire() for s in spans], raws)
+        return pickle.dumps((sum(map(len, spans)), sizes), _PROTOCOL) + body, raws
 
-    def _pickle_batch(self, spans: list[Span]) -> memoryview | None:
+    def _pickle_batch(self, spans: list[Span]) -> Batch | None:
         try:
             return self._dump_batch(spans)
         except Exception:
@@ -538,9 +540,11 @@ class LocalCore:
             return None
         return self._dump_batch(good)
 
-    def _write(self, w: _Worker, data: Any) -> None:
+    def _write(self, w: _Worker, data: Batch) -> None:
         try:
-            w.conn.send_bytes(data)
+            w.conn.send_bytes(data[0])
+            for raw in data[1]:  # out-of-band buffers, straight from the arguments' memory
+                w.conn.send_bytes(raw)
         except (OSError, EOFError, ValueError):
             # The worker is dead or dying: its sentinel will settle the leases
             # (after the manager has read whatever it sent before it died).
@@ -717,6 +721,12 @@ class LocalCore:
         """Settle one message from `w`. Caller holds ``w.reading``."""
         message = pickle.loads(data)
         tag = message[0]
+        buffers: list[list[bytearray]] = []
+        if tag == RESULTS and message[5]:
+            try:
+                buffers = [_worker.recv_buffers(w.conn, sizes) for _, _, sizes in message[5]]
+            except (EOFError, OSError):
+                return  # it died sending them: the message is dropped, as a half-sent one
         with self._lock:
             if tag in (RESULTS, BAD_BATCH):
                 self._retire(w)
@@ -724,7 +734,7 @@ class LocalCore:
                     return  # its tasks already failed (terminate(), a broken pool)
             if tag == RESULTS:
                 _, first, seconds, values, errors, nested = message
-                self._settle(w, first, values, errors, nested)
+                self._settle(w, first, values, errors, nested, buffers)
                 lease = w.leases[0] if w.leases else None
                 if seconds is not None and lease is not None and lease.count:
                     per = seconds / lease.count
@@ -819,7 +829,8 @@ class LocalCore:
         lease.si, lease.so, lease.got = si, so, lease.got + k
 
     def _settle(self, w: _Worker, first: int, values: list[Any],
-                errors: list[tuple[int, bytes]], nested: list[tuple[int, bytes]]) -> None:
+                errors: list[tuple[int, bytes]], nested: list[tuple[int, bytes, list[int]]],
+                buffers: list[list[bytearray]]) -> None:
         """The outcomes of tasks ``first...`` of `w`'s stream go to the outbox. Lock held.
 
         Everything is worked out first and committed at the end, by
@@ -831,9 +842,10 @@ class LocalCore:
         if not w.leases:
             return
         bad: dict[int, BaseException] = {}
-        for i, payload in nested:
+        loads_with: list[list[bytearray] | None] = [*buffers] or [None] * len(nested)
+        for (i, payload, _), bufs in zip(nested, loads_with, strict=True):
             try:
-                values[i] = pickle.loads(payload)
+                values[i] = pickle.loads(payload, buffers=bufs)
             except Exception as e:
                 e.add_note("(raised while the pool's parent unpickled this task's result)")
                 bad[i] = _detach(e)
@@ -1032,7 +1044,7 @@ class LocalCore:
             if not w.stopping:
                 w.stopping = True
                 if not w.eof and not w.unwritable:
-                    self._write(w, b"")
+                    self._write(w, (b"", []))
 
     def _kill_all(self) -> None:
         workers = list(self._workers.values())

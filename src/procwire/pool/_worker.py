@@ -5,8 +5,9 @@ shared between workers, so a worker killed anywhere can only lose what it
 held itself.
 
 Parent -> worker, one message per batch of tasks: two pickles back to back,
-the number of tasks ``count`` then the spans ``[(kind, func, flat, items),
-...]``. A span is consecutive tasks of one job with one function: ``items[k]``
+``(count, sizes)`` then the spans ``[(kind, func, flat, items), ...]``,
+followed by one message per out-of-band buffer (``sizes`` are their lengths;
+see :func:`dumps_oob`). A span is consecutive tasks of one job with one function: ``items[k]``
 is one task's argument -- ``(args, kwds)`` for ``APPLY``, one item for a
 ``flat`` map (chunksize 1), a chunk (a list of items) otherwise. The count
 comes first so that a worker that cannot unpickle the spans (a class its
@@ -23,7 +24,9 @@ Worker -> parent, one pickle per message:
   tasks those are, and checks ``first``). ``values[i]`` is the value when it is
   made only of plain built-in values (numbers, strings, bytes, None, and
   lists or tuples of them), which cannot fail to unpickle; any other value is
-  pickled on its own in ``nested`` as ``(i, bytes)``, and an exception (or a
+  pickled on its own in ``nested`` as ``(i, bytes, sizes)``, its large
+  buffers following the message as messages of their own, in order; an
+  exception (or a
   value that cannot be pickled) in ``errors`` as ``(i, bytes)``, so that one
   that cannot be pickled here, or unpickled in the parent, fails only its own
   task. ``seconds`` (the batch's running time) is set on the last message of
@@ -54,6 +57,7 @@ _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 APPLY, MAP, STARMAP = range(3)
 FLUSH_AFTER = 0.005
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+OUT_OF_BAND = 1 << 16  # bytes: a buffer this large travels beside its pickle
 # Tasks run in slices between which the worker reads the clock (to flush a
 # long batch's results); a slice is sized to take about this long.
 _SLICE_SECONDS = 0.0005
@@ -76,11 +80,48 @@ def dump_exception(exc: BaseException) -> bytes:
         return pickle.dumps(MaybeEncodingError(e, exc), _PROTOCOL)
 
 
-def _set_aside(values: list[Any], errors: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+def dumps_oob(obj: Any, raws: list[memoryview]) -> tuple[bytes, list[int]]:
+    """Pickle `obj` (protocol 5) with its large contiguous buffers out of band.
+
+    A buffer of at least ``OUT_OF_BAND`` bytes (a numpy array's data, say) is
+    not copied into the pickle: it is appended to `raws`, to be sent as a
+    message of its own straight from the object's memory, and read on the
+    other side into a buffer of its own (:func:`recv_buffers`) that the
+    unpickled object uses as it is. Returns the pickle and the buffers' sizes.
+    """
+    sizes: list[int] = []
+
+    def take(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:
+            return True  # not contiguous: in band
+        if raw.nbytes < OUT_OF_BAND:
+            return True
+        raws.append(raw)
+        sizes.append(raw.nbytes)
+        return False
+
+    return pickle.dumps(obj, _PROTOCOL, buffer_callback=take), sizes
+
+
+def recv_buffers(conn: Any, sizes: list[int]) -> list[bytearray]:
+    """The out-of-band buffers that follow a message, each in a writable buffer of its own."""
+    out = []
+    for n in sizes:
+        buf = bytearray(n)
+        conn.recv_bytes_into(buf)
+        out.append(buf)
+    return out
+
+
+def _set_aside(values: list[Any], errors: list[tuple[int, bytes]],
+               raws: list[memoryview]) -> list[tuple[int, bytes, list[int]]]:
     """Pickle, each on its own, the values that are not plain; return them as ``nested``.
 
     Plain values stay in ``values`` (one pickle for all of them, which cannot
-    fail to load); the others are replaced by None there.
+    fail to load); the others are replaced by None there. Their large buffers
+    go to `raws`, to be sent after the message.
     """
     plain = _PLAIN
     if plain.issuperset(map(type, values)):
@@ -92,12 +133,24 @@ def _set_aside(values: list[Any], errors: list[tuple[int, bytes]]) -> list[tuple
             continue
         if (kind is list or kind is tuple) and plain.issuperset(map(type, v)):
             continue
+        mark = len(raws)
         try:
-            nested.append((i, pickle.dumps(v, _PROTOCOL)))
+            payload, sizes = dumps_oob(v, raws)
+            nested.append((i, payload, sizes))
         except Exception as e:
+            del raws[mark:]
             errors.append((i, pickle.dumps(MaybeEncodingError(e, v), _PROTOCOL)))
         values[i] = None
     return nested
+
+
+def _send_results(send: Any, first: int, seconds: float | None, values: list[Any],
+                  errors: list[tuple[int, bytes]]) -> None:
+    raws: list[memoryview] = []
+    nested = _set_aside(values, errors, raws)
+    send(pickle.dumps((RESULTS, first, seconds, values, errors, nested), _PROTOCOL))
+    for raw in raws:
+        send(raw)
 
 
 def _caller(kind: int, func: Any, flat: bool) -> Any:
@@ -150,16 +203,20 @@ def worker_main(conn: Any, progress: Any, initializer: Any, initargs: tuple[Any,
             return  # the parent is gone
         if not data:
             return
-        unpickler = pickle.Unpickler(io.BytesIO(data))
-        count = unpickler.load()
+        stream = io.BytesIO(data)
+        count, sizes = pickle.load(stream)
         try:
-            spans = unpickler.load()
+            buffers = recv_buffers(conn, sizes) if sizes else None
+        except (EOFError, OSError):
+            return  # the parent is gone
+        try:
+            spans = pickle.Unpickler(stream, buffers=buffers).load()
         except Exception as e:
             send(dumps((BAD_BATCH, started, count, dump_exception(e)), _PROTOCOL))
             started += count  # none of them will run here: keep counting the stream
             published[0] = started
             continue
-        del data, unpickler
+        del data, stream, buffers
         values: list[Any] = []
         errors: list[tuple[int, bytes]] = []
         append = values.append
@@ -190,14 +247,12 @@ def worker_main(conn: Any, progress: Any, initializer: Any, initargs: tuple[Any,
                 elif elapsed > _SLICE_SECONDS * 2 and step > 1:
                     step //= 2
                 if left and now - last_flush > FLUSH_AFTER:
-                    nested = _set_aside(values, errors)
-                    send(dumps((RESULTS, first, None, values, errors, nested), _PROTOCOL))
+                    _send_results(send, first, None, values, errors)
                     first += len(values)
                     values, errors = [], []
                     append = values.append
                     last_flush = now
         call = func = items = item = None  # arguments and results are not kept alive
         done += count
-        nested = _set_aside(values, errors)
-        send(dumps((RESULTS, first, clock() - start, values, errors, nested), _PROTOCOL))
-        del spans, values, errors, nested
+        _send_results(send, first, clock() - start, values, errors)
+        del spans, values, errors

@@ -29,6 +29,12 @@ typedef struct {
      * by this handle's next get call (the batch's other messages were
      * returned). Type, value, traceback as PyErr_Fetch gives them. */
     PyObject *pending_type, *pending_value, *pending_tb;
+    /* An open loan (producers' lock held) or view (consumers' lock held) of
+     * this handle (procwire/_loans.py): each holds one `active` count, so the
+     * mapping outlives a close() until it ends. */
+    int loan_open, view_open;
+    uint32_t loan_pos;
+    uint64_t loan_len, view_len;
 } RingObject;
 
 /* Messages are serialised and put in groups of this many by put_many(),
@@ -330,30 +336,46 @@ static int bad_record(const pw_ringref *rr, const char *why, uint64_t a, uint64_
                    rr->what, why, (unsigned long long)a, (unsigned long long)b);
 }
 
+/*
+ * Checks a record's type, and a PICKLE_OOB record's part table (payload at
+ * p): PW_OK with *nparts and lens[] set for PICKLE_OOB, or PW_ECORRUPT.
+ * Nothing read from the ring is trusted before this.
+ */
+static int check_record(const pw_ringref *rr, uint32_t p, uint32_t type, uint64_t len,
+                        uint64_t *nparts, uint64_t lens[64])
+{
+    if (type == 0 || type >= PW_REC_MAX_)
+        return bad_record(rr, "unknown record type", type, len);
+    if (type != PW_REC_PICKLE_OOB)
+        return PW_OK;
+    if (len < 8)
+        return bad_record(rr, "out-of-band record too short", len, 8);
+    pw_ring_copy_out(rr, p, nparts, 8);
+    *nparts &= 0xffffffffu;
+    if (*nparts == 0 || *nparts > 64 || 8 + 8 * *nparts > len)
+        return bad_record(rr, "out-of-band record has a bad part count", *nparts, len);
+    uint64_t sum = 8 + 8 * *nparts;
+    pw_ring_copy_out(rr, p + 8, lens, 8 * *nparts);
+    for (uint64_t i = 0; i < *nparts; i++) {
+        if (lens[i] > len)
+            return bad_record(rr, "out-of-band part longer than its record", lens[i], len);
+        sum += lens[i];
+    }
+    if (sum != len)
+        return bad_record(rr, "out-of-band parts do not add up", sum, len);
+    return PW_OK;
+}
+
 /* Allocates the payload object(s) for a record and copies it out. */
 static int read_record(const pw_ringref *rr, uint32_t p, uint32_t type, uint64_t len,
                        pw_record *out)
 {
     PyObject *obj;
-    if (type == 0 || type >= PW_REC_MAX_)
-        return bad_record(rr, "unknown record type", type, len);
+    uint64_t nparts, lens[64];
+    int rc = check_record(rr, p, type, len, &nparts, lens);
+    if (rc)
+        return rc;
     if (type == PW_REC_PICKLE_OOB) {
-        uint64_t nparts;
-        if (len < 8)
-            return bad_record(rr, "out-of-band record too short", len, 8);
-        pw_ring_copy_out(rr, p, &nparts, 8);
-        nparts &= 0xffffffffu;
-        if (nparts == 0 || nparts > 64 || 8 + 8 * nparts > len)
-            return bad_record(rr, "out-of-band record has a bad part count", nparts, len);
-        uint64_t lens[64], sum = 8 + 8 * nparts;
-        pw_ring_copy_out(rr, p + 8, lens, 8 * nparts);
-        for (uint64_t i = 0; i < nparts; i++) {
-            if (lens[i] > len)
-                return bad_record(rr, "out-of-band part longer than its record", lens[i], len);
-            sum += lens[i];
-        }
-        if (sum != len)
-            return bad_record(rr, "out-of-band parts do not add up", sum, len);
         obj = PyList_New((Py_ssize_t)nparts);
         if (!obj)
             return PW_ERAISED;
@@ -634,15 +656,24 @@ static PyObject *get_one(RingObject *self, int64_t deadline)
     return record_to_object(self, &rec);
 }
 
-static const char *const get_names[] = {"block", "timeout"};
+static const char *const get_names[] = {"block", "timeout", "copy"};
 
 static PyObject *Ring_get(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
                           PyObject *kwnames)
 {
-    PyObject *a[2];
+    PyObject *a[3];
     int64_t deadline;
-    if (pw_parse_args("get", args, nargs, kwnames, get_names, 2, 0, a) < 0 ||
-        pw_parse_block_timeout(a[0], a[1], &deadline) < 0 || enter(self) < 0)
+    if (pw_parse_args("get", args, nargs, kwnames, get_names, 3, 0, a) < 0)
+        return NULL;
+    if (a[2]) {
+        int copy = PyObject_IsTrue(a[2]);
+        if (copy < 0)
+            return NULL;
+        if (!copy) /* in place: procwire/_loans.py builds the View */
+            return PyObject_CallMethod((PyObject *)self, "_get_view", "OO",
+                                       a[0] ? a[0] : Py_True, a[1] ? a[1] : Py_None);
+    }
+    if (pw_parse_block_timeout(a[0], a[1], &deadline) < 0 || enter(self) < 0)
         return NULL;
     PyObject *r = get_one(self, deadline);
     leave(self);
@@ -878,6 +909,173 @@ static PyObject *Ring_statistics(RingObject *self, PyObject *unused)
     return d;
 }
 
+/* ------------------------------------------------------- loans and views */
+
+/* The offset in the segment buffer of ring position pos's byte; -1 if the n
+ * bytes from there wrap around the end of the ring (not contiguous). */
+static Py_ssize_t buffer_offset(RingObject *self, uint32_t pos, uint64_t n)
+{
+    uint64_t off = pos & (self->rr.capacity - 1);
+    if (off + n > self->rr.capacity)
+        return -1;
+    return (Py_ssize_t)(self->rr.data - (uint8_t *)self->view.buf) + (Py_ssize_t)off;
+}
+
+static const char *const loan_names[] = {"nbytes", "block", "timeout"};
+
+/* _loan_begin(nbytes, block, timeout) -> the payload's offset in the segment
+ * buffer, or -1 if it wraps (the caller writes elsewhere and passes that to
+ * _loan_commit). Returns with the producers' lock held. */
+static PyObject *Ring_loan_begin(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
+{
+    PyObject *a[3];
+    int64_t deadline;
+    if (pw_parse_args("loan", args, nargs, kwnames, loan_names, 3, 1, a) < 0 ||
+        pw_parse_block_timeout(a[1], a[2], &deadline) < 0)
+        return NULL;
+    long long n = PyLong_AsLongLong(a[0]);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0)
+        return PyErr_Format(PyExc_ValueError, "nbytes must be >= 0, not %lld", n);
+    if (self->loan_open)
+        return PyErr_Format(PyExc_RuntimeError, "%U: this handle has an open loan already",
+                            self->name);
+    if (enter(self) < 0)
+        return NULL;
+    uint32_t pos;
+    int rc = (uint64_t)n > pw_ring_max_payload(self->rr.capacity)
+                 ? msg_too_large(self, (uint64_t)n)
+                 : pw_ring_reserve(&self->rr, (uint64_t)n, deadline, &pos);
+    if (rc) {
+        if (rc == PW_TIMEOUT)
+            PyErr_SetNone(PwExc_Full);
+        else
+            pw_raise(rc); /* PW_ERAISED (msg_too_large): already set */
+        leave(self);
+        return NULL;
+    }
+    self->loan_open = 1;
+    self->loan_pos = pos;
+    self->loan_len = (uint64_t)n;
+    return PyLong_FromSsize_t(buffer_offset(self, pos + PW_REC_HEADER, (uint64_t)n));
+}
+
+/* _loan_commit(nbytes, written): publishes the first nbytes of the open
+ * loan, copied in from `written` if not None (a loan that wrapped). */
+static PyObject *Ring_loan_commit(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_loan_commit(nbytes, written)");
+        return NULL;
+    }
+    if (!self->loan_open)
+        return PyErr_Format(PyExc_RuntimeError, "%U: no open loan", self->name);
+    long long n = PyLong_AsLongLong(args[0]);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0 || (uint64_t)n > self->loan_len)
+        return PyErr_Format(PyExc_ValueError, "cannot publish %lld bytes of a %llu-byte loan",
+                            n, (unsigned long long)self->loan_len);
+    if (args[1] != Py_None) {
+        Py_buffer b;
+        if (PyObject_GetBuffer(args[1], &b, PyBUF_SIMPLE) < 0)
+            return NULL;
+        if (b.len < n) {
+            PyBuffer_Release(&b);
+            PyErr_SetString(PyExc_ValueError, "the written buffer is shorter than the message");
+            return NULL;
+        }
+        uint32_t at = self->loan_pos + PW_REC_HEADER;
+        if (n >= PW_LARGE_COPY)
+            PW_UNBLOCKED(pw_ring_copy_in(&self->rr, at, b.buf, (uint64_t)n));
+        else
+            pw_ring_copy_in(&self->rr, at, b.buf, (uint64_t)n);
+        PyBuffer_Release(&b);
+    }
+    self->loan_open = 0; /* before the unlock: another thread may take the next loan */
+    pw_ring_publish_reserved(&self->rr, self->loan_pos, PW_REC_BYTES, (uint64_t)n);
+    leave(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Ring_loan_abort(RingObject *self, PyObject *unused)
+{
+    if (self->loan_open) {
+        self->loan_open = 0;
+        pw_ring_unreserve(&self->rr);
+        leave(self);
+    }
+    Py_RETURN_NONE;
+}
+
+/* _view_begin(block, timeout) -> (type, offset, length, copied): the oldest
+ * message left in place, the consumers' lock held, with its payload's offset
+ * in the segment buffer; or, if it wraps around the ring's end, copied out
+ * into `copied` (bytes) and consumed, with offset -1 and no lock held. */
+static PyObject *Ring_view_begin(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
+{
+    PyObject *a[2];
+    int64_t deadline;
+    if (pw_parse_args("get", args, nargs, kwnames, get_names, 2, 0, a) < 0 ||
+        pw_parse_block_timeout(a[0], a[1], &deadline) < 0)
+        return NULL;
+    if (self->view_open)
+        return PyErr_Format(PyExc_RuntimeError, "%U: this handle holds a view already",
+                            self->name);
+    if (enter(self) < 0)
+        return NULL;
+    if (raise_pending(self)) {
+        leave(self);
+        return NULL;
+    }
+    uint32_t pos, type;
+    uint64_t len, nparts, lens[64];
+    int rc = pw_ring_peek(&self->rr, deadline, &pos, &type, &len);
+    if (rc == PW_OK) {
+        rc = check_record(&self->rr, pos + PW_REC_HEADER, type, len, &nparts, lens);
+        if (rc)
+            pw_ring_unpeek(&self->rr);
+    }
+    if (rc) {
+        if (rc == PW_TIMEOUT)
+            PyErr_SetNone(PwExc_Empty);
+        else
+            pw_raise(rc);
+        leave(self);
+        return NULL;
+    }
+    Py_ssize_t off = buffer_offset(self, pos + PW_REC_HEADER, len);
+    if (off >= 0) {
+        self->view_open = 1;
+        self->view_len = len;
+        return Py_BuildValue("(InKO)", type, off, (unsigned long long)len, Py_None);
+    }
+    PyObject *copied = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+    if (!copied) {
+        pw_ring_unpeek(&self->rr);
+        leave(self);
+        return NULL;
+    }
+    pw_ring_copy_out_large(&self->rr, pos + PW_REC_HEADER, PyBytes_AS_STRING(copied), len);
+    pw_ring_consume_peeked(&self->rr, len);
+    leave(self);
+    return Py_BuildValue("(InKN)", type, (Py_ssize_t)-1, (unsigned long long)len, copied);
+}
+
+/* _view_end(): consumes the message the open view holds, freeing its room. */
+static PyObject *Ring_view_end(RingObject *self, PyObject *unused)
+{
+    if (self->view_open) {
+        self->view_open = 0;
+        pw_ring_consume_peeked(&self->rr, self->view_len);
+        leave(self);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *Ring_release(RingObject *self, PyObject *unused)
 {
     /* Idempotent. The mapping goes when the last call in progress leaves. */
@@ -964,8 +1162,9 @@ static PyMethodDef Ring_methods[] = {
      "put and it and the rest are not; its exception carries `count`, the number put. On "
      "timeout raises queue.Full whose `count` attribute says how many items were put."},
     {"get", (PyCFunction)(void (*)(void))Ring_get, METH_FASTCALL | METH_KEYWORDS,
-     "get($self, block=True, timeout=None)\n--\n\nRemove and return an item. Blocks while the queue "
-     "is empty; raises queue.Empty if block is false or the timeout passes."},
+     "get($self, block=True, timeout=None, *, copy=True)\n--\n\nRemove and return an item. "
+     "Blocks while the queue is empty; raises queue.Empty if block is false or the timeout "
+     "passes. copy=False: a procwire.queue.View of the message in place instead."},
     {"get_nowait", (PyCFunction)Ring_get_nowait, METH_NOARGS,
      "get_nowait($self)\n--\n\nEquivalent to get(False)."},
     {"get_many", (PyCFunction)(void (*)(void))Ring_get_many, METH_FASTCALL | METH_KEYWORDS,
@@ -983,6 +1182,13 @@ static PyMethodDef Ring_methods[] = {
     {"_join", (PyCFunction)(void (*)(void))Ring_join, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_statistics", (PyCFunction)Ring_statistics, METH_NOARGS, NULL},
     {"_release", (PyCFunction)Ring_release, METH_NOARGS, NULL},
+    {"_loan_begin", (PyCFunction)(void (*)(void))Ring_loan_begin, METH_FASTCALL | METH_KEYWORDS,
+     NULL},
+    {"_loan_commit", (PyCFunction)(void (*)(void))Ring_loan_commit, METH_FASTCALL, NULL},
+    {"_loan_abort", (PyCFunction)Ring_loan_abort, METH_NOARGS, NULL},
+    {"_view_begin", (PyCFunction)(void (*)(void))Ring_view_begin, METH_FASTCALL | METH_KEYWORDS,
+     NULL},
+    {"_view_end", (PyCFunction)Ring_view_end, METH_NOARGS, NULL},
     {"_segment_size", (PyCFunction)Ring_segment_size, METH_O | METH_STATIC, NULL},
     {NULL, NULL, 0, NULL},
 };

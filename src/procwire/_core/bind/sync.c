@@ -27,8 +27,11 @@ static PyObject *PwExc_BrokenBarrierError;
 /* ------------------------------------------------------------ thread ids */
 
 /* The calling thread's kernel tid, cached; a forked child resets the cache
- * (pthread_atfork), as the forking thread gets a new tid there. */
-static _Thread_local pid_t cached_tid;
+ * (pthread_atfork), as the forking thread gets a new tid there. Initial-exec:
+ * read straight off the thread pointer, without the __tls_get_addr() call a
+ * dlopen()ed module's TLS otherwise costs on every release (4 bytes of
+ * glibc's static TLS reserve for dlopen()ed modules). */
+static _Thread_local pid_t cached_tid __attribute__((tls_model("initial-exec")));
 
 /*
  * A random id of this process, written into a lock by its holder. A tid is

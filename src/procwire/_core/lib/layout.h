@@ -21,9 +21,10 @@
 #include <stdint.h>
 
 #define PW_MAGIC 0x3145524957435250ULL /* "PRCWIRE1" read as little-endian */
-#define PW_LAYOUT_VERSION 3u /* 2: struct pw_waiters replaces the sleeper counts;
+#define PW_LAYOUT_VERSION 4u /* 2: struct pw_waiters replaces the sleeper counts;
                                 3: pw_lock holder_proc/holder_hold, pw_cond
-                                wake and state */
+                                wake and state; 4: pw_ring view_mark, pw_lock's
+                                holder words on the mutex's cache line */
 #define PW_CACHELINE 64
 
 /*
@@ -166,7 +167,12 @@ struct pw_ring {
     _Atomic uint64_t total_out;
     _Atomic uint64_t bytes_out;
     _Atomic uint64_t head_owner_died;
-    uint64_t reserved2[4];
+    _Atomic uint64_t view_mark;          /* head | 1 while a reader holds the
+                                            record at head in place (a view,
+                                            Queue.get(copy=False)), 0 otherwise:
+                                            if that reader dies, the next one
+                                            drops the record                  */
+    uint64_t reserved2[3];
 
     /* -- futex words. A sleeper registers in its struct pw_waiters, reads the
      *    seq, re-checks its condition, then sleeps on the seq. A waker that
@@ -270,25 +276,32 @@ struct pw_pipe {
  */
 struct pw_lock {
     pthread_mutex_t mutex;          /*  0: 40 bytes on x86-64 glibc              */
-    char pad0[PW_CACHELINE - sizeof(pthread_mutex_t)];
-    _Atomic uint32_t depth;         /* 64: RLock recursion depth (holder writes) */
-    _Atomic uint32_t inconsistent;  /* 68: 1 from an owner-died acquire until
-                                           make_consistent()                     */
-    _Atomic uint64_t owner_deaths;  /* 72: acquires that found the holder dead   */
-    uint32_t reserved0;             /* 80: layout 1: waiters (now `sleepers`)    */
-    uint32_t recursive;             /* 84: 1 for an RLock, 0 for a Lock          */
-    _Atomic uint64_t contended;     /* 88: acquires that had to wait             */
-    _Atomic uint64_t holder_proc;   /* 96: random id of the holder's process, 0
+    /* What the holder writes on every acquire and release shares the mutex's
+     * cache line (on x86-64): a contended lock moves one line between CPUs
+     * per hand-over, not two. */
+    _Atomic uint32_t depth;         /* 40: RLock recursion depth (holder writes) */
+    uint32_t recursive;             /* 44: 1 for an RLock, 0 for a Lock          */
+    _Atomic uint64_t holder_proc;   /* 48: random id of the holder's process, 0
                                            when free (holder writes): tids alone
                                            repeat across PID namespaces          */
-    _Atomic uint64_t holder_hold;   /* 104: serial of the current hold, unique in
+    _Atomic uint64_t holder_hold;   /* 56: serial of the current hold, unique in
                                            the holder's process (holder writes)  */
-    uint64_t reserved[2];           /* 112..127                                  */
+    /* -- written on owner deaths and waits only -- */
+    _Atomic uint32_t inconsistent   /* 64: 1 from an owner-died acquire until    */
+        __attribute__((aligned(PW_CACHELINE))); /*  make_consistent()           */
+    uint32_t reserved0;             /* 68: layout 1: waiters (now `sleepers`)    */
+    _Atomic uint64_t owner_deaths;  /* 72: acquires that found the holder dead   */
+    _Atomic uint64_t contended;     /* 80: acquires that had to wait             */
+    uint64_t reserved[5];           /* 88..127                                   */
     struct pw_waiters sleepers;     /* 128: threads blocked in acquire (statistics
                                             only: the mutex does its own wakes)  */
 };
 _Static_assert(sizeof(pthread_mutex_t) <= PW_CACHELINE, "mutex fits one line");
+#if defined(__x86_64__)
+_Static_assert(offsetof(struct pw_lock, holder_hold) + 8 == PW_CACHELINE,
+               "the holder's words share the mutex's line");
 _Static_assert(sizeof(struct pw_lock) == 320, "pw_lock layout");
+#endif
 
 /* Semaphore and BoundedSemaphore. 64 bytes. */
 struct pw_sem {

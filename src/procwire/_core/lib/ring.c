@@ -202,6 +202,32 @@ static inline void store_total(_Atomic uint64_t *total, uint32_t count)
                                                 count), memory_order_relaxed);
 }
 
+/* The producers' publishing store: the records before pos, count messages in
+ * all, appear at once; then the advisory statistics. Tail lock held. */
+static void publish_tail(struct pw_ring *r, uint32_t count, uint32_t pos, uint64_t bytes)
+{
+    atomic_store(&r->tail, pw_pack(count, pos));
+    store_total(&r->total_in, count);
+    add_relaxed(&r->bytes_in, bytes);
+}
+
+/* The consumers' one: frees the records before pos. Head lock held. */
+static void publish_head(struct pw_ring *r, uint32_t count, uint32_t pos, uint64_t bytes)
+{
+    atomic_store(&r->head, pw_pack(count, pos));
+    store_total(&r->total_out, count);
+    add_relaxed(&r->bytes_out, bytes);
+}
+
+/* 1 if a record of `need` bytes fits after the tail (pos, count). */
+static inline int room_for(const struct pw_ring *r, uint64_t cap, uint64_t head, uint32_t pos,
+                           uint32_t count, uint64_t need)
+{
+    if (need > cap - (uint32_t)(pos - pw_pos(head)))
+        return 0;
+    return !(r->maxsize && (uint32_t)(count - pw_count(head)) >= r->maxsize);
+}
+
 /* -------------------------------------------------------------------- put */
 
 int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int64_t deadline)
@@ -219,10 +245,7 @@ int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int6
         uint64_t bytes = 0;
         size_t first = *done, i = first;
         for (; i < n; i++) {
-            uint64_t need = pw_record_size(msgs[i].len);
-            if (need > cap - (uint32_t)(pos - pw_pos(head)))
-                break;
-            if (r->maxsize && (uint32_t)(count - pw_count(head)) >= r->maxsize)
+            if (!room_for(r, cap, head, pos, count, pw_record_size(msgs[i].len)))
                 break;
             if (msgs[i].len >= PW_LARGE_COPY)
                 PW_UNBLOCKED(pos = write_record(rr, pos, &msgs[i]));
@@ -231,12 +254,8 @@ int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int6
             count++;
             bytes += msgs[i].len;
         }
-        if (i > first) {
-            /* The publishing store: the records and their count appear at once. */
-            atomic_store(&r->tail, pw_pack(count, pos));
-            store_total(&r->total_in, count);
-            add_relaxed(&r->bytes_in, bytes);
-        }
+        if (i > first)
+            publish_tail(r, count, pos, bytes);
         pw_mutex_unlock(&r->tail_lock);
         if (i > first)
             pw_waiters_notify_all(&r->consumers, &r->not_empty_seq);
@@ -263,6 +282,64 @@ static int bad_record(const pw_ringref *rr, const char *why, uint64_t a, uint64_
                    rr->what, why, (unsigned long long)a, (unsigned long long)b);
 }
 
+/*
+ * Reads and checks the header of the record at head (tail: the published
+ * tail word): PW_OK with its type and payload length, or PW_ECORRUPT. The
+ * type is the caller's to check.
+ */
+static int record_at(const pw_ringref *rr, uint64_t head, uint64_t tail, uint32_t *type,
+                     uint64_t *len)
+{
+    uint32_t used = pw_pos(tail) - pw_pos(head), hdr[2];
+    if (used < PW_REC_HEADER || used > rr->capacity)
+        return bad_record(rr, "message count and byte positions disagree", used,
+                          pw_count(tail) - pw_count(head));
+    pw_ring_copy_out(rr, pw_pos(head), hdr, sizeof hdr);
+    if (pw_record_size(hdr[0]) > used)
+        return bad_record(rr, "record longer than the published data", pw_record_size(hdr[0]),
+                          used);
+    *type = hdr[1];
+    *len = hdr[0];
+    return PW_OK;
+}
+
+/*
+ * The head lock came from a reader that died holding it. If it died holding
+ * a view (the record at head, in place: pw_ring_peek), that record is
+ * dropped, as the message a reader killed inside a get is: its room is freed
+ * and the queue moves on. A mark a reader left after consuming (mark !=
+ * head) is just cleared; a corrupt record is left for the next take to report.
+ */
+static void drop_dead_view(pw_ringref *rr)
+{
+    struct pw_ring *r = rr->ring;
+    uint64_t mark = atomic_load_explicit(&r->view_mark, memory_order_relaxed);
+    if (!mark)
+        return;
+    atomic_store_explicit(&r->view_mark, 0, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+    uint32_t type;
+    uint64_t len;
+    if (mark != (head | 1) || pw_count(head) == pw_count(tail) ||
+        record_at(rr, head, tail, &type, &len) != PW_OK)
+        return;
+    publish_head(r, pw_count(head) + 1, pw_pos(head) + (uint32_t)pw_record_size(len), len);
+}
+
+/* Locks the consumers' side (lock_side, plus a dead reader's view dropped). */
+static int lock_head(pw_ringref *rr, int64_t deadline)
+{
+    struct pw_ring *r = rr->ring;
+    int rc = pw_mutex_lock(&r->head_lock, deadline, NULL);
+    if (rc == PW_OWNER_DIED) {
+        atomic_fetch_add_explicit(&r->head_owner_died, 1, memory_order_relaxed);
+        drop_dead_view(rr);
+        return PW_OK;
+    }
+    return rc;
+}
+
 int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t deadline,
                  size_t *taken_out)
 {
@@ -270,7 +347,7 @@ int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t d
     const int64_t lock_deadline = lock_deadline_for(deadline);
     *taken_out = 0;
     for (;;) {
-        int rc = lock_side(&r->head_lock, &r->head_owner_died, lock_deadline);
+        int rc = lock_head(rr, lock_deadline);
         if (rc)
             return rc;
         uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
@@ -307,11 +384,8 @@ int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t d
             if (f > 0)
                 break;
         }
-        if (taken) {
-            atomic_store(&r->head, pw_pack(count, pos));
-            store_total(&r->total_out, count);
-            add_relaxed(&r->bytes_out, bytes);
-        }
+        if (taken)
+            publish_head(r, count, pos, bytes);
         pw_mutex_unlock(&r->head_lock);
         if (taken)
             pw_waiters_notify_all(&r->producers, &r->not_full_seq);
@@ -324,6 +398,103 @@ int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t d
         if (rc == PW_TIMEOUT && atomic_load(&r->tail) == tail)
             return PW_TIMEOUT;
     }
+}
+
+/* --------------------------------------------------------- loans and views */
+
+/* Found no room (no message): unlocks the side's lock and waits for the other
+ * side to move *word from seen. PW_OK to look again, PW_TIMEOUT, or an error. */
+static int unlock_and_wait(pw_ringref *rr, pthread_mutex_t *lock, _Atomic uint64_t *word,
+                           uint64_t seen, _Atomic uint32_t *seq, struct pw_waiters *sleepers,
+                           int64_t deadline)
+{
+    pw_mutex_unlock(lock);
+    int rc = wait_for_move(rr, word, seen, seq, sleepers, deadline);
+    if (rc == PW_TIMEOUT && atomic_load(word) != seen)
+        return PW_OK; /* timed out, but it moved meanwhile: one last look */
+    return rc;
+}
+
+int pw_ring_reserve(pw_ringref *rr, uint64_t len, int64_t deadline, uint32_t *pos)
+{
+    struct pw_ring *r = rr->ring;
+    const uint64_t need = pw_record_size(len);
+    const int64_t lock_deadline = lock_deadline_for(deadline);
+    for (;;) {
+        int rc = lock_side(&r->tail_lock, &r->tail_owner_died, lock_deadline);
+        if (rc)
+            return rc;
+        uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+        uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+        if (room_for(r, rr->capacity, head, pw_pos(tail), pw_count(tail), need)) {
+            *pos = pw_pos(tail);
+            return PW_OK; /* the tail lock stays held until publish or unreserve */
+        }
+        rc = unlock_and_wait(rr, &r->tail_lock, &r->head, head, &r->not_full_seq,
+                             &r->producers, deadline);
+        if (rc)
+            return rc;
+    }
+}
+
+void pw_ring_publish_reserved(pw_ringref *rr, uint32_t pos, uint32_t type, uint64_t len)
+{
+    struct pw_ring *r = rr->ring;
+    uint32_t hdr[2] = {(uint32_t)len, type};
+    pw_ring_copy_in(rr, pos, hdr, sizeof hdr);
+    uint32_t count = pw_count(atomic_load_explicit(&r->tail, memory_order_relaxed)) + 1;
+    publish_tail(r, count, pos + (uint32_t)pw_record_size(len), len);
+    pw_mutex_unlock(&r->tail_lock);
+    pw_waiters_notify_all(&r->consumers, &r->not_empty_seq);
+}
+
+void pw_ring_unreserve(pw_ringref *rr)
+{
+    pw_mutex_unlock(&rr->ring->tail_lock);
+}
+
+int pw_ring_peek(pw_ringref *rr, int64_t deadline, uint32_t *pos, uint32_t *type, uint64_t *len)
+{
+    struct pw_ring *r = rr->ring;
+    const int64_t lock_deadline = lock_deadline_for(deadline);
+    for (;;) {
+        int rc = lock_head(rr, lock_deadline);
+        if (rc)
+            return rc;
+        uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+        uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+        if (pw_count(head) != pw_count(tail)) {
+            rc = record_at(rr, head, tail, type, len);
+            if (rc) {
+                pw_mutex_unlock(&r->head_lock);
+                return rc;
+            }
+            *pos = pw_pos(head);
+            /* From here to the consuming head store, this reader's death drops it. */
+            atomic_store_explicit(&r->view_mark, head | 1, memory_order_relaxed);
+            return PW_OK; /* the head lock stays held until consume or unpeek */
+        }
+        rc = unlock_and_wait(rr, &r->head_lock, &r->tail, tail, &r->not_empty_seq,
+                             &r->consumers, deadline);
+        if (rc)
+            return rc;
+    }
+}
+
+void pw_ring_consume_peeked(pw_ringref *rr, uint64_t len)
+{
+    struct pw_ring *r = rr->ring;
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+    publish_head(r, pw_count(head) + 1, pw_pos(head) + (uint32_t)pw_record_size(len), len);
+    atomic_store_explicit(&r->view_mark, 0, memory_order_relaxed);
+    pw_mutex_unlock(&r->head_lock);
+    pw_waiters_notify_all(&r->producers, &r->not_full_seq);
+}
+
+void pw_ring_unpeek(pw_ringref *rr)
+{
+    atomic_store_explicit(&rr->ring->view_mark, 0, memory_order_relaxed);
+    pw_mutex_unlock(&rr->ring->head_lock);
 }
 
 /* ------------------------------------------------------------- test hook */

@@ -94,6 +94,31 @@ typedef int (*pw_take_fn)(void *ctx, const pw_ringref *rr, uint32_t payload_pos,
 int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t deadline,
                  size_t *taken);
 
+/*
+ * Zero-copy messages (the binding's loans and views).
+ *
+ * pw_ring_reserve() takes the producers' lock and waits, as a put does,
+ * until a record of `len` payload bytes fits: PW_OK with the lock HELD and
+ * *pos the record's position (its payload at pos + PW_REC_HEADER, wrapping
+ * as any record's may), PW_TIMEOUT, or an error. The caller writes the
+ * payload; then pw_ring_publish_reserved() writes the header and publishes
+ * the record with the one tail store (a producer killed before it published
+ * nothing), or pw_ring_unreserve() gives the room back.
+ *
+ * pw_ring_peek() takes the consumers' lock and waits for a message: PW_OK
+ * with the lock HELD and the checked record's position, type (the caller's
+ * to check) and length, PW_TIMEOUT, or an error. The record stays in place
+ * until pw_ring_consume_peeked() frees it or pw_ring_unpeek() leaves it for
+ * the next reader. A reader killed in between frees it: the next reader
+ * takes the lock over and drops the record (layout.h, view_mark).
+ */
+int pw_ring_reserve(pw_ringref *rr, uint64_t len, int64_t deadline, uint32_t *pos);
+void pw_ring_publish_reserved(pw_ringref *rr, uint32_t pos, uint32_t type, uint64_t len);
+void pw_ring_unreserve(pw_ringref *rr);
+int pw_ring_peek(pw_ringref *rr, int64_t deadline, uint32_t *pos, uint32_t *type, uint64_t *len);
+void pw_ring_consume_peeked(pw_ringref *rr, uint64_t len);
+void pw_ring_unpeek(pw_ringref *rr);
+
 /* Copies between the ring (at pos, wrapping) and ordinary memory. */
 void pw_ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n);
 void pw_ring_copy_in(pw_ringref *rr, uint32_t pos, const void *src, uint64_t n);
