@@ -244,15 +244,15 @@ class Engine:
         for blob in blobs:
             # (indexing bytes gives an int: no slice to allocate per message)
             if len(blob) >= body and blob[0] == 83:  # b"S"
-                kind = blob[1 + SIG]
-                if kind == 98:  # b"b"
+                kind_byte = blob[1 + SIG]
+                if kind_byte == 98:  # b"b"
                     h = raw_copy()
                     data = blob[body:]
                     h.update(data)
                     if equal(h.digest(), blob[1:1 + SIG]):
                         append(data)
                         continue
-                elif kind == 112:  # b"p"
+                elif kind_byte == 112:  # b"p"
                     h = pickle_copy()
                     view = memoryview(blob)[body:]
                     h.update(view)
