@@ -168,7 +168,7 @@ class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.QueueBase, Gener
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, not {nbytes}")
         me = threading.get_ident()
-        if any(isinstance(x, Loan) and x._owner == me for x in self._leases):
+        if self._leases and any(isinstance(x, Loan) and x._owner == me for x in self._leases):
             raise RuntimeError(f"{self._describe()}: this thread has an open loan on this "
                                "queue; publish or discard it before another")
         offset = self._loan_begin(nbytes, block, timeout)
@@ -183,7 +183,7 @@ class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.QueueBase, Gener
     def _get_view(self, block: bool, timeout: float | None) -> View:
         """get(copy=False): the oldest message, in place (see procwire._loans.View)."""
         me = threading.get_ident()
-        if any(isinstance(x, View) and x._owner == me for x in self._leases):
+        if self._leases and any(isinstance(x, View) and x._owner == me for x in self._leases):
             raise RuntimeError(f"{self._describe()}: this thread holds a view of this queue; "
                                "release it before taking another message")
         rtype, offset, length, copied = self._view_begin(block, timeout)
