@@ -53,6 +53,7 @@ class _HeaderInfo(TypedDict):
     creator_pid: int
     created_ns: int
     data_offset: int
+    header_size: int
 
 def header_info(buffer: Buffer, /) -> _HeaderInfo: ...
 def guard_mapping(buffer: Buffer, fd: int, /) -> int: ...
@@ -65,10 +66,10 @@ def mapping_lost(token: int, /) -> bool: ...
 # reads them by kind).
 def inspect(buffer: Buffer, /) -> dict[str, Any]: ...
 
-# -- the message ring (queue.c) --------------------------------------------------
+# -- the queues' base (queue.c) --------------------------------------------------
 
 @disjoint_base
-class Ring:
+class QueueBase:
     def __init__(self, buffer: Buffer, *, create: bool, capacity: int, maxsize: int,
                  kind: int, name: str, dumps: Callable[[Any, int], bytes],
                  protocol: int, dumps_buffers: Callable[[Any], bytes | list[Any]],
@@ -106,9 +107,6 @@ class Ring:
     def _release(self) -> None: ...
     @staticmethod
     def _segment_size(capacity: int, /) -> int: ...
-
-def _debug_ring_hold(ring: Ring, side: str, partial: Buffer | None = ...,
-                     publish: bool = ...) -> None: ...
 
 # -- pipes (pipe.c) ----------------------------------------------------------------
 
@@ -204,9 +202,6 @@ class Barrier(_SyncObject):
     def abort(self) -> None: ...
     def reset(self, timeout: float | None = None) -> None: ...
 
-# Test hook: takes the Barrier's internal mutex and returns holding it.
-def _debug_hold_barrier_mutex(barrier: Barrier, /) -> None: ...
-
 # -- shared values and arrays (shared.c) -------------------------------------------
 
 class _SharedInfo(TypedDict):
@@ -229,3 +224,14 @@ def shared_info(buffer: Buffer, kind: int, what: str, /) -> _SharedInfo: ...
 class BufferView:
     _buffer_target: object
     def __buffer__(self, flags: int, /) -> memoryview: ...
+
+# -- test hooks (testing.c): procwire._core._testing, for the crash tests only ------
+
+class _Testing:
+    @staticmethod
+    def hold_queue_lock(queue: QueueBase, side: str, partial: Buffer | None = ...,
+                        publish: bool = ...) -> None: ...
+    @staticmethod
+    def hold_barrier_mutex(barrier: Barrier, /) -> None: ...
+
+_testing: _Testing

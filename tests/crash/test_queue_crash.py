@@ -30,7 +30,7 @@ JOIN = 60
 
 
 def _die_holding(q, side, partial, ready):
-    _core._debug_ring_hold(q, side, partial)
+    _core._testing.hold_queue_lock(q, side, partial)
     ready.set()
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -73,7 +73,7 @@ def test_a_half_written_record_is_never_visible(ctx):
 
 
 def _hold_until_killed(q, ready):
-    _core._debug_ring_hold(q, "tail")
+    _core._testing.hold_queue_lock(q, "tail")
     ready.set()
     threading.Event().wait()  # parked until SIGKILL
 

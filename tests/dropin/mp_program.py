@@ -231,9 +231,77 @@ def connection_wait(ctx):
             "exitcodes": [p.exitcode for p in procs]}
 
 
+# -- Pool -----------------------------------------------------------------------
+
+def _square(n):
+    return n * n
+
+
+def _fail_on_three(n):
+    if n == 3:
+        raise ValueError("three")
+    return n
+
+
+def pool(ctx):
+    with ctx.Pool(2) as p:
+        mapped = p.map(_square, range(50), chunksize=7)
+        star = p.starmap(pow, [(2, 5), (3, 3)])
+        unordered = sorted(p.imap_unordered(_square, range(20)))
+        ordered = list(p.imap(_square, range(10)))
+        one = p.apply_async(_square, (12,)).get(TIMEOUT)
+        try:
+            p.apply(_fail_on_three, (3,))
+            error = None
+        except ValueError as e:
+            error = str(e)
+        p.close()
+        p.join()
+    return {"map": mapped, "starmap": star, "imap_unordered": unordered, "imap": ordered,
+            "apply_async": one, "raised": error}
+
+
+# -- Condition, Semaphore, Barrier, SimpleQueue -----------------------------------
+
+def _party(barrier, sem, cond, shared, out):
+    index = barrier.wait(TIMEOUT)
+    with sem:
+        with cond:
+            shared.value += 1
+            cond.notify_all()
+    out.put(index)
+
+
+def condition_semaphore_barrier(ctx):
+    barrier = ctx.Barrier(3)
+    sem = ctx.BoundedSemaphore(2)
+    cond = ctx.Condition()
+    shared = ctx.Value("i", 0)
+    out = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_party, args=(barrier, sem, cond, shared, out))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    mine = barrier.wait(TIMEOUT)
+    with cond:
+        done = cond.wait_for(lambda: shared.value == 2, TIMEOUT)
+    indexes = sorted([out.get(), out.get(), mine])
+    for p in procs:
+        p.join(TIMEOUT)
+    over_released = False
+    try:
+        sem.release()
+    except ValueError:
+        over_released = True
+    return {"barrier_indexes": indexes, "all_arrived": done, "value": shared.value,
+            "bounded_semaphore_refuses_over_release": over_released,
+            "empty": out.empty(), "exitcodes": [p.exitcode for p in procs]}
+
+
 PARTS = {f.__name__: f for f in (queue_large_arrays, queue_backlog_before_consumer,
                                  joinable_queue, pipe, lock_value_array_event,
-                                 listener_client_authkey, connection_wait)}
+                                 listener_client_authkey, connection_wait, pool,
+                                 condition_semaphore_barrier)}
 
 
 def main(argv):

@@ -3,7 +3,8 @@
 ``mp_program.py`` is written for multiprocessing (Queue with maxsize=0 and
 large numpy arrays, a backlog put before any consumer, JoinableQueue, Pipe,
 Lock, Event, Value, Array, Listener/Client with an authkey, get_context,
-connection.wait). This test runs it as written and with its two import lines
+connection.wait; also Pool, Condition, BoundedSemaphore, Barrier and
+SimpleQueue). This test runs it as written and with its two import lines
 changed to procwire's -- the only change a user makes -- under fork, spawn and
 forkserver, each in a fresh interpreter, and requires the same output, part
 by part.
@@ -33,7 +34,7 @@ IMPORTS = {
 
 # The parts of the program this test runs, each under every start method.
 PARTS = ["joinable_queue", "pipe", "lock_value_array_event", "listener_client_authkey",
-         "connection_wait"]
+         "connection_wait", "pool", "condition_semaphore_barrier"]
 # Also in the program, not yet run here: procwire's Queue holds at most its
 # ring's 4 MiB (an 8 MiB array raises MessageTooLarge, and put() blocks for
 # good once about 4 MiB wait unread), where multiprocessing's maxsize=0 means

@@ -220,3 +220,23 @@ def boom_if_odd(x):
     if x % 2:
         raise ValueError(f"odd: {x}")
     return x
+
+
+def counting(iterable):
+    """A generator over `iterable`, and the list of the items it has yielded so far."""
+    pulled = []
+
+    def gen():
+        for item in iterable:
+            pulled.append(item)
+            yield item
+
+    return pulled, gen()
+
+
+def wait_idle(pool):
+    """Wait until the pool has no task queued or running (an imap feeder has stopped)."""
+    deadline = time.monotonic() + WAIT
+    while pool.statistics().tasks_running + pool.statistics().tasks_queued:
+        assert time.monotonic() < deadline, pool.statistics()
+        time.sleep(0.01)

@@ -232,23 +232,15 @@ def test_statistics_counts():
 
 
 def test_imap_reads_an_endless_generator_only_a_bounded_way_ahead():
-    pulled = []
-
-    def gen():
-        for i in h.endless():
-            pulled.append(i)
-            yield i
-
+    pulled, gen = h.counting(h.endless())
     with procwire.Pool(2) as pool:
-        it = pool.imap(h.sq, gen(), prefetch=50)
+        it = pool.imap(h.sq, gen, prefetch=50)
         assert [next(it) for _ in range(500)] == [i * i for i in range(500)]
         # the feeder stops at most `prefetch` chunks ahead of what was consumed
-        deadline = time.monotonic() + WAIT
-        while pool.statistics().tasks_running + pool.statistics().tasks_queued:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        h.wait_idle(pool)
         assert len(pulled) <= 500 + 50 + 1
-        it2 = pool.imap_unordered(h.sq, gen(), chunksize=10, prefetch=8)
+        _, gen2 = h.counting(h.endless())
+        it2 = pool.imap_unordered(h.sq, gen2, chunksize=10, prefetch=8)
         assert len([next(it2) for _ in range(100)]) == 100
 
 

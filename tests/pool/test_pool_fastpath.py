@@ -1,5 +1,5 @@
-"""The pool's fast paths keep its guarantees: a waiting caller reading its own
-result, outcomes settled in runs, results that a reader lost."""
+"""The pool's fast paths keep its guarantees: outcomes settled in runs, a
+results message that a reader lost, imap's adaptive read-ahead."""
 from __future__ import annotations
 
 import threading
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExce
 WAIT = h.WAIT
 
 
-def test_callbacks_run_in_the_manager_thread_while_get_waits(ctx):
+def test_callbacks_run_in_the_manager_thread(ctx):
     threads = []
     with procwire.Pool(2, context=ctx) as pool:
         for i in range(20):
@@ -28,7 +28,7 @@ def test_callbacks_run_in_the_manager_thread_while_get_waits(ctx):
     assert threads == ["procwire-pool-manager"] * 21
 
 
-def test_a_caller_waiting_on_one_result_settles_the_others_it_reads():
+def test_an_apply_between_map_batches_gets_its_own_result():
     with procwire.Pool(1) as pool:
         mapped = pool.map_async(h.sq, range(1000), chunksize=1)
         one = pool.apply_async(h.sq, (7,))
@@ -39,10 +39,11 @@ def test_a_caller_waiting_on_one_result_settles_the_others_it_reads():
 
 
 def test_a_result_message_lost_by_an_interrupted_reader_fails_only_its_tasks():
-    # KeyboardInterrupt can stop a caller between taking a message off a
-    # worker's pipe and settling it. Simulated here by taking one and dropping
-    # it: its task fails with a clear error; the next results still go to the
-    # right tasks (each message names its place in the worker's stream).
+    # An exception in the reading thread between taking a message off a
+    # worker's pipe and settling it would lose it. Simulated here by taking one
+    # and dropping it: its task fails with a clear error; the next results
+    # still go to the right tasks (each message names its place in the
+    # worker's stream).
     with procwire.Pool(1) as pool:
         assert pool.apply(h.sq, (2,)) == 4  # the worker is ready
         core = pool._core
@@ -73,3 +74,15 @@ def test_imap_runs_with_failures_keep_their_places():
         got = pool.map_async(h.boom_if_odd, range(10), chunksize=1)
         with pytest.raises(ValueError):
             got.get(WAIT)
+
+
+def test_imap_default_read_ahead_grows_for_tiny_tasks_and_stays_bounded():
+    from procwire.pool._local import READ_AHEAD_MAX, READ_AHEAD_MIN
+    pulled, gen = h.counting(h.endless())
+    with procwire.Pool(2) as pool:
+        assert pool._core.read_ahead() == 2 * READ_AHEAD_MIN  # nothing measured yet
+        it = pool.imap_unordered(h.sq, gen)
+        assert len([next(it) for _ in range(50_000)]) == 50_000
+        h.wait_idle(pool)
+        assert 2 * READ_AHEAD_MIN < pool._core.read_ahead() <= 2 * READ_AHEAD_MAX
+        assert len(pulled) <= 50_000 + 2 * READ_AHEAD_MAX + 1

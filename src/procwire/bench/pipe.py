@@ -35,7 +35,11 @@ MiB = 1 << 20
 JOIN = 300
 W = "procwire.bench.pipe:"
 
-PAYLOADS = {"bytes64": b"x" * 64, "tuple": (1, "abc", 2.5), "bytes1m": b"x" * MiB,
+# "pickled64" is the 64 bytes of "bytes64" sent with send()/recv() (pickled) rather
+# than send_bytes()/recv_bytes().
+PICKLED = ("tuple", "pickled64")
+PAYLOADS = {"bytes64": b"x" * 64, "pickled64": b"x" * 64, "tuple": (1, "abc", 2.5),
+            "bytes1m": b"x" * MiB,
             "bytes8m": b"x" * (8 * MiB)}
 #: Payloads reported as GB/s, by their size.
 LARGE = {"bytes1m": MiB, "bytes8m": 8 * MiB}
@@ -117,16 +121,16 @@ def _send_fn(impl: str, end: Any, payload: str) -> Any:  # a send(message) calla
     if impl == "os.pipe":
         return lambda m: os.write(end, m)
     if impl == "pyzmq":
-        return end.send_pyobj if payload == "tuple" else end.send
-    return end.send if payload == "tuple" else end.send_bytes
+        return end.send_pyobj if payload in PICKLED else end.send
+    return end.send if payload in PICKLED else end.send_bytes
 
 
 def _recv_fn(impl: str, end: Any, payload: str) -> Any:  # a recv() callable
     if impl == "os.pipe":
         return lambda: os.read(end, 64)
     if impl == "pyzmq":
-        return end.recv_pyobj if payload == "tuple" else end.recv
-    return end.recv if payload == "tuple" else end.recv_bytes
+        return end.recv_pyobj if payload in PICKLED else end.recv
+    return end.recv if payload in PICKLED else end.recv_bytes
 
 
 def _flush(ends: _Ends, sock: Any) -> None:
@@ -153,11 +157,12 @@ def _pin(pinned: bool | str) -> list[int] | None:
     return None
 
 
-def _echo_child(ends: _Ends, count: int, pin: list[int] | None = None) -> None:
+def _echo_child(ends: _Ends, count: int, pin: list[int] | None = None,
+                payload: str = "bytes64") -> None:
     if pin:
         os.sched_setaffinity(0, pin)
     s, r = ends.open("child")
-    send, recv = _send_fn(ends.impl, s, "bytes64"), _recv_fn(ends.impl, r, "bytes64")
+    send, recv = _send_fn(ends.impl, s, payload), _recv_fn(ends.impl, r, payload)
     for _ in range(count):
         send(recv())
     _flush(ends, s)
@@ -165,15 +170,16 @@ def _echo_child(ends: _Ends, count: int, pin: list[int] | None = None) -> None:
 
 
 def rtt(impl: str, pinned: bool | str = False, count: int = 20000,
-        warmup: int = 2000) -> dict[str, Any]:
-    """64-byte round trips; value = median µs, with p10/p99. ``pinned``: see _pin."""
+        warmup: int = 2000, payload: str = "bytes64") -> dict[str, Any]:
+    """64-byte round trips; value = median µs, with p10/p99. ``pinned``: see _pin;
+    ``payload``: "bytes64" (send_bytes) or "pickled64" (send/recv of the same bytes)."""
     child_pin = _pin(pinned)
     ends = _Ends(impl)
-    p = FORK.Process(target=_echo_child, args=(ends, count + warmup, child_pin))
+    p = FORK.Process(target=_echo_child, args=(ends, count + warmup, child_pin, payload))
     p.start()
     s, r = ends.open("parent")
-    send, recv = _send_fn(impl, s, "bytes64"), _recv_fn(impl, r, "bytes64")
-    msg = b"x" * 64
+    send, recv = _send_fn(impl, s, payload), _recv_fn(impl, r, payload)
+    msg = PAYLOADS[payload]
     for _ in range(warmup):
         send(msg)
         recv()
@@ -259,9 +265,18 @@ def cases(scale: float = 1.0) -> list[Case]:
     small = {"procwire": n(2_000_000), "procwire oneway": n(2_000_000),
              "multiprocessing": n(400_000), "multiprocessing oneway": n(400_000),
              "pyzmq": n(1_000_000), "os.pipe": n(2_000_000)}
+    # issue 14: send()/recv() of the same 64 bytes, pickled, as most programs send
+    for impl in ("procwire", "multiprocessing", "pyzmq"):
+        out.append(Case("RTT 64 B send/recv (pickled), unpinned", impl, W + "rtt",
+                        {"impl": impl, "count": n(20000), "payload": "pickled64"}, "µs",
+                        higher_is_better=False))
     for impl in (*PEERS, "os.pipe"):
         out.append(Case("send_bytes 64 B 1→1", impl, W + "throughput",
                         {"impl": impl, "payload": "bytes64", "messages": small[impl]}, "msg/s"))
+    for impl in PEERS:
+        out.append(Case("send/recv 64 B (pickled) 1→1", impl, W + "throughput",
+                        {"impl": impl, "payload": "pickled64", "messages": small[impl]},
+                        "msg/s"))
     for impl in PEERS:
         out.append(Case("send/recv (1,'abc',2.5) 1→1", impl, W + "throughput",
                         {"impl": impl, "payload": "tuple", "messages": small[impl]}, "msg/s"))

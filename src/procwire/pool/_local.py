@@ -53,7 +53,9 @@ from procwire.pool.results import BrokenPool, PoolStatistics, PoolTerminated
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"  # multiprocessing.pool's states
 BATCH_SECONDS = 0.004
-HELP_SECONDS = 0.001  # how long a caller waiting for one result reads its worker's pipe
+READ_AHEAD_SECONDS = 0.02  # imap's default read-ahead: this much work per worker,
+READ_AHEAD_BYTES = 16 << 20  # at most this much pickled arguments per worker,
+READ_AHEAD_MIN, READ_AHEAD_MAX = 128, 8192  # and this many tasks per worker
 MAX_BATCH = 4096
 INIT_FAILURE_LIMIT = 3  # consecutive workers that fail to start before the pool is broken
 PIPE_CAPACITY = 1 << 20
@@ -192,8 +194,8 @@ class _Worker:
         self.stopping = False
         self.init_error: BaseException | None = None
         self.number = number
-        # Held while reading its pipe and settling what was read: by the manager,
-        # or by a caller waiting for its own result (LocalCore.help_wait).
+        # Held while reading its pipe and settling what was read, so that the
+        # messages of one worker are settled one at a time, in order.
         self.reading = threading.Lock()
 
     def holding(self) -> int:
@@ -206,11 +208,7 @@ Batch = tuple[bytes, list[memoryview]]
 
 
 class _Epoll:
-    """The manager's epoll set: each descriptor with its data; a pipe can be muted.
-
-    A caller reading its own result from a worker's pipe mutes that pipe here
-    for the while, so that the result does not also wake the manager thread.
-    """
+    """The manager's epoll set: each descriptor with the data it stands for."""
 
     def __init__(self) -> None:
         self._ep = select.epoll()
@@ -223,10 +221,6 @@ class _Epoll:
     def unregister(self, fd: int) -> None:
         if self._data.pop(fd, _MISSING) is not _MISSING:
             self._ep.unregister(fd)
-
-    def mute(self, fd: int, muted: bool) -> None:
-        if fd in self._data:
-            self._ep.modify(fd, 0 if muted else select.EPOLLIN)
 
     def select(self) -> list[Any]:
         while True:
@@ -311,6 +305,7 @@ class LocalCore:
         self._broken: BaseException | None = None
         self._init_failures = 0
         self._avg: float | None = None  # moving average of seconds per task
+        self._avg_bytes: float | None = None  # and of bytes sent per task
         self._queued = self._done = self._failed = self._retried = 0
         self._deaths = self._started = 0
         self._sel = _Epoll()
@@ -417,12 +412,28 @@ class LocalCore:
             self._dispatch()
 
     def add_feeder(self, job: Any, func: Any, iterable: Iterable[Any], chunksize: int, kind: int,
-                   prefetch: int) -> None:
+                   prefetch: int | None) -> None:
         with self._lock:
             self.check_running()
             feeder = _Feeder(self, job, func, iter(iterable), chunksize, kind, prefetch)
             self._feeders.add(feeder)
         feeder.start()
+
+    def read_ahead(self) -> int:
+        """How many tasks imap's feeder may read ahead of the consumer, by default.
+
+        About ``READ_AHEAD_SECONDS`` of work per worker (at the measured time
+        per task), so that tiny tasks travel in large batches; but no more than
+        ``READ_AHEAD_BYTES`` of pickled arguments per worker, nor fewer than
+        ``READ_AHEAD_MIN`` or more than ``READ_AHEAD_MAX`` tasks per worker.
+        Until tasks have run, the minimum.
+        """
+        n = max(1, self._processes)
+        avg, size = self._avg, self._avg_bytes
+        if not avg or size is None:
+            return READ_AHEAD_MIN * n
+        tasks = min(READ_AHEAD_SECONDS / avg, READ_AHEAD_BYTES / max(size, 1.0))
+        return n * max(READ_AHEAD_MIN, min(READ_AHEAD_MAX, int(tasks)))
 
     def _feeder_done(self, feeder: _Feeder) -> None:
         with self._lock:
@@ -500,6 +511,8 @@ class LocalCore:
         if w.quota is not None:
             w.quota -= count
         size = len(data[0]) + sum(r.nbytes for r in data[1])
+        per = size / count
+        self._avg_bytes = per if self._avg_bytes is None else 0.7 * self._avg_bytes + 0.3 * per
         if size > PIPE_CAPACITY // 4 and (w.inflight > 1 or not w.ready):
             w.held = data  # sent by _release_held once the worker reads
             return
@@ -628,7 +641,7 @@ class LocalCore:
 
     def _flush_outbox(self) -> None:
         if self._manager_outbox:
-            with self._lock:  # a helping caller flushes too: each entry goes once
+            with self._lock:  # each entry goes once
                 outbox, self._manager_outbox = self._manager_outbox, []
             for outcome in outbox:
                 _deliver_one(*outcome)
@@ -650,72 +663,6 @@ class LocalCore:
                             pass
                     return
                 self._handle(w, data)
-
-    # ------------------------------------------------------- a waiting caller
-
-    def help_wait(self, job: Any, timeout: float | None) -> None:
-        """Called by a thread about to wait for `job` (one task): read its result here.
-
-        The thread reads the pipe of the worker holding the task itself --
-        spinning briefly with the GIL released, then sleeping in the pipe's
-        own wait -- and settles what arrives, so the result takes one
-        wake-up (worker -> caller) instead of three (worker -> manager thread
-        -> caller). It gives up after ``HELP_SECONDS`` (the manager takes over)
-        or as soon as another thread reads that pipe. Outcomes of jobs with
-        callbacks are left to the manager thread, where callbacks always run.
-        """
-        limit = HELP_SECONDS if timeout is None else min(timeout, HELP_SECONDS)
-        deadline = time.monotonic() + limit
-        while not job._event.is_set():
-            w = self._holder(job)
-            if w is None or not w.reading.acquire(blocking=False):
-                return
-            try:
-                if w.eof:
-                    return
-                conn = w.conn
-                with self._lock:
-                    if conn.closed:
-                        return
-                    fd = conn.fileno()
-                    self._sel.mute(fd, True)
-                try:
-                    data = conn.recv_bytes(timeout=max(0.0, deadline - time.monotonic()))
-                    self._handle(w, data)
-                except (TimeoutError, EOFError, OSError):
-                    return  # still running, or the worker died: the manager settles it
-                finally:
-                    with self._lock:
-                        self._sel.mute(fd, False)
-            finally:
-                w.reading.release()
-                self._flush_helped()
-
-    def _holder(self, job: Any) -> _Worker | None:
-        with self._lock:
-            for w in self._workers.values():
-                for lease in w.leases:
-                    for s in lease.spans:
-                        if s.job is job:
-                            return w
-        return None
-
-    def _flush_helped(self) -> None:
-        """Deliver what a helping caller settled; outcomes with callbacks go to the manager."""
-        if not self._manager_outbox:
-            return
-        with self._lock:
-            outbox, self._manager_outbox = self._manager_outbox, []
-        deferred = []
-        for outcome in outbox:
-            if getattr(outcome[0], "_inline", False):
-                _deliver_one(*outcome)
-            else:
-                deferred.append(outcome)
-        if deferred:
-            with self._lock:
-                self._manager_outbox[:0] = deferred
-            self._wake()
 
     def _handle(self, w: _Worker, data: bytes) -> None:
         """Settle one message from `w`. Caller holds ``w.reading``."""
@@ -790,9 +737,10 @@ class LocalCore:
     def _skip(self, w: _Worker, first: int) -> None:
         """Outcomes before stream position `first` that never reached the ledger fail. Lock held.
 
-        Only a thread interrupted (KeyboardInterrupt in a caller helping with
-        its own result) between taking a message and settling it loses one;
-        the tasks it covered ran, but their results are gone.
+        A reader interrupted between taking a message and settling it (an
+        exception in the reading thread) would lose one: the tasks it covered
+        ran, but their results are gone. The check keeps every later result
+        going to its own task.
         """
         while w.leases:
             lease = w.leases[0]
@@ -800,7 +748,7 @@ class LocalCore:
             if missing <= 0:
                 return
             error = RuntimeError("the task ran, but its result was lost: an exception "
-                                 "(KeyboardInterrupt) interrupted the thread reading it")
+                                 "interrupted the thread reading it from the worker")
             spans = lease.remaining()
             lost: list[Span] = []
             for s in spans:
@@ -835,8 +783,8 @@ class LocalCore:
 
         Everything is worked out first and committed at the end, by
         attribute stores and one list extension: an exception raised in
-        between (KeyboardInterrupt in a helping caller) leaves the ledger as
-        it was, and ``first`` of the next message shows the gap.
+        between leaves the ledger as it was, and ``first`` of the next message
+        shows the gap.
         """
         self._skip(w, first)
         if not w.leases:
@@ -1138,7 +1086,7 @@ class _Feeder(threading.Thread):
     """
 
     def __init__(self, core: LocalCore, job: Any, func: Any, iterator: Any, chunksize: int,
-                 kind: int, prefetch: int) -> None:
+                 kind: int, prefetch: int | None) -> None:
         super().__init__(name="procwire-pool-feeder", daemon=True)
         self._core = core
         self._job = weakref.ref(job)
@@ -1146,7 +1094,7 @@ class _Feeder(threading.Thread):
         self._iterator = iterator
         self._chunksize = chunksize
         self._kind = kind
-        self._prefetch = prefetch
+        self._prefetch = prefetch  # None: LocalCore.read_ahead(), adapted as tasks run
         self._cond = threading.Condition(threading.Lock())
         self._submitted = 0  # tasks submitted so far
         self._stopped = False
@@ -1173,13 +1121,14 @@ class _Feeder(threading.Thread):
             job = self._job()
             if job is None:
                 return 0  # nobody will ever read the results
+            limit = self._prefetch if self._prefetch is not None else self._core.read_ahead()
             ahead: int = self._submitted - job._handed
-            if ahead <= self._prefetch // 2:
-                return self._prefetch - ahead
+            if ahead <= limit // 2:
+                return limit - ahead
             # Woken when the consumer has taken enough that half is left ahead
             # (it checks `_wake_at` after each item; re-checked here, under the
             # lock _consumed takes, so the wake-up cannot be missed).
-            job._wake_at = wake_at = self._submitted - self._prefetch // 2
+            job._wake_at = wake_at = self._submitted - limit // 2
             if job._handed < wake_at:
                 del job
                 self._cond.wait(0.5)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections
 import itertools
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -83,10 +82,6 @@ class ApplyResult:
     delivers the result, once, before ``get()`` returns.
     """
 
-    # Set by a transport that lets the waiting thread fetch the result itself:
-    # called as _helper(self, timeout) before sleeping on the event.
-    _helper: Callable[[ApplyResult, float | None], None] | None = None
-
     def __init__(self, owner: object = None, callback: Callback = None,
                  error_callback: Callback = None) -> None:
         self._pool = owner
@@ -104,22 +99,11 @@ class ApplyResult:
             raise ValueError(f"{self!r} not ready")
         return self._success
 
-    @property
-    def _inline(self) -> bool:
-        """Without callbacks, an outcome may be delivered from any thread."""
-        return self._callback is None and self._error_callback is None
-
     def wait(self, timeout: float | None = None) -> None:
-        if self._helper is not None and not self._event.is_set():
-            start = time.monotonic()
-            self._helper(self, timeout)
-            if timeout is not None:
-                timeout = max(0.0, timeout - (time.monotonic() - start))
         self._event.wait(timeout)
 
     def get(self, timeout: float | None = None) -> Any:
-        self.wait(timeout)
-        if not self._event.is_set():
+        if not self._event.wait(timeout):
             raise TimeoutError
         if self._success:
             return self._value
@@ -219,7 +203,6 @@ class IMapIterator:
     """
 
     _on_consume: Callable[[], None] | None = None
-    _inline = True  # no callbacks: outcomes may be delivered from any thread
 
     def __init__(self, owner: object = None) -> None:
         self._pool = owner
