@@ -1,7 +1,7 @@
 """Message queues: ``Queue``, ``SimpleQueue`` and ``JoinableQueue``.
 
 Drop-in replacements for their :mod:`multiprocessing` twins, built on one
-shared-memory ring (``procwire._core.Ring``):
+shared-memory ring (``procwire._core.QueueBase``):
 
 * ``put`` serialises in the calling thread and copies straight into shared
   memory. There is no feeder thread: an unpicklable object raises from
@@ -59,7 +59,7 @@ def _maxsize_for(maxsize: int) -> int:
     return max(maxsize, 0)  # <= 0 means no count limit, as in multiprocessing
 
 
-class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.Ring, Generic[_T]):
+class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.QueueBase, Generic[_T]):
     """A process-safe FIFO queue in shared memory, like ``multiprocessing.Queue``.
 
     ``Queue(maxsize=0, *, capacity=None, name=None)``
@@ -77,7 +77,7 @@ class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.Ring, Generic[_T
     ``multiprocessing.Queue``: ``q: Queue[int] = Queue()``.
     """
 
-    if TYPE_CHECKING:  # the native methods (_core.Ring), typed with the item type
+    if TYPE_CHECKING:  # the native methods (_core.QueueBase), typed with the item type
         def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None: ...
         def put_nowait(self, obj: _T, /) -> None: ...
         @overload
@@ -97,8 +97,8 @@ class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.Ring, Generic[_T
 
     _label = "Queue"
     _statistics_type = QueueStatistics
-    _close = _core.Ring._release
-    _counters = _core.Ring._statistics
+    _close = _core.QueueBase._release
+    _counters = _core.QueueBase._statistics
 
     def __init__(self, maxsize: int = 0, *, capacity: int | None = None,
                  name: str | None = None, ctx: object = None) -> None:
@@ -106,19 +106,19 @@ class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.Ring, Generic[_T
         cap = ring_capacity(capacity, DEFAULT_CAPACITY)
 
         def layout(buffer: Any) -> None:
-            # A throw-away Ring writes the initial state; this object opens it
+            # A throw-away QueueBase writes the initial state; this object opens it
             # like any attacher (so that one _bind serves every path).
-            ring = _core.Ring.__new__(_core.Ring)
-            _core.Ring.__init__(ring, buffer, create=True, capacity=cap, maxsize=maxsize,
-                                kind=_core.KIND_QUEUE, name=self._label, **_SERIALIZER)
+            ring = _core.QueueBase.__new__(_core.QueueBase)
+            _core.QueueBase.__init__(ring, buffer, create=True, capacity=cap, maxsize=maxsize,
+                                     kind=_core.KIND_QUEUE, name=self._label, **_SERIALIZER)
             ring._release()
 
-        self._create(name, _core.Ring._segment_size(cap), layout)
+        self._create(name, _core.QueueBase._segment_size(cap), layout)
 
     def _bind(self, **state: Any) -> None:
         self._leases: set[Loan | View] = set()  # this handle's open loans and views
-        _core.Ring.__init__(self, self._segment.buffer, create=False, capacity=0, maxsize=0,
-                            kind=_core.KIND_QUEUE, name=self._describe(), **_SERIALIZER)
+        _core.QueueBase.__init__(self, self._segment.buffer, create=False, capacity=0, maxsize=0,
+                                 kind=_core.KIND_QUEUE, name=self._describe(), **_SERIALIZER)
 
     def close(self) -> None:
         """Release this process's handle. Further use of it raises ValueError.
@@ -168,7 +168,7 @@ class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.Ring, Generic[_T
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, not {nbytes}")
         me = threading.get_ident()
-        if any(isinstance(x, Loan) and x._owner == me for x in self._leases):
+        if self._leases and any(isinstance(x, Loan) and x._owner == me for x in self._leases):
             raise RuntimeError(f"{self._describe()}: this thread has an open loan on this "
                                "queue; publish or discard it before another")
         offset = self._loan_begin(nbytes, block, timeout)
@@ -183,7 +183,7 @@ class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.Ring, Generic[_T
     def _get_view(self, block: bool, timeout: float | None) -> View:
         """get(copy=False): the oldest message, in place (see procwire._loans.View)."""
         me = threading.get_ident()
-        if any(isinstance(x, View) and x._owner == me for x in self._leases):
+        if self._leases and any(isinstance(x, View) and x._owner == me for x in self._leases):
             raise RuntimeError(f"{self._describe()}: this thread holds a view of this queue; "
                                "release it before taking another message")
         rtype, offset, length, copied = self._view_begin(block, timeout)
@@ -217,7 +217,7 @@ class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.Ring, Generic[_T
         the number of items put (its index). On timeout raises ``queue.Full``,
         whose ``count`` attribute says the same.
         """
-        return _core.Ring.put_many(self, items, block, timeout)
+        return _core.QueueBase.put_many(self, items, block, timeout)
 
 
 class SimpleQueue(Queue[_T]):

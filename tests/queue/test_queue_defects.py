@@ -139,7 +139,7 @@ def test_put_many_timeout_with_an_unpicklable_item_later_reports_full_with_the_c
 # -- defect 19: total_in/total_out stay exact across kills ----------------------------------
 
 def _die_after_publishing(q, side):
-    _core._debug_ring_hold(q, side, b"payload" if side == "tail" else None, publish=True)
+    _core._testing.hold_queue_lock(q, side, b"payload" if side == "tail" else None, publish=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
 

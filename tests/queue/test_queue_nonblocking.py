@@ -22,7 +22,7 @@ BOUND = 10.0  # seconds: far above the 5 ms lock grace and the 0.2 s timeouts be
 
 
 def _hold(q, side, ready):
-    _core._debug_ring_hold(q, side)
+    _core._testing.hold_queue_lock(q, side)
     ready.set()
     threading.Event().wait()  # parked, lock held, until SIGKILL
 

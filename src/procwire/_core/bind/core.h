@@ -27,12 +27,18 @@
 
 /* ---------------------------------------------------------------- errors */
 
-/* Exception classes, created in module.c and re-exported by procwire.errors. */
-extern PyObject *PwExc_ProcwireError;   /* base of procwire's own errors        */
-extern PyObject *PwExc_SegmentError;    /* corrupt, foreign or truncated segment */
-extern PyObject *PwExc_MessageTooLarge; /* a message that can never fit         */
-extern PyObject *PwExc_Empty;           /* queue.Empty                          */
-extern PyObject *PwExc_Full;            /* queue.Full                           */
+/* The module's state (module.c): every Python object the C code keeps. */
+typedef struct {
+    PyObject *ProcwireError;      /* base of procwire's own errors              */
+    PyObject *SegmentError;       /* corrupt, foreign or truncated segment       */
+    PyObject *MessageTooLarge;    /* a message that can never fit               */
+    PyObject *OwnerDiedWarning;   /* an acquire found the holder dead           */
+    PyObject *Empty, *Full;       /* queue.Empty, queue.Full                    */
+    PyObject *BrokenBarrierError; /* threading.BrokenBarrierError               */
+    PyObject *str_buffers;        /* interned "buffers": loads(..., buffers=)   */
+} pw_state;
+
+pw_state *pw_get_state(void);
 
 /*
  * Raises the exception for a lib status (pw.h, enum pw_status) and returns
@@ -70,46 +76,87 @@ int pw_parse_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyO
 int pw_parse_block_timeout(PyObject *block, PyObject *timeout, int64_t *deadline);
 
 
-/* ------------------------------------------ guard against a concurrent close */
+/* ------------------------------------------------- the native object base */
 
 /*
- * A native object whose calls release the GIL brackets each such call with
- * pw_guard_enter()/pw_guard_leave(): close() from another thread then only
- * marks it closed (pw_guard_close()), waiting calls notice the flag and leave
+ * Every _core type over a mapping starts with a PwObject (object.c). Calls
+ * that may release the GIL bracket themselves with pw_object_enter() and
+ * pw_object_leave(): close() from another thread then only marks the object
+ * closed, waits notice the flag (pw_wait's cancel = &guard.closed) and leave
  * with an error, and the mapping is released by whoever leaves last -- never
  * under a thread inside a native call. The fields are protected by the GIL.
- * (queue.c and pipe.c have the same idiom written inline.)
  */
 typedef struct {
     int closed; /* close() was called */
     int active; /* calls in progress in this process */
 } pw_guard;
 
-/* 0, or -1 (no exception set) if the object is closed. */
-static inline int pw_guard_enter(pw_guard *g)
-{
-    if (g->closed)
-        return -1;
-    g->active++;
-    return 0;
-}
-
-/* 1 if the caller left last after a close: it must release the mapping now. */
-static inline int pw_guard_leave(pw_guard *g)
-{
-    return --g->active == 0 && g->closed;
-}
-
-/* Marks closed. 1 if no call is in progress: release the mapping now. */
+static inline int pw_guard_leave(pw_guard *g) { return --g->active == 0 && g->closed; }
 static inline int pw_guard_close(pw_guard *g)
 {
     g->closed = 1;
     return g->active == 0;
 }
 
+typedef struct PwObject PwObject;
+
+/* What differs between the types. */
+typedef struct {
+    void (*release)(PwObject *o); /* drop the mapping and what comes with it; NULL:
+                                     pw_object_unmap */
+    const char *closed_msg;       /* a closed object raises OSError(closed_msg);
+                                     NULL: ValueError("<name> is closed")        */
+} pw_object_ops;
+
+struct PwObject {
+    PyObject_HEAD
+    const pw_object_ops *ops;
+    Py_buffer view;    /* the mapping, held while mapped */
+    int mapped;
+    int keep_mapping;  /* never release the view: a robust list may point into it */
+    pw_guard guard;
+    PyObject *name;    /* str, for messages */
+};
+
+/* At __init__: takes a writable view of buffer and the name. 0, or -1 with
+ * an exception. */
+int pw_object_map(PwObject *o, const pw_object_ops *ops, PyObject *buffer, PyObject *name);
+/* Releases the view (unless keep_mapping); idempotent. */
+void pw_object_unmap(PwObject *o);
+/* Raises the type's "closed" error. NULL. */
+PyObject *pw_object_closed(PwObject *o);
+/* For a wait that saw the object closed by another thread. NULL. */
+PyObject *pw_object_closed_while_waiting(PwObject *o);
+
+/* 0, or -1 with the closed error raised. */
+static inline int pw_object_check_open(PwObject *o)
+{
+    if (o->mapped && !o->guard.closed)
+        return 0;
+    pw_object_closed(o);
+    return -1;
+}
+
+static inline int pw_object_enter(PwObject *o)
+{
+    if (pw_object_check_open(o) < 0)
+        return -1;
+    o->guard.active++;
+    return 0;
+}
+
+void pw_object_leave(PwObject *o);
+/* Marks closed (idempotent); releases now if no call is in progress (1). */
+int pw_object_close(PwObject *o);
+/* The base's part of tp_dealloc: release, drop the name. */
+void pw_object_dealloc(PwObject *o);
+PyObject *pw_object_get_name(PwObject *o, void *closure);   /* _display */
+PyObject *pw_object_get_closed(PwObject *o, void *closure); /* closed, _released */
+
 /* -------------------------------------------------------- module plumbing */
 
-int pw_ring_register(PyObject *module);
+int pw_queue_register(PyObject *module);   /* queue.c: QueueBase */
+int pw_testing_register(PyObject *module); /* testing.c: _core._testing */
 int pw_sync_register(PyObject *module);   /* sync.c: Lock, Semaphore, Event, ... */
 int pw_shared_register(PyObject *module); /* shared.c: Value and Array segments  */
 

@@ -15,7 +15,7 @@ PyObject *pw_raise(int status)
             PyErr_SetString(PyExc_SystemError, "procwire: error without an exception");
         break;
     case PW_ECORRUPT:
-        PyErr_SetString(PwExc_SegmentError, pw_last_error());
+        PyErr_SetString(pw_get_state()->SegmentError, pw_last_error());
         break;
     case PW_ESYS:
         errno = pw_last_errno();
@@ -47,7 +47,7 @@ int pw_segment_error(const char *fmt, ...)
     PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
     va_end(ap);
     if (msg) {
-        PyErr_SetObject(PwExc_SegmentError, msg);
+        PyErr_SetObject(pw_get_state()->SegmentError, msg);
         Py_DECREF(msg);
     }
     return -1;

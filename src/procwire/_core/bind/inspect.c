@@ -162,8 +162,9 @@ static int add_kind(PyObject *d, const char *base, const struct pw_header *h)
     return 0;
 }
 
-/* _core.inspect(buffer) -> dict: the common header and the kind's counters. */
-static PyObject *inspect(PyObject *self, PyObject *arg)
+/* The validated common header of a segment, and its kind's counters too if
+ * `counters`. */
+static PyObject *describe(PyObject *arg, int counters)
 {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
@@ -180,14 +181,29 @@ static PyObject *inspect(PyObject *self, PyObject *arg)
                       (unsigned long long)h->total_size, "creator_pid", h->creator_pid,
                       "created_ns", (unsigned long long)h->created_ns, "data_offset",
                       (unsigned long long)h->data_offset, "header_size", h->header_size);
-    if (d && add_kind(d, view.buf, h) < 0)
+    if (d && counters && add_kind(d, view.buf, h) < 0)
         Py_CLEAR(d);
 done:
     PyBuffer_Release(&view);
     return d;
 }
 
+/* _core.inspect(buffer) -> dict: the common header and the kind's counters. */
+static PyObject *inspect(PyObject *self, PyObject *arg)
+{
+    return describe(arg, 1);
+}
+
+/* _core.header_info(buffer) -> dict: the validated common header. */
+static PyObject *header_info(PyObject *self, PyObject *arg)
+{
+    return describe(arg, 0);
+}
+
 static PyMethodDef inspect_methods[] = {
+    {"header_info", header_info, METH_O,
+     "header_info(buffer) -> dict\n\nValidate a segment's common header and describe it. "
+     "Raises SegmentError for anything that is not a whole, initialised procwire segment."},
     {"inspect", inspect, METH_O,
      "inspect(buffer) -> dict\n\nThe common header and the live counters of a segment, read "
      "without locking or writing (a read-only mapping will do). Raises SegmentError for "

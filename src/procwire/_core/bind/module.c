@@ -1,62 +1,117 @@
 /*
- * module.c -- procwire._core: module set-up and its exception classes.
+ * module.c -- procwire._core: its state (exceptions, interned strings) and
+ * its set-up.
  *
  * The module is private. procwire/errors.py re-exports the exceptions, and
- * the Python modules build the public API on the types registered here.
+ * the Python modules build the public API on the types registered here. All
+ * module-level Python objects live in one pw_state (msgspec's MsgspecState
+ * is the model), reached with pw_get_state(); there are no C globals holding
+ * Python objects.
  */
 #include "core.h"
 
-PyObject *PwExc_ProcwireError;
-PyObject *PwExc_SegmentError;
-PyObject *PwExc_MessageTooLarge;
-PyObject *PwExc_Empty;
-PyObject *PwExc_Full;
+#include <string.h>
 
-static int add_exceptions(PyObject *m)
+static struct PyModuleDef core_module;
+
+pw_state *pw_get_state(void)
+{
+    PyObject *m = PyState_FindModule(&core_module);
+    return m ? (pw_state *)PyModule_GetState(m) : NULL;
+}
+
+#define PW_STATE_OBJECTS(X)                                                    \
+    X(ProcwireError) X(SegmentError) X(MessageTooLarge) X(OwnerDiedWarning)     \
+    X(Empty) X(Full) X(BrokenBarrierError) X(str_buffers)
+
+static int core_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    pw_state *st = PyModule_GetState(m);
+#define PW_VISIT_(f) Py_VISIT(st->f);
+    PW_STATE_OBJECTS(PW_VISIT_)
+#undef PW_VISIT_
+    return 0;
+}
+
+static int core_clear(PyObject *m)
+{
+    pw_state *st = PyModule_GetState(m);
+#define PW_CLEAR_(f) Py_CLEAR(st->f);
+    PW_STATE_OBJECTS(PW_CLEAR_)
+#undef PW_CLEAR_
+    return 0;
+}
+
+static void core_free(void *m)
+{
+    core_clear((PyObject *)m);
+}
+
+/* A new exception class, also added to the module as `name`'s last part. */
+static PyObject *new_exception(PyObject *m, const char *name, const char *doc, PyObject *bases)
+{
+    PyObject *exc = PyErr_NewExceptionWithDoc(name, doc, bases, NULL);
+    if (exc && PyModule_AddObjectRef(m, strrchr(name, '.') + 1, exc) < 0)
+        Py_CLEAR(exc);
+    return exc;
+}
+
+static int init_state(PyObject *m, pw_state *st)
 {
     PyObject *queue = PyImport_ImportModule("queue");
     if (!queue)
         return -1;
-    PwExc_Empty = PyObject_GetAttrString(queue, "Empty");
-    PwExc_Full = PyObject_GetAttrString(queue, "Full");
+    st->Empty = PyObject_GetAttrString(queue, "Empty");
+    st->Full = PyObject_GetAttrString(queue, "Full");
     Py_DECREF(queue);
-    if (!PwExc_Empty || !PwExc_Full)
+    PyObject *threading = PyImport_ImportModule("threading");
+    if (!threading)
+        return -1;
+    st->BrokenBarrierError = PyObject_GetAttrString(threading, "BrokenBarrierError");
+    Py_DECREF(threading);
+    if (!st->Empty || !st->Full || !st->BrokenBarrierError)
+        return -1;
+    st->str_buffers = PyUnicode_InternFromString("buffers");
+    if (!st->str_buffers)
         return -1;
 
-    PwExc_ProcwireError = PyErr_NewExceptionWithDoc(
-        "procwire.ProcwireError", "Base class of procwire's own exceptions.", NULL, NULL);
-    if (!PwExc_ProcwireError)
+    st->ProcwireError = new_exception(m, "procwire.ProcwireError",
+                                      "Base class of procwire's own exceptions.", NULL);
+    if (!st->ProcwireError)
         return -1;
-    PwExc_SegmentError = PyErr_NewExceptionWithDoc(
-        "procwire.SegmentError",
+    st->SegmentError = new_exception(
+        m, "procwire.SegmentError",
         "A shared segment is not a whole, initialised procwire object of the expected kind: "
         "foreign, truncated, corrupt, or made by another procwire version.",
-        PwExc_ProcwireError, NULL);
-    if (!PwExc_SegmentError)
+        st->ProcwireError);
+    PyObject *bases = PyTuple_Pack(2, st->ProcwireError, PyExc_ValueError);
+    if (!st->SegmentError || !bases) {
+        Py_XDECREF(bases);
         return -1;
-    PyObject *bases = PyTuple_Pack(2, PwExc_ProcwireError, PyExc_ValueError);
-    if (!bases)
-        return -1;
-    PwExc_MessageTooLarge = PyErr_NewExceptionWithDoc(
-        "procwire.MessageTooLarge",
+    }
+    st->MessageTooLarge = new_exception(
+        m, "procwire.MessageTooLarge",
         "A message can never fit the object's ring; the message names the setting to raise.",
-        bases, NULL);
+        bases);
     Py_DECREF(bases);
-    if (!PwExc_MessageTooLarge)
-        return -1;
-    if (PyModule_AddObjectRef(m, "ProcwireError", PwExc_ProcwireError) < 0 ||
-        PyModule_AddObjectRef(m, "SegmentError", PwExc_SegmentError) < 0 ||
-        PyModule_AddObjectRef(m, "MessageTooLarge", PwExc_MessageTooLarge) < 0)
-        return -1;
-    return 0;
+    st->OwnerDiedWarning = new_exception(
+        m, "procwire.OwnerDiedWarning",
+        "An acquire() found that the lock's previous holder died holding it. The lock is "
+        "now held by the caller; the state it protects may be half-updated.",
+        PyExc_RuntimeWarning);
+    return st->MessageTooLarge && st->OwnerDiedWarning ? 0 : -1;
 }
 
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "procwire._core",
-    .m_doc = "procwire's private native core: shared segments, futex waits, robust "
-             "mutexes and the message ring. Use the public procwire API instead.",
-    .m_size = -1,
+    .m_doc = "procwire's private native core: the CPython types (bind/) over the plain-C "
+             "mechanics (lib/): shared segments, waits, robust mutexes and the message "
+             "ring. Use the public procwire API instead.",
+    .m_size = sizeof(pw_state),
+    .m_traverse = core_traverse,
+    .m_clear = core_clear,
+    .m_free = core_free,
 };
 
 PyMODINIT_FUNC PyInit__core(void)
@@ -65,9 +120,11 @@ PyMODINIT_FUNC PyInit__core(void)
     PyObject *m = PyModule_Create(&core_module);
     if (!m)
         return NULL;
-    if (add_exceptions(m) < 0 || pw_segment_register(m) < 0 || pw_ring_register(m) < 0 ||
-        pw_sync_register(m) < 0 || pw_shared_register(m) < 0 ||
-        pw_inspect_register(m) < 0 || pw_pipe_register(m) < 0) {
+    /* Registered before the types: their set-up may use the state. */
+    if (PyState_AddModule(m, &core_module) < 0 || init_state(m, PyModule_GetState(m)) < 0 ||
+        pw_segment_register(m) < 0 || pw_queue_register(m) < 0 || pw_sync_register(m) < 0 ||
+        pw_shared_register(m) < 0 || pw_inspect_register(m) < 0 || pw_pipe_register(m) < 0 ||
+        pw_testing_register(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

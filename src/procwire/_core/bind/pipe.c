@@ -19,7 +19,7 @@
  *    are only ever polled for POLLHUP here, never for POLLIN.
  *
  *  - Sleeping. A receiver waits with pw_wait_until (lib/wait.c): it spins a
- *    little on the ring's tail word, then registers in its end's `readers`
+ *    little on the ring's tail word, then registers in its end's `receivers`
  *    and sleeps in ppoll() on its end's eventfd and the peer's life pipe: a
  *    new message or the peer's death wakes it. A sender writes the eventfd only when someone sleeps there
  *    (or fileno() was handed out), so an awake receiver costs no syscall.
@@ -48,9 +48,7 @@
 #define PW_PIPE_PEER_CHECK_NS 1000000LL    /* send() polls the life pipe this often */
 
 typedef struct {
-    PyObject_HEAD
-    Py_buffer view;
-    int mapped, closed, active;
+    PwObject base;            /* the mapping, its name, the guard against a concurrent close */
     int end, readable, writable;
     struct pw_pipe *pipe;
     struct pw_pipe_end *me, *peer;
@@ -79,38 +77,29 @@ static void close_fd(int *fd)
     }
 }
 
-static void release_all(PipeEndObject *self)
+static void release_all(PwObject *o)
 {
+    PipeEndObject *self = (PipeEndObject *)o;
     close_fd(&self->ev_self);
     close_fd(&self->ev_peer);
     close_fd(&self->life_peer);
     close_fd(&self->life_own);
     close_fd(&self->epfd);
     Py_CLEAR(self->stash);
-    if (self->mapped) {
-        self->mapped = 0;
+    if (o->mapped) {
         self->pipe = NULL;
         self->me = self->peer = NULL;
         self->in.ring = self->out.ring = NULL;
-        PyBuffer_Release(&self->view);
+        pw_object_unmap(o);
     }
 }
 
-static int enter(PipeEndObject *self)
-{
-    if (!self->mapped || self->closed) {
-        PyErr_SetString(PyExc_OSError, "handle is closed");
-        return -1;
-    }
-    self->active++;
-    return 0;
-}
+/* A closed end raises OSError("handle is closed"), as multiprocessing's. */
+static const pw_object_ops pipe_ops = {release_all, "handle is closed"};
 
-static void leave(PipeEndObject *self)
-{
-    if (--self->active == 0 && self->closed)
-        release_all(self);
-}
+#define enter(self) pw_object_enter(&(self)->base)
+#define leave(self) pw_object_leave(&(self)->base)
+#define closed_error(self) pw_object_closed(&(self)->base)
 
 static int check_readable(PipeEndObject *self)
 {
@@ -198,9 +187,9 @@ static PyObject *raise_eof(void)
 static inline void signal_peer(PipeEndObject *self)
 {
     struct pw_pipe_end *pe = self->peer;
-    if (pw_waiters_any(&pe->readers)) {
+    if (pw_waiters_any(&pe->receivers)) {
         ev_write(self->ev_peer);
-        pw_waiters_woke_unknown(&pe->readers); /* issue 9 #15: reaps killed receivers */
+        pw_waiters_woke_unknown(&pe->receivers); /* issue 9 #15: reaps killed receivers */
     }
     else if (atomic_load_explicit(&pe->fd_interest, memory_order_relaxed) &&
              atomic_exchange(&pe->fd_signaled, 1) == 0)
@@ -228,7 +217,7 @@ static void resync_after_take(PipeEndObject *self)
         if ((ring_nonempty(self) || peer_closed(self)) &&
             atomic_exchange(&me->fd_signaled, 1) == 0)
             ev_write(self->ev_self);
-    } else if (pw_waiters_any(&me->readers) && ring_nonempty(self)) {
+    } else if (pw_waiters_any(&me->receivers) && ring_nonempty(self)) {
         ev_write(self->ev_self); /* another receiver sleeps and there is more */
     }
 }
@@ -280,8 +269,8 @@ static int sleep_in_ppoll(void *ctx, uint32_t unused, int64_t until)
 static int wait_for_data(PipeEndObject *self, uint64_t tail, int64_t deadline)
 {
     struct data_wait d = {self, tail};
-    pw_wait w = {.done = data_arrived, .ctx = &d, .waiters = &self->me->readers,
-                 .spin = &self->in.spin, .cancel = &self->closed, .sleep = sleep_in_ppoll};
+    pw_wait w = {.done = data_arrived, .ctx = &d, .waiters = &self->me->receivers,
+                 .spin = &self->in.spin, .cancel = &self->base.guard.closed, .sleep = sleep_in_ppoll};
     int rc = pw_wait_until(&w, deadline);
     if (rc == PW_OK || rc == PW_CANCELLED)
         return 0;
@@ -304,8 +293,8 @@ static int put_record(PipeEndObject *self, pw_msg *m)
             signal_peer(self);
             return 0;
         }
-        if (self->closed) {
-            PyErr_SetString(PyExc_OSError, "handle is closed");
+        if (self->base.guard.closed) {
+            closed_error(self);
             return -1;
         }
         if (peer_hup(self)) {
@@ -688,8 +677,8 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
             result = -1;
             break;
         }
-        if (self->closed) { /* close() from another thread of ours */
-            PyErr_SetString(PyExc_OSError, "handle is closed");
+        if (self->base.guard.closed) { /* close() from another thread of ours */
+            closed_error(self);
             result = -1;
             break;
         }
@@ -887,8 +876,8 @@ static PyObject *PipeEnd_poll(PipeEndObject *self, PyObject *const *args, Py_ssi
             int rc = wait_for_data(self, tail, deadline);
             if (rc < 0)
                 break;
-            if (self->closed) {
-                PyErr_SetString(PyExc_OSError, "handle is closed");
+            if (self->base.guard.closed) {
+                closed_error(self);
                 break;
             }
             if (rc == 1) {
@@ -917,7 +906,7 @@ static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
                                      &create, &end, &capacity, &duplex, &fds[0], &fds[1],
                                      &fds[2], &fds[3], &count, &name, &dumps, &loads))
         return -1;
-    if (self->mapped || self->ev_self > 0) {
+    if (self->ev_self > 0) {
         PyErr_SetString(PyExc_RuntimeError, "PipeEnd.__init__ called twice");
         return -1;
     }
@@ -925,17 +914,16 @@ static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "end must be 0 or 1, not %d", end);
         return -1;
     }
-    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE) < 0)
+    if (pw_object_map(&self->base, &pipe_ops, buffer, name) < 0)
         return -1;
-    self->mapped = 1;
     Py_XSETREF(self->dumps, Py_NewRef(dumps));
     Py_XSETREF(self->loads, Py_NewRef(loads));
     const char *what = PyUnicode_AsUTF8(name);
     if (!what)
         goto fail;
-    struct pw_header *h = self->view.buf;
+    struct pw_header *h = self->base.view.buf;
     struct pw_pipe *p = (struct pw_pipe *)(h + 1);
-    uint64_t size = (uint64_t)self->view.len;
+    uint64_t size = (uint64_t)self->base.view.len;
     uint64_t data_offset = pw_ring_data_offset(sizeof *h + sizeof *p);
     if (create) {
         uint64_t cap1 = duplex ? capacity : PW_RING_MIN_CAPACITY;
@@ -1011,24 +999,20 @@ static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
     self->life_peer = fds[2];
     self->life_own = fds[3];
     self->epfd = -1;
-    self->closed = 0;
     self->counted = 1;
     if (count)
         atomic_fetch_add(&self->me->handles, 1);
     return 0;
 fail:
     /* The descriptors stay the caller's on failure. */
-    if (self->mapped) {
-        self->mapped = 0;
-        PyBuffer_Release(&self->view);
-    }
+    pw_object_unmap(&self->base);
     return -1;
 }
 
 /* Drops this object's handle; the last one marks the end closed at once. */
 static void drop_handle(PipeEndObject *self)
 {
-    if (!self->counted || !self->mapped)
+    if (!self->counted || !self->base.mapped)
         return;
     self->counted = 0;
     if (atomic_fetch_sub(&self->me->handles, 1) == 1) {
@@ -1039,27 +1023,40 @@ static void drop_handle(PipeEndObject *self)
 
 static PyObject *PipeEnd_close(PipeEndObject *self, PyObject *unused)
 {
-    if (self->closed || !self->mapped)
+    if (self->base.guard.closed || !self->base.mapped)
         Py_RETURN_NONE;
     drop_handle(self);
-    self->closed = 1;
-    /* Our own threads blocked in recv() wake, see `closed` and raise. */
-    if (self->active) {
+    if (!pw_object_close(&self->base)) {
+        /* Our own threads blocked in recv() wake, see `closed` and raise. */
         ev_write(self->ev_self);
         close_fd(&self->life_own);
-    } else {
-        release_all(self);
     }
     Py_RETURN_NONE;
 }
 
-static void PipeEnd_dealloc(PipeEndObject *self)
+/* The serializer may refer back to the connection: take part in GC. */
+static int PipeEnd_traverse(PipeEndObject *self, visitproc visit, void *arg)
 {
-    drop_handle(self);
-    release_all(self);
+    Py_VISIT(self->dumps);
+    Py_VISIT(self->loads);
+    return 0;
+}
+
+static int PipeEnd_clear(PipeEndObject *self)
+{
+    self->base.guard.closed = 1; /* no call may use the callables any more */
     Py_CLEAR(self->dumps);
     Py_CLEAR(self->loads);
-    Py_CLEAR(self->stash);
+    return 0;
+}
+
+static void PipeEnd_dealloc(PipeEndObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    drop_handle(self);
+    release_all(&self->base);
+    pw_object_dealloc(&self->base);
+    PipeEnd_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1068,7 +1065,6 @@ static PyObject *PipeEnd_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     PipeEndObject *self = (PipeEndObject *)type->tp_alloc(type, 0);
     if (self) {
         self->ev_self = self->ev_peer = self->life_peer = self->life_own = self->epfd = -1;
-        self->closed = 1;
     }
     return (PyObject *)self;
 }
@@ -1150,8 +1146,8 @@ static PyObject *PipeEnd_statistics(PipeEndObject *self, PyObject *unused)
         "send_owner_died", (unsigned long long)atomic_load(&self->me->send_owner_died),
         "recv_owner_died", (unsigned long long)atomic_load(&self->me->recv_owner_died),
         "peer_closed", peer_closed(self) ? Py_True : Py_False,
-        "receivers_waiting", pw_waiters_reconcile(&self->me->readers),
-        "wake_syscalls", (unsigned long long)atomic_load(&self->me->readers.wakes));
+        "receivers_waiting", pw_waiters_reconcile(&self->me->receivers),
+        "wake_syscalls", (unsigned long long)atomic_load(&self->me->receivers.wakes));
     leave(self);
     return d;
 }
@@ -1166,10 +1162,6 @@ static PyObject *PipeEnd_segment_size(PyObject *cls, PyObject *args)
     return PyLong_FromUnsignedLongLong(off + cap + (duplex ? cap : PW_RING_MIN_CAPACITY));
 }
 
-static PyObject *get_closed(PipeEndObject *self, void *c)
-{
-    return PyBool_FromLong(self->closed || !self->mapped);
-}
 static PyObject *get_readable(PipeEndObject *self, void *c)
 {
     return PyBool_FromLong(self->readable);
@@ -1212,7 +1204,7 @@ static PyMethodDef PipeEnd_methods[] = {
 };
 
 static PyGetSetDef PipeEnd_getset[] = {
-    {"closed", (getter)get_closed, NULL, "True if the connection is closed.", NULL},
+    {"closed", (getter)pw_object_get_closed, NULL, "True if the connection is closed.", NULL},
     {"readable", (getter)get_readable, NULL, "True if the connection can receive.", NULL},
     {"writable", (getter)get_writable, NULL, "True if the connection can send.", NULL},
     {"_end", (getter)get_end, NULL, NULL, NULL},
@@ -1223,7 +1215,9 @@ static PyTypeObject PipeEndType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "procwire._core.PipeEnd",
     .tp_basicsize = sizeof(PipeEndObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)PipeEnd_traverse,
+    .tp_clear = (inquiry)PipeEnd_clear,
     .tp_doc = "One end of a shared-memory pipe (see procwire.pipe.Connection).",
     .tp_new = PipeEnd_new,
     .tp_init = (initproc)PipeEnd_init,

@@ -1,5 +1,5 @@
 /*
- * queue.c -- _core.Ring, the native base class of procwire's queues.
+ * queue.c -- _core.QueueBase, the native base class of procwire's queues.
  *
  * procwire.queue.Queue subclasses this type, so q.put and q.get resolve
  * straight to the C methods below with no Python frame in between. Python
@@ -14,17 +14,12 @@
 #include <string.h>
 
 typedef struct {
-    PyObject_HEAD
+    PwObject base;       /* the mapping, its name, the guard against a concurrent close */
     pw_ringref rr;
-    Py_buffer view;      /* the mapping, held while open */
-    int mapped;          /* view is held */
-    int closed;          /* close() was called */
-    int active;          /* calls in progress in this process (GIL-protected) */
     PyObject *dumps;     /* dumps(obj, protocol) -> bytes */
     PyObject *protocol;  /* int, the pickle protocol */
     PyObject *dumps_buffers; /* for buffer exporters: obj -> bytes or [pickle, buffer, ...] */
     PyObject *loads;     /* loads(data, buffers=None) */
-    PyObject *name;      /* str, for messages */
     /* get_many() found a message it could not unpickle: its exception, raised
      * by this handle's next get call (the batch's other messages were
      * returned). Type, value, traceback as PyErr_Fetch gives them. */
@@ -35,46 +30,30 @@ typedef struct {
     int loan_open, view_open;
     uint32_t loan_pos;
     uint64_t loan_len, view_len;
-} RingObject;
+} QueueObject;
 
 /* Messages are serialised and put in groups of this many by put_many(),
  * which bounds the memory a huge batch needs. */
 #define PW_BATCH 256
 
-static PyObject *str_buffers; /* interned "buffers" keyword for loads() */
-static PyTypeObject RingType;
+static PyTypeObject QueueBaseType;
 
 /* ------------------------------------------------------------ lifecycle */
 
-static void release_mapping(RingObject *self)
+static void release_mapping(PwObject *o)
 {
-    if (self->mapped) {
-        self->mapped = 0;
-        self->rr.ring = NULL;
-        self->rr.data = NULL;
-        PyBuffer_Release(&self->view);
-    }
+    QueueObject *self = (QueueObject *)o;
+    self->rr.ring = NULL;
+    self->rr.data = NULL;
+    pw_object_unmap(o);
 }
 
-/* Every operation brackets itself with enter()/leave(): close() from another
- * thread must not unmap memory that a blocked put() or get() still uses. */
-static int enter(RingObject *self)
-{
-    if (!self->mapped || self->closed) {
-        PyErr_Format(PyExc_ValueError, "%U is closed", self->name ? self->name : Py_None);
-        return -1;
-    }
-    self->active++;
-    return 0;
-}
+static const pw_object_ops queue_ops = {release_mapping, NULL};
 
-static void leave(RingObject *self)
-{
-    if (--self->active == 0 && self->closed)
-        release_mapping(self);
-}
+#define enter(self) pw_object_enter(&(self)->base)
+#define leave(self) pw_object_leave(&(self)->base)
 
-static int Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
+static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"buffer", "create", "capacity", "maxsize", "kind", "name",
                              "dumps", "protocol", "dumps_buffers", "loads", NULL};
@@ -82,14 +61,10 @@ static int Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
     int create = 0;
     unsigned long long capacity = 0;
     unsigned int maxsize = 0, kind = PW_KIND_QUEUE;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$pKIIUOO!OO:Ring", kwlist, &buffer, &create,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$pKIIUOO!OO:QueueBase", kwlist, &buffer, &create,
                                      &capacity, &maxsize, &kind, &name, &dumps, &PyLong_Type,
                                      &protocol, &dumps_buffers, &loads))
         return -1;
-    if (self->mapped) {
-        PyErr_SetString(PyExc_RuntimeError, "Ring.__init__ called twice");
-        return -1;
-    }
     if (!PyCallable_Check(dumps) || !PyCallable_Check(loads) || !PyCallable_Check(dumps_buffers)) {
         PyErr_SetString(PyExc_TypeError, "dumps, dumps_buffers and loads must be callables");
         return -1;
@@ -98,10 +73,8 @@ static int Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "invalid kind %u", kind);
         return -1;
     }
-    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE) < 0)
+    if (pw_object_map(&self->base, &queue_ops, buffer, name) < 0)
         return -1;
-    self->mapped = 1;
-    Py_XSETREF(self->name, Py_NewRef(name));
     Py_XSETREF(self->dumps, Py_NewRef(dumps));
     Py_XSETREF(self->protocol, Py_NewRef(protocol));
     Py_XSETREF(self->dumps_buffers, Py_NewRef(dumps_buffers));
@@ -110,9 +83,9 @@ static int Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
     if (!what)
         goto fail;
 
-    struct pw_header *h = self->view.buf;
+    struct pw_header *h = self->base.view.buf;
     struct pw_ring *r = (struct pw_ring *)(h + 1);
-    uint64_t size = (uint64_t)self->view.len;
+    uint64_t size = (uint64_t)self->base.view.len;
     if (create) {
         if (!pw_ring_capacity_ok(capacity)) {
             PyErr_Format(PyExc_ValueError,
@@ -150,17 +123,28 @@ static int Ring_init(RingObject *self, PyObject *args, PyObject *kwds)
     }
     /* `what`: UTF-8 cached by `name`, which we keep */
     pw_ringref_init(&self->rr, r, (uint8_t *)h + h->data_offset, what);
-    self->closed = 0;
     return 0;
 fail:
-    release_mapping(self);
+    release_mapping(&self->base);
     return -1;
 }
 
-static void Ring_dealloc(RingObject *self)
+/* The serializer may refer back to the queue: take part in GC. */
+static int Queue_traverse(QueueObject *self, visitproc visit, void *arg)
 {
-    release_mapping(self);
-    Py_CLEAR(self->name);
+    Py_VISIT(self->dumps);
+    Py_VISIT(self->protocol);
+    Py_VISIT(self->dumps_buffers);
+    Py_VISIT(self->loads);
+    Py_VISIT(self->pending_type);
+    Py_VISIT(self->pending_value);
+    Py_VISIT(self->pending_tb);
+    return 0;
+}
+
+static int Queue_clear(QueueObject *self)
+{
+    self->base.guard.closed = 1; /* no call may use the callables any more */
     Py_CLEAR(self->dumps);
     Py_CLEAR(self->protocol);
     Py_CLEAR(self->dumps_buffers);
@@ -168,6 +152,14 @@ static void Ring_dealloc(RingObject *self)
     Py_CLEAR(self->pending_type);
     Py_CLEAR(self->pending_value);
     Py_CLEAR(self->pending_tb);
+    return 0;
+}
+
+static void Queue_dealloc(QueueObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    pw_object_dealloc(&self->base);
+    Queue_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -194,21 +186,21 @@ static void msg_release(pw_msg *m, msg_refs *x)
     Py_CLEAR(x->keep);
 }
 
-static int msg_too_large(RingObject *self, uint64_t len)
+static int msg_too_large(QueueObject *self, uint64_t len)
 {
     uint64_t cap = self->rr.capacity, suggest = cap;
     while (suggest < PW_RING_MAX_CAPACITY && pw_ring_max_payload(suggest) < len)
         suggest <<= 1;
     if (pw_ring_max_payload(suggest) < len)
-        PyErr_Format(PwExc_MessageTooLarge,
+        PyErr_Format(pw_get_state()->MessageTooLarge,
                      "a message of %llu bytes is larger than the biggest ring procwire "
                      "makes (%llu bytes): send it in parts, or through a Value/Array",
                      (unsigned long long)len, (unsigned long long)pw_ring_max_payload(suggest));
     else
-        PyErr_Format(PwExc_MessageTooLarge,
+        PyErr_Format(pw_get_state()->MessageTooLarge,
                      "a message of %llu bytes does not fit %U, whose ring holds %llu bytes "
                      "(at most %llu per message): create it with capacity=%llu or more",
-                     (unsigned long long)len, self->name, (unsigned long long)cap,
+                     (unsigned long long)len, self->base.name, (unsigned long long)cap,
                      (unsigned long long)pw_ring_max_payload(cap), (unsigned long long)suggest);
     return -1;
 }
@@ -267,7 +259,7 @@ static int msg_prepare_oob(pw_msg *m, msg_refs *x, PyObject *parts)
     return 0;
 }
 
-static int msg_prepare(RingObject *self, PyObject *obj, pw_msg *m, msg_refs *x)
+static int msg_prepare(QueueObject *self, PyObject *obj, pw_msg *m, msg_refs *x)
 {
     memset(m, 0, sizeof *m);
     memset(x, 0, sizeof *x);
@@ -432,7 +424,7 @@ static int take_record(void *ctx, const pw_ringref *rr, uint32_t pos, uint32_t t
  * deadline. Returns the number taken (>= 1), 0 on timeout, -1 with an
  * exception set. A bad record after good ones is left for the next call.
  */
-static Py_ssize_t take_records(RingObject *self, pw_record *out, size_t max, int64_t deadline)
+static Py_ssize_t take_records(QueueObject *self, pw_record *out, size_t max, int64_t deadline)
 {
     struct take_ctx c = {out, 0};
     size_t taken;
@@ -449,7 +441,7 @@ static Py_ssize_t take_records(RingObject *self, pw_record *out, size_t max, int
 }
 
 /* Turns a record into the object that was put. Steals rec->payload. */
-static PyObject *record_to_object(RingObject *self, pw_record *rec)
+static PyObject *record_to_object(QueueObject *self, pw_record *rec)
 {
     PyObject *payload = rec->payload, *result;
     switch (rec->type) {
@@ -467,7 +459,7 @@ static PyObject *record_to_object(RingObject *self, pw_record *rec)
             break;
         }
         PyObject *callargs[2] = {PyList_GET_ITEM(payload, 0), buffers};
-        PyObject *kwnames = PyTuple_Pack(1, str_buffers);
+        PyObject *kwnames = PyTuple_Pack(1, pw_get_state()->str_buffers);
         result = kwnames ? PyObject_Vectorcall(self->loads, callargs, 1, kwnames) : NULL;
         Py_XDECREF(kwnames);
         Py_DECREF(buffers);
@@ -483,16 +475,16 @@ static PyObject *record_to_object(RingObject *self, pw_record *rec)
 static PyObject *raise_full(Py_ssize_t done, Py_ssize_t n)
 {
     if (n <= 1) {
-        PyErr_SetNone(PwExc_Full);
+        PyErr_SetNone(pw_get_state()->Full);
         return NULL;
     }
-    PyObject *exc = PyObject_CallFunction(PwExc_Full, "s",
+    PyObject *exc = PyObject_CallFunction(pw_get_state()->Full, "s",
                                           "put_many() timed out: see the exception's count "
                                           "attribute for how many items were put");
     if (exc) {
         PyObject *count = PyLong_FromSsize_t(done);
         if (count && PyObject_SetAttrString(exc, "count", count) == 0)
-            PyErr_SetObject(PwExc_Full, exc);
+            PyErr_SetObject(pw_get_state()->Full, exc);
         Py_XDECREF(count);
         Py_DECREF(exc);
     }
@@ -527,7 +519,7 @@ static void set_count_on_error(Py_ssize_t n)
  * is raised; with `many` it carries `count`, the number of items put, which
  * is always its index. On timeout queue.Full carries `count` the same way.
  */
-static PyObject *put_objects(RingObject *self, PyObject *const *items, Py_ssize_t n,
+static PyObject *put_objects(QueueObject *self, PyObject *const *items, Py_ssize_t n,
                              int64_t deadline, int many)
 {
     pw_msg msgs[PW_BATCH];
@@ -586,7 +578,7 @@ static PyObject *put_objects(RingObject *self, PyObject *const *items, Py_ssize_
 
 static const char *const put_names[] = {"obj", "block", "timeout"};
 
-static PyObject *Ring_put(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+static PyObject *Queue_put(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
                           PyObject *kwnames)
 {
     PyObject *a[3];
@@ -599,7 +591,7 @@ static PyObject *Ring_put(RingObject *self, PyObject *const *args, Py_ssize_t na
     return r;
 }
 
-static PyObject *Ring_put_nowait(RingObject *self, PyObject *obj)
+static PyObject *Queue_put_nowait(QueueObject *self, PyObject *obj)
 {
     if (enter(self) < 0)
         return NULL;
@@ -610,7 +602,7 @@ static PyObject *Ring_put_nowait(RingObject *self, PyObject *obj)
 
 static const char *const put_many_names[] = {"items", "block", "timeout"};
 
-static PyObject *Ring_put_many(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+static PyObject *Queue_put_many(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
                                PyObject *kwnames)
 {
     PyObject *a[3];
@@ -632,7 +624,7 @@ static PyObject *Ring_put_many(RingObject *self, PyObject *const *args, Py_ssize
 }
 
 /* Raises the error get_many() deferred, if any: 1 if it did. */
-static int raise_pending(RingObject *self)
+static int raise_pending(QueueObject *self)
 {
     if (!self->pending_type)
         return 0;
@@ -641,7 +633,7 @@ static int raise_pending(RingObject *self)
     return 1;
 }
 
-static PyObject *get_one(RingObject *self, int64_t deadline)
+static PyObject *get_one(QueueObject *self, int64_t deadline)
 {
     if (raise_pending(self))
         return NULL;
@@ -650,7 +642,7 @@ static PyObject *get_one(RingObject *self, int64_t deadline)
     if (got < 0)
         return NULL;
     if (got == 0) {
-        PyErr_SetNone(PwExc_Empty);
+        PyErr_SetNone(pw_get_state()->Empty);
         return NULL;
     }
     return record_to_object(self, &rec);
@@ -658,7 +650,7 @@ static PyObject *get_one(RingObject *self, int64_t deadline)
 
 static const char *const get_names[] = {"block", "timeout", "copy"};
 
-static PyObject *Ring_get(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+static PyObject *Queue_get(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
                           PyObject *kwnames)
 {
     PyObject *a[3];
@@ -680,7 +672,7 @@ static PyObject *Ring_get(RingObject *self, PyObject *const *args, Py_ssize_t na
     return r;
 }
 
-static PyObject *Ring_get_nowait(RingObject *self, PyObject *unused)
+static PyObject *Queue_get_nowait(QueueObject *self, PyObject *unused)
 {
     if (enter(self) < 0)
         return NULL;
@@ -691,7 +683,7 @@ static PyObject *Ring_get_nowait(RingObject *self, PyObject *unused)
 
 static const char *const get_many_names[] = {"block", "timeout", "max_messages"};
 
-static PyObject *Ring_get_many(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+static PyObject *Queue_get_many(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
                                PyObject *kwnames)
 {
     PyObject *a[3];
@@ -740,7 +732,7 @@ static PyObject *Ring_get_many(RingObject *self, PyObject *const *args, Py_ssize
         if (n == 0) {
             if (!got && !failed) {
                 Py_CLEAR(result);
-                PyErr_SetNone(PwExc_Empty);
+                PyErr_SetNone(pw_get_state()->Empty);
             }
             break;
         }
@@ -791,7 +783,7 @@ static PyObject *Ring_get_many(RingObject *self, PyObject *const *args, Py_ssize
 
 /* ------------------------------------------------------------ state */
 
-static PyObject *Ring_qsize(RingObject *self, PyObject *unused)
+static PyObject *Queue_qsize(QueueObject *self, PyObject *unused)
 {
     if (enter(self) < 0)
         return NULL;
@@ -800,7 +792,7 @@ static PyObject *Ring_qsize(RingObject *self, PyObject *unused)
     return PyLong_FromUnsignedLong(n);
 }
 
-static PyObject *Ring_empty(RingObject *self, PyObject *unused)
+static PyObject *Queue_empty(QueueObject *self, PyObject *unused)
 {
     if (enter(self) < 0)
         return NULL;
@@ -809,7 +801,7 @@ static PyObject *Ring_empty(RingObject *self, PyObject *unused)
     return PyBool_FromLong(n == 0);
 }
 
-static PyObject *Ring_full(RingObject *self, PyObject *unused)
+static PyObject *Queue_full(QueueObject *self, PyObject *unused)
 {
     if (enter(self) < 0)
         return NULL;
@@ -822,7 +814,7 @@ static PyObject *Ring_full(RingObject *self, PyObject *unused)
     return PyBool_FromLong(full);
 }
 
-static PyObject *Ring_task_done(RingObject *self, PyObject *unused)
+static PyObject *Queue_task_done(QueueObject *self, PyObject *unused)
 {
     if (enter(self) < 0)
         return NULL;
@@ -855,7 +847,7 @@ static int all_tasks_done(void *ctx)
 
 static const char *const join_names[] = {"timeout"};
 
-static PyObject *Ring_join(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+static PyObject *Queue_join(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames)
 {
     PyObject *a[1];
@@ -874,7 +866,7 @@ static PyObject *Ring_join(RingObject *self, PyObject *const *args, Py_ssize_t n
     return result;
 }
 
-static PyObject *Ring_statistics(RingObject *self, PyObject *unused)
+static PyObject *Queue_statistics(QueueObject *self, PyObject *unused)
 {
     if (enter(self) < 0)
         return NULL;
@@ -913,12 +905,12 @@ static PyObject *Ring_statistics(RingObject *self, PyObject *unused)
 
 /* The offset in the segment buffer of ring position pos's byte; -1 if the n
  * bytes from there wrap around the end of the ring (not contiguous). */
-static Py_ssize_t buffer_offset(RingObject *self, uint32_t pos, uint64_t n)
+static Py_ssize_t buffer_offset(QueueObject *self, uint32_t pos, uint64_t n)
 {
     uint64_t off = pos & (self->rr.capacity - 1);
     if (off + n > self->rr.capacity)
         return -1;
-    return (Py_ssize_t)(self->rr.data - (uint8_t *)self->view.buf) + (Py_ssize_t)off;
+    return (Py_ssize_t)(self->rr.data - (uint8_t *)self->base.view.buf) + (Py_ssize_t)off;
 }
 
 static const char *const loan_names[] = {"nbytes", "block", "timeout"};
@@ -926,7 +918,7 @@ static const char *const loan_names[] = {"nbytes", "block", "timeout"};
 /* _loan_begin(nbytes, block, timeout) -> the payload's offset in the segment
  * buffer, or -1 if it wraps (the caller writes elsewhere and passes that to
  * _loan_commit). Returns with the producers' lock held. */
-static PyObject *Ring_loan_begin(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+static PyObject *Queue_loan_begin(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames)
 {
     PyObject *a[3];
@@ -941,7 +933,7 @@ static PyObject *Ring_loan_begin(RingObject *self, PyObject *const *args, Py_ssi
         return PyErr_Format(PyExc_ValueError, "nbytes must be >= 0, not %lld", n);
     if (self->loan_open)
         return PyErr_Format(PyExc_RuntimeError, "%U: this handle has an open loan already",
-                            self->name);
+                            self->base.name);
     if (enter(self) < 0)
         return NULL;
     uint32_t pos;
@@ -950,7 +942,7 @@ static PyObject *Ring_loan_begin(RingObject *self, PyObject *const *args, Py_ssi
                  : pw_ring_reserve(&self->rr, (uint64_t)n, deadline, &pos);
     if (rc) {
         if (rc == PW_TIMEOUT)
-            PyErr_SetNone(PwExc_Full);
+            PyErr_SetNone(pw_get_state()->Full);
         else
             pw_raise(rc); /* PW_ERAISED (msg_too_large): already set */
         leave(self);
@@ -964,14 +956,14 @@ static PyObject *Ring_loan_begin(RingObject *self, PyObject *const *args, Py_ssi
 
 /* _loan_commit(nbytes, written): publishes the first nbytes of the open
  * loan, copied in from `written` if not None (a loan that wrapped). */
-static PyObject *Ring_loan_commit(RingObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *Queue_loan_commit(QueueObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "_loan_commit(nbytes, written)");
         return NULL;
     }
     if (!self->loan_open)
-        return PyErr_Format(PyExc_RuntimeError, "%U: no open loan", self->name);
+        return PyErr_Format(PyExc_RuntimeError, "%U: no open loan", self->base.name);
     long long n = PyLong_AsLongLong(args[0]);
     if (n == -1 && PyErr_Occurred())
         return NULL;
@@ -1000,7 +992,7 @@ static PyObject *Ring_loan_commit(RingObject *self, PyObject *const *args, Py_ss
     Py_RETURN_NONE;
 }
 
-static PyObject *Ring_loan_abort(RingObject *self, PyObject *unused)
+static PyObject *Queue_loan_abort(QueueObject *self, PyObject *unused)
 {
     if (self->loan_open) {
         self->loan_open = 0;
@@ -1014,7 +1006,7 @@ static PyObject *Ring_loan_abort(RingObject *self, PyObject *unused)
  * message left in place, the consumers' lock held, with its payload's offset
  * in the segment buffer; or, if it wraps around the ring's end, copied out
  * into `copied` (bytes) and consumed, with offset -1 and no lock held. */
-static PyObject *Ring_view_begin(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+static PyObject *Queue_view_begin(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames)
 {
     PyObject *a[2];
@@ -1024,7 +1016,7 @@ static PyObject *Ring_view_begin(RingObject *self, PyObject *const *args, Py_ssi
         return NULL;
     if (self->view_open)
         return PyErr_Format(PyExc_RuntimeError, "%U: this handle holds a view already",
-                            self->name);
+                            self->base.name);
     if (enter(self) < 0)
         return NULL;
     if (raise_pending(self)) {
@@ -1041,7 +1033,7 @@ static PyObject *Ring_view_begin(RingObject *self, PyObject *const *args, Py_ssi
     }
     if (rc) {
         if (rc == PW_TIMEOUT)
-            PyErr_SetNone(PwExc_Empty);
+            PyErr_SetNone(pw_get_state()->Empty);
         else
             pw_raise(rc);
         leave(self);
@@ -1066,7 +1058,7 @@ static PyObject *Ring_view_begin(RingObject *self, PyObject *const *args, Py_ssi
 }
 
 /* _view_end(): consumes the message the open view holds, freeing its room. */
-static PyObject *Ring_view_end(RingObject *self, PyObject *unused)
+static PyObject *Queue_view_end(QueueObject *self, PyObject *unused)
 {
     if (self->view_open) {
         self->view_open = 0;
@@ -1076,18 +1068,16 @@ static PyObject *Ring_view_end(RingObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *Ring_release(RingObject *self, PyObject *unused)
+static PyObject *Queue_release(QueueObject *self, PyObject *unused)
 {
     /* Idempotent. The mapping goes when the last call in progress leaves. */
-    self->closed = 1;
-    if (self->active == 0)
-        release_mapping(self);
+    pw_object_close(&self->base);
     Py_RETURN_NONE;
 }
 
 /*
- * Crash-test hook, deliberately not a method of the queue classes:
- * _core._debug_ring_hold(ring, side, partial=None, publish=False) takes a
+ * Crash-test hook, in _core._testing (testing.c), not on the queue classes:
+ * hold_queue_lock(queue, side, partial=None, publish=False) takes a
  * side's lock and returns with it held, so that a test process can SIGKILL
  * itself (or be SIGSTOPped) at exactly the worst moment. With `partial`
  * (tail only) it also writes half a record beyond the tail, never published.
@@ -1095,20 +1085,20 @@ static PyObject *Ring_release(RingObject *self, PyObject *unused)
  * process killed right after its publishing store leaves it (statistics not
  * yet updated). Never used by the library.
  */
-static PyObject *debug_ring_hold(PyObject *module, PyObject *args, PyObject *kwds)
+PyObject *pw_testing_queue_hold(PyObject *module, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"ring", "side", "partial", "publish", NULL};
+    static char *kwlist[] = {"queue", "side", "partial", "publish", NULL};
     PyObject *ring_obj;
     const char *side;
     Py_buffer partial = {0};
     int publish = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!s|z*p:_debug_ring_hold", kwlist, &RingType,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!s|z*p:hold_queue_lock", kwlist, &QueueBaseType,
                                      &ring_obj, &side, &partial, &publish))
         return NULL;
-    RingObject *self = (RingObject *)ring_obj;
+    QueueObject *self = (QueueObject *)ring_obj;
     int producer = strcmp(side, "tail") == 0;
     PyObject *result = NULL;
-    if (!self->mapped || self->closed || (!producer && strcmp(side, "head") != 0)) {
+    if (!self->base.mapped || self->base.guard.closed || (!producer && strcmp(side, "head") != 0)) {
         PyErr_SetString(PyExc_ValueError, "side must be 'head' or 'tail' on an open ring");
         goto out;
     }
@@ -1125,7 +1115,7 @@ out:
     return result;
 }
 
-static PyObject *Ring_segment_size(PyObject *cls, PyObject *arg)
+static PyObject *Queue_segment_size(PyObject *cls, PyObject *arg)
 {
     unsigned long long cap = PyLong_AsUnsignedLongLong(arg);
     if (cap == (unsigned long long)-1 && PyErr_Occurred())
@@ -1133,98 +1123,87 @@ static PyObject *Ring_segment_size(PyObject *cls, PyObject *arg)
     return PyLong_FromUnsignedLongLong(pw_ring_segment_size(cap));
 }
 
-static PyObject *Ring_get_capacity(RingObject *self, void *c)
+static PyObject *Queue_get_capacity(QueueObject *self, void *c)
 {
     return PyLong_FromUnsignedLongLong(self->rr.capacity);
 }
 
-static PyObject *Ring_get_maxsize(RingObject *self, void *c)
+static PyObject *Queue_get_maxsize(QueueObject *self, void *c)
 {
-    if (!self->mapped) /* remembered capacity stays readable; maxsize needs the header */
+    if (!self->base.mapped) /* remembered capacity stays readable; maxsize needs the header */
         return PyLong_FromLong(0);
     return PyLong_FromUnsignedLong(self->rr.ring->maxsize);
 }
 
-static PyObject *Ring_get_released(RingObject *self, void *c)
-{
-    return PyBool_FromLong(self->closed || !self->mapped);
-}
-
-static PyMethodDef Ring_methods[] = {
-    {"put", (PyCFunction)(void (*)(void))Ring_put, METH_FASTCALL | METH_KEYWORDS,
+static PyMethodDef Queue_methods[] = {
+    {"put", (PyCFunction)(void (*)(void))Queue_put, METH_FASTCALL | METH_KEYWORDS,
      "put($self, obj, block=True, timeout=None)\n--\n\nPut obj into the queue. Blocks while it is "
      "full; raises queue.Full if block is false or the timeout passes."},
-    {"put_nowait", (PyCFunction)Ring_put_nowait, METH_O,
+    {"put_nowait", (PyCFunction)Queue_put_nowait, METH_O,
      "put_nowait($self, obj, /)\n--\n\nEquivalent to put(obj, False)."},
-    {"put_many", (PyCFunction)(void (*)(void))Ring_put_many, METH_FASTCALL | METH_KEYWORDS,
+    {"put_many", (PyCFunction)(void (*)(void))Queue_put_many, METH_FASTCALL | METH_KEYWORDS,
      "put_many($self, items, block=True, timeout=None)\n--\n\nPut every item, in order, taking the "
      "lock once per group of items. If an item cannot be pickled, the items before it are "
      "put and it and the rest are not; its exception carries `count`, the number put. On "
      "timeout raises queue.Full whose `count` attribute says how many items were put."},
-    {"get", (PyCFunction)(void (*)(void))Ring_get, METH_FASTCALL | METH_KEYWORDS,
+    {"get", (PyCFunction)(void (*)(void))Queue_get, METH_FASTCALL | METH_KEYWORDS,
      "get($self, block=True, timeout=None, *, copy=True)\n--\n\nRemove and return an item. "
      "Blocks while the queue is empty; raises queue.Empty if block is false or the timeout "
      "passes. copy=False: a procwire.queue.View of the message in place instead."},
-    {"get_nowait", (PyCFunction)Ring_get_nowait, METH_NOARGS,
+    {"get_nowait", (PyCFunction)Queue_get_nowait, METH_NOARGS,
      "get_nowait($self)\n--\n\nEquivalent to get(False)."},
-    {"get_many", (PyCFunction)(void (*)(void))Ring_get_many, METH_FASTCALL | METH_KEYWORDS,
+    {"get_many", (PyCFunction)(void (*)(void))Queue_get_many, METH_FASTCALL | METH_KEYWORDS,
      "get_many($self, block=True, timeout=None, max_messages=None)\n--\n\nWait like get() for the "
      "first item, then return a list of it and every item already queued behind it, up to "
      "max_messages. A message that fails to unpickle is consumed (as get() consumes it) and "
      "the others are returned; its exception is raised by this queue handle's next get call."},
-    {"qsize", (PyCFunction)Ring_qsize, METH_NOARGS,
+    {"qsize", (PyCFunction)Queue_qsize, METH_NOARGS,
      "qsize($self)\n--\n\nThe number of items in the queue now."},
-    {"empty", (PyCFunction)Ring_empty, METH_NOARGS,
+    {"empty", (PyCFunction)Queue_empty, METH_NOARGS,
      "empty($self)\n--\n\nTrue if the queue holds no item now."},
-    {"full", (PyCFunction)Ring_full, METH_NOARGS,
+    {"full", (PyCFunction)Queue_full, METH_NOARGS,
      "full($self)\n--\n\nTrue if a put() would block now (maxsize items queued)."},
-    {"_task_done", (PyCFunction)Ring_task_done, METH_NOARGS, NULL},
-    {"_join", (PyCFunction)(void (*)(void))Ring_join, METH_FASTCALL | METH_KEYWORDS, NULL},
-    {"_statistics", (PyCFunction)Ring_statistics, METH_NOARGS, NULL},
-    {"_release", (PyCFunction)Ring_release, METH_NOARGS, NULL},
-    {"_loan_begin", (PyCFunction)(void (*)(void))Ring_loan_begin, METH_FASTCALL | METH_KEYWORDS,
+    {"_task_done", (PyCFunction)Queue_task_done, METH_NOARGS, NULL},
+    {"_join", (PyCFunction)(void (*)(void))Queue_join, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"_statistics", (PyCFunction)Queue_statistics, METH_NOARGS, NULL},
+    {"_release", (PyCFunction)Queue_release, METH_NOARGS, NULL},
+    {"_loan_begin", (PyCFunction)(void (*)(void))Queue_loan_begin, METH_FASTCALL | METH_KEYWORDS,
      NULL},
-    {"_loan_commit", (PyCFunction)(void (*)(void))Ring_loan_commit, METH_FASTCALL, NULL},
-    {"_loan_abort", (PyCFunction)Ring_loan_abort, METH_NOARGS, NULL},
-    {"_view_begin", (PyCFunction)(void (*)(void))Ring_view_begin, METH_FASTCALL | METH_KEYWORDS,
+    {"_loan_commit", (PyCFunction)(void (*)(void))Queue_loan_commit, METH_FASTCALL, NULL},
+    {"_loan_abort", (PyCFunction)Queue_loan_abort, METH_NOARGS, NULL},
+    {"_view_begin", (PyCFunction)(void (*)(void))Queue_view_begin, METH_FASTCALL | METH_KEYWORDS,
      NULL},
-    {"_view_end", (PyCFunction)Ring_view_end, METH_NOARGS, NULL},
-    {"_segment_size", (PyCFunction)Ring_segment_size, METH_O | METH_STATIC, NULL},
+    {"_view_end", (PyCFunction)Queue_view_end, METH_NOARGS, NULL},
+    {"_segment_size", (PyCFunction)Queue_segment_size, METH_O | METH_STATIC, NULL},
     {NULL, NULL, 0, NULL},
 };
 
-static PyGetSetDef Ring_getset[] = {
-    {"capacity", (getter)Ring_get_capacity, NULL, "Bytes of messages the ring holds.", NULL},
-    {"maxsize", (getter)Ring_get_maxsize, NULL, "Most messages queued at once; 0 = no count limit.", NULL},
-    {"_released", (getter)Ring_get_released, NULL, NULL, NULL},
+static PyGetSetDef Queue_getset[] = {
+    {"capacity", (getter)Queue_get_capacity, NULL, "Bytes of messages the ring holds.", NULL},
+    {"maxsize", (getter)Queue_get_maxsize, NULL, "Most messages queued at once; 0 = no count limit.", NULL},
+    {"_released", (getter)pw_object_get_closed, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject RingType = {
+static PyTypeObject QueueBaseType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "procwire._core.Ring",
-    .tp_basicsize = sizeof(RingObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Ring(buffer, *, create, capacity, maxsize, kind, name, dumps, protocol, dumps_buffers, loads)\n--\n\n"
+    .tp_name = "procwire._core.QueueBase",
+    .tp_basicsize = sizeof(QueueObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Queue_traverse,
+    .tp_clear = (inquiry)Queue_clear,
+    .tp_doc = "QueueBase(buffer, *, create, capacity, maxsize, kind, name, dumps, protocol, dumps_buffers, loads)\n--\n\n"
               "A multi-producer multi-consumer message ring in a shared segment.",
     .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Ring_init,
-    .tp_dealloc = (destructor)Ring_dealloc,
-    .tp_methods = Ring_methods,
-    .tp_getset = Ring_getset,
+    .tp_init = (initproc)Queue_init,
+    .tp_dealloc = (destructor)Queue_dealloc,
+    .tp_methods = Queue_methods,
+    .tp_getset = Queue_getset,
 };
 
-static PyMethodDef ring_module_methods[] = {
-    {"_debug_ring_hold", (PyCFunction)(void (*)(void))debug_ring_hold,
-     METH_VARARGS | METH_KEYWORDS, NULL},
-    {NULL, NULL, 0, NULL},
-};
-
-int pw_ring_register(PyObject *module)
+int pw_queue_register(PyObject *module)
 {
-    str_buffers = PyUnicode_InternFromString("buffers");
-    if (!str_buffers || PyType_Ready(&RingType) < 0 ||
-        PyModule_AddFunctions(module, ring_module_methods) < 0)
+    if (PyType_Ready(&QueueBaseType) < 0)
         return -1;
-    return PyModule_AddObjectRef(module, "Ring", (PyObject *)&RingType);
+    return PyModule_AddObjectRef(module, "QueueBase", (PyObject *)&QueueBaseType);
 }

@@ -1,6 +1,6 @@
 /*
- * segment.c -- _core.header_info, the SIGBUS guard's entry points and the
- * module's layout constants (the kinds come from layout.h's table).
+ * segment.c -- the SIGBUS guard's entry points and the module's layout
+ * constants (the kinds come from layout.h's table).
  */
 #include "core.h"
 #include "../lib/guard.h"
@@ -42,32 +42,7 @@ static PyObject *mapping_lost(PyObject *self, PyObject *token)
     return g ? PyBool_FromLong(pw_guard_lost(g)) : NULL;
 }
 
-/* _core.header_info(buffer) -> dict: the validated common header. */
-static PyObject *header_info(PyObject *self, PyObject *arg)
-{
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    PyObject *result = NULL;
-    int rc = pw_header_validate(view.buf, (uint64_t)view.len, 0, "the segment");
-    if (rc)
-        pw_raise(rc);
-    else {
-        const struct pw_header *h = view.buf;
-        result = Py_BuildValue("{s:s,s:I,s:I,s:K,s:I,s:K,s:K}", "kind", pw_kind_name(h->kind),
-                               "kind_id", h->kind, "version", h->version, "total_size",
-                               (unsigned long long)h->total_size, "creator_pid", h->creator_pid,
-                               "created_ns", (unsigned long long)h->created_ns,
-                               "data_offset", (unsigned long long)h->data_offset);
-    }
-    PyBuffer_Release(&view);
-    return result;
-}
-
 static PyMethodDef segment_methods[] = {
-    {"header_info", header_info, METH_O,
-     "header_info(buffer) -> dict\n\nValidate a segment's common header and describe it. "
-     "Raises SegmentError for anything that is not a whole, initialised procwire segment."},
     {"guard_mapping", guard_mapping, METH_VARARGS,
      "guard_mapping(buffer, fd) -> token\n\nRepair SIGBUS faults in this mapping of a named "
      "segment whose file `fd` gets truncated, instead of dying. The buffer must stay mapped "

@@ -21,8 +21,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-static PyObject *PwExc_OwnerDiedWarning;
-static PyObject *PwExc_BrokenBarrierError;
 
 /* ------------------------------------------------------------ thread ids */
 
@@ -91,67 +89,41 @@ static int never(void *ctx)
 /* ------------------------------------------------------- common object */
 
 typedef struct {
-    PyObject_HEAD
-    Py_buffer view;
-    int mapped;
-    int keep_mapping; /* never release the view: a robust list may point into it */
-    pw_guard guard;   /* blocking calls against a concurrent close() */
+    PwObject base;    /* the mapping, its name, the guard against a concurrent close */
     pw_spinner spin;  /* adaptive spin before sleeping */
     void *p;          /* the kind's struct inside the mapping */
-    PyObject *name;   /* str, for messages */
 } SyncObject;
 
-static void sync_release(SyncObject *self)
+static void sync_release(PwObject *o)
 {
-    if (self->mapped) {
-        self->mapped = 0;
-        self->p = NULL;
-        if (!self->keep_mapping)
-            PyBuffer_Release(&self->view);
-    }
+    ((SyncObject *)o)->p = NULL;
+    pw_object_unmap(o);
 }
+
+static const pw_object_ops sync_ops = {sync_release, NULL};
 
 static void Sync_dealloc(SyncObject *self)
 {
-    sync_release(self);
-    Py_CLEAR(self->name);
+    pw_object_dealloc(&self->base);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *Sync_get_name(SyncObject *self, void *closure)
-{
-    return Py_NewRef(self->name ? self->name : Py_None);
-}
+/* The type object of a sync type Name: Name_init, Name_methods, the given
+ * dealloc and getset. */
+#define PW_SYNC_TYPE(Name, Struct, dealloc, getset, doc)                       \
+    static PyTypeObject Name##Type = {                                         \
+        PyVarObject_HEAD_INIT(NULL, 0)                                         \
+        .tp_name = "procwire._core." #Name, .tp_basicsize = sizeof(Struct),    \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, .tp_doc = doc,   \
+        .tp_new = PyType_GenericNew, .tp_init = (initproc)Name##_init,         \
+        .tp_dealloc = (destructor)dealloc, .tp_methods = Name##_methods,       \
+        .tp_getset = getset,                                                   \
+    }
 
-static inline int check_open(SyncObject *self)
-{
-    if (self->p && !self->guard.closed)
-        return 0;
-    PyErr_Format(PyExc_ValueError, "%R is closed", self->name ? self->name : Py_None);
-    return -1;
-}
-
-/* Brackets a call that may release the GIL (core.h, pw_guard). */
-static inline int sync_enter(SyncObject *self)
-{
-    if (check_open(self) < 0)
-        return -1;
-    return pw_guard_enter(&self->guard);
-}
-
-static inline void sync_leave(SyncObject *self)
-{
-    if (pw_guard_leave(&self->guard))
-        sync_release(self);
-}
-
-/* For a wait that saw the object closed by another thread. NULL. */
-static PyObject *closed_while_waiting(SyncObject *self)
-{
-    PyErr_Format(PyExc_ValueError, "%R was closed by another thread while this one waited on it",
-                 self->name ? self->name : Py_None);
-    return NULL;
-}
+#define check_open(self) pw_object_check_open(&(self)->base)
+#define sync_enter(self) pw_object_enter(&(self)->base)
+#define sync_leave(self) pw_object_leave(&(self)->base)
+#define closed_while_waiting(self) pw_object_closed_while_waiting(&(self)->base)
 
 /*
  * Maps `buffer` for a sync object: validates the common header against one of
@@ -161,23 +133,13 @@ static PyObject *closed_while_waiting(SyncObject *self)
 static void *sync_map(SyncObject *self, PyObject *buffer, PyObject *name, const uint32_t *kinds,
                       int nkinds, uint32_t *kind_out)
 {
-    if (self->mapped) {
-        PyErr_SetString(PyExc_RuntimeError, "__init__ called twice");
+    if (pw_object_map(&self->base, &sync_ops, buffer, name) < 0)
         return NULL;
-    }
-    if (!PyUnicode_Check(name)) {
-        PyErr_SetString(PyExc_TypeError, "name must be a str");
-        return NULL;
-    }
     const char *what = PyUnicode_AsUTF8(name);
     if (!what)
-        return NULL;
-    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE) < 0)
-        return NULL;
-    self->mapped = 1;
-    Py_XSETREF(self->name, Py_NewRef(name));
-    const struct pw_header *h = self->view.buf;
-    int rc = pw_header_validate(h, (uint64_t)self->view.len, 0, what);
+        goto fail;
+    const struct pw_header *h = self->base.view.buf;
+    int rc = pw_header_validate(h, (uint64_t)self->base.view.len, 0, what);
     if (rc) {
         pw_raise(rc);
         goto fail;
@@ -190,17 +152,17 @@ static void *sync_map(SyncObject *self, PyObject *buffer, PyObject *name, const 
                          pw_kind_name(kinds[0]));
         goto fail;
     }
-    rc = pw_header_validate_kind(h, (uint64_t)self->view.len, h->kind, what);
+    rc = pw_header_validate_kind(h, (uint64_t)self->base.view.len, h->kind, what);
     if (rc) {
         pw_raise(rc);
         goto fail;
     }
     *kind_out = h->kind;
     pw_spinner_init(&self->spin);
-    self->p = (char *)self->view.buf + sizeof *h;
+    self->p = (char *)self->base.view.buf + sizeof *h;
     return self->p;
 fail:
-    sync_release(self);
+    sync_release(&self->base);
     return NULL;
 }
 
@@ -347,7 +309,7 @@ out:
  * releases only what was acquired through it.
  */
 typedef struct {
-    SyncObject base;
+    SyncObject sync;
     struct pw_lock *lock;
     uint32_t mine;       /* acquisitions through this handle in hold `hold` */
     uint64_t hold;       /* the hold serial those belong to                 */
@@ -365,7 +327,7 @@ static int Lock_init(LockObject *self, PyObject *args, PyObject *kwds)
     static const uint32_t kinds[] = {PW_KIND_LOCK, PW_KIND_RLOCK, PW_KIND_VALUE, PW_KIND_ARRAY,
                                      PW_KIND_CONDITION};
     uint32_t kind;
-    void *p = sync_map(&self->base, buffer, name, kinds, 5, &kind);
+    void *p = sync_map(&self->sync, buffer, name, kinds, 5, &kind);
     if (!p)
         return -1;
     struct pw_lock *l;
@@ -378,13 +340,13 @@ static int Lock_init(LockObject *self, PyObject *args, PyObject *kwds)
     if (l->recursive != (uint32_t)recursive) {
         pw_segment_error("%U holds %s, not %s", name, l->recursive ? "an RLock" : "a Lock",
                          recursive ? "an RLock" : "a Lock");
-        sync_release(&self->base);
+        sync_release(&self->sync.base);
         return -1;
     }
     int rc = pw_mutex_check(&l->mutex, PyUnicode_AsUTF8(name));
     if (rc) {
         pw_raise(rc);
-        sync_release(&self->base);
+        sync_release(&self->sync.base);
         return -1;
     }
     self->lock = l;
@@ -478,32 +440,30 @@ static pid_t other_thread_holds_via(LockObject *self, struct pw_lock *l)
 static int lock_drop(LockObject *self, int from_close)
 {
     struct pw_lock *l = self->lock;
-    if (l && self->base.mapped && !self->base.guard.closed) {
+    if (l && self->sync.base.mapped && !self->sync.base.guard.closed) {
         pid_t other = other_thread_holds_via(self, l);
         if (other) {
             if (from_close) {
                 PyErr_Format(PyExc_RuntimeError,
                              "%U is held by another thread of this process (tid %d); "
                              "release it there before closing it",
-                             self->base.name, (int)other);
+                             self->sync.base.name, (int)other);
                 return -1;
             }
-            self->base.keep_mapping = 1; /* the view is deliberately never released */
+            self->sync.base.keep_mapping = 1; /* the view is deliberately never released */
         } else if (drop_own_hold(self, l)) {
-            self->base.keep_mapping = 1;
+            self->sync.base.keep_mapping = 1;
         }
     }
-    if (pw_guard_close(&self->base.guard)) {
+    if (pw_object_close(&self->sync.base))
         self->lock = NULL;
-        sync_release(&self->base);
-    }
     return 0;
 }
 
 static void Lock_dealloc(LockObject *self)
 {
     lock_drop(self, 0);
-    Sync_dealloc(&self->base);
+    Sync_dealloc(&self->sync);
 }
 
 static PyObject *Lock_close(LockObject *self, PyObject *unused)
@@ -515,7 +475,7 @@ static PyObject *Lock_close(LockObject *self, PyObject *unused)
 
 static inline struct pw_lock *lock_of(LockObject *self)
 {
-    if (check_open(&self->base) < 0)
+    if (check_open(&self->sync) < 0)
         return NULL;
     return self->lock;
 }
@@ -525,10 +485,10 @@ static PyObject *owner_died(LockObject *self, struct pw_lock *l)
 {
     atomic_fetch_add(&l->owner_deaths, 1);
     atomic_store(&l->inconsistent, 1);
-    if (PyErr_WarnFormat(PwExc_OwnerDiedWarning, 1,
+    if (PyErr_WarnFormat(pw_get_state()->OwnerDiedWarning, 1,
                          "%U: a process died while holding this lock; it is yours now, "
                          "but what it protected may be half-updated. Repair it, then call "
-                         "make_consistent()", self->base.name) < 0) {
+                         "make_consistent()", self->sync.base.name) < 0) {
         /* Warnings are errors here: do not keep a lock we report failing to take. */
         self->mine = 0;
         unlock_now(l);
@@ -543,12 +503,12 @@ static PyObject *acquired(LockObject *self, struct pw_lock *l, int owner_dead)
     if (owner_dead)
         pthread_mutex_consistent(&l->mutex);
     took(self, l);
-    if (self->base.guard.closed) {
+    if (self->sync.base.guard.closed) {
         /* close() ran while we waited: do not keep a lock through a handle
          * that is going away. */
         self->mine = 0;
         unlock_now(l);
-        return closed_while_waiting(&self->base);
+        return closed_while_waiting(&self->sync);
     }
     if (owner_dead)
         return owner_died(self, l);
@@ -576,7 +536,7 @@ static int wait_foreign_holder(LockObject *self, struct pw_lock *l, int64_t dead
     }
     struct word_moved m = {word, w};
     pw_wait wt = {.done = word_moved, .ctx = &m, .waiters = &l->sleepers, .futex = word,
-                  .mask = PW_FUTEX_ANY, .cancel = &self->base.guard.closed};
+                  .mask = PW_FUTEX_ANY, .cancel = &self->sync.base.guard.closed};
     int rc = pw_wait_until(&wt, deadline);
     return rc == PW_TIMEOUT ? 1 : rc < 0 ? pw_raise_int(rc) : 0;
 }
@@ -612,17 +572,17 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
                 PyErr_Format(PyExc_RuntimeError,
                              "%U: this thread already holds this Lock, so acquire() would "
                              "wait forever (use an RLock for re-entrant locking)",
-                             self->base.name);
+                             self->sync.base.name);
                 return NULL;
             }
             /* Counted as blocked in acquire, as every waiter; sleeps until
              * the deadline (or a close). */
             _Atomic uint32_t nothing = 0;
             pw_wait wt = {.done = never, .waiters = &l->sleepers, .futex = &nothing,
-                          .mask = PW_FUTEX_ANY, .cancel = &self->base.guard.closed};
+                          .mask = PW_FUTEX_ANY, .cancel = &self->sync.base.guard.closed};
             int r = pw_wait_until(&wt, deadline);
             if (r == PW_CANCELLED)
-                return closed_while_waiting(&self->base);
+                return closed_while_waiting(&self->sync);
             if (r < 0)
                 return pw_raise(r);
             Py_RETURN_FALSE;
@@ -631,8 +591,8 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
             Py_RETURN_FALSE;
         if (rc == EDEADLK || mutex_holder(&l->mutex) == my_tid()) {
             /* Same tid, another process: another PID namespace. */
-            if (self->base.guard.closed)
-                return closed_while_waiting(&self->base);
+            if (self->sync.base.guard.closed)
+                return closed_while_waiting(&self->sync);
             int r = wait_foreign_holder(self, l, deadline);
             if (r < 0)
                 return NULL;
@@ -647,7 +607,7 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
      * than to sleep on, when the holder runs on another CPU. Taking the GIL
      * back while holding the mutex is safe (core.h, rule 4). */
     struct try_free t = {&l->mutex, EBUSY};
-    if (pw_spin(&self->base.spin, take_if_free, &t, deadline)) {
+    if (pw_spin(&self->sync.spin, take_if_free, &t, deadline)) {
         if (t.rc == 0 || t.rc == EOWNERDEAD)
             return acquired(self, l, t.rc == EOWNERDEAD);
         if (t.rc == EDEADLK)
@@ -656,7 +616,7 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
     atomic_fetch_add(&l->contended, 1);
     pw_sleeper sl; /* issue 9 #15: registered so a killed waiter is reaped */
     pw_sleeper_enter(&l->sleepers, &sl);
-    int r = pw_mutex_lock(&l->mutex, deadline, &self->base.guard.closed);
+    int r = pw_mutex_lock(&l->mutex, deadline, &self->sync.base.guard.closed);
     pw_sleeper_leave(&sl);
     switch (r) {
     case PW_OK:
@@ -665,7 +625,7 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
         /* pw_mutex_lock made it consistent already */
         return acquired(self, l, 1);
     case PW_CANCELLED:
-        return closed_while_waiting(&self->base);
+        return closed_while_waiting(&self->sync);
     case PW_TIMEOUT:
         Py_RETURN_FALSE;
     case PW_EDEADLK:
@@ -694,7 +654,7 @@ static PyObject *Lock_acquire(LockObject *self, PyObject *const *args, Py_ssize_
     if (!l)
         return NULL;
     if (!pw_mutex_sane(&l->mutex)) {
-        int rc = pw_mutex_check(&l->mutex, PyUnicode_AsUTF8(self->base.name));
+        int rc = pw_mutex_check(&l->mutex, PyUnicode_AsUTF8(self->sync.base.name));
         if (rc)
             return pw_raise(rc);
     }
@@ -717,10 +677,10 @@ static PyObject *Lock_acquire(LockObject *self, PyObject *const *args, Py_ssize_
     int rc = pthread_mutex_trylock(&l->mutex);
     if (rc == 0 || rc == EOWNERDEAD)
         return acquired(self, l, rc == EOWNERDEAD);
-    if (sync_enter(&self->base) < 0)
+    if (sync_enter(&self->sync) < 0)
         return NULL;
     PyObject *result = lock_acquire_slow(self, l, rc, deadline);
-    sync_leave(&self->base);
+    sync_leave(&self->sync);
     return result;
 }
 
@@ -738,7 +698,7 @@ static int lock_release(LockObject *self, struct pw_lock *l)
                          "%U is held by thread %d, not by this thread: a procwire Lock can "
                          "only be released by the thread that acquired it (unlike "
                          "multiprocessing.Lock). To signal another process, use a "
-                         "Semaphore or an Event", self->base.name, (int)holder);
+                         "Semaphore or an Event", self->sync.base.name, (int)holder);
         }
         return -1;
     }
@@ -844,7 +804,7 @@ static PyObject *Lock_make_consistent(LockObject *self, PyObject *unused)
         return NULL;
     if (!held_by_this_thread(l)) {
         PyErr_Format(PyExc_RuntimeError, "%U: make_consistent() must be called while holding "
-                     "the lock, after repairing what it protects", self->base.name);
+                     "the lock, after repairing what it protects", self->sync.base.name);
         return NULL;
     }
     atomic_store(&l->inconsistent, 0);
@@ -880,8 +840,7 @@ static PyObject *Lock_stats(LockObject *self, PyObject *unused)
  * one wait slice; the mapping goes when the last call in progress leaves. */
 static PyObject *Sync_close(SyncObject *self, PyObject *unused)
 {
-    if (pw_guard_close(&self->guard))
-        sync_release(self);
+    pw_object_close(&self->base);
     Py_RETURN_NONE;
 }
 
@@ -908,22 +867,12 @@ static PyGetSetDef Lock_getset[] = {
     {"owner_died", (getter)Lock_get_owner_died, NULL,
      "True from an acquire() that found the previous holder dead until make_consistent().",
      NULL},
-    {"_display", (getter)Sync_get_name, NULL, NULL, NULL},
+    {"_display", (getter)pw_object_get_name, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject LockType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "procwire._core.Lock",
-    .tp_basicsize = sizeof(LockObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Lock(buffer, name, *, recursive=False): a robust lock in a mapped segment.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Lock_init,
-    .tp_dealloc = (destructor)Lock_dealloc,
-    .tp_methods = Lock_methods,
-    .tp_getset = Lock_getset,
-};
+PW_SYNC_TYPE(Lock, LockObject, Lock_dealloc, Lock_getset,
+             "Lock(buffer, name, *, recursive=False): a robust lock in a mapped segment.");
 
 /* ========================================================= Semaphore */
 
@@ -942,7 +891,7 @@ static int Semaphore_init(SyncObject *self, PyObject *args, PyObject *kwds)
         atomic_load(&s->value) > s->maxvalue) {
         pw_segment_error("%U is corrupt: value %u, maxvalue %u", name,
                          (unsigned)atomic_load(&s->value), s->maxvalue);
-        sync_release(self);
+        sync_release(&self->base);
         return -1;
     }
     return 0;
@@ -985,7 +934,7 @@ static PyObject *Semaphore_acquire(SyncObject *self, PyObject *const *args, Py_s
         return NULL;
     /* Sleeps on the count itself: release() moves it. */
     pw_wait w = {.done = sem_trydown_ctx, .ctx = s, .waiters = &s->sleepers, .futex = &s->value,
-                 .mask = PW_FUTEX_ANY, .spin = &self->spin, .cancel = &self->guard.closed};
+                 .mask = PW_FUTEX_ANY, .spin = &self->spin, .cancel = &self->base.guard.closed};
     int r = pw_wait_until(&w, deadline);
     if (r != PW_OK) {
         PyObject *res = r == PW_CANCELLED ? closed_while_waiting(self)
@@ -1068,22 +1017,12 @@ static PyMethodDef Semaphore_methods[] = {
 
 static PyGetSetDef Semaphore_getset[] = {
     {"_maxvalue", (getter)Semaphore_maxvalue, NULL, NULL, NULL},
-    {"_display", (getter)Sync_get_name, NULL, NULL, NULL},
+    {"_display", (getter)pw_object_get_name, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject SemaphoreType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "procwire._core.Semaphore",
-    .tp_basicsize = sizeof(SyncObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Semaphore(buffer, name): a futex semaphore in a mapped segment.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Semaphore_init,
-    .tp_dealloc = (destructor)Sync_dealloc,
-    .tp_methods = Semaphore_methods,
-    .tp_getset = Semaphore_getset,
-};
+PW_SYNC_TYPE(Semaphore, SyncObject, Sync_dealloc, Semaphore_getset,
+             "Semaphore(buffer, name): a futex semaphore in a mapped segment.");
 
 /* ============================================================= Event */
 
@@ -1167,7 +1106,7 @@ static PyObject *Event_wait(SyncObject *self, PyObject *const *args, Py_ssize_t 
     struct event_wait ew = {e, s0};
     pw_wait w = {.done = event_happened, .ctx = &ew, .waiters = &e->sleepers,
                  .futex = &e->state, .mask = PW_FUTEX_ANY, .spin = &self->spin,
-                 .cancel = &self->guard.closed};
+                 .cancel = &self->base.guard.closed};
     int r = pw_wait_until(&w, deadline);
     PyObject *res = r == PW_OK ? Py_NewRef(Py_True)
                     : r == PW_TIMEOUT ? Py_NewRef(Py_False)
@@ -1200,22 +1139,12 @@ static PyMethodDef Event_methods[] = {
 };
 
 static PyGetSetDef Sync_getset[] = {
-    {"_display", (getter)Sync_get_name, NULL, NULL, NULL},
+    {"_display", (getter)pw_object_get_name, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject EventType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "procwire._core.Event",
-    .tp_basicsize = sizeof(SyncObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Event(buffer, name): a futex event in a mapped segment.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Event_init,
-    .tp_dealloc = (destructor)Sync_dealloc,
-    .tp_methods = Event_methods,
-    .tp_getset = Sync_getset,
-};
+PW_SYNC_TYPE(Event, SyncObject, Sync_dealloc, Sync_getset,
+             "Event(buffer, name): a futex event in a mapped segment.");
 
 /* ========================================================= Condition */
 
@@ -1233,13 +1162,13 @@ static int Condition_init(SyncObject *self, PyObject *args, PyObject *kwds)
     if (c->lock_mode > PW_LOCKMODE_EXTERNAL || c->lock_name_len > PW_LOCK_NAME_MAX) {
         pw_segment_error("%U is corrupt: lock mode %u, lock name length %u", name,
                          c->lock_mode, c->lock_name_len);
-        sync_release(self);
+        sync_release(&self->base);
         return -1;
     }
     int rc = pw_mutex_check(&c->lock.mutex, PyUnicode_AsUTF8(name));
     if (rc) {
         pw_raise(rc);
-        sync_release(self);
+        sync_release(&self->base);
         return -1;
     }
     return 0;
@@ -1371,7 +1300,7 @@ static PyObject *Condition_sleep(SyncObject *self, PyObject *const *args, Py_ssi
     }
     struct cond_wait cw = {c, slot, (uint32_t)seq};
     pw_wait w = {.done = cond_notified, .ctx = &cw, .waiters = &c->sleepers, .futex = &c->seq,
-                 .mask = mask, .held = &sl, .cancel = &self->guard.closed};
+                 .mask = mask, .held = &sl, .cancel = &self->base.guard.closed};
     int r = pw_wait_until(&w, deadline);
     if (r < 0)
         pw_raise(r);
@@ -1494,18 +1423,8 @@ static PyMethodDef Condition_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject ConditionType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "procwire._core.Condition",
-    .tp_basicsize = sizeof(SyncObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Condition(buffer, name): a futex condition variable in a mapped segment.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Condition_init,
-    .tp_dealloc = (destructor)Sync_dealloc,
-    .tp_methods = Condition_methods,
-    .tp_getset = Sync_getset,
-};
+PW_SYNC_TYPE(Condition, SyncObject, Sync_dealloc, Sync_getset,
+             "Condition(buffer, name): a futex condition variable in a mapped segment.");
 
 /* =========================================================== Barrier */
 
@@ -1522,13 +1441,13 @@ static int Barrier_init(SyncObject *self, PyObject *args, PyObject *kwds)
         return -1;
     if (b->parties < 1 || b->parties > INT32_MAX) {
         pw_segment_error("%U is corrupt: %u parties", name, b->parties);
-        sync_release(self);
+        sync_release(&self->base);
         return -1;
     }
     int rc = pw_mutex_check(&b->mutex, PyUnicode_AsUTF8(name));
     if (rc) {
         pw_raise(rc);
-        sync_release(self);
+        sync_release(&self->base);
         return -1;
     }
     return 0;
@@ -1555,7 +1474,7 @@ static void barrier_break_unlocked(struct pw_barrier *b)
 
 static PyObject *broken_error(void)
 {
-    PyErr_SetNone(PwExc_BrokenBarrierError);
+    PyErr_SetNone(pw_get_state()->BrokenBarrierError);
     return NULL;
 }
 
@@ -1564,7 +1483,7 @@ static PyObject *broken_error(void)
  * or the object was closed), -1 with an exception set. */
 static int barrier_lock(SyncObject *self, struct pw_barrier *b, int64_t deadline)
 {
-    int r = pw_mutex_lock(&b->mutex, deadline, &self->guard.closed);
+    int r = pw_mutex_lock(&b->mutex, deadline, &self->base.guard.closed);
     switch (r) {
     case PW_OK:
         return 0;
@@ -1628,7 +1547,7 @@ static PyObject *barrier_wait(SyncObject *self, struct pw_barrier *b, PyObject *
     if (lr < 0)
         return NULL;
     if (lr == 1) {
-        if (self->guard.closed)
+        if (self->base.guard.closed)
             return closed_while_waiting(self);
         /* As a wait that times out: the barrier breaks. */
         barrier_break_unlocked(b);
@@ -1680,14 +1599,14 @@ static PyObject *barrier_wait(SyncObject *self, struct pw_barrier *b, PyObject *
             broken_error();
             break;
         }
-        if (self->guard.closed) {
+        if (self->base.guard.closed) {
             closed_while_waiting(self);
             break;
         }
         struct barrier_wait_ctx bw = {b, gen, resets, PW_OK};
         pw_wait w = {.done = barrier_moved, .ctx = &bw, .waiters = &b->sleepers,
                      .futex = &b->seq, .mask = PW_FUTEX_ANY, .held = &sl,
-                     .cancel = &self->guard.closed};
+                     .cancel = &self->base.guard.closed};
         int r = pw_wait_until(&w, deadline);
         if (r == PW_OK && bw.error != PW_OK)
             r = bw.error;
@@ -1763,12 +1682,12 @@ static PyObject *Barrier_reset(SyncObject *self, PyObject *const *args, Py_ssize
     PyObject *result = NULL;
     int lr = barrier_lock(self, b, deadline);
     if (lr == 1) {
-        if (self->guard.closed)
+        if (self->base.guard.closed)
             closed_while_waiting(self);
         else
             PyErr_Format(PyExc_TimeoutError,
                          "%U: reset() could not take the barrier's internal lock in time "
-                         "(is a process holding it stopped?)", self->name);
+                         "(is a process holding it stopped?)", self->base.name);
     } else if (lr == 0) {
         atomic_fetch_add(&b->resets, 1);
         atomic_store(&b->count, 0);
@@ -1782,10 +1701,6 @@ static PyObject *Barrier_reset(SyncObject *self, PyObject *const *args, Py_ssize
     return result;
 }
 
-/* _core._debug_hold_barrier_mutex(barrier): takes a Barrier's internal mutex
- * and returns holding it, so that a test process can stop or kill itself
- * while holding it. Never used by the library. */
-static PyObject *debug_hold_barrier_mutex(PyObject *mod, PyObject *arg);
 
 static PyObject *Barrier_stats(SyncObject *self, PyObject *unused)
 {
@@ -1818,20 +1733,13 @@ static PyMethodDef Barrier_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject BarrierType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "procwire._core.Barrier",
-    .tp_basicsize = sizeof(SyncObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Barrier(buffer, name): a barrier in a mapped segment.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Barrier_init,
-    .tp_dealloc = (destructor)Sync_dealloc,
-    .tp_methods = Barrier_methods,
-    .tp_getset = Sync_getset,
-};
+PW_SYNC_TYPE(Barrier, SyncObject, Sync_dealloc, Sync_getset,
+             "Barrier(buffer, name): a barrier in a mapped segment.");
 
-static PyObject *debug_hold_barrier_mutex(PyObject *mod, PyObject *arg)
+/* _core._testing.hold_barrier_mutex(barrier) (testing.c): takes a Barrier's
+ * internal mutex and returns holding it, so that a test process can stop or
+ * kill itself while holding it. Never used by the library. */
+PyObject *pw_testing_barrier_hold(PyObject *mod, PyObject *arg)
 {
     if (!PyObject_TypeCheck(arg, &BarrierType)) {
         PyErr_SetString(PyExc_TypeError, "a Barrier is required");
@@ -1846,7 +1754,7 @@ static PyObject *debug_hold_barrier_mutex(PyObject *mod, PyObject *arg)
         return pw_raise(rc);
     /* Held on this thread's robust list past this call: the mapping must
      * outlive the object, or the kernel could not report our death. */
-    self->keep_mapping = 1;
+    self->base.keep_mapping = 1;
     Py_RETURN_NONE;
 }
 
@@ -1856,8 +1764,6 @@ static PyMethodDef sync_functions[] = {
     {"sync_init", (PyCFunction)(void (*)(void))sync_init, METH_VARARGS | METH_KEYWORDS,
      "sync_init(buffer, kind, **params): lay out and publish a fresh sync segment."},
     {"sync_size", sync_size, METH_O, "sync_size(kind) -> bytes of a segment of that kind."},
-    {"_debug_hold_barrier_mutex", debug_hold_barrier_mutex, METH_O,
-     "Test hook: take a Barrier's internal mutex and return holding it."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1873,25 +1779,6 @@ int pw_sync_register(PyObject *module)
         }
         atfork_done = 1;
     }
-    PyObject *threading = PyImport_ImportModule("threading");
-    if (!threading)
-        return -1;
-    PwExc_BrokenBarrierError = PyObject_GetAttrString(threading, "BrokenBarrierError");
-    Py_DECREF(threading);
-    if (!PwExc_BrokenBarrierError)
-        return -1;
-    PyObject *bases = PyTuple_Pack(1, PyExc_RuntimeWarning);
-    if (!bases)
-        return -1;
-    PwExc_OwnerDiedWarning = PyErr_NewExceptionWithDoc(
-        "procwire.OwnerDiedWarning",
-        "An acquire() found that the lock's previous holder died holding it. The lock is "
-        "now held by the caller; the state it protects may be half-updated.",
-        bases, NULL);
-    Py_DECREF(bases);
-    if (!PwExc_OwnerDiedWarning ||
-        PyModule_AddObjectRef(module, "OwnerDiedWarning", PwExc_OwnerDiedWarning) < 0)
-        return -1;
     PyTypeObject *types[] = {&LockType, &SemaphoreType, &EventType, &ConditionType,
                              &BarrierType};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++) {

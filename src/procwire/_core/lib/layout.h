@@ -231,7 +231,7 @@ struct pw_pipe_end {
                                              processes, counted at open/fork/pickle and
                                              at close(); processes that die never
                                              decrement it                              */
-    uint32_t reserved0;               /*  4: layout 1: readers_waiting (now `readers`)   */
+    uint32_t reserved0;               /*  4: layout 1: readers_waiting (now `receivers`) */
     _Atomic uint32_t fd_interest;     /*  8: 1 once fileno() was called on this end:
                                              senders signal its eventfd on every message */
     _Atomic uint32_t fd_signaled;     /* 12: the eventfd was signaled and not drained  */
@@ -245,7 +245,7 @@ struct pw_pipe_end {
     char pad1[PW_CACHELINE - sizeof(pthread_mutex_t) % PW_CACHELINE];
     pthread_mutex_t recv_lock;        /* held while this end receives one whole message */
     char pad2[PW_CACHELINE - sizeof(pthread_mutex_t) % PW_CACHELINE];
-    struct pw_waiters readers;        /* threads asleep in recv()/poll() on this end:
+    struct pw_waiters receivers;      /* threads asleep in recv()/poll() on this end:
                                          senders must signal its eventfd             */
 };
 
@@ -425,5 +425,62 @@ struct pw_shared {
 };
 _Static_assert(sizeof(struct pw_shared) == 640, "pw_shared layout");
 #define PW_SHARED_DATA_OFFSET 704u  /* 64 + 640, a multiple of 64 */
+
+/* ------------------------------------------------------------------------
+ * The layout, checked at compile time: every shared struct's size and the
+ * offsets other code (or another procwire build) relies on. A change here is
+ * a PW_LAYOUT_VERSION bump.
+ * ------------------------------------------------------------------------ */
+#define PW_ASSERT_AT(type, field, offset)                                      \
+    _Static_assert(offsetof(struct type, field) == (offset), #type "." #field " at " #offset)
+#define PW_ASSERT_SIZE(type, size)                                             \
+    _Static_assert(sizeof(struct type) == (size), #type " is " #size " bytes")
+
+#if defined(__x86_64__) /* the byte layout above: x86-64 glibc's 40-byte mutex */
+PW_ASSERT_AT(pw_header, magic, 0);
+PW_ASSERT_AT(pw_header, kind, 12);
+PW_ASSERT_AT(pw_header, data_offset, 32);
+PW_ASSERT_AT(pw_waiters, wakes, 128);
+PW_ASSERT_AT(pw_waiters, last_reconcile_ns, 144);
+PW_ASSERT_SIZE(pw_ring, 960);
+PW_ASSERT_AT(pw_ring, tail_lock, 64);
+PW_ASSERT_AT(pw_ring, tail, 128);
+PW_ASSERT_AT(pw_ring, head_lock, 192);
+PW_ASSERT_AT(pw_ring, head, 256);
+PW_ASSERT_AT(pw_ring, not_empty_seq, 320);
+PW_ASSERT_AT(pw_ring, tasks_done, 336);
+PW_ASSERT_AT(pw_ring, closed_flags, 344);
+PW_ASSERT_AT(pw_ring, consumers, 384);
+PW_ASSERT_AT(pw_ring, producers, 576);
+PW_ASSERT_AT(pw_ring, joiners, 768);
+PW_ASSERT_SIZE(pw_pipe_end, 384);
+PW_ASSERT_AT(pw_pipe_end, send_lock, 64);
+PW_ASSERT_AT(pw_pipe_end, recv_lock, 128);
+PW_ASSERT_AT(pw_pipe_end, receivers, 192);
+PW_ASSERT_SIZE(pw_pipe, 2752);
+PW_ASSERT_AT(pw_pipe, end, 64);
+PW_ASSERT_AT(pw_pipe, ring, 832);
+PW_ASSERT_AT(pw_lock, depth, 40);
+PW_ASSERT_AT(pw_lock, holder_proc, 48);
+PW_ASSERT_AT(pw_lock, inconsistent, 64);
+PW_ASSERT_AT(pw_lock, sleepers, 128);
+PW_ASSERT_AT(pw_sem, sleepers, 64);
+PW_ASSERT_AT(pw_event, sleepers, 64);
+PW_ASSERT_AT(pw_cond, lock, 320);
+PW_ASSERT_AT(pw_cond, sleepers, 640);
+PW_ASSERT_AT(pw_cond, state, 832);
+PW_ASSERT_AT(pw_barrier, seq, 64);
+PW_ASSERT_AT(pw_barrier, sleepers, 128);
+PW_ASSERT_AT(pw_shared, typecode, 320);
+PW_ASSERT_AT(pw_shared, lock_name, 384);
+PW_ASSERT_AT(pw_ring, view_mark, 288);
+#endif
+_Static_assert(PW_SHARED_DATA_OFFSET == sizeof(struct pw_header) + sizeof(struct pw_shared),
+               "a Value's data follows its headers");
+/* Every kind's header keeps the data cache-line aligned. */
+#define PW_KIND_ALIGNED_(id, num, name, type)                                  \
+    _Static_assert(sizeof(struct type) % PW_CACHELINE == 0, #type " is whole cache lines");
+PW_KINDS(PW_KIND_ALIGNED_)
+#undef PW_KIND_ALIGNED_
 
 #endif /* PROCWIRE_LAYOUT_H */
