@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import ctypes
 from multiprocessing import reduction as _mp_reduction, sharedctypes as _mp_sharedctypes
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from procwire.stats import SharedStatistics
 
 from procwire import _core
 from procwire._segment import Segment, SegmentObject, new_segment, rebuild
 from procwire.errors import SegmentError
-from procwire.stats import SharedStatistics
 from procwire.sync import Lock, RLock
 
 __all__ = ["Array", "RawArray", "RawValue", "Value"]
@@ -65,7 +67,7 @@ def _code_of(type_: type) -> str:
 _LOCK_MODES = ("none", "embedded", "named", "external")  # by _core.LOCKMODE_*
 
 
-class _Handle(SegmentObject[SharedStatistics]):
+class _Handle(SegmentObject["SharedStatistics"]):
     """This process's hold on one Value/Array segment.
 
     The ctypes object built over the segment keeps it as ``_wrapper``, the
@@ -75,7 +77,7 @@ class _Handle(SegmentObject[SharedStatistics]):
     """
 
     _label = "RawValue/RawArray"
-    _statistics_type = SharedStatistics
+    _statistics_type = "SharedStatistics"
 
     def _bind(self, kind: int = 0, type_hint: Any = None, **state: Any) -> None:
         """Check the segment's layout (and ``type_hint`` against it), learn the element type."""
@@ -384,6 +386,7 @@ class SynchronizedBase:
         """The element type and length, and the lock's statistics (if a procwire lock)."""
         h: _Handle = self._obj._wrapper
         lock = self._lock.statistics() if isinstance(self._lock, Lock) else None
+        from procwire.stats import SharedStatistics
         return SharedStatistics.from_counters({**h._counters(), "lock": lock})
 
     def __repr__(self) -> str:

@@ -79,13 +79,15 @@ from typing import TYPE_CHECKING, Any
 from procwire import _core
 from procwire._segment import Segment, SegmentObject, StatsT, rebuild, validate_name
 from procwire.errors import SegmentError
-from procwire.stats import (
-    BarrierStatistics,
-    ConditionStatistics,
-    EventStatistics,
-    LockStatistics,
-    SemaphoreStatistics,
-)
+
+if TYPE_CHECKING:
+    from procwire.stats import (  # noqa: F401 (named in quoted base classes)
+        BarrierStatistics,
+        ConditionStatistics,
+        EventStatistics,
+        LockStatistics,
+        SemaphoreStatistics,
+    )
 
 __all__ = [
     "Barrier",
@@ -127,7 +129,7 @@ class _SyncObject(SegmentObject[StatsT]):
 # ---------------------------------------------------------------- locks
 
 
-class Lock(_SyncObject[LockStatistics], _core.Lock):
+class Lock(_SyncObject["LockStatistics"], _core.Lock):
     """A non-recursive lock, like ``multiprocessing.Lock``.
 
     ``acquire(block=True, timeout=None) -> bool``, ``release()``, and the
@@ -140,7 +142,7 @@ class Lock(_SyncObject[LockStatistics], _core.Lock):
     """
 
     _label = "Lock"
-    _statistics_type = LockStatistics
+    _statistics_type = "LockStatistics"
     _recursive = False
     _kind = _core.KIND_LOCK
 
@@ -179,7 +181,7 @@ class RLock(Lock):
 # ---------------------------------------------------------- semaphores
 
 
-class Semaphore(_SyncObject[SemaphoreStatistics], _core.Semaphore):
+class Semaphore(_SyncObject["SemaphoreStatistics"], _core.Semaphore):
     """A counting semaphore, like ``multiprocessing.Semaphore``.
 
     ``acquire(block=True, timeout=None) -> bool``, ``release()``,
@@ -189,7 +191,7 @@ class Semaphore(_SyncObject[SemaphoreStatistics], _core.Semaphore):
     """
 
     _label = "Semaphore"
-    _statistics_type = SemaphoreStatistics
+    _statistics_type = "SemaphoreStatistics"
     _kind = _core.KIND_SEMAPHORE
     _bounded = False
 
@@ -229,7 +231,7 @@ class BoundedSemaphore(Semaphore):
 # --------------------------------------------------------------- event
 
 
-class Event(_SyncObject[EventStatistics], _core.Event):
+class Event(_SyncObject["EventStatistics"], _core.Event):
     """An event flag, like ``multiprocessing.Event``: ``set()``, ``clear()``,
     ``is_set()``, ``wait(timeout=None) -> bool``.
 
@@ -240,7 +242,7 @@ class Event(_SyncObject[EventStatistics], _core.Event):
     """
 
     _label = "Event"
-    _statistics_type = EventStatistics
+    _statistics_type = "EventStatistics"
     _kind = _core.KIND_EVENT
 
     def __init__(self, *, ctx: object = None, name: str | None = None) -> None:
@@ -262,7 +264,7 @@ class Event(_SyncObject[EventStatistics], _core.Event):
 # ----------------------------------------------------------- condition
 
 
-class Condition(_SyncObject[ConditionStatistics], _core.Condition):
+class Condition(_SyncObject["ConditionStatistics"], _core.Condition):
     """A condition variable, like ``multiprocessing.Condition``.
 
     ``Condition(lock=None)``: with no lock it uses its own RLock, kept in the
@@ -274,7 +276,7 @@ class Condition(_SyncObject[ConditionStatistics], _core.Condition):
     """
 
     _label = "Condition"
-    _statistics_type = ConditionStatistics
+    _statistics_type = "ConditionStatistics"
     _kind = _core.KIND_CONDITION
     _embedded_lock_type: type[RLock] = RLock  # for a Condition made without a lock
 
@@ -667,6 +669,7 @@ class Barrier:
         """A snapshot of the shared state (see :class:`procwire.stats.BarrierStatistics`)."""
         cond = self._cond.statistics()
         lock = cond.lock
+        from procwire.stats import BarrierStatistics
         return BarrierStatistics(parties=self.parties, n_waiting=self.n_waiting,
                                  broken=self.broken, generation=int(self._state[_TRIPS]),
                                  waiters=cond.waiters,
