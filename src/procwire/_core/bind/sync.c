@@ -607,7 +607,7 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
      * than to sleep on, when the holder runs on another CPU. Taking the GIL
      * back while holding the mutex is safe (core.h, rule 4). */
     struct try_free t = {&l->mutex, EBUSY};
-    if (pw_spin(&self->sync.spin, take_if_free, &t, deadline)) {
+    if (pw_spin(&self->sync.spin, take_if_free, &t, deadline, NULL)) {
         if (t.rc == 0 || t.rc == EOWNERDEAD)
             return acquired(self, l, t.rc == EOWNERDEAD);
         if (t.rc == EDEADLK)

@@ -24,7 +24,8 @@
 #define PW_LAYOUT_VERSION 4u /* 2: struct pw_waiters replaces the sleeper counts;
                                 3: pw_lock holder_proc/holder_hold, pw_cond
                                 wake and state; 4: pw_ring view_mark, pw_lock's
-                                holder words on the mutex's cache line */
+                                holder words on the mutex's cache line, pw_ring
+                                tail_cpu and head_cpu */
 #define PW_CACHELINE 64
 
 /*
@@ -158,7 +159,10 @@ struct pw_ring {
     _Atomic uint64_t total_in;           /* lifetime statistics (advisory)  */
     _Atomic uint64_t bytes_in;
     _Atomic uint64_t tail_owner_died;
-    uint64_t reserved1[4];
+    _Atomic uint32_t tail_cpu;           /* CPU + 1 the last producer ran on, 0 =
+                                            unknown (advisory: waiters' spin policy) */
+    uint32_t reserved1a;
+    uint64_t reserved1[3];
 
     /* -- consumer side: only consumers write these lines -- */
     pthread_mutex_t head_lock;
@@ -172,7 +176,9 @@ struct pw_ring {
                                             Queue.get(copy=False)), 0 otherwise:
                                             if that reader dies, the next one
                                             drops the record                  */
-    uint64_t reserved2[3];
+    _Atomic uint32_t head_cpu;           /* CPU + 1 the last consumer ran on, 0 = unknown */
+    uint32_t reserved2a;
+    uint64_t reserved2[2];
 
     /* -- futex words. A sleeper registers in its struct pw_waiters, reads the
      *    seq, re-checks its condition, then sleeps on the seq. A waker that
@@ -446,7 +452,9 @@ PW_ASSERT_SIZE(pw_ring, 960);
 PW_ASSERT_AT(pw_ring, tail_lock, 64);
 PW_ASSERT_AT(pw_ring, tail, 128);
 PW_ASSERT_AT(pw_ring, head_lock, 192);
+PW_ASSERT_AT(pw_ring, tail_cpu, 160);
 PW_ASSERT_AT(pw_ring, head, 256);
+PW_ASSERT_AT(pw_ring, head_cpu, 296);
 PW_ASSERT_AT(pw_ring, not_empty_seq, 320);
 PW_ASSERT_AT(pw_ring, tasks_done, 336);
 PW_ASSERT_AT(pw_ring, closed_flags, 344);
