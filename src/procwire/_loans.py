@@ -35,10 +35,9 @@ __all__ = ["Loan", "View"]
 _REC_BYTES, _REC_BYTEARRAY, _REC_PICKLE, _REC_PICKLE_OOB = 1, 2, 3, 4
 
 
-def _check_thread(owner: int, what: str) -> None:
-    if threading.get_ident() != owner:
-        raise RuntimeError(f"{what} must be ended by the thread that took it: it holds "
-                           "a lock only that thread can release")
+def _not_this_thread(what: str) -> RuntimeError:
+    return RuntimeError(f"{what} must be ended by the thread that took it: it holds "
+                        "a lock only that thread can release")
 
 
 class Loan:
@@ -93,7 +92,8 @@ class Loan:
         queue = self._queue
         if queue is None:
             raise ValueError("this loan was already published or discarded")
-        _check_thread(self._owner, f"a loan's {what}()")
+        if threading.get_ident() != self._owner:
+            raise _not_this_thread(f"a loan's {what}()")
         self._queue = None
         queue._leases.discard(self)
         _release(self._view)
@@ -169,7 +169,8 @@ class View:
         queue = self._queue
         if queue is None:
             return
-        _check_thread(self._owner, "a view's release()")
+        if threading.get_ident() != self._owner:
+            raise _not_this_thread("a view's release()")
         self._queue = None
         queue._leases.discard(self)
         for v in reversed(self._views):

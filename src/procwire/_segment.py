@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar, cast
 
 from procwire import _core, _tracker
 from procwire.errors import SegmentError
-from procwire.stats import Statistics
+
+if TYPE_CHECKING:  # procwire.stats is imported on first statistics(): dataclasses costs ~5 ms
+    from procwire.stats import Statistics
 
 # Where named segments live. PROCWIRE_SHM_DIR moves them to another tmpfs
 # directory (a container's private one, or a test session's own, out of reach
@@ -439,7 +441,7 @@ class SegmentObject(Generic[StatsT]):
     """
 
     _label: ClassVar[str] = "object"  # the type's name in messages: "Queue", "Lock"
-    _statistics_type: ClassVar[type[Statistics]]
+    _statistics_type: ClassVar[str]  # the name of its class in procwire.stats
     # False for a view that shares its container's mapping (the RLock inside
     # a Condition or a Value): closing it leaves the segment to the container.
     _owns_segment = True
@@ -526,11 +528,14 @@ class SegmentObject(Generic[StatsT]):
 
     def statistics(self) -> StatsT:
         """A snapshot of the live counters in shared memory (see :mod:`procwire.stats`)."""
-        return cast(StatsT, self._statistics_type.from_counters(self._counters()))
+        from procwire import stats
+        reader: type[Statistics] = getattr(stats, self._statistics_type)
+        return cast(StatsT, reader.from_counters(self._counters()))
 
     def _repr_state(self) -> str:
         """What the repr says after the name; raises ValueError once closed."""
         s = self.statistics()  # nested statistics (a Condition's lock) are left out
+        from procwire.stats import Statistics
         return " ".join(f"{k}={s[k]}" for k in s._names() if not isinstance(s[k], Statistics))
 
     def __repr__(self) -> str:

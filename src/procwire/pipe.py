@@ -36,9 +36,14 @@ import weakref
 from multiprocessing import BufferTooShort, reduction as _mp_reduction
 from typing import TYPE_CHECKING, Any, Generic, cast
 
+if TYPE_CHECKING:
+    pass
+
+if TYPE_CHECKING:
+    from procwire.stats import ConnectionStatistics  # noqa: F401 (in a quoted base class)
+
 from procwire import _core, _pickle
 from procwire._segment import ClosedOnExit, Segment, SegmentObject, rebuild, ring_capacity
-from procwire.stats import ConnectionStatistics
 
 if TYPE_CHECKING:  # what __getattr__ below returns
     from typing_extensions import TypeVar
@@ -79,7 +84,7 @@ def _before_fork() -> None:
 os.register_at_fork(before=_before_fork)
 
 
-class Connection(SegmentObject[ConnectionStatistics], ClosedOnExit, _core.PipeEnd,
+class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, _core.PipeEnd,
                  Generic[_SendT, _RecvT]):
     """One end of a :func:`Pipe`; the API of ``multiprocessing.connection.Connection``.
 
@@ -94,7 +99,7 @@ class Connection(SegmentObject[ConnectionStatistics], ClosedOnExit, _core.PipeEn
         def recv(self, *, timeout: float | None = None) -> _RecvT: ...
 
     _label = "Pipe end"
-    _statistics_type = ConnectionStatistics
+    _statistics_type = "ConnectionStatistics"
     _counters = _core.PipeEnd._statistics
 
     def _bind(self, *, fds: tuple[int, int, int, int], end: int, create: bool = False,

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     # annotation under mypy --strict; typing.TypeVar takes default= from 3.13.
     from typing_extensions import TypeVar
 
+    from procwire.stats import QueueStatistics  # noqa: F401 (in a quoted base class)
+
     _T = TypeVar("_T", default=Any)
 else:
     from typing import TypeVar
@@ -40,7 +42,6 @@ else:
 from procwire import _core, _pickle
 from procwire._loans import Loan, View
 from procwire._segment import ClosedOnExit, SegmentObject, ring_capacity
-from procwire.stats import QueueStatistics
 
 __all__ = ["DEFAULT_CAPACITY", "JoinableQueue", "Loan", "Queue", "SimpleQueue", "View"]
 
@@ -59,7 +60,7 @@ def _maxsize_for(maxsize: int) -> int:
     return max(maxsize, 0)  # <= 0 means no count limit, as in multiprocessing
 
 
-class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.QueueBase, Generic[_T]):
+class Queue(SegmentObject["QueueStatistics"], ClosedOnExit, _core.QueueBase, Generic[_T]):
     """A process-safe FIFO queue in shared memory, like ``multiprocessing.Queue``.
 
     ``Queue(maxsize=0, *, capacity=None, name=None)``
@@ -96,7 +97,7 @@ class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.QueueBase, Gener
                      max_messages: int | None = None) -> list[_T]: ...
 
     _label = "Queue"
-    _statistics_type = QueueStatistics
+    _statistics_type = "QueueStatistics"
     _close = _core.QueueBase._release
     _counters = _core.QueueBase._statistics
 
@@ -168,7 +169,7 @@ class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.QueueBase, Gener
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, not {nbytes}")
         me = threading.get_ident()
-        if any(isinstance(x, Loan) and x._owner == me for x in self._leases):
+        if self._leases and any(isinstance(x, Loan) and x._owner == me for x in self._leases):
             raise RuntimeError(f"{self._describe()}: this thread has an open loan on this "
                                "queue; publish or discard it before another")
         offset = self._loan_begin(nbytes, block, timeout)
@@ -183,7 +184,7 @@ class Queue(SegmentObject[QueueStatistics], ClosedOnExit, _core.QueueBase, Gener
     def _get_view(self, block: bool, timeout: float | None) -> View:
         """get(copy=False): the oldest message, in place (see procwire._loans.View)."""
         me = threading.get_ident()
-        if any(isinstance(x, View) and x._owner == me for x in self._leases):
+        if self._leases and any(isinstance(x, View) and x._owner == me for x in self._leases):
             raise RuntimeError(f"{self._describe()}: this thread holds a view of this queue; "
                                "release it before taking another message")
         rtype, offset, length, copied = self._view_begin(block, timeout)

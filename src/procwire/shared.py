@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import ctypes
 from multiprocessing import reduction as _mp_reduction, sharedctypes as _mp_sharedctypes
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from procwire.stats import SharedStatistics
 
 from procwire import _core
 from procwire._segment import Segment, SegmentObject, new_segment, rebuild
 from procwire.errors import SegmentError
-from procwire.stats import SharedStatistics
 from procwire.sync import Lock, RLock
 
 __all__ = ["Array", "RawArray", "RawValue", "Value"]
@@ -65,7 +67,7 @@ def _code_of(type_: type) -> str:
 _LOCK_MODES = ("none", "embedded", "named", "external")  # by _core.LOCKMODE_*
 
 
-class _Handle(SegmentObject[SharedStatistics]):
+class _Handle(SegmentObject["SharedStatistics"]):
     """This process's hold on one Value/Array segment.
 
     The ctypes object built over the segment keeps it as ``_wrapper``, the
@@ -75,7 +77,7 @@ class _Handle(SegmentObject[SharedStatistics]):
     """
 
     _label = "RawValue/RawArray"
-    _statistics_type = SharedStatistics
+    _statistics_type = "SharedStatistics"
 
     def _bind(self, kind: int = 0, type_hint: Any = None, **state: Any) -> None:
         """Check the segment's layout (and ``type_hint`` against it), learn the element type."""
@@ -170,16 +172,11 @@ class RawValue:
     """
 
     def __new__(cls, typecode_or_type: Any, *args: Any, name: str | None = None) -> Any:
-        type_ = _resolve(typecode_or_type)
-        h = _create(_core.KIND_VALUE, type_, 1, _core.LOCKMODE_NONE, b"", name)
-        obj = _obj_over(h)
-        obj.__init__(*args)
-        return obj
+        return _new(_core.KIND_VALUE, typecode_or_type, 1, args, False, name)
 
     @staticmethod
     def attach(name: str, typecode_or_type: Any = None) -> Any:
-        return _obj_over(_Handle._from_segment(Segment.attach_named(name),
-                                               kind=_core.KIND_VALUE, type_hint=typecode_or_type))
+        return _attach(name, _core.KIND_VALUE, typecode_or_type, raw=True)
 
 
 class RawArray:
@@ -191,22 +188,12 @@ class RawArray:
 
     def __new__(cls, typecode_or_type: Any, size_or_initializer: Any, *,
                 name: str | None = None) -> Any:
-        type_ = _resolve(typecode_or_type)
-        if isinstance(size_or_initializer, int):
-            length, init = size_or_initializer, None
-        else:
-            init = size_or_initializer
-            length = len(init)
-        h = _create(_core.KIND_ARRAY, type_, length, _core.LOCKMODE_NONE, b"", name)
-        obj = _obj_over(h)
-        if init is not None:
-            obj.__init__(*init)
-        return obj
+        return _new(_core.KIND_ARRAY, typecode_or_type, *_sized(size_or_initializer), False,
+                    name)
 
     @staticmethod
     def attach(name: str, typecode_or_type: Any = None) -> Any:
-        return _obj_over(_Handle._from_segment(Segment.attach_named(name),
-                                               kind=_core.KIND_ARRAY, type_hint=typecode_or_type))
+        return _attach(name, _core.KIND_ARRAY, typecode_or_type, raw=True)
 
 
 # ---------------------------------------------------- synchronized forms
@@ -242,7 +229,7 @@ class Value:
 
     def __new__(cls, typecode_or_type: Any, *args: Any, lock: Any = True, ctx: object = None,
                 name: str | None = None) -> Any:
-        return _new_value(typecode_or_type, args, lock, name)
+        return _new(_core.KIND_VALUE, typecode_or_type, 1, args, lock, name)
 
     @staticmethod
     def attach(name: str, typecode_or_type: Any = None) -> Any:
@@ -258,7 +245,8 @@ class Array:
 
     def __new__(cls, typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True,
                 ctx: object = None, name: str | None = None) -> Any:
-        return _new_array(typecode_or_type, size_or_initializer, lock, name)
+        return _new(_core.KIND_ARRAY, typecode_or_type, *_sized(size_or_initializer), lock,
+                    name)
 
     @staticmethod
     def attach(name: str, typecode_or_type: Any = None) -> Any:
@@ -266,30 +254,19 @@ class Array:
         return _attach(name, _core.KIND_ARRAY, typecode_or_type)
 
 
-def _new_value(typecode_or_type: Any, args: tuple[Any, ...], lock: Any,
-               name: str | None) -> Any:
-    type_ = _resolve(typecode_or_type)
-    mode, lock_name = _lock_mode_for(lock, name)
-    h = _create(_core.KIND_VALUE, type_, 1, mode, lock_name, name)
-    obj = _obj_over(h)
-    obj.__init__(*args)
-    if mode == _core.LOCKMODE_NONE:
-        return obj
-    if mode == _core.LOCKMODE_EMBEDDED:
-        lock = _embedded_lock(h)
-    return _synchronized(obj, lock)
-
-
-def _new_array(typecode_or_type: Any, size_or_initializer: Any, lock: Any,
-               name: str | None) -> Any:
-    type_ = _resolve(typecode_or_type)
-    mode, lock_name = _lock_mode_for(lock, name)
+def _sized(size_or_initializer: Any) -> tuple[int, Any]:
+    """(length, initial values or None) of an Array's second argument, as multiprocessing."""
     if isinstance(size_or_initializer, int):
-        length, init = size_or_initializer, None
-    else:
-        init = size_or_initializer
-        length = len(init)
-    h = _create(_core.KIND_ARRAY, type_, length, mode, lock_name, name)
+        return size_or_initializer, None
+    return len(size_or_initializer), size_or_initializer
+
+
+def _new(kind: int, typecode_or_type: Any, length: int, init: Any, lock: Any,
+         name: str | None) -> Any:
+    """A new Value/Array (``lock`` as multiprocessing's; False: the raw ctypes object)."""
+    type_ = _resolve(typecode_or_type)
+    mode, lock_name = _lock_mode_for(lock, name)
+    h = _create(kind, type_, length, mode, lock_name, name)
     obj = _obj_over(h)
     if init is not None:
         obj.__init__(*init)
@@ -300,10 +277,11 @@ def _new_array(typecode_or_type: Any, size_or_initializer: Any, lock: Any,
     return _synchronized(obj, lock)
 
 
-def _attach(name: str, kind: int, typecode_or_type: Any) -> Any:
+def _attach(name: str, kind: int, typecode_or_type: Any, raw: bool = False) -> Any:
+    """Open a named Value/Array; ``raw``: the ctypes object, whatever its lock."""
     h = _Handle._from_segment(Segment.attach_named(name), kind=kind, type_hint=typecode_or_type)
     try:
-        lock = _lock_from_info(h)
+        lock = None if raw else _lock_from_info(h)
     except BaseException:
         h.close()
         raise
@@ -408,6 +386,7 @@ class SynchronizedBase:
         """The element type and length, and the lock's statistics (if a procwire lock)."""
         h: _Handle = self._obj._wrapper
         lock = self._lock.statistics() if isinstance(self._lock, Lock) else None
+        from procwire.stats import SharedStatistics
         return SharedStatistics.from_counters({**h._counters(), "lock": lock})
 
     def __repr__(self) -> str:

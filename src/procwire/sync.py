@@ -69,20 +69,25 @@ Where procwire differs from multiprocessing
 """
 from __future__ import annotations
 
+import ctypes
 import threading
+import time
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from procwire import _core
-from procwire._segment import Segment, SegmentObject, StatsT
+from procwire._segment import Segment, SegmentObject, StatsT, rebuild, validate_name
 from procwire.errors import SegmentError
-from procwire.stats import (
-    BarrierStatistics,
-    ConditionStatistics,
-    EventStatistics,
-    LockStatistics,
-    SemaphoreStatistics,
-)
+
+if TYPE_CHECKING:
+    from procwire.stats import (  # noqa: F401 (named in quoted base classes)
+        BarrierStatistics,
+        ConditionStatistics,
+        EventStatistics,
+        LockStatistics,
+        SemaphoreStatistics,
+    )
 
 __all__ = [
     "Barrier",
@@ -124,7 +129,7 @@ class _SyncObject(SegmentObject[StatsT]):
 # ---------------------------------------------------------------- locks
 
 
-class Lock(_SyncObject[LockStatistics], _core.Lock):
+class Lock(_SyncObject["LockStatistics"], _core.Lock):
     """A non-recursive lock, like ``multiprocessing.Lock``.
 
     ``acquire(block=True, timeout=None) -> bool``, ``release()``, and the
@@ -137,7 +142,7 @@ class Lock(_SyncObject[LockStatistics], _core.Lock):
     """
 
     _label = "Lock"
-    _statistics_type = LockStatistics
+    _statistics_type = "LockStatistics"
     _recursive = False
     _kind = _core.KIND_LOCK
 
@@ -176,7 +181,7 @@ class RLock(Lock):
 # ---------------------------------------------------------- semaphores
 
 
-class Semaphore(_SyncObject[SemaphoreStatistics], _core.Semaphore):
+class Semaphore(_SyncObject["SemaphoreStatistics"], _core.Semaphore):
     """A counting semaphore, like ``multiprocessing.Semaphore``.
 
     ``acquire(block=True, timeout=None) -> bool``, ``release()``,
@@ -186,7 +191,7 @@ class Semaphore(_SyncObject[SemaphoreStatistics], _core.Semaphore):
     """
 
     _label = "Semaphore"
-    _statistics_type = SemaphoreStatistics
+    _statistics_type = "SemaphoreStatistics"
     _kind = _core.KIND_SEMAPHORE
     _bounded = False
 
@@ -226,7 +231,7 @@ class BoundedSemaphore(Semaphore):
 # --------------------------------------------------------------- event
 
 
-class Event(_SyncObject[EventStatistics], _core.Event):
+class Event(_SyncObject["EventStatistics"], _core.Event):
     """An event flag, like ``multiprocessing.Event``: ``set()``, ``clear()``,
     ``is_set()``, ``wait(timeout=None) -> bool``.
 
@@ -237,7 +242,7 @@ class Event(_SyncObject[EventStatistics], _core.Event):
     """
 
     _label = "Event"
-    _statistics_type = EventStatistics
+    _statistics_type = "EventStatistics"
     _kind = _core.KIND_EVENT
 
     def __init__(self, *, ctx: object = None, name: str | None = None) -> None:
@@ -259,7 +264,7 @@ class Event(_SyncObject[EventStatistics], _core.Event):
 # ----------------------------------------------------------- condition
 
 
-class Condition(_SyncObject[ConditionStatistics], _core.Condition):
+class Condition(_SyncObject["ConditionStatistics"], _core.Condition):
     """A condition variable, like ``multiprocessing.Condition``.
 
     ``Condition(lock=None)``: with no lock it uses its own RLock, kept in the
@@ -271,8 +276,9 @@ class Condition(_SyncObject[ConditionStatistics], _core.Condition):
     """
 
     _label = "Condition"
-    _statistics_type = ConditionStatistics
+    _statistics_type = "ConditionStatistics"
     _kind = _core.KIND_CONDITION
+    _embedded_lock_type: type[RLock] = RLock  # for a Condition made without a lock
 
     def __init__(self, lock: Lock | None = None, *, ctx: object = None,
                  name: str | None = None) -> None:
@@ -298,7 +304,7 @@ class Condition(_SyncObject[ConditionStatistics], _core.Condition):
         _core.Condition.__init__(self, self._segment.buffer, self._describe())
         mode, lock_name = self._lock_info()
         if mode == _core.LOCKMODE_EMBEDDED:
-            lock = RLock._from_segment(self._segment, owns=False)
+            lock = self._embedded_lock_type._from_segment(self._segment, owns=False)
         elif lock is None and mode == _core.LOCKMODE_NAMED:
             lname = lock_name.decode()
             kind = _attached_kind(lname)
@@ -409,24 +415,60 @@ def _attached_kind(name: str) -> str:
 
 
 # ------------------------------------------------------------- barrier
+# In Python over the native primitives, as multiprocessing/synchronize.py
+# builds its Barrier: a Condition (whose robust RLock guards the counters and
+# whose wait table holds the sleepers) and a small shared array of counters.
 
 
-class Barrier(_SyncObject[BarrierStatistics], _core.Barrier):
+class _BarrierLock(RLock):
+    """The RLock inside a Barrier's Condition: its own label, so that the owner-death
+    warning (which a Barrier reports as breaking instead) can be told apart."""
+
+    _label = "Barrier internal lock"
+
+
+class _BarrierCondition(Condition):
+    _label = "Barrier"
+    _embedded_lock_type = _BarrierLock
+
+
+# A process that dies holding the internal lock breaks the barrier (wait()
+# raises BrokenBarrierError): that is the report, not the warning.
+warnings.filterwarnings("ignore", message=r".*Barrier internal lock",
+                        category=_core.OwnerDiedWarning)
+
+# The counters (int64 each), guarded by the Condition's lock except _BROKEN,
+# which abort() and a wait that cannot take the lock in time set without it.
+# A cycle ends when the barrier trips (every party arrived) or is reset; a
+# waiter of cycle c learns which by _LAST_TRIP/_LAST_RESET (the last cycle
+# each ended).
+_COUNT, _CYCLE, _TRIPS, _LAST_TRIP, _LAST_RESET, _BROKEN, _PARTIES, _TIMEOUT_NS = range(8)
+_STATE_WORDS = 8
+_STATE_SUFFIX = ".state"  # a named Barrier's counters: a RawArray named <name>.state
+# How often a waiter looks at _BROKEN and at its lock's holder: abort() takes
+# no lock, so it cannot wake sleepers itself when the lock is held.
+_SLICE = 0.05
+
+
+class Barrier:
     """A barrier for ``parties`` processes, like ``multiprocessing.Barrier``.
 
     ``wait(timeout=None) -> int`` (an index in ``range(parties)``),
-    ``reset()``, ``abort()``, ``parties``, ``n_waiting``, ``broken``.
+    ``reset(timeout=None)``, ``abort()``, ``parties``, ``n_waiting``, ``broken``.
     ``BrokenBarrierError`` is threading's. The ``action``, if any, is run by
     the last party to arrive, before the others are released; it is a
     per-process attribute (pickled to children, absent after ``attach``).
     A wait that times out breaks the barrier, as in threading. If a party
     dies before it arrives, the others wait until their timeout or until some
-    process calls ``abort()``.
+    process calls ``abort()``. A process killed while holding the barrier's
+    internal lock (in its bookkeeping, or running the action) breaks it.
+
+    Built as multiprocessing builds its own: a procwire :class:`Condition`
+    and a few shared counters (a second segment; named ``<name>.state`` for a
+    named Barrier).
     """
 
     _label = "Barrier"
-    _statistics_type = BarrierStatistics
-    _kind = _core.KIND_BARRIER
 
     def __init__(self, parties: int, action: Callable[[], Any] | None = None,
                  timeout: float | None = None, *, ctx: object = None,
@@ -439,32 +481,204 @@ class Barrier(_SyncObject[BarrierStatistics], _core.Barrier):
             raise ValueError("parties must be at most 2**31-1")
         if action is not None and not callable(action):
             raise TypeError("action must be callable or None")
-        timeout_ns = -1 if timeout is None else max(0, int(float(timeout) * 1e9))
-        self._create_sync(name, {"parties": parties, "timeout_ns": timeout_ns}, action=action)
+        from procwire.shared import RawArray
+        if name is not None:
+            validate_name(name)
+        state = RawArray("q", _STATE_WORDS,
+                         name=None if name is None else validate_name(name + _STATE_SUFFIX))
+        state[_PARTIES] = parties
+        state[_LAST_TRIP] = state[_LAST_RESET] = -1  # no cycle has ended yet
+        state[_TIMEOUT_NS] = -1 if timeout is None else max(0, int(float(timeout) * 1e9))
+        try:
+            cond = _BarrierCondition(name=name)
+        except BaseException:
+            state._wrapper.close()
+            raise
+        self._setup(cond, state, action)
 
-    def _bind(self, action: Callable[[], Any] | None = None, **state: Any) -> None:
-        self._action = action
-        _core.Barrier.__init__(self, self._segment.buffer, self._describe())
+    def _setup(self, cond: Condition, state: Any, action: Callable[[], Any] | None) -> None:
+        self._cond, self._state, self._action = cond, state, action
+        self._lock = cond.get_lock()
 
-    def _pickle_state(self) -> dict[str, Any]:
-        return {"action": self._action}
+    @classmethod
+    def attach(cls, name: str) -> Barrier:
+        """Open the Barrier another process created with ``name=``."""
+        from procwire.shared import RawArray
+        cond = _BarrierCondition.attach(name)
+        try:
+            state = RawArray.attach(name + _STATE_SUFFIX)
+            if len(state) != _STATE_WORDS or state._type_ is not ctypes.c_int64:
+                state._wrapper.close()
+                raise SegmentError(f"procwire object {name + _STATE_SUFFIX!r} is not the "
+                                   f"state of a Barrier")
+        except BaseException:
+            cond.close()
+            raise
+        self = cls.__new__(cls)
+        self._setup(cond, state, None)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The counters travel as their segment's handle (plain pickle cannot
+        # pickle the ctypes array itself; multiprocessing's pickler can).
+        return (rebuild, (Barrier, None, {"cond": self._cond, "state": self._state._wrapper,
+                                          "action": self._action}))
+
+    @classmethod
+    def _from_handle(cls, handle: Any, state: dict[str, Any]) -> Barrier:
+        from procwire.shared import _obj_over
+        self = cls.__new__(cls)
+        self._setup(state["cond"], _obj_over(state["state"]), state["action"])
+        return self
+
+    @property
+    def name(self) -> str | None:
+        """The name given at creation, or None."""
+        return self._cond.name
+
+    def unlink(self) -> None:
+        """Remove the names now; processes that have the Barrier open keep using it."""
+        self._cond.unlink()
+        self._state._wrapper.unlink()
+
+    def close(self) -> None:
+        """Release this process's handle (the creator also removes the names)."""
+        self._cond.close()
+        self._state._wrapper.close()
+
+    # -- the protocol -------------------------------------------------------------
+
+    def _take_lock(self, deadline: float | None) -> bool:
+        """Take the internal lock by `deadline`; a dead holder's death breaks the barrier."""
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._lock.acquire(True, left):
+            return False
+        self._check_holder()
+        return True
+
+    def _check_holder(self) -> None:
+        if self._lock.owner_died:  # a process died in the bookkeeping: the state is suspect
+            self._break()
+            self._lock.make_consistent()
+
+    def _break(self) -> None:
+        """Break the barrier (with the lock held): every waiter raises BrokenBarrierError."""
+        self._state[_BROKEN] = 1
+        self._cond.notify_all()
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait until all parties have called wait(); BrokenBarrierError if
         the barrier is or becomes broken (or the timeout passes)."""
+        s = self._state
         if timeout is None:
-            ns = self._stats()["timeout_ns"]
+            ns = s[_TIMEOUT_NS]
             timeout = None if ns < 0 else ns / 1e9
-        return self._wait(timeout, self._action)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._take_lock(deadline):
+            s[_BROKEN] = 1  # as a timeout inside the barrier does: it breaks
+            raise BrokenBarrierError
+        try:
+            if s[_BROKEN]:
+                raise BrokenBarrierError
+            index = int(s[_COUNT])
+            if index + 1 == s[_PARTIES]:
+                self._trip()
+                return index
+            s[_COUNT] = index + 1
+            self._wait_for_the_end(s[_CYCLE], deadline)
+            return index
+        finally:
+            self._lock.release()
+
+    def _trip(self) -> None:
+        s = self._state
+        if self._action is not None:
+            try:
+                self._action()
+            except BaseException:
+                self._break()
+                raise
+        cycle = s[_CYCLE]
+        s[_COUNT] = 0
+        s[_TRIPS] += 1
+        s[_LAST_TRIP] = cycle
+        s[_CYCLE] = cycle + 1
+        self._cond.notify_all()
+
+    def _wait_for_the_end(self, cycle: int, deadline: float | None) -> None:
+        s = self._state
+        while s[_CYCLE] == cycle:
+            if s[_BROKEN]:
+                raise BrokenBarrierError
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                self._break()
+                raise BrokenBarrierError
+            self._cond.wait(_SLICE if left is None else min(left, _SLICE))
+            self._check_holder()
+        if s[_LAST_RESET] == cycle or s[_LAST_TRIP] < cycle:
+            raise BrokenBarrierError  # reset (or broken and reset) while we waited
+
+    def reset(self, timeout: float | None = None) -> None:
+        """Return the barrier to its initial state; current waiters get BrokenBarrierError.
+
+        ``TimeoutError`` if the internal lock cannot be taken within ``timeout``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._take_lock(deadline):
+            raise TimeoutError(f"{self!r}: reset() could not take the barrier's internal "
+                               f"lock within {timeout} s")
+        try:
+            s = self._state
+            cycle = s[_CYCLE]
+            s[_COUNT] = 0
+            s[_LAST_RESET] = cycle
+            s[_CYCLE] = cycle + 1
+            s[_BROKEN] = 0
+            self._cond.notify_all()
+        finally:
+            self._lock.release()
+
+    def abort(self) -> None:
+        """Break the barrier: current and later waits raise BrokenBarrierError until reset().
+
+        Takes no lock (a stopped process may hold it): sleepers notice within
+        a wait slice, or at once when the lock is free.
+        """
+        self._state[_BROKEN] = 1
+        if self._lock.acquire(True, 0.01):
+            try:
+                self._cond.notify_all()
+            finally:
+                self._lock.release()
 
     @property
     def parties(self) -> int:
-        return self._stats()["parties"]
+        return int(self._state[_PARTIES])
 
     @property
     def n_waiting(self) -> int:
-        return self._stats()["n_waiting"]
+        s = self._state
+        return 0 if s[_BROKEN] else int(s[_COUNT])
 
     @property
     def broken(self) -> bool:
-        return bool(self._stats()["broken"])
+        return bool(self._state[_BROKEN])
+
+    def statistics(self) -> BarrierStatistics:
+        """A snapshot of the shared state (see :class:`procwire.stats.BarrierStatistics`)."""
+        cond = self._cond.statistics()
+        lock = cond.lock
+        from procwire.stats import BarrierStatistics
+        return BarrierStatistics(parties=self.parties, n_waiting=self.n_waiting,
+                                 broken=self.broken, generation=int(self._state[_TRIPS]),
+                                 waiters=cond.waiters,
+                                 owner_deaths=lock.owner_deaths if lock else 0)
+
+    def __repr__(self) -> str:
+        try:
+            s = self.statistics()
+            state = " ".join(f"{k}={s[k]}" for k in s._names())
+        except ValueError:
+            state = "closed"
+        return f"<procwire.Barrier {self._cond._describe()} {state}>"

@@ -9,6 +9,7 @@ conditions polled against a deadline, never sleeps.
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import procwire
 from procwire import _segment, objects
 
 JOIN = 30
+FORK = mp.get_context("fork")  # the tests whose children fork or share patched modules
 # The bound these tests hold the tracker to: a killed creator's unused names are
 # gone this long after its death (on an idle machine it takes milliseconds; the
 # suite runs on a loaded 2-vCPU machine).
@@ -58,7 +60,7 @@ def _own_tracker(on: str = "1") -> None:
         _tracker._sock = None
 
 
-def _creator(base: str, conn, tracker: str = "1") -> None:
+def _creator(base: str, tracker: str, conn) -> None:
     """Create one named object of each family, report, then block until killed."""
     _own_tracker(tracker)
     from procwire import _tracker
@@ -72,13 +74,18 @@ def _creator(base: str, conn, tracker: str = "1") -> None:
 SUFFIXES = ("-q", "-lock", "-value", "-event")
 
 
-def _start_creator(ctx, base: str, tracker: str = "1"):
+def _start(ctx, target, *args):
+    """Start ``target(*args, conn)``; return the process, our end, and its first message."""
     ours, theirs = ctx.Pipe()
-    p = ctx.Process(target=_creator, args=(base, theirs, tracker))
+    p = ctx.Process(target=target, args=(*args, theirs))
     p.start()
     theirs.close()
-    assert ours.poll(JOIN), "the creator did not start"
-    tracker_pid = ours.recv()
+    assert ours.poll(JOIN), f"{target.__name__} did not start"
+    return p, ours, ours.recv()
+
+
+def _start_creator(ctx, base: str, tracker: str = "1"):
+    p, ours, tracker_pid = _start(ctx, _creator, base, tracker)
     for s in SUFFIXES:
         assert os.path.exists(_path(base + s))
     return p, ours, tracker_pid
@@ -151,10 +158,15 @@ def _tracker_waits_on(path: str) -> bool:
 
 
 @pytest.fixture
-def cleanup_names():
-    """Names a test made: removed at the end if the test failed halfway."""
+def new_base():
+    """``new_base(label)``: a fresh base name, whose names are removed at the end if the
+    test failed halfway."""
     made: list[str] = []
-    yield made
+
+    def make(label: str) -> str:
+        made.append(_unique(label))
+        return made[-1]
+    yield make
     for base in made:
         for s in (*SUFFIXES, ""):
             try:
@@ -167,9 +179,8 @@ def cleanup_names():
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL],
                          ids=["SIGTERM", "SIGINT", "SIGKILL"])
-def test_a_killed_creators_unused_names_are_removed(ctx, sig, cleanup_names):
-    base = _unique("unused")
-    cleanup_names.append(base)
+def test_a_killed_creators_unused_names_are_removed(ctx, sig, new_base):
+    base = new_base("unused")
     p, conn, tracker = _start_creator(ctx, base)
     assert tracker is not None, "the creator started no tracker"
     _kill(p, sig)
@@ -178,9 +189,8 @@ def test_a_killed_creators_unused_names_are_removed(ctx, sig, cleanup_names):
 
 
 @pytest.mark.parametrize("user_ends", ["exit", "kill"])
-def test_a_name_stays_while_an_unrelated_process_uses_it(ctx, user_ends, cleanup_names):
-    base = _unique("used")
-    cleanup_names.append(base)
+def test_a_name_stays_while_an_unrelated_process_uses_it(ctx, user_ends, new_base):
+    base = new_base("used")
     p, conn, _ = _start_creator(ctx, base)
     user = Attacher(base + "-q")
     try:
@@ -204,9 +214,8 @@ def test_a_name_stays_while_an_unrelated_process_uses_it(ctx, user_ends, cleanup
                 f"{'exited' if user_ends == 'exit' else 'was killed'}")
 
 
-def test_a_new_object_under_the_same_name_is_never_removed(ctx, cleanup_names):
-    base = _unique("renamed")
-    cleanup_names.append(base)
+def test_a_new_object_under_the_same_name_is_never_removed(ctx, new_base):
+    base = new_base("renamed")
     path = _path(base + "-q")
     p, conn, _ = _start_creator(ctx, base)
     user = Attacher(base + "-q")
@@ -256,17 +265,9 @@ def _creator_with_child(base: str, conn) -> None:
     conn.recv()
 
 
-def test_a_forked_grandchild_keeps_the_inherited_object_alive(cleanup_names):
-    import multiprocessing as mp
-    ctx = mp.get_context("fork")
-    base = _unique("grandchild")
-    cleanup_names.append(base)
-    ours, theirs = ctx.Pipe()
-    p = ctx.Process(target=_creator_with_child, args=(base, theirs))
-    p.start()
-    theirs.close()
-    assert ours.poll(JOIN)
-    grandchild = ours.recv()
+def test_a_forked_grandchild_keeps_the_inherited_object_alive(new_base):
+    base = new_base("grandchild")
+    p, ours, grandchild = _start(FORK, _creator_with_child, base)
     path = _path(base + "-q")
     q = procwire.Queue.attach(base + "-q")
     try:
@@ -294,17 +295,9 @@ def _create_kill_tracker_create(base: str, conn) -> None:
     conn.recv()
 
 
-def test_a_killed_tracker_is_replaced_at_the_next_create_with_every_name(cleanup_names):
-    import multiprocessing as mp
-    ctx = mp.get_context("fork")
-    base = _unique("tracker")
-    cleanup_names.append(base)
-    ours, theirs = ctx.Pipe()
-    p = ctx.Process(target=_create_kill_tracker_create, args=(base, theirs))
-    p.start()
-    theirs.close()
-    assert ours.poll(JOIN)
-    first, second = ours.recv()
+def test_a_killed_tracker_is_replaced_at_the_next_create_with_every_name(new_base):
+    base = new_base("tracker")
+    p, ours, (first, second) = _start(FORK, _create_kill_tracker_create, base)
     assert second not in (None, first)
     _kill(p, signal.SIGKILL)
     ours.close()
@@ -317,13 +310,12 @@ def test_with_the_tracker_off_names_stay_for_procwire_clean(tmp_path, monkeypatc
     # A private directory: other test sessions on this machine run `procwire
     # clean` on /dev/shm, which would take these names before we look. Fork
     # only, so that the child sees the patched module.
-    import multiprocessing as mp
     shm = tmp_path / "shm"
     shm.mkdir(mode=0o700)
     monkeypatch.setattr(_segment, "SHM_DIR", str(shm))
     monkeypatch.setattr(objects, "SHM_DIR", str(shm))
     base = _unique("off")
-    p, conn, tracker = _start_creator(mp.get_context("fork"), base, tracker="0")
+    p, conn, tracker = _start_creator(FORK, base, tracker="0")
     assert tracker is None
     _kill(p, signal.SIGKILL)
     conn.close()
@@ -337,9 +329,8 @@ def test_with_the_tracker_off_names_stay_for_procwire_clean(tmp_path, monkeypatc
     assert os.listdir(shm) == []
 
 
-def test_attach_after_the_tracker_removed_the_name_raises_file_not_found(ctx, cleanup_names):
-    base = _unique("late")
-    cleanup_names.append(base)
+def test_attach_after_the_tracker_removed_the_name_raises_file_not_found(ctx, new_base):
+    base = new_base("late")
     p, conn, _ = _start_creator(ctx, base)
     _kill(p, signal.SIGKILL)
     conn.close()
@@ -348,11 +339,10 @@ def test_attach_after_the_tracker_removed_the_name_raises_file_not_found(ctx, cl
         procwire.Queue.attach(base + "-q")
 
 
-def test_every_user_holds_a_shared_flock_and_nothing_else(cleanup_names):
+def test_every_user_holds_a_shared_flock_and_nothing_else(new_base):
     """The mark the tracker relies on: creators and attachers hold LOCK_SH; closing drops it."""
     import fcntl
-    name = _unique("flock")
-    cleanup_names.append(name)
+    name = new_base("flock")
     q = procwire.Queue(name=name)
     fd = os.open(_path(name), os.O_RDONLY)
     try:
@@ -396,19 +386,11 @@ def _process_gone(pid: int) -> bool:
         return True
 
 
-def test_a_forked_creator_shares_the_tracker_and_is_cleaned_up_alone(cleanup_names):
+def test_a_forked_creator_shares_the_tracker_and_is_cleaned_up_alone(new_base):
     """The tracker follows each creator, not the program: a killed forked child's name
     goes while its parent (the tracker's starter) lives on with its own."""
-    import multiprocessing as mp
-    ctx = mp.get_context("fork")
-    base = _unique("shared")
-    cleanup_names.append(base)
-    ours, theirs = ctx.Pipe()
-    p = ctx.Process(target=_parent_and_forked_creator, args=(base, theirs))
-    p.start()
-    theirs.close()
-    assert ours.poll(JOIN)
-    child, tracker = ours.recv()
+    base = new_base("shared")
+    p, ours, (child, tracker) = _start(FORK, _parent_and_forked_creator, base)
     try:
         os.kill(child, signal.SIGKILL)
         _wait_until(lambda: not os.path.exists(_path(base + "-lock")),
@@ -432,15 +414,9 @@ def _orderly_creator(base: str, conn) -> None:
     conn.send(os.path.exists(_path(base + "-q")))
 
 
-def test_an_orderly_creator_removes_its_own_name_and_its_tracker_ends(ctx, cleanup_names):
-    base = _unique("orderly")
-    cleanup_names.append(base)
-    ours, theirs = ctx.Pipe()
-    p = ctx.Process(target=_orderly_creator, args=(base, theirs))
-    p.start()
-    theirs.close()
-    assert ours.poll(JOIN)
-    tracker = ours.recv()
+def test_an_orderly_creator_removes_its_own_name_and_its_tracker_ends(ctx, new_base):
+    base = new_base("orderly")
+    p, ours, tracker = _start(ctx, _orderly_creator, base)
     assert ours.poll(JOIN)
     assert ours.recv() is False   # close() removed it, as before
     p.join(JOIN)

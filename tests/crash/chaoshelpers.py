@@ -107,3 +107,40 @@ def reap_all(procs) -> None:
         if p.is_alive():
             p.kill()
         p.join(JOIN)
+
+
+# -- the kill loop of the random-kill tests over a queue or a pipe ----------------------
+
+def kill_and_replace(pool: list, i: int, make) -> None:
+    """SIGKILL ``pool[i]``, reap it, and start ``make()`` in its place."""
+    os.kill(pool[i].pid, signal.SIGKILL)
+    pool[i].join(JOIN)
+    pool[i] = make()
+    pool[i].start()
+
+
+def drain(results, into: list) -> None:
+    """Move every report waiting in the procwire queue ``results`` into ``into``."""
+    from procwire import Empty
+    while True:
+        try:
+            into.extend(results.get_many(block=False))
+        except Empty:
+            return
+
+
+def delivered_by_tag(delivered: list) -> dict[int, set[int]]:
+    """Check (tag, seq, ok) reports: none corrupt, none twice; the seqs seen per tag."""
+    assert delivered, "nothing was delivered"
+    assert all(ok for *_, ok in delivered), "a delivered message was corrupt"
+    keys = [(tag, seq) for tag, seq, _ in delivered]
+    assert len(keys) == len(set(keys)), "a message was delivered twice"
+    by_tag: dict[int, set[int]] = {}
+    for tag, seq in keys:
+        by_tag.setdefault(tag, set()).add(seq)
+    return by_tag
+
+
+def missing(by_tag: dict[int, set[int]]) -> int:
+    """Messages lost inside each tag's numbering (below the highest one seen)."""
+    return sum(max(seqs) + 1 - len(seqs) for seqs in by_tag.values())

@@ -14,7 +14,18 @@ import threading
 import warnings
 
 import pytest
-from chaoshelpers import FORK, JOIN, chaos, join_survivors, kill, pause, payload, reap_all  # noqa: F401
+from chaoshelpers import (  # noqa: F401 (chaos: a fixture)
+    FORK,
+    JOIN,
+    chaos,
+    delivered_by_tag,
+    join_survivors,
+    kill,
+    missing,
+    pause,
+    payload,
+    reap_all,
+)
 
 import procwire
 from procwire import BrokenBarrierError, Empty, OwnerDiedWarning
@@ -96,12 +107,9 @@ def test_pipe_senders_killed_at_random(chaos):
         r_stats = r.statistics()
         r.close()
     assert not errors, f"the receiver failed: {errors!r}"
-    assert received, "nothing was received"
-    assert all(ok for *_, ok in received), "a received message was corrupt"
-    keys = [(tag, seq) for tag, seq, _ in received]
-    assert len(keys) == len(set(keys)), "a message was received twice"
+    delivered_by_tag(received)  # something, nothing corrupt, nothing twice
     by_tag: dict[int, list[int]] = {}
-    for tag, seq in keys:
+    for tag, seq, _ in received:
         by_tag.setdefault(tag, []).append(seq)
     for tag, seqs in by_tag.items():
         # One sender sends in order and the pipe keeps order: a gap would be a
@@ -182,15 +190,9 @@ def test_joinable_queue_producers_and_consumers_killed_at_random(chaos):
         reap_all(procs)
         q.close()
         results.close()
-    assert delivered and all(ok for *_, ok in delivered), "corrupt or nothing delivered"
-    keys = [(tag, seq) for tag, seq, _ in delivered]
-    assert len(keys) == len(set(keys)), "a message was delivered twice"
-    by_tag: dict[int, set[int]] = {}
-    for tag, seq in keys:
-        by_tag.setdefault(tag, set()).add(seq)
-    missing = sum(max(seqs) + 1 - len(seqs) for seqs in by_tag.values())
-    assert missing <= consumer_kills, f"{missing} lost, {consumer_kills} consumers killed"
-    print(f"joinable queue: kills={chaos.kills} delivered={len(delivered)} lost={missing} "
+    lost = missing(delivered_by_tag(delivered))
+    assert lost <= consumer_kills, f"{lost} lost, {consumer_kills} consumers killed"
+    print(f"joinable queue: kills={chaos.kills} delivered={len(delivered)} lost={lost} "
           f"unfinished_after_kills={unfinished}")
 
 

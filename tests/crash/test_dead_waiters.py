@@ -72,58 +72,6 @@ def _join(q):
     q.join()
 
 
-@pytest.mark.parametrize("cls", [procwire.Queue, procwire.SimpleQueue])
-def test_a_killed_getter_is_not_counted_and_puts_stop_waking(ctx, cls):
-    q = cls()
-    try:
-        p = _start_blocked(ctx, _get, (q,), q.statistics, "consumers_waiting")
-        wakes = q.statistics().wake_syscalls
-        _kill(p)
-        for i in range(OPS):
-            q.put(i)
-        stats = q.statistics()
-        assert stats["consumers_waiting"] == 0
-        assert stats["dead_waiters_reaped"] == 1
-        assert stats["wake_syscalls"] - wakes <= 1, stats
-        assert q.get_many() == list(range(OPS))
-    finally:
-        q.close()
-
-
-def test_a_killed_putter_is_not_counted_and_gets_stop_waking(ctx):
-    q = procwire.Queue(maxsize=1)
-    try:
-        q.put("full")
-        p = _start_blocked(ctx, _put, (q,), q.statistics, "producers_waiting")
-        wakes = q.statistics().wake_syscalls
-        _kill(p)
-        assert q.get() == "full"
-        for i in range(OPS):
-            q.put(i)
-            assert q.get() == i
-        stats = q.statistics()
-        assert stats["producers_waiting"] == 0
-        assert stats["wake_syscalls"] - wakes <= 1, stats
-    finally:
-        q.close()
-
-
-def test_a_killed_joiner_is_not_counted_and_task_done_stops_waking(ctx):
-    q = procwire.JoinableQueue()
-    try:
-        q.put_many(range(OPS + 1))
-        p = _start_blocked(ctx, _join, (q,), q.statistics, "joiners_waiting")
-        wakes = q.statistics().wake_syscalls
-        _kill(p)
-        for _ in range(OPS):
-            q.task_done()
-        stats = q.statistics()
-        assert stats["joiners_waiting"] == 0
-        assert stats["wake_syscalls"] - wakes <= 1, stats
-    finally:
-        q.close()
-
-
 def test_procwire_ls_counts_no_dead_waiter(ctx):
     name = f"deadwaiter{os.getpid()}"
     q = procwire.Queue(name=name)
@@ -186,50 +134,76 @@ def _barrier_wait(b):
     b.wait()
 
 
-def test_a_killed_event_waiter_is_not_counted_and_set_stops_waking(ctx):
+def _lock_acquire(lock):
+    lock.acquire()
+
+
+def _recv(conn):
+    conn.recv()
+
+
+# -- one body for every type whose wakers skip dead sleepers ------------------------------
+# Each case: (the object whose statistics() count the sleeper, what the child
+# blocks on, the child's target, the counter, the wake-up operations, extra
+# checks on the final statistics, cleanup).
+
+def _getter(cls):
+    q = cls()
+
+    def check(stats):
+        assert stats.dead_waiters_reaped == 1
+        assert q.get_many() == list(range(OPS))
+    return q, q, _get, "consumers_waiting", lambda: [q.put(i) for i in range(OPS)], check, \
+        q.close
+
+
+def _putter():
+    q = procwire.Queue(maxsize=1)
+    q.put("full")
+
+    def wake():
+        assert q.get() == "full"
+        for i in range(OPS):
+            q.put(i)
+            assert q.get() == i
+    return q, q, _put, "producers_waiting", wake, lambda stats: None, q.close
+
+
+def _joiner():
+    q = procwire.JoinableQueue()
+    q.put_many(range(OPS + 1))
+    return (q, q, _join, "joiners_waiting", lambda: [q.task_done() for _ in range(OPS)],
+            lambda stats: None, q.close)
+
+
+def _event_waiter():
     ev = procwire.Event()
-    try:
-        p = _start_blocked(ctx, _event_wait, (ev,), ev.statistics)
-        wakes = ev.statistics().wake_syscalls
-        _kill(p)
+
+    def wake():
         for _ in range(OPS):
             ev.set()
             ev.clear()
-        stats = ev.statistics()
-        assert stats["waiters"] == 0
-        assert stats["wake_syscalls"] - wakes <= 1, stats
-    finally:
-        ev.close()
+    return ev, ev, _event_wait, "waiters", wake, lambda stats: None, ev.close
 
 
-def test_a_killed_semaphore_waiter_is_not_counted_and_release_stops_waking(ctx):
+def _semaphore_waiter():
     sem = procwire.Semaphore(0)
-    try:
-        p = _start_blocked(ctx, _sem_acquire, (sem,), sem.statistics)
-        wakes = sem.statistics().wake_syscalls
-        _kill(p)
-        for _ in range(OPS):
-            sem.release()
-        stats = sem.statistics()
-        assert stats["waiters"] == 0
-        assert stats["value"] == OPS
-        assert stats["wake_syscalls"] - wakes <= 1, stats
-    finally:
-        sem.close()
+
+    def check(stats):
+        assert stats.value == OPS
+    return (sem, sem, _sem_acquire, "waiters", lambda: [sem.release() for _ in range(OPS)],
+            check, sem.close)
 
 
-def test_a_killed_condition_waiter_is_not_counted_and_notify_stops_waking(ctx):
+def _condition_waiter():
     cond = procwire.Condition()
-    try:
-        p = _start_blocked(ctx, _cond_wait, (cond,), cond.statistics)
-        wakes = cond.statistics().wake_syscalls
-        _kill(p)
+
+    def wake():
         for _ in range(OPS):
             with cond:
                 cond.notify()
-        stats = cond.statistics()
-        assert stats["waiters"] == 0
-        assert stats["wake_syscalls"] - wakes <= 1, stats
+
+    def check(stats):
         # A live waiter is still woken by notify().
         woke = threading.Event()
 
@@ -240,13 +214,83 @@ def test_a_killed_condition_waiter_is_not_counted_and_notify_stops_waking(ctx):
 
         t = threading.Thread(target=waiter)
         t.start()
-        _wait_until(lambda: cond.statistics()["waiters"] == 1, "a live waiter")
+        _wait_until(lambda: cond.statistics().waiters == 1, "a live waiter")
         with cond:
             cond.notify()
         assert woke.wait(JOIN)
         t.join(JOIN)
+    return cond, cond, _cond_wait, "waiters", wake, check, cond.close
+
+
+def _receiver():
+    a, b = procwire.Pipe()
+
+    def check(stats):
+        assert [b.recv() for _ in range(OPS)] == list(range(OPS))
+
+    def close():
+        a.close()
+        b.close()
+    return (b, b, _recv, "receivers_waiting", lambda: [a.send(i) for i in range(OPS)],
+            check, close)
+
+
+WAKE_CASES = {
+    "queue-get": lambda: _getter(procwire.Queue),
+    "simplequeue-get": lambda: _getter(procwire.SimpleQueue),
+    "queue-put": _putter,
+    "queue-join": _joiner,
+    "event": _event_waiter,
+    "semaphore": _semaphore_waiter,
+    "condition": _condition_waiter,
+    "pipe-recv": _receiver,
+}
+
+
+@pytest.mark.parametrize("case", list(WAKE_CASES))
+def test_a_killed_sleeper_is_not_counted_and_wakers_stop_waking(ctx, case):
+    obj, arg, target, key, wake, check, close = WAKE_CASES[case]()
+    try:
+        p = _start_blocked(ctx, target, (arg,), obj.statistics, key)
+        wakes = obj.statistics().wake_syscalls
+        _kill(p)
+        wake()
+        stats = obj.statistics()
+        assert stats[key] == 0
+        assert stats.wake_syscalls - wakes <= 1, stats
+        check(stats)
     finally:
-        cond.close()
+        close()
+
+
+def _barrier():
+    b = procwire.Barrier(3)
+    return b, _barrier_wait, b.close
+
+
+def _held_lock(cls):
+    lock = cls()
+    assert lock.acquire(timeout=JOIN)
+
+    def close():
+        lock.release()
+        assert lock.acquire(timeout=JOIN)  # and the lock still works
+        lock.release()
+        lock.close()
+    return lock, _lock_acquire, close
+
+
+@pytest.mark.parametrize("make", [_barrier, lambda: _held_lock(procwire.Lock),
+                                  lambda: _held_lock(procwire.RLock)],
+                         ids=["barrier", "lock", "rlock"])
+def test_a_killed_waiter_is_not_counted(ctx, make):
+    obj, target, close = make()
+    try:
+        p = _start_blocked(ctx, target, (obj,), obj.statistics)
+        _kill(p)
+        assert obj.statistics().waiters == 0
+    finally:
+        close()
 
 
 def _cond_wait_record(cond, phase, woke, i):
@@ -323,58 +367,6 @@ def test_notify_n_after_a_killed_condition_waiter_wakes_exactly_n_live_waiters(c
                 p.kill()
                 p.join(JOIN)
         cond.close()
-
-
-def test_a_killed_barrier_waiter_is_not_counted(ctx):
-    b = procwire.Barrier(3)
-    try:
-        p = _start_blocked(ctx, _barrier_wait, (b,), b.statistics)
-        _kill(p)
-        assert b.statistics()["waiters"] == 0
-    finally:
-        b.close()
-
-
-def _lock_acquire(lock):
-    lock.acquire()
-
-
-@pytest.mark.parametrize("cls", [procwire.Lock, procwire.RLock])
-def test_a_killed_lock_waiter_is_not_counted(ctx, cls):
-    lock = cls()
-    try:
-        assert lock.acquire(timeout=JOIN)
-        p = _start_blocked(ctx, _lock_acquire, (lock,), lock.statistics)
-        _kill(p)
-        assert lock.statistics()["waiters"] == 0
-        lock.release()
-        assert lock.acquire(timeout=JOIN)  # and the lock still works
-        lock.release()
-    finally:
-        lock.close()
-
-
-# -- Pipe --------------------------------------------------------------------------------
-
-def _recv(conn):
-    conn.recv()
-
-
-def test_a_killed_receiver_is_not_counted_and_send_stops_signalling(ctx):
-    a, b = procwire.Pipe()
-    try:
-        p = _start_blocked(ctx, _recv, (b,), b.statistics, "receivers_waiting")
-        wakes = b.statistics().wake_syscalls
-        _kill(p)
-        for i in range(OPS):
-            a.send(i)
-        stats = b.statistics()
-        assert stats["receivers_waiting"] == 0
-        assert stats["wake_syscalls"] - wakes <= 1, stats
-        assert [b.recv() for _ in range(OPS)] == list(range(OPS))
-    finally:
-        a.close()
-        b.close()
 
 
 # -- the identity rules, on slots written by hand ----------------------------------------

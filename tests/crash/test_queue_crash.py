@@ -16,7 +16,13 @@ import threading
 import time
 
 import pytest
-from chaoshelpers import chaos  # noqa: F401 (fixture)
+from chaoshelpers import (  # noqa: F401 (chaos: a fixture)
+    chaos,
+    delivered_by_tag,
+    drain,
+    kill_and_replace,
+    missing,
+)
 
 from procwire import Empty, Full, Queue, _core
 
@@ -178,19 +184,14 @@ def test_chaos_kill_producers_and_consumers_at_random(chaos):
         for _ in range(kills):
             time.sleep(rnd.uniform(0, 0.01))  # chaos timing, not synchronisation
             pool = rnd.choice((producers, consumers))
-            i = rnd.randrange(len(pool))
-            os.kill(pool[i].pid, signal.SIGKILL)
-            pool[i].join(JOIN)
             if pool is producers:
-                pool[i] = ctx.Process(target=_chaos_producer, args=(q, next(tags)))
+                kill_and_replace(pool, rnd.randrange(len(pool)), lambda: ctx.Process(
+                    target=_chaos_producer, args=(q, next(tags))))
             else:
                 consumer_kills += 1
-                pool[i] = ctx.Process(target=_chaos_consumer, args=(q, results, next(tags)))
-            pool[i].start()
-            try:
-                delivered.extend(results.get_many(block=False))
-            except Empty:
-                pass
+                kill_and_replace(pool, rnd.randrange(len(pool)), lambda: ctx.Process(
+                    target=_chaos_consumer, args=(q, results, next(tags))))
+            drain(results, delivered)
         for p in producers:
             os.kill(p.pid, signal.SIGKILL)
             p.join(JOIN)
@@ -198,11 +199,7 @@ def test_chaos_kill_producers_and_consumers_at_random(chaos):
         for p in consumers:
             p.join(JOIN)
             assert p.exitcode == 0
-        while True:
-            try:
-                delivered.extend(results.get_many(block=False))
-            except Empty:
-                break
+        drain(results, delivered)
     finally:
         for p in producers + consumers:
             if p.is_alive():
@@ -210,30 +207,23 @@ def test_chaos_kill_producers_and_consumers_at_random(chaos):
                 p.join(JOIN)
 
     try:
-        assert delivered, "nothing was delivered"
-        assert all(ok for _, _, ok in delivered), "a delivered message was corrupt"
-        keys = [(tag, seq) for tag, seq, _ in delivered]
-        assert len(keys) == len(set(keys)), "a message was delivered twice"
-        by_tag: dict[int, set[int]] = {}
-        for tag, seq in keys:
-            by_tag.setdefault(tag, set()).add(seq)
-        missing = sum(max(seqs) + 1 - len(seqs) for seqs in by_tag.values())
+        lost = missing(delivered_by_tag(delivered))
         # Only a consumer killed between taking messages and reporting them can
         # lose any: at most its own in-flight batch.
-        assert missing <= CONSUMER_BATCH * consumer_kills, \
-            f"{missing} lost, {consumer_kills} consumers killed"
+        assert lost <= CONSUMER_BATCH * consumer_kills, \
+            f"{lost} lost, {consumer_kills} consumers killed"
         stats = q.statistics()
         # Nobody is left: every sleeper killed while asleep was reaped, and the
         # totals agree with the ring (issue 9, defects 15 and 19).
         assert stats["consumers_waiting"] == stats["producers_waiting"] == 0, stats
         assert stats["messages"] == q.qsize() == 0
         assert stats["total_in"] == stats["total_out"], stats
-        assert stats["total_out"] >= len(delivered) + missing
+        assert stats["total_out"] >= len(delivered) + lost
         # And the queue still works.
         q.put("alive")
         assert q.get(timeout=10) == "alive"
         stats = q.statistics()
-        print(f"queue: kills={kills} delivered={len(delivered)} lost={missing} "
+        print(f"queue: kills={kills} delivered={len(delivered)} lost={lost} "
               f"owner_died={stats['owner_died']}")
     finally:
         q.close()

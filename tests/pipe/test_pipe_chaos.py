@@ -28,12 +28,15 @@ import multiprocessing as mp
 import os
 import random
 import signal
+import sys
 import time
 
 import pytest
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "crash"))
+from chaoshelpers import delivered_by_tag, drain, kill_and_replace, missing
+
 import procwire
-from procwire import Empty
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -73,14 +76,6 @@ def _receiver(conn, results, timeouts: bool) -> None:
         results.put((tag, seq, data == _payload(tag, seq)))
 
 
-def _drain(results, into: list) -> None:
-    while True:
-        try:
-            into.extend(results.get_many(block=False))
-        except Empty:
-            return
-
-
 @pytest.mark.parametrize("mode", ["kill", "stall"])
 def test_chaos_kill_senders_and_receivers_mid_stream(mode):
     seed = int(os.environ.get("PROCWIRE_CHAOS_SEED") or random.randrange(2**32))
@@ -118,16 +113,14 @@ def test_chaos_kill_senders_and_receivers_mid_stream(mode):
                 os.kill(victim.pid, signal.SIGCONT)
                 time.sleep(rnd.uniform(0, 0.005))
             pool = senders if mode == "stall" or rnd.random() < 0.6 else receivers
-            i = rnd.randrange(len(pool))
-            os.kill(pool[i].pid, signal.SIGKILL)
-            pool[i].join(JOIN)
             if pool is senders:
-                pool[i] = ctx.Process(target=_sender, args=(tx, next(tags), 10**9))
+                kill_and_replace(pool, rnd.randrange(len(pool)), lambda: ctx.Process(
+                    target=_sender, args=(tx, next(tags), 10**9)))
             else:
                 receiver_kills += 1
-                pool[i] = ctx.Process(target=_receiver, args=(rx, results, timeouts))
-            pool[i].start()
-            _drain(results, delivered)
+                kill_and_replace(pool, rnd.randrange(len(pool)), lambda: ctx.Process(
+                    target=_receiver, args=(rx, results, timeouts)))
+            drain(results, delivered)
         for p in senders:
             os.kill(p.pid, signal.SIGKILL)
             p.join(JOIN)
@@ -144,7 +137,7 @@ def test_chaos_kill_senders_and_receivers_mid_stream(mode):
         for p in receivers:
             p.join(JOIN)
             assert p.exitcode == 0, "a surviving receiver did not finish"
-        _drain(results, delivered)
+        drain(results, delivered)
     finally:
         for p in senders + receivers + finals:
             if p.is_alive():
@@ -156,20 +149,14 @@ def test_chaos_kill_senders_and_receivers_mid_stream(mode):
         tx.close()
         results.close()
 
-    assert delivered, "nothing was delivered"
-    assert all(ok for _, _, ok in delivered), "a delivered message was corrupt"
-    keys = [(tag, seq) for tag, seq, _ in delivered]
-    assert len(keys) == len(set(keys)), "a message was delivered twice"
-    by_tag: dict[int, set[int]] = {}
-    for tag, seq in keys:
-        by_tag.setdefault(tag, set()).add(seq)
-    gaps = sum(max(seqs) + 1 - len(seqs) for seqs in by_tag.values())
+    by_tag = delivered_by_tag(delivered)
+    gaps = missing(by_tag)
     for tag in final_tags:
         gaps += 30 - len(by_tag.get(tag, ()))
     assert gaps <= receiver_kills, (
         f"{gaps} messages lost inside the streams, but only {receiver_kills} receivers "
         f"were killed (seed {seed})")
-    print(f"pipe chaos: {len(keys)} messages, {receiver_kills} receiver kills, "
+    print(f"pipe chaos: {len(delivered)} messages, {receiver_kills} receiver kills, "
           f"{kills - receiver_kills} sender kills, {gaps} lost to receiver kills, "
           f"{statistics['partial_dropped']} partial messages dropped, "
           f"{send_owner_died} sends found a dead sender's lock, "

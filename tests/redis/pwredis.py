@@ -16,6 +16,7 @@ and a server certificate for 127.0.0.1); use it as a context manager.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -29,7 +30,32 @@ import pytest
 REDIS_SERVER = shutil.which("redis-server")
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def _free_port() -> int:
+    """A free port below the kernel's ephemeral range.
+
+    A port the kernel hands out (bind to 0) is one it also gives to outgoing
+    connections: while a test restarts its server, any connection on the
+    machine (other suites run beside this one) could take that port as its
+    local end, and the server could not listen on it again. Below the range
+    only an explicit bind can take it.
+    """
+    low = min(_ephemeral_low(), 32768)
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -105,20 +131,31 @@ class RedisServer:
                 "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", "always", "--logfile", os.path.join(self.dir, "log"),
                 *self.args]
+        log = os.path.join(self.dir, "log")
+        ready = "Ready to accept connections"
+        try:
+            with open(log) as f:
+                readies = f.read().count(ready)  # a restart appends to the same log
+        except FileNotFoundError:
+            readies = 0
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
-        while True:  # the server is up when it answers PING
+        while True:  # the server is up when it answers PING and says it is ready
             try:
-                if self._answers_ping():
-                    return
+                # (its own log: a PONG alone could come from another server on
+                # this port, if this one failed to listen)
+                if self._answers_ping() and self.proc.poll() is None:
+                    with open(log) as f:
+                        if f.read().count(ready) > readies:
+                            return
             except OSError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                with open(os.path.join(self.dir, "log")) as f:
-                    log = f.read()[-2000:]
+                with open(log) as f:
+                    tail = f.read()[-2000:]
                 self.stop()
-                pytest.fail(f"redis-server did not start on port {self.port}: {log}")
+                pytest.fail(f"redis-server did not start on port {self.port}: {tail}")
             time.sleep(0.02)  # waiting for an external server to listen: nothing to block on
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -322,7 +322,7 @@ def test_lock_holders_in_other_pid_namespaces_are_not_this_thread(cls):
 
 
 def _hold_barrier_mutex_and_stop(b, ready):
-    procwire._core._testing.hold_barrier_mutex(b)
+    assert b._lock.acquire(timeout=60)  # the internal lock (the Condition's)
     ready.set()
     os.kill(os.getpid(), signal.SIGSTOP)
     # Continued: exit holding it (the robust mutex reports the death).

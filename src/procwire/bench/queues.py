@@ -51,6 +51,15 @@ class _Procwire:
     get_many = staticmethod(lambda q: q.get_many())
 
 
+class _ProcwireSmallRing(_Procwire):
+    """procwire's Queue with its default 4 MiB ring even for 1 MiB messages: a ring
+    that stays in the CPUs' caches, against the 64 MiB one above."""
+
+    def __init__(self, big: bool) -> None:
+        import procwire
+        self.q = procwire.Queue()
+
+
 class _Multiprocessing:
     def __init__(self, big: bool) -> None:
         self.q = FORK.Queue()
@@ -176,7 +185,8 @@ class _PipeEnd:
 # adapters share an interface by duck typing (put_many may be None): Any
 IMPLS: dict[str, Any] = {"procwire": _Procwire, "multiprocessing": _Multiprocessing,
                          "faster-fifo": _FasterFifo, "pyzmq": _Zmq,
-                         "procwire Pipe": _ProcwirePipe}
+                         "procwire Pipe": _ProcwirePipe,
+                         "procwire, 4 MiB ring": _ProcwireSmallRing}
 
 
 # -- workloads ----------------------------------------------------------------------
@@ -484,6 +494,9 @@ def cases(scale: float = 1.0) -> list[Case]:
             out.append(Case(f"{label} bytes 1→1, pinned to CPUs 0 and 1", impl,
                             W + "throughput", {"impl": impl, "payload": payload,
                                                "messages": count, "split": True}, "GB/s"))
+    out.append(Case("1 MiB bytes 1→1, pinned to CPUs 0 and 1", "procwire, 4 MiB ring",
+                    W + "throughput", {"impl": "procwire, 4 MiB ring", "payload": "bytes1m",
+                                       "messages": big["procwire"], "split": True}, "GB/s"))
     # Zero-copy loans against put/get on the same numpy frames (issue 14, item
     # 5): where a loan starts to pay, and what it reaches at 8 MiB.
     for size, label in ((4096, "4 KiB"), (65536, "64 KiB"), (MiB, "1 MiB"), (8 * MiB, "8 MiB")):

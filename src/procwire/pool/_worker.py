@@ -23,7 +23,7 @@ Worker -> parent, one pickle per message:
   sent, numbered from 0 in the order sent; the parent's ledger knows which
   tasks those are, and checks ``first``). ``values[i]`` is the value when it is
   made only of plain built-in values (numbers, strings, bytes, None, and
-  lists or tuples of them), which cannot fail to unpickle; any other value is
+  short lists or tuples of them), which cannot fail to unpickle; any other value is
   pickled on its own in ``nested`` as ``(i, bytes, sizes)``, its large
   buffers following the message as messages of their own, in order; an
   exception (or a
@@ -131,8 +131,8 @@ def _set_aside(values: list[Any], errors: list[tuple[int, bytes]],
         kind = type(v)
         if kind in plain:
             continue
-        if (kind is list or kind is tuple) and plain.issuperset(map(type, v)):
-            continue
+        if (kind is list or kind is tuple) and len(v) <= 32 and plain.issuperset(map(type, v)):
+            continue  # (a long list pickles faster than it is checked)
         mark = len(raws)
         try:
             payload, sizes = dumps_oob(v, raws)

@@ -21,7 +21,6 @@ holding the task died), :class:`BrokenPool` (workers cannot start) and
 from __future__ import annotations
 
 import collections
-import itertools
 import threading
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
@@ -170,9 +169,11 @@ class MapResult(ApplyResult):
             if self._event.is_set():
                 return
             if chunks:
-                flat = list(itertools.chain.from_iterable(values))
-                start = index * self._chunksize
-                self._values[start:start + len(flat)] = flat
+                size = self._chunksize
+                start = index * size
+                for chunk in values:
+                    self._values[start:start + len(chunk)] = chunk
+                    start += size
             else:
                 self._values[index:index + len(values)] = values
             self._remaining -= len(values)

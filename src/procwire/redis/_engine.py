@@ -242,16 +242,17 @@ class Engine:
         raw_copy, pickle_copy = raw_state.copy, pickle_state.copy
         equal, body = hmac.compare_digest, 2 + SIG
         for blob in blobs:
-            if blob[:1] == b"S" and len(blob) >= body:
-                kind = blob[1 + SIG:body]
-                if kind == b"b":
+            # (indexing bytes gives an int: no slice to allocate per message)
+            if len(blob) >= body and blob[0] == 83:  # b"S"
+                kind_byte = blob[1 + SIG]
+                if kind_byte == 98:  # b"b"
                     h = raw_copy()
                     data = blob[body:]
                     h.update(data)
                     if equal(h.digest(), blob[1:1 + SIG]):
                         append(data)
                         continue
-                elif kind == b"p":
+                elif kind_byte == 112:  # b"p"
                     h = pickle_copy()
                     view = memoryview(blob)[body:]
                     h.update(view)
@@ -357,14 +358,20 @@ class Script:
     def __init__(self, client: redis.Redis, source: str) -> None:
         self.client = client
         self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        # bytes: redis-py sends bytes as they are (a str or an int is converted
+        # per call); keys given as bytes skip that too
+        self.sha = hashlib.sha1(source.encode()).hexdigest().encode()
 
     def __call__(self, keys: list[Any], args: list[Any] | tuple[Any, ...] = ()) -> Any:
+        numkeys = _NUMKEYS[len(keys)]
         try:
-            return self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            return self.client.execute_command("EVALSHA", self.sha, numkeys, *keys, *args)
         except redis.exceptions.NoScriptError:
             self.client.execute_command("SCRIPT", "LOAD", self.source)
-            return self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            return self.client.execute_command("EVALSHA", self.sha, numkeys, *keys, *args)
+
+
+_NUMKEYS = [str(n).encode() for n in range(16)]
 
 
 def _while_connecting(e: Exception) -> bool:

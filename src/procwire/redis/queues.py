@@ -93,6 +93,14 @@ class Queue(RedisObject):
         self._stats = self._k + "stats"
         self._space = self._k + "space"
         self._closed = False
+        self._set_hot_keys()
+
+    def _set_hot_keys(self) -> None:
+        # what every put and get sends or says, made once (keys as bytes: redis-py
+        # converts a str on every call)
+        self._put_keys = [self._list.encode(), self._stats.encode()]
+        self._what_put = f"put on {self.name!r}"
+        self._what_get = f"get on {self.name!r}"
 
     def _params(self) -> dict[str, Any]:
         return {"maxsize": self._maxsize}
@@ -105,7 +113,7 @@ class Queue(RedisObject):
         One EVALSHA: RPUSH and the ``put`` counter (and, bounded, the room
         check) in one command and one round trip."""
         e = self._engine
-        keys = [self._list, self._stats]
+        keys = self._put_keys
         args: list[Any]
         if self._maxsize:
             script = e.script(_PUT)
@@ -113,7 +121,7 @@ class Queue(RedisObject):
         else:
             script, args = e.script(_PUT_UNBOUNDED), blobs
         return int(e.call(lambda r: script(keys, args), deadline=deadline, idempotent=False,
-                          what=f"put on {self.name!r}"))
+                          what=self._what_put))
 
     def _wait_space(self, deadline: float | None) -> bool:
         wait = _remaining(deadline)
@@ -189,8 +197,7 @@ class Queue(RedisObject):
                 items = self._got([got])
             else:
                 got = e.call(lambda r: r.blpop([self._list], timeout=wait),  # noqa: B023 (runs now)
-                             deadline=deadline,
-                             what=f"get on {self.name!r}")
+                             deadline=deadline, what=self._what_get)
                 if got is None:
                     continue
                 items = self._got([got[1]])
@@ -402,6 +409,7 @@ class JoinableQueue(Queue):
         self._max_deliveries = max_deliveries or ctx.max_deliveries
         self._lease = float(lease) if lease is not None else ctx.lease
         self._closed = False
+        self._set_hot_keys()
         self._lock = threading.Lock()
         self._reset_consumer()
         self._ensure_group()
