@@ -20,10 +20,11 @@ MiB = 1 << 20
 
 # Offsets in a queue segment (layout.h): struct pw_header (64 bytes), then
 # struct pw_ring: 64 bytes of configuration, the producer line (a 64-byte
-# mutex line, then tail, total_in, bytes_in, tail_owner_died, ov_tail,
-# ov_tail_intent, ov_tail_intent_end, ov_reserved), the consumer line alike.
-TAIL, OV_TAIL, OV_TAIL_INTENT, OV_TAIL_INTENT_END = 192, 224, 232, 240
-HEAD, OV_HEAD, OV_HEAD_INTENT, OV_HEAD_INTENT_END = 320, 360, 368, 376
+# mutex line, then tail, total_in, bytes_in, tail_owner_died, tail_cpu, ov_tail,
+# ov_tail_intent, ov_tail_intent_end), the consumer line alike (view_mark and
+# head_cpu before ov_head, ov_head_intent); ov_head_intent_end in the futex line.
+TAIL, OV_TAIL, OV_TAIL_INTENT, OV_TAIL_INTENT_END = 192, 232, 240, 248
+HEAD, OV_HEAD, OV_HEAD_INTENT, OV_HEAD_INTENT_END = 320, 368, 376, 432
 VALID = 1 << 63
 
 

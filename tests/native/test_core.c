@@ -13,6 +13,7 @@
 #include "ring.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -298,6 +299,38 @@ static void test_a_killed_sleeper_is_reaped(void)
     munmap(w, sizeof *w);
 }
 
+static void test_spin_policy_follows_the_peer(void)
+{
+    cpu_set_t all, one;
+    CHECK(sched_getaffinity(0, sizeof all, &all) == 0);
+    if (CPU_COUNT(&all) < 2) {
+        printf("(spin policy test skipped: one CPU)\n");
+        return;
+    }
+    _Atomic uint32_t peer = 0;
+    CHECK(pw_spin_budget(&peer) == PW_SPIN_MAX_NS); /* may run on several CPUs: spin */
+    int cpu = 0;
+    while (!CPU_ISSET(cpu, &all))
+        cpu++;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    CHECK(sched_setaffinity(0, sizeof one, &one) == 0);
+    usleep(150000); /* the budget re-reads the affinity every 100 ms */
+    int me = sched_getcpu();
+    int ok = me == cpu;
+    int none = (int)pw_spin_budget(NULL), unknown = (int)pw_spin_budget(&peer);
+    atomic_store(&peer, (uint32_t)me + 1);
+    int same = (int)pw_spin_budget(&peer);
+    atomic_store(&peer, (uint32_t)me + 2);
+    int other = (int)pw_spin_budget(&peer);
+    pw_publish_cpu(&peer);
+    uint32_t published = atomic_load(&peer);
+    sched_setaffinity(0, sizeof all, &all);
+    usleep(150000);
+    CHECK(ok && none == 0 && unknown == 0 && same == 0 && other == PW_SPIN_MAX_NS);
+    CHECK(published == (uint32_t)me + 1);
+}
+
 /* ------------------------------------------------------------ robust mutex */
 
 struct locked {
@@ -399,6 +432,7 @@ int main(void)
     test_wait_times_out_at_its_deadline();
     test_wait_is_woken_by_another_process();
     test_a_killed_sleeper_is_reaped();
+    test_spin_policy_follows_the_peer();
     test_mutex_owner_died_handover();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);

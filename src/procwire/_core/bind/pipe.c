@@ -270,7 +270,7 @@ static int wait_for_data(PipeEndObject *self, uint64_t tail, int64_t deadline)
 {
     struct data_wait d = {self, tail};
     pw_wait w = {.done = data_arrived, .ctx = &d, .waiters = &self->me->receivers,
-                 .spin = &self->in.spin, .cancel = &self->base.guard.closed, .sleep = sleep_in_ppoll};
+                 .spin = &self->in.spin, .peer_cpu = &self->in.ring->tail_cpu, .cancel = &self->base.guard.closed, .sleep = sleep_in_ppoll};
     int rc = pw_wait_until(&w, deadline);
     if (rc == PW_OK || rc == PW_CANCELLED)
         return 0;

@@ -166,6 +166,17 @@ fail:
     return NULL;
 }
 
+/* The __init__(buffer, name) of a type of one kind: its struct, or NULL. */
+static void *sync_open(SyncObject *self, PyObject *args, PyObject *kwds, uint32_t kind)
+{
+    static char *kwlist[] = {"buffer", "name", NULL};
+    PyObject *buffer, *name;
+    uint32_t found;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OU", kwlist, &buffer, &name))
+        return NULL;
+    return sync_map(self, buffer, name, &kind, 1, &found);
+}
+
 /* ------------------------------------------------------------ sync_init */
 
 static int init_mutex_or_raise(pthread_mutex_t *m)
@@ -607,7 +618,7 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
      * than to sleep on, when the holder runs on another CPU. Taking the GIL
      * back while holding the mutex is safe (core.h, rule 4). */
     struct try_free t = {&l->mutex, EBUSY};
-    if (pw_spin(&self->sync.spin, take_if_free, &t, deadline)) {
+    if (pw_spin(&self->sync.spin, take_if_free, &t, deadline, NULL)) {
         if (t.rc == 0 || t.rc == EOWNERDEAD)
             return acquired(self, l, t.rc == EOWNERDEAD);
         if (t.rc == EDEADLK)
@@ -878,15 +889,10 @@ PW_SYNC_TYPE(Lock, LockObject, Lock_dealloc, Lock_getset,
 
 static int Semaphore_init(SyncObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", "name", NULL};
-    PyObject *buffer, *name;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OU:Semaphore", kwlist, &buffer, &name))
-        return -1;
-    static const uint32_t kinds[] = {PW_KIND_SEMAPHORE};
-    uint32_t kind;
-    struct pw_sem *s = sync_map(self, buffer, name, kinds, 1, &kind);
+    struct pw_sem *s = sync_open(self, args, kwds, PW_KIND_SEMAPHORE);
     if (!s)
         return -1;
+    PyObject *name = self->base.name;
     if (s->maxvalue > INT32_MAX || s->bounded > 1 ||
         atomic_load(&s->value) > s->maxvalue) {
         pw_segment_error("%U is corrupt: value %u, maxvalue %u", name,
@@ -1028,13 +1034,7 @@ PW_SYNC_TYPE(Semaphore, SyncObject, Sync_dealloc, Semaphore_getset,
 
 static int Event_init(SyncObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", "name", NULL};
-    PyObject *buffer, *name;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OU:Event", kwlist, &buffer, &name))
-        return -1;
-    static const uint32_t kinds[] = {PW_KIND_EVENT};
-    uint32_t kind;
-    return sync_map(self, buffer, name, kinds, 1, &kind) ? 0 : -1;
+    return sync_open(self, args, kwds, PW_KIND_EVENT) ? 0 : -1;
 }
 
 static PyObject *Event_is_set(SyncObject *self, PyObject *unused)
@@ -1150,15 +1150,10 @@ PW_SYNC_TYPE(Event, SyncObject, Sync_dealloc, Sync_getset,
 
 static int Condition_init(SyncObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", "name", NULL};
-    PyObject *buffer, *name;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OU:Condition", kwlist, &buffer, &name))
-        return -1;
-    static const uint32_t kinds[] = {PW_KIND_CONDITION};
-    uint32_t kind;
-    struct pw_cond *c = sync_map(self, buffer, name, kinds, 1, &kind);
+    struct pw_cond *c = sync_open(self, args, kwds, PW_KIND_CONDITION);
     if (!c)
         return -1;
+    PyObject *name = self->base.name;
     if (c->lock_mode > PW_LOCKMODE_EXTERNAL || c->lock_name_len > PW_LOCK_NAME_MAX) {
         pw_segment_error("%U is corrupt: lock mode %u, lock name length %u", name,
                          c->lock_mode, c->lock_name_len);
@@ -1430,15 +1425,10 @@ PW_SYNC_TYPE(Condition, SyncObject, Sync_dealloc, Sync_getset,
 
 static int Barrier_init(SyncObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", "name", NULL};
-    PyObject *buffer, *name;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OU:Barrier", kwlist, &buffer, &name))
-        return -1;
-    static const uint32_t kinds[] = {PW_KIND_BARRIER};
-    uint32_t kind;
-    struct pw_barrier *b = sync_map(self, buffer, name, kinds, 1, &kind);
+    struct pw_barrier *b = sync_open(self, args, kwds, PW_KIND_BARRIER);
     if (!b)
         return -1;
+    PyObject *name = self->base.name;
     if (b->parties < 1 || b->parties > INT32_MAX) {
         pw_segment_error("%U is corrupt: %u parties", name, b->parties);
         sync_release(&self->base);

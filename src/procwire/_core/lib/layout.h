@@ -24,7 +24,8 @@
 #define PW_LAYOUT_VERSION 5u /* 2: struct pw_waiters replaces the sleeper counts;
                                 3: pw_lock holder_proc/holder_hold, pw_cond
                                 wake and state; 4: pw_ring view_mark, pw_lock's
-                                holder words on the mutex's cache line;
+                                holder words on the mutex's cache line, pw_ring
+                                tail_cpu and head_cpu;
                                 5: pw_ring spill area (PW_RING_SPILL) */
 #define PW_CACHELINE 64
 
@@ -161,11 +162,13 @@ struct pw_ring {
     _Atomic uint64_t total_in;           /* lifetime statistics (advisory)  */
     _Atomic uint64_t bytes_in;
     _Atomic uint64_t tail_owner_died;
+    _Atomic uint32_t tail_cpu;           /* CPU + 1 the last producer ran on, 0 =
+                                            unknown (advisory: waiters' spin policy) */
+    uint32_t reserved1a;
     _Atomic uint64_t ov_tail;            /* spill: end of the spilled records   */
     _Atomic uint64_t ov_tail_intent;     /* spill: PW_INTENT_VALID | count before
                                             a publish that spills (see below)   */
     _Atomic uint64_t ov_tail_intent_end; /* spill: ov_tail once it is published */
-    _Atomic uint64_t ov_reserved;        /* spill: end of the pages allocated   */
 
     /* -- consumer side: only consumers write these lines -- */
     pthread_mutex_t head_lock;
@@ -179,10 +182,11 @@ struct pw_ring {
                                             Queue.get(copy=False)), 0 otherwise:
                                             if that reader dies, the next one
                                             drops the record                  */
+    _Atomic uint32_t head_cpu;           /* CPU + 1 the last consumer ran on, 0 = unknown */
+    uint32_t reserved2a;
     _Atomic uint64_t ov_head;            /* spill: the oldest spilled record    */
     _Atomic uint64_t ov_head_intent;     /* spill: PW_INTENT_VALID | count before
                                             a take of spilled records           */
-    _Atomic uint64_t ov_head_intent_end; /* spill: ov_head once it is published */
 
     /* -- futex words. A sleeper registers in its struct pw_waiters, reads the
      *    seq, re-checks its condition, then sleeps on the seq. A waker that
@@ -198,7 +202,11 @@ struct pw_ring {
     uint32_t reserved3;
     _Atomic uint64_t ov_punched;         /* spill: pages below it are freed
                                             (consumers, head lock held)        */
-    uint64_t reserved4[3];
+    _Atomic uint64_t ov_reserved;        /* spill: end of the pages allocated
+                                            (producers, tail lock held)        */
+    _Atomic uint64_t ov_head_intent_end; /* spill: ov_head once a take's publish
+                                            is done (consumers, head lock held) */
+    uint64_t reserved4[1];
 
     /* -- sleepers, one wait queue per futex word above -- */
     struct pw_waiters consumers;         /* asleep on not_empty_seq (get)     */
@@ -488,7 +496,9 @@ PW_ASSERT_SIZE(pw_ring, 960);
 PW_ASSERT_AT(pw_ring, tail_lock, 64);
 PW_ASSERT_AT(pw_ring, tail, 128);
 PW_ASSERT_AT(pw_ring, head_lock, 192);
+PW_ASSERT_AT(pw_ring, tail_cpu, 160);
 PW_ASSERT_AT(pw_ring, head, 256);
+PW_ASSERT_AT(pw_ring, head_cpu, 296);
 PW_ASSERT_AT(pw_ring, not_empty_seq, 320);
 PW_ASSERT_AT(pw_ring, tasks_done, 336);
 PW_ASSERT_AT(pw_ring, closed_flags, 344);

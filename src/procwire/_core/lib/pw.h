@@ -171,10 +171,16 @@ static inline void pw_spinner_init(pw_spinner *s) { s->spin_ns = PW_SPIN_MAX_NS;
 
 /*
  * How long spinning may pay off for this thread now: PW_SPIN_MAX_NS, or 0
- * when it cannot (this process may run on one CPU only). The single place to
- * change the decision (issue 14: also by where the peer runs).
+ * when it cannot. The single place where that is decided: spin if this
+ * process may run on several CPUs, or -- pinned to one -- if the peer it
+ * waits for last ran on another CPU (`peer_cpu`: the CPU + 1 the peer
+ * publishes in the segment, pw_publish_cpu; NULL or 0 = unknown). Two
+ * processes sharing one CPU never spin: the spinner would only delay the
+ * peer it waits for.
  */
-int64_t pw_spin_budget(void);
+int64_t pw_spin_budget(const _Atomic uint32_t *peer_cpu);
+/* Publishes the calling thread's CPU + 1 in *cpu (for the peer's spin policy). */
+void pw_publish_cpu(_Atomic uint32_t *cpu);
 
 static inline void pw_cpu_relax(void)
 {
@@ -188,7 +194,8 @@ static inline void pw_cpu_relax(void)
 /* Spins (hooks' unblock around it) until done(ctx), the spinner's current
  * length or the deadline, whichever comes first, and adapts the spinner.
  * 1 if done. pw_wait_until's first phase; the Lock spins with it alone. */
-int pw_spin(pw_spinner *sp, int (*done)(void *ctx), void *ctx, int64_t deadline);
+int pw_spin(pw_spinner *sp, int (*done)(void *ctx), void *ctx, int64_t deadline,
+            const _Atomic uint32_t *peer_cpu);
 
 /* --------------------------------------------------------------- waiting */
 
@@ -216,6 +223,7 @@ typedef struct pw_wait {
     _Atomic uint32_t *futex;     /* the word slept on (wakers bump it)         */
     uint32_t mask;               /* futex bitset, PW_FUTEX_ANY for all wakes   */
     pw_spinner *spin;            /* NULL: never spin                           */
+    const _Atomic uint32_t *peer_cpu; /* where the waited-for peer runs (pw_spin_budget) */
     pw_sleeper *held;            /* registered by the caller, kept as is       */
     const int *cancel;           /* nonzero: stop with PW_CANCELLED            */
     int (*sleep)(void *ctx, uint32_t seen, int64_t until);

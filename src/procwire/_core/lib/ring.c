@@ -170,13 +170,16 @@ static int word_moved(void *ctx)
     return atomic_load(m->word) != m->seen;
 }
 
-/* Waits until *word moves away from `seen` (the other side published). */
+/* Waits until *word (the head or the tail) moves away from `seen`: the other
+ * side published. That side's published CPU decides the spin. */
 static int wait_for_move(pw_ringref *rr, _Atomic uint64_t *word, uint64_t seen,
                          _Atomic uint32_t *seq, struct pw_waiters *sleepers, int64_t deadline)
 {
+    struct pw_ring *r = rr->ring;
+    const _Atomic uint32_t *peer_cpu = word == &r->head ? &r->head_cpu : &r->tail_cpu;
     struct moved m = {word, seen};
     pw_wait w = {.done = word_moved, .ctx = &m, .waiters = sleepers, .futex = seq,
-                 .mask = PW_FUTEX_ANY, .spin = &rr->spin};
+                 .mask = PW_FUTEX_ANY, .spin = &rr->spin, .peer_cpu = peer_cpu};
     return pw_wait_until(&w, deadline);
 }
 
@@ -495,6 +498,7 @@ static void publish_tail(struct pw_ring *r, uint32_t count, uint32_t pos, uint64
     atomic_store(&r->tail, pw_pack(count, pos));
     store_total(&r->total_in, count);
     add_relaxed(&r->bytes_in, bytes);
+    pw_publish_cpu(&r->tail_cpu); /* for the consumers' spin policy */
 }
 
 /* The consumers' one: frees the records before pos. Head lock held. */
@@ -503,6 +507,7 @@ static void publish_head(struct pw_ring *r, uint32_t count, uint32_t pos, uint64
     atomic_store(&r->head, pw_pack(count, pos));
     store_total(&r->total_out, count);
     add_relaxed(&r->bytes_out, bytes);
+    pw_publish_cpu(&r->head_cpu); /* for the producers' spin policy */
 }
 
 /* 1 if a record of `need` bytes fits after the tail (pos, count). */

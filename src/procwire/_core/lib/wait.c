@@ -303,23 +303,34 @@ void pw_waiters_woke_unknown(struct pw_waiters *w)
 
 /* --------------------------------------------------------------- spinning */
 
-int64_t pw_spin_budget(void)
+int64_t pw_spin_budget(const _Atomic uint32_t *peer_cpu)
 {
     /* Affinity can change at run time (taskset, os.sched_setaffinity), and
      * sched_getaffinity costs a system call, so re-read it at most every
-     * 100 ms. Pinned to one CPU, a spinner only delays the peer it waits for. */
+     * 100 ms. */
     static _Thread_local int64_t checked_at = -1;
-    static _Thread_local int64_t budget = 0;
+    static _Thread_local int cpus = 1;
     int64_t now = pw_now_ns();
     if (checked_at < 0 || now - checked_at > 100000000LL) {
         cpu_set_t set;
-        int cpus = 1;
-        if (sched_getaffinity(0, sizeof set, &set) == 0)
-            cpus = CPU_COUNT(&set);
-        budget = cpus >= 2 ? PW_SPIN_MAX_NS : 0;
+        cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
         checked_at = now;
     }
-    return budget;
+    if (cpus >= 2)
+        return PW_SPIN_MAX_NS;
+    /* Pinned to one CPU: spinning pays only while the peer runs elsewhere
+     * (sched_getcpu reads the kernel's rseq area: no system call). */
+    uint32_t peer = peer_cpu ? atomic_load_explicit(peer_cpu, memory_order_relaxed) : 0;
+    int me = peer ? sched_getcpu() : -1;
+    return peer && me >= 0 && peer != (uint32_t)me + 1 ? PW_SPIN_MAX_NS : 0;
+}
+
+void pw_publish_cpu(_Atomic uint32_t *cpu)
+{
+    int c = sched_getcpu();
+    uint32_t v = c >= 0 ? (uint32_t)c + 1 : 0;
+    if (atomic_load_explicit(cpu, memory_order_relaxed) != v)
+        atomic_store_explicit(cpu, v, memory_order_relaxed);
 }
 
 /* Spins until done() or spin_ns pass; the clock (~20 ns through the vDSO)
@@ -338,9 +349,10 @@ static int spin_until(int (*done)(void *), void *ctx, int64_t spin_ns)
     }
 }
 
-int pw_spin(pw_spinner *sp, int (*done)(void *ctx), void *ctx, int64_t deadline)
+int pw_spin(pw_spinner *sp, int (*done)(void *ctx), void *ctx, int64_t deadline,
+            const _Atomic uint32_t *peer_cpu)
 {
-    int64_t budget = pw_spin_budget();
+    int64_t budget = pw_spin_budget(peer_cpu);
     if (sp->spin_ns > budget)
         sp->spin_ns = budget;
     if (sp->spin_ns <= 0) {
@@ -376,7 +388,7 @@ int pw_wait_until(const pw_wait *w, int64_t deadline)
         return PW_OK;
     if (pw_now_ns() >= deadline)
         return PW_TIMEOUT;
-    if (w->spin && pw_spin(w->spin, w->done, w->ctx, deadline))
+    if (w->spin && pw_spin(w->spin, w->done, w->ctx, deadline, w->peer_cpu))
         return PW_OK;
     pw_sleeper own, *s = w->held;
     if (!s) {
