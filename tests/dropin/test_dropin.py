@@ -33,13 +33,9 @@ IMPORTS = {
 }
 
 # The parts of the program this test runs, each under every start method.
-PARTS = ["joinable_queue", "pipe", "lock_value_array_event", "listener_client_authkey",
-         "connection_wait", "pool", "condition_semaphore_barrier"]
-# Also in the program, not yet run here: procwire's Queue holds at most its
-# ring's 4 MiB (an 8 MiB array raises MessageTooLarge, and put() blocks for
-# good once about 4 MiB wait unread), where multiprocessing's maxsize=0 means
-# no limit. Issue 11 item 1 removes the limit; these join PARTS when it lands.
-WAITING_FOR_A_QUEUE_WITHOUT_BYTE_LIMIT = ["queue_large_arrays", "queue_backlog_before_consumer"]
+PARTS = ["queue_large_arrays", "queue_backlog_before_consumer", "joinable_queue", "pipe",
+         "lock_value_array_event", "listener_client_authkey", "connection_wait", "pool",
+         "condition_semaphore_barrier"]
 
 TIMEOUT = 100  # one part in a fresh interpreter, on a loaded machine
 
@@ -74,7 +70,7 @@ def test_the_procwire_version_differs_only_in_its_imports():
 
 def test_every_part_of_the_program_is_accounted_for():
     defined = re.findall(r"^def (\w+)\(ctx\):", PROGRAM, re.MULTILINE)
-    assert sorted(defined) == sorted(PARTS + WAITING_FOR_A_QUEUE_WITHOUT_BYTE_LIMIT)
+    assert sorted(defined) == sorted(PARTS)
 
 
 @pytest.mark.timeout(2 * TIMEOUT + 20)
