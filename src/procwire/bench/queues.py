@@ -135,7 +135,11 @@ class _ZmqEnd:
 
     def put(self, obj: Any) -> None:
         if type(obj) is bytes:
-            self.sock.send(obj, copy=len(obj) < 65536)
+            # zero-copy pays only for large frames (pyzmq's own advice)
+            if len(obj) < 65536:
+                self.sock.send(obj)
+            else:
+                self.sock.send(obj, copy=False)
         else:
             self.sock.send_pyobj(obj)
 
