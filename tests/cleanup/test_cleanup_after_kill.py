@@ -63,6 +63,10 @@ def _own_tracker(on: str = "1") -> None:
 def _creator(base: str, tracker: str, conn) -> None:
     """Create one named object of each family, report, then block until killed."""
     _own_tracker(tracker)
+    # A test run started in the background by a shell without job control
+    # inherits SIGINT ignored, and the creator would survive it; the test is
+    # about SIGINT as a terminal's Ctrl-C delivers it, so take Python's default.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from procwire import _tracker
     _KEEP.extend([procwire.Queue(name=base + "-q"), procwire.Lock(name=base + "-lock"),
                   procwire.Value("i", 7, name=base + "-value"),
