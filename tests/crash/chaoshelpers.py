@@ -193,3 +193,19 @@ def delivered_by_tag(delivered: list) -> dict[int, set[int]]:
 def missing(by_tag: dict[int, set[int]]) -> int:
     """Messages lost inside each tag's numbering (below the highest one seen)."""
     return sum(max(seqs) + 1 - len(seqs) for seqs in by_tag.values())
+
+
+def take_some(q, rnd: random.Random, batch: int) -> list:
+    """One take from ``q`` by a way chosen at random, so that kills land in each:
+    get (asleep on an empty queue), get_many of up to ``batch``, or get with a
+    short timeout (``[]`` when it runs out)."""
+    from procwire import Empty
+    mode = rnd.randrange(3)
+    if mode == 0:
+        return [q.get()]
+    if mode == 1:
+        return q.get_many(max_messages=batch)
+    try:
+        return [q.get(timeout=0.01)]
+    except Empty:
+        return []

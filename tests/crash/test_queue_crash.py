@@ -22,6 +22,7 @@ from chaoshelpers import (  # noqa: F401 (chaos: a fixture)
     drain,
     kill_and_replace,
     missing,
+    take_some,
 )
 
 from procwire import Empty, Full, Queue, _core
@@ -140,20 +141,11 @@ CONSUMER_BATCH = 4
 
 
 def _chaos_consumer(q, results, tag):
-    # Every way out: get (asleep on an empty queue), get_many batches and
-    # get with a short timeout.
     rnd = random.Random(tag)
     while True:
-        mode = rnd.randrange(3)
-        if mode == 0:
-            items = [q.get()]
-        elif mode == 1:
-            items = q.get_many(max_messages=CONSUMER_BATCH)
-        else:
-            try:
-                items = [q.get(timeout=0.01)]
-            except Empty:
-                continue
+        items = take_some(q, rnd, CONSUMER_BATCH)
+        if not items:
+            continue
         stop = items.count(None)
         reports = [(t, s, p == _payload(t, s)) for t, s, p in (i for i in items if i is not None)]
         if reports:

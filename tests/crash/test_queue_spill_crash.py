@@ -12,9 +12,9 @@ import struct
 import time
 
 import pytest
-from chaoshelpers import FORK, JOIN, chaos, kill_producers_and_consumers  # noqa: F401
+from chaoshelpers import FORK, JOIN, chaos, kill_producers_and_consumers, take_some  # noqa: F401
 
-from procwire import Empty, Queue
+from procwire import Queue
 
 MiB = 1 << 20
 
@@ -143,16 +143,9 @@ def _consumer(q, results, me):
     rnd = random.Random(me)
     last: dict[int, int] = {}
     while True:
-        mode = rnd.randrange(3)
-        if mode == 0:
-            items = [q.get()]
-        elif mode == 1:
-            items = q.get_many(max_messages=BATCH)
-        else:
-            try:
-                items = [q.get(timeout=0.01)]
-            except Empty:
-                continue
+        items = take_some(q, rnd, BATCH)
+        if not items:
+            continue
         reports = []
         stop = items.count(None)
         for item in items:
