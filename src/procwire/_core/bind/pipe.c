@@ -927,12 +927,8 @@ static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
     uint64_t data_offset = pw_ring_data_offset(sizeof *h + sizeof *p);
     if (create) {
         uint64_t cap1 = duplex ? capacity : PW_RING_MIN_CAPACITY;
-        if (!pw_ring_capacity_ok(capacity)) {
-            PyErr_Format(PyExc_ValueError,
-                         "capacity must be a power of two between %u and %u bytes, not %llu",
-                         PW_RING_MIN_CAPACITY, PW_RING_MAX_CAPACITY, capacity);
+        if (pw_check_capacity(capacity) < 0)
             goto fail;
-        }
         if (size != data_offset + capacity + cap1) {
             PyErr_Format(PyExc_ValueError, "buffer is %llu bytes, a pipe needs %llu",
                          (unsigned long long)size,
@@ -994,6 +990,7 @@ static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
     uint8_t *ring_data[2] = {data, data + p->capacity[0]};
     pw_ringref_init(&self->in, &p->ring[end], ring_data[end], what);
     pw_ringref_init(&self->out, &p->ring[1 - end], ring_data[1 - end], what);
+    self->in.cancel = self->out.cancel = &self->base.guard.closed;
     self->ev_self = fds[0];
     self->ev_peer = fds[1];
     self->life_peer = fds[2];
