@@ -27,7 +27,6 @@ KIND_RLOCK: int
 KIND_SEMAPHORE: int
 KIND_CONDITION: int
 KIND_EVENT: int
-KIND_BARRIER: int
 SHARED_DATA_OFFSET: int
 LOCKMODE_NONE: int
 LOCKMODE_EMBEDDED: int
@@ -163,8 +162,7 @@ class PipeEnd:
 
 def sync_size(kind: int, /) -> int: ...
 def sync_init(buffer: Buffer, kind: int, *, value: int = ..., bounded: int = ...,
-              parties: int = ..., timeout_ns: int = ..., lock_mode: int = ...,
-              lock_name: Buffer = ...) -> None: ...
+              lock_mode: int = ..., lock_name: Buffer = ...) -> None: ...
 
 # Stub-only bases: what every primitive's type has (in C, each type lists them).
 class _SyncObject:
@@ -213,13 +211,6 @@ class Condition(_SyncObject):
     def _sleep(self, seq: int, timeout: float | None, /) -> bool: ...
     def _notify(self, n: int, /) -> None: ...
 
-@disjoint_base
-class Barrier(_SyncObject):
-    # The caller's arrival index; the action is called by one party.
-    def _wait(self, timeout: float | None, action: Callable[[], object] | None, /) -> int: ...
-    def abort(self) -> None: ...
-    def reset(self, timeout: float | None = None) -> None: ...
-
 # -- shared values and arrays (shared.c) -------------------------------------------
 
 class _SharedInfo(TypedDict):
@@ -249,7 +240,5 @@ class _Testing:
     @staticmethod
     def hold_queue_lock(queue: QueueBase, side: str, partial: Buffer | None = ...,
                         publish: bool = ...) -> None: ...
-    @staticmethod
-    def hold_barrier_mutex(barrier: Barrier, /) -> None: ...
 
 _testing: _Testing

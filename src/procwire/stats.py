@@ -280,8 +280,7 @@ class SharedStatistics(Statistics):
 _BY_KIND: dict[str, type[Statistics]] = {
     "queue": QueueStatistics, "lock": LockStatistics, "rlock": LockStatistics,
     "semaphore": SemaphoreStatistics, "event": EventStatistics,
-    "condition": ConditionStatistics, "barrier": BarrierStatistics,
-    "value": SharedStatistics, "array": SharedStatistics,
+    "condition": ConditionStatistics, "value": SharedStatistics, "array": SharedStatistics,
 }
 
 

@@ -34,7 +34,6 @@ typedef struct {
     PyObject *MessageTooLarge;    /* a message that can never fit               */
     PyObject *OwnerDiedWarning;   /* an acquire found the holder dead           */
     PyObject *Empty, *Full;       /* queue.Empty, queue.Full                    */
-    PyObject *BrokenBarrierError; /* threading.BrokenBarrierError               */
     PyObject *str_buffers;        /* interned "buffers": loads(..., buffers=)   */
 } pw_state;
 

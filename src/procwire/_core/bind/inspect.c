@@ -125,16 +125,6 @@ static int add_kind(PyObject *d, const char *base, const struct pw_header *h)
                add_lock_name(d, c->lock_mode, c->lock_name_len, c->lock_name) ||
                set_item(d, "lock", lock);
     }
-    case PW_KIND_BARRIER: {
-        const struct pw_barrier *b = p;
-        uint32_t count = atomic_load(&b->count);
-        return set_item(d, "parties", PyLong_FromUnsignedLong(b->parties)) ||
-               set_item(d, "n_waiting", PyLong_FromUnsignedLong(count >= b->parties ? 0 : count)) ||
-               set_item(d, "broken", PyBool_FromLong(atomic_load(&b->broken))) ||
-               set_item(d, "waiters", PyLong_FromUnsignedLong(pw_waiters_count_live(&b->sleepers))) ||
-               set_item(d, "generation", U32(&b->generation)) ||
-               set_item(d, "owner_deaths", U64(&b->owner_deaths));
-    }
     case PW_KIND_VALUE:
     case PW_KIND_ARRAY: {
         const struct pw_shared *s = p;
