@@ -190,11 +190,11 @@ int pw_loan_commit(PwObject *o, pw_lease *l, PyObject *const *args, Py_ssize_t n
 /* Gives an open loan's room back: 1 if one was open. */
 int pw_loan_abort(pw_lease *l);
 /* After pw_ring_peek: checks the record and returns (type, offset, length,
- * None) with the view open, or, if it wraps around the ring's end, (type,
- * -1, length, bytes) copied out and consumed. NULL with an exception (the
- * record left in place, the lock released). */
+ * None) with the view open (*held = 1), or, if it wraps around the ring's
+ * end, (type, -1, length, bytes) copied out and consumed. NULL with an
+ * exception (the record left in place, the lock released). */
 PyObject *pw_view_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos, uint32_t type,
-                         uint64_t len);
+                         uint64_t len, int *held);
 /* Consumes the open view's message: 1 if one was open. */
 int pw_view_end(pw_lease *l);
 

@@ -173,8 +173,9 @@ int pw_loan_abort(pw_lease *l)
 /* ------------------------------------------------------------------ views */
 
 PyObject *pw_view_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos, uint32_t type,
-                         uint64_t len)
+                         uint64_t len, int *held)
 {
+    *held = 0;
     uint32_t p = pos + PW_REC_HEADER;
     uint64_t nparts, lens[PW_OOB_MAX_PARTS];
     int rc = pw_check_record(rr, p, type, len, &nparts, lens);
@@ -186,6 +187,7 @@ PyObject *pw_view_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos,
     if (off >= 0) {
         l->view_rr = rr;
         l->view_len = len;
+        *held = 1;
         return Py_BuildValue("(InKO)", type, off, (unsigned long long)len, Py_None);
     }
     /* It wraps around the ring's end: no view of it; copied out and consumed. */

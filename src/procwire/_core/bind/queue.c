@@ -1065,8 +1065,9 @@ static PyObject *Queue_view_begin(QueueObject *self, PyObject *const *args, Py_s
         leave(self);
         return NULL;
     }
-    PyObject *r = pw_view_opened(&self->base, &self->lease, &self->rr, pos, type, len);
-    if (!self->lease.view_rr) /* no view open (copied, or an error): nothing held */
+    int held;
+    PyObject *r = pw_view_opened(&self->base, &self->lease, &self->rr, pos, type, len, &held);
+    if (!held) /* no view open (copied, or an error): nothing held */
         leave(self);
     return r;
 }
