@@ -240,5 +240,8 @@ class _Testing:
     @staticmethod
     def hold_queue_lock(queue: QueueBase, side: str, partial: Buffer | None = ...,
                         publish: bool = ...) -> None: ...
+    # byte offsets in a queue segment of the ring's words (the spill crash tests)
+    queue_words: dict[str, int]
+    spill_intent_valid: int
 
 _testing: _Testing
