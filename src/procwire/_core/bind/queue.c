@@ -326,9 +326,12 @@ static int read_record(const pw_ringref *rr, uint32_t p, uint32_t type, uint64_t
 {
     PyObject *obj;
     uint64_t nparts, lens[PW_OOB_MAX_PARTS];
-    int rc = pw_check_record(rr, p, type, len, &nparts, lens);
-    if (rc)
-        return rc;
+    /* Checked before use; only an out-of-band record has more than its type to check. */
+    if (type == PW_REC_PICKLE_OOB || type == 0 || type >= PW_REC_MAX_) {
+        int rc = pw_check_record(rr, p, type, len, &nparts, lens);
+        if (rc)
+            return rc;
+    }
     if (type == PW_REC_PICKLE_OOB) {
         obj = PyList_New((Py_ssize_t)nparts);
         if (!obj)
@@ -434,27 +437,9 @@ static PyObject *record_to_object(QueueObject *self, pw_record *rec)
 
 /* ------------------------------------------------------------ put / get */
 
-static PyObject *raise_full(Py_ssize_t done, Py_ssize_t n)
-{
-    if (n <= 1) {
-        PyErr_SetNone(pw_get_state()->Full);
-        return NULL;
-    }
-    PyObject *exc = PyObject_CallFunction(pw_get_state()->Full, "s",
-                                          "put_many() timed out: see the exception's count "
-                                          "attribute for how many items were put");
-    if (exc) {
-        PyObject *count = PyLong_FromSsize_t(done);
-        if (count && PyObject_SetAttrString(exc, "count", count) == 0)
-            PyErr_SetObject(pw_get_state()->Full, exc);
-        Py_XDECREF(count);
-        Py_DECREF(exc);
-    }
-    return NULL;
-}
-
-/* Sets exc.count = n on the current exception (put_many's "how many went in"). */
-static void set_count_on_error(Py_ssize_t n)
+/* Sets exc.count = n on the current exception (put_many's "how many went
+ * in"); with `note`, a note that says so for an item that failed. */
+static void set_count_on_error(Py_ssize_t n, int note)
 {
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
@@ -464,25 +449,26 @@ static void set_count_on_error(Py_ssize_t n)
         if (!count || PyObject_SetAttrString(value, "count", count) < 0)
             PyErr_Clear(); /* an exception type that takes no attributes */
         Py_XDECREF(count);
-        PyObject *note = PyUnicode_FromFormat("put_many() put the %zd items before this one; "
-                                              "this one and the rest were not put", n);
-        PyObject *r = note ? PyObject_CallMethod(value, "add_note", "O", note) : NULL;
+        PyObject *text = note ? PyUnicode_FromFormat("put_many() put the %zd items before "
+                                                     "this one; this one and the rest were "
+                                                     "not put", n) : NULL;
+        PyObject *r = text ? PyObject_CallMethod(value, "add_note", "O", text) : NULL;
         if (!r)
             PyErr_Clear();
         Py_XDECREF(r);
-        Py_XDECREF(note);
+        Py_XDECREF(text);
     }
     PyErr_Restore(type, value, tb);
 }
 
 /*
- * Puts items in order. If one cannot be serialised, every item before it is
- * put (waiting for room as usual), it and the rest are not, and its exception
- * is raised; with `many` it carries `count`, the number of items put, which
- * is always its index. On timeout queue.Full carries `count` the same way.
+ * put_many(): puts items in order. If one cannot be serialised, every item
+ * before it is put (waiting for room as usual), it and the rest are not, and
+ * its exception is raised carrying `count`, the number of items put, which is
+ * always its index. On timeout queue.Full carries `count` the same way.
  */
 static PyObject *put_objects(QueueObject *self, PyObject *const *items, Py_ssize_t n,
-                             int64_t deadline, int many)
+                             int64_t deadline)
 {
     pw_msg msgs[PW_BATCH];
     msg_refs refs[PW_BATCH];
@@ -510,10 +496,13 @@ static PyObject *put_objects(QueueObject *self, PyObject *const *items, Py_ssize
         if (rc != PW_OK) {
             /* The put itself failed or timed out: that is the error; the
              * serialisation error, if any, becomes its context. */
-            if (rc == PW_TIMEOUT)
-                raise_full(total_done, many ? 2 : 1);
-            else
+            if (rc == PW_TIMEOUT) {
+                PyErr_SetString(pw_get_state()->Full, "put_many() timed out: see the "
+                                "exception's count attribute for how many items were put");
+                set_count_on_error(total_done, 0);
+            } else {
                 ring_failed(self, rc, NULL);
+            }
             if (bad) {
                 PyErr_NormalizeException(&et, &ev, &etb);
                 PyObject *t, *v, *tb;
@@ -530,12 +519,23 @@ static PyObject *put_objects(QueueObject *self, PyObject *const *items, Py_ssize
         }
         if (bad) {
             PyErr_Restore(et, ev, etb);
-            if (many)
-                set_count_on_error(total_done);
+            set_count_on_error(total_done, 1);
             return NULL;
         }
     }
     Py_RETURN_NONE;
+}
+
+/* put_objects() for one item, without a batch's arrays on the stack. */
+static PyObject *put_one(QueueObject *self, PyObject *obj, int64_t deadline)
+{
+    pw_msg m;
+    msg_refs x;
+    size_t done = 0;
+    int rc = msg_prepare(self, obj, &m, &x) < 0 ? PW_ERAISED
+             : pw_ring_put(&self->rr, &m, 1, &done, deadline);
+    msg_release(&m, &x);
+    return rc ? ring_failed(self, rc, pw_get_state()->Full) : Py_NewRef(Py_None);
 }
 
 static const char *const put_names[] = {"obj", "block", "timeout"};
@@ -548,7 +548,7 @@ static PyObject *Queue_put(QueueObject *self, PyObject *const *args, Py_ssize_t 
     if (pw_parse_args("put", args, nargs, kwnames, put_names, 3, 1, a) < 0 ||
         pw_parse_block_timeout(a[1], a[2], &deadline) < 0 || enter(self) < 0)
         return NULL;
-    PyObject *r = put_objects(self, &a[0], 1, deadline, 0);
+    PyObject *r = put_one(self, a[0], deadline);
     leave(self);
     return r;
 }
@@ -557,7 +557,7 @@ static PyObject *Queue_put_nowait(QueueObject *self, PyObject *obj)
 {
     if (enter(self) < 0)
         return NULL;
-    PyObject *r = put_objects(self, &obj, 1, 0, 0);
+    PyObject *r = put_one(self, obj, 0);
     leave(self);
     return r;
 }
@@ -578,7 +578,7 @@ static PyObject *Queue_put_many(QueueObject *self, PyObject *const *args, Py_ssi
     PyObject *r = NULL;
     if (enter(self) == 0) {
         r = put_objects(self, PySequence_Fast_ITEMS(seq), PySequence_Fast_GET_SIZE(seq),
-                        deadline, 1);
+                        deadline);
         leave(self);
     }
     Py_DECREF(seq);

@@ -119,25 +119,15 @@ void pw_ring_copy_in(pw_ringref *rr, uint32_t pos, const void *src, uint64_t n)
 
 static void spill_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n);
 
-/* From the ring itself (the take's own reads of record headers). */
-static inline void ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
-{
-    uint64_t off = pos & (rr->capacity - 1);
-    uint64_t first = rr->capacity - off < n ? rr->capacity - off : n;
-    memcpy(dst, rr->data + off, first);
-    if (n > first)
-        memcpy((uint8_t *)dst + first, rr->data, n - first);
-}
-
 void pw_ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
 {
     if (__builtin_expect(rr->src_spill, 0))
         spill_copy_out(rr, pos, dst, n); /* a spilled record's callback */
     else
-        ring_copy_out(rr, pos, dst, n);
+        pw_ring_read(rr, pos, dst, n);
 }
 
-void pw_ring_copy_out_large(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
+void pw_ring_copy_out_slow(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
 {
     if (n >= PW_LARGE_COPY)
         PW_UNBLOCKED(pw_ring_copy_out(rr, pos, dst, n));
@@ -616,14 +606,14 @@ int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int6
  * tail word): PW_OK with its type and payload length, or PW_ECORRUPT. The
  * type is the caller's to check.
  */
-static int record_at(const pw_ringref *rr, uint64_t head, uint64_t tail, uint32_t *type,
+static inline int record_at(const pw_ringref *rr, uint64_t head, uint64_t tail, uint32_t *type,
                      uint64_t *len)
 {
     uint32_t used = pw_pos(tail) - pw_pos(head), hdr[2];
     if (used < PW_REC_HEADER || used > rr->capacity)
         return pw_ring_bad_record(rr, "message count and byte positions disagree", used,
                           pw_count(tail) - pw_count(head));
-    ring_copy_out(rr, pw_pos(head), hdr, sizeof hdr);
+    pw_ring_read(rr, pw_pos(head), hdr, sizeof hdr);
     if (pw_record_size(hdr[0]) > used)
         return pw_ring_bad_record(rr, "record longer than the published data",
                                   pw_record_size(hdr[0]), used);
@@ -648,8 +638,8 @@ static void drop_dead_view(pw_ringref *rr)
     atomic_store_explicit(&r->view_mark, 0, memory_order_relaxed);
     uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
-    uint32_t type;
-    uint64_t len;
+    uint32_t type = 0;
+    uint64_t len = 0;
     if (mark != (head | 1) || pw_count(head) == pw_count(tail) ||
         record_at(rr, head, tail, &type, &len) != PW_OK)
         return;
@@ -658,7 +648,7 @@ static void drop_dead_view(pw_ringref *rr)
 
 /* Locks the consumers' side (lock_side, plus a dead reader's view dropped)
  * and reads the head and the published tail. */
-static int lock_head(pw_ringref *rr, int64_t deadline, uint64_t *head, uint64_t *tail)
+static inline int lock_head(pw_ringref *rr, int64_t deadline, uint64_t *head, uint64_t *tail)
 {
     struct pw_ring *r = rr->ring;
     int rc = pw_mutex_lock(&r->head_lock, deadline, rr->cancel);
@@ -694,7 +684,7 @@ int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t d
                           PW_INTENT_VALID))
             spill_repair(&r->ov_head_intent, &r->ov_head_intent_end, &r->ov_head, count);
         while (taken < max && count != pw_count(tail)) {
-            uint32_t type;
+            uint32_t type = 0;
             uint64_t len = 0;
             int f;
             if (rr->spill && pos == pw_pos(tail)) {
