@@ -198,6 +198,17 @@ PyObject *pw_view_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos,
 /* Consumes the open view's message: 1 if one was open. */
 int pw_view_end(pw_lease *l);
 
+/* The method table entries of a type's loans and views (procwire._loans):
+ * T##_loan_begin, T##_loan_commit, T##_loan_abort, T##_view_begin, T##_view_end. */
+#define PW_LEASE_METHODS(T)                                                                   \
+    {"_loan_begin", (PyCFunction)(void (*)(void))T##_loan_begin,                              \
+     METH_FASTCALL | METH_KEYWORDS, NULL},                                                    \
+    {"_loan_commit", (PyCFunction)(void (*)(void))T##_loan_commit, METH_FASTCALL, NULL},      \
+    {"_loan_abort", (PyCFunction)T##_loan_abort, METH_NOARGS, NULL},                          \
+    {"_view_begin", (PyCFunction)(void (*)(void))T##_view_begin,                              \
+     METH_FASTCALL | METH_KEYWORDS, NULL},                                                    \
+    {"_view_end", (PyCFunction)T##_view_end, METH_NOARGS, NULL}
+
 /* -------------------------------------------------------- module plumbing */
 
 int pw_queue_register(PyObject *module);   /* queue.c: QueueBase */

@@ -1436,11 +1436,7 @@ static PyMethodDef PipeEnd_methods[] = {
     {"_wait_send_room", FN(PipeEnd_wait_send_room), FASTKW, NULL},
     {"_kick_send", (PyCFunction)PipeEnd_kick_send, METH_NOARGS, NULL},
     {"_statistics", (PyCFunction)PipeEnd_statistics, METH_NOARGS, NULL},
-    {"_loan_begin", FN(PipeEnd_loan_begin), FASTKW, NULL},
-    {"_loan_commit", FN(PipeEnd_loan_commit), METH_FASTCALL, NULL},
-    {"_loan_abort", (PyCFunction)PipeEnd_loan_abort, METH_NOARGS, NULL},
-    {"_view_begin", FN(PipeEnd_view_begin), FASTKW, NULL},
-    {"_view_end", (PyCFunction)PipeEnd_view_end, METH_NOARGS, NULL},
+    PW_LEASE_METHODS(PipeEnd),
     {"_segment_size", (PyCFunction)PipeEnd_segment_size, METH_VARARGS | METH_STATIC, NULL},
     {NULL, NULL, 0, NULL},
 };
