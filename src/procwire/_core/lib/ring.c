@@ -194,18 +194,20 @@ static int64_t lock_deadline_for(int64_t deadline)
     return deadline > grace ? deadline : grace;
 }
 
-/* Locks one side, counting an owner's death: PW_OK, PW_TIMEOUT, PW_CANCELLED
- * or an error. */
-static int lock_side(const pw_ringref *rr, pthread_mutex_t *m, _Atomic uint64_t *died,
-                     int64_t deadline)
+/* Locks the producers' side, counting an owner's death, and reads the tail
+ * and the published head: PW_OK, PW_TIMEOUT, PW_CANCELLED or an error. */
+static inline int lock_tail(const pw_ringref *rr, int64_t deadline, uint64_t *tail,
+                            uint64_t *head)
 {
-    int rc = pw_mutex_lock(m, deadline, rr->cancel);
-    if (rc == PW_OWNER_DIED) {
-        /* Nothing to repair: the dead process's last publish is the state. */
-        atomic_fetch_add_explicit(died, 1, memory_order_relaxed);
-        return PW_OK;
-    }
-    return rc;
+    struct pw_ring *r = rr->ring;
+    int rc = pw_mutex_lock(&r->tail_lock, deadline, rr->cancel);
+    if (rc == PW_OWNER_DIED) /* nothing to repair: the dead process's last publish is the state */
+        atomic_fetch_add_explicit(&r->tail_owner_died, 1, memory_order_relaxed);
+    else if (rc)
+        return rc;
+    *tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    *head = atomic_load_explicit(&r->head, memory_order_acquire);
+    return PW_OK;
 }
 
 /* Adds to a statistics counter only its side's lock holder writes. */
@@ -522,11 +524,10 @@ int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int6
     const int64_t lock_deadline = lock_deadline_for(deadline);
     int64_t grace = -1; /* until when a full ring is waited for before spilling */
     for (;;) {
-        int rc = lock_side(rr, &r->tail_lock, &r->tail_owner_died, lock_deadline);
+        uint64_t tail, head;
+        int rc = lock_tail(rr, lock_deadline, &tail, &head);
         if (rc)
             return rc;
-        uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-        uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
         uint32_t pos = pw_pos(tail), count = pw_count(tail);
         uint64_t bytes = 0;
         size_t first = *done, i = first;
@@ -646,8 +647,8 @@ static void drop_dead_view(pw_ringref *rr)
     publish_head(r, pw_count(head) + 1, pw_pos(head) + (uint32_t)pw_record_size(len), len);
 }
 
-/* Locks the consumers' side (lock_side, plus a dead reader's view dropped)
- * and reads the head and the published tail. */
+/* Locks the consumers' side (as lock_tail, plus a dead reader's view
+ * dropped) and reads the head and the published tail. */
 static inline int lock_head(pw_ringref *rr, int64_t deadline, uint64_t *head, uint64_t *tail)
 {
     struct pw_ring *r = rr->ring;
@@ -794,11 +795,10 @@ int pw_ring_reserve(pw_ringref *rr, uint64_t len, int64_t deadline, uint32_t *po
     const uint64_t need = pw_record_size(len);
     const int64_t lock_deadline = lock_deadline_for(deadline);
     for (;;) {
-        int rc = lock_side(rr, &r->tail_lock, &r->tail_owner_died, lock_deadline);
+        uint64_t tail, head;
+        int rc = lock_tail(rr, lock_deadline, &tail, &head);
         if (rc)
             return rc;
-        uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-        uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
         /* Not while the spill holds messages: the loan would overtake them. */
         if (room_for(r, rr->capacity, head, pw_pos(tail), pw_count(tail), need) &&
             !(rr->spill && spill_busy(r))) {
