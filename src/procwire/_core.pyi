@@ -60,10 +60,13 @@ def unguard_mapping(token: int, /) -> bool: ...
 def mapping_lost(token: int, /) -> bool: ...
 
 # The common header's fields plus the counters of the segment's kind, and for
-# a Value/Array with an embedded lock a nested dict: its keys depend on the
-# kind read from shared memory, so the values stay Any (procwire.objects
-# reads them by kind).
+# a Condition or a Value/Array with an embedded lock a nested dict: its keys
+# depend on the kind read from shared memory, so the values stay Any
+# (procwire.stats reads them by kind). inspect.c is the one reader of every
+# kind's counters: the sync types' _counters() come from it too.
 def inspect(buffer: Buffer, /) -> dict[str, Any]: ...
+# inspect() of a Value/Array segment of `kind` (0: either), errors naming `what`.
+def shared_info(buffer: Buffer, kind: int, what: str, /) -> dict[str, Any]: ...
 
 # -- the queues' base (queue.c) --------------------------------------------------
 
@@ -170,7 +173,7 @@ class _SyncObject:
     def __init__(self, buffer: Buffer, name: str) -> None: ...
     @property
     def _display(self) -> str | None: ...
-    def _stats(self) -> dict[str, int]: ...
+    def _counters(self) -> dict[str, Any]: ...
     def _close(self) -> None: ...
 
 class _Acquirable(_SyncObject):
@@ -214,19 +217,9 @@ class Condition(_SyncObject):
 
 # -- shared values and arrays (shared.c) -------------------------------------------
 
-class _SharedInfo(TypedDict):
-    kind: str
-    typecode: str
-    elem_size: int
-    length: int
-    lock_mode: int
-    lock_name: bytes
-    data_offset: int
-
 def shared_size(nbytes: int, /) -> int: ...
 def shared_init(buffer: Buffer, kind: int, typecode: str, elem_size: int, length: int,
                 lock_mode: int, lock_name: Buffer = ...) -> None: ...
-def shared_info(buffer: Buffer, kind: int, what: str, /) -> _SharedInfo: ...
 
 # A buffer-protocol forwarder: its buffer is _buffer_target's (so that
 # memoryview() and numpy see a SynchronizedArray's elements).

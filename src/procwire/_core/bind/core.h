@@ -281,6 +281,10 @@ int pw_shared_register(PyObject *module); /* shared.c: Value and Array segments 
 
 int pw_segment_register(PyObject *module);
 int pw_inspect_register(PyObject *module); /* inspect.c: read-only _core.inspect() */
+
+/* inspect.c: the counters of kind's struct `p` (validated) as a new dict, or
+ * NULL; `reconcile` (a live object) frees dead sleepers' slots as it counts. */
+PyObject *pw_counters(uint32_t kind, void *p, int reconcile);
 int pw_pipe_register(PyObject *module);
 
 #endif /* PROCWIRE_CORE_H */

@@ -92,6 +92,7 @@ typedef struct {
     PwObject base;    /* the mapping, its name, the guard against a concurrent close */
     pw_spinner spin;  /* adaptive spin before sleeping */
     void *p;          /* the kind's struct inside the mapping */
+    uint32_t kind;    /* p's kind (a Lock's: PW_KIND_LOCK, wherever it lives) */
 } SyncObject;
 
 static void sync_release(PwObject *o)
@@ -157,7 +158,7 @@ static void *sync_map(SyncObject *self, PyObject *buffer, PyObject *name, const 
         pw_raise(rc);
         goto fail;
     }
-    *kind_out = h->kind;
+    *kind_out = self->kind = h->kind;
     pw_spinner_init(&self->spin);
     self->p = (char *)self->base.view.buf + sizeof *h;
     return self->p;
@@ -334,7 +335,8 @@ static int Lock_init(LockObject *self, PyObject *args, PyObject *kwds)
         sync_release(&self->sync.base);
         return -1;
     }
-    self->lock = l;
+    self->lock = self->sync.p = l;
+    self->sync.kind = PW_KIND_LOCK;
     self->mine = 0;
     self->hold = 0;
     self->locked_here = 0;
@@ -804,21 +806,13 @@ static PyObject *Lock_get_owner_died(LockObject *self, void *closure)
     return PyBool_FromLong(atomic_load(&l->inconsistent) || mutex_owner_died(&l->mutex));
 }
 
-static PyObject *Lock_stats(LockObject *self, PyObject *unused)
+/* _counters() -> dict: the live counters (inspect.c's reader), dead
+ * sleepers' slots freed first. */
+static PyObject *Sync_counters(SyncObject *self, PyObject *unused)
 {
-    struct pw_lock *l = lock_of(self);
-    if (!l)
+    if (check_open(self) < 0)
         return NULL;
-    pid_t holder = mutex_holder(&l->mutex);
-    return Py_BuildValue("{s:i,s:O,s:I,s:O,s:K,s:I,s:K,s:O}", "holder_tid", (int)holder,
-                         "locked", holder ? Py_True : Py_False, "depth",
-                         holder ? (unsigned)l->depth : 0u, "owner_died",
-                         (atomic_load(&l->inconsistent) || mutex_owner_died(&l->mutex))
-                             ? Py_True : Py_False,
-                         "owner_deaths", (unsigned long long)atomic_load(&l->owner_deaths),
-                         "waiters", (unsigned)pw_waiters_reconcile(&l->sleepers), "contended",
-                         (unsigned long long)atomic_load(&l->contended), "holder_dead",
-                         mutex_owner_died(&l->mutex) ? Py_True : Py_False);
+    return pw_counters(self->kind, self->p, 1);
 }
 
 /* Idempotent. A call waiting in another thread leaves with an error within
@@ -843,7 +837,7 @@ static PyMethodDef Lock_methods[] = {
     {"make_consistent", (PyCFunction)Lock_make_consistent, METH_NOARGS,
      "make_consistent($self)\n--\n\nAfter an acquire that found the previous holder dead, and "
      "after repairing the state the lock protects: clear owner_died. Hold the lock."},
-    {"_stats", (PyCFunction)Lock_stats, METH_NOARGS, NULL},
+    {"_counters", (PyCFunction)Sync_counters, METH_NOARGS, NULL},
     {"_close", (PyCFunction)Lock_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -961,19 +955,6 @@ static PyObject *Semaphore_get_value(SyncObject *self, PyObject *unused)
     return PyLong_FromUnsignedLong(atomic_load(&((struct pw_sem *)self->p)->value));
 }
 
-static PyObject *Semaphore_stats(SyncObject *self, PyObject *unused)
-{
-    if (check_open(self) < 0)
-        return NULL;
-    struct pw_sem *s = self->p;
-    return Py_BuildValue("{s:I,s:I,s:O,s:I,s:K,s:K,s:K}", "value",
-                         (unsigned)atomic_load(&s->value), "maxvalue", s->maxvalue, "bounded",
-                         s->bounded ? Py_True : Py_False, "waiters", (unsigned)pw_waiters_reconcile(&s->sleepers),
-                         "acquires", (unsigned long long)atomic_load(&s->acquires), "releases",
-                         (unsigned long long)atomic_load(&s->releases), "wake_syscalls",
-                         (unsigned long long)atomic_load(&s->sleepers.wakes));
-}
-
 static PyObject *Semaphore_maxvalue(SyncObject *self, void *closure)
 {
     if (check_open(self) < 0)
@@ -990,7 +971,7 @@ static PyMethodDef Semaphore_methods[] = {
      METH_FASTCALL | METH_KEYWORDS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))Semaphore_exit, METH_FASTCALL, NULL},
     {"get_value", (PyCFunction)Semaphore_get_value, METH_NOARGS, "get_value() -> int"},
-    {"_stats", (PyCFunction)Semaphore_stats, METH_NOARGS, NULL},
+    {"_counters", (PyCFunction)Sync_counters, METH_NOARGS, NULL},
     {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -1089,25 +1070,13 @@ static PyObject *Event_wait(SyncObject *self, PyObject *const *args, Py_ssize_t 
     return res;
 }
 
-static PyObject *Event_stats(SyncObject *self, PyObject *unused)
-{
-    if (check_open(self) < 0)
-        return NULL;
-    struct pw_event *e = self->p;
-    return Py_BuildValue("{s:O,s:I,s:K,s:K}", "is_set", (atomic_load(&e->state) & 1) ? Py_True
-                                                                                  : Py_False,
-                         "waiters", (unsigned)pw_waiters_reconcile(&e->sleepers), "sets",
-                         (unsigned long long)atomic_load(&e->sets), "wake_syscalls",
-                         (unsigned long long)atomic_load(&e->sleepers.wakes));
-}
-
 static PyMethodDef Event_methods[] = {
     {"is_set", (PyCFunction)Event_is_set, METH_NOARGS, "is_set() -> bool"},
     {"set", (PyCFunction)Event_set, METH_NOARGS, "set()"},
     {"clear", (PyCFunction)Event_clear, METH_NOARGS, "clear()"},
     {"wait", (PyCFunction)(void (*)(void))Event_wait, METH_FASTCALL | METH_KEYWORDS,
      "wait(timeout=None) -> bool"},
-    {"_stats", (PyCFunction)Event_stats, METH_NOARGS, NULL},
+    {"_counters", (PyCFunction)Sync_counters, METH_NOARGS, NULL},
     {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -1151,10 +1120,6 @@ static PyObject *Condition_lock_info(SyncObject *self, PyObject *unused)
     struct pw_cond *c = self->p;
     return Py_BuildValue("(Iy#)", c->lock_mode, c->lock_name, (Py_ssize_t)c->lock_name_len);
 }
-
-/* Notify state of a registered waiter (layout.h, struct pw_cond). */
-#define COND_WAITING 1u
-#define COND_NOTIFIED 2u
 
 /*
  * The `wake` word (layout.h), for waiters without a registry slot only:
@@ -1216,7 +1181,7 @@ static PyObject *Condition_prepare_wait(SyncObject *self, PyObject *unused)
     pw_sleeper sl;
     pw_sleeper_enter(&c->sleepers, &sl);
     if (sl.slot >= 0)
-        atomic_store(&c->state[sl.slot], COND_WAITING);
+        atomic_store(&c->state[sl.slot], PW_COND_WAITING);
     else
         atomic_fetch_add(&c->wake, COND_ONE_WAITING);
     return PyLong_FromUnsignedLongLong((unsigned long long)(sl.slot + 1) << 32 |
@@ -1235,7 +1200,7 @@ static int cond_notified(void *ctx)
     struct cond_wait *w = ctx;
     /* (pw_wait_until read seq before calling: a notify marks, then bumps seq) */
     if (w->slot >= 0)
-        return atomic_load(&w->c->state[w->slot]) == COND_NOTIFIED;
+        return atomic_load(&w->c->state[w->slot]) == PW_COND_NOTIFIED;
     return atomic_load(&w->c->seq) != w->seq0 && cond_take_grant(w->c);
 }
 
@@ -1278,7 +1243,7 @@ out:
     if (slot >= 0) {
         /* One exchange: either a notify marked us first (we count as woken:
          * "notified just as the timeout passed"), or it will not find us. */
-        if (atomic_exchange(&c->state[slot], 0) == COND_NOTIFIED && result == 0)
+        if (atomic_exchange(&c->state[slot], 0) == PW_COND_NOTIFIED && result == 0)
             result = 1;
     } else if (seq_ok && result != 1 && cond_give_up(c, (uint32_t)seq) && result == 0) {
         result = 1; /* notified just as the timeout passed */
@@ -1293,8 +1258,8 @@ out:
 /* Marks slot i's waiter notified if it still waits. 1 if marked. */
 static int cond_mark(struct pw_cond *c, int i)
 {
-    uint32_t expected = COND_WAITING;
-    return atomic_compare_exchange_strong(&c->state[i], &expected, COND_NOTIFIED);
+    uint32_t expected = PW_COND_WAITING;
+    return atomic_compare_exchange_strong(&c->state[i], &expected, PW_COND_NOTIFIED);
 }
 
 /* _notify(n): wake up to n waiters (lock held). */
@@ -1315,7 +1280,7 @@ static PyObject *Condition_notify(SyncObject *self, PyObject *arg)
     unsigned first = atomic_load(&c->seq);
     for (unsigned j = 0; j < PW_WAIT_SLOTS; j++) {
         int i = (int)((first + j) % PW_WAIT_SLOTS);
-        if (atomic_load(&c->state[i]) == COND_WAITING && atomic_load(&c->sleepers.slot[i]))
+        if (atomic_load(&c->state[i]) == PW_COND_WAITING && atomic_load(&c->sleepers.slot[i]))
             waiting[k++] = i;
     }
     uint32_t bits = 0;
@@ -1361,33 +1326,12 @@ static PyObject *Condition_notify(SyncObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-static PyObject *Condition_stats(SyncObject *self, PyObject *unused)
-{
-    if (check_open(self) < 0)
-        return NULL;
-    struct pw_cond *c = self->p;
-    uint32_t live = pw_waiters_reconcile(&c->sleepers);
-    uint64_t w = atomic_load(&c->wake);
-    unsigned not_notified = (unsigned)(w >> 32), pending = (unsigned)(uint32_t)w;
-    for (int i = 0; i < PW_WAIT_SLOTS; i++) {
-        if (!atomic_load(&c->sleepers.slot[i]))
-            continue; /* free, or reaped: its state no longer counts */
-        uint32_t st = atomic_load(&c->state[i]);
-        not_notified += st == COND_WAITING;
-        pending += st == COND_NOTIFIED;
-    }
-    return Py_BuildValue("{s:I,s:K,s:K,s:I,s:I}", "waiters", (unsigned)live, "notifies",
-                         (unsigned long long)atomic_load(&c->notifies), "wake_syscalls",
-                         (unsigned long long)atomic_load(&c->sleepers.wakes), "not_notified",
-                         not_notified, "notified_pending", pending);
-}
-
 static PyMethodDef Condition_methods[] = {
     {"_lock_info", (PyCFunction)Condition_lock_info, METH_NOARGS, NULL},
     {"_prepare_wait", (PyCFunction)Condition_prepare_wait, METH_NOARGS, NULL},
     {"_sleep", (PyCFunction)(void (*)(void))Condition_sleep, METH_FASTCALL, NULL},
     {"_notify", (PyCFunction)Condition_notify, METH_O, NULL},
-    {"_stats", (PyCFunction)Condition_stats, METH_NOARGS, NULL},
+    {"_counters", (PyCFunction)Sync_counters, METH_NOARGS, NULL},
     {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
