@@ -1,12 +1,15 @@
 """Zero-copy messages: a writer's loan of ring space, a reader's view of a message.
 
-``Queue.loan(nbytes)`` reserves room for one message in the ring and hands out
-a writable memoryview of it, in shared memory: the writer builds the message
-in place (``np.copyto(np.frombuffer(buf, ...), frame)``, a ``readinto``, ...)
-and it is published when the ``with`` block ends, or discarded if the block
-raises. ``Queue.get(copy=False)`` hands out the oldest message as a read-only
-memoryview of the ring (a numpy array put with ``put()`` comes back as a
-read-only array over it) that stays valid until it is released.
+``Queue.loan(nbytes)`` and ``Connection.loan(nbytes)`` (a Pipe end) reserve
+room for one message in the ring and hand out a writable memoryview of it, in
+shared memory: the writer builds the message in place
+(``np.copyto(np.frombuffer(buf, ...), frame)``, a ``readinto``, ...) and it is
+published when the ``with`` block ends, or discarded if the block raises.
+``Queue.get(copy=False)`` and ``Connection.recv_bytes(copy=False)`` hand out
+the oldest message as a read-only memoryview of the ring (a numpy array put
+with ``Queue.put()`` comes back as a read-only array over it) that stays valid
+until it is released. Both types use this module through :class:`Lender`;
+the native halves are ``_core/bind/lease.c``.
 
 How it stays crash-safe (the ring's rules, ring.c): a loan holds the
 producers' robust lock, and its message becomes visible only with the one
@@ -19,17 +22,21 @@ reader killed inside ``get()`` loses at most the message it was taking.
 
 While a loan is open, other producers wait for it (in every process); while a
 view is open, other consumers do. Loans and views are for large messages,
-held briefly, by the thread that took them.
+held briefly, by the thread that took them. A Pipe end's loan also holds its
+send lock (a loan never lands between a streamed message's pieces), its view
+the end's receive lock.
 """
 from __future__ import annotations
 
 import threading
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from procwire.queue import Queue
+from procwire import _pickle
 
-__all__ = ["Loan", "View"]
+if TYPE_CHECKING:
+    from procwire._segment import Segment
+
+__all__ = ["Lender", "Loan", "View"]
 
 # Record types (layout.h, enum pw_record_type).
 _REC_BYTES, _REC_BYTEARRAY, _REC_PICKLE, _REC_PICKLE_OOB = 1, 2, 3, 4
@@ -40,32 +47,94 @@ def _not_this_thread(what: str) -> RuntimeError:
                         "a lock only that thread can release")
 
 
+class Lender:
+    """What a Queue and a Pipe end share for loans and views: the bookkeeping of
+    this handle's open ones, per thread. The native methods are the type's
+    (``_loan_begin``/``_loan_commit``/``_loan_abort``, ``_view_begin``/``_view_end``)."""
+
+    if TYPE_CHECKING:
+        _segment: Segment  # its mapping is what the offsets index
+
+        def _describe(self) -> str: ...
+        def _loan_begin(self, nbytes: int, block: bool = ...,
+                        timeout: float | None = ...) -> int: ...
+        def _loan_commit(self, nbytes: int, written: Any, /) -> None: ...
+        def _loan_abort(self) -> None: ...
+        def _view_end(self) -> None: ...
+
+    _leases: set[Loan | View]  # this handle's open loans and views
+    _loads = staticmethod(_pickle.loads)  # what a view's pickled message goes through
+
+    def _lend(self, nbytes: int, block: bool, timeout: float | None) -> Loan:
+        if not isinstance(nbytes, int) or isinstance(nbytes, bool):
+            raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, not {nbytes}")
+        self._check_own(Loan, "has an open loan on it; publish or discard it before another")
+        offset = self._loan_begin(nbytes, block, timeout)
+        try:
+            loan = Loan(self, nbytes, offset)
+        except BaseException:
+            self._loan_abort()
+            raise
+        self._leases.add(loan)
+        return loan
+
+    def _viewed(self, begun: tuple[int, int, int, bytes | None]) -> View:
+        """The View of what ``_view_begin`` returned."""
+        view = View(self, *begun)
+        if begun[3] is None:
+            self._leases.add(view)
+        return view
+
+    def _check_own(self, kind: type, doing: str) -> None:
+        me = threading.get_ident()
+        if self._leases and any(isinstance(x, kind) and x._owner == me for x in self._leases):
+            raise RuntimeError(f"{self._describe()}: this thread {doing}")
+
+    def _end_leases(self) -> None:
+        """Before a close: discard this thread's loans, release its views."""
+        leases = getattr(self, "_leases", None)
+        if not leases:
+            return
+        me = threading.get_ident()
+        if any(x._owner != me for x in leases):
+            raise RuntimeError(f"{self._describe()}: another thread of this process holds a "
+                               "loan or view of it; end that first")
+        for x in list(leases):
+            if isinstance(x, Loan):
+                x.discard()
+            else:
+                x.release()
+
+
 class Loan:
     """Room for one message, written in place; see :meth:`procwire.Queue.loan`.
 
     ``with q.loan(n) as buf:`` gives ``buf``, a writable memoryview of ``n``
     bytes in shared memory. Leaving the block normally publishes it as one
-    message (``get()`` returns it as ``bytes``); leaving it with an exception
-    discards it. :meth:`publish` and :meth:`discard` do the same without a
-    ``with`` block; ``publish(k)`` publishes only the first ``k`` bytes.
+    message (``get()`` and ``recv_bytes()`` return it as ``bytes``); leaving
+    it with an exception discards it. :meth:`publish` and :meth:`discard` do
+    the same without a ``with`` block; ``publish(k)`` publishes only the first
+    ``k`` bytes.
     """
 
-    __slots__ = ("_nbytes", "_owner", "_queue", "_temp", "_view")
+    __slots__ = ("_nbytes", "_owner", "_source", "_temp", "_view")
 
-    def __init__(self, queue: Queue[Any], nbytes: int, offset: int) -> None:
-        self._queue: Queue[Any] | None = queue
+    def __init__(self, source: Lender, nbytes: int, offset: int) -> None:
+        self._source: Lender | None = source
         self._nbytes = nbytes
         self._owner = threading.get_ident()
         # A message that would wrap around the ring's end is not contiguous
         # there: it is written into a buffer of ours and copied in on publish.
         self._temp = bytearray(nbytes) if offset < 0 else None
         self._view = (memoryview(self._temp) if self._temp is not None
-                      else memoryview(queue._segment.buffer)[offset:offset + nbytes])
+                      else memoryview(source._segment.buffer)[offset:offset + nbytes])
 
     @property
     def buffer(self) -> memoryview:
         """The writable bytes of the message (a memoryview, format ``"B"``)."""
-        if self._queue is None:
+        if self._source is None:
             raise ValueError("this loan was already published or discarded")
         return self._view
 
@@ -85,19 +154,19 @@ class Loan:
 
     def discard(self) -> None:
         """Give the room back: nothing is published. Idempotent."""
-        if self._queue is not None:
+        if self._source is not None:
             self._end("discard")._loan_abort()
 
-    def _end(self, what: str) -> Queue[Any]:
-        queue = self._queue
-        if queue is None:
+    def _end(self, what: str) -> Lender:
+        source = self._source
+        if source is None:
             raise ValueError("this loan was already published or discarded")
         if threading.get_ident() != self._owner:
             raise _not_this_thread(f"a loan's {what}()")
-        self._queue = None
-        queue._leases.discard(self)
+        self._source = None
+        source._leases.discard(self)
         _release(self._view)
-        return queue
+        return source
 
     def __enter__(self) -> memoryview:
         return self.buffer
@@ -109,48 +178,50 @@ class Loan:
             self.discard()
 
     def __del__(self) -> None:
-        if self._queue is not None and threading.get_ident() == self._owner:
+        if self._source is not None and threading.get_ident() == self._owner:
             self.discard()
 
     def __repr__(self) -> str:
-        state = "open" if self._queue is not None else "ended"
+        state = "open" if self._source is not None else "ended"
         return f"<procwire.Loan of {self._nbytes} bytes, {state}>"
 
 
 class View:
-    """One message read in place; see :meth:`procwire.Queue.get` with ``copy=False``.
+    """One message read in place; see :meth:`procwire.Queue.get` with ``copy=False``
+    and :meth:`procwire.pipe.Connection.recv_bytes` with ``copy=False``.
 
-    ``value`` is the message: a read-only memoryview for bytes, bytearrays and
-    loans; an object rebuilt over read-only views of the ring for one put with
-    out-of-band buffers (a numpy array comes back read-only, without a copy);
-    an ordinary unpickled object otherwise. It stays valid until
-    :meth:`release` (or the end of the ``with`` block), which consumes the
-    message: after that the ring may reuse its bytes.
+    ``value`` is the message: a read-only memoryview for bytes, bytearrays,
+    loans and every Pipe message; an object rebuilt over read-only views of
+    the ring for one put with out-of-band buffers (a numpy array comes back
+    read-only, without a copy); an ordinary unpickled object otherwise. It
+    stays valid until :meth:`release` (or the end of the ``with`` block),
+    which consumes the message: after that the ring may reuse its bytes.
     """
 
-    __slots__ = ("_owner", "_queue", "_views", "value")
+    __slots__ = ("_owner", "_source", "_views", "value")
 
-    def __init__(self, queue: Queue[Any], rtype: int, offset: int, length: int,
+    def __init__(self, source: Lender, rtype: int, offset: int, length: int,
                  copied: bytes | None) -> None:
         self._owner = threading.get_ident()
         self._views: list[memoryview] = []
-        # copied: the message wrapped around the ring's end, so the ring
-        # copied it out and consumed it already; nothing is held.
-        self._queue: Queue[Any] | None = None if copied is not None else queue
+        # copied: the message was not one record in place (it wrapped around
+        # the ring's end, was spilled or streamed), so it was copied out and
+        # consumed already; nothing is held.
+        self._source: Lender | None = None if copied is not None else source
         data = (memoryview(copied) if copied is not None
-                else memoryview(queue._segment.buffer)[offset:offset + length].toreadonly())
+                else memoryview(source._segment.buffer)[offset:offset + length].toreadonly())
         self._views.append(data)
         try:
-            self.value: Any = self._convert(queue, rtype, data)
+            self.value: Any = self._convert(source, rtype, data)
         except BaseException:
             self.release()  # consumed, as get() consumes a message it cannot unpickle
             raise
 
-    def _convert(self, queue: Queue[Any], rtype: int, data: memoryview) -> Any:
+    def _convert(self, source: Lender, rtype: int, data: memoryview) -> Any:
         if rtype in (_REC_BYTES, _REC_BYTEARRAY):
             return data
         if rtype == _REC_PICKLE:
-            return queue._loads(data)
+            return source._loads(data)
         # _REC_PICKLE_OOB: u64 nparts, u64 len[nparts], then the parts (ring.c
         # checked that the lengths add up before handing the record out).
         nparts = int.from_bytes(data[:8], "little") & 0xFFFFFFFF
@@ -162,20 +233,20 @@ class View:
             self._views.append(part)
             parts.append(part)
             pos += n
-        return queue._loads(parts[0], buffers=parts[1:])
+        return source._loads(parts[0], buffers=parts[1:])
 
     def release(self) -> None:
         """Consume the message; the value must not be used after this. Idempotent."""
-        queue = self._queue
-        if queue is None:
+        source = self._source
+        if source is None:
             return
         if threading.get_ident() != self._owner:
             raise _not_this_thread("a view's release()")
-        self._queue = None
-        queue._leases.discard(self)
+        self._source = None
+        source._leases.discard(self)
         for v in reversed(self._views):
             _release(v)
-        queue._view_end()
+        source._view_end()
 
     def __enter__(self) -> Any:
         return self.value
@@ -184,11 +255,11 @@ class View:
         self.release()
 
     def __del__(self) -> None:
-        if self._queue is not None and threading.get_ident() == self._owner:
+        if self._source is not None and threading.get_ident() == self._owner:
             self.release()
 
     def __repr__(self) -> str:
-        state = "held" if self._queue is not None else "released"
+        state = "held" if self._source is not None else "released"
         return f"<procwire.View {type(self.value).__name__}, {state}>"
 
 

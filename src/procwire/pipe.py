@@ -34,7 +34,7 @@ import socket
 import time
 import weakref
 from multiprocessing import BufferTooShort, reduction as _mp_reduction
-from typing import TYPE_CHECKING, Any, Generic, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, cast, overload
 
 if TYPE_CHECKING:
     pass
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from procwire.stats import ConnectionStatistics  # noqa: F401 (in a quoted base class)
 
 from procwire import _aio, _core, _pickle
+from procwire._loans import Lender, Loan, View
 from procwire._segment import ClosedOnExit, Segment, SegmentObject, rebuild, ring_capacity
 
 if TYPE_CHECKING:  # what __getattr__ below returns
@@ -61,7 +62,7 @@ else:
     _SendT = TypeVar("_SendT", contravariant=True)
     _RecvT = TypeVar("_RecvT", covariant=True)
 
-__all__ = ["DEFAULT_CAPACITY", "Client", "Connection", "Listener", "Pipe"]
+__all__ = ["DEFAULT_CAPACITY", "Client", "Connection", "Listener", "Loan", "Pipe", "View"]
 
 DEFAULT_CAPACITY = 1024 * 1024  # bytes per direction
 
@@ -89,7 +90,7 @@ def _before_fork() -> None:
 os.register_at_fork(before=_before_fork)
 
 
-class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, _core.PipeEnd,
+class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, Lender, _core.PipeEnd,
                  Generic[_SendT, _RecvT]):
     """One end of a :func:`Pipe`; the API of ``multiprocessing.connection.Connection``.
 
@@ -102,6 +103,17 @@ class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, _core.Pipe
     if TYPE_CHECKING:  # the native methods (_core.PipeEnd), typed with the message types
         def send(self, obj: _SendT, /) -> None: ...
         def recv(self, *, timeout: float | None = None) -> _RecvT: ...
+        @overload
+        def recv_bytes(self, maxlength: int | None = None, *, timeout: float | None = None,
+                       copy: Literal[True] = True) -> bytes: ...
+        @overload
+        def recv_bytes(self, maxlength: int | None = None, *, timeout: float | None = None,
+                       copy: Literal[False]) -> View: ...
+        @overload
+        def recv_bytes(self, maxlength: int | None = None, *, timeout: float | None = None,
+                       copy: bool = True) -> bytes | View: ...
+        def recv_bytes(self, maxlength: int | None = None, *, timeout: float | None = None,
+                       copy: bool = True) -> bytes | View: ...
 
     _label = "Pipe end"
     _statistics_type = "ConnectionStatistics"
@@ -110,6 +122,7 @@ class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, _core.Pipe
     def _bind(self, *, fds: tuple[int, int, int, int], end: int, create: bool = False,
               capacity: int = 0, duplex: bool = True, count: bool = True,
               **state: Any) -> None:
+        self._leases: set[Loan | View] = set()  # this handle's open loans and views
         _core.PipeEnd.__init__(self, self._segment.buffer, create=create, end=end,
                                capacity=capacity, duplex=duplex, fds=fds, count=count,
                                name=f"Pipe end {end}", dumps=_pickle.dumps, loads=_pickle.loads)
@@ -132,6 +145,39 @@ class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, _core.Pipe
         if isinstance(result, bytes):
             raise BufferTooShort(result)
         return result
+
+    # -- zero-copy messages (procwire._loans) ---------------------------------------
+
+    def loan(self, nbytes: int, block: bool = True, timeout: float | None = None) -> Loan:
+        """Room for one message of ``nbytes`` bytes, to be written in place.
+
+        ::
+
+            with conn.loan(frame.nbytes) as buf:       # waits for room, as send() does
+                np.copyto(np.frombuffer(buf, frame.dtype).reshape(frame.shape), frame)
+            # published here; discarded instead if the block raised
+
+        As :meth:`procwire.Queue.loan`: ``buf`` is a writable memoryview of the
+        ring's shared memory, and the other end receives the message with
+        ``recv_bytes()`` (or in place with ``recv_bytes(copy=False)``). While
+        the loan is open, this end's other senders wait; a writer killed inside
+        it publishes nothing. The message must fit the ring in one piece
+        (:class:`procwire.MessageTooLarge` otherwise: larger ones are streamed by
+        ``send_bytes``). ``TimeoutError`` if no room comes before ``timeout``
+        (``block=False``: at once); ``BrokenPipeError`` if the other end is closed.
+        """
+        return self._lend(nbytes, block, timeout)
+
+    def _recv_view(self, maxlength: int | None, timeout: float | None) -> View:
+        """recv_bytes(copy=False): the next message, in place (procwire._loans.View)."""
+        self._check_own(View, "holds a view of it; release it before receiving another")
+        if maxlength is not None and maxlength < 0:
+            raise ValueError("negative maxlength")
+        view = self._viewed(self._view_begin(timeout))
+        if maxlength is not None and len(view.value) > maxlength:
+            view.release()  # dropped, as recv_bytes drops it
+            raise OSError("bad message length")
+        return view
 
     def fileno(self) -> int:
         """A descriptor that is readable while a message waits or the peer is gone.
@@ -267,7 +313,11 @@ class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, _core.Pipe
         return received[0]
 
     def close(self) -> None:
-        """Close this handle. The end stays open while other processes hold it."""
+        """Close this handle. The end stays open while other processes hold it.
+
+        This thread's open loans are discarded and its views released first;
+        RuntimeError if another thread of this process holds one."""
+        self._end_leases()
         watcher = _send_watchers.pop(self, None)
         if watcher is not None:
             watcher.close()

@@ -26,7 +26,6 @@ Waiting: ``fileno()`` and the ``*_async`` methods (``procwire._aio``).
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, overload
 
@@ -45,7 +44,7 @@ else:
     _T = TypeVar("_T")
 
 from procwire import _aio, _core, _pickle
-from procwire._loans import Loan, View
+from procwire._loans import Lender, Loan, View
 from procwire._segment import ClosedOnExit, SegmentObject, ring_capacity
 from procwire.errors import Empty, Full
 
@@ -66,7 +65,8 @@ def _maxsize_for(maxsize: int) -> int:
     return max(maxsize, 0)  # <= 0 means no count limit, as in multiprocessing
 
 
-class Queue(SegmentObject["QueueStatistics"], ClosedOnExit, _core.QueueBase, Generic[_T]):
+class Queue(SegmentObject["QueueStatistics"], ClosedOnExit, Lender, _core.QueueBase,
+            Generic[_T]):
     """A process-safe FIFO queue in shared memory, like ``multiprocessing.Queue``.
 
     ``Queue(maxsize=0, *, capacity=None, name=None)``
@@ -287,50 +287,12 @@ class Queue(SegmentObject["QueueStatistics"], ClosedOnExit, _core.QueueBase, Gen
         holds messages (it must not overtake them). ``block``/``timeout`` as for ``put()`` (raises
         ``queue.Full``); :class:`procwire.MessageTooLarge` if it can never fit.
         """
-        if not isinstance(nbytes, int) or isinstance(nbytes, bool):
-            raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
-        if nbytes < 0:
-            raise ValueError(f"nbytes must be >= 0, not {nbytes}")
-        me = threading.get_ident()
-        if self._leases and any(isinstance(x, Loan) and x._owner == me for x in self._leases):
-            raise RuntimeError(f"{self._describe()}: this thread has an open loan on this "
-                               "queue; publish or discard it before another")
-        offset = self._loan_begin(nbytes, block, timeout)
-        try:
-            loan = Loan(self, nbytes, offset)
-        except BaseException:
-            self._loan_abort()
-            raise
-        self._leases.add(loan)
-        return loan
+        return self._lend(nbytes, block, timeout)
 
     def _get_view(self, block: bool, timeout: float | None) -> View:
         """get(copy=False): the oldest message, in place (see procwire._loans.View)."""
-        me = threading.get_ident()
-        if self._leases and any(isinstance(x, View) and x._owner == me for x in self._leases):
-            raise RuntimeError(f"{self._describe()}: this thread holds a view of this queue; "
-                               "release it before taking another message")
-        rtype, offset, length, copied = self._view_begin(block, timeout)
-        view = View(self, rtype, offset, length, copied)
-        if copied is None:
-            self._leases.add(view)
-        return view
-
-    _loads = staticmethod(_pickle.loads)
-
-    def _end_leases(self) -> None:
-        leases = getattr(self, "_leases", None)
-        if not leases:
-            return
-        me = threading.get_ident()
-        if any(x._owner != me for x in leases):
-            raise RuntimeError(f"{self._describe()}: another thread of this process holds a "
-                               "loan or view of it; end that first")
-        for x in list(leases):
-            if isinstance(x, Loan):
-                x.discard()
-            else:
-                x.release()
+        self._check_own(View, "holds a view of it; release it before taking another message")
+        return self._viewed(self._view_begin(block, timeout))
 
     def put_many(self, items: Iterable[_T], block: bool = True,
                  timeout: float | None = None) -> None:

@@ -64,9 +64,6 @@ def _code_of(type_: type) -> str:
     return ""
 
 
-_LOCK_MODES = ("none", "embedded", "named", "external")  # by _core.LOCKMODE_*
-
-
 class _Handle(SegmentObject["SharedStatistics"]):
     """This process's hold on one Value/Array segment.
 
@@ -104,9 +101,7 @@ class _Handle(SegmentObject["SharedStatistics"]):
         """Nothing native to release: the ctypes object over the buffer holds it."""
 
     def _counters(self) -> dict[str, Any]:
-        info = self.info
-        return {**info, "lock_mode": _LOCK_MODES[info["lock_mode"]],
-                "lock_name": info["lock_name"].decode(errors="replace")}
+        return _core.inspect(self._segment.buffer)
 
     def _pickle_state(self) -> dict[str, Any]:
         return {"type_hint": self.elem}
@@ -148,13 +143,13 @@ def _embedded_lock(h: _Handle) -> RLock:
 
 def _lock_from_info(h: _Handle) -> Any:
     mode = h.info["lock_mode"]
-    if mode == _core.LOCKMODE_EMBEDDED:
+    if mode == "embedded":
         return _embedded_lock(h)
-    if mode == _core.LOCKMODE_NAMED:
+    if mode == "named":
         from procwire.sync import _attached_kind
-        lname = h.info["lock_name"].decode()
+        lname = h.info["lock_name"]
         return (Lock if _attached_kind(lname) == "lock" else RLock).attach(lname)
-    if mode == _core.LOCKMODE_EXTERNAL:
+    if mode == "external":
         raise ValueError(f"procwire object {h.name!r} was created with a lock that "
                          f"has no name; it can only be shared with child processes")
     return None

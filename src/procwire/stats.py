@@ -8,12 +8,12 @@ everywhere, the README's included. trio's ``LockStatistics`` is the model.
 A snapshot is a set of atomic loads, not one consistent instant: each figure
 is exact when read, and advisory next to the others.
 
-The native core reports each object's counters as a dict;
-:meth:`Statistics.from_counters` is the one reader that turns such a dict into
-its dataclass, whether it comes from a live object (which also frees the
-wait-table slots of dead sleepers, see README) or from ``_core.inspect`` (which
-never writes). A few counters are not yet reported by ``_core.inspect``: they
-are ``None`` when read by ``procwire stat``, and always set on a live object.
+The native core reads every object's counters in one place (``inspect.c``)
+and reports them as a dict; :meth:`Statistics.from_counters` is the one
+reader that turns such a dict into its dataclass, whether it comes from a live
+object (whose read also frees the wait-table slots of dead sleepers, see
+README) or from ``_core.inspect`` (which never writes): every field is set
+either way.
 
 Field access is by attribute (``q.statistics().messages``);
 ``stats["messages"]`` also works, for code written when ``statistics()``
@@ -91,7 +91,7 @@ class LockStatistics(Statistics):
     died and nobody has called ``make_consistent()`` since; ``owner_deaths``
     counts those deaths. ``waiters``: live threads asleep in ``acquire``;
     ``contended``: acquires that had to wait. ``holder_dead``: the current
-    lock word names a dead holder (None when read by ``procwire stat``).
+    lock word names a dead holder.
     """
 
     locked: bool
@@ -102,7 +102,7 @@ class LockStatistics(Statistics):
     owner_deaths: int
     waiters: int
     contended: int
-    holder_dead: bool | None = None
+    holder_dead: bool
 
     @classmethod
     def _derived(cls, counters: Mapping[str, Any], values: dict[str, Any]) -> dict[str, Any]:
@@ -126,9 +126,8 @@ class QueueStatistics(Statistics):
     ``joiners_waiting``: live processes asleep in get/put/join.
     ``unfinished_tasks``: puts not yet matched by ``task_done()``.
     ``wake_syscalls``: futex wake-ups issued; ``dead_waiters_reaped``: slots of
-    dead sleepers freed (both None when read by ``procwire stat``).
-    ``spill_bytes``: bytes of messages waiting in the spill area, beyond the
-    ring (advisory; None when read by ``procwire stat``).
+    dead sleepers freed. ``spill_bytes``: bytes of messages waiting in the
+    spill area, beyond the ring (advisory).
     """
 
     capacity: int
@@ -144,9 +143,9 @@ class QueueStatistics(Statistics):
     producers_waiting: int
     joiners_waiting: int
     unfinished_tasks: int
-    wake_syscalls: int | None = None
-    dead_waiters_reaped: int | None = None
-    spill_bytes: int | None = None
+    wake_syscalls: int
+    dead_waiters_reaped: int
+    spill_bytes: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -190,8 +189,7 @@ class SemaphoreStatistics(Statistics):
 
     ``value``: the count now; ``maxvalue`` and ``bounded``: a bounded
     semaphore's ceiling. ``waiters``: live threads asleep in ``acquire``.
-    ``acquires``/``releases``: totals. ``wake_syscalls``: wake-ups issued
-    (None when read by ``procwire stat``).
+    ``acquires``/``releases``: totals. ``wake_syscalls``: wake-ups issued.
     """
 
     value: int
@@ -200,19 +198,19 @@ class SemaphoreStatistics(Statistics):
     waiters: int
     acquires: int
     releases: int
-    wake_syscalls: int | None = None
+    wake_syscalls: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EventStatistics(Statistics):
     """An ``Event``'s state: ``is_set``, ``waiters`` (live threads asleep in
     ``wait``), ``sets`` (``set()`` calls that set it), ``wake_syscalls``
-    (None when read by ``procwire stat``)."""
+    (wake-ups issued)."""
 
     is_set: bool
     waiters: int
     sets: int
-    wake_syscalls: int | None = None
+    wake_syscalls: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -220,20 +218,19 @@ class ConditionStatistics(Statistics):
     """A ``Condition``'s state.
 
     ``waiters``: live threads in ``wait``; ``notifies``: notifications
-    delivered; ``not_notified``/``notified_pending``: waiters not yet
-    notified, and notifications granted but not yet taken. ``lock``: the
-    statistics of its lock. ``wake_syscalls``, ``not_notified`` and
-    ``notified_pending`` are None when read by ``procwire stat``.
+    delivered; ``wake_syscalls``: wake-ups issued; ``not_notified``/
+    ``notified_pending``: waiters not yet notified, and notifications granted
+    but not yet taken. ``lock``: the statistics of its lock.
     """
 
     _nested: ClassVar[dict[str, type[Statistics]]] = {"lock": LockStatistics}
 
     waiters: int
     notifies: int
+    wake_syscalls: int
+    not_notified: int
+    notified_pending: int
     lock: LockStatistics | None = None
-    wake_syscalls: int | None = None
-    not_notified: int | None = None
-    notified_pending: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -280,8 +277,7 @@ class SharedStatistics(Statistics):
 _BY_KIND: dict[str, type[Statistics]] = {
     "queue": QueueStatistics, "lock": LockStatistics, "rlock": LockStatistics,
     "semaphore": SemaphoreStatistics, "event": EventStatistics,
-    "condition": ConditionStatistics, "barrier": BarrierStatistics,
-    "value": SharedStatistics, "array": SharedStatistics,
+    "condition": ConditionStatistics, "value": SharedStatistics, "array": SharedStatistics,
 }
 
 

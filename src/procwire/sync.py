@@ -112,12 +112,6 @@ class _SyncObject(SegmentObject[StatsT]):
 
     _kind: int
 
-    if TYPE_CHECKING:  # native, from the _core type every primitive also derives from
-        def _stats(self) -> dict[str, int]: ...
-
-    def _counters(self) -> dict[str, Any]:
-        return self._stats()
-
     def _create_sync(self, name: str | None, params: dict[str, Any] | None = None,
                      **state: Any) -> None:
         """Create a segment of this primitive's kind (``sync_init(**params)``), open it."""
@@ -200,8 +194,9 @@ class Semaphore(_SyncObject["SemaphoreStatistics"], _core.Semaphore):
 
     def _bind(self, **state: Any) -> None:
         _core.Semaphore.__init__(self, self._segment.buffer, self._describe())
-        if bool(self._stats()["bounded"]) != self._bounded:
-            actual = "a BoundedSemaphore" if self._stats()["bounded"] else "a Semaphore"
+        bounded = self._counters()["bounded"]
+        if bounded != self._bounded:
+            actual = "a BoundedSemaphore" if bounded else "a Semaphore"
             self._close()
             raise SegmentError(f"{self._describe()} is {actual}, not a {type(self).__name__}")
 
@@ -402,7 +397,7 @@ class Condition(_SyncObject["ConditionStatistics"], _core.Condition):
         self.notify(2**31 - 1)
 
     def _counters(self) -> dict[str, Any]:
-        return {**self._stats(), "lock": self._lock.statistics()}
+        return {**_core.Condition._counters(self), "lock": self._lock.statistics()}
 
     # multiprocessing's Condition is built of three semaphores, and its test
     # suite (_TestCondition.check_invariant) reads them to check that no
@@ -411,7 +406,7 @@ class Condition(_SyncObject["ConditionStatistics"], _core.Condition):
     # counted as woken, and notifications granted but not yet taken.
     @property
     def _sleeping_count(self) -> _CountView:
-        return _CountView(lambda: self._stats()["waiters"])
+        return _CountView(lambda: _core.Condition._counters(self)["waiters"])
 
     @property
     def _woken_count(self) -> _CountView:
@@ -419,7 +414,7 @@ class Condition(_SyncObject["ConditionStatistics"], _core.Condition):
 
     @property
     def _wait_semaphore(self) -> _CountView:
-        return _CountView(lambda: self._stats()["notified_pending"])
+        return _CountView(lambda: _core.Condition._counters(self)["notified_pending"])
 
 
 class _CountView:

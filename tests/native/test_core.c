@@ -400,6 +400,13 @@ static void test_header_validation(void)
     q.rr.ring->capacity = 3000;
     CHECK(pw_ring_validate(q.rr.ring, q.size - h->data_offset, "q") == PW_ECORRUPT);
     q.rr.ring->capacity = PW_RING_MIN_CAPACITY;
+    h->kind = PW_KIND_RETIRED_BARRIER; /* never reused: refused by name */
+    CHECK(pw_header_validate(h, q.size, 0, "q") == PW_ECORRUPT);
+    CHECK(strstr(pw_last_error(), "native Barrier of an earlier procwire"));
+    h->kind = 11;
+    CHECK(pw_header_validate(h, q.size, 0, "q") == PW_ECORRUPT);
+    CHECK(strstr(pw_last_error(), "invalid object kind 11"));
+    h->kind = PW_KIND_QUEUE;
     atomic_store(&h->magic, 0);
     CHECK(pw_header_validate(h, q.size, 0, "q") == PW_ECORRUPT);
     CHECK(strstr(pw_last_error(), "not initialised"));
@@ -416,9 +423,10 @@ static void test_kinds_table(void)
         CHECK(pw_kind_info(k->kind) == k && !strcmp(pw_kind_name(k->kind), k->name));
         CHECK(k->header_size >= 64 && k->header_size % 64 == 0);
     }
-    CHECK(n == 10);
+    CHECK(n == 9);
     CHECK(pw_kind_info(PW_KIND_QUEUE)->header_size == sizeof(struct pw_ring));
     CHECK(!strcmp(pw_kind_name(0), "unknown") && pw_kind_info(63) == NULL);
+    CHECK(pw_kind_info(PW_KIND_RETIRED_BARRIER) == NULL);
 }
 
 int main(void)

@@ -271,24 +271,36 @@ def test_join_thread_before_close_asserts_like_multiprocessing(q):
         q.join_thread()
 
 
-def test_close_while_another_thread_is_blocked_in_get():
-    q = Queue()
+@pytest.mark.parametrize("blocked", ["get", "put"])
+def test_close_ends_a_call_another_thread_is_blocked_in(blocked):
+    # As a Pipe receiver's: close() wakes the waiting thread, which raises the
+    # closed error at once (not at its timeout), and the mapping is released
+    # only after it has left.
+    q = Queue(maxsize=1)
+    if blocked == "put":
+        q.put(0)
     result = []
 
-    def getter():
+    def waiter():
+        start = time.monotonic()
         try:
-            result.append(q.get(timeout=0.5))
-        except procwire.Empty:
-            result.append("empty")
+            q.get(timeout=60) if blocked == "get" else q.put(1, timeout=60)
+            result.append("returned")
+        except ValueError as e:
+            result.append((str(e), time.monotonic() - start))
 
-    t = threading.Thread(target=getter)
+    t = threading.Thread(target=waiter)
     t.start()
+    side = "consumers_waiting" if blocked == "get" else "producers_waiting"
     deadline = time.monotonic() + 10
-    while q.statistics()["consumers_waiting"] == 0 and time.monotonic() < deadline:
+    while q.statistics()[side] == 0 and time.monotonic() < deadline:
         time.sleep(0.001)
-    q.close()  # must not unmap under the sleeping getter
-    t.join(10)
-    assert result == ["empty"]
+    q.close()  # must not unmap under the sleeping thread
+    t.join(30)
+    assert not t.is_alive()
+    [(message, waited)] = result
+    assert "closed by another thread" in message
+    assert waited < 30
 
 
 def test_context_manager_closes():

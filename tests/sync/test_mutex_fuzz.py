@@ -30,8 +30,9 @@ MUTEX_SIZE = 40  # x86-64 glibc pthread_mutex_t
 LOCK, COUNT, OWNER, NUSERS, KIND, SPINS, ELISION, PREV, NEXT = 0, 4, 8, 12, 16, 20, 22, 24, 32
 
 # Where the mutexes sit in each kind of segment (layout.h): after the 64-byte
-# common header; a queue ring's tail_lock and head_lock are at 64 and 192.
-MUTEX_OFFSETS = {"Lock": [64], "RLock": [64], "Value": [64], "Barrier": [64],
+# common header; a queue ring's tail_lock and head_lock are at 64 and 192, and
+# a Barrier's internal lock is the RLock of its Condition (pw_cond.lock, 320).
+MUTEX_OFFSETS = {"Lock": [64], "RLock": [64], "Value": [64], "Barrier": [384],
                  "Queue": [128, 256]}
 
 

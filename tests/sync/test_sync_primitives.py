@@ -412,6 +412,27 @@ def test_barrier_by_name():
     b.close()
 
 
+def test_a_segment_of_the_retired_native_barrier_kind_is_refused_by_name():
+    """Kind 10 was the native Barrier's segment; it is never reused, and a segment
+    of it (left by an earlier procwire) is refused with a message that says so."""
+    import mmap
+
+    from procwire import _core
+    from procwire._segment import path_of
+    name = unique("oldbar")
+    lock = Lock(name=name)
+    try:
+        with open(path_of(name), "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+            m[12:16] = (10).to_bytes(4, "little")  # pw_header.kind
+            with pytest.raises(SegmentError, match="native Barrier of an earlier procwire"):
+                _core.inspect(m)
+        for opener in (Lock.attach, Barrier.attach, Condition.attach):
+            with pytest.raises(SegmentError, match="native Barrier"):
+                opener(name)
+    finally:
+        lock.close()
+
+
 # ------------------------------------------------------------ pickling, misc
 
 

@@ -74,6 +74,7 @@ a.send({"any": "picklable"})
 reveal_type(b.recv(timeout=1.0))  # R: Any
 a.send_bytes(b"xyz", 1, 2)
 reveal_type(b.recv_bytes())  # R: bytes
+reveal_type(b.recv_bytes(copy=False))  # R: procwire._loans.View
 reveal_type(b.recv_bytes_into(bytearray(8)))  # R: int
 reveal_type(b.poll(0.1))  # R: bool
 reveal_type(a.fileno())  # R: int

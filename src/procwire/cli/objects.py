@@ -58,9 +58,6 @@ def _fill(e: Entry) -> str:
         return f"value {s.value}" + (f" of {s.maxvalue}" if s.bounded else "")
     if isinstance(s, stats.EventStatistics):
         return "set" if s.is_set else "clear"
-    if isinstance(s, stats.BarrierStatistics):
-        return ("broken" if s.broken else
-                f"{s.n_waiting}/{s.parties} arrived, trip {s.generation}")
     if isinstance(s, stats.ConditionStatistics):
         return f"{s.notifies} notifies"
     if isinstance(s, stats.SharedStatistics):

@@ -34,7 +34,6 @@ typedef struct {
     PyObject *MessageTooLarge;    /* a message that can never fit               */
     PyObject *OwnerDiedWarning;   /* an acquire found the holder dead           */
     PyObject *Empty, *Full;       /* queue.Empty, queue.Full                    */
-    PyObject *BrokenBarrierError; /* threading.BrokenBarrierError               */
     PyObject *str_buffers;        /* interned "buffers": loads(..., buffers=)   */
 } pw_state;
 
@@ -153,6 +152,52 @@ void pw_object_dealloc(PwObject *o);
 PyObject *pw_object_get_name(PwObject *o, void *closure);   /* _display */
 PyObject *pw_object_get_closed(PwObject *o, void *closure); /* closed, _released */
 
+/* ------------------------------- what Queue and Pipe share (lease.c) */
+
+/* Checks a record's type, and a PICKLE_OOB record's part table (payload at
+ * p, len bytes): PW_OK with *nparts and lens[] set for PICKLE_OOB, or
+ * PW_ECORRUPT. Nothing read from the ring is trusted before this. */
+#define PW_OOB_MAX_PARTS 64
+int pw_check_record(const pw_ringref *rr, uint32_t p, uint32_t type, uint64_t len,
+                    uint64_t *nparts, uint64_t lens[PW_OOB_MAX_PARTS]);
+/* 0 if a ring may have this capacity, else -1 with ValueError. */
+int pw_check_capacity(unsigned long long capacity);
+/* Raises MessageTooLarge for a message of len bytes, where at most `limit`
+ * fit (the ring's largest record, or more: a Queue's spill): the advice
+ * says what would take it. Returns PW_ERAISED. */
+int pw_too_large(PyObject *name, const pw_ringref *rr, uint64_t len, uint64_t limit);
+
+/* A handle's open loan (producers' lock of loan_rr held) and view (the
+ * consumers' lock of view_rr held); NULL: none. */
+typedef struct {
+    pw_ringref *loan_rr, *view_rr;
+    uint32_t loan_pos;
+    uint64_t loan_len, view_len;
+} pw_lease;
+
+/* _loan_begin(nbytes, block, timeout)'s arguments: 0, or -1 with an
+ * exception (also if a loan is open already). */
+int pw_loan_args(PwObject *o, pw_lease *l, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames, uint64_t *nbytes, int64_t *deadline);
+/* After pw_ring_reserve: records the loan; returns the payload's offset in
+ * the segment buffer, or -1 if it wraps (the caller writes elsewhere and
+ * passes that to _loan_commit). */
+PyObject *pw_loan_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos, uint64_t n);
+/* _loan_commit(nbytes, written): publishes the first nbytes of the open loan,
+ * copied in from `written` if not None. 0 (the ring's lock released), or -1
+ * with an exception (the loan stays open). */
+int pw_loan_commit(PwObject *o, pw_lease *l, PyObject *const *args, Py_ssize_t nargs);
+/* Gives an open loan's room back: 1 if one was open. */
+int pw_loan_abort(pw_lease *l);
+/* After pw_ring_peek: checks the record and returns (type, offset, length,
+ * None) with the view open (*held = 1), or, if it wraps around the ring's
+ * end, (type, -1, length, bytes) copied out and consumed. NULL with an
+ * exception (the record left in place, the lock released). */
+PyObject *pw_view_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos, uint32_t type,
+                         uint64_t len, int *held);
+/* Consumes the open view's message: 1 if one was open. */
+int pw_view_end(pw_lease *l);
+
 /* -------------------------------------------------------- module plumbing */
 
 int pw_queue_register(PyObject *module);   /* queue.c: QueueBase */
@@ -162,6 +207,10 @@ int pw_shared_register(PyObject *module); /* shared.c: Value and Array segments 
 
 int pw_segment_register(PyObject *module);
 int pw_inspect_register(PyObject *module); /* inspect.c: read-only _core.inspect() */
+
+/* inspect.c: the counters of kind's struct `p` (validated) as a new dict, or
+ * NULL; `reconcile` (a live object) frees dead sleepers' slots as it counts. */
+PyObject *pw_counters(uint32_t kind, void *p, int reconcile);
 int pw_pipe_register(PyObject *module);
 
 #endif /* PROCWIRE_CORE_H */

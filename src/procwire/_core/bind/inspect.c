@@ -1,188 +1,221 @@
 /*
- * inspect.c -- _core.inspect(buffer): read a segment's live state for
- * `procwire ls` and `procwire stat`, without touching it.
+ * inspect.c -- the one reader of a segment's counters: _core.inspect(buffer)
+ * for `procwire ls` and `procwire stat`, _core.shared_info() for attaching a
+ * Value/Array, and the live _counters() of every sync type (pw_counters),
+ * which procwire.stats turns into its dataclasses.
  *
- * The buffer may be (and for the CLI is) a read-only mapping: this file only
- * loads. It never takes a lock, never bumps a counter and never repairs
- * anything, so inspecting an object cannot disturb the processes using it.
- * Every counter is read with one atomic load; a set of them is not a
- * consistent snapshot, which is fine for advisory figures.
+ * It only loads: it never takes a lock and never bumps a counter, so
+ * inspecting an object cannot disturb the processes using it, and the buffer
+ * may be (and for the CLI is) a read-only mapping. The one exception is a
+ * live object's `reconcile`: counting a wait queue's sleepers then also frees
+ * the slots of dead ones (pw_waiters_reconcile), as every statistics() call
+ * does; `procwire stat` never writes. Every counter is read with one atomic
+ * load; a set of them is not a consistent snapshot, which is fine for
+ * advisory figures.
  *
  * The segment is untrusted: the common header is validated first, then the
- * kind-specific header's size, before any field of it is read.
+ * kind-specific header (its size, and what the kind's fields must satisfy),
+ * before any counter is read.
  */
 #include "core.h"
 
-static int set_item(PyObject *d, const char *key, PyObject *value)
+#include <string.h>
+
+#define U64(p) ((unsigned long long)atomic_load(p))
+#define BOOL(x) ((x) ? Py_True : Py_False)
+
+/* Live sleepers of a wait queue (the waits' registry, wait.c). */
+static unsigned sleepers(struct pw_waiters *w, int reconcile)
 {
-    if (!value)
-        return -1;
-    int rc = PyDict_SetItemString(d, key, value);
-    Py_DECREF(value);
-    return rc;
+    return reconcile ? pw_waiters_reconcile(w) : pw_waiters_count_live(w);
 }
 
-#define U64(p) PyLong_FromUnsignedLongLong((unsigned long long)atomic_load(p))
-#define U32(p) PyLong_FromUnsignedLong((unsigned long)atomic_load(p))
-
-static int add_lock(PyObject *d, const struct pw_lock *l)
+static PyObject *lock_counters(struct pw_lock *l, int reconcile)
 {
-    uint32_t word = pw_mutex_word(&l->mutex);
-    uint32_t holder = word & PW_MUTEX_TID_MASK;
-    return set_item(d, "locked", PyBool_FromLong(holder != 0)) ||
-           set_item(d, "holder_tid", PyLong_FromUnsignedLong(holder)) ||
-           set_item(d, "depth", PyLong_FromUnsignedLong(holder ? atomic_load(&l->depth) : 0)) ||
-           set_item(d, "owner_died", PyBool_FromLong(atomic_load(&l->inconsistent) ||
-                                                     (word & PW_MUTEX_OWNER_DIED))) ||
-           set_item(d, "owner_deaths", U64(&l->owner_deaths)) ||
-           set_item(d, "waiters", PyLong_FromUnsignedLong(pw_waiters_count_live(&l->sleepers))) ||
-           set_item(d, "contended", U64(&l->contended));
+    uint32_t word = pw_mutex_word(&l->mutex), holder = word & PW_MUTEX_TID_MASK;
+    int dead = (word & PW_MUTEX_OWNER_DIED) != 0;
+    return Py_BuildValue("{s:O,s:I,s:I,s:O,s:K,s:I,s:K,s:O}", "locked", BOOL(holder),
+                         "holder_tid", holder,
+                         "depth", holder ? (unsigned)atomic_load(&l->depth) : 0u,
+                         "owner_died", BOOL(atomic_load(&l->inconsistent) || dead),
+                         "owner_deaths", U64(&l->owner_deaths),
+                         "waiters", sleepers(&l->sleepers, reconcile),
+                         "contended", U64(&l->contended), "holder_dead", BOOL(dead));
 }
 
-static int add_lock_name(PyObject *d, uint32_t mode, uint32_t len, const char *name)
+/* Where a Condition's or Value's lock lives: lock_mode's name, and the named
+ * lock's name ("" for the other modes). */
+static PyObject *lock_mode_name(uint32_t mode)
 {
     static const char *const modes[] = {"none", "embedded", "named", "external"};
-    if (set_item(d, "lock_mode", PyUnicode_FromString(mode < 4 ? modes[mode] : "invalid")))
-        return -1;
-    if (mode == PW_LOCKMODE_NAMED) {
-        if (len > PW_LOCK_NAME_MAX)
-            len = PW_LOCK_NAME_MAX;
-        return set_item(d, "lock_name", PyUnicode_DecodeUTF8(name, len, "replace"));
+    return PyUnicode_FromString(mode < 4 ? modes[mode] : "invalid");
+}
+
+static PyObject *lock_name(uint32_t mode, uint32_t len, const char *name)
+{
+    if (mode != PW_LOCKMODE_NAMED)
+        len = 0;
+    return PyUnicode_DecodeUTF8(name, len < PW_LOCK_NAME_MAX ? len : PW_LOCK_NAME_MAX, "replace");
+}
+
+static PyObject *cond_counters(struct pw_cond *c, int reconcile)
+{
+    unsigned live = sleepers(&c->sleepers, reconcile);
+    uint64_t w = atomic_load(&c->wake); /* slotless waiters (layout.h) */
+    unsigned not_notified = (unsigned)(w >> 32), pending = (uint32_t)w;
+    for (int i = 0; i < PW_WAIT_SLOTS; i++) {
+        if (!atomic_load(&c->sleepers.slot[i]))
+            continue; /* free, or reaped: its state no longer counts */
+        uint32_t st = atomic_load(&c->state[i]);
+        not_notified += st == PW_COND_WAITING;
+        pending += st == PW_COND_NOTIFIED;
     }
-    return 0;
+    return Py_BuildValue("{s:I,s:K,s:K,s:I,s:I,s:N,s:N,s:N}", "waiters", live,
+                         "notifies", U64(&c->notifies), "wake_syscalls", U64(&c->sleepers.wakes),
+                         "not_notified", not_notified, "notified_pending", pending,
+                         "lock_mode", lock_mode_name(c->lock_mode),
+                         "lock_name", lock_name(c->lock_mode, c->lock_name_len, c->lock_name),
+                         "lock", lock_counters(&c->lock, reconcile));
 }
 
-static int add_ring(PyObject *d, const struct pw_ring *r, const struct pw_header *h)
+static PyObject *shared_counters(struct pw_shared *s, int reconcile)
 {
-    /* The same snapshot Queue.statistics() gives, read without the object. */
+    PyObject *lock = s->lock_mode == PW_LOCKMODE_EMBEDDED ? lock_counters(&s->lock, reconcile)
+                                                          : Py_NewRef(Py_None);
+    return Py_BuildValue("{s:N,s:K,s:K,s:N,s:N,s:N}", "typecode",
+                         PyUnicode_DecodeASCII(s->typecode, strnlen(s->typecode, PW_TYPECODE_MAX),
+                                               "replace"),
+                         "elem_size", (unsigned long long)s->elem_size,
+                         "length", (unsigned long long)s->length,
+                         "lock_mode", lock_mode_name(s->lock_mode),
+                         "lock_name", lock_name(s->lock_mode, s->lock_name_len, s->lock_name),
+                         "lock", lock);
+}
+
+static PyObject *ring_counters(struct pw_ring *r, int reconcile)
+{
     uint64_t head = atomic_load(&r->head), tail = atomic_load(&r->tail);
-    uint64_t cap = r->capacity;
-    if (cap < PW_RING_MIN_CAPACITY || cap > PW_RING_MAX_CAPACITY || (cap & (cap - 1)) ||
-        h->data_offset + cap > h->total_size)
-        return pw_segment_error("the segment is corrupt: ring capacity %llu does not fit "
-                                "its %llu bytes", (unsigned long long)cap,
-                                (unsigned long long)h->total_size);
-    return set_item(d, "capacity", PyLong_FromUnsignedLongLong(cap)) ||
-           set_item(d, "maxsize", PyLong_FromUnsignedLong(r->maxsize)) ||
-           set_item(d, "messages", PyLong_FromUnsignedLong((uint32_t)((tail >> 32) - (head >> 32)))) ||
-           set_item(d, "bytes_used", PyLong_FromUnsignedLong((uint32_t)tail - (uint32_t)head)) ||
-           set_item(d, "total_in", PyLong_FromUnsignedLongLong(pw_widen_count(
-                                       atomic_load(&r->total_in), (uint32_t)(tail >> 32)))) ||
-           set_item(d, "total_out", PyLong_FromUnsignedLongLong(pw_widen_count(
-                                        atomic_load(&r->total_out), (uint32_t)(head >> 32)))) ||
-           set_item(d, "bytes_in", U64(&r->bytes_in)) ||
-           set_item(d, "bytes_out", U64(&r->bytes_out)) ||
-           set_item(d, "owner_died", PyLong_FromUnsignedLongLong(
-                                         atomic_load(&r->tail_owner_died) +
-                                         atomic_load(&r->head_owner_died))) ||
-           set_item(d, "consumers_waiting", PyLong_FromUnsignedLong(pw_waiters_count_live(&r->consumers))) ||
-           set_item(d, "producers_waiting", PyLong_FromUnsignedLong(pw_waiters_count_live(&r->producers))) ||
-           set_item(d, "joiners_waiting", PyLong_FromUnsignedLong(pw_waiters_count_live(&r->joiners))) ||
-           set_item(d, "unfinished_tasks", PyLong_FromUnsignedLong(
-                                               (uint32_t)(tail >> 32) - atomic_load(&r->tasks_done)));
+    uint32_t in = (uint32_t)(tail >> 32), out = (uint32_t)(head >> 32);
+    uint64_t ov_head = atomic_load(&r->ov_head), ov_tail = atomic_load(&r->ov_tail);
+    struct pw_waiters *q[] = {&r->consumers, &r->producers, &r->joiners};
+    unsigned long long wakes = 0, reaped = 0;
+    for (int i = 0; i < 3; i++) {
+        wakes += atomic_load(&q[i]->wakes);
+        reaped += atomic_load(&q[i]->reaped);
+    }
+    return Py_BuildValue(
+        "{s:K,s:I,s:I,s:I,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I,s:I,s:K,s:K,s:K}",
+        "capacity", (unsigned long long)r->capacity, "maxsize", r->maxsize,
+        "messages", in - out, "bytes_used", (uint32_t)tail - (uint32_t)head,
+        "total_in", (unsigned long long)pw_widen_count(atomic_load(&r->total_in), in),
+        "total_out", (unsigned long long)pw_widen_count(atomic_load(&r->total_out), out),
+        "bytes_in", U64(&r->bytes_in), "bytes_out", U64(&r->bytes_out),
+        "owner_died", U64(&r->tail_owner_died) + U64(&r->head_owner_died),
+        "consumers_waiting", sleepers(&r->consumers, reconcile),
+        "producers_waiting", sleepers(&r->producers, reconcile),
+        "joiners_waiting", sleepers(&r->joiners, reconcile),
+        "unfinished_tasks", in - (uint32_t)atomic_load(&r->tasks_done),
+        "wake_syscalls", wakes, "dead_waiters_reaped", reaped,
+        /* advisory: bytes of spilled records not yet taken (ov_tail is stored
+         * just after the publish) */
+        "spill_bytes", (unsigned long long)(ov_tail > ov_head ? ov_tail - ov_head : 0));
 }
 
-static int add_kind(PyObject *d, const char *base, const struct pw_header *h)
+PyObject *pw_counters(uint32_t kind, void *p, int reconcile)
 {
-    const void *p = base + sizeof *h;
-    const struct pw_kind_info *k = pw_kind_info(h->kind);
-    if (!k || h->kind == PW_KIND_PIPE)
-        return 0; /* a kind this file does not describe: the header only */
-    size_t need = k->header_size;
-    if (h->header_size < need)
-        return pw_segment_error("the segment is corrupt: a %s needs a %zu-byte header, "
-                                "this one has %u", pw_kind_name(h->kind), need, h->header_size);
-    switch (h->kind) {
+    switch (kind) {
     case PW_KIND_QUEUE:
-        return add_ring(d, p, h);
+        return ring_counters(p, reconcile);
     case PW_KIND_LOCK:
     case PW_KIND_RLOCK:
-        return add_lock(d, p);
+        return lock_counters(p, reconcile);
     case PW_KIND_SEMAPHORE: {
-        const struct pw_sem *s = p;
-        return set_item(d, "value", U32(&s->value)) ||
-               set_item(d, "maxvalue", PyLong_FromUnsignedLong(s->maxvalue)) ||
-               set_item(d, "bounded", PyBool_FromLong(s->bounded)) ||
-               set_item(d, "waiters", PyLong_FromUnsignedLong(pw_waiters_count_live(&s->sleepers))) ||
-               set_item(d, "acquires", U64(&s->acquires)) ||
-               set_item(d, "releases", U64(&s->releases));
+        struct pw_sem *s = p;
+        return Py_BuildValue("{s:I,s:I,s:O,s:I,s:K,s:K,s:K}",
+                             "value", (unsigned)atomic_load(&s->value), "maxvalue", s->maxvalue,
+                             "bounded", BOOL(s->bounded),
+                             "waiters", sleepers(&s->sleepers, reconcile),
+                             "acquires", U64(&s->acquires), "releases", U64(&s->releases),
+                             "wake_syscalls", U64(&s->sleepers.wakes));
     }
     case PW_KIND_EVENT: {
-        const struct pw_event *e = p;
-        return set_item(d, "is_set", PyBool_FromLong(atomic_load(&e->state) & 1)) ||
-               set_item(d, "waiters", PyLong_FromUnsignedLong(pw_waiters_count_live(&e->sleepers))) ||
-               set_item(d, "sets", U64(&e->sets));
+        struct pw_event *e = p;
+        return Py_BuildValue("{s:O,s:I,s:K,s:K}", "is_set", BOOL(atomic_load(&e->state) & 1),
+                             "waiters", sleepers(&e->sleepers, reconcile),
+                             "sets", U64(&e->sets), "wake_syscalls", U64(&e->sleepers.wakes));
     }
-    case PW_KIND_CONDITION: {
-        const struct pw_cond *c = p;
-        PyObject *lock = PyDict_New();
-        if (!lock || add_lock(lock, &c->lock) < 0) {
-            Py_XDECREF(lock);
-            return -1;
-        }
-        return set_item(d, "waiters", PyLong_FromUnsignedLong(pw_waiters_count_live(&c->sleepers))) ||
-               set_item(d, "notifies", U64(&c->notifies)) ||
-               add_lock_name(d, c->lock_mode, c->lock_name_len, c->lock_name) ||
-               set_item(d, "lock", lock);
-    }
-    case PW_KIND_BARRIER: {
-        const struct pw_barrier *b = p;
-        uint32_t count = atomic_load(&b->count);
-        return set_item(d, "parties", PyLong_FromUnsignedLong(b->parties)) ||
-               set_item(d, "n_waiting", PyLong_FromUnsignedLong(count >= b->parties ? 0 : count)) ||
-               set_item(d, "broken", PyBool_FromLong(atomic_load(&b->broken))) ||
-               set_item(d, "waiters", PyLong_FromUnsignedLong(pw_waiters_count_live(&b->sleepers))) ||
-               set_item(d, "generation", U32(&b->generation)) ||
-               set_item(d, "owner_deaths", U64(&b->owner_deaths));
-    }
+    case PW_KIND_CONDITION:
+        return cond_counters(p, reconcile);
     case PW_KIND_VALUE:
-    case PW_KIND_ARRAY: {
-        const struct pw_shared *s = p;
-        size_t tlen = strnlen(s->typecode, PW_TYPECODE_MAX);
-        if (s->elem_size && s->length > (h->total_size - h->data_offset) / s->elem_size)
-            return pw_segment_error("the segment is corrupt: %llu elements of %llu bytes do "
-                                    "not fit it", (unsigned long long)s->length,
-                                    (unsigned long long)s->elem_size);
-        if (set_item(d, "typecode", PyUnicode_DecodeASCII(s->typecode, tlen, "replace")) ||
-            set_item(d, "elem_size", PyLong_FromUnsignedLongLong(s->elem_size)) ||
-            set_item(d, "length", PyLong_FromUnsignedLongLong(s->length)) ||
-            add_lock_name(d, s->lock_mode, s->lock_name_len, s->lock_name))
-            return -1;
-        if (s->lock_mode == PW_LOCKMODE_EMBEDDED) {
-            PyObject *lock = PyDict_New();
-            if (!lock || add_lock(lock, &s->lock) < 0) {
-                Py_XDECREF(lock);
-                return -1;
-            }
-            return set_item(d, "lock", lock);
-        }
-        return 0;
+    case PW_KIND_ARRAY:
+        return shared_counters(p, reconcile);
+    default:
+        return PyDict_New(); /* a kind this file does not describe (a pipe) */
     }
+}
+
+/* A Value's or Array's header matches its segment: elements that fill the
+ * data area exactly, a known lock mode, a sane embedded mutex. */
+static int check_shared(const struct pw_header *h, uint64_t size, const char *what)
+{
+    const struct pw_shared *s = (const struct pw_shared *)(h + 1);
+    uint64_t nbytes = s->elem_size * s->length;
+    if (h->data_offset != PW_SHARED_DATA_OFFSET || s->elem_size == 0 ||
+        s->length > (((uint64_t)1 << 46) / s->elem_size) ||
+        PW_SHARED_DATA_OFFSET + (nbytes ? nbytes : 1) != size ||
+        s->lock_mode > PW_LOCKMODE_EXTERNAL || s->lock_name_len > PW_LOCK_NAME_MAX ||
+        memchr(s->typecode, 0, PW_TYPECODE_MAX) == NULL)
+        return pw_segment_error("%s is corrupt: its value/array header does not match its size",
+                                what);
+    int rc = s->lock_mode == PW_LOCKMODE_EMBEDDED ? pw_mutex_check(&s->lock.mutex, what) : 0;
+    return rc ? pw_raise_int(rc) : 0;
+}
+
+/* Validates the common header (against `kind`, 0: any) and, if `whole`,
+ * the kind's own header. 0, or -1 with SegmentError set. */
+static int check_segment(const void *base, uint64_t size, uint32_t kind, const char *what,
+                         int whole)
+{
+    int rc = whole ? pw_header_validate_kind(base, size, kind, what)
+                   : pw_header_validate(base, size, kind, what);
+    if (rc || !whole)
+        return rc ? pw_raise_int(rc) : 0;
+    const struct pw_header *h = base;
+    if (h->kind == PW_KIND_QUEUE) {
+        const struct pw_ring *r = (const struct pw_ring *)(h + 1);
+        uint64_t cap = r->capacity;
+        if (cap < PW_RING_MIN_CAPACITY || cap > PW_RING_MAX_CAPACITY || (cap & (cap - 1)) ||
+            h->data_offset + cap > h->total_size)
+            return pw_segment_error("%s is corrupt: ring capacity %llu does not fit its %llu "
+                                    "bytes", what, (unsigned long long)cap,
+                                    (unsigned long long)h->total_size);
     }
+    if (h->kind == PW_KIND_VALUE || h->kind == PW_KIND_ARRAY)
+        return check_shared(h, size, what);
     return 0;
 }
 
-/* The validated common header of a segment, and its kind's counters too if
- * `counters`. */
-static PyObject *describe(PyObject *arg, int counters)
+/* The common header of a segment, validated; with `counters`, its kind's
+ * header validated too and its counters added. `kind` 0 accepts any kind. */
+static PyObject *describe(PyObject *arg, uint32_t kind, const char *what, int counters)
 {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    PyObject *d = NULL;
-    int rc = pw_header_validate(view.buf, (uint64_t)view.len, 0, "the segment");
-    if (rc) {
-        pw_raise(rc);
-        goto done;
-    }
+    PyObject *d = NULL, *c = NULL;
     const struct pw_header *h = view.buf;
+    if (check_segment(view.buf, (uint64_t)view.len, kind, what, counters) < 0)
+        goto done;
     d = Py_BuildValue("{s:s,s:I,s:I,s:K,s:I,s:K,s:K,s:I}", "kind", pw_kind_name(h->kind),
                       "kind_id", h->kind, "version", h->version, "total_size",
                       (unsigned long long)h->total_size, "creator_pid", h->creator_pid,
                       "created_ns", (unsigned long long)h->created_ns, "data_offset",
                       (unsigned long long)h->data_offset, "header_size", h->header_size);
-    if (d && counters && add_kind(d, view.buf, h) < 0)
+    /* read-only: the counters of a read-only mapping are never reconciled */
+    if (d && counters && (!(c = pw_counters(h->kind, (char *)view.buf + sizeof *h, 0)) ||
+                          PyDict_Update(d, c) < 0))
         Py_CLEAR(d);
+    Py_XDECREF(c);
 done:
     PyBuffer_Release(&view);
     return d;
@@ -191,23 +224,45 @@ done:
 /* _core.inspect(buffer) -> dict: the common header and the kind's counters. */
 static PyObject *inspect(PyObject *self, PyObject *arg)
 {
-    return describe(arg, 1);
+    return describe(arg, 0, "the segment", 1);
 }
 
 /* _core.header_info(buffer) -> dict: the validated common header. */
 static PyObject *header_info(PyObject *self, PyObject *arg)
 {
-    return describe(arg, 0);
+    return describe(arg, 0, "the segment", 0);
+}
+
+/* _core.shared_info(buffer, kind, what) -> dict: inspect() of a Value/Array
+ * segment (kind 0 accepts either), with `what` in its errors. */
+static PyObject *shared_info(PyObject *mod, PyObject *args)
+{
+    PyObject *buffer;
+    unsigned int kind;
+    const char *what;
+    if (!PyArg_ParseTuple(args, "OIs:shared_info", &buffer, &kind, &what))
+        return NULL;
+    PyObject *d = describe(buffer, kind, what, 1);
+    PyObject *id = d ? PyDict_GetItemString(d, "kind_id") : NULL;
+    long found = id ? PyLong_AsLong(id) : PW_KIND_VALUE;
+    if (found != PW_KIND_VALUE && found != PW_KIND_ARRAY) {
+        pw_segment_error("%s is a %s, not a value or array", what, pw_kind_name((uint32_t)found));
+        Py_CLEAR(d);
+    }
+    return d;
 }
 
 static PyMethodDef inspect_methods[] = {
     {"header_info", header_info, METH_O,
-     "header_info(buffer) -> dict\n\nValidate a segment's common header and describe it. "
-     "Raises SegmentError for anything that is not a whole, initialised procwire segment."},
+     "header_info($module, buffer, /)\n--\n\nValidate a segment's common header and describe "
+     "it. Raises SegmentError for anything that is not a whole, initialised procwire segment."},
     {"inspect", inspect, METH_O,
-     "inspect(buffer) -> dict\n\nThe common header and the live counters of a segment, read "
-     "without locking or writing (a read-only mapping will do). Raises SegmentError for "
-     "anything that is not a whole, initialised procwire segment."},
+     "inspect($module, buffer, /)\n--\n\nThe common header and the live counters of a "
+     "segment, read without locking or writing (a read-only mapping will do). Raises "
+     "SegmentError for anything that is not a whole, initialised procwire segment."},
+    {"shared_info", shared_info, METH_VARARGS,
+     "shared_info($module, buffer, kind, what, /)\n--\n\ninspect() of a Value or Array "
+     "segment of `kind` (0: either); errors name `what`."},
     {NULL, NULL, 0, NULL},
 };
 

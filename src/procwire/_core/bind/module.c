@@ -22,7 +22,7 @@ pw_state *pw_get_state(void)
 
 #define PW_STATE_OBJECTS(X)                                                    \
     X(ProcwireError) X(SegmentError) X(MessageTooLarge) X(OwnerDiedWarning)     \
-    X(Empty) X(Full) X(BrokenBarrierError) X(str_buffers)
+    X(Empty) X(Full) X(str_buffers)
 
 static int core_traverse(PyObject *m, visitproc visit, void *arg)
 {
@@ -64,12 +64,7 @@ static int init_state(PyObject *m, pw_state *st)
     st->Empty = PyObject_GetAttrString(queue, "Empty");
     st->Full = PyObject_GetAttrString(queue, "Full");
     Py_DECREF(queue);
-    PyObject *threading = PyImport_ImportModule("threading");
-    if (!threading)
-        return -1;
-    st->BrokenBarrierError = PyObject_GetAttrString(threading, "BrokenBarrierError");
-    Py_DECREF(threading);
-    if (!st->Empty || !st->Full || !st->BrokenBarrierError)
+    if (!st->Empty || !st->Full)
         return -1;
     st->str_buffers = PyUnicode_InternFromString("buffers");
     if (!st->str_buffers)

@@ -1,6 +1,6 @@
 /*
  * object.c -- PwObject, the native base of every _core type over a mapping
- * (QueueBase, PipeEnd, Lock, Semaphore, Event, Condition, Barrier).
+ * (QueueBase, PipeEnd, Lock, Semaphore, Event, Condition).
  *
  * One life cycle for all: map (at __init__), calls bracketed by enter/leave
  * (those that may release the GIL), close (from any thread), release (by

@@ -65,6 +65,9 @@ typedef struct {
      * i.e. no other receiver took a record since. Touched under recv_lock. */
     PyObject *stash;
     uint64_t stash_total, stash_got, stash_head;
+    /* An open loan (of `out`: this end's send_lock held too) or view (of
+     * `in`: its recv_lock held too), lease.c. */
+    pw_lease lease;
 } PipeEndObject;
 
 /* -------------------------------------------------------------- helpers */
@@ -180,6 +183,35 @@ static PyObject *raise_eof(void)
 {
     PyErr_SetString(PyExc_EOFError, "the other end of the pipe is closed");
     return NULL;
+}
+
+/* Takes one of this end's locks (send_lock, recv_lock), counting a holder
+ * that died: PW_OK, PW_TIMEOUT, PW_CANCELLED (closed meanwhile) or an error. */
+static int lock_end(PipeEndObject *self, pthread_mutex_t *m, _Atomic uint64_t *died,
+                    int64_t deadline)
+{
+    int rc = pw_mutex_lock(m, deadline, &self->base.guard.closed);
+    if (rc == PW_OWNER_DIED) {
+        atomic_fetch_add(died, 1);
+        return PW_OK;
+    }
+    return rc;
+}
+
+#define NO_MESSAGE "no message arrived"
+
+static PyObject *raise_timeout(const char *what)
+{
+    PyErr_Format(PyExc_TimeoutError, "%s before the timeout", what);
+    return NULL;
+}
+
+/* Raises what a lock's or the ring's status means here. NULL. */
+static PyObject *raise_status(PipeEndObject *self, int rc, const char *timed_out)
+{
+    if (rc == PW_TIMEOUT)
+        return raise_timeout(timed_out);
+    return rc == PW_CANCELLED ? closed_error(self) : pw_raise(rc);
 }
 
 /* Tells the peer's receivers a message is there: only if one sleeps, or if
@@ -318,12 +350,13 @@ static int send_buffer(PipeEndObject *self, const char *buf, uint64_t len)
             return -1;
         }
     }
-    int lr = pw_mutex_lock(&self->me->send_lock, PW_FOREVER, NULL);
-    if (lr == PW_OWNER_DIED) /* A sender died mid-message: the receiver drops its
-                                pieces when this message begins. */
-        atomic_fetch_add(&self->me->send_owner_died, 1);
-    else if (lr != PW_OK)
-        return pw_raise_int(lr);
+    /* A sender that died mid-message: the receiver drops its pieces when
+     * this message begins. */
+    int lr = lock_end(self, &self->me->send_lock, &self->me->send_owner_died, PW_FOREVER);
+    if (lr != PW_OK) {
+        raise_status(self, lr, "");
+        return -1;
+    }
     pw_msg m;
     uint64_t piece = self->out.capacity / 4;
     int rc;
@@ -622,13 +655,13 @@ static int stash_pending(PipeEndObject *self)
 static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
 {
     struct pw_pipe_end *me = self->me;
-    int lr = pw_mutex_lock(&me->recv_lock, deadline, NULL);
-    if (lr == PW_OWNER_DIED)
-        atomic_fetch_add(&me->recv_owner_died, 1);
-    else if (lr == PW_TIMEOUT)
+    int lr = lock_end(self, &me->recv_lock, &me->recv_owner_died, deadline);
+    if (lr == PW_TIMEOUT)
         return 1;
-    else if (lr != PW_OK)
-        return pw_raise_int(lr);
+    if (lr != PW_OK) {
+        raise_status(self, lr, "");
+        return -1;
+    }
     int result;
     int resumed = resume_stash(self, c);
     if (resumed < 0) {
@@ -706,22 +739,25 @@ static int parse_timeout(PyObject *timeout, int64_t *deadline)
     return pw_deadline_from(1, timeout, deadline);
 }
 
-static PyObject *raise_timeout(void)
-{
-    PyErr_SetString(PyExc_TimeoutError, "no message arrived before the timeout");
-    return NULL;
-}
-
-static const char *const recv_bytes_names[] = {"maxlength", "timeout"};
+static const char *const recv_bytes_names[] = {"maxlength", "timeout", "copy"};
 
 static PyObject *PipeEnd_recv_bytes(PipeEndObject *self, PyObject *const *args,
                                     Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *a[2];
+    PyObject *a[3];
     int64_t deadline;
     recv_ctx c = {.self = self, .maxlength = UINT64_MAX};
-    if (pw_parse_args("recv_bytes", args, nargs, kwnames, recv_bytes_names, 2, 0, a) < 0 ||
-        parse_timeout(a[1], &deadline) < 0)
+    if (pw_parse_args("recv_bytes", args, nargs, kwnames, recv_bytes_names, 3, 0, a) < 0)
+        return NULL;
+    if (a[2]) {
+        int copy = PyObject_IsTrue(a[2]);
+        if (copy < 0)
+            return NULL;
+        if (!copy) /* in place: procwire/_loans.py builds the View */
+            return PyObject_CallMethod((PyObject *)self, "_recv_view", "OO",
+                                       a[0] ? a[0] : Py_None, a[1] ? a[1] : Py_None);
+    }
+    if (parse_timeout(a[1], &deadline) < 0)
         return NULL;
     if (a[0] && a[0] != Py_None) {
         Py_ssize_t m = PyNumber_AsSsize_t(a[0], PyExc_OverflowError);
@@ -741,7 +777,7 @@ static PyObject *PipeEnd_recv_bytes(PipeEndObject *self, PyObject *const *args,
         if (rc == 0)
             result = c.bytes, c.bytes = NULL;
         else if (rc == 1)
-            raise_timeout();
+            raise_timeout(NO_MESSAGE);
     }
     leave(self);
     return result;
@@ -796,7 +832,7 @@ static PyObject *PipeEnd_recv(PipeEndObject *self, PyObject *const *args, Py_ssi
                 result = PyObject_CallOneArg(self->loads, c.bytes);
             Py_CLEAR(c.bytes);
         } else if (rc == 1) {
-            raise_timeout();
+            raise_timeout(NO_MESSAGE);
         }
     }
     leave(self);
@@ -842,7 +878,7 @@ static PyObject *PipeEnd_recv_bytes_into(PipeEndObject *self, PyObject *const *a
         if (rc == 0)
             result = c.bytes ? c.bytes : PyLong_FromUnsignedLongLong(c.length);
         else if (rc == 1)
-            raise_timeout();
+            raise_timeout(NO_MESSAGE);
     }
     leave(self);
 release:
@@ -892,6 +928,149 @@ static PyObject *PipeEnd_poll(PipeEndObject *self, PyObject *const *args, Py_ssi
     return result;
 }
 
+/* ---------------------------------------------------- loans and views */
+
+/* _loan_begin(nbytes, block, timeout) -> the payload's offset in the segment
+ * buffer, or -1 (lease.c). Returns with this end's send_lock held (a loan's
+ * record must not land between a streamed message's pieces) and the ring's
+ * producers' lock. Waits for room in slices while the peer lives. */
+static PyObject *PipeEnd_loan_begin(PipeEndObject *self, PyObject *const *args,
+                                    Py_ssize_t nargs, PyObject *kwnames)
+{
+    uint64_t n;
+    int64_t deadline;
+    if (pw_loan_args(&self->base, &self->lease, args, nargs, kwnames, &n, &deadline) < 0 ||
+        enter(self) < 0)
+        return NULL;
+    uint64_t limit = pw_ring_max_payload(self->out.capacity); /* in place: the ring's */
+    int rc = check_writable(self) < 0 ? PW_ERAISED : PW_OK;
+    if (rc == PW_OK && n > limit)
+        rc = pw_too_large(self->base.name, &self->out, n, limit);
+    else if (rc == PW_OK && peer_hup(self))
+        rc = (raise_broken(), PW_ERAISED);
+    else if (rc == PW_OK)
+        rc = lock_end(self, &self->me->send_lock, &self->me->send_owner_died, deadline);
+    uint32_t pos;
+    while (rc == PW_OK) {
+        int64_t slice = pw_now_ns() + PW_PIPE_SEND_SLICE_NS;
+        rc = pw_ring_reserve(&self->out, n, slice < deadline ? slice : deadline, &pos);
+        if (rc == PW_OK)
+            return pw_loan_opened(&self->base, &self->lease, &self->out, pos, n);
+        if (rc == PW_TIMEOUT && pw_now_ns() < deadline)
+            rc = peer_hup(self) ? (raise_broken(), PW_ERAISED) : PW_OK;
+        if (rc != PW_OK)
+            pw_mutex_unlock(&self->me->send_lock);
+    }
+    raise_status(self, rc, "no room for the loan");
+    leave(self);
+    return NULL;
+}
+
+/* _loan_commit(nbytes, written): publishes the open loan (lease.c) and wakes
+ * the peer's receivers. */
+static PyObject *PipeEnd_loan_commit(PipeEndObject *self, PyObject *const *args,
+                                     Py_ssize_t nargs)
+{
+    if (pw_loan_commit(&self->base, &self->lease, args, nargs) < 0)
+        return NULL;
+    pw_mutex_unlock(&self->me->send_lock);
+    signal_peer(self);
+    leave(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *PipeEnd_loan_abort(PipeEndObject *self, PyObject *unused)
+{
+    if (pw_loan_abort(&self->lease)) {
+        pw_mutex_unlock(&self->me->send_lock);
+        leave(self);
+    }
+    Py_RETURN_NONE;
+}
+
+/* The next message in place, this end's recv_lock held: a view of it (the
+ * ring's consumers' lock held too), or, for a streamed message or one that
+ * wraps around the ring's end, the message copied (type, -1, length, bytes)
+ * with no lock held. */
+static PyObject *view_or_copy(PipeEndObject *self, int64_t deadline, int *held)
+{
+    *held = 0;
+    for (;;) {
+        uint64_t tail = atomic_load(&self->in.ring->tail);
+        int rc = lock_end(self, &self->me->recv_lock, &self->me->recv_owner_died, deadline);
+        if (rc)
+            return raise_status(self, rc, NO_MESSAGE);
+        uint32_t pos, type = 0;
+        uint64_t len;
+        rc = stash_pending(self) ? PW_OK : pw_ring_peek(&self->in, 0, &pos, &type, &len);
+        if (rc == PW_OK && type == PW_REC_BYTES) {
+            PyObject *r = pw_view_opened(&self->base, &self->lease, &self->in, pos, type, len,
+                                         held);
+            if (!*held) {
+                pw_mutex_unlock(&self->me->recv_lock);
+                resync_after_take(self);
+            }
+            return r;
+        }
+        if (rc == PW_OK && type) /* streamed: not one record */
+            pw_ring_unpeek(&self->in);
+        pw_mutex_unlock(&self->me->recv_lock);
+        if (rc == PW_OK) { /* received as recv_bytes() does, copied */
+            recv_ctx c = {.self = self, .maxlength = UINT64_MAX};
+            rc = receive(self, &c, deadline);
+            if (rc == 0)
+                return Py_BuildValue("(InKN)", (unsigned)PW_REC_BYTES, (Py_ssize_t)-1,
+                                     (unsigned long long)c.length, c.bytes);
+            return rc == 1 ? raise_timeout(NO_MESSAGE) : NULL;
+        }
+        if (rc != PW_TIMEOUT)
+            return raise_status(self, rc, NO_MESSAGE);
+        if (peer_closed(self) && !pw_ring_count(&self->in))
+            return raise_eof(); /* the peer published everything before closing */
+        rc = wait_for_data(self, tail, deadline);
+        if (rc < 0)
+            return NULL;
+        if (self->base.guard.closed)
+            return closed_error(self);
+        if (rc == 1 && atomic_load(&self->in.ring->tail) == tail)
+            return raise_timeout(NO_MESSAGE);
+    }
+}
+
+static const char *const view_names[] = {"timeout"};
+
+/* _view_begin(timeout) -> (type, offset, length, copied): see view_or_copy. */
+static PyObject *PipeEnd_view_begin(PipeEndObject *self, PyObject *const *args,
+                                    Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *a[1];
+    int64_t deadline;
+    if (pw_parse_args("recv_bytes", args, nargs, kwnames, view_names, 1, 0, a) < 0 ||
+        parse_timeout(a[0], &deadline) < 0)
+        return NULL;
+    if (self->lease.view_rr)
+        return PyErr_Format(PyExc_RuntimeError, "%U: this handle holds a view already",
+                            self->base.name);
+    if (enter(self) < 0)
+        return NULL;
+    int held = 0;
+    PyObject *r = check_readable(self) < 0 ? NULL : view_or_copy(self, deadline, &held);
+    if (!held) /* no view open: nothing held */
+        leave(self);
+    return r;
+}
+
+/* _view_end(): consumes the message the open view holds, freeing its room. */
+static PyObject *PipeEnd_view_end(PipeEndObject *self, PyObject *unused)
+{
+    if (pw_view_end(&self->lease)) {
+        pw_mutex_unlock(&self->me->recv_lock);
+        resync_after_take(self);
+        leave(self);
+    }
+    Py_RETURN_NONE;
+}
+
 /* ------------------------------------------------------------ lifecycle */
 
 static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
@@ -927,12 +1106,8 @@ static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
     uint64_t data_offset = pw_ring_data_offset(sizeof *h + sizeof *p);
     if (create) {
         uint64_t cap1 = duplex ? capacity : PW_RING_MIN_CAPACITY;
-        if (!pw_ring_capacity_ok(capacity)) {
-            PyErr_Format(PyExc_ValueError,
-                         "capacity must be a power of two between %u and %u bytes, not %llu",
-                         PW_RING_MIN_CAPACITY, PW_RING_MAX_CAPACITY, capacity);
+        if (pw_check_capacity(capacity) < 0)
             goto fail;
-        }
         if (size != data_offset + capacity + cap1) {
             PyErr_Format(PyExc_ValueError, "buffer is %llu bytes, a pipe needs %llu",
                          (unsigned long long)size,
@@ -994,6 +1169,7 @@ static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
     uint8_t *ring_data[2] = {data, data + p->capacity[0]};
     pw_ringref_init(&self->in, &p->ring[end], ring_data[end], what);
     pw_ringref_init(&self->out, &p->ring[1 - end], ring_data[1 - end], what);
+    self->in.cancel = self->out.cancel = &self->base.guard.closed;
     self->ev_self = fds[0];
     self->ev_peer = fds[1];
     self->life_peer = fds[2];
@@ -1245,8 +1421,9 @@ static PyMethodDef PipeEnd_methods[] = {
      "recv($self, *, timeout=None)\n--\n\nReturn the next object sent with send(). Blocks until "
      "one arrives; EOFError when the other end is closed and nothing is left."},
     {"recv_bytes", FN(PipeEnd_recv_bytes), FASTKW,
-     "recv_bytes($self, maxlength=None, *, timeout=None)\n--\n\nReturn the next message as bytes. "
-     "OSError('bad message length') (the message is dropped) if longer than maxlength."},
+     "recv_bytes($self, maxlength=None, *, timeout=None, copy=True)\n--\n\nReturn the next "
+     "message as bytes. OSError('bad message length') (the message is dropped) if longer than "
+     "maxlength. copy=False: a procwire.View of the message in place instead."},
     {"_recv_bytes_into", FN(PipeEnd_recv_bytes_into), FASTKW, NULL},
     {"poll", FN(PipeEnd_poll), FASTKW,
      "poll($self, timeout=0.0)\n--\n\nWhether there is anything to read, waiting up to timeout "
@@ -1259,6 +1436,11 @@ static PyMethodDef PipeEnd_methods[] = {
     {"_wait_send_room", FN(PipeEnd_wait_send_room), FASTKW, NULL},
     {"_kick_send", (PyCFunction)PipeEnd_kick_send, METH_NOARGS, NULL},
     {"_statistics", (PyCFunction)PipeEnd_statistics, METH_NOARGS, NULL},
+    {"_loan_begin", FN(PipeEnd_loan_begin), FASTKW, NULL},
+    {"_loan_commit", FN(PipeEnd_loan_commit), METH_FASTCALL, NULL},
+    {"_loan_abort", (PyCFunction)PipeEnd_loan_abort, METH_NOARGS, NULL},
+    {"_view_begin", FN(PipeEnd_view_begin), FASTKW, NULL},
+    {"_view_end", (PyCFunction)PipeEnd_view_end, METH_NOARGS, NULL},
     {"_segment_size", (PyCFunction)PipeEnd_segment_size, METH_VARARGS | METH_STATIC, NULL},
     {NULL, NULL, 0, NULL},
 };

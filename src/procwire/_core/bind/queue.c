@@ -25,12 +25,7 @@ typedef struct {
      * by this handle's next get call (the batch's other messages were
      * returned). Type, value, traceback as PyErr_Fetch gives them. */
     PyObject *pending_type, *pending_value, *pending_tb;
-    /* An open loan (producers' lock held) or view (consumers' lock held) of
-     * this handle (procwire/_loans.py): each holds one `active` count, so the
-     * mapping outlives a close() until it ends. */
-    int loan_open, view_open;
-    uint32_t loan_pos;
-    uint64_t loan_len, view_len;
+    pw_lease lease;      /* this handle's open loan and view (lease.c) */
 } QueueObject;
 
 /* Messages are serialised and put in groups of this many by put_many(),
@@ -53,6 +48,20 @@ static const pw_object_ops queue_ops = {release_mapping, NULL};
 
 #define enter(self) pw_object_enter(&(self)->base)
 #define leave(self) pw_object_leave(&(self)->base)
+
+/* Raises what a ring call's status rc means here: `timed_out` (Empty or Full)
+ * for PW_TIMEOUT, the closed error for PW_CANCELLED (close() from another
+ * thread while this one waited). NULL. */
+static PyObject *ring_failed(QueueObject *self, int rc, PyObject *timed_out)
+{
+    if (rc == PW_TIMEOUT)
+        PyErr_SetNone(timed_out);
+    else if (rc == PW_CANCELLED)
+        pw_object_closed_while_waiting(&self->base);
+    else
+        pw_raise(rc); /* PW_ERAISED: already set */
+    return NULL;
+}
 
 static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 {
@@ -88,12 +97,8 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
     struct pw_ring *r = (struct pw_ring *)(h + 1);
     uint64_t size = (uint64_t)self->base.view.len;
     if (create) {
-        if (!pw_ring_capacity_ok(capacity)) {
-            PyErr_Format(PyExc_ValueError,
-                         "capacity must be a power of two between %u and %u bytes, not %llu",
-                         PW_RING_MIN_CAPACITY, PW_RING_MAX_CAPACITY, capacity);
+        if (pw_check_capacity(capacity) < 0)
             goto fail;
-        }
         if (maxsize > INT32_MAX) {
             PyErr_Format(PyExc_ValueError, "maxsize must be at most %d", INT32_MAX);
             goto fail;
@@ -133,6 +138,7 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
     }
     /* `what`: UTF-8 cached by `name`, which we keep */
     pw_ringref_init(&self->rr, r, (uint8_t *)h + h->data_offset, what);
+    self->rr.cancel = &self->base.guard.closed; /* a close() from another thread ends waits */
     self->max_msg = pw_ring_max_payload(r->capacity); /* the spill's once _set_spill_fd() */
     return 0;
 fail:
@@ -195,32 +201,6 @@ static void msg_release(pw_msg *m, msg_refs *x)
     }
     PyMem_Free(x->oob_prefix);
     Py_CLEAR(x->keep);
-}
-
-/* A message too large for put() (the spill's limit), or with ring_only for
- * a loan (in place: the ring's). */
-static int msg_too_large(QueueObject *self, uint64_t len, int ring_only)
-{
-    uint64_t cap = self->rr.capacity, suggest = cap;
-    while (suggest < PW_RING_MAX_CAPACITY && pw_ring_max_payload(suggest) < len)
-        suggest <<= 1;
-    if (self->rr.spill && !ring_only)
-        PyErr_Format(pw_get_state()->MessageTooLarge,
-                     "a message of %llu bytes is larger than the %llu bytes one message of "
-                     "%U may have: send it in parts", (unsigned long long)len,
-                     (unsigned long long)PW_SPILL_MAX_PAYLOAD, self->base.name);
-    else if (pw_ring_max_payload(suggest) < len)
-        PyErr_Format(pw_get_state()->MessageTooLarge,
-                     "a message of %llu bytes is larger than the biggest ring procwire "
-                     "makes (%llu bytes): send it in parts, or through a Value/Array",
-                     (unsigned long long)len, (unsigned long long)pw_ring_max_payload(suggest));
-    else
-        PyErr_Format(pw_get_state()->MessageTooLarge,
-                     "a message of %llu bytes does not fit %U, whose ring holds %llu bytes "
-                     "(at most %llu per message): create it with capacity=%llu or more",
-                     (unsigned long long)len, self->base.name, (unsigned long long)cap,
-                     (unsigned long long)pw_ring_max_payload(cap), (unsigned long long)suggest);
-    return -1;
 }
 
 static int msg_set_parts(pw_msg *m, int n)
@@ -330,7 +310,7 @@ static int msg_prepare(QueueObject *self, PyObject *obj, pw_msg *m, msg_refs *x)
         }
     }
     if (m->len > self->max_msg)
-        return msg_too_large(self, m->len, 0);
+        return pw_too_large(self->base.name, &self->rr, m->len, self->max_msg);
     return 0;
 }
 
@@ -340,49 +320,13 @@ typedef struct {
     PyObject *payload; /* bytes or bytearray; for PICKLE_OOB, a list [bytes, bytearray...] */
 } pw_record;
 
-static int bad_record(const pw_ringref *rr, const char *why, uint64_t a, uint64_t b)
-{
-    return pw_fail(PW_ECORRUPT, "%s is corrupt: %s (%llu, %llu); no message was taken",
-                   rr->what, why, (unsigned long long)a, (unsigned long long)b);
-}
-
-/*
- * Checks a record's type, and a PICKLE_OOB record's part table (payload at
- * p): PW_OK with *nparts and lens[] set for PICKLE_OOB, or PW_ECORRUPT.
- * Nothing read from the ring is trusted before this.
- */
-static int check_record(const pw_ringref *rr, uint32_t p, uint32_t type, uint64_t len,
-                        uint64_t *nparts, uint64_t lens[64])
-{
-    if (type == 0 || type >= PW_REC_MAX_)
-        return bad_record(rr, "unknown record type", type, len);
-    if (type != PW_REC_PICKLE_OOB)
-        return PW_OK;
-    if (len < 8)
-        return bad_record(rr, "out-of-band record too short", len, 8);
-    pw_ring_copy_out(rr, p, nparts, 8);
-    *nparts &= 0xffffffffu;
-    if (*nparts == 0 || *nparts > 64 || 8 + 8 * *nparts > len)
-        return bad_record(rr, "out-of-band record has a bad part count", *nparts, len);
-    uint64_t sum = 8 + 8 * *nparts;
-    pw_ring_copy_out(rr, p + 8, lens, 8 * *nparts);
-    for (uint64_t i = 0; i < *nparts; i++) {
-        if (lens[i] > len)
-            return bad_record(rr, "out-of-band part longer than its record", lens[i], len);
-        sum += lens[i];
-    }
-    if (sum != len)
-        return bad_record(rr, "out-of-band parts do not add up", sum, len);
-    return PW_OK;
-}
-
 /* Allocates the payload object(s) for a record and copies it out. */
 static int read_record(const pw_ringref *rr, uint32_t p, uint32_t type, uint64_t len,
                        pw_record *out)
 {
     PyObject *obj;
-    uint64_t nparts, lens[64];
-    int rc = check_record(rr, p, type, len, &nparts, lens);
+    uint64_t nparts, lens[PW_OOB_MAX_PARTS];
+    int rc = pw_check_record(rr, p, type, len, &nparts, lens);
     if (rc)
         return rc;
     if (type == PW_REC_PICKLE_OOB) {
@@ -454,7 +398,7 @@ static Py_ssize_t take_records(QueueObject *self, pw_record *out, size_t max, in
     }
     if (rc == PW_TIMEOUT)
         return 0;
-    pw_raise(rc);
+    ring_failed(self, rc, NULL);
     return -1;
 }
 
@@ -569,7 +513,7 @@ static PyObject *put_objects(QueueObject *self, PyObject *const *items, Py_ssize
             if (rc == PW_TIMEOUT)
                 raise_full(total_done, many ? 2 : 1);
             else
-                pw_raise(rc);
+                ring_failed(self, rc, NULL);
             if (bad) {
                 PyErr_NormalizeException(&et, &ev, &etb);
                 PyObject *t, *v, *tb;
@@ -991,91 +935,33 @@ static PyObject *Queue_kick(QueueObject *self, PyObject *unused)
 
 /* ------------------------------------------------------- loans and views */
 
-/* The offset in the segment buffer of ring position pos's byte; -1 if the n
- * bytes from there wrap around the end of the ring (not contiguous). */
-static Py_ssize_t buffer_offset(QueueObject *self, uint32_t pos, uint64_t n)
-{
-    uint64_t off = pos & (self->rr.capacity - 1);
-    if (off + n > self->rr.capacity)
-        return -1;
-    return (Py_ssize_t)(self->rr.data - (uint8_t *)self->base.view.buf) + (Py_ssize_t)off;
-}
-
-static const char *const loan_names[] = {"nbytes", "block", "timeout"};
-
 /* _loan_begin(nbytes, block, timeout) -> the payload's offset in the segment
- * buffer, or -1 if it wraps (the caller writes elsewhere and passes that to
- * _loan_commit). Returns with the producers' lock held. */
+ * buffer, or -1 (lease.c). Returns with the producers' lock held. */
 static PyObject *Queue_loan_begin(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames)
 {
-    PyObject *a[3];
+    uint64_t n;
     int64_t deadline;
-    if (pw_parse_args("loan", args, nargs, kwnames, loan_names, 3, 1, a) < 0 ||
-        pw_parse_block_timeout(a[1], a[2], &deadline) < 0)
-        return NULL;
-    long long n = PyLong_AsLongLong(a[0]);
-    if (n == -1 && PyErr_Occurred())
-        return NULL;
-    if (n < 0)
-        return PyErr_Format(PyExc_ValueError, "nbytes must be >= 0, not %lld", n);
-    if (self->loan_open)
-        return PyErr_Format(PyExc_RuntimeError, "%U: this handle has an open loan already",
-                            self->base.name);
-    if (enter(self) < 0)
+    if (pw_loan_args(&self->base, &self->lease, args, nargs, kwnames, &n, &deadline) < 0 ||
+        enter(self) < 0)
         return NULL;
     uint32_t pos;
-    int rc = (uint64_t)n > pw_ring_max_payload(self->rr.capacity)
-                 ? msg_too_large(self, (uint64_t)n, 1)
-                 : pw_ring_reserve(&self->rr, (uint64_t)n, deadline, &pos);
+    uint64_t limit = pw_ring_max_payload(self->rr.capacity); /* in place: the ring's */
+    int rc = n > limit ? pw_too_large(self->base.name, &self->rr, n, limit)
+                       : pw_ring_reserve(&self->rr, n, deadline, &pos);
     if (rc) {
-        if (rc == PW_TIMEOUT)
-            PyErr_SetNone(pw_get_state()->Full);
-        else
-            pw_raise(rc); /* PW_ERAISED (msg_too_large): already set */
+        ring_failed(self, rc, pw_get_state()->Full);
         leave(self);
         return NULL;
     }
-    self->loan_open = 1;
-    self->loan_pos = pos;
-    self->loan_len = (uint64_t)n;
-    return PyLong_FromSsize_t(buffer_offset(self, pos + PW_REC_HEADER, (uint64_t)n));
+    return pw_loan_opened(&self->base, &self->lease, &self->rr, pos, n);
 }
 
-/* _loan_commit(nbytes, written): publishes the first nbytes of the open
- * loan, copied in from `written` if not None (a loan that wrapped). */
+/* _loan_commit(nbytes, written): publishes the open loan (lease.c). */
 static PyObject *Queue_loan_commit(QueueObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_loan_commit(nbytes, written)");
+    if (pw_loan_commit(&self->base, &self->lease, args, nargs) < 0)
         return NULL;
-    }
-    if (!self->loan_open)
-        return PyErr_Format(PyExc_RuntimeError, "%U: no open loan", self->base.name);
-    long long n = PyLong_AsLongLong(args[0]);
-    if (n == -1 && PyErr_Occurred())
-        return NULL;
-    if (n < 0 || (uint64_t)n > self->loan_len)
-        return PyErr_Format(PyExc_ValueError, "cannot publish %lld bytes of a %llu-byte loan",
-                            n, (unsigned long long)self->loan_len);
-    if (args[1] != Py_None) {
-        Py_buffer b;
-        if (PyObject_GetBuffer(args[1], &b, PyBUF_SIMPLE) < 0)
-            return NULL;
-        if (b.len < n) {
-            PyBuffer_Release(&b);
-            PyErr_SetString(PyExc_ValueError, "the written buffer is shorter than the message");
-            return NULL;
-        }
-        uint32_t at = self->loan_pos + PW_REC_HEADER;
-        if (n >= PW_LARGE_COPY)
-            PW_UNBLOCKED(pw_ring_copy_in(&self->rr, at, b.buf, (uint64_t)n));
-        else
-            pw_ring_copy_in(&self->rr, at, b.buf, (uint64_t)n);
-        PyBuffer_Release(&b);
-    }
-    self->loan_open = 0; /* before the unlock: another thread may take the next loan */
-    pw_ring_publish_reserved(&self->rr, self->loan_pos, PW_REC_BYTES, (uint64_t)n);
     leave(self);
     Py_RETURN_NONE;
 }
@@ -1106,11 +992,8 @@ static PyObject *Queue_set_spill_fd(QueueObject *self, PyObject *arg)
 
 static PyObject *Queue_loan_abort(QueueObject *self, PyObject *unused)
 {
-    if (self->loan_open) {
-        self->loan_open = 0;
-        pw_ring_unreserve(&self->rr);
+    if (pw_loan_abort(&self->lease))
         leave(self);
-    }
     Py_RETURN_NONE;
 }
 
@@ -1142,11 +1025,7 @@ static PyObject *take_raw(QueueObject *self)
     int rc = pw_ring_take(&self->rr, take_raw_record, &c, 1, 0, &taken);
     if (!taken) {
         Py_XDECREF(c.copied);
-        if (rc == PW_TIMEOUT) /* another reader took it first */
-            PyErr_SetNone(pw_get_state()->Empty);
-        else
-            pw_raise(rc);
-        return NULL;
+        return ring_failed(self, rc, pw_get_state()->Empty); /* timeout: another reader took it */
     }
     return Py_BuildValue("(InKN)", c.type, (Py_ssize_t)-1, (unsigned long long)c.len,
                          c.copied);
@@ -1164,7 +1043,7 @@ static PyObject *Queue_view_begin(QueueObject *self, PyObject *const *args, Py_s
     if (pw_parse_args("get", args, nargs, kwnames, get_names, 2, 0, a) < 0 ||
         pw_parse_block_timeout(a[0], a[1], &deadline) < 0)
         return NULL;
-    if (self->view_open)
+    if (self->lease.view_rr)
         return PyErr_Format(PyExc_RuntimeError, "%U: this handle holds a view already",
                             self->base.name);
     if (enter(self) < 0)
@@ -1174,59 +1053,41 @@ static PyObject *Queue_view_begin(QueueObject *self, PyObject *const *args, Py_s
         return NULL;
     }
     uint32_t pos, type;
-    uint64_t len, nparts, lens[64];
+    uint64_t len;
     int rc = pw_ring_peek(&self->rr, deadline, &pos, &type, &len);
     if (rc == PW_SPILLED) { /* no view of the spill: its raw payload, copied */
         PyObject *r = take_raw(self);
         leave(self);
         return r;
     }
-    if (rc == PW_OK) {
-        rc = check_record(&self->rr, pos + PW_REC_HEADER, type, len, &nparts, lens);
-        if (rc)
-            pw_ring_unpeek(&self->rr);
-    }
     if (rc) {
-        if (rc == PW_TIMEOUT)
-            PyErr_SetNone(pw_get_state()->Empty);
-        else
-            pw_raise(rc);
+        ring_failed(self, rc, pw_get_state()->Empty);
         leave(self);
         return NULL;
     }
-    Py_ssize_t off = buffer_offset(self, pos + PW_REC_HEADER, len);
-    if (off >= 0) {
-        self->view_open = 1;
-        self->view_len = len;
-        return Py_BuildValue("(InKO)", type, off, (unsigned long long)len, Py_None);
-    }
-    PyObject *copied = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
-    if (!copied) {
-        pw_ring_unpeek(&self->rr);
+    int held;
+    PyObject *r = pw_view_opened(&self->base, &self->lease, &self->rr, pos, type, len, &held);
+    if (!held) /* no view open (copied, or an error): nothing held */
         leave(self);
-        return NULL;
-    }
-    pw_ring_copy_out_large(&self->rr, pos + PW_REC_HEADER, PyBytes_AS_STRING(copied), len);
-    pw_ring_consume_peeked(&self->rr, len);
-    leave(self);
-    return Py_BuildValue("(InKN)", type, (Py_ssize_t)-1, (unsigned long long)len, copied);
+    return r;
 }
 
 /* _view_end(): consumes the message the open view holds, freeing its room. */
 static PyObject *Queue_view_end(QueueObject *self, PyObject *unused)
 {
-    if (self->view_open) {
-        self->view_open = 0;
-        pw_ring_consume_peeked(&self->rr, self->view_len);
+    if (pw_view_end(&self->lease))
         leave(self);
-    }
     Py_RETURN_NONE;
 }
 
 static PyObject *Queue_release(QueueObject *self, PyObject *unused)
 {
-    /* Idempotent. The mapping goes when the last call in progress leaves. */
-    pw_object_close(&self->base);
+    /* Idempotent. The mapping goes when the last call in progress leaves;
+     * this process's threads waiting in it wake (as every sleeper does, and
+     * re-checks), see the flag and raise. */
+    int was_closed = self->base.guard.closed;
+    if (!pw_object_close(&self->base) && !was_closed)
+        pw_ring_kick(&self->rr);
     Py_RETURN_NONE;
 }
 

@@ -89,54 +89,6 @@ out:
     return result;
 }
 
-/*
- * _core.shared_info(buffer, kind, what) -> dict: validates a Value/Array
- * segment (kind 0 accepts either) and describes it.
- */
-static PyObject *shared_info(PyObject *mod, PyObject *args)
-{
-    Py_buffer view;
-    unsigned int kind;
-    const char *what;
-    if (!PyArg_ParseTuple(args, "y*Is:shared_info", &view, &kind, &what))
-        return NULL;
-    PyObject *result = NULL;
-    const struct pw_header *h = view.buf;
-    int rc = pw_header_validate(view.buf, (uint64_t)view.len, kind, what);
-    if (rc) {
-        pw_raise(rc);
-        goto out;
-    }
-    if (h->kind != PW_KIND_VALUE && h->kind != PW_KIND_ARRAY) {
-        pw_segment_error("%s is a %s, not a value or array", what, pw_kind_name(h->kind));
-        goto out;
-    }
-    const struct pw_shared *s = (const struct pw_shared *)(h + 1);
-    uint64_t nbytes = s->elem_size * s->length;
-    if (h->header_size != sizeof *s || h->data_offset != PW_SHARED_DATA_OFFSET ||
-        s->elem_size == 0 || s->length > (((uint64_t)1 << 46) / s->elem_size) ||
-        PW_SHARED_DATA_OFFSET + (nbytes ? nbytes : 1) != (uint64_t)view.len ||
-        s->lock_mode > PW_LOCKMODE_EXTERNAL || s->lock_name_len > PW_LOCK_NAME_MAX ||
-        memchr(s->typecode, 0, PW_TYPECODE_MAX) == NULL) {
-        pw_segment_error("%s is corrupt: its value/array header does not match its size",
-                         what);
-        goto out;
-    }
-    if (s->lock_mode == PW_LOCKMODE_EMBEDDED && (rc = pw_mutex_check(&s->lock.mutex, what))) {
-        pw_raise(rc);
-        goto out;
-    }
-    result = Py_BuildValue("{s:s,s:s,s:K,s:K,s:I,s:y#,s:K}", "kind", pw_kind_name(h->kind),
-                           "typecode", s->typecode, "elem_size",
-                           (unsigned long long)s->elem_size, "length",
-                           (unsigned long long)s->length, "lock_mode", s->lock_mode,
-                           "lock_name", s->lock_name, (Py_ssize_t)s->lock_name_len,
-                           "data_offset", (unsigned long long)h->data_offset);
-out:
-    PyBuffer_Release(&view);
-    return result;
-}
-
 /* ---------------------------------------------------------- BufferView */
 
 /*
@@ -216,7 +168,6 @@ static PyMethodDef shared_functions[] = {
     {"shared_size", shared_size, METH_O, "shared_size(nbytes) -> segment bytes"},
     {"shared_init", (PyCFunction)(void (*)(void))shared_init, METH_VARARGS | METH_KEYWORDS,
      "shared_init(buffer, kind, typecode, elem_size, length, lock_mode, lock_name=b'')"},
-    {"shared_info", shared_info, METH_VARARGS, "shared_info(buffer, kind, what) -> dict"},
     {NULL, NULL, 0, NULL},
 };
 

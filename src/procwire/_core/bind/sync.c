@@ -1,6 +1,6 @@
 /*
- * sync.c -- _core.Lock, Semaphore, Event, Condition and Barrier: the native
- * bases of procwire.sync's classes.
+ * sync.c -- _core.Lock, Semaphore, Event and Condition: the native bases of
+ * procwire.sync's classes (its Barrier is Python over a Condition).
  *
  * Every object maps one segment (or, for a lock inside a Value, Array or
  * Condition, part of one) and keeps its state in the structs of layout.h.
@@ -8,8 +8,8 @@
  * opens it with the type's constructor, which validates it: creating and
  * attaching share one path.
  *
- * Locks are robust pthread mutexes (lib/mutex.c). Semaphores, events,
- * conditions and barriers are futex words, waited on with pw_wait_until
+ * Locks are robust pthread mutexes (lib/mutex.c). Semaphores, events and
+ * conditions are futex words, waited on with pw_wait_until
  * (lib/wait.c), which sleeps in slices so that a signal delivered to another
  * thread of the process still reaches PyErr_CheckSignals promptly.
  */
@@ -92,6 +92,7 @@ typedef struct {
     PwObject base;    /* the mapping, its name, the guard against a concurrent close */
     pw_spinner spin;  /* adaptive spin before sleeping */
     void *p;          /* the kind's struct inside the mapping */
+    uint32_t kind;    /* p's kind (a Lock's: PW_KIND_LOCK, wherever it lives) */
 } SyncObject;
 
 static void sync_release(PwObject *o)
@@ -157,7 +158,7 @@ static void *sync_map(SyncObject *self, PyObject *buffer, PyObject *name, const 
         pw_raise(rc);
         goto fail;
     }
-    *kind_out = h->kind;
+    *kind_out = self->kind = h->kind;
     pw_spinner_init(&self->spin);
     self->p = (char *)self->base.view.buf + sizeof *h;
     return self->p;
@@ -179,23 +180,12 @@ static void *sync_open(SyncObject *self, PyObject *args, PyObject *kwds, uint32_
 
 /* ------------------------------------------------------------ sync_init */
 
-static int init_mutex_or_raise(pthread_mutex_t *m)
-{
-    int rc = pw_mutex_init(m);
-    if (rc) {
-        errno = rc;
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
-    }
-    return 0;
-}
-
 /* The header size of a synchronisation kind (layout.h's table), 0 for others. */
 static size_t kind_struct_size(uint32_t kind)
 {
     switch (kind) {
     case PW_KIND_LOCK: case PW_KIND_RLOCK: case PW_KIND_SEMAPHORE: case PW_KIND_EVENT:
-    case PW_KIND_CONDITION: case PW_KIND_BARRIER:
+    case PW_KIND_CONDITION:
         return pw_kind_info(kind)->header_size;
     default:
         return 0;
@@ -217,21 +207,18 @@ static PyObject *sync_size(PyObject *mod, PyObject *arg)
 }
 
 /*
- * _core.sync_init(buffer, kind, *, value=0, maxvalue=0, parties=0,
- *                 timeout_ns=-1, lock_mode=0, lock_name=b"")
+ * _core.sync_init(buffer, kind, *, value=0, bounded=0, lock_mode=0, lock_name=b"")
  * Lays out a fresh segment of `kind` in `buffer` and publishes it. Keeps no
  * reference to the buffer.
  */
 static PyObject *sync_init(PyObject *mod, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", "kind", "value", "bounded", "parties", "timeout_ns",
-                             "lock_mode", "lock_name", NULL};
+    static char *kwlist[] = {"buffer", "kind", "value", "bounded", "lock_mode", "lock_name",
+                             NULL};
     Py_buffer view, lname = {0};
-    unsigned int kind, value = 0, bounded = 0, parties = 0, lock_mode = 0;
-    long long timeout_ns = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "w*I|$IIILIy*:sync_init", kwlist, &view, &kind,
-                                     &value, &bounded, &parties, &timeout_ns, &lock_mode,
-                                     &lname))
+    unsigned int kind, value = 0, bounded = 0, lock_mode = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "w*I|$IIIy*:sync_init", kwlist, &view, &kind,
+                                     &value, &bounded, &lock_mode, &lname))
         return NULL;
     PyObject *result = NULL;
     size_t s = kind < PW_KIND_MAX_ ? kind_struct_size(kind) : 0;
@@ -280,18 +267,6 @@ static PyObject *sync_init(PyObject *mod, PyObject *args, PyObject *kwds)
             c->lock_name_len = (uint32_t)lname.len;
         }
         rc = pw_lock_init(&c->lock, 1);
-        break;
-    }
-    case PW_KIND_BARRIER: {
-        struct pw_barrier *b = p;
-        if (parties < 1 || parties > INT32_MAX) {
-            PyErr_SetString(PyExc_ValueError, "parties must be at least 1");
-            goto out;
-        }
-        b->parties = parties;
-        b->timeout_ns = timeout_ns;
-        if (init_mutex_or_raise(&b->mutex) < 0)
-            goto out;
         break;
     }
     }
@@ -360,7 +335,8 @@ static int Lock_init(LockObject *self, PyObject *args, PyObject *kwds)
         sync_release(&self->sync.base);
         return -1;
     }
-    self->lock = l;
+    self->lock = self->sync.p = l;
+    self->sync.kind = PW_KIND_LOCK;
     self->mine = 0;
     self->hold = 0;
     self->locked_here = 0;
@@ -814,21 +790,13 @@ static PyObject *Lock_get_owner_died(LockObject *self, void *closure)
     return PyBool_FromLong(atomic_load(&l->inconsistent) || mutex_owner_died(&l->mutex));
 }
 
-static PyObject *Lock_stats(LockObject *self, PyObject *unused)
+/* _counters() -> dict: the live counters (inspect.c's reader), dead
+ * sleepers' slots freed first. */
+static PyObject *Sync_counters(SyncObject *self, PyObject *unused)
 {
-    struct pw_lock *l = lock_of(self);
-    if (!l)
+    if (check_open(self) < 0)
         return NULL;
-    pid_t holder = mutex_holder(&l->mutex);
-    return Py_BuildValue("{s:i,s:O,s:I,s:O,s:K,s:I,s:K,s:O}", "holder_tid", (int)holder,
-                         "locked", holder ? Py_True : Py_False, "depth",
-                         holder ? (unsigned)l->depth : 0u, "owner_died",
-                         (atomic_load(&l->inconsistent) || mutex_owner_died(&l->mutex))
-                             ? Py_True : Py_False,
-                         "owner_deaths", (unsigned long long)atomic_load(&l->owner_deaths),
-                         "waiters", (unsigned)pw_waiters_reconcile(&l->sleepers), "contended",
-                         (unsigned long long)atomic_load(&l->contended), "holder_dead",
-                         mutex_owner_died(&l->mutex) ? Py_True : Py_False);
+    return pw_counters(self->kind, self->p, 1);
 }
 
 /* Idempotent. A call waiting in another thread leaves with an error within
@@ -853,7 +821,7 @@ static PyMethodDef Lock_methods[] = {
     {"make_consistent", (PyCFunction)Lock_make_consistent, METH_NOARGS,
      "make_consistent($self)\n--\n\nAfter an acquire that found the previous holder dead, and "
      "after repairing the state the lock protects: clear owner_died. Hold the lock."},
-    {"_stats", (PyCFunction)Lock_stats, METH_NOARGS, NULL},
+    {"_counters", (PyCFunction)Sync_counters, METH_NOARGS, NULL},
     {"_close", (PyCFunction)Lock_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -971,19 +939,6 @@ static PyObject *Semaphore_get_value(SyncObject *self, PyObject *unused)
     return PyLong_FromUnsignedLong(atomic_load(&((struct pw_sem *)self->p)->value));
 }
 
-static PyObject *Semaphore_stats(SyncObject *self, PyObject *unused)
-{
-    if (check_open(self) < 0)
-        return NULL;
-    struct pw_sem *s = self->p;
-    return Py_BuildValue("{s:I,s:I,s:O,s:I,s:K,s:K,s:K}", "value",
-                         (unsigned)atomic_load(&s->value), "maxvalue", s->maxvalue, "bounded",
-                         s->bounded ? Py_True : Py_False, "waiters", (unsigned)pw_waiters_reconcile(&s->sleepers),
-                         "acquires", (unsigned long long)atomic_load(&s->acquires), "releases",
-                         (unsigned long long)atomic_load(&s->releases), "wake_syscalls",
-                         (unsigned long long)atomic_load(&s->sleepers.wakes));
-}
-
 static PyObject *Semaphore_maxvalue(SyncObject *self, void *closure)
 {
     if (check_open(self) < 0)
@@ -1000,7 +955,7 @@ static PyMethodDef Semaphore_methods[] = {
      METH_FASTCALL | METH_KEYWORDS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))Semaphore_exit, METH_FASTCALL, NULL},
     {"get_value", (PyCFunction)Semaphore_get_value, METH_NOARGS, "get_value() -> int"},
-    {"_stats", (PyCFunction)Semaphore_stats, METH_NOARGS, NULL},
+    {"_counters", (PyCFunction)Sync_counters, METH_NOARGS, NULL},
     {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -1099,25 +1054,13 @@ static PyObject *Event_wait(SyncObject *self, PyObject *const *args, Py_ssize_t 
     return res;
 }
 
-static PyObject *Event_stats(SyncObject *self, PyObject *unused)
-{
-    if (check_open(self) < 0)
-        return NULL;
-    struct pw_event *e = self->p;
-    return Py_BuildValue("{s:O,s:I,s:K,s:K}", "is_set", (atomic_load(&e->state) & 1) ? Py_True
-                                                                                  : Py_False,
-                         "waiters", (unsigned)pw_waiters_reconcile(&e->sleepers), "sets",
-                         (unsigned long long)atomic_load(&e->sets), "wake_syscalls",
-                         (unsigned long long)atomic_load(&e->sleepers.wakes));
-}
-
 static PyMethodDef Event_methods[] = {
     {"is_set", (PyCFunction)Event_is_set, METH_NOARGS, "is_set() -> bool"},
     {"set", (PyCFunction)Event_set, METH_NOARGS, "set()"},
     {"clear", (PyCFunction)Event_clear, METH_NOARGS, "clear()"},
     {"wait", (PyCFunction)(void (*)(void))Event_wait, METH_FASTCALL | METH_KEYWORDS,
      "wait(timeout=None) -> bool"},
-    {"_stats", (PyCFunction)Event_stats, METH_NOARGS, NULL},
+    {"_counters", (PyCFunction)Sync_counters, METH_NOARGS, NULL},
     {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -1161,10 +1104,6 @@ static PyObject *Condition_lock_info(SyncObject *self, PyObject *unused)
     struct pw_cond *c = self->p;
     return Py_BuildValue("(Iy#)", c->lock_mode, c->lock_name, (Py_ssize_t)c->lock_name_len);
 }
-
-/* Notify state of a registered waiter (layout.h, struct pw_cond). */
-#define COND_WAITING 1u
-#define COND_NOTIFIED 2u
 
 /*
  * The `wake` word (layout.h), for waiters without a registry slot only:
@@ -1226,7 +1165,7 @@ static PyObject *Condition_prepare_wait(SyncObject *self, PyObject *unused)
     pw_sleeper sl;
     pw_sleeper_enter(&c->sleepers, &sl);
     if (sl.slot >= 0)
-        atomic_store(&c->state[sl.slot], COND_WAITING);
+        atomic_store(&c->state[sl.slot], PW_COND_WAITING);
     else
         atomic_fetch_add(&c->wake, COND_ONE_WAITING);
     return PyLong_FromUnsignedLongLong((unsigned long long)(sl.slot + 1) << 32 |
@@ -1245,7 +1184,7 @@ static int cond_notified(void *ctx)
     struct cond_wait *w = ctx;
     /* (pw_wait_until read seq before calling: a notify marks, then bumps seq) */
     if (w->slot >= 0)
-        return atomic_load(&w->c->state[w->slot]) == COND_NOTIFIED;
+        return atomic_load(&w->c->state[w->slot]) == PW_COND_NOTIFIED;
     return atomic_load(&w->c->seq) != w->seq0 && cond_take_grant(w->c);
 }
 
@@ -1288,7 +1227,7 @@ out:
     if (slot >= 0) {
         /* One exchange: either a notify marked us first (we count as woken:
          * "notified just as the timeout passed"), or it will not find us. */
-        if (atomic_exchange(&c->state[slot], 0) == COND_NOTIFIED && result == 0)
+        if (atomic_exchange(&c->state[slot], 0) == PW_COND_NOTIFIED && result == 0)
             result = 1;
     } else if (seq_ok && result != 1 && cond_give_up(c, (uint32_t)seq) && result == 0) {
         result = 1; /* notified just as the timeout passed */
@@ -1303,8 +1242,8 @@ out:
 /* Marks slot i's waiter notified if it still waits. 1 if marked. */
 static int cond_mark(struct pw_cond *c, int i)
 {
-    uint32_t expected = COND_WAITING;
-    return atomic_compare_exchange_strong(&c->state[i], &expected, COND_NOTIFIED);
+    uint32_t expected = PW_COND_WAITING;
+    return atomic_compare_exchange_strong(&c->state[i], &expected, PW_COND_NOTIFIED);
 }
 
 /* _notify(n): wake up to n waiters (lock held). */
@@ -1325,7 +1264,7 @@ static PyObject *Condition_notify(SyncObject *self, PyObject *arg)
     unsigned first = atomic_load(&c->seq);
     for (unsigned j = 0; j < PW_WAIT_SLOTS; j++) {
         int i = (int)((first + j) % PW_WAIT_SLOTS);
-        if (atomic_load(&c->state[i]) == COND_WAITING && atomic_load(&c->sleepers.slot[i]))
+        if (atomic_load(&c->state[i]) == PW_COND_WAITING && atomic_load(&c->sleepers.slot[i]))
             waiting[k++] = i;
     }
     uint32_t bits = 0;
@@ -1371,366 +1310,18 @@ static PyObject *Condition_notify(SyncObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-static PyObject *Condition_stats(SyncObject *self, PyObject *unused)
-{
-    if (check_open(self) < 0)
-        return NULL;
-    struct pw_cond *c = self->p;
-    uint32_t live = pw_waiters_reconcile(&c->sleepers);
-    uint64_t w = atomic_load(&c->wake);
-    unsigned not_notified = (unsigned)(w >> 32), pending = (unsigned)(uint32_t)w;
-    for (int i = 0; i < PW_WAIT_SLOTS; i++) {
-        if (!atomic_load(&c->sleepers.slot[i]))
-            continue; /* free, or reaped: its state no longer counts */
-        uint32_t st = atomic_load(&c->state[i]);
-        not_notified += st == COND_WAITING;
-        pending += st == COND_NOTIFIED;
-    }
-    return Py_BuildValue("{s:I,s:K,s:K,s:I,s:I}", "waiters", (unsigned)live, "notifies",
-                         (unsigned long long)atomic_load(&c->notifies), "wake_syscalls",
-                         (unsigned long long)atomic_load(&c->sleepers.wakes), "not_notified",
-                         not_notified, "notified_pending", pending);
-}
-
 static PyMethodDef Condition_methods[] = {
     {"_lock_info", (PyCFunction)Condition_lock_info, METH_NOARGS, NULL},
     {"_prepare_wait", (PyCFunction)Condition_prepare_wait, METH_NOARGS, NULL},
     {"_sleep", (PyCFunction)(void (*)(void))Condition_sleep, METH_FASTCALL, NULL},
     {"_notify", (PyCFunction)Condition_notify, METH_O, NULL},
-    {"_stats", (PyCFunction)Condition_stats, METH_NOARGS, NULL},
+    {"_counters", (PyCFunction)Sync_counters, METH_NOARGS, NULL},
     {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 PW_SYNC_TYPE(Condition, SyncObject, Sync_dealloc, Sync_getset,
              "Condition(buffer, name): a futex condition variable in a mapped segment.");
-
-/* =========================================================== Barrier */
-
-static int Barrier_init(SyncObject *self, PyObject *args, PyObject *kwds)
-{
-    struct pw_barrier *b = sync_open(self, args, kwds, PW_KIND_BARRIER);
-    if (!b)
-        return -1;
-    PyObject *name = self->base.name;
-    if (b->parties < 1 || b->parties > INT32_MAX) {
-        pw_segment_error("%U is corrupt: %u parties", name, b->parties);
-        sync_release(&self->base);
-        return -1;
-    }
-    int rc = pw_mutex_check(&b->mutex, PyUnicode_AsUTF8(name));
-    if (rc) {
-        pw_raise(rc);
-        sync_release(&self->base);
-        return -1;
-    }
-    return 0;
-}
-
-/* Breaks the barrier (mutex held): waiters raise BrokenBarrierError. */
-static void barrier_break(struct pw_barrier *b)
-{
-    atomic_store(&b->broken, 1);
-    atomic_store(&b->count, 0);
-    atomic_fetch_add(&b->seq, 1);
-    pw_futex_wake(&b->seq, INT32_MAX, PW_FUTEX_ANY);
-}
-
-/* Breaks the barrier without its mutex, for when the mutex cannot be had in
- * time (its holder is stopped, or runs the action): the flag alone makes
- * every waiter and every later wait() raise; reset() clears it. */
-static void barrier_break_unlocked(struct pw_barrier *b)
-{
-    atomic_store(&b->broken, 1);
-    atomic_fetch_add(&b->seq, 1);
-    pw_futex_wake(&b->seq, INT32_MAX, PW_FUTEX_ANY);
-}
-
-static PyObject *broken_error(void)
-{
-    PyErr_SetNone(pw_get_state()->BrokenBarrierError);
-    return NULL;
-}
-
-/* Locks the barrier's mutex by the deadline. A holder that died mid-update,
- * or while running the action, breaks it. Returns 0 (locked), 1 (timed out
- * or the object was closed), -1 with an exception set. */
-static int barrier_lock(SyncObject *self, struct pw_barrier *b, int64_t deadline)
-{
-    int r = pw_mutex_lock(&b->mutex, deadline, &self->base.guard.closed);
-    switch (r) {
-    case PW_OK:
-        return 0;
-    case PW_OWNER_DIED:
-        atomic_fetch_add(&b->owner_deaths, 1);
-        barrier_break(b);
-        return 0;
-    case PW_TIMEOUT:
-    case PW_CANCELLED:
-        return 1;
-    default:
-        return pw_raise_int(r);
-    }
-}
-
-/* A waiter's check that the party holding the mutex is alive: the action
- * runs with the mutex held, so a runner killed during the action leaves it
- * owner-died. Returns PW_OK or an error status. */
-static int barrier_check_holder(struct pw_barrier *b)
-{
-    int r = pw_mutex_trylock(&b->mutex);
-    switch (r) {
-    case PW_OWNER_DIED:
-        atomic_fetch_add(&b->owner_deaths, 1);
-        barrier_break(b);
-        /* fall through */
-    case PW_OK:
-        pthread_mutex_unlock(&b->mutex);
-        return PW_OK;
-    case PW_TIMEOUT:
-        return PW_OK;
-    default:
-        return r;
-    }
-}
-
-/* pw_wait's done() for a barrier waiter: tripped, broken or reset -- or its
- * holder died (checked as the wait goes, since the kernel's owner-died mark
- * does not move seq). */
-struct barrier_wait_ctx {
-    struct pw_barrier *b;
-    uint32_t gen, resets;
-    int error; /* barrier_check_holder's error, if any */
-};
-
-static int barrier_moved(void *ctx)
-{
-    struct barrier_wait_ctx *w = ctx;
-    struct pw_barrier *b = w->b;
-    if (atomic_load(&b->generation) != w->gen || atomic_load(&b->broken) ||
-        atomic_load(&b->resets) != w->resets)
-        return 1;
-    w->error = barrier_check_holder(b);
-    return w->error != PW_OK || atomic_load(&b->broken);
-}
-
-static PyObject *barrier_wait(SyncObject *self, struct pw_barrier *b, PyObject *action,
-                              int64_t deadline)
-{
-    int lr = barrier_lock(self, b, deadline);
-    if (lr < 0)
-        return NULL;
-    if (lr == 1) {
-        if (self->base.guard.closed)
-            return closed_while_waiting(self);
-        /* As a wait that times out: the barrier breaks. */
-        barrier_break_unlocked(b);
-        return broken_error();
-    }
-    if (atomic_load(&b->broken) || atomic_load(&b->count) >= b->parties) {
-        /* (count >= parties only in a corrupt segment: the last party holds
-         * the mutex from its arrival to the trip) */
-        pthread_mutex_unlock(&b->mutex);
-        return broken_error();
-    }
-    uint32_t index = atomic_fetch_add(&b->count, 1);
-    uint32_t gen = atomic_load(&b->generation), resets = atomic_load(&b->resets);
-    if (index + 1 == b->parties) {
-        if (action != Py_None) {
-            /* The action runs with the mutex held: if this process dies in
-             * it, the waiters find the mutex owner-died and break. */
-            PyObject *r = PyObject_CallNoArgs(action);
-            if (!r) {
-                barrier_break(b);
-                pthread_mutex_unlock(&b->mutex);
-                return NULL;
-            }
-            Py_DECREF(r);
-            if (atomic_load(&b->broken) || atomic_load(&b->resets) != resets) {
-                /* abort() (which needs no mutex) ran meanwhile */
-                atomic_store(&b->count, 0);
-                pthread_mutex_unlock(&b->mutex);
-                return broken_error();
-            }
-        }
-        atomic_store(&b->count, 0);
-        atomic_fetch_add(&b->generation, 1);
-        atomic_fetch_add(&b->seq, 1);
-        pthread_mutex_unlock(&b->mutex);
-        pw_futex_wake(&b->seq, INT32_MAX, PW_FUTEX_ANY);
-        return PyLong_FromUnsignedLong(index);
-    }
-    pw_sleeper sl; /* issue 9 #15: registered so a killed sleeper is reaped */
-    pw_sleeper_enter(&b->sleepers, &sl);
-    pthread_mutex_unlock(&b->mutex);
-    PyObject *result = NULL;
-    for (;;) {
-        if (atomic_load(&b->generation) != gen) {
-            result = PyLong_FromUnsignedLong(index);
-            break;
-        }
-        if (atomic_load(&b->broken) || atomic_load(&b->resets) != resets) {
-            broken_error();
-            break;
-        }
-        if (self->base.guard.closed) {
-            closed_while_waiting(self);
-            break;
-        }
-        struct barrier_wait_ctx bw = {b, gen, resets, PW_OK};
-        pw_wait w = {.done = barrier_moved, .ctx = &bw, .waiters = &b->sleepers,
-                     .futex = &b->seq, .mask = PW_FUTEX_ANY, .held = &sl,
-                     .cancel = &self->base.guard.closed};
-        int r = pw_wait_until(&w, deadline);
-        if (r == PW_OK && bw.error != PW_OK)
-            r = bw.error;
-        if (r < 0) {
-            pw_raise(r);
-            break;
-        }
-        if (r == PW_TIMEOUT) {
-            /* Timed out: as in threading, the barrier breaks, unless it
-             * tripped at the last moment. */
-            int lr2 = barrier_lock(self, b, 0);
-            if (lr2 < 0)
-                break;
-            if (atomic_load(&b->generation) != gen) {
-                result = PyLong_FromUnsignedLong(index);
-            } else {
-                if (atomic_load(&b->resets) == resets) {
-                    if (lr2 == 0)
-                        barrier_break(b);
-                    else
-                        barrier_break_unlocked(b);
-                }
-                broken_error();
-            }
-            if (lr2 == 0)
-                pthread_mutex_unlock(&b->mutex);
-            break;
-        }
-    }
-    pw_sleeper_leave(&sl);
-    return result;
-}
-
-static PyObject *Barrier_wait(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    /* _wait(timeout, action) */
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_wait(timeout, action)");
-        return NULL;
-    }
-    int64_t deadline;
-    if (pw_deadline_from(1, args[0], &deadline) < 0)
-        return NULL;
-    if (sync_enter(self) < 0)
-        return NULL;
-    PyObject *result = barrier_wait(self, self->p, args[1], deadline);
-    sync_leave(self);
-    return result;
-}
-
-/* abort() needs no mutex, so a stopped or dead party never blocks it. */
-static PyObject *Barrier_abort(SyncObject *self, PyObject *unused)
-{
-    if (check_open(self) < 0)
-        return NULL;
-    barrier_break_unlocked(self->p);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Barrier_reset(SyncObject *self, PyObject *const *args, Py_ssize_t nargs,
-                               PyObject *kwnames)
-{
-    static const char *const names[] = {"timeout"};
-    PyObject *a[1] = {NULL};
-    int64_t deadline = PW_FOREVER;
-    if ((nargs || kwnames) &&
-        (pw_parse_args("reset", args, nargs, kwnames, names, 1, 0, a) < 0 ||
-         pw_deadline_from(1, a[0], &deadline) < 0))
-        return NULL;
-    if (sync_enter(self) < 0)
-        return NULL;
-    struct pw_barrier *b = self->p;
-    PyObject *result = NULL;
-    int lr = barrier_lock(self, b, deadline);
-    if (lr == 1) {
-        if (self->base.guard.closed)
-            closed_while_waiting(self);
-        else
-            PyErr_Format(PyExc_TimeoutError,
-                         "%U: reset() could not take the barrier's internal lock in time "
-                         "(is a process holding it stopped?)", self->base.name);
-    } else if (lr == 0) {
-        atomic_fetch_add(&b->resets, 1);
-        atomic_store(&b->count, 0);
-        atomic_store(&b->broken, 0);
-        atomic_fetch_add(&b->seq, 1);
-        pthread_mutex_unlock(&b->mutex);
-        pw_futex_wake(&b->seq, INT32_MAX, PW_FUTEX_ANY);
-        result = Py_NewRef(Py_None);
-    }
-    sync_leave(self);
-    return result;
-}
-
-
-static PyObject *Barrier_stats(SyncObject *self, PyObject *unused)
-{
-    if (check_open(self) < 0)
-        return NULL;
-    struct pw_barrier *b = self->p;
-    uint32_t count = atomic_load(&b->count);
-    if (atomic_load(&b->broken))
-        count = 0;
-    return Py_BuildValue("{s:I,s:I,s:O,s:I,s:I,s:L,s:K}", "parties", b->parties, "n_waiting",
-                         count >= b->parties ? 0u : count, "broken",
-                         atomic_load(&b->broken) ? Py_True : Py_False, "waiters",
-                         (unsigned)pw_waiters_reconcile(&b->sleepers), "generation",
-                         (unsigned)atomic_load(&b->generation), "timeout_ns",
-                         (long long)b->timeout_ns, "owner_deaths",
-                         (unsigned long long)atomic_load(&b->owner_deaths));
-}
-
-static PyMethodDef Barrier_methods[] = {
-    {"_wait", (PyCFunction)(void (*)(void))Barrier_wait, METH_FASTCALL, NULL},
-    {"abort", (PyCFunction)Barrier_abort, METH_NOARGS,
-     "abort($self)\n--\n\nBreak the barrier: current and future wait() calls raise "
-     "BrokenBarrierError until reset()."},
-    {"reset", (PyCFunction)(void (*)(void))Barrier_reset, METH_FASTCALL | METH_KEYWORDS,
-     "reset($self, timeout=None)\n--\n\nReturn to the empty state; current waiters raise "
-     "BrokenBarrierError. TimeoutError if the barrier's internal lock cannot be taken "
-     "within timeout."},
-    {"_stats", (PyCFunction)Barrier_stats, METH_NOARGS, NULL},
-    {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
-};
-
-PW_SYNC_TYPE(Barrier, SyncObject, Sync_dealloc, Sync_getset,
-             "Barrier(buffer, name): a barrier in a mapped segment.");
-
-/* _core._testing.hold_barrier_mutex(barrier) (testing.c): takes a Barrier's
- * internal mutex and returns holding it, so that a test process can stop or
- * kill itself while holding it. Never used by the library. */
-PyObject *pw_testing_barrier_hold(PyObject *mod, PyObject *arg)
-{
-    if (!PyObject_TypeCheck(arg, &BarrierType)) {
-        PyErr_SetString(PyExc_TypeError, "a Barrier is required");
-        return NULL;
-    }
-    SyncObject *self = (SyncObject *)arg;
-    if (check_open(self) < 0)
-        return NULL;
-    struct pw_barrier *b = self->p;
-    int rc = pw_mutex_lock(&b->mutex, PW_FOREVER, NULL);
-    if (rc < 0)
-        return pw_raise(rc);
-    /* Held on this thread's robust list past this call: the mapping must
-     * outlive the object, or the kernel could not report our death. */
-    self->base.keep_mapping = 1;
-    Py_RETURN_NONE;
-}
 
 /* ====================================================== registration */
 
@@ -1753,8 +1344,7 @@ int pw_sync_register(PyObject *module)
         }
         atfork_done = 1;
     }
-    PyTypeObject *types[] = {&LockType, &SemaphoreType, &EventType, &ConditionType,
-                             &BarrierType};
+    PyTypeObject *types[] = {&LockType, &SemaphoreType, &EventType, &ConditionType};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
         if (PyType_Ready(types[i]) < 0)
             return -1;

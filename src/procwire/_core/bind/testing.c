@@ -7,7 +7,6 @@
 #include "core.h"
 
 PyObject *pw_testing_queue_hold(PyObject *module, PyObject *args, PyObject *kwds); /* queue.c */
-PyObject *pw_testing_barrier_hold(PyObject *module, PyObject *arg);             /* sync.c */
 
 static PyMethodDef testing_methods[] = {
     {"hold_queue_lock", (PyCFunction)(void (*)(void))pw_testing_queue_hold,
@@ -16,8 +15,6 @@ static PyMethodDef testing_methods[] = {
      "'head' (consumer) or 'tail' (producer) lock and keep it. `partial` writes half a record "
      "beyond the tail; `publish` moves the side's position by one message without updating "
      "the statistics, as a process killed right after its publishing store."},
-    {"hold_barrier_mutex", pw_testing_barrier_hold, METH_O,
-     "hold_barrier_mutex(barrier)\n--\n\nTake a Barrier's internal mutex and keep it."},
     {NULL, NULL, 0, NULL},
 };
 

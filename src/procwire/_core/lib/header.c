@@ -76,7 +76,11 @@ int pw_header_validate(const void *base, uint64_t size, uint32_t kind, const cha
         return pw_fail(PW_ECORRUPT, "%s has layout version %u, but this procwire reads "
                                 "version %u: use the same procwire version in every "
                                 "process", what, h->version, PW_LAYOUT_VERSION);
-    if (h->kind == 0 || h->kind >= PW_KIND_MAX_)
+    if (h->kind == PW_KIND_RETIRED_BARRIER)
+        return pw_fail(PW_ECORRUPT, "%s is the native Barrier of an earlier procwire (kind %u), "
+                                "which this procwire no longer reads (its Barrier is built on "
+                                "a Condition): remove it and create it again", what, h->kind);
+    if (!pw_kind_info(h->kind))
         return pw_fail(PW_ECORRUPT, "%s has an invalid object kind %u", what, h->kind);
     if (kind && h->kind != kind)
         return pw_fail(PW_ECORRUPT, "%s is a %s, not a %s", what, pw_kind_name(h->kind),
@@ -100,9 +104,7 @@ int pw_header_validate_kind(const void *base, uint64_t size, uint32_t kind, cons
     if (rc)
         return rc;
     const struct pw_header *h = base;
-    const struct pw_kind_info *k = pw_kind_info(h->kind);
-    if (!k)
-        return pw_fail(PW_ECORRUPT, "%s has an unknown object kind %u", what, h->kind);
+    const struct pw_kind_info *k = pw_kind_info(h->kind); /* known: validated */
     if (h->header_size != k->header_size)
         return pw_fail(PW_ECORRUPT, "%s is corrupt: its %s header is %u bytes, expected %zu",
                        what, k->name, h->header_size, k->header_size);

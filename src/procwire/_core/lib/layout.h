@@ -46,8 +46,11 @@
     X(RLOCK, 6, "rlock", pw_lock)                                              \
     X(SEMAPHORE, 7, "semaphore", pw_sem)                                       \
     X(CONDITION, 8, "condition", pw_cond)                                      \
-    X(EVENT, 9, "event", pw_event)                                             \
-    X(BARRIER, 10, "barrier", pw_barrier)
+    X(EVENT, 9, "event", pw_event)
+/* Retired kind numbers, never to be reused: 10, the native Barrier (the
+ * Barrier is Python over a Condition now). A segment of a retired kind fails
+ * pw_header_validate() with a message that names it. */
+#define PW_KIND_RETIRED_BARRIER 10
 
 enum pw_kind {
 #define PW_KIND_ENUM_(id, num, name, type) PW_KIND_##id = num,
@@ -394,11 +397,11 @@ enum pw_lock_mode {
 /*
  * Condition. 896 bytes. Waiters sleep on `seq`. A waiter registered in
  * `sleepers` slot i (wait.c) has its notify state in state[i]:
- *     COND_WAITING (1)   set by _prepare_wait() (lock held)
- *     COND_NOTIFIED (2)  set by notify(n) (lock held) by one compare-and-swap
- *                        from WAITING, then seq is bumped
- *     0                  set by the waiter as it leaves: one exchange, so a
- *                        timeout and a notify never both claim it
+ *     PW_COND_WAITING (1)   set by _prepare_wait() (lock held)
+ *     PW_COND_NOTIFIED (2)  set by notify(n) (lock held) by one compare-and-swap
+ *                           from WAITING, then seq is bumped
+ *     0                     set by the waiter as it leaves: one exchange, so
+ *                           a timeout and a notify never both claim it
  * A state counts only while its `sleepers` slot is taken: a killed waiter's
  * slot is reaped like any sleeper's and its state is then ignored (and
  * overwritten by the slot's next waiter), so it never stays "waiting" and
@@ -433,28 +436,8 @@ struct pw_cond {
                                             sleepers.slot[i], see above           */
 };
 _Static_assert(sizeof(struct pw_cond) == 896, "pw_cond layout");
-
-/*
- * Barrier. 128 bytes. All fields but the futex word `seq` change under
- * `mutex`; every change that waiters must see (trip, abort, reset) bumps seq.
- */
-struct pw_barrier {
-    pthread_mutex_t mutex;          /*  0: robust; an owner death breaks the barrier */
-    char pad0[PW_CACHELINE - sizeof(pthread_mutex_t)];
-    _Atomic uint32_t seq;           /* 64: futex word                            */
-    _Atomic uint32_t generation;    /* 68: trips so far (mod 2^32)               */
-    _Atomic uint32_t resets;        /* 72: reset() calls so far                  */
-    _Atomic uint32_t broken;        /* 76: 1 when broken                         */
-    uint32_t parties;               /* 80 */
-    _Atomic uint32_t count;         /* 84: arrived in this generation            */
-    uint32_t reserved1;             /* 88: layout 1: waiters (now `sleepers`)    */
-    uint32_t reserved0;             /* 92 */
-    int64_t timeout_ns;             /* 96: default timeout, -1 = None            */
-    _Atomic uint64_t owner_deaths;  /* 104 */
-    uint64_t reserved[2];           /* 112..127 */
-    struct pw_waiters sleepers;     /* 128: threads asleep in wait()             */
-};
-_Static_assert(sizeof(struct pw_barrier) == 320, "pw_barrier layout");
+#define PW_COND_WAITING 1u
+#define PW_COND_NOTIFIED 2u
 
 /*
  * Value and Array (and their Raw forms). The elements start at data_offset
@@ -521,8 +504,6 @@ PW_ASSERT_AT(pw_event, sleepers, 64);
 PW_ASSERT_AT(pw_cond, lock, 320);
 PW_ASSERT_AT(pw_cond, sleepers, 640);
 PW_ASSERT_AT(pw_cond, state, 832);
-PW_ASSERT_AT(pw_barrier, seq, 64);
-PW_ASSERT_AT(pw_barrier, sleepers, 128);
 PW_ASSERT_AT(pw_shared, typecode, 320);
 PW_ASSERT_AT(pw_shared, lock_name, 384);
 PW_ASSERT_AT(pw_ring, view_mark, 288);

@@ -76,6 +76,7 @@ void pw_ringref_init(pw_ringref *rr, struct pw_ring *r, uint8_t *data, const cha
     rr->src_spill = 0;
     rr->src_err = 0;
     rr->src_off = 0;
+    rr->cancel = NULL;
 }
 
 uint32_t pw_ring_count(const pw_ringref *rr)
@@ -179,7 +180,8 @@ static int wait_for_move(pw_ringref *rr, _Atomic uint64_t *word, uint64_t seen,
     const _Atomic uint32_t *peer_cpu = word == &r->head ? &r->head_cpu : &r->tail_cpu;
     struct moved m = {word, seen};
     pw_wait w = {.done = word_moved, .ctx = &m, .waiters = sleepers, .futex = seq,
-                 .mask = PW_FUTEX_ANY, .spin = &rr->spin, .peer_cpu = peer_cpu};
+                 .mask = PW_FUTEX_ANY, .spin = &rr->spin, .peer_cpu = peer_cpu,
+                 .cancel = rr->cancel};
     return pw_wait_until(&w, deadline);
 }
 
@@ -202,10 +204,12 @@ static int64_t lock_deadline_for(int64_t deadline)
     return deadline > grace ? deadline : grace;
 }
 
-/* Locks one side, counting an owner's death: PW_OK, PW_TIMEOUT or an error. */
-static int lock_side(pthread_mutex_t *m, _Atomic uint64_t *died, int64_t deadline)
+/* Locks one side, counting an owner's death: PW_OK, PW_TIMEOUT, PW_CANCELLED
+ * or an error. */
+static int lock_side(const pw_ringref *rr, pthread_mutex_t *m, _Atomic uint64_t *died,
+                     int64_t deadline)
 {
-    int rc = pw_mutex_lock(m, deadline, NULL);
+    int rc = pw_mutex_lock(m, deadline, rr->cancel);
     if (rc == PW_OWNER_DIED) {
         /* Nothing to repair: the dead process's last publish is the state. */
         atomic_fetch_add_explicit(died, 1, memory_order_relaxed);
@@ -228,7 +232,7 @@ static inline void store_total(_Atomic uint64_t *total, uint32_t count)
                                                 count), memory_order_relaxed);
 }
 
-static int bad_record(const pw_ringref *rr, const char *why, uint64_t a, uint64_t b)
+int pw_ring_bad_record(const pw_ringref *rr, const char *why, uint64_t a, uint64_t b)
 {
     return pw_fail(PW_ECORRUPT, "%s is corrupt: %s (%llu, %llu); no message was taken",
                    rr->what, why, (unsigned long long)a, (unsigned long long)b);
@@ -457,7 +461,7 @@ spill_take(pw_ringref *rr, pw_take_fn fn, void *ctx, uint32_t before, uint32_t c
     uint32_t type = (uint32_t)hdr[1], seq = (uint32_t)(hdr[1] >> 32);
     /* Checked like a ring record: the spill is untrusted too. */
     if (seq != count || type == 0 || type >= PW_REC_STREAM_FIRST || hdr[0] > PW_SPILL_MAX_PAYLOAD)
-        return bad_record(rr, "spilled record does not follow", seq, type);
+        return pw_ring_bad_record(rr, "spilled record does not follow", seq, type);
     uint64_t size = spill_record_size(hdr[0]);
     uint8_t last;
     e = spill_read(rr, *ovh + size - 1, &last, 1); /* the file holds all of it */
@@ -528,7 +532,7 @@ int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int6
     const int64_t lock_deadline = lock_deadline_for(deadline);
     int64_t grace = -1; /* until when a full ring is waited for before spilling */
     for (;;) {
-        int rc = lock_side(&r->tail_lock, &r->tail_owner_died, lock_deadline);
+        int rc = lock_side(rr, &r->tail_lock, &r->tail_owner_died, lock_deadline);
         if (rc)
             return rc;
         uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
@@ -596,7 +600,7 @@ int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int6
             int in_grace = grace > 0 && rr->spill && !r->maxsize;
             rc = wait_for_move(rr, &r->head, head, &r->not_full_seq, &r->producers,
                                in_grace ? grace : deadline);
-            if (rc < 0)
+            if (rc < 0 || rc == PW_CANCELLED)
                 return rc;
             /* Timed out: one last look, in case room appeared meanwhile. */
             if (rc == PW_TIMEOUT && !in_grace && atomic_load(&r->head) == head)
@@ -617,12 +621,12 @@ static int record_at(const pw_ringref *rr, uint64_t head, uint64_t tail, uint32_
 {
     uint32_t used = pw_pos(tail) - pw_pos(head), hdr[2];
     if (used < PW_REC_HEADER || used > rr->capacity)
-        return bad_record(rr, "message count and byte positions disagree", used,
+        return pw_ring_bad_record(rr, "message count and byte positions disagree", used,
                           pw_count(tail) - pw_count(head));
     ring_copy_out(rr, pw_pos(head), hdr, sizeof hdr);
     if (pw_record_size(hdr[0]) > used)
-        return bad_record(rr, "record longer than the published data", pw_record_size(hdr[0]),
-                          used);
+        return pw_ring_bad_record(rr, "record longer than the published data",
+                                  pw_record_size(hdr[0]), used);
     *type = hdr[1];
     *len = hdr[0];
     return PW_OK;
@@ -652,17 +656,21 @@ static void drop_dead_view(pw_ringref *rr)
     publish_head(r, pw_count(head) + 1, pw_pos(head) + (uint32_t)pw_record_size(len), len);
 }
 
-/* Locks the consumers' side (lock_side, plus a dead reader's view dropped). */
-static int lock_head(pw_ringref *rr, int64_t deadline)
+/* Locks the consumers' side (lock_side, plus a dead reader's view dropped)
+ * and reads the head and the published tail. */
+static int lock_head(pw_ringref *rr, int64_t deadline, uint64_t *head, uint64_t *tail)
 {
     struct pw_ring *r = rr->ring;
-    int rc = pw_mutex_lock(&r->head_lock, deadline, NULL);
+    int rc = pw_mutex_lock(&r->head_lock, deadline, rr->cancel);
     if (rc == PW_OWNER_DIED) {
         atomic_fetch_add_explicit(&r->head_owner_died, 1, memory_order_relaxed);
         drop_dead_view(rr);
-        return PW_OK;
+    } else if (rc) {
+        return rc;
     }
-    return rc;
+    *head = atomic_load_explicit(&r->head, memory_order_relaxed);
+    *tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+    return PW_OK;
 }
 
 int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t deadline,
@@ -672,11 +680,10 @@ int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t d
     const int64_t lock_deadline = lock_deadline_for(deadline);
     *taken_out = 0;
     for (;;) {
-        int rc = lock_head(rr, lock_deadline);
+        uint64_t head, tail;
+        int rc = lock_head(rr, lock_deadline, &head, &tail);
         if (rc)
             return rc;
-        uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
-        uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
         uint32_t pos = pw_pos(head), count = pw_count(head);
         uint64_t bytes = 0, ovh = 0;
         size_t taken = 0;
@@ -687,43 +694,25 @@ int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t d
                           PW_INTENT_VALID))
             spill_repair(&r->ov_head_intent, &r->ov_head_intent_end, &r->ov_head, count);
         while (taken < max && count != pw_count(tail)) {
-            /* Everything read from the ring is checked before it is used: a
-             * corrupt length must not send the copy outside the mapping. */
-            uint32_t used = pw_pos(tail) - pos;
-            uint32_t hdr[2];
-            if (used < PW_REC_HEADER || used > rr->capacity) {
-                if (used == 0 && rr->spill) {
-                    /* The ring is empty and messages remain: spilled ones. */
-                    uint64_t len = 0;
-                    int f = spill_take(rr, fn, ctx, pw_count(head), count, &ovh, &spilled,
-                                       &len);
-                    if (f < 0) {
-                        err = f;
-                        break;
-                    }
-                    count++;
-                    bytes += len;
-                    taken++;
-                    if (f > 0)
-                        break;
-                    continue;
-                }
-                err = bad_record(rr, "message count and byte positions disagree", used,
-                                 pw_count(tail) - count);
-                break;
+            uint32_t type;
+            uint64_t len = 0;
+            int f;
+            if (rr->spill && pos == pw_pos(tail)) {
+                /* The ring is empty and messages remain: spilled ones. */
+                f = spill_take(rr, fn, ctx, pw_count(head), count, &ovh, &spilled, &len);
+            } else {
+                /* Everything read from the ring is checked before it is used: a
+                 * corrupt length must not send the copy outside the mapping. */
+                f = record_at(rr, pw_pack(count, pos), tail, &type, &len);
+                if (f == PW_OK)
+                    f = fn(ctx, rr, pos + PW_REC_HEADER, type, len);
+                if (f >= 0)
+                    pos += (uint32_t)pw_record_size(len);
             }
-            ring_copy_out(rr, pos, hdr, sizeof hdr);
-            uint64_t len = hdr[0], need = pw_record_size(len);
-            if (need > used) {
-                err = bad_record(rr, "record longer than the published data", need, used);
-                break;
-            }
-            int f = fn(ctx, rr, pos + PW_REC_HEADER, hdr[1], len);
             if (f < 0) {
                 err = f;
                 break;
             }
-            pos += (uint32_t)need;
             count++;
             bytes += len;
             taken++;
@@ -742,7 +731,7 @@ int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t d
         if (taken || err)
             return err;
         rc = wait_for_move(rr, &r->tail, tail, &r->not_empty_seq, &r->consumers, deadline);
-        if (rc < 0)
+        if (rc < 0 || rc == PW_CANCELLED)
             return rc;
         if (rc == PW_TIMEOUT && atomic_load(&r->tail) == tail)
             return PW_TIMEOUT;
@@ -806,7 +795,7 @@ int pw_ring_reserve(pw_ringref *rr, uint64_t len, int64_t deadline, uint32_t *po
     const uint64_t need = pw_record_size(len);
     const int64_t lock_deadline = lock_deadline_for(deadline);
     for (;;) {
-        int rc = lock_side(&r->tail_lock, &r->tail_owner_died, lock_deadline);
+        int rc = lock_side(rr, &r->tail_lock, &r->tail_owner_died, lock_deadline);
         if (rc)
             return rc;
         uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
@@ -845,11 +834,10 @@ int pw_ring_peek(pw_ringref *rr, int64_t deadline, uint32_t *pos, uint32_t *type
     struct pw_ring *r = rr->ring;
     const int64_t lock_deadline = lock_deadline_for(deadline);
     for (;;) {
-        int rc = lock_head(rr, lock_deadline);
+        uint64_t head, tail;
+        int rc = lock_head(rr, lock_deadline, &head, &tail);
         if (rc)
             return rc;
-        uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
-        uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
         if (pw_count(head) != pw_count(tail)) {
             if (rr->spill && pw_pos(head) == pw_pos(tail)) {
                 /* Spilled: not in the ring, so no view; the caller copies. */

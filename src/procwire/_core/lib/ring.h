@@ -23,6 +23,9 @@ typedef struct {
     int src_spill;
     int src_err;        /* errno of a failed spill read (those bytes read as 0) */
     uint64_t src_off;
+    /* Nonzero: waits for a lock or for the other side end with PW_CANCELLED
+     * (the binding's close flag; NULL: never). */
+    const int *cancel;
 } pw_ringref;
 
 /* A spilled message's largest payload (callbacks see 32-bit positions). */
@@ -112,7 +115,8 @@ int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int6
  * Waits for the first record until the deadline. Returns PW_OK with
  * *taken >= 1, PW_TIMEOUT with *taken == 0, or an error -- which may follow
  * records already taken (*taken > 0: deliver those; the error recurs on the
- * next call). Producers asleep on a full ring are woken.
+ * next call). Producers asleep on a full ring are woken. PW_CANCELLED once
+ * *rr->cancel is set (pw_ring_put too; pw_ring_kick wakes the sleepers).
  */
 typedef int (*pw_take_fn)(void *ctx, const pw_ringref *rr, uint32_t payload_pos, uint32_t type,
                           uint64_t len);
@@ -146,6 +150,9 @@ void pw_ring_unreserve(pw_ringref *rr);
 int pw_ring_peek(pw_ringref *rr, int64_t deadline, uint32_t *pos, uint32_t *type, uint64_t *len);
 void pw_ring_consume_peeked(pw_ringref *rr, uint64_t len);
 void pw_ring_unpeek(pw_ringref *rr);
+
+/* PW_ECORRUPT: "<what> is corrupt: <why> (a, b); no message was taken". */
+int pw_ring_bad_record(const pw_ringref *rr, const char *why, uint64_t a, uint64_t b);
 
 /* Copies between the ring (at pos, wrapping) and ordinary memory. */
 void pw_ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n);
