@@ -27,7 +27,8 @@
 
 /* ---------------------------------------------------------------- errors */
 
-/* The module's state (module.c): every Python object the C code keeps. */
+/* The module's state (module.c): every Python object the C code keeps, and
+ * nothing else (module.c visits and clears it as an array of objects). */
 typedef struct {
     PyObject *ProcwireError;      /* base of procwire's own errors              */
     PyObject *SegmentError;       /* corrupt, foreign or truncated segment       */
@@ -73,6 +74,12 @@ int pw_parse_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyO
 
 /* pw_deadline_from() for optional (NULL = default) block and timeout objects. */
 int pw_parse_block_timeout(PyObject *block, PyObject *timeout, int64_t *deadline);
+
+/* The arguments of func(block=True, timeout=None), or with `with_block` 0 of
+ * func(timeout=None), as a deadline: parsed (and a bad timeout rejected)
+ * before anything is taken. 0, or -1 with TypeError or ValueError set. */
+int pw_parse_deadline(const char *func, PyObject *const *args, Py_ssize_t nargs,
+                      PyObject *kwnames, int with_block, int64_t *deadline);
 
 
 /* ------------------------------------------------- the native object base */
@@ -200,17 +207,20 @@ int pw_view_end(pw_lease *l);
 
 /* -------------------------------------------------------- module plumbing */
 
-int pw_queue_register(PyObject *module);   /* queue.c: QueueBase */
-int pw_testing_register(PyObject *module); /* testing.c: _core._testing */
-int pw_sync_register(PyObject *module);   /* sync.c: Lock, Semaphore, Event, ... */
-int pw_shared_register(PyObject *module); /* shared.c: Value and Array segments  */
-
-int pw_segment_register(PyObject *module);
-int pw_inspect_register(PyObject *module); /* inspect.c: read-only _core.inspect() */
+/* PyType_Ready(type), then adds it to the module under tp_name's last part. */
+int pw_add_type(PyObject *module, PyTypeObject *type);
 
 /* inspect.c: the counters of kind's struct `p` (validated) as a new dict, or
  * NULL; `reconcile` (a live object) frees dead sleepers' slots as it counts. */
 PyObject *pw_counters(uint32_t kind, void *p, int reconcile);
-int pw_pipe_register(PyObject *module);
+
+/* Each file's types and functions, added to the module at import (module.c). */
+int pw_segment_register(PyObject *module); /* segment.c: layout, guard, constants */
+int pw_queue_register(PyObject *module);   /* queue.c: QueueBase */
+int pw_pipe_register(PyObject *module);    /* pipe.c: PipeEnd */
+int pw_sync_register(PyObject *module);    /* sync.c: Lock, Semaphore, Event, Condition */
+int pw_shared_register(PyObject *module);  /* shared.c: BufferView */
+int pw_inspect_register(PyObject *module); /* inspect.c: inspect(), header_info() */
+int pw_testing_register(PyObject *module); /* testing.c: _core._testing */
 
 #endif /* PROCWIRE_CORE_H */
