@@ -78,8 +78,34 @@ int pw_parse_block_timeout(PyObject *block, PyObject *timeout, int64_t *deadline
 /* The arguments of func(block=True, timeout=None), or with `with_block` 0 of
  * func(timeout=None), as a deadline: parsed (and a bad timeout rejected)
  * before anything is taken. 0, or -1 with TypeError or ValueError set. */
-int pw_parse_deadline(const char *func, PyObject *const *args, Py_ssize_t nargs,
-                      PyObject *kwnames, int with_block, int64_t *deadline);
+int pw_parse_deadline_args(const char *func, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames, int with_block, int64_t *deadline);
+static inline int pw_parse_deadline(const char *func, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames, int with_block, int64_t *deadline)
+{
+    *deadline = PW_FOREVER;
+    /* The common call (none: block forever) costs no call at all. */
+    return nargs || kwnames ? pw_parse_deadline_args(func, args, nargs, kwnames, with_block,
+                                                     deadline) : 0;
+}
+
+/*
+ * Method-table rows that state each method once, its text signature (for
+ * inspect.signature) built from its name and calling convention: no
+ * arguments; one positional argument `arg`; positional-only `params`; or
+ * `params` by position or keyword.
+ */
+#define PW_NOARGS(name, fn, doc)                                               \
+    {name, (PyCFunction)(fn), METH_NOARGS, name "($self, /)\n--\n\n" doc}
+#define PW_ONEARG(name, fn, arg, doc)                                          \
+    {name, (PyCFunction)(fn), METH_O, name "($self, " arg ", /)\n--\n\n" doc}
+#define PW_POSARGS(name, fn, params, doc)                                      \
+    {name, (PyCFunction)(void (*)(void))(fn), METH_FASTCALL,                   \
+     name "($self, " params ", /)\n--\n\n" doc}
+#define PW_KWARGS(name, fn, params, doc)                                       \
+    {name, (PyCFunction)(void (*)(void))(fn), METH_FASTCALL | METH_KEYWORDS,   \
+     name "($self, /, " params ")\n--\n\n" doc}
+#define PW_END_METHODS {NULL, NULL, 0, NULL}
 
 
 /* ------------------------------------------------- the native object base */

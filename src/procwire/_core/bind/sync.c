@@ -69,18 +69,6 @@ static inline pid_t my_tid(void)
 #define mutex_holder(m) ((pid_t)pw_mutex_holder(m))
 #define mutex_owner_died(m) pw_mutex_owner_died(m)
 
-/* pw_wait's done() for "sleep until this word moves" waits. */
-struct word_moved {
-    _Atomic uint32_t *word;
-    uint32_t seen;
-};
-
-static int word_moved(void *ctx)
-{
-    struct word_moved *m = ctx;
-    return atomic_load(m->word) != m->seen;
-}
-
 static int never(void *ctx)
 {
     return 0;
@@ -211,12 +199,9 @@ static PyObject *Sync_close(SyncObject *self, PyObject *unused)
 }
 
 static PyMethodDef SyncBase_methods[] = {
-    {"_counters", (PyCFunction)Sync_counters, METH_NOARGS,
-     "_counters($self, /)\n--\n\nThe live counters in shared memory (procwire.stats reads "
-     "them)."},
-    {"_close", (PyCFunction)Sync_close, METH_NOARGS,
-     "_close($self, /)\n--\n\nRelease this handle's mapping (idempotent)."},
-    {NULL, NULL, 0, NULL},
+    PW_NOARGS("_counters", Sync_counters, "The live counters (procwire.stats reads them)."),
+    PW_NOARGS("_close", Sync_close, "Release this handle's mapping (idempotent)."),
+    PW_END_METHODS,
 };
 
 static PyGetSetDef SyncBase_getset[] = {
@@ -248,6 +233,14 @@ static PyTypeObject SyncBaseType = {
         .tp_methods = Name##_methods, .tp_getset = getset,                     \
     }
 
+/* ... for a type of one kind, opened by __init__(buffer, name). */
+#define PW_SYNC_KIND_TYPE(Name, kind, doc)                                     \
+    static int Name##_init(SyncObject *self, PyObject *args, PyObject *kwds)   \
+    {                                                                          \
+        return sync_open(self, args, kwds, kind) ? 0 : -1;                     \
+    }                                                                          \
+    PW_SYNC_TYPE(Name, SyncObject, Sync_dealloc, NULL, doc)
+
 /* A primitive with Name_acquire() and Name_release() (Self *self): its
  * context-manager methods, and its method-table rows, as multiprocessing's
  * (the signatures are its). */
@@ -262,13 +255,9 @@ static PyTypeObject SyncBaseType = {
     }
 
 #define PW_ACQUIRABLE_METHODS(Name, doc)                                       \
-    {"acquire", (PyCFunction)(void (*)(void))Name##_acquire,                   \
-     METH_FASTCALL | METH_KEYWORDS,                                            \
-     "acquire($self, /, block=True, timeout=None)\n--\n\n" doc},               \
-    {"release", (PyCFunction)Name##_release, METH_NOARGS,                      \
-     "release($self, /)\n--\n\nRelease it once."},                             \
-    {"__enter__", (PyCFunction)Name##_enter, METH_NOARGS,                      \
-     "__enter__($self, /)\n--\n\nacquire()."},                                 \
+    PW_KWARGS("acquire", Name##_acquire, "block=True, timeout=None", doc),     \
+    PW_NOARGS("release", Name##_release, "Release it once."),                  \
+    PW_NOARGS("__enter__", Name##_enter, "acquire()."),                        \
     {"__exit__", (PyCFunction)(void (*)(void))Name##_exit, METH_FASTCALL,      \
      "__exit__($self, /, *args)\n--\n\nrelease()."}
 
@@ -495,6 +484,20 @@ static PyObject *acquired(LockObject *self, struct pw_lock *l, int owner_dead)
     Py_RETURN_TRUE;
 }
 
+/* What a Lock's waits watch: its mutex, the lock word last seen, and
+ * pthread_mutex_trylock's last answer (take_if_free). */
+struct lock_watch {
+    pthread_mutex_t *m;
+    uint32_t seen;
+    int rc;
+};
+
+static int lock_word_moved(void *ctx)
+{
+    struct lock_watch *w = ctx;
+    return pw_mutex_word(w->m) != w->seen;
+}
+
 /*
  * The lock word names this tid, but not this process: a thread with the same
  * tid in another PID namespace holds it, and glibc (which answers EDEADLK)
@@ -514,22 +517,17 @@ static int wait_foreign_holder(LockObject *self, struct pw_lock *l, int64_t dead
             return 0;
         w = flagged;
     }
-    struct word_moved m = {word, w};
-    pw_wait wt = {.done = word_moved, .ctx = &m, .waiters = &l->sleepers, .futex = word,
+    struct lock_watch m = {&l->mutex, w};
+    pw_wait wt = {.done = lock_word_moved, .ctx = &m, .waiters = &l->sleepers, .futex = word,
                   .mask = PW_FUTEX_ANY, .cancel = &self->sync.base.guard.closed};
     int rc = pw_wait_until(&wt, deadline);
     return rc == PW_TIMEOUT ? 1 : rc < 0 ? pw_raise_int(rc) : 0;
 }
 
 /* The Lock's spin: pw_spin's done(), which tries the mutex whenever it is free. */
-struct try_free {
-    pthread_mutex_t *m;
-    int rc; /* pthread_mutex_trylock's last answer */
-};
-
 static int take_if_free(void *ctx)
 {
-    struct try_free *t = ctx;
+    struct lock_watch *t = ctx;
     if (mutex_holder(t->m) == 0 || mutex_owner_died(t->m))
         t->rc = pthread_mutex_trylock(t->m);
     return t->rc != EBUSY;
@@ -579,7 +577,7 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
     /* Adaptive: a lock held for a few microseconds is cheaper to spin for
      * than to sleep on, when the holder runs on another CPU. Taking the GIL
      * back while holding the mutex is safe (core.h, rule 4). */
-    struct try_free t = {&l->mutex, EBUSY};
+    struct lock_watch t = {&l->mutex, 0, EBUSY};
     if (pw_spin(&self->sync.spin, take_if_free, &t, deadline, NULL)) {
         if (t.rc == 0 || t.rc == EOWNERDEAD)
             return acquired(self, l, t.rc == EOWNERDEAD);
@@ -752,20 +750,17 @@ static PyObject *Lock_get_owner_died(LockObject *self, void *closure)
 static PyMethodDef Lock_methods[] = {
     PW_ACQUIRABLE_METHODS(Lock, "Take the lock; False if the timeout passed first. Raises "
                           "OwnerDiedWarning (as a warning) if its holder died holding it."),
-    {"_is_mine", (PyCFunction)Lock_is_mine, METH_NOARGS,
-     "_is_mine($self, /)\n--\n\nHeld by this thread through this handle."},
-    {"_count", (PyCFunction)Lock_count, METH_NOARGS,
-     "_count($self, /)\n--\n\nThis handle's recursion depth in this thread."},
-    {"_release_save", (PyCFunction)Lock_release_save, METH_NOARGS,
-     "_release_save($self, /)\n--\n\nRelease what this handle holds; the depth to restore."},
-    {"_acquire_restore", (PyCFunction)Lock_acquire_restore, METH_O,
-     "_acquire_restore($self, depth, /)\n--\n\nTake the lock again, blocking, with that depth."},
-    {"make_consistent", (PyCFunction)Lock_make_consistent, METH_NOARGS,
-     "make_consistent($self, /)\n--\n\nAfter an acquire that found the previous holder dead, "
-     "and after repairing the state the lock protects: clear owner_died. Hold the lock."},
-    {"_close", (PyCFunction)Lock_close, METH_NOARGS,
-     "_close($self, /)\n--\n\nRelease what this handle holds, then its mapping."},
-    {NULL, NULL, 0, NULL},
+    PW_NOARGS("_is_mine", Lock_is_mine, "Held by this thread through this handle."),
+    PW_NOARGS("_count", Lock_count, "This handle's recursion depth in this thread."),
+    PW_NOARGS("_release_save", Lock_release_save,
+              "Release what this handle holds; the depth to restore."),
+    PW_ONEARG("_acquire_restore", Lock_acquire_restore, "depth",
+              "Take the lock again, blocking, with that depth."),
+    PW_NOARGS("make_consistent", Lock_make_consistent,
+              "After an acquire that found the previous holder dead, and after repairing "
+              "the state the lock protects: clear owner_died. Hold the lock."),
+    PW_NOARGS("_close", Lock_close, "Release what this handle holds, then its mapping."),
+    PW_END_METHODS,
 };
 
 static PyGetSetDef Lock_getset[] = {
@@ -780,11 +775,6 @@ PW_SYNC_TYPE(Lock, LockObject, Lock_dealloc, Lock_getset,
              "A robust lock in a mapped segment (an RLock if recursive).");
 
 /* ========================================================= Semaphore */
-
-static int Semaphore_init(SyncObject *self, PyObject *args, PyObject *kwds)
-{
-    return sync_open(self, args, kwds, PW_KIND_SEMAPHORE) ? 0 : -1;
-}
 
 static inline int sem_trydown(struct pw_sem *s)
 {
@@ -854,20 +844,14 @@ static PyObject *Semaphore_get_value(SyncObject *self, PyObject *unused)
 
 static PyMethodDef Semaphore_methods[] = {
     PW_ACQUIRABLE_METHODS(Semaphore, "Take one count; False if the timeout passed first."),
-    {"get_value", (PyCFunction)Semaphore_get_value, METH_NOARGS,
-     "get_value($self, /)\n--\n\nThe count now."},
-    {NULL, NULL, 0, NULL},
+    PW_NOARGS("get_value", Semaphore_get_value, "The count now."),
+    PW_END_METHODS,
 };
 
-PW_SYNC_TYPE(Semaphore, SyncObject, Sync_dealloc, NULL,
-             "Semaphore(buffer, name)\n--\n\nA futex semaphore in a mapped segment.");
+PW_SYNC_KIND_TYPE(Semaphore, PW_KIND_SEMAPHORE,
+                  "Semaphore(buffer, name)\n--\n\nA futex semaphore in a mapped segment.");
 
 /* ============================================================= Event */
-
-static int Event_init(SyncObject *self, PyObject *args, PyObject *kwds)
-{
-    return sync_open(self, args, kwds, PW_KIND_EVENT) ? 0 : -1;
-}
 
 static PyObject *Event_is_set(SyncObject *self, PyObject *unused)
 {
@@ -932,27 +916,18 @@ static PyObject *Event_wait(SyncObject *self, PyObject *const *args, Py_ssize_t 
 }
 
 static PyMethodDef Event_methods[] = {
-    {"is_set", (PyCFunction)Event_is_set, METH_NOARGS,
-     "is_set($self, /)\n--\n\nTrue if the flag is set."},
-    {"set", (PyCFunction)Event_set, METH_NOARGS,
-     "set($self, /)\n--\n\nSet the flag and wake every waiter."},
-    {"clear", (PyCFunction)Event_clear, METH_NOARGS,
-     "clear($self, /)\n--\n\nClear the flag."},
-    {"wait", (PyCFunction)(void (*)(void))Event_wait, METH_FASTCALL | METH_KEYWORDS,
-     "wait($self, /, timeout=None)\n--\n\nWait until the flag is set (or was set while "
-     "waiting); False if the timeout passed first."},
-    {NULL, NULL, 0, NULL},
+    PW_NOARGS("is_set", Event_is_set, "True if the flag is set."),
+    PW_NOARGS("set", Event_set, "Set the flag and wake every waiter."),
+    PW_NOARGS("clear", Event_clear, "Clear the flag."),
+    PW_KWARGS("wait", Event_wait, "timeout=None", "Wait until the flag is set (or was set "
+              "while waiting); False if the timeout passed first."),
+    PW_END_METHODS,
 };
 
-PW_SYNC_TYPE(Event, SyncObject, Sync_dealloc, NULL,
-             "Event(buffer, name)\n--\n\nA futex event in a mapped segment.");
+PW_SYNC_KIND_TYPE(Event, PW_KIND_EVENT,
+                  "Event(buffer, name)\n--\n\nA futex event in a mapped segment.");
 
 /* ========================================================= Condition */
-
-static int Condition_init(SyncObject *self, PyObject *args, PyObject *kwds)
-{
-    return sync_open(self, args, kwds, PW_KIND_CONDITION) ? 0 : -1;
-}
 
 /*
  * The `wake` word (layout.h), for waiters without a registry slot only:
@@ -1089,10 +1064,8 @@ static int cond_mark(struct pw_cond *c, int i)
 /* _notify(n): wake up to n waiters (lock held). */
 static PyObject *Condition_notify(SyncObject *self, PyObject *arg)
 {
-    Py_ssize_t n = PyLong_AsSsize_t(arg);
-    if (n == -1 && PyErr_Occurred())
-        return NULL;
-    if (check_open(self) < 0)
+    Py_ssize_t n;
+    if (!PyArg_Parse(arg, "n:_notify", &n) || check_open(self) < 0)
         return NULL;
     struct pw_cond *c = self->p;
     if (n <= 0 || !pw_waiters_any(&c->sleepers))
@@ -1151,19 +1124,18 @@ static PyObject *Condition_notify(SyncObject *self, PyObject *arg)
 }
 
 static PyMethodDef Condition_methods[] = {
-    {"_prepare_wait", (PyCFunction)Condition_prepare_wait, METH_NOARGS,
-     "_prepare_wait($self, /)\n--\n\nRegister this thread as a waiter (lock held); the "
-     "token _sleep() takes."},
-    {"_sleep", (PyCFunction)(void (*)(void))Condition_sleep, METH_FASTCALL,
-     "_sleep($self, seq, timeout, /)\n--\n\nAfter _prepare_wait() and releasing the lock: "
-     "wait for a notify; False on timeout."},
-    {"_notify", (PyCFunction)Condition_notify, METH_O,
-     "_notify($self, n, /)\n--\n\nWake up to n waiters (lock held)."},
-    {NULL, NULL, 0, NULL},
+    PW_NOARGS("_prepare_wait", Condition_prepare_wait,
+              "Register this thread as a waiter (lock held); the token _sleep() takes."),
+    PW_POSARGS("_sleep", Condition_sleep, "seq, timeout",
+               "After _prepare_wait() and releasing the lock: wait for a notify; False on "
+               "timeout."),
+    PW_ONEARG("_notify", Condition_notify, "n", "Wake up to n waiters (lock held)."),
+    PW_END_METHODS,
 };
 
-PW_SYNC_TYPE(Condition, SyncObject, Sync_dealloc, NULL,
-             "Condition(buffer, name)\n--\n\nA futex condition variable in a mapped segment.");
+PW_SYNC_KIND_TYPE(Condition, PW_KIND_CONDITION,
+                  "Condition(buffer, name)\n--\n\nA futex condition variable in a mapped "
+                  "segment.");
 
 /* ====================================================== registration */
 
