@@ -19,6 +19,8 @@ import time
 import pytest
 from _pytest.reports import TestReport
 
+from leakcheck import children as _children, is_leak, shm_entries as _shm_entries
+
 # The cleanup tracker (procwire._tracker) removes the names of killed creators.
 # The suite runs without it unless PROCWIRE_TRACKER=1 is set, so that the leak
 # check below still sees every name a process fails to remove in order (with
@@ -65,48 +67,6 @@ def ctx(request):
 
 def _open_fds() -> set[int]:
     return {int(fd) for fd in os.listdir("/proc/self/fd")}
-
-
-def _shm_entries() -> set[str]:
-    return {e for e in os.listdir("/dev/shm") if e.startswith("procwire")}
-
-
-def _creator(entry: str) -> int | None:
-    """The pid that created a segment, from its header or its temporary name."""
-    if ".creating-" in entry:
-        return int(entry.rsplit(".creating-", 1)[1].split("-")[0])
-    try:
-        with open(os.path.join("/dev/shm", entry), "rb") as f:
-            header = f.read(64)
-        return int.from_bytes(header[24:28], "little") if len(header) == 64 else None
-    except OSError:
-        return None
-
-
-def _belongs_to_another_live_process(entry: str) -> bool:
-    # Another test session may run beside this one (a developer's second
-    # terminal): its live objects are not this test's leaks.
-    pid = _creator(entry)
-    if not pid or pid == os.getpid() or pid in _children():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _children() -> set[int]:
-    pids: set[int] = set()
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/children") as f:
-                pids.update(int(p) for p in f.read().split())
-        except FileNotFoundError:
-            pass
-    return pids
 
 
 def _reap(pids: set[int]) -> None:
@@ -181,7 +141,10 @@ def leak_check(request):
         if not extra_children or time.monotonic() > deadline:
             break
         time.sleep(0.01)
-    leaked_shm = {e for e in _shm_entries() - shm if not _belongs_to_another_live_process(e)}
+    # Other test sessions share /dev/shm: only this test's own entries count
+    # (and are removed); see leakcheck.py.
+    now_children = _children()
+    leaked_shm = {e for e in _shm_entries() - shm if is_leak(e, now_children)}
     leaked_fds = _open_fds() - fds
     for pid in extra_children:
         try:

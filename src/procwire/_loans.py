@@ -42,11 +42,6 @@ __all__ = ["Lender", "Loan", "View"]
 _REC_BYTES, _REC_BYTEARRAY, _REC_PICKLE, _REC_PICKLE_OOB = 1, 2, 3, 4
 
 
-def _not_this_thread(what: str) -> RuntimeError:
-    return RuntimeError(f"{what} must be ended by the thread that took it: it holds "
-                        "a lock only that thread can release")
-
-
 class Lender:
     """What a Queue and a Pipe end share for loans and views: the bookkeeping of
     this handle's open ones, per thread. The native methods are the type's
@@ -102,13 +97,40 @@ class Lender:
             raise RuntimeError(f"{self._describe()}: another thread of this process holds a "
                                "loan or view of it; end that first")
         for x in list(leases):
-            if isinstance(x, Loan):
-                x.discard()
-            else:
-                x.release()
+            x._close()
 
 
-class Loan:
+class _Lease:
+    """What a Loan and a View share: the handle whose lock it holds, and the
+    thread that took it, the only one that may end it."""
+
+    __slots__ = ("_owner", "_source")
+
+    def __init__(self, source: Lender | None) -> None:
+        self._source = source
+        self._owner = threading.get_ident()
+
+    def _detach(self, what: str) -> Lender | None:
+        """Stop counting as the handle's open lease: its handle, None if ended already."""
+        source = self._source
+        if source is not None:
+            if threading.get_ident() != self._owner:
+                raise RuntimeError(f"{what} must be ended by the thread that took it: it "
+                                   "holds a lock only that thread can release")
+            self._source = None
+            source._leases.discard(self)
+        return source
+
+    def _close(self) -> None:
+        """End it without a result: a loan is discarded, a view released."""
+        raise NotImplementedError
+
+    def __del__(self) -> None:
+        if self._source is not None and threading.get_ident() == self._owner:
+            self._close()
+
+
+class Loan(_Lease):
     """Room for one message, written in place; see :meth:`procwire.Queue.loan`.
 
     ``with q.loan(n) as buf:`` gives ``buf``, a writable memoryview of ``n``
@@ -119,12 +141,11 @@ class Loan:
     ``k`` bytes.
     """
 
-    __slots__ = ("_nbytes", "_owner", "_source", "_temp", "_view")
+    __slots__ = ("_nbytes", "_temp", "_view")
 
     def __init__(self, source: Lender, nbytes: int, offset: int) -> None:
-        self._source: Lender | None = source
+        super().__init__(source)
         self._nbytes = nbytes
-        self._owner = threading.get_ident()
         # A message that would wrap around the ring's end is not contiguous
         # there: it is written into a buffer of ours and copied in on publish.
         self._temp = bytearray(nbytes) if offset < 0 else None
@@ -157,14 +178,12 @@ class Loan:
         if self._source is not None:
             self._end("discard")._loan_abort()
 
+    _close = discard
+
     def _end(self, what: str) -> Lender:
-        source = self._source
+        source = self._detach(f"a loan's {what}()")
         if source is None:
             raise ValueError("this loan was already published or discarded")
-        if threading.get_ident() != self._owner:
-            raise _not_this_thread(f"a loan's {what}()")
-        self._source = None
-        source._leases.discard(self)
         _release(self._view)
         return source
 
@@ -177,16 +196,12 @@ class Loan:
         else:
             self.discard()
 
-    def __del__(self) -> None:
-        if self._source is not None and threading.get_ident() == self._owner:
-            self.discard()
-
     def __repr__(self) -> str:
         state = "open" if self._source is not None else "ended"
         return f"<procwire.Loan of {self._nbytes} bytes, {state}>"
 
 
-class View:
+class View(_Lease):
     """One message read in place; see :meth:`procwire.Queue.get` with ``copy=False``
     and :meth:`procwire.pipe.Connection.recv_bytes` with ``copy=False``.
 
@@ -198,16 +213,15 @@ class View:
     which consumes the message: after that the ring may reuse its bytes.
     """
 
-    __slots__ = ("_owner", "_source", "_views", "value")
+    __slots__ = ("_views", "value")
 
     def __init__(self, source: Lender, rtype: int, offset: int, length: int,
                  copied: bytes | None) -> None:
-        self._owner = threading.get_ident()
-        self._views: list[memoryview] = []
         # copied: the message was not one record in place (it wrapped around
         # the ring's end, was spilled or streamed), so it was copied out and
         # consumed already; nothing is held.
-        self._source: Lender | None = None if copied is not None else source
+        super().__init__(None if copied is not None else source)
+        self._views: list[memoryview] = []
         data = (memoryview(copied) if copied is not None
                 else memoryview(source._segment.buffer)[offset:offset + length].toreadonly())
         self._views.append(data)
@@ -237,13 +251,9 @@ class View:
 
     def release(self) -> None:
         """Consume the message; the value must not be used after this. Idempotent."""
-        source = self._source
+        source = self._detach("a view's release()")
         if source is None:
             return
-        if threading.get_ident() != self._owner:
-            raise _not_this_thread("a view's release()")
-        self._source = None
-        source._leases.discard(self)
         for v in reversed(self._views):
             _release(v)
         source._view_end()
@@ -254,9 +264,7 @@ class View:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def __del__(self) -> None:
-        if self._source is not None and threading.get_ident() == self._owner:
-            self.release()
+    _close = release
 
     def __repr__(self) -> str:
         state = "held" if self._source is not None else "released"

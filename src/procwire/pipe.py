@@ -230,7 +230,7 @@ class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, Lender, _c
                 if watcher is None:
                     watcher = _send_watchers[self] = _aio.TokenWatcher(
                         repr(self), lambda: self._send_room()[0],
-                        lambda token: self._wait_send_room(token), self._kick_send)
+                        lambda token: self._wait_change(1, token), self._kick)
             # Slices, to notice a receiver that died with the ring full: then
             # send_bytes raises BrokenPipeError instead of waiting for ever.
             if not await watcher.wait_moved(token, 0.1) and self._statistics()["peer_closed"]:

@@ -15,17 +15,18 @@ import pytest
 from chaoshelpers import FORK, JOIN, chaos, kill_producers_and_consumers, take_some  # noqa: F401
 
 from procwire import Queue
+from procwire._core import _testing
 
 MiB = 1 << 20
 
-# Offsets in a queue segment (layout.h): struct pw_header (64 bytes), then
-# struct pw_ring: 64 bytes of configuration, the producer line (a 64-byte
-# mutex line, then tail, total_in, bytes_in, tail_owner_died, tail_cpu, ov_tail,
-# ov_tail_intent, ov_tail_intent_end), the consumer line alike (view_mark and
-# head_cpu before ov_head, ov_head_intent); ov_head_intent_end in the futex line.
-TAIL, OV_TAIL, OV_TAIL_INTENT, OV_TAIL_INTENT_END = 192, 232, 240, 248
-HEAD, OV_HEAD, OV_HEAD_INTENT, OV_HEAD_INTENT_END = 320, 368, 376, 432
-VALID = 1 << 63
+# The byte offsets in a queue segment of the ring's words (struct pw_ring,
+# layout.h), as the core reports them: the tests follow the struct's changes.
+_WORDS = _testing.queue_words
+TAIL, OV_TAIL, OV_TAIL_INTENT, OV_TAIL_INTENT_END = (
+    _WORDS[w] for w in ("tail", "ov_tail", "ov_tail_intent", "ov_tail_intent_end"))
+HEAD, OV_HEAD, OV_HEAD_INTENT, OV_HEAD_INTENT_END = (
+    _WORDS[w] for w in ("head", "ov_head", "ov_head_intent", "ov_head_intent_end"))
+VALID = _testing.spill_intent_valid
 
 
 def _u64(q, off):

@@ -200,6 +200,26 @@ int pw_check_capacity(unsigned long long capacity);
  * says what would take it. Returns PW_ERAISED. */
 int pw_too_large(PyObject *name, const pw_ringref *rr, uint64_t len, uint64_t limit);
 
+/* For procwire._aio's watcher threads, over one ring: _word(side) -> the
+ * tail (0) or head (1) position word, a token for _wait_change(side, token,
+ * timeout) -> bool, which sleeps once (GIL released) while the word equals
+ * the token (True if it moved); _kick() wakes every thread asleep on the
+ * ring, in every process (they re-check and sleep again): stops a watcher. */
+PyObject *pw_watch_word(PwObject *o, pw_ringref *rr, PyObject *arg);
+PyObject *pw_watch_wait(PwObject *o, pw_ringref *rr, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames);
+PyObject *pw_watch_kick(PwObject *o, pw_ringref *rr);
+
+/* A receive's copy= argument (NULL: absent): 1 if it asks for a view
+ * (copy=False; procwire._loans builds it), 0 if not, -1 with an exception. */
+static inline int pw_wants_view(PyObject *copy)
+{
+    if (!copy)
+        return 0;
+    int c = PyObject_IsTrue(copy);
+    return c < 0 ? -1 : !c;
+}
+
 /* A handle's open loan (producers' lock of loan_rr held) and view (the
  * consumers' lock of view_rr held); NULL: none. */
 typedef struct {
@@ -230,6 +250,60 @@ PyObject *pw_view_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos,
                          uint64_t len, int *held);
 /* Consumes the open view's message: 1 if one was open. */
 int pw_view_end(pw_lease *l);
+
+/* The method table entries of a type's loans and views (procwire._loans):
+ * T##_loan_begin, T##_loan_commit, T##_loan_abort, T##_view_begin, T##_view_end. */
+#define PW_LEASE_METHODS(T)                                                                   \
+    {"_loan_begin", (PyCFunction)(void (*)(void))T##_loan_begin,                              \
+     METH_FASTCALL | METH_KEYWORDS, NULL},                                                    \
+    {"_loan_commit", (PyCFunction)(void (*)(void))T##_loan_commit, METH_FASTCALL, NULL},      \
+    {"_loan_abort", (PyCFunction)T##_loan_abort, METH_NOARGS, NULL},                          \
+    {"_view_begin", (PyCFunction)(void (*)(void))T##_view_begin,                              \
+     METH_FASTCALL | METH_KEYWORDS, NULL},                                                    \
+    {"_view_end", (PyCFunction)T##_view_end, METH_NOARGS, NULL}
+
+/* P##_traverse and P##_clear of a ring type, over the Python objects that
+ * OBJECTS(X) lists (X(field) each): the serializer may refer back to the
+ * object, so the type takes part in GC; a cleared object is closed, as no
+ * call may use the callables any more. */
+#define PW_VISIT_FIELD(f) Py_VISIT(self->f);
+#define PW_CLEAR_FIELD(f) Py_CLEAR(self->f);
+#define PW_RING_GC(P, Struct, OBJECTS)                                                        \
+    static int P##_traverse(Struct *self, visitproc visit, void *arg)                       \
+    {                                                                                       \
+        OBJECTS(PW_VISIT_FIELD)                                                             \
+        return 0;                                                                           \
+    }                                                                                       \
+    static int P##_clear(Struct *self)                                                      \
+    {                                                                                       \
+        self->base.guard.closed = 1;                                                        \
+        OBJECTS(PW_CLEAR_FIELD)                                                             \
+        return 0;                                                                           \
+    }
+
+/* A GC-tracked, subclassable _core type over a ring (QueueBase, PipeEnd),
+ * P##Type, from P##_traverse, _clear, _init, _dealloc, _methods and _getset. */
+#define PW_RING_TYPE(P, Struct, name, new, doc)                                             \
+    static PyTypeObject P##Type = {                                                       \
+        PyVarObject_HEAD_INIT(NULL, 0)                                                    \
+        .tp_name = "procwire._core." name,                                                \
+        .tp_basicsize = sizeof(Struct),                                                   \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,        \
+        .tp_traverse = (traverseproc)P##_traverse,                                        \
+        .tp_clear = (inquiry)P##_clear,                                                   \
+        .tp_doc = doc,                                                                    \
+        .tp_new = new,                                                                    \
+        .tp_init = (initproc)P##_init,                                                    \
+        .tp_dealloc = (destructor)P##_dealloc,                                            \
+        .tp_methods = P##_methods,                                                        \
+        .tp_getset = P##_getset,                                                          \
+    }
+/* At a ring type's __init__: pw_object_map, and the name's UTF-8 for lib's
+ * messages (kept alive by the name). NULL with an exception, unmapped. */
+const char *pw_ring_object_map(PwObject *o, const pw_object_ops *ops, PyObject *buffer,
+                               PyObject *name);
+/* Readies a type and adds it to the module as `name`: 0 or -1. */
+int pw_add_type(PyObject *module, PyTypeObject *type, const char *name);
 
 /* -------------------------------------------------------- module plumbing */
 

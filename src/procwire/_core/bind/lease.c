@@ -86,6 +86,87 @@ static Py_ssize_t buffer_offset(PwObject *o, const pw_ringref *rr, uint32_t pos,
     return (Py_ssize_t)(rr->data - (uint8_t *)o->view.buf) + (Py_ssize_t)off;
 }
 
+const char *pw_ring_object_map(PwObject *o, const pw_object_ops *ops, PyObject *buffer,
+                               PyObject *name)
+{
+    if (pw_object_map(o, ops, buffer, name) < 0)
+        return NULL;
+    const char *what = PyUnicode_AsUTF8(name);
+    if (!what)
+        pw_object_unmap(o);
+    return what;
+}
+
+int pw_add_type(PyObject *module, PyTypeObject *type, const char *name)
+{
+    if (PyType_Ready(type) < 0)
+        return -1;
+    return PyModule_AddObjectRef(module, name, (PyObject *)type);
+}
+
+/* ------------------------------------------------ watchers (procwire._aio) */
+
+static int side_arg(PyObject *arg, int *side)
+{
+    long v = PyLong_AsLong(arg);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v != 0 && v != 1) {
+        PyErr_SetString(PyExc_ValueError, "side must be 0 (tail) or 1 (head)");
+        return -1;
+    }
+    *side = (int)v;
+    return 0;
+}
+
+static uint64_t side_word(const pw_ringref *rr, int side)
+{
+    return atomic_load(side ? &rr->ring->head : &rr->ring->tail);
+}
+
+PyObject *pw_watch_word(PwObject *o, pw_ringref *rr, PyObject *arg)
+{
+    int side;
+    if (side_arg(arg, &side) < 0 || pw_object_enter(o) < 0)
+        return NULL;
+    uint64_t w = side_word(rr, side);
+    pw_object_leave(o);
+    return PyLong_FromUnsignedLongLong(w);
+}
+
+static const char *const wait_change_names[] = {"side", "token", "timeout"};
+
+PyObject *pw_watch_wait(PwObject *o, pw_ringref *rr, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames)
+{
+    PyObject *a[3];
+    int side;
+    int64_t deadline;
+    if (pw_parse_args("_wait_change", args, nargs, kwnames, wait_change_names, 3, 2, a) < 0 ||
+        side_arg(a[0], &side) < 0 || pw_parse_block_timeout(NULL, a[2], &deadline) < 0)
+        return NULL;
+    unsigned long long token = PyLong_AsUnsignedLongLong(a[1]);
+    if (token == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (pw_object_enter(o) < 0)
+        return NULL;
+    int rc = pw_ring_wait_word(rr, side, token, deadline);
+    uint64_t now = side_word(rr, side);
+    pw_object_leave(o);
+    if (rc < 0)
+        return pw_raise(rc);
+    return PyBool_FromLong(now != token);
+}
+
+PyObject *pw_watch_kick(PwObject *o, pw_ringref *rr)
+{
+    if (pw_object_enter(o) < 0)
+        return NULL;
+    pw_ring_kick(rr);
+    pw_object_leave(o);
+    Py_RETURN_NONE;
+}
+
 /* ------------------------------------------------------------------ loans */
 
 static const char *const loan_names[] = {"nbytes", "block", "timeout"};

@@ -749,14 +749,11 @@ static PyObject *PipeEnd_recv_bytes(PipeEndObject *self, PyObject *const *args,
     recv_ctx c = {.self = self, .maxlength = UINT64_MAX};
     if (pw_parse_args("recv_bytes", args, nargs, kwnames, recv_bytes_names, 3, 0, a) < 0)
         return NULL;
-    if (a[2]) {
-        int copy = PyObject_IsTrue(a[2]);
-        if (copy < 0)
-            return NULL;
-        if (!copy) /* in place: procwire/_loans.py builds the View */
-            return PyObject_CallMethod((PyObject *)self, "_recv_view", "OO",
-                                       a[0] ? a[0] : Py_None, a[1] ? a[1] : Py_None);
-    }
+    int view = pw_wants_view(a[2]);
+    if (view) /* in place: procwire/_loans.py builds the View */
+        return view < 0 ? NULL : PyObject_CallMethod((PyObject *)self, "_recv_view", "OO",
+                                                     a[0] ? a[0] : Py_None,
+                                                     a[1] ? a[1] : Py_None);
     if (parse_timeout(a[1], &deadline) < 0)
         return NULL;
     if (a[0] && a[0] != Py_None) {
@@ -1093,13 +1090,11 @@ static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "end must be 0 or 1, not %d", end);
         return -1;
     }
-    if (pw_object_map(&self->base, &pipe_ops, buffer, name) < 0)
+    const char *what = pw_ring_object_map(&self->base, &pipe_ops, buffer, name);
+    if (!what)
         return -1;
     Py_XSETREF(self->dumps, Py_NewRef(dumps));
     Py_XSETREF(self->loads, Py_NewRef(loads));
-    const char *what = PyUnicode_AsUTF8(name);
-    if (!what)
-        goto fail;
     struct pw_header *h = self->base.view.buf;
     struct pw_pipe *p = (struct pw_pipe *)(h + 1);
     uint64_t size = (uint64_t)self->base.view.len;
@@ -1210,21 +1205,8 @@ static PyObject *PipeEnd_close(PipeEndObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* The serializer may refer back to the connection: take part in GC. */
-static int PipeEnd_traverse(PipeEndObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->dumps);
-    Py_VISIT(self->loads);
-    return 0;
-}
-
-static int PipeEnd_clear(PipeEndObject *self)
-{
-    self->base.guard.closed = 1; /* no call may use the callables any more */
-    Py_CLEAR(self->dumps);
-    Py_CLEAR(self->loads);
-    return 0;
-}
+#define PIPE_OBJECTS(X) X(dumps) X(loads)
+PW_RING_GC(PipeEnd, PipeEndObject, PIPE_OBJECTS)
 
 static void PipeEnd_dealloc(PipeEndObject *self)
 {
@@ -1293,7 +1275,7 @@ out:
 
 /* _send_room() -> (token, free bytes, capacity) of the ring this end sends
  * into, for send_async (procwire._aio): token is its head word, which
- * _wait_send_room(token, timeout) sleeps on (GIL released) until a receiver
+ * _wait_change(1, token, timeout) sleeps on (GIL released) until a receiver
  * takes a record. */
 static PyObject *PipeEnd_send_room(PipeEndObject *self, PyObject *unused)
 {
@@ -1311,41 +1293,18 @@ static PyObject *PipeEnd_send_room(PipeEndObject *self, PyObject *unused)
     return r;
 }
 
-static const char *const wait_room_names[] = {"token", "timeout"};
-
-static PyObject *PipeEnd_wait_send_room(PipeEndObject *self, PyObject *const *args,
-                                        Py_ssize_t nargs, PyObject *kwnames)
+/* _wait_change(1, token, timeout), _kick(): lease.c's watcher calls on the
+ * ring this end sends into (send_async waits there for room). */
+static PyObject *PipeEnd_wait_change(PipeEndObject *self, PyObject *const *args,
+                                     Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *a[2];
-    int64_t deadline;
-    if (pw_parse_args("_wait_send_room", args, nargs, kwnames, wait_room_names, 2, 1, a) < 0 ||
-        pw_parse_block_timeout(NULL, a[1], &deadline) < 0)
-        return NULL;
-    unsigned long long token = PyLong_AsUnsignedLongLong(a[0]);
-    if (token == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    if (enter(self) < 0)
-        return NULL;
-    if (check_writable(self) < 0) {
-        leave(self);
-        return NULL;
-    }
-    int rc = pw_ring_wait_word(&self->out, 1, token, deadline);
-    leave(self);
-    if (rc < 0)
-        return pw_raise(rc);
-    Py_RETURN_NONE;
+    return check_writable(self) < 0 ? NULL
+                                    : pw_watch_wait(&self->base, &self->out, args, nargs, kwnames);
 }
 
-/* _kick_send(): wakes _wait_send_room() sleepers (a closing watcher). */
-static PyObject *PipeEnd_kick_send(PipeEndObject *self, PyObject *unused)
+static PyObject *PipeEnd_kick(PipeEndObject *self, PyObject *unused)
 {
-    if (enter(self) < 0)
-        return NULL;
-    if (self->writable)
-        pw_ring_kick(&self->out);
-    leave(self);
-    Py_RETURN_NONE;
+    return check_writable(self) < 0 ? NULL : pw_watch_kick(&self->base, &self->out);
 }
 
 static PyObject *PipeEnd_fds(PipeEndObject *self, PyObject *unused)
@@ -1425,6 +1384,7 @@ static PyMethodDef PipeEnd_methods[] = {
      "message as bytes. OSError('bad message length') (the message is dropped) if longer than "
      "maxlength. copy=False: a procwire.View of the message in place instead."},
     {"_recv_bytes_into", FN(PipeEnd_recv_bytes_into), FASTKW, NULL},
+    PW_LEASE_METHODS(PipeEnd),
     {"poll", FN(PipeEnd_poll), FASTKW,
      "poll($self, timeout=0.0)\n--\n\nWhether there is anything to read, waiting up to timeout "
      "seconds (None: forever). True also when the other end is closed (recv raises EOFError)."},
@@ -1433,14 +1393,9 @@ static PyMethodDef PipeEnd_methods[] = {
     {"_fileno", (PyCFunction)PipeEnd_fileno, METH_NOARGS, NULL},
     {"_fds", (PyCFunction)PipeEnd_fds, METH_NOARGS, NULL},
     {"_send_room", (PyCFunction)PipeEnd_send_room, METH_NOARGS, NULL},
-    {"_wait_send_room", FN(PipeEnd_wait_send_room), FASTKW, NULL},
-    {"_kick_send", (PyCFunction)PipeEnd_kick_send, METH_NOARGS, NULL},
+    {"_wait_change", FN(PipeEnd_wait_change), FASTKW, NULL},
+    {"_kick", (PyCFunction)PipeEnd_kick, METH_NOARGS, NULL},
     {"_statistics", (PyCFunction)PipeEnd_statistics, METH_NOARGS, NULL},
-    {"_loan_begin", FN(PipeEnd_loan_begin), FASTKW, NULL},
-    {"_loan_commit", FN(PipeEnd_loan_commit), METH_FASTCALL, NULL},
-    {"_loan_abort", (PyCFunction)PipeEnd_loan_abort, METH_NOARGS, NULL},
-    {"_view_begin", FN(PipeEnd_view_begin), FASTKW, NULL},
-    {"_view_end", (PyCFunction)PipeEnd_view_end, METH_NOARGS, NULL},
     {"_segment_size", (PyCFunction)PipeEnd_segment_size, METH_VARARGS | METH_STATIC, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -1453,24 +1408,10 @@ static PyGetSetDef PipeEnd_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject PipeEndType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "procwire._core.PipeEnd",
-    .tp_basicsize = sizeof(PipeEndObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_traverse = (traverseproc)PipeEnd_traverse,
-    .tp_clear = (inquiry)PipeEnd_clear,
-    .tp_doc = "One end of a shared-memory pipe (see procwire.pipe.Connection).",
-    .tp_new = PipeEnd_new,
-    .tp_init = (initproc)PipeEnd_init,
-    .tp_dealloc = (destructor)PipeEnd_dealloc,
-    .tp_methods = PipeEnd_methods,
-    .tp_getset = PipeEnd_getset,
-};
+PW_RING_TYPE(PipeEnd, PipeEndObject, "PipeEnd", PipeEnd_new,
+             "One end of a shared-memory pipe (see procwire.pipe.Connection).");
 
 int pw_pipe_register(PyObject *module)
 {
-    if (PyType_Ready(&PipeEndType) < 0)
-        return -1;
-    return PyModule_AddObjectRef(module, "PipeEnd", (PyObject *)&PipeEndType);
+    return pw_add_type(module, &PipeEndType, "PipeEnd");
 }

@@ -32,7 +32,7 @@ typedef struct {
  * which bounds the memory a huge batch needs. */
 #define PW_BATCH 256
 
-static PyTypeObject QueueBaseType;
+static PyTypeObject QueueType;
 
 /* ------------------------------------------------------------ lifecycle */
 
@@ -83,16 +83,13 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "invalid kind %u", kind);
         return -1;
     }
-    if (pw_object_map(&self->base, &queue_ops, buffer, name) < 0)
+    const char *what = pw_ring_object_map(&self->base, &queue_ops, buffer, name);
+    if (!what)
         return -1;
     Py_XSETREF(self->dumps, Py_NewRef(dumps));
     Py_XSETREF(self->protocol, Py_NewRef(protocol));
     Py_XSETREF(self->dumps_buffers, Py_NewRef(dumps_buffers));
     Py_XSETREF(self->loads, Py_NewRef(loads));
-    const char *what = PyUnicode_AsUTF8(name);
-    if (!what)
-        goto fail;
-
     struct pw_header *h = self->base.view.buf;
     struct pw_ring *r = (struct pw_ring *)(h + 1);
     uint64_t size = (uint64_t)self->base.view.len;
@@ -146,31 +143,9 @@ fail:
     return -1;
 }
 
-/* The serializer may refer back to the queue: take part in GC. */
-static int Queue_traverse(QueueObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->dumps);
-    Py_VISIT(self->protocol);
-    Py_VISIT(self->dumps_buffers);
-    Py_VISIT(self->loads);
-    Py_VISIT(self->pending_type);
-    Py_VISIT(self->pending_value);
-    Py_VISIT(self->pending_tb);
-    return 0;
-}
-
-static int Queue_clear(QueueObject *self)
-{
-    self->base.guard.closed = 1; /* no call may use the callables any more */
-    Py_CLEAR(self->dumps);
-    Py_CLEAR(self->protocol);
-    Py_CLEAR(self->dumps_buffers);
-    Py_CLEAR(self->loads);
-    Py_CLEAR(self->pending_type);
-    Py_CLEAR(self->pending_value);
-    Py_CLEAR(self->pending_tb);
-    return 0;
-}
+#define QUEUE_OBJECTS(X) X(dumps) X(protocol) X(dumps_buffers) X(loads) \
+    X(pending_type) X(pending_value) X(pending_tb)
+PW_RING_GC(Queue, QueueObject, QUEUE_OBJECTS)
 
 static void Queue_dealloc(QueueObject *self)
 {
@@ -326,9 +301,12 @@ static int read_record(const pw_ringref *rr, uint32_t p, uint32_t type, uint64_t
 {
     PyObject *obj;
     uint64_t nparts, lens[PW_OOB_MAX_PARTS];
-    int rc = pw_check_record(rr, p, type, len, &nparts, lens);
-    if (rc)
-        return rc;
+    /* Checked before use; only an out-of-band record has more than its type to check. */
+    if (type == PW_REC_PICKLE_OOB || type == 0 || type >= PW_REC_MAX_) {
+        int rc = pw_check_record(rr, p, type, len, &nparts, lens);
+        if (rc)
+            return rc;
+    }
     if (type == PW_REC_PICKLE_OOB) {
         obj = PyList_New((Py_ssize_t)nparts);
         if (!obj)
@@ -434,27 +412,9 @@ static PyObject *record_to_object(QueueObject *self, pw_record *rec)
 
 /* ------------------------------------------------------------ put / get */
 
-static PyObject *raise_full(Py_ssize_t done, Py_ssize_t n)
-{
-    if (n <= 1) {
-        PyErr_SetNone(pw_get_state()->Full);
-        return NULL;
-    }
-    PyObject *exc = PyObject_CallFunction(pw_get_state()->Full, "s",
-                                          "put_many() timed out: see the exception's count "
-                                          "attribute for how many items were put");
-    if (exc) {
-        PyObject *count = PyLong_FromSsize_t(done);
-        if (count && PyObject_SetAttrString(exc, "count", count) == 0)
-            PyErr_SetObject(pw_get_state()->Full, exc);
-        Py_XDECREF(count);
-        Py_DECREF(exc);
-    }
-    return NULL;
-}
-
-/* Sets exc.count = n on the current exception (put_many's "how many went in"). */
-static void set_count_on_error(Py_ssize_t n)
+/* Sets exc.count = n on the current exception (put_many's "how many went
+ * in"); with `note`, a note that says so for an item that failed. */
+static void set_count_on_error(Py_ssize_t n, int note)
 {
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
@@ -464,25 +424,26 @@ static void set_count_on_error(Py_ssize_t n)
         if (!count || PyObject_SetAttrString(value, "count", count) < 0)
             PyErr_Clear(); /* an exception type that takes no attributes */
         Py_XDECREF(count);
-        PyObject *note = PyUnicode_FromFormat("put_many() put the %zd items before this one; "
-                                              "this one and the rest were not put", n);
-        PyObject *r = note ? PyObject_CallMethod(value, "add_note", "O", note) : NULL;
+        PyObject *text = note ? PyUnicode_FromFormat("put_many() put the %zd items before "
+                                                     "this one; this one and the rest were "
+                                                     "not put", n) : NULL;
+        PyObject *r = text ? PyObject_CallMethod(value, "add_note", "O", text) : NULL;
         if (!r)
             PyErr_Clear();
         Py_XDECREF(r);
-        Py_XDECREF(note);
+        Py_XDECREF(text);
     }
     PyErr_Restore(type, value, tb);
 }
 
 /*
- * Puts items in order. If one cannot be serialised, every item before it is
- * put (waiting for room as usual), it and the rest are not, and its exception
- * is raised; with `many` it carries `count`, the number of items put, which
- * is always its index. On timeout queue.Full carries `count` the same way.
+ * put_many(): puts items in order. If one cannot be serialised, every item
+ * before it is put (waiting for room as usual), it and the rest are not, and
+ * its exception is raised carrying `count`, the number of items put, which is
+ * always its index. On timeout queue.Full carries `count` the same way.
  */
 static PyObject *put_objects(QueueObject *self, PyObject *const *items, Py_ssize_t n,
-                             int64_t deadline, int many)
+                             int64_t deadline)
 {
     pw_msg msgs[PW_BATCH];
     msg_refs refs[PW_BATCH];
@@ -510,10 +471,13 @@ static PyObject *put_objects(QueueObject *self, PyObject *const *items, Py_ssize
         if (rc != PW_OK) {
             /* The put itself failed or timed out: that is the error; the
              * serialisation error, if any, becomes its context. */
-            if (rc == PW_TIMEOUT)
-                raise_full(total_done, many ? 2 : 1);
-            else
+            if (rc == PW_TIMEOUT) {
+                PyErr_SetString(pw_get_state()->Full, "put_many() timed out: see the "
+                                "exception's count attribute for how many items were put");
+                set_count_on_error(total_done, 0);
+            } else {
                 ring_failed(self, rc, NULL);
+            }
             if (bad) {
                 PyErr_NormalizeException(&et, &ev, &etb);
                 PyObject *t, *v, *tb;
@@ -530,12 +494,23 @@ static PyObject *put_objects(QueueObject *self, PyObject *const *items, Py_ssize
         }
         if (bad) {
             PyErr_Restore(et, ev, etb);
-            if (many)
-                set_count_on_error(total_done);
+            set_count_on_error(total_done, 1);
             return NULL;
         }
     }
     Py_RETURN_NONE;
+}
+
+/* put_objects() for one item, without a batch's arrays on the stack. */
+static PyObject *put_one(QueueObject *self, PyObject *obj, int64_t deadline)
+{
+    pw_msg m;
+    msg_refs x;
+    size_t done = 0;
+    int rc = msg_prepare(self, obj, &m, &x) < 0 ? PW_ERAISED
+             : pw_ring_put(&self->rr, &m, 1, &done, deadline);
+    msg_release(&m, &x);
+    return rc ? ring_failed(self, rc, pw_get_state()->Full) : Py_NewRef(Py_None);
 }
 
 static const char *const put_names[] = {"obj", "block", "timeout"};
@@ -548,7 +523,7 @@ static PyObject *Queue_put(QueueObject *self, PyObject *const *args, Py_ssize_t 
     if (pw_parse_args("put", args, nargs, kwnames, put_names, 3, 1, a) < 0 ||
         pw_parse_block_timeout(a[1], a[2], &deadline) < 0 || enter(self) < 0)
         return NULL;
-    PyObject *r = put_objects(self, &a[0], 1, deadline, 0);
+    PyObject *r = put_one(self, a[0], deadline);
     leave(self);
     return r;
 }
@@ -557,7 +532,7 @@ static PyObject *Queue_put_nowait(QueueObject *self, PyObject *obj)
 {
     if (enter(self) < 0)
         return NULL;
-    PyObject *r = put_objects(self, &obj, 1, 0, 0);
+    PyObject *r = put_one(self, obj, 0);
     leave(self);
     return r;
 }
@@ -578,7 +553,7 @@ static PyObject *Queue_put_many(QueueObject *self, PyObject *const *args, Py_ssi
     PyObject *r = NULL;
     if (enter(self) == 0) {
         r = put_objects(self, PySequence_Fast_ITEMS(seq), PySequence_Fast_GET_SIZE(seq),
-                        deadline, 1);
+                        deadline);
         leave(self);
     }
     Py_DECREF(seq);
@@ -619,14 +594,11 @@ static PyObject *Queue_get(QueueObject *self, PyObject *const *args, Py_ssize_t 
     int64_t deadline;
     if (pw_parse_args("get", args, nargs, kwnames, get_names, 3, 0, a) < 0)
         return NULL;
-    if (a[2]) {
-        int copy = PyObject_IsTrue(a[2]);
-        if (copy < 0)
-            return NULL;
-        if (!copy) /* in place: procwire/_loans.py builds the View */
-            return PyObject_CallMethod((PyObject *)self, "_get_view", "OO",
-                                       a[0] ? a[0] : Py_True, a[1] ? a[1] : Py_None);
-    }
+    int view = pw_wants_view(a[2]);
+    if (view) /* in place: procwire/_loans.py builds the View */
+        return view < 0 ? NULL : PyObject_CallMethod((PyObject *)self, "_get_view", "OO",
+                                                     a[0] ? a[0] : Py_True,
+                                                     a[1] ? a[1] : Py_None);
     if (pw_parse_block_timeout(a[0], a[1], &deadline) < 0 || enter(self) < 0)
         return NULL;
     PyObject *r = get_one(self, deadline);
@@ -869,68 +841,21 @@ static PyObject *Queue_statistics(QueueObject *self, PyObject *unused)
 
 /* ---------------------------------------------- watchers (procwire._aio) */
 
-static int side_arg(PyObject *arg, int *side)
-{
-    long v = PyLong_AsLong(arg);
-    if (v == -1 && PyErr_Occurred())
-        return -1;
-    if (v != 0 && v != 1) {
-        PyErr_SetString(PyExc_ValueError, "side must be 0 (tail) or 1 (head)");
-        return -1;
-    }
-    *side = (int)v;
-    return 0;
-}
-
-/* _word(side) -> int: the tail (0) or head (1) position word, a token for
- * _wait_change(). */
+/* _word(side), _wait_change(side, token, timeout), _kick(): lease.c. */
 static PyObject *Queue_word(QueueObject *self, PyObject *arg)
 {
-    int side;
-    if (side_arg(arg, &side) < 0 || enter(self) < 0)
-        return NULL;
-    struct pw_ring *r = self->rr.ring;
-    uint64_t w = atomic_load(side ? &r->head : &r->tail);
-    leave(self);
-    return PyLong_FromUnsignedLongLong(w);
+    return pw_watch_word(&self->base, &self->rr, arg);
 }
 
-static const char *const wait_change_names[] = {"side", "token", "timeout"};
-
-/* _wait_change(side, token, timeout) -> bool: sleeps once (GIL released)
- * while the side's word equals token; True if it moved. */
 static PyObject *Queue_wait_change(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
                                   PyObject *kwnames)
 {
-    PyObject *a[3];
-    int side;
-    int64_t deadline;
-    if (pw_parse_args("_wait_change", args, nargs, kwnames, wait_change_names, 3, 2, a) < 0 ||
-        side_arg(a[0], &side) < 0 || pw_parse_block_timeout(NULL, a[2], &deadline) < 0)
-        return NULL;
-    unsigned long long token = PyLong_AsUnsignedLongLong(a[1]);
-    if (token == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    if (enter(self) < 0)
-        return NULL;
-    int rc = pw_ring_wait_word(&self->rr, side, token, deadline);
-    struct pw_ring *r = self->rr.ring;
-    uint64_t now = atomic_load(side ? &r->head : &r->tail);
-    leave(self);
-    if (rc < 0)
-        return pw_raise(rc);
-    return PyBool_FromLong(now != token);
+    return pw_watch_wait(&self->base, &self->rr, args, nargs, kwnames);
 }
 
-/* _kick(): wakes every thread asleep on this ring, in every process (they
- * re-check and sleep again); stops a watcher. */
 static PyObject *Queue_kick(QueueObject *self, PyObject *unused)
 {
-    if (enter(self) < 0)
-        return NULL;
-    pw_ring_kick(&self->rr);
-    leave(self);
-    Py_RETURN_NONE;
+    return pw_watch_kick(&self->base, &self->rr);
 }
 
 /* ------------------------------------------------------- loans and views */
@@ -1108,7 +1033,7 @@ PyObject *pw_testing_queue_hold(PyObject *module, PyObject *args, PyObject *kwds
     const char *side;
     Py_buffer partial = {0};
     int publish = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!s|z*p:hold_queue_lock", kwlist, &QueueBaseType,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!s|z*p:hold_queue_lock", kwlist, &QueueType,
                                      &ring_obj, &side, &partial, &publish))
         return NULL;
     QueueObject *self = (QueueObject *)ring_obj;
@@ -1173,6 +1098,7 @@ static PyMethodDef Queue_methods[] = {
      "first item, then return a list of it and every item already queued behind it, up to "
      "max_messages. A message that fails to unpickle is consumed (as get() consumes it) and "
      "the others are returned; its exception is raised by this queue handle's next get call."},
+    PW_LEASE_METHODS(Queue),
     {"qsize", (PyCFunction)Queue_qsize, METH_NOARGS,
      "qsize($self)\n--\n\nThe number of items in the queue now."},
     {"empty", (PyCFunction)Queue_empty, METH_NOARGS,
@@ -1188,13 +1114,6 @@ static PyMethodDef Queue_methods[] = {
     {"_wait_change", (PyCFunction)(void (*)(void))Queue_wait_change, METH_FASTCALL | METH_KEYWORDS,
      NULL},
     {"_kick", (PyCFunction)Queue_kick, METH_NOARGS, NULL},
-    {"_loan_begin", (PyCFunction)(void (*)(void))Queue_loan_begin, METH_FASTCALL | METH_KEYWORDS,
-     NULL},
-    {"_loan_commit", (PyCFunction)(void (*)(void))Queue_loan_commit, METH_FASTCALL, NULL},
-    {"_loan_abort", (PyCFunction)Queue_loan_abort, METH_NOARGS, NULL},
-    {"_view_begin", (PyCFunction)(void (*)(void))Queue_view_begin, METH_FASTCALL | METH_KEYWORDS,
-     NULL},
-    {"_view_end", (PyCFunction)Queue_view_end, METH_NOARGS, NULL},
     {"_segment_size", (PyCFunction)Queue_segment_size, METH_O | METH_STATIC, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -1206,25 +1125,11 @@ static PyGetSetDef Queue_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject QueueBaseType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "procwire._core.QueueBase",
-    .tp_basicsize = sizeof(QueueObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_traverse = (traverseproc)Queue_traverse,
-    .tp_clear = (inquiry)Queue_clear,
-    .tp_doc = "QueueBase(buffer, *, create, capacity, maxsize, kind, name, dumps, protocol, dumps_buffers, loads, spill)\n--\n\n"
-              "A multi-producer multi-consumer message ring in a shared segment.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Queue_init,
-    .tp_dealloc = (destructor)Queue_dealloc,
-    .tp_methods = Queue_methods,
-    .tp_getset = Queue_getset,
-};
+PW_RING_TYPE(Queue, QueueObject, "QueueBase", PyType_GenericNew,
+             "QueueBase(buffer, *, create, capacity, maxsize, kind, name, dumps, protocol, dumps_buffers, loads, spill)\n--\n\n"
+             "A multi-producer multi-consumer message ring in a shared segment.");
 
 int pw_queue_register(PyObject *module)
 {
-    if (PyType_Ready(&QueueBaseType) < 0)
-        return -1;
-    return PyModule_AddObjectRef(module, "QueueBase", (PyObject *)&QueueBaseType);
+    return pw_add_type(module, &QueueType, "QueueBase");
 }

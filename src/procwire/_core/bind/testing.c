@@ -6,6 +6,8 @@
  */
 #include "core.h"
 
+#include <stddef.h>
+
 PyObject *pw_testing_queue_hold(PyObject *module, PyObject *args, PyObject *kwds); /* queue.c */
 
 static PyMethodDef testing_methods[] = {
@@ -26,11 +28,40 @@ static struct PyModuleDef testing_module = {
     .m_methods = testing_methods,
 };
 
+/* queue_words: {name: byte offset in a queue segment} of the ring's words
+ * that the spill crash tests set by hand to a killed process's state, and
+ * spill_intent_valid, the flag of an open intent (layout.h). */
+static int add_queue_words(PyObject *sub)
+{
+#define W(f) {#f, sizeof(struct pw_header) + offsetof(struct pw_ring, f)}
+    static const struct {
+        const char *name;
+        size_t offset;
+    } words[] = {W(head), W(tail), W(ov_head), W(ov_tail), W(ov_head_intent),
+                 W(ov_tail_intent), W(ov_head_intent_end), W(ov_tail_intent_end)};
+#undef W
+    PyObject *d = PyDict_New();
+    for (size_t i = 0; d && i < sizeof words / sizeof words[0]; i++) {
+        PyObject *v = PyLong_FromSize_t(words[i].offset);
+        if (!v || PyDict_SetItemString(d, words[i].name, v) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(v);
+    }
+    PyObject *valid = PyLong_FromUnsignedLongLong(PW_INTENT_VALID);
+    int rc = d && valid && PyModule_AddObjectRef(sub, "queue_words", d) == 0 &&
+                     PyModule_AddObjectRef(sub, "spill_intent_valid", valid) == 0 ? 0 : -1;
+    Py_XDECREF(d);
+    Py_XDECREF(valid);
+    return rc;
+}
+
 int pw_testing_register(PyObject *module)
 {
     PyObject *sub = PyModule_Create(&testing_module);
-    if (!sub)
+    if (!sub || add_queue_words(sub) < 0) {
+        Py_XDECREF(sub);
         return -1;
+    }
     /* `import procwire._core._testing` finds it in sys.modules. */
     PyObject *modules = PyImport_GetModuleDict();
     int rc = PyDict_SetItemString(modules, "procwire._core._testing", sub);

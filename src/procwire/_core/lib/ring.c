@@ -119,25 +119,15 @@ void pw_ring_copy_in(pw_ringref *rr, uint32_t pos, const void *src, uint64_t n)
 
 static void spill_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n);
 
-/* From the ring itself (the take's own reads of record headers). */
-static inline void ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
-{
-    uint64_t off = pos & (rr->capacity - 1);
-    uint64_t first = rr->capacity - off < n ? rr->capacity - off : n;
-    memcpy(dst, rr->data + off, first);
-    if (n > first)
-        memcpy((uint8_t *)dst + first, rr->data, n - first);
-}
-
 void pw_ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
 {
     if (__builtin_expect(rr->src_spill, 0))
         spill_copy_out(rr, pos, dst, n); /* a spilled record's callback */
     else
-        ring_copy_out(rr, pos, dst, n);
+        pw_ring_read(rr, pos, dst, n);
 }
 
-void pw_ring_copy_out_large(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
+void pw_ring_copy_out_slow(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
 {
     if (n >= PW_LARGE_COPY)
         PW_UNBLOCKED(pw_ring_copy_out(rr, pos, dst, n));
@@ -204,18 +194,20 @@ static int64_t lock_deadline_for(int64_t deadline)
     return deadline > grace ? deadline : grace;
 }
 
-/* Locks one side, counting an owner's death: PW_OK, PW_TIMEOUT, PW_CANCELLED
- * or an error. */
-static int lock_side(const pw_ringref *rr, pthread_mutex_t *m, _Atomic uint64_t *died,
-                     int64_t deadline)
+/* Locks the producers' side, counting an owner's death, and reads the tail
+ * and the published head: PW_OK, PW_TIMEOUT, PW_CANCELLED or an error. */
+static inline int lock_tail(const pw_ringref *rr, int64_t deadline, uint64_t *tail,
+                            uint64_t *head)
 {
-    int rc = pw_mutex_lock(m, deadline, rr->cancel);
-    if (rc == PW_OWNER_DIED) {
-        /* Nothing to repair: the dead process's last publish is the state. */
-        atomic_fetch_add_explicit(died, 1, memory_order_relaxed);
-        return PW_OK;
-    }
-    return rc;
+    struct pw_ring *r = rr->ring;
+    int rc = pw_mutex_lock(&r->tail_lock, deadline, rr->cancel);
+    if (rc == PW_OWNER_DIED) /* nothing to repair: the dead process's last publish is the state */
+        atomic_fetch_add_explicit(&r->tail_owner_died, 1, memory_order_relaxed);
+    else if (rc)
+        return rc;
+    *tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    *head = atomic_load_explicit(&r->head, memory_order_acquire);
+    return PW_OK;
 }
 
 /* Adds to a statistics counter only its side's lock holder writes. */
@@ -532,11 +524,10 @@ int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int6
     const int64_t lock_deadline = lock_deadline_for(deadline);
     int64_t grace = -1; /* until when a full ring is waited for before spilling */
     for (;;) {
-        int rc = lock_side(rr, &r->tail_lock, &r->tail_owner_died, lock_deadline);
+        uint64_t tail, head;
+        int rc = lock_tail(rr, lock_deadline, &tail, &head);
         if (rc)
             return rc;
-        uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-        uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
         uint32_t pos = pw_pos(tail), count = pw_count(tail);
         uint64_t bytes = 0;
         size_t first = *done, i = first;
@@ -616,14 +607,14 @@ int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int6
  * tail word): PW_OK with its type and payload length, or PW_ECORRUPT. The
  * type is the caller's to check.
  */
-static int record_at(const pw_ringref *rr, uint64_t head, uint64_t tail, uint32_t *type,
+static inline int record_at(const pw_ringref *rr, uint64_t head, uint64_t tail, uint32_t *type,
                      uint64_t *len)
 {
     uint32_t used = pw_pos(tail) - pw_pos(head), hdr[2];
     if (used < PW_REC_HEADER || used > rr->capacity)
         return pw_ring_bad_record(rr, "message count and byte positions disagree", used,
                           pw_count(tail) - pw_count(head));
-    ring_copy_out(rr, pw_pos(head), hdr, sizeof hdr);
+    pw_ring_read(rr, pw_pos(head), hdr, sizeof hdr);
     if (pw_record_size(hdr[0]) > used)
         return pw_ring_bad_record(rr, "record longer than the published data",
                                   pw_record_size(hdr[0]), used);
@@ -648,17 +639,17 @@ static void drop_dead_view(pw_ringref *rr)
     atomic_store_explicit(&r->view_mark, 0, memory_order_relaxed);
     uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
-    uint32_t type;
-    uint64_t len;
+    uint32_t type = 0;
+    uint64_t len = 0;
     if (mark != (head | 1) || pw_count(head) == pw_count(tail) ||
         record_at(rr, head, tail, &type, &len) != PW_OK)
         return;
     publish_head(r, pw_count(head) + 1, pw_pos(head) + (uint32_t)pw_record_size(len), len);
 }
 
-/* Locks the consumers' side (lock_side, plus a dead reader's view dropped)
- * and reads the head and the published tail. */
-static int lock_head(pw_ringref *rr, int64_t deadline, uint64_t *head, uint64_t *tail)
+/* Locks the consumers' side (as lock_tail, plus a dead reader's view
+ * dropped) and reads the head and the published tail. */
+static inline int lock_head(pw_ringref *rr, int64_t deadline, uint64_t *head, uint64_t *tail)
 {
     struct pw_ring *r = rr->ring;
     int rc = pw_mutex_lock(&r->head_lock, deadline, rr->cancel);
@@ -673,69 +664,91 @@ static int lock_head(pw_ringref *rr, int64_t deadline, uint64_t *head, uint64_t 
     return PW_OK;
 }
 
+/* Found no room (no message): unlocks the side's lock and waits for the other
+ * side to move *word from seen. PW_OK to look again, PW_TIMEOUT, or an error. */
+static int unlock_and_wait(pw_ringref *rr, pthread_mutex_t *lock, _Atomic uint64_t *word,
+                           uint64_t seen, _Atomic uint32_t *seq, struct pw_waiters *sleepers,
+                           int64_t deadline)
+{
+    pw_mutex_unlock(lock);
+    int rc = wait_for_move(rr, word, seen, seq, sleepers, deadline);
+    if (rc == PW_TIMEOUT && atomic_load(word) != seen)
+        return PW_OK; /* timed out, but it moved meanwhile: one last look */
+    return rc;
+}
+
+/* lock_head once a message waits (the take's and the peek's wait): PW_OK with
+ * the head lock held, PW_TIMEOUT, PW_CANCELLED or an error. */
+static inline int lock_head_nonempty(pw_ringref *rr, int64_t deadline, uint64_t *head,
+                                     uint64_t *tail)
+{
+    struct pw_ring *r = rr->ring;
+    const int64_t lock_deadline = lock_deadline_for(deadline);
+    for (;;) {
+        int rc = lock_head(rr, lock_deadline, head, tail);
+        if (rc || pw_count(*head) != pw_count(*tail))
+            return rc;
+        rc = unlock_and_wait(rr, &r->head_lock, &r->tail, *tail, &r->not_empty_seq,
+                             &r->consumers, deadline);
+        if (rc)
+            return rc;
+    }
+}
+
 int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t deadline,
                  size_t *taken_out)
 {
     struct pw_ring *r = rr->ring;
-    const int64_t lock_deadline = lock_deadline_for(deadline);
+    uint64_t head, tail;
     *taken_out = 0;
-    for (;;) {
-        uint64_t head, tail;
-        int rc = lock_head(rr, lock_deadline, &head, &tail);
-        if (rc)
-            return rc;
-        uint32_t pos = pw_pos(head), count = pw_count(head);
-        uint64_t bytes = 0, ovh = 0;
-        size_t taken = 0;
-        int err = 0, spilled = 0;
-        /* A consumer killed inside a spilled take left its intent: finish it
-         * before the count moves (layout.h, "The spill area"). */
-        if (rr->spill && (atomic_load_explicit(&r->ov_head_intent, memory_order_relaxed) &
-                          PW_INTENT_VALID))
-            spill_repair(&r->ov_head_intent, &r->ov_head_intent_end, &r->ov_head, count);
-        while (taken < max && count != pw_count(tail)) {
-            uint32_t type;
-            uint64_t len = 0;
-            int f;
-            if (rr->spill && pos == pw_pos(tail)) {
-                /* The ring is empty and messages remain: spilled ones. */
-                f = spill_take(rr, fn, ctx, pw_count(head), count, &ovh, &spilled, &len);
-            } else {
-                /* Everything read from the ring is checked before it is used: a
-                 * corrupt length must not send the copy outside the mapping. */
-                f = record_at(rr, pw_pack(count, pos), tail, &type, &len);
-                if (f == PW_OK)
-                    f = fn(ctx, rr, pos + PW_REC_HEADER, type, len);
-                if (f >= 0)
-                    pos += (uint32_t)pw_record_size(len);
-            }
-            if (f < 0) {
-                err = f;
-                break;
-            }
-            count++;
-            bytes += len;
-            taken++;
-            if (f > 0)
-                break;
+    int rc = lock_head_nonempty(rr, deadline, &head, &tail);
+    if (rc)
+        return rc;
+    uint32_t pos = pw_pos(head), count = pw_count(head);
+    uint64_t bytes = 0, ovh = 0;
+    size_t taken = 0;
+    int err = 0, spilled = 0;
+    /* A consumer killed inside a spilled take left its intent: finish it
+     * before the count moves (layout.h, "The spill area"). */
+    if (rr->spill && (atomic_load_explicit(&r->ov_head_intent, memory_order_relaxed) &
+                      PW_INTENT_VALID))
+        spill_repair(&r->ov_head_intent, &r->ov_head_intent_end, &r->ov_head, count);
+    while (taken < max && count != pw_count(tail)) {
+        uint32_t type = 0;
+        uint64_t len = 0;
+        int f;
+        if (rr->spill && pos == pw_pos(tail)) {
+            /* The ring is empty and messages remain: spilled ones. */
+            f = spill_take(rr, fn, ctx, pw_count(head), count, &ovh, &spilled, &len);
+        } else {
+            /* Everything read from the ring is checked before it is used: a
+             * corrupt length must not send the copy outside the mapping. */
+            f = record_at(rr, pw_pack(count, pos), tail, &type, &len);
+            if (f == PW_OK)
+                f = fn(ctx, rr, pos + PW_REC_HEADER, type, len);
+            if (f >= 0)
+                pos += (uint32_t)pw_record_size(len);
         }
-        if (taken) {
-            publish_head(r, count, pos, bytes);
-            if (spilled)
-                spill_take_done(rr);
+        if (f < 0) {
+            err = f;
+            break;
         }
-        pw_mutex_unlock(&r->head_lock);
-        if (taken)
-            pw_waiters_notify_all(&r->producers, &r->not_full_seq);
-        *taken_out = taken;
-        if (taken || err)
-            return err;
-        rc = wait_for_move(rr, &r->tail, tail, &r->not_empty_seq, &r->consumers, deadline);
-        if (rc < 0 || rc == PW_CANCELLED)
-            return rc;
-        if (rc == PW_TIMEOUT && atomic_load(&r->tail) == tail)
-            return PW_TIMEOUT;
+        count++;
+        bytes += len;
+        taken++;
+        if (f > 0)
+            break;
     }
+    if (taken) {
+        publish_head(r, count, pos, bytes);
+        if (spilled)
+            spill_take_done(rr);
+    }
+    pw_mutex_unlock(&r->head_lock);
+    if (taken)
+        pw_waiters_notify_all(&r->producers, &r->not_full_seq);
+    *taken_out = taken;
+    return err;
 }
 
 /* ---------------------------------------------------------------- watchers */
@@ -776,30 +789,16 @@ void pw_ring_kick(pw_ringref *rr)
 
 /* --------------------------------------------------------- loans and views */
 
-/* Found no room (no message): unlocks the side's lock and waits for the other
- * side to move *word from seen. PW_OK to look again, PW_TIMEOUT, or an error. */
-static int unlock_and_wait(pw_ringref *rr, pthread_mutex_t *lock, _Atomic uint64_t *word,
-                           uint64_t seen, _Atomic uint32_t *seq, struct pw_waiters *sleepers,
-                           int64_t deadline)
-{
-    pw_mutex_unlock(lock);
-    int rc = wait_for_move(rr, word, seen, seq, sleepers, deadline);
-    if (rc == PW_TIMEOUT && atomic_load(word) != seen)
-        return PW_OK; /* timed out, but it moved meanwhile: one last look */
-    return rc;
-}
-
 int pw_ring_reserve(pw_ringref *rr, uint64_t len, int64_t deadline, uint32_t *pos)
 {
     struct pw_ring *r = rr->ring;
     const uint64_t need = pw_record_size(len);
     const int64_t lock_deadline = lock_deadline_for(deadline);
     for (;;) {
-        int rc = lock_side(rr, &r->tail_lock, &r->tail_owner_died, lock_deadline);
+        uint64_t tail, head;
+        int rc = lock_tail(rr, lock_deadline, &tail, &head);
         if (rc)
             return rc;
-        uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-        uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
         /* Not while the spill holds messages: the loan would overtake them. */
         if (room_for(r, rr->capacity, head, pw_pos(tail), pw_count(tail), need) &&
             !(rr->spill && spill_busy(r))) {
@@ -832,33 +831,22 @@ void pw_ring_unreserve(pw_ringref *rr)
 int pw_ring_peek(pw_ringref *rr, int64_t deadline, uint32_t *pos, uint32_t *type, uint64_t *len)
 {
     struct pw_ring *r = rr->ring;
-    const int64_t lock_deadline = lock_deadline_for(deadline);
-    for (;;) {
-        uint64_t head, tail;
-        int rc = lock_head(rr, lock_deadline, &head, &tail);
-        if (rc)
-            return rc;
-        if (pw_count(head) != pw_count(tail)) {
-            if (rr->spill && pw_pos(head) == pw_pos(tail)) {
-                /* Spilled: not in the ring, so no view; the caller copies. */
-                pw_mutex_unlock(&r->head_lock);
-                return PW_SPILLED;
-            }
-            rc = record_at(rr, head, tail, type, len);
-            if (rc) {
-                pw_mutex_unlock(&r->head_lock);
-                return rc;
-            }
-            *pos = pw_pos(head);
-            /* From here to the consuming head store, this reader's death drops it. */
-            atomic_store_explicit(&r->view_mark, head | 1, memory_order_relaxed);
-            return PW_OK; /* the head lock stays held until consume or unpeek */
-        }
-        rc = unlock_and_wait(rr, &r->head_lock, &r->tail, tail, &r->not_empty_seq,
-                             &r->consumers, deadline);
-        if (rc)
-            return rc;
+    uint64_t head, tail;
+    int rc = lock_head_nonempty(rr, deadline, &head, &tail);
+    if (rc)
+        return rc;
+    if (rr->spill && pw_pos(head) == pw_pos(tail))
+        rc = PW_SPILLED; /* not in the ring, so no view; the caller copies */
+    else
+        rc = record_at(rr, head, tail, type, len);
+    if (rc) {
+        pw_mutex_unlock(&r->head_lock);
+        return rc;
     }
+    *pos = pw_pos(head);
+    /* From here to the consuming head store, this reader's death drops it. */
+    atomic_store_explicit(&r->view_mark, head | 1, memory_order_relaxed);
+    return PW_OK; /* the head lock stays held until consume or unpeek */
 }
 
 void pw_ring_consume_peeked(pw_ringref *rr, uint64_t len)

@@ -9,6 +9,8 @@
 
 #include "pw.h"
 
+#include <string.h>
+
 typedef struct {
     struct pw_ring *ring;
     uint8_t *data;      /* capacity bytes of records */
@@ -157,8 +159,26 @@ int pw_ring_bad_record(const pw_ringref *rr, const char *why, uint64_t a, uint64
 /* Copies between the ring (at pos, wrapping) and ordinary memory. */
 void pw_ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n);
 void pw_ring_copy_in(pw_ringref *rr, uint32_t pos, const void *src, uint64_t n);
-/* pw_ring_copy_out with the hooks' unblock around it if it is large. */
-void pw_ring_copy_out_large(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n);
+/* From the ring itself (never the spill). */
+static inline void pw_ring_read(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
+{
+    uint64_t off = pos & (rr->capacity - 1);
+    uint64_t first = rr->capacity - off < n ? rr->capacity - off : n;
+    memcpy(dst, rr->data + off, first);
+    if (n > first)
+        memcpy((uint8_t *)dst + first, rr->data, n - first);
+}
+/* pw_ring_copy_out with the hooks' unblock around it if it is large; the
+ * common small copy from the ring inline (the hot path of every get). */
+void pw_ring_copy_out_slow(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n);
+static inline void pw_ring_copy_out_large(const pw_ringref *rr, uint32_t pos, void *dst,
+                                          uint64_t n)
+{
+    if (__builtin_expect(n < PW_LARGE_COPY && !rr->src_spill, 1))
+        pw_ring_read(rr, pos, dst, n);
+    else
+        pw_ring_copy_out_slow(rr, pos, dst, n);
+}
 
 /* Messages / bytes in the ring now (a snapshot). */
 uint32_t pw_ring_count(const pw_ringref *rr);
