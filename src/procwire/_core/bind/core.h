@@ -307,9 +307,6 @@ int pw_add_type(PyObject *module, PyTypeObject *type, const char *name);
 
 /* -------------------------------------------------------- module plumbing */
 
-/* PyType_Ready(type), then adds it to the module under tp_name's last part. */
-int pw_add_type(PyObject *module, PyTypeObject *type);
-
 /* inspect.c: the counters of kind's struct `p` (validated) as a new dict, or
  * NULL; `reconcile` (a live object) frees dead sleepers' slots as it counts. */
 PyObject *pw_counters(uint32_t kind, void *p, int reconcile);

@@ -45,13 +45,6 @@ static void core_free(void *m)
     core_clear((PyObject *)m);
 }
 
-int pw_add_type(PyObject *module, PyTypeObject *type)
-{
-    if (PyType_Ready(type) < 0)
-        return -1;
-    return PyModule_AddObjectRef(module, strrchr(type->tp_name, '.') + 1, (PyObject *)type);
-}
-
 /* A new exception class, also added to the module as `name`'s last part. */
 static PyObject *new_exception(PyObject *m, const char *name, const char *doc, PyObject *bases)
 {

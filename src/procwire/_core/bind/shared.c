@@ -78,5 +78,5 @@ static PyTypeObject BufferViewType = {
 
 int pw_shared_register(PyObject *module)
 {
-    return pw_add_type(module, &BufferViewType);
+    return pw_add_type(module, &BufferViewType, "BufferView");
 }

@@ -1154,7 +1154,7 @@ int pw_sync_register(PyObject *module)
     PyTypeObject *types[] = {&SyncBaseType, &LockType, &SemaphoreType, &EventType,
                              &ConditionType};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++)
-        if (pw_add_type(module, types[i]) < 0)
+        if (pw_add_type(module, types[i], strrchr(types[i]->tp_name, '.') + 1) < 0)
             return -1;
     return 0;
 }
