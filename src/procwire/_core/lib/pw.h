@@ -258,6 +258,10 @@ int pw_mutex_trylock(pthread_mutex_t *m);
  * PW_CANCELLED when *cancel becomes nonzero (NULL: never). */
 int pw_mutex_lock(pthread_mutex_t *m, int64_t deadline, const int *cancel);
 void pw_mutex_unlock(pthread_mutex_t *m);
+/* The contended Lock's spin, in pw_spin's policy: watches the lock word,
+ * backing off between looks, and tries the mutex when it is free.
+ * pthread_mutex_trylock's answer (EBUSY: not taken). */
+int pw_mutex_spin(pthread_mutex_t *m, pw_spinner *sp, int64_t deadline);
 #define PW_LOCK_SLICE_NS 50000000LL
 /* Maps a pthread result (0, EOWNERDEAD, EBUSY, ...) to a status. */
 int pw_mutex_status(pthread_mutex_t *m, int rc);
@@ -306,6 +310,10 @@ void pw_header_publish(struct pw_header *h);
 int pw_header_validate(const void *base, uint64_t size, uint32_t kind, const char *what);
 /* ... and that the kind-specific header has its kind's size (layout.h table). */
 int pw_header_validate_kind(const void *base, uint64_t size, uint32_t kind, const char *what);
+/* ... and what the kind's own header must satisfy before any of it is used
+ * (a ring's positions and mutexes, a semaphore's count, a lock's mutex, a
+ * Value's element sizes): the one validator of every kind but the pipe's. */
+int pw_segment_validate(const void *base, uint64_t size, uint32_t kind, const char *what);
 #define PW_MAGIC_LOST 0x54534f4c45524957ULL /* "WIRELOST": truncated under its users */
 
 /*
