@@ -734,6 +734,20 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
     return result;
 }
 
+/* receive() as recv_bytes and recv_bytes_into make it: entered, on a
+ * readable end, TimeoutError when the deadline passes. 0 with the message in
+ * c, or -1 with an exception. */
+static int receive_entered(PipeEndObject *self, recv_ctx *c, int64_t deadline)
+{
+    if (enter(self) < 0)
+        return -1;
+    int rc = check_readable(self) < 0 ? -1 : receive(self, c, deadline);
+    leave(self);
+    if (rc == 1)
+        raise_timeout(NO_MESSAGE);
+    return rc == 0 ? 0 : -1;
+}
+
 static int parse_timeout(PyObject *timeout, int64_t *deadline)
 {
     return pw_deadline_from(1, timeout, deadline);
@@ -766,18 +780,7 @@ static PyObject *PipeEnd_recv_bytes(PipeEndObject *self, PyObject *const *args,
         }
         c.maxlength = (uint64_t)m;
     }
-    if (enter(self) < 0)
-        return NULL;
-    PyObject *result = NULL;
-    if (check_readable(self) == 0) {
-        int rc = receive(self, &c, deadline);
-        if (rc == 0)
-            result = c.bytes, c.bytes = NULL;
-        else if (rc == 1)
-            raise_timeout(NO_MESSAGE);
-    }
-    leave(self);
-    return result;
+    return receive_entered(self, &c, deadline) < 0 ? NULL : c.bytes;
 }
 
 static const char *const recv_names[] = {"timeout"};
@@ -866,18 +869,10 @@ static PyObject *PipeEnd_recv_bytes_into(PipeEndObject *self, PyObject *const *a
         PyErr_SetString(PyExc_ValueError, "offset too large");
         goto release;
     }
-    if (enter(self) < 0)
-        goto release;
-    if (check_readable(self) == 0) {
-        recv_ctx c = {.self = self, .maxlength = UINT64_MAX, .into = (char *)view.buf + offset,
-                      .into_cap = (uint64_t)(view.len - offset)};
-        int rc = receive(self, &c, deadline);
-        if (rc == 0)
-            result = c.bytes ? c.bytes : PyLong_FromUnsignedLongLong(c.length);
-        else if (rc == 1)
-            raise_timeout(NO_MESSAGE);
-    }
-    leave(self);
+    recv_ctx c = {.self = self, .maxlength = UINT64_MAX, .into = (char *)view.buf + offset,
+                  .into_cap = (uint64_t)(view.len - offset)};
+    if (receive_entered(self, &c, deadline) == 0)
+        result = c.bytes ? c.bytes : PyLong_FromUnsignedLongLong(c.length);
 release:
     PyBuffer_Release(&view);
     return result;

@@ -802,39 +802,13 @@ static PyObject *Queue_join(QueueObject *self, PyObject *const *args, Py_ssize_t
     return result;
 }
 
+/* The counters, from inspect.c's one reader (reconciling: dead sleepers are
+ * not counted, and their slots are freed). */
 static PyObject *Queue_statistics(QueueObject *self, PyObject *unused)
 {
     if (enter(self) < 0)
         return NULL;
-    struct pw_ring *r = self->rr.ring;
-    uint64_t head = atomic_load(&r->head), tail = atomic_load(&r->tail);
-    /* Dead sleepers are not counted: reconcile before reporting. */
-    uint32_t consumers = pw_waiters_reconcile(&r->consumers);
-    uint32_t producers = pw_waiters_reconcile(&r->producers);
-    uint32_t joiners = pw_waiters_reconcile(&r->joiners);
-    PyObject *d = Py_BuildValue(
-        "{s:K,s:I,s:I,s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I,s:I,s:K,s:K,s:K}",
-        "capacity", (unsigned long long)self->rr.capacity, "maxsize", r->maxsize,
-        "messages", pw_count(tail) - pw_count(head),
-        "bytes_used", (unsigned long long)(uint32_t)(pw_pos(tail) - pw_pos(head)),
-        "total_in", (unsigned long long)pw_widen_count(atomic_load(&r->total_in), pw_count(tail)),
-        "total_out", (unsigned long long)pw_widen_count(atomic_load(&r->total_out), pw_count(head)),
-        "bytes_in", (unsigned long long)atomic_load(&r->bytes_in),
-        "bytes_out", (unsigned long long)atomic_load(&r->bytes_out),
-        "owner_died", (unsigned long long)(atomic_load(&r->tail_owner_died) +
-                                           atomic_load(&r->head_owner_died)),
-        "consumers_waiting", consumers,
-        "producers_waiting", producers,
-        "joiners_waiting", joiners,
-        "unfinished_tasks", pw_count(tail) - atomic_load(&r->tasks_done),
-        "wake_syscalls", (unsigned long long)(atomic_load(&r->consumers.wakes) +
-                                              atomic_load(&r->producers.wakes) +
-                                              atomic_load(&r->joiners.wakes)),
-        "dead_waiters_reaped", (unsigned long long)(atomic_load(&r->consumers.reaped) +
-                                                    atomic_load(&r->producers.reaped) +
-                                                    atomic_load(&r->joiners.reaped)),
-        /* advisory: bytes of spilled records not yet taken */
-        "spill_bytes", (unsigned long long)pw_ring_spill_bytes(&self->rr));
+    PyObject *d = pw_counters(PW_KIND_QUEUE, self->rr.ring, 1);
     leave(self);
     return d;
 }
