@@ -9,6 +9,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,6 +27,28 @@ WIDE_SPREAD = 0.5
 OTHERS_BUSY = 0.25
 STEAL_BUSY = 0.10
 LOAD_BUSY = 1.0
+
+
+def round_trips(send: Callable[[Any], object], recv: Callable[[], object], msg: Any,
+                count: int) -> list[int]:
+    """Nanoseconds each of `count` ``send(msg); recv()`` round trips took."""
+    clock = time.perf_counter_ns
+    times = []
+    for _ in range(count):
+        t = clock()
+        send(msg)
+        recv()
+        times.append(clock() - t)
+    return times
+
+
+def latency(times_ns: Iterable[float], scale: float = 1.0) -> dict[str, Any]:
+    """A latency workload's result: the median of ``times_ns`` (nanoseconds,
+    each multiplied by `scale`) in µs as the value, with p10 and p99."""
+    us = sorted(t * scale / 1e3 for t in times_ns)
+    def q(f: float) -> float:
+        return us[int(f * (len(us) - 1))]
+    return {"value": statistics.median(us), "p10": q(0.10), "p99": q(0.99)}
 
 
 @dataclass(frozen=True)

@@ -40,13 +40,12 @@ import multiprocessing as mp
 import os
 import signal
 import socket
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from procwire.bench.harness import Case, Result, ratio_range
+from procwire.bench.harness import Case, Result, latency, ratio_range, round_trips
 
 FORK = mp.get_context("fork")
 MiB = 1 << 20
@@ -256,21 +255,11 @@ def round_trip(mech: str, impl: str, trips: int) -> dict[str, Any]:
     there, back = CHANNELS[mech](impl, 64), CHANNELS[mech](impl, 64)
     child = FORK.Process(target=_echo, args=(there, back, trips))
     child.start()
-    msg = b"x" * 64
-    clock = time.perf_counter
-    times = []
-    send, recv = there.send, back.recv
-    for _ in range(trips):
-        t = clock()
-        send(msg)
-        recv()
-        times.append(clock() - t)
+    times = round_trips(there.send, back.recv, b"x" * 64, trips)
     child.join(JOIN)
     if child.exitcode != 0:
         raise SystemExit(f"{mech}/{impl}: the echoing process failed")
-    us = sorted(t * 1e6 for t in times[trips // 10:])  # drop the warm-up tenth
-    return {"value": statistics.median(us), "p10": us[len(us) // 10],
-            "p99": us[len(us) * 99 // 100]}
+    return latency(times[trips // 10:])  # drop the warm-up tenth
 
 
 def _signal_echo(parent: int, trips: int) -> None:
@@ -294,7 +283,7 @@ def signal_round_trip(trips: int) -> dict[str, Any]:
         child = FORK.Process(target=_signal_echo, args=(os.getpid(), trips))
         child.start()
         assert child.pid is not None  # started
-        clock, kill, wait, pid = time.perf_counter, os.kill, signal.sigwait, child.pid
+        clock, kill, wait, pid = time.perf_counter_ns, os.kill, signal.sigwait, child.pid
         times = []
         for _ in range(trips):
             t = clock()
@@ -304,9 +293,7 @@ def signal_round_trip(trips: int) -> dict[str, Any]:
         child.join(JOIN)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-    us = sorted(t * 1e6 for t in times[trips // 10:])
-    return {"value": statistics.median(us), "p10": us[len(us) // 10],
-            "p99": us[len(us) * 99 // 100]}
+    return latency(times[trips // 10:])
 
 
 # -- the lesson's table ----------------------------------------------------------------------

@@ -23,12 +23,11 @@ import multiprocessing as mp
 import os
 import resource
 import shutil
-import statistics
 import tempfile
 import time
 from typing import Any
 
-from procwire.bench.harness import Case
+from procwire.bench.harness import Case, latency, round_trips
 
 FORK = mp.get_context("fork")
 MiB = 1 << 20
@@ -183,19 +182,10 @@ def rtt(impl: str, pinned: bool | str = False, count: int = 20000,
     for _ in range(warmup):
         send(msg)
         recv()
-    times = []
-    clock = time.perf_counter_ns
-    for _ in range(count):
-        t = clock()
-        send(msg)
-        recv()
-        times.append(clock() - t)
+    times = round_trips(send, recv, msg, count)
     p.join(JOIN)
     ends.close()
-    times.sort()
-    def q(f: float) -> float:
-        return times[int(f * (len(times) - 1))] / 1e3
-    return {"value": statistics.median(times) / 1e3, "p10": q(0.10), "p99": q(0.99)}
+    return latency(times)
 
 
 def _producer_child(ends: _Ends, payload: str, count: int, received: Any) -> None:

@@ -28,7 +28,7 @@ import statistics
 import time
 from typing import Any
 
-from procwire.bench.harness import Case
+from procwire.bench.harness import Case, latency
 
 W = "procwire.bench.pool:"
 WORKERS = 2
@@ -137,10 +137,7 @@ def round_trip(impl: str, count: int, warmup: int = 200) -> dict[Any, Any]:
             times.append(clock() - t)
     finally:
         _close(impl, pool)
-    times.sort()
-    def q(f: float) -> float:
-        return times[int(f * (len(times) - 1))] / 1e3
-    return {"value": statistics.median(times) / 1e3, "p10": q(0.10), "p99": q(0.99)}
+    return latency(times)
 
 
 def numpy_map(impl: str, tasks: int) -> dict[Any, Any]:

@@ -11,13 +11,12 @@ import multiprocessing as mp
 import os
 import resource
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-from procwire.bench.harness import Case
+from procwire.bench.harness import Case, latency, round_trips
 
 FORK = mp.get_context("fork")
 MiB = 1 << 20
@@ -335,19 +334,9 @@ def round_trip(impl: str, trips: int, pin: list[int] | None = None,
     child = FORK.Process(target=_echo, args=(impl, a, b, trips, child_pin))
     child.start()
     ping, pong = a.endpoint("producer"), b.endpoint("consumer")
-    msg = b"x" * 64
-    times = []
-    clock = time.perf_counter
-    for _ in range(trips):
-        t = clock()
-        ping.put(msg)
-        pong.get()
-        times.append(clock() - t)
+    times = round_trips(ping.put, pong.get, b"x" * 64, trips)
     child.join(JOIN)
-    times = sorted(times[trips // 10:])  # drop the warm-up tenth
-    us = [t * 1e6 for t in times]
-    return {"value": statistics.median(us), "p10": us[len(us) // 10],
-            "p99": us[len(us) * 99 // 100]}
+    return latency(times[trips // 10:])  # drop the warm-up tenth
 
 
 def _loan_producer(q: Any, size: int, n: int, mode: str, go: Any) -> None:

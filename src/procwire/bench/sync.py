@@ -8,33 +8,22 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import statistics
 import threading
 import time
 from typing import Any
 
-from procwire.bench.harness import Case
+from procwire.bench.harness import Case, latency
 
 FORK = mp.get_context("fork")
 JOIN = 300
 
 
-def _lock(impl: str) -> Any:
+def _sync(kind: str, impl: str) -> Any:
+    """A new Lock or Event (`kind`) of procwire, multiprocessing or threading."""
     if impl == "procwire":
         import procwire
-        return procwire.Lock()
-    if impl == "multiprocessing":
-        return FORK.Lock()
-    return threading.Lock()
-
-
-def _event(impl: str) -> Any:
-    if impl == "procwire":
-        import procwire
-        return procwire.Event()
-    if impl == "multiprocessing":
-        return FORK.Event()
-    return threading.Event()
+        return getattr(procwire, kind)()
+    return getattr(FORK if impl == "multiprocessing" else threading, kind)()
 
 
 def _value(impl: str) -> Any:
@@ -48,7 +37,7 @@ def _value(impl: str) -> Any:
 
 def uncontended(impl: str, pairs: int) -> dict[str, Any]:
     """Nanoseconds per acquire()+release() pair, one thread, nobody else."""
-    lock = _lock(impl)
+    lock = _sync("Lock", impl)
     acquire, release = lock.acquire, lock.release
     for _ in range(pairs // 10):  # warm-up
         acquire()
@@ -74,6 +63,20 @@ def _hammer(lock: Any, pairs: int, ready: Any, go: Any, cpu: int | None = None) 
         release()
 
 
+def _race(runners: list[Any], ready: Any, go: Any) -> float:
+    """Starts the runners, waits until each released `ready`, sets `go` and
+    returns the seconds until all have finished."""
+    for r in runners:
+        r.start()
+    for _ in runners:
+        ready.acquire()
+    t0 = time.perf_counter()
+    go.set()
+    for r in runners:
+        r.join(JOIN)
+    return time.perf_counter() - t0
+
+
 def contended(impl: str, pairs: int, workers: int = 2, split: bool = False) -> dict[str, Any]:
     """Total acquire()+release() pairs per second, `workers` processes (threads
     for the threading floor) hammering one lock. ``split``: worker i pinned to
@@ -83,7 +86,7 @@ def contended(impl: str, pairs: int, workers: int = 2, split: bool = False) -> d
         from procwire.bench.queues import two_cpus
         pair = two_cpus()
         cpus = [pair[i % 2] for i in range(workers)]
-    lock = _lock(impl)
+    lock = _sync("Lock", impl)
     ready: Any  # threading's or multiprocessing's: the same interface
     go: Any
     runners: list[Any]
@@ -95,15 +98,7 @@ def contended(impl: str, pairs: int, workers: int = 2, split: bool = False) -> d
         ready, go = FORK.Semaphore(0), FORK.Event()
         runners = [FORK.Process(target=_hammer, args=(lock, pairs, ready, go, cpus[i]))
                    for i in range(workers)]
-    for r in runners:
-        r.start()
-    for _ in runners:
-        ready.acquire()
-    t0 = time.perf_counter()
-    go.set()
-    for r in runners:
-        r.join(JOIN)
-    elapsed = time.perf_counter() - t0
+    elapsed = _race(runners, ready, go)
     return {"value": pairs * workers / elapsed, "seconds": elapsed}
 
 
@@ -121,11 +116,11 @@ def event_wake(impl: str, trips: int, pin: list[int] | None = None) -> dict[str,
     in another: half of a set/wait round trip through two events."""
     if pin:
         os.sched_setaffinity(0, pin)  # children inherit it
-    ping, pong = _event(impl), _event(impl)
+    ping, pong = _sync("Event", impl), _sync("Event", impl)
     runner = threading.Thread if impl == "threading" else FORK.Process
     child = runner(target=_pong, args=(ping, pong, trips))
     child.start()
-    clock = time.perf_counter
+    clock = time.perf_counter_ns
     times = []
     for _ in range(trips):
         t = clock()
@@ -134,9 +129,7 @@ def event_wake(impl: str, trips: int, pin: list[int] | None = None) -> dict[str,
         pong.clear()
         times.append(clock() - t)
     child.join(JOIN)
-    us = sorted(t * 1e6 / 2 for t in times[trips // 10:])  # drop the warm-up tenth
-    return {"value": statistics.median(us), "p10": us[len(us) // 10],
-            "p99": us[len(us) * 99 // 100]}
+    return latency(times[trips // 10:], scale=0.5)  # drop the warm-up tenth; one way
 
 
 # -- Value increments under the lock --------------------------------------------------------
@@ -157,15 +150,7 @@ def value_increments(impl: str, increments: int, workers: int = 2) -> dict[str, 
     ready, go = FORK.Semaphore(0), FORK.Event()
     procs = [FORK.Process(target=_increment, args=(v, increments, ready, go))
              for _ in range(workers)]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        ready.acquire()
-    t0 = time.perf_counter()
-    go.set()
-    for p in procs:
-        p.join(JOIN)
-    elapsed = time.perf_counter() - t0
+    elapsed = _race(procs, ready, go)
     if v.value != increments * workers:
         raise SystemExit(f"{impl}: lost updates under the lock: {v.value}")
     return {"value": increments * workers / elapsed, "seconds": elapsed}

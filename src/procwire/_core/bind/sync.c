@@ -528,20 +528,6 @@ static int wait_foreign_holder(LockObject *self, struct pw_lock *l, int64_t dead
     return rc == PW_TIMEOUT ? 1 : rc < 0 ? pw_raise_int(rc) : 0;
 }
 
-/* The Lock's spin: pw_spin's done(), which tries the mutex whenever it is free. */
-struct try_free {
-    pthread_mutex_t *m;
-    int rc; /* pthread_mutex_trylock's last answer */
-};
-
-static int take_if_free(void *ctx)
-{
-    struct try_free *t = ctx;
-    if (mutex_holder(t->m) == 0 || mutex_owner_died(t->m))
-        t->rc = pthread_mutex_trylock(t->m);
-    return t->rc != EBUSY;
-}
-
 static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
                                    int64_t deadline)
 {
@@ -593,13 +579,11 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
     /* Adaptive: a lock held for a few microseconds is cheaper to spin for
      * than to sleep on, when the holder runs on another CPU. Taking the GIL
      * back while holding the mutex is safe (core.h, rule 4). */
-    struct try_free t = {&l->mutex, EBUSY};
-    if (pw_spin(&self->sync.spin, take_if_free, &t, deadline, NULL)) {
-        if (t.rc == 0 || t.rc == EOWNERDEAD)
-            return acquired(self, l, t.rc == EOWNERDEAD);
-        if (t.rc == EDEADLK)
-            return lock_acquire_slow(self, l, t.rc, deadline);
-    }
+    rc = pw_mutex_spin(&l->mutex, &self->sync.spin, deadline);
+    if (rc == 0 || rc == EOWNERDEAD)
+        return acquired(self, l, rc == EOWNERDEAD);
+    if (rc == EDEADLK)
+        return lock_acquire_slow(self, l, rc, deadline);
     atomic_fetch_add(&l->contended, 1);
     pw_sleeper sl; /* issue 9 #15: registered so a killed waiter is reaped */
     pw_sleeper_enter(&l->sleepers, &sl);

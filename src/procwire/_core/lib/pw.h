@@ -258,6 +258,10 @@ int pw_mutex_trylock(pthread_mutex_t *m);
  * PW_CANCELLED when *cancel becomes nonzero (NULL: never). */
 int pw_mutex_lock(pthread_mutex_t *m, int64_t deadline, const int *cancel);
 void pw_mutex_unlock(pthread_mutex_t *m);
+/* The contended Lock's spin, in pw_spin's policy: watches the lock word,
+ * backing off between looks, and tries the mutex when it is free.
+ * pthread_mutex_trylock's answer (EBUSY: not taken). */
+int pw_mutex_spin(pthread_mutex_t *m, pw_spinner *sp, int64_t deadline);
 #define PW_LOCK_SLICE_NS 50000000LL
 /* Maps a pthread result (0, EOWNERDEAD, EBUSY, ...) to a status. */
 int pw_mutex_status(pthread_mutex_t *m, int rc);
