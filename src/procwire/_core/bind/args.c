@@ -91,18 +91,3 @@ int pw_parse_block_timeout(PyObject *block, PyObject *timeout, int64_t *deadline
     }
     return pw_deadline_from(b, timeout, deadline);
 }
-
-int pw_index_arg(PyObject *arg, int none_ok, Py_ssize_t min, const char *below, Py_ssize_t *v)
-{
-    if (!arg || (none_ok && arg == Py_None))
-        return 0;
-    Py_ssize_t x = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
-    if (x == -1 && PyErr_Occurred())
-        return -1;
-    if (x < min) {
-        PyErr_Format(PyExc_ValueError, below, x);
-        return -1;
-    }
-    *v = x;
-    return 0;
-}

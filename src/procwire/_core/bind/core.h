@@ -73,8 +73,22 @@ int pw_parse_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyO
 
 /* An optional integer argument: absent (NULL, or None if none_ok) leaves *v
  * as it is; below min raises ValueError(below), a format that gets the value
- * (%zd). 0, or -1 with an exception. */
-int pw_index_arg(PyObject *arg, int none_ok, Py_ssize_t min, const char *below, Py_ssize_t *v);
+ * (%zd). 0, or -1 with an exception. Inline: absent is the common case. */
+static inline int pw_index_arg(PyObject *arg, int none_ok, Py_ssize_t min, const char *below,
+                               Py_ssize_t *v)
+{
+    if (!arg || (none_ok && arg == Py_None))
+        return 0;
+    Py_ssize_t x = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (x < min) {
+        PyErr_Format(PyExc_ValueError, below, x);
+        return -1;
+    }
+    *v = x;
+    return 0;
+}
 
 /* pw_deadline_from() for optional (NULL = default) block and timeout objects. */
 int pw_parse_block_timeout(PyObject *block, PyObject *timeout, int64_t *deadline);
@@ -191,8 +205,15 @@ PyObject *pw_watch_kick(PwObject *o, pw_ringref *rr);
  * returns self.<method>(first, timeout or None), the View that
  * procwire._loans builds (NULL with an exception); otherwise NULL with
  * *handled = 0: receive a copy. */
-PyObject *pw_view_instead(PyObject *self, PyObject *copy, const char *method, PyObject *first,
-                          PyObject *timeout, int *handled);
+static inline PyObject *pw_view_instead(PyObject *self, PyObject *copy, const char *method,
+                                        PyObject *first, PyObject *timeout, int *handled)
+{
+    int c = copy ? PyObject_IsTrue(copy) : 1;
+    *handled = c <= 0;
+    if (c != 0)
+        return NULL; /* copy (or an error: c < 0) */
+    return PyObject_CallMethod(self, method, "OO", first, timeout ? timeout : Py_None);
+}
 
 /* A handle's open loan (producers' lock of loan_rr held) and view (the
  * consumers' lock of view_rr held); NULL: none. */

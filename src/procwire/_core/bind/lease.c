@@ -261,15 +261,6 @@ int pw_view_free(PwObject *o, const pw_lease *l)
     return -1;
 }
 
-PyObject *pw_view_instead(PyObject *self, PyObject *copy, const char *method, PyObject *first,
-                          PyObject *timeout, int *handled)
-{
-    int c = copy ? PyObject_IsTrue(copy) : 1;
-    *handled = c <= 0;
-    if (c != 0)
-        return NULL; /* copy (or an error: c < 0) */
-    return PyObject_CallMethod(self, method, "OO", first, timeout ? timeout : Py_None);
-}
 
 PyObject *pw_view_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos, uint32_t type,
                          uint64_t len, int *held)
