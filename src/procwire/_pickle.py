@@ -153,6 +153,8 @@ def dumps(obj: Any, protocol: int = HIGHEST) -> bytes:
     if type(obj) is bytes:  # no reducer applies to bytes
         n = len(obj)
         if n < 256:  # half pickle.dumps's cost: a join instead of a new pickler
+            # (Pipe.send makes this same pickle in C, _core/bind/pipe.c, and
+            # Pipe.recv reads it back without an unpickler.)
             return _join((_SHORT_BYTES_HEAD[n], obj, _MEMOIZE_STOP))
         if n < _LARGE_BYTES:
             return pickle.dumps(obj, HIGHEST)

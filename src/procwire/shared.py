@@ -120,8 +120,9 @@ def _create(kind: int, elem: type, length: int, lock_mode: int, lock_name: bytes
     code = _code_of(elem)
     segment = new_segment(
         "Value" if kind == _core.KIND_VALUE else "Array", name,
-        _core.shared_size(elem_size * length),
-        lambda buf: _core.shared_init(buf, kind, code, elem_size, length, lock_mode, lock_name))
+        _core.segment_size(kind, elem_size * length),
+        lambda buf: _core.segment_init(buf, kind, typecode=code, elem_size=elem_size,
+                                       length=length, lock_mode=lock_mode, lock_name=lock_name))
     return _Handle._from_segment(segment, kind=kind, type_hint=elem)
 
 

@@ -114,10 +114,10 @@ class _SyncObject(SegmentObject[StatsT]):
 
     def _create_sync(self, name: str | None, params: dict[str, Any] | None = None,
                      **state: Any) -> None:
-        """Create a segment of this primitive's kind (``sync_init(**params)``), open it."""
+        """Create a segment of this primitive's kind (``segment_init(**params)``), open it."""
         kind, params = self._kind, params or {}
-        self._create(name, _core.sync_size(kind),
-                     lambda buf: _core.sync_init(buf, kind, **params), **state)
+        self._create(name, _core.segment_size(kind),
+                     lambda buf: _core.segment_init(buf, kind, **params), **state)
 
 
 # ---------------------------------------------------------------- locks
@@ -211,8 +211,8 @@ class Semaphore(_SyncObject["SemaphoreStatistics"], _core.Semaphore):
         return value
 
     def _repr_state(self) -> str:
-        value = self.get_value()
-        return f"value={value}" + (f", maxvalue={self._maxvalue}" if self._maxvalue else "")
+        c = self._counters()
+        return f"value={c['value']}" + (f", maxvalue={c['maxvalue']}" if c["bounded"] else "")
 
 
 class BoundedSemaphore(Semaphore):
@@ -320,11 +320,10 @@ class Condition(_SyncObject["ConditionStatistics"], _core.Condition):
 
     def _bind(self, lock: Lock | None = None, **state: Any) -> None:
         _core.Condition.__init__(self, self._segment.buffer, self._describe())
-        mode, lock_name = self._lock_info()
-        if mode == _core.LOCKMODE_EMBEDDED:
+        mode, lname = self._lock_place()
+        if mode == "embedded":
             lock = self._embedded_lock_type._from_segment(self._segment, owns=False)
-        elif lock is None and mode == _core.LOCKMODE_NAMED:
-            lname = lock_name.decode()
+        elif lock is None and mode == "named":
             kind = _attached_kind(lname)
             # A Lock segment holds a Lock; every other kind (RLock, or the
             # lock embedded in a Value, Array or Condition) an RLock.
@@ -337,9 +336,13 @@ class Condition(_SyncObject["ConditionStatistics"], _core.Condition):
         self.acquire = lock.acquire
         self.release = lock.release
 
+    def _lock_place(self) -> tuple[str, str]:
+        """Where the lock lives: its mode ('embedded', 'named', 'external') and name."""
+        counters = _core.inspect(self._segment.buffer)
+        return counters["lock_mode"], counters["lock_name"]
+
     def _pickle_state(self) -> dict[str, Any]:
-        mode, _ = self._lock_info()
-        return {"lock": None if mode == _core.LOCKMODE_EMBEDDED else self._lock}
+        return {"lock": None if self._lock_place()[0] == "embedded" else self._lock}
 
     def __enter__(self) -> bool:
         return self._lock.__enter__()

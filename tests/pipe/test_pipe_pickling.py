@@ -109,3 +109,41 @@ def test_an_unpicklable_message_leaves_the_next_one_intact(registered):
 def test_bytes_pickle_exactly_as_pickle_dumps_does(size):
     data = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
     assert _pickle.dumps(data) == pickle.dumps(data, 5)
+
+
+@pytest.mark.parametrize("size", [0, 1, 64, 254, 255, 256, 1000])
+def test_send_of_bytes_puts_pickle_dumps_form_on_the_wire(size):
+    """send() pickles short bytes in C and recv() unpickles them without an
+    unpickler: the wire form stays pickle.dumps(obj, 5), both ways."""
+    data = bytes(range(256))[:size] if size <= 256 else b"q" * size
+    a, b = procwire.Pipe()
+    try:
+        a.send(data)
+        assert b.recv_bytes() == pickle.dumps(data, 5)
+        a.send_bytes(pickle.dumps(data, 5))
+        got = b.recv()
+        assert got == data and type(got) is bytes
+        a.send(data)
+        assert b.recv() == data
+    finally:
+        a.close()
+        b.close()
+
+
+class _Bytes(bytes):
+    pass
+
+
+@pytest.mark.parametrize("obj", [bytearray(b"ab"), (b"ab",), [b"x" * 3], "ab",
+                                 _Bytes(b"sub")],
+                         ids=["bytearray", "tuple", "list", "str", "bytes-subclass"])
+def test_lookalikes_of_short_bytes_go_through_pickle(obj):
+    a, b = procwire.Pipe()
+    try:
+        a.send_bytes(pickle.dumps(obj, 5)[:-1] + b".")  # the same pickle
+        assert b.recv() == obj
+        a.send_bytes(b"\x80\x05\x95" + bytes(8) + b"C\x02ab\x94.")  # a wrong frame length
+        assert b.recv() == b"ab"  # pickle's frames are hints: it still loads
+    finally:
+        a.close()
+        b.close()

@@ -91,3 +91,14 @@ int pw_parse_block_timeout(PyObject *block, PyObject *timeout, int64_t *deadline
     }
     return pw_deadline_from(b, timeout, deadline);
 }
+
+int pw_parse_deadline_args(const char *func, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames, int with_block, int64_t *deadline)
+{
+    static const char *const names[] = {"block", "timeout"};
+    PyObject *a[2] = {NULL, NULL};
+    int skip = !with_block;
+    if (pw_parse_args(func, args, nargs, kwnames, names + skip, 2 - skip, 0, a + skip) < 0)
+        return -1;
+    return pw_parse_block_timeout(a[0], a[1], deadline);
+}

@@ -27,7 +27,8 @@
 
 /* ---------------------------------------------------------------- errors */
 
-/* The module's state (module.c): every Python object the C code keeps. */
+/* The module's state (module.c): every Python object the C code keeps, and
+ * nothing else (module.c visits and clears it as an array of objects). */
 typedef struct {
     PyObject *ProcwireError;      /* base of procwire's own errors              */
     PyObject *SegmentError;       /* corrupt, foreign or truncated segment       */
@@ -92,6 +93,38 @@ static inline int pw_index_arg(PyObject *arg, int none_ok, Py_ssize_t min, const
 
 /* pw_deadline_from() for optional (NULL = default) block and timeout objects. */
 int pw_parse_block_timeout(PyObject *block, PyObject *timeout, int64_t *deadline);
+
+/* The arguments of func(block=True, timeout=None), or with `with_block` 0 of
+ * func(timeout=None), as a deadline: parsed (and a bad timeout rejected)
+ * before anything is taken. 0, or -1 with TypeError or ValueError set. */
+int pw_parse_deadline_args(const char *func, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames, int with_block, int64_t *deadline);
+static inline int pw_parse_deadline(const char *func, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames, int with_block, int64_t *deadline)
+{
+    *deadline = PW_FOREVER;
+    /* The common call (none: block forever) costs no call at all. */
+    return nargs || kwnames ? pw_parse_deadline_args(func, args, nargs, kwnames, with_block,
+                                                     deadline) : 0;
+}
+
+/*
+ * Method-table rows that state each method once, its text signature (for
+ * inspect.signature) built from its name and calling convention: no
+ * arguments; one positional argument `arg`; positional-only `params`; or
+ * `params` by position or keyword.
+ */
+#define PW_NOARGS(name, fn, doc)                                               \
+    {name, (PyCFunction)(fn), METH_NOARGS, name "($self, /)\n--\n\n" doc}
+#define PW_ONEARG(name, fn, arg, doc)                                          \
+    {name, (PyCFunction)(fn), METH_O, name "($self, " arg ", /)\n--\n\n" doc}
+#define PW_POSARGS(name, fn, params, doc)                                      \
+    {name, (PyCFunction)(void (*)(void))(fn), METH_FASTCALL,                   \
+     name "($self, " params ", /)\n--\n\n" doc}
+#define PW_KWARGS(name, fn, params, doc)                                       \
+    {name, (PyCFunction)(void (*)(void))(fn), METH_FASTCALL | METH_KEYWORDS,   \
+     name "($self, /, " params ")\n--\n\n" doc}
+#define PW_END_METHODS {NULL, NULL, 0, NULL}
 
 
 /* ------------------------------------------------- the native object base */
@@ -304,17 +337,17 @@ int pw_add_type(PyObject *module, PyTypeObject *type, const char *name);
 
 /* -------------------------------------------------------- module plumbing */
 
-int pw_queue_register(PyObject *module);   /* queue.c: QueueBase */
-int pw_testing_register(PyObject *module); /* testing.c: _core._testing */
-int pw_sync_register(PyObject *module);   /* sync.c: Lock, Semaphore, Event, ... */
-int pw_shared_register(PyObject *module); /* shared.c: Value and Array segments  */
-
-int pw_segment_register(PyObject *module);
-int pw_inspect_register(PyObject *module); /* inspect.c: read-only _core.inspect() */
-
 /* inspect.c: the counters of kind's struct `p` (validated) as a new dict, or
  * NULL; `reconcile` (a live object) frees dead sleepers' slots as it counts. */
 PyObject *pw_counters(uint32_t kind, void *p, int reconcile);
-int pw_pipe_register(PyObject *module);
+
+/* Each file's types and functions, added to the module at import (module.c). */
+int pw_segment_register(PyObject *module); /* segment.c: layout, guard, constants */
+int pw_queue_register(PyObject *module);   /* queue.c: QueueBase */
+int pw_pipe_register(PyObject *module);    /* pipe.c: PipeEnd */
+int pw_sync_register(PyObject *module);    /* sync.c: Lock, Semaphore, Event, Condition */
+int pw_shared_register(PyObject *module);  /* shared.c: BufferView */
+int pw_inspect_register(PyObject *module); /* inspect.c: inspect(), header_info() */
+int pw_testing_register(PyObject *module); /* testing.c: _core._testing */
 
 #endif /* PROCWIRE_CORE_H */

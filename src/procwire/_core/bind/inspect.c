@@ -13,9 +13,9 @@
  * load; a set of them is not a consistent snapshot, which is fine for
  * advisory figures.
  *
- * The segment is untrusted: the common header is validated first, then the
- * kind-specific header (its size, and what the kind's fields must satisfy),
- * before any counter is read.
+ * The segment is untrusted: it is validated whole (pw_segment_validate: the
+ * common header, then what the kind's own header must satisfy) before any
+ * counter is read.
  */
 #include "core.h"
 
@@ -154,49 +154,8 @@ PyObject *pw_counters(uint32_t kind, void *p, int reconcile)
     }
 }
 
-/* A Value's or Array's header matches its segment: elements that fill the
- * data area exactly, a known lock mode, a sane embedded mutex. */
-static int check_shared(const struct pw_header *h, uint64_t size, const char *what)
-{
-    const struct pw_shared *s = (const struct pw_shared *)(h + 1);
-    uint64_t nbytes = s->elem_size * s->length;
-    if (h->data_offset != PW_SHARED_DATA_OFFSET || s->elem_size == 0 ||
-        s->length > (((uint64_t)1 << 46) / s->elem_size) ||
-        PW_SHARED_DATA_OFFSET + (nbytes ? nbytes : 1) != size ||
-        s->lock_mode > PW_LOCKMODE_EXTERNAL || s->lock_name_len > PW_LOCK_NAME_MAX ||
-        memchr(s->typecode, 0, PW_TYPECODE_MAX) == NULL)
-        return pw_segment_error("%s is corrupt: its value/array header does not match its size",
-                                what);
-    int rc = s->lock_mode == PW_LOCKMODE_EMBEDDED ? pw_mutex_check(&s->lock.mutex, what) : 0;
-    return rc ? pw_raise_int(rc) : 0;
-}
-
-/* Validates the common header (against `kind`, 0: any) and, if `whole`,
- * the kind's own header. 0, or -1 with SegmentError set. */
-static int check_segment(const void *base, uint64_t size, uint32_t kind, const char *what,
-                         int whole)
-{
-    int rc = whole ? pw_header_validate_kind(base, size, kind, what)
-                   : pw_header_validate(base, size, kind, what);
-    if (rc || !whole)
-        return rc ? pw_raise_int(rc) : 0;
-    const struct pw_header *h = base;
-    if (h->kind == PW_KIND_QUEUE) {
-        const struct pw_ring *r = (const struct pw_ring *)(h + 1);
-        uint64_t cap = r->capacity;
-        if (cap < PW_RING_MIN_CAPACITY || cap > PW_RING_MAX_CAPACITY || (cap & (cap - 1)) ||
-            h->data_offset + cap > h->total_size)
-            return pw_segment_error("%s is corrupt: ring capacity %llu does not fit its %llu "
-                                    "bytes", what, (unsigned long long)cap,
-                                    (unsigned long long)h->total_size);
-    }
-    if (h->kind == PW_KIND_VALUE || h->kind == PW_KIND_ARRAY)
-        return check_shared(h, size, what);
-    return 0;
-}
-
-/* The common header of a segment, validated; with `counters`, its kind's
- * header validated too and its counters added. `kind` 0 accepts any kind. */
+/* The common header of a segment, validated; with `counters`, the whole
+ * segment validated and its kind's counters added. `kind` 0 accepts any. */
 static PyObject *describe(PyObject *arg, uint32_t kind, const char *what, int counters)
 {
     Py_buffer view;
@@ -204,8 +163,12 @@ static PyObject *describe(PyObject *arg, uint32_t kind, const char *what, int co
         return NULL;
     PyObject *d = NULL, *c = NULL;
     const struct pw_header *h = view.buf;
-    if (check_segment(view.buf, (uint64_t)view.len, kind, what, counters) < 0)
+    int rc = counters ? pw_segment_validate(view.buf, (uint64_t)view.len, kind, what)
+                      : pw_header_validate(view.buf, (uint64_t)view.len, kind, what);
+    if (rc) {
+        pw_raise(rc);
         goto done;
+    }
     d = Py_BuildValue("{s:s,s:I,s:I,s:K,s:I,s:K,s:K,s:I}", "kind", pw_kind_name(h->kind),
                       "kind_id", h->kind, "version", h->version, "total_size",
                       (unsigned long long)h->total_size, "creator_pid", h->creator_pid,

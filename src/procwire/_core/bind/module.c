@@ -20,25 +20,23 @@ pw_state *pw_get_state(void)
     return m ? (pw_state *)PyModule_GetState(m) : NULL;
 }
 
-#define PW_STATE_OBJECTS(X)                                                    \
-    X(ProcwireError) X(SegmentError) X(MessageTooLarge) X(OwnerDiedWarning)     \
-    X(Empty) X(Full) X(str_buffers)
+/* pw_state holds Python objects only (core.h): one loop visits or clears them. */
+#define PW_STATE_SIZE (sizeof(pw_state) / sizeof(PyObject *))
+_Static_assert(sizeof(pw_state) % sizeof(PyObject *) == 0, "pw_state: PyObject pointers only");
 
 static int core_traverse(PyObject *m, visitproc visit, void *arg)
 {
-    pw_state *st = PyModule_GetState(m);
-#define PW_VISIT_(f) Py_VISIT(st->f);
-    PW_STATE_OBJECTS(PW_VISIT_)
-#undef PW_VISIT_
+    PyObject **objects = PyModule_GetState(m);
+    for (size_t i = 0; i < PW_STATE_SIZE; i++)
+        Py_VISIT(objects[i]);
     return 0;
 }
 
 static int core_clear(PyObject *m)
 {
-    pw_state *st = PyModule_GetState(m);
-#define PW_CLEAR_(f) Py_CLEAR(st->f);
-    PW_STATE_OBJECTS(PW_CLEAR_)
-#undef PW_CLEAR_
+    PyObject **objects = PyModule_GetState(m);
+    for (size_t i = 0; i < PW_STATE_SIZE; i++)
+        Py_CLEAR(objects[i]);
     return 0;
 }
 

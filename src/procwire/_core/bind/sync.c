@@ -1,22 +1,22 @@
 /*
  * sync.c -- _core.Lock, Semaphore, Event and Condition: the native bases of
- * procwire.sync's classes (its Barrier is Python over a Condition).
+ * procwire.sync's classes (its Barrier is Python over a Condition), on one
+ * native base, _core.SyncBase (_counters, _close, _display).
  *
  * Every object maps one segment (or, for a lock inside a Value, Array or
  * Condition, part of one) and keeps its state in the structs of layout.h.
- * Python creates the segment, calls _core.sync_init() to lay it out, and then
- * opens it with the type's constructor, which validates it: creating and
- * attaching share one path.
+ * Python creates the segment, lays it out with _core.segment_init()
+ * (segment.c), and then opens it with the type's constructor, which
+ * validates it: creating and attaching share one path.
  *
  * Locks are robust pthread mutexes (lib/mutex.c). Semaphores, events and
- * conditions are futex words, waited on with pw_wait_until
- * (lib/wait.c), which sleeps in slices so that a signal delivered to another
- * thread of the process still reaches PyErr_CheckSignals promptly.
+ * conditions are futex words, waited on with pw_wait_until (lib/wait.c),
+ * which sleeps in slices so that a signal delivered to another thread of the
+ * process still reaches PyErr_CheckSignals promptly.
  */
 #include "core.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -69,18 +69,6 @@ static inline pid_t my_tid(void)
 #define mutex_holder(m) ((pid_t)pw_mutex_holder(m))
 #define mutex_owner_died(m) pw_mutex_owner_died(m)
 
-/* pw_wait's done() for "sleep until this word moves" waits. */
-struct word_moved {
-    _Atomic uint32_t *word;
-    uint32_t seen;
-};
-
-static int word_moved(void *ctx)
-{
-    struct word_moved *m = ctx;
-    return atomic_load(m->word) != m->seen;
-}
-
 static int never(void *ctx)
 {
     return 0;
@@ -91,7 +79,7 @@ static int never(void *ctx)
 typedef struct {
     PwObject base;    /* the mapping, its name, the guard against a concurrent close */
     pw_spinner spin;  /* adaptive spin before sleeping */
-    void *p;          /* the kind's struct inside the mapping */
+    void *p;          /* the kind's struct inside the mapping (a Lock's pw_lock) */
     uint32_t kind;    /* p's kind (a Lock's: PW_KIND_LOCK, wherever it lives) */
 } SyncObject;
 
@@ -109,61 +97,46 @@ static void Sync_dealloc(SyncObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* The type object of a sync type Name: Name_init, Name_methods, the given
- * dealloc and getset. */
-#define PW_SYNC_TYPE(Name, Struct, dealloc, getset, doc)                       \
-    static PyTypeObject Name##Type = {                                         \
-        PyVarObject_HEAD_INIT(NULL, 0)                                         \
-        .tp_name = "procwire._core." #Name, .tp_basicsize = sizeof(Struct),    \
-        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, .tp_doc = doc,   \
-        .tp_new = PyType_GenericNew, .tp_init = (initproc)Name##_init,         \
-        .tp_dealloc = (destructor)dealloc, .tp_methods = Name##_methods,       \
-        .tp_getset = getset,                                                   \
-    }
-
 #define check_open(self) pw_object_check_open(&(self)->base)
 #define sync_enter(self) pw_object_enter(&(self)->base)
 #define sync_leave(self) pw_object_leave(&(self)->base)
 #define closed_while_waiting(self) pw_object_closed_while_waiting(&(self)->base)
 
+/* Gives the mapping back after a failed __init__: -1. */
+static int sync_fail(SyncObject *self)
+{
+    sync_release(&self->base);
+    return -1;
+}
+
 /*
- * Maps `buffer` for a sync object: validates the common header against one of
- * the accepted kinds and returns the struct at the kind's offset, or NULL
- * with SegmentError set.
+ * Maps `buffer` for a sync object and validates it whole (header.c,
+ * pw_segment_validate) as one of the accepted kinds: the struct at the
+ * kind's offset, or NULL with SegmentError set.
  */
 static void *sync_map(SyncObject *self, PyObject *buffer, PyObject *name, const uint32_t *kinds,
-                      int nkinds, uint32_t *kind_out)
+                      int nkinds)
 {
     if (pw_object_map(&self->base, &sync_ops, buffer, name) < 0)
         return NULL;
     const char *what = PyUnicode_AsUTF8(name);
-    if (!what)
-        goto fail;
     const struct pw_header *h = self->base.view.buf;
-    int rc = pw_header_validate(h, (uint64_t)self->base.view.len, 0, what);
+    int rc = what ? pw_segment_validate(h, (uint64_t)self->base.view.len,
+                                        nkinds == 1 ? kinds[0] : 0, what) : PW_ERAISED;
+    int ok = 0;
+    for (int i = 0; i < nkinds && !rc; i++)
+        ok |= h->kind == kinds[i];
     if (rc) {
         pw_raise(rc);
-        goto fail;
-    }
-    int ok = 0;
-    for (int i = 0; i < nkinds; i++)
-        ok |= h->kind == kinds[i];
-    if (!ok) {
+    } else if (!ok) {
         pw_segment_error("%s is a %s, not a %s", what, pw_kind_name(h->kind),
                          pw_kind_name(kinds[0]));
-        goto fail;
+    } else {
+        pw_spinner_init(&self->spin);
+        self->kind = h->kind;
+        return self->p = (char *)self->base.view.buf + sizeof *h;
     }
-    rc = pw_header_validate_kind(h, (uint64_t)self->base.view.len, h->kind, what);
-    if (rc) {
-        pw_raise(rc);
-        goto fail;
-    }
-    *kind_out = self->kind = h->kind;
-    pw_spinner_init(&self->spin);
-    self->p = (char *)self->base.view.buf + sizeof *h;
-    return self->p;
-fail:
-    sync_release(&self->base);
+    sync_fail(self);
     return NULL;
 }
 
@@ -172,117 +145,121 @@ static void *sync_open(SyncObject *self, PyObject *args, PyObject *kwds, uint32_
 {
     static char *kwlist[] = {"buffer", "name", NULL};
     PyObject *buffer, *name;
-    uint32_t found;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OU", kwlist, &buffer, &name))
         return NULL;
-    return sync_map(self, buffer, name, &kind, 1, &found);
+    return sync_map(self, buffer, name, &kind, 1);
 }
 
-/* ------------------------------------------------------------ sync_init */
-
-/* The header size of a synchronisation kind (layout.h's table), 0 for others. */
-static size_t kind_struct_size(uint32_t kind)
+/* A wait's outcome as the call's result: True (done), False (timed out), or
+ * the error (closed by another thread, a signal handler's exception...). */
+static PyObject *wait_result(SyncObject *self, int status)
 {
-    switch (kind) {
-    case PW_KIND_LOCK: case PW_KIND_RLOCK: case PW_KIND_SEMAPHORE: case PW_KIND_EVENT:
-    case PW_KIND_CONDITION:
-        return pw_kind_info(kind)->header_size;
+    switch (status) {
+    case PW_OK:
+        Py_RETURN_TRUE;
+    case PW_TIMEOUT:
+        Py_RETURN_FALSE;
+    case PW_CANCELLED:
+        return closed_while_waiting(self);
     default:
-        return 0;
+        return pw_raise(status);
     }
 }
 
-/* _core.sync_size(kind) -> bytes of a segment of that kind. */
-static PyObject *sync_size(PyObject *mod, PyObject *arg)
+/* Waits with the GIL released until done(ctx), sleeping on `futex` when
+ * waking is needed, registered in `sleepers`, spinning first; the wait's
+ * result (wait_result). */
+static PyObject *sync_wait(SyncObject *self, int (*done)(void *), void *ctx,
+                           struct pw_waiters *sleepers, _Atomic uint32_t *futex, int64_t deadline)
 {
-    unsigned long kind = PyLong_AsUnsignedLong(arg);
-    if (kind == (unsigned long)-1 && PyErr_Occurred())
+    if (sync_enter(self) < 0)
         return NULL;
-    size_t s = kind < PW_KIND_MAX_ ? kind_struct_size((uint32_t)kind) : 0;
-    if (!s) {
-        PyErr_Format(PyExc_ValueError, "kind %lu is not a synchronisation primitive", kind);
-        return NULL;
-    }
-    return PyLong_FromSize_t(sizeof(struct pw_header) + s);
-}
-
-/*
- * _core.sync_init(buffer, kind, *, value=0, bounded=0, lock_mode=0, lock_name=b"")
- * Lays out a fresh segment of `kind` in `buffer` and publishes it. Keeps no
- * reference to the buffer.
- */
-static PyObject *sync_init(PyObject *mod, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"buffer", "kind", "value", "bounded", "lock_mode", "lock_name",
-                             NULL};
-    Py_buffer view, lname = {0};
-    unsigned int kind, value = 0, bounded = 0, lock_mode = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "w*I|$IIIy*:sync_init", kwlist, &view, &kind,
-                                     &value, &bounded, &lock_mode, &lname))
-        return NULL;
-    PyObject *result = NULL;
-    size_t s = kind < PW_KIND_MAX_ ? kind_struct_size(kind) : 0;
-    size_t total = sizeof(struct pw_header) + s;
-    if (!s) {
-        PyErr_Format(PyExc_ValueError, "kind %u is not a synchronisation primitive", kind);
-        goto out;
-    }
-    if ((size_t)view.len != total) {
-        PyErr_Format(PyExc_ValueError, "buffer is %zd bytes; a %s needs %zu", view.len,
-                     pw_kind_name(kind), total);
-        goto out;
-    }
-    if (lname.buf && lname.len > PW_LOCK_NAME_MAX) {
-        PyErr_SetString(PyExc_ValueError, "lock name too long");
-        goto out;
-    }
-    struct pw_header *h = view.buf;
-    memset(view.buf, 0, total);
-    pw_header_init(h, kind, total, (uint32_t)s, total);
-    void *p = h + 1;
-    int rc = 0;
-    switch (kind) {
-    case PW_KIND_LOCK:
-    case PW_KIND_RLOCK:
-        rc = pw_lock_init(p, kind == PW_KIND_RLOCK);
-        break;
-    case PW_KIND_SEMAPHORE: {
-        struct pw_sem *sem = p;
-        if (value > INT32_MAX) {
-            PyErr_Format(PyExc_ValueError, "semaphore value %u out of range", value);
-            goto out;
-        }
-        atomic_store(&sem->value, value);
-        sem->maxvalue = bounded ? value : INT32_MAX;
-        sem->bounded = bounded ? 1 : 0;
-        break;
-    }
-    case PW_KIND_EVENT:
-        break;
-    case PW_KIND_CONDITION: {
-        struct pw_cond *c = p;
-        c->lock_mode = lock_mode;
-        if (lname.buf) {
-            memcpy(c->lock_name, lname.buf, lname.len);
-            c->lock_name_len = (uint32_t)lname.len;
-        }
-        rc = pw_lock_init(&c->lock, 1);
-        break;
-    }
-    }
-    if (rc) {
-        errno = rc;
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto out;
-    }
-    pw_header_publish(h);
-    result = Py_NewRef(Py_None);
-out:
-    PyBuffer_Release(&view);
-    if (lname.buf)
-        PyBuffer_Release(&lname);
+    pw_wait w = {.done = done, .ctx = ctx, .waiters = sleepers, .futex = futex,
+                 .mask = PW_FUTEX_ANY, .spin = &self->spin, .cancel = &self->base.guard.closed};
+    PyObject *result = wait_result(self, pw_wait_until(&w, deadline));
+    sync_leave(self);
     return result;
 }
+
+/* _counters() -> dict: the live counters, read by inspect.c's one reader,
+ * dead sleepers' slots freed first. */
+static PyObject *Sync_counters(SyncObject *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    return pw_counters(self->kind, self->p, 1);
+}
+
+/* Idempotent. A call waiting in another thread leaves with an error within
+ * one wait slice; the mapping goes when the last call in progress leaves. */
+static PyObject *Sync_close(SyncObject *self, PyObject *unused)
+{
+    pw_object_close(&self->base);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef SyncBase_methods[] = {
+    PW_NOARGS("_counters", Sync_counters, "The live counters (procwire.stats reads them)."),
+    PW_NOARGS("_close", Sync_close, "Release this handle's mapping (idempotent)."),
+    PW_END_METHODS,
+};
+
+static PyGetSetDef SyncBase_getset[] = {
+    {"_display", (getter)pw_object_get_name, NULL, "The name given at __init__.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject SyncBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "procwire._core.SyncBase",
+    .tp_basicsize = sizeof(SyncObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "What every synchronisation primitive's native type shares (not instantiable).",
+    .tp_dealloc = (destructor)Sync_dealloc,
+    .tp_methods = SyncBase_methods,
+    .tp_getset = SyncBase_getset,
+};
+
+/* The type object of sync type Name on SyncBase: Name_init, Name_methods,
+ * and the given struct, dealloc, getset and doc (its first line is the
+ * constructor's text signature). */
+#define PW_SYNC_TYPE(Name, Struct, dealloc, getset, doc)                       \
+    static PyTypeObject Name##Type = {                                         \
+        PyVarObject_HEAD_INIT(NULL, 0)                                         \
+        .tp_name = "procwire._core." #Name, .tp_basicsize = sizeof(Struct),    \
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, .tp_doc = doc,   \
+        .tp_base = &SyncBaseType, .tp_new = PyType_GenericNew,                 \
+        .tp_init = (initproc)Name##_init, .tp_dealloc = (destructor)dealloc,   \
+        .tp_methods = Name##_methods, .tp_getset = getset,                     \
+    }
+
+/* ... for a type of one kind, opened by __init__(buffer, name). */
+#define PW_SYNC_KIND_TYPE(Name, kind, doc)                                     \
+    static int Name##_init(SyncObject *self, PyObject *args, PyObject *kwds)   \
+    {                                                                          \
+        return sync_open(self, args, kwds, kind) ? 0 : -1;                     \
+    }                                                                          \
+    PW_SYNC_TYPE(Name, SyncObject, Sync_dealloc, NULL, doc)
+
+/* A primitive with Name_acquire() and Name_release() (Self *self): its
+ * context-manager methods, and its method-table rows, as multiprocessing's
+ * (the signatures are its). */
+#define PW_ENTER_EXIT(Name, Self)                                              \
+    static PyObject *Name##_enter(Self *self, PyObject *unused)                \
+    {                                                                          \
+        return Name##_acquire(self, NULL, 0, NULL);                            \
+    }                                                                          \
+    static PyObject *Name##_exit(Self *self, PyObject *const *args, Py_ssize_t nargs) \
+    {                                                                          \
+        return Name##_release(self, NULL);                                     \
+    }
+
+#define PW_ACQUIRABLE_METHODS(Name, doc)                                       \
+    PW_KWARGS("acquire", Name##_acquire, "block=True, timeout=None", doc),     \
+    PW_NOARGS("release", Name##_release, "Release it once."),                  \
+    PW_NOARGS("__enter__", Name##_enter, "acquire()."),                        \
+    {"__exit__", (PyCFunction)(void (*)(void))Name##_exit, METH_FASTCALL,      \
+     "__exit__($self, /, *args)\n--\n\nrelease()."}
 
 /* ============================================================== Lock */
 
@@ -295,12 +272,13 @@ out:
  * releases only what was acquired through it.
  */
 typedef struct {
-    SyncObject sync;
-    struct pw_lock *lock;
+    SyncObject sync;     /* sync.p: the pw_lock, in its own segment or a container's */
     uint32_t mine;       /* acquisitions through this handle in hold `hold` */
     uint64_t hold;       /* the hold serial those belong to                 */
     int locked_here;     /* this handle's mapping took the pthread mutex     */
 } LockObject;
+
+#define LOCK(self) ((struct pw_lock *)(self)->sync.p)
 
 static int Lock_init(LockObject *self, PyObject *args, PyObject *kwds)
 {
@@ -310,32 +288,29 @@ static int Lock_init(LockObject *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OU|$p:Lock", kwlist, &buffer, &name,
                                      &recursive))
         return -1;
+    /* A lock's own segment, or the RLock a Condition, Value or Array embeds. */
     static const uint32_t kinds[] = {PW_KIND_LOCK, PW_KIND_RLOCK, PW_KIND_VALUE, PW_KIND_ARRAY,
                                      PW_KIND_CONDITION};
-    uint32_t kind;
-    void *p = sync_map(&self->sync, buffer, name, kinds, 5, &kind);
+    void *p = sync_map(&self->sync, buffer, name, kinds, 5);
     if (!p)
         return -1;
-    struct pw_lock *l;
-    if (kind == PW_KIND_LOCK || kind == PW_KIND_RLOCK)
-        l = p;
-    else if (kind == PW_KIND_CONDITION)
-        l = &((struct pw_cond *)p)->lock;
-    else
-        l = &((struct pw_shared *)p)->lock;
+    struct pw_lock *l = p;
+    if (self->sync.kind == PW_KIND_CONDITION) {
+        l = &((struct pw_cond *)p)->lock; /* (checked by pw_segment_validate) */
+    } else if (self->sync.kind != PW_KIND_LOCK && self->sync.kind != PW_KIND_RLOCK) {
+        struct pw_shared *s = p;
+        if (s->lock_mode != PW_LOCKMODE_EMBEDDED) {
+            pw_segment_error("%U has no lock of its own", name);
+            return sync_fail(&self->sync);
+        }
+        l = &s->lock;
+    }
     if (l->recursive != (uint32_t)recursive) {
         pw_segment_error("%U holds %s, not %s", name, l->recursive ? "an RLock" : "a Lock",
                          recursive ? "an RLock" : "a Lock");
-        sync_release(&self->sync.base);
-        return -1;
+        return sync_fail(&self->sync);
     }
-    int rc = pw_mutex_check(&l->mutex, PyUnicode_AsUTF8(name));
-    if (rc) {
-        pw_raise(rc);
-        sync_release(&self->sync.base);
-        return -1;
-    }
-    self->lock = self->sync.p = l;
+    self->sync.p = l;
     self->sync.kind = PW_KIND_LOCK;
     self->mine = 0;
     self->hold = 0;
@@ -381,6 +356,21 @@ static int unlock_now(struct pw_lock *l)
     return pthread_mutex_unlock(&l->mutex);
 }
 
+/* Gives up this handle's acquisitions in the current hold (held through it):
+ * the depth drops by them, and the mutex is unlocked when none are left.
+ * 0, or unlock_now()'s errno. */
+static int release_mine(LockObject *self, struct pw_lock *l)
+{
+    uint32_t d = atomic_load_explicit(&l->depth, memory_order_relaxed), mine = self->mine;
+    self->mine = 0;
+    if (d > mine) {
+        /* Other handles of this thread hold it too: they keep it. */
+        atomic_store_explicit(&l->depth, d - mine, memory_order_relaxed);
+        return 0;
+    }
+    return unlock_now(l);
+}
+
 /* Gives up what this handle acquired in the current hold, if anything; the
  * mutex itself is unlocked when no handle of this thread holds it any more.
  * Returns 1 if the mutex stays held by this thread through another handle
@@ -391,14 +381,9 @@ static int drop_own_hold(LockObject *self, struct pw_lock *l)
         self->mine = 0;
         return 0;
     }
-    uint32_t d = atomic_load_explicit(&l->depth, memory_order_relaxed);
-    uint32_t mine = self->mine;
-    self->mine = 0;
-    if (d > mine) {
-        atomic_store_explicit(&l->depth, d - mine, memory_order_relaxed);
-        return self->locked_here;
-    }
-    return unlock_now(l) != 0; /* still on our robust list if it failed */
+    int shared = atomic_load_explicit(&l->depth, memory_order_relaxed) > self->mine;
+    return release_mine(self, l) != 0 /* still on our robust list */ ||
+           (shared && self->locked_here);
 }
 
 /* Another live thread of this process holds the mutex through this handle. */
@@ -426,7 +411,7 @@ static pid_t other_thread_holds_via(LockObject *self, struct pw_lock *l)
  */
 static int lock_drop(LockObject *self, int from_close)
 {
-    struct pw_lock *l = self->lock;
+    struct pw_lock *l = LOCK(self);
     if (l && self->sync.base.mapped && !self->sync.base.guard.closed) {
         pid_t other = other_thread_holds_via(self, l);
         if (other) {
@@ -442,8 +427,7 @@ static int lock_drop(LockObject *self, int from_close)
             self->sync.base.keep_mapping = 1;
         }
     }
-    if (pw_object_close(&self->sync.base))
-        self->lock = NULL;
+    pw_object_close(&self->sync.base);
     return 0;
 }
 
@@ -462,9 +446,7 @@ static PyObject *Lock_close(LockObject *self, PyObject *unused)
 
 static inline struct pw_lock *lock_of(LockObject *self)
 {
-    if (check_open(&self->sync) < 0)
-        return NULL;
-    return self->lock;
+    return check_open(&self->sync) < 0 ? NULL : LOCK(self);
 }
 
 /* We hold the mutex now (took() was called); its previous holder died holding it. */
@@ -502,6 +484,18 @@ static PyObject *acquired(LockObject *self, struct pw_lock *l, int owner_dead)
     Py_RETURN_TRUE;
 }
 
+/* pw_wait's done() for "until the lock word moves from `seen`". */
+struct lock_watch {
+    pthread_mutex_t *m;
+    uint32_t seen;
+};
+
+static int lock_word_moved(void *ctx)
+{
+    struct lock_watch *w = ctx;
+    return pw_mutex_word(w->m) != w->seen;
+}
+
 /*
  * The lock word names this tid, but not this process: a thread with the same
  * tid in another PID namespace holds it, and glibc (which answers EDEADLK)
@@ -521,8 +515,8 @@ static int wait_foreign_holder(LockObject *self, struct pw_lock *l, int64_t dead
             return 0;
         w = flagged;
     }
-    struct word_moved m = {word, w};
-    pw_wait wt = {.done = word_moved, .ctx = &m, .waiters = &l->sleepers, .futex = word,
+    struct lock_watch m = {&l->mutex, w};
+    pw_wait wt = {.done = lock_word_moved, .ctx = &m, .waiters = &l->sleepers, .futex = word,
                   .mask = PW_FUTEX_ANY, .cancel = &self->sync.base.guard.closed};
     int rc = pw_wait_until(&wt, deadline);
     return rc == PW_TIMEOUT ? 1 : rc < 0 ? pw_raise_int(rc) : 0;
@@ -534,10 +528,8 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
     for (;;) {
         if (rc == 0 || rc == EOWNERDEAD)
             return acquired(self, l, rc == EOWNERDEAD);
-        if (rc != EBUSY && rc != EDEADLK) {
-            errno = rc;
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
+        if (rc != EBUSY && rc != EDEADLK)
+            return pw_raise(pw_fail_errno(rc));
         if (held_by_this_thread(l)) {
             /* A Lock this thread already holds: only this thread could
              * release it, and procwire locks are released by their holder only. */
@@ -553,12 +545,7 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
             _Atomic uint32_t nothing = 0;
             pw_wait wt = {.done = never, .waiters = &l->sleepers, .futex = &nothing,
                           .mask = PW_FUTEX_ANY, .cancel = &self->sync.base.guard.closed};
-            int r = pw_wait_until(&wt, deadline);
-            if (r == PW_CANCELLED)
-                return closed_while_waiting(&self->sync);
-            if (r < 0)
-                return pw_raise(r);
-            Py_RETURN_FALSE;
+            return wait_result(&self->sync, pw_wait_until(&wt, deadline));
         }
         if (deadline == 0)
             Py_RETURN_FALSE;
@@ -589,38 +576,20 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
     pw_sleeper_enter(&l->sleepers, &sl);
     int r = pw_mutex_lock(&l->mutex, deadline, &self->sync.base.guard.closed);
     pw_sleeper_leave(&sl);
-    switch (r) {
-    case PW_OK:
-        return acquired(self, l, 0);
-    case PW_OWNER_DIED:
-        /* pw_mutex_lock made it consistent already */
-        return acquired(self, l, 1);
-    case PW_CANCELLED:
-        return closed_while_waiting(&self->sync);
-    case PW_TIMEOUT:
-        Py_RETURN_FALSE;
-    case PW_EDEADLK:
-        if (!held_by_this_thread(l) && mutex_holder(&l->mutex) == my_tid())
-            /* EDEADLK from a same-tid holder in another PID namespace. */
-            return lock_acquire_slow(self, l, EDEADLK, deadline);
-        return pw_raise(r);
-    default:
-        return pw_raise(r);
-    }
+    if (r == PW_OK || r == PW_OWNER_DIED) /* pw_mutex_lock made it consistent already */
+        return acquired(self, l, r == PW_OWNER_DIED);
+    if (r == PW_EDEADLK && !held_by_this_thread(l) && mutex_holder(&l->mutex) == my_tid())
+        /* EDEADLK from a same-tid holder in another PID namespace. */
+        return lock_acquire_slow(self, l, EDEADLK, deadline);
+    return wait_result(&self->sync, r);
 }
 
 static PyObject *Lock_acquire(LockObject *self, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames)
 {
-    static const char *const names[] = {"block", "timeout"};
-    PyObject *a[2] = {NULL, NULL};
-    int64_t deadline = PW_FOREVER;
-    if (nargs || kwnames) {
-        /* Parse (and reject bad timeouts) before taking the lock. */
-        if (pw_parse_args("acquire", args, nargs, kwnames, names, 2, 0, a) < 0 ||
-            pw_parse_block_timeout(a[0], a[1], &deadline) < 0)
-            return NULL;
-    }
+    int64_t deadline;
+    if (pw_parse_deadline("acquire", args, nargs, kwnames, 1, &deadline) < 0)
+        return NULL;
     struct pw_lock *l = lock_of(self);
     if (!l)
         return NULL;
@@ -655,62 +624,48 @@ static PyObject *Lock_acquire(LockObject *self, PyObject *const *args, Py_ssize_
     return result;
 }
 
-static int lock_release(LockObject *self, struct pw_lock *l)
+static PyObject *Lock_release(LockObject *self, PyObject *unused)
 {
+    struct pw_lock *l = lock_of(self);
+    if (!l)
+        return NULL;
     if (!held_by_this_thread(l) || (l->recursive && !held_via(self, l))) {
         pid_t holder = mutex_holder(&l->mutex);
-        if (l->recursive) {
+        if (l->recursive)
             PyErr_SetString(PyExc_AssertionError,
                             "attempt to release recursive lock not owned by thread");
-        } else if (holder == 0) {
+        else if (holder == 0)
             PyErr_SetString(PyExc_ValueError, "semaphore or lock released too many times");
-        } else {
+        else
             PyErr_Format(PyExc_RuntimeError,
                          "%U is held by thread %d, not by this thread: a procwire Lock can "
                          "only be released by the thread that acquired it (unlike "
                          "multiprocessing.Lock). To signal another process, use a "
                          "Semaphore or an Event", self->sync.base.name, (int)holder);
-        }
-        return -1;
+        return NULL;
     }
     if (l->recursive) {
         uint32_t d = atomic_load_explicit(&l->depth, memory_order_relaxed);
         self->mine--;
         if (d > 1) {
             atomic_store_explicit(&l->depth, d - 1, memory_order_relaxed);
-            return 0;
+            Py_RETURN_NONE;
         }
     }
     self->mine = 0;
     int rc = unlock_now(l);
-    if (rc) {
-        errno = rc;
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
-    }
-    return 0;
-}
-
-static PyObject *Lock_release(LockObject *self, PyObject *unused)
-{
-    struct pw_lock *l = lock_of(self);
-    if (!l || lock_release(self, l) < 0)
-        return NULL;
+    if (rc)
+        return pw_raise(pw_fail_errno(rc));
     Py_RETURN_NONE;
 }
 
-static PyObject *Lock_exit(LockObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    return Lock_release(self, NULL);
-}
+PW_ENTER_EXIT(Lock, LockObject)
 
 /* As multiprocessing's SemLock._is_mine(): held by this thread through this handle. */
 static PyObject *Lock_is_mine(LockObject *self, PyObject *unused)
 {
     struct pw_lock *l = lock_of(self);
-    if (!l)
-        return NULL;
-    return PyBool_FromLong(held_via(self, l));
+    return l ? PyBool_FromLong(held_via(self, l)) : NULL;
 }
 
 static PyObject *Lock_count(LockObject *self, PyObject *unused)
@@ -731,20 +686,9 @@ static PyObject *Lock_release_save(LockObject *self, PyObject *unused)
         PyErr_SetString(PyExc_RuntimeError, "cannot release un-acquired lock");
         return NULL;
     }
-    uint32_t saved = l->recursive ? self->mine : 1;
-    uint32_t d = atomic_load_explicit(&l->depth, memory_order_relaxed);
-    self->mine = 0;
-    if (l->recursive && d > saved) {
-        /* Other handles of this thread hold it too: they keep it. */
-        atomic_store_explicit(&l->depth, d - saved, memory_order_relaxed);
-    } else {
-        int rc = unlock_now(l);
-        if (rc) {
-            errno = rc;
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
-    }
-    return PyLong_FromUnsignedLong(saved);
+    uint32_t saved = self->mine; /* 1 for a Lock */
+    int rc = release_mine(self, l);
+    return rc ? pw_raise(pw_fail_errno(rc)) : PyLong_FromUnsignedLong(saved);
 }
 
 /* _acquire_restore(depth): re-takes the lock, blocking, with that depth. */
@@ -790,70 +734,34 @@ static PyObject *Lock_get_owner_died(LockObject *self, void *closure)
     return PyBool_FromLong(atomic_load(&l->inconsistent) || mutex_owner_died(&l->mutex));
 }
 
-/* _counters() -> dict: the live counters (inspect.c's reader), dead
- * sleepers' slots freed first. */
-static PyObject *Sync_counters(SyncObject *self, PyObject *unused)
-{
-    if (check_open(self) < 0)
-        return NULL;
-    return pw_counters(self->kind, self->p, 1);
-}
-
-/* Idempotent. A call waiting in another thread leaves with an error within
- * one wait slice; the mapping goes when the last call in progress leaves. */
-static PyObject *Sync_close(SyncObject *self, PyObject *unused)
-{
-    pw_object_close(&self->base);
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef Lock_methods[] = {
-    {"acquire", (PyCFunction)(void (*)(void))Lock_acquire, METH_FASTCALL | METH_KEYWORDS,
-     "acquire(block=True, timeout=None) -> bool"},
-    {"release", (PyCFunction)Lock_release, METH_NOARGS, "release()"},
-    {"__enter__", (PyCFunction)(void (*)(void))Lock_acquire, METH_FASTCALL | METH_KEYWORDS,
-     NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Lock_exit, METH_FASTCALL, NULL},
-    {"_is_mine", (PyCFunction)Lock_is_mine, METH_NOARGS, NULL},
-    {"_count", (PyCFunction)Lock_count, METH_NOARGS, NULL},
-    {"_release_save", (PyCFunction)Lock_release_save, METH_NOARGS, NULL},
-    {"_acquire_restore", (PyCFunction)Lock_acquire_restore, METH_O, NULL},
-    {"make_consistent", (PyCFunction)Lock_make_consistent, METH_NOARGS,
-     "make_consistent($self)\n--\n\nAfter an acquire that found the previous holder dead, and "
-     "after repairing the state the lock protects: clear owner_died. Hold the lock."},
-    {"_counters", (PyCFunction)Sync_counters, METH_NOARGS, NULL},
-    {"_close", (PyCFunction)Lock_close, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
+    PW_ACQUIRABLE_METHODS(Lock, "Take the lock; False if the timeout passed first. Raises "
+                          "OwnerDiedWarning (as a warning) if its holder died holding it."),
+    PW_NOARGS("_is_mine", Lock_is_mine, "Held by this thread through this handle."),
+    PW_NOARGS("_count", Lock_count, "This handle's recursion depth in this thread."),
+    PW_NOARGS("_release_save", Lock_release_save,
+              "Release what this handle holds; the depth to restore."),
+    PW_ONEARG("_acquire_restore", Lock_acquire_restore, "depth",
+              "Take the lock again, blocking, with that depth."),
+    PW_NOARGS("make_consistent", Lock_make_consistent,
+              "After an acquire that found the previous holder dead, and after repairing "
+              "the state the lock protects: clear owner_died. Hold the lock."),
+    PW_NOARGS("_close", Lock_close, "Release what this handle holds, then its mapping."),
+    PW_END_METHODS,
 };
 
 static PyGetSetDef Lock_getset[] = {
     {"owner_died", (getter)Lock_get_owner_died, NULL,
      "True from an acquire() that found the previous holder dead until make_consistent().",
      NULL},
-    {"_display", (getter)pw_object_get_name, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 PW_SYNC_TYPE(Lock, LockObject, Lock_dealloc, Lock_getset,
-             "Lock(buffer, name, *, recursive=False): a robust lock in a mapped segment.");
+             "Lock(buffer, name, *, recursive=False)\n--\n\n"
+             "A robust lock in a mapped segment (an RLock if recursive).");
 
 /* ========================================================= Semaphore */
-
-static int Semaphore_init(SyncObject *self, PyObject *args, PyObject *kwds)
-{
-    struct pw_sem *s = sync_open(self, args, kwds, PW_KIND_SEMAPHORE);
-    if (!s)
-        return -1;
-    PyObject *name = self->base.name;
-    if (s->maxvalue > INT32_MAX || s->bounded > 1 ||
-        atomic_load(&s->value) > s->maxvalue) {
-        pw_segment_error("%U is corrupt: value %u, maxvalue %u", name,
-                         (unsigned)atomic_load(&s->value), s->maxvalue);
-        sync_release(&self->base);
-        return -1;
-    }
-    return 0;
-}
 
 static inline int sem_trydown(struct pw_sem *s)
 {
@@ -873,35 +781,20 @@ static int sem_trydown_ctx(void *s)
 static PyObject *Semaphore_acquire(SyncObject *self, PyObject *const *args, Py_ssize_t nargs,
                                    PyObject *kwnames)
 {
-    static const char *const names[] = {"block", "timeout"};
-    PyObject *a[2] = {NULL, NULL};
-    int64_t deadline = PW_FOREVER;
-    if (nargs || kwnames) {
-        if (pw_parse_args("acquire", args, nargs, kwnames, names, 2, 0, a) < 0 ||
-            pw_parse_block_timeout(a[0], a[1], &deadline) < 0)
-            return NULL;
-    }
-    if (check_open(self) < 0)
+    int64_t deadline;
+    if (pw_parse_deadline("acquire", args, nargs, kwnames, 1, &deadline) < 0 ||
+        check_open(self) < 0)
         return NULL;
     struct pw_sem *s = self->p;
-    if (sem_trydown(s))
-        goto got;
-    if (deadline == 0)
-        Py_RETURN_FALSE;
-    if (sync_enter(self) < 0)
-        return NULL;
-    /* Sleeps on the count itself: release() moves it. */
-    pw_wait w = {.done = sem_trydown_ctx, .ctx = s, .waiters = &s->sleepers, .futex = &s->value,
-                 .mask = PW_FUTEX_ANY, .spin = &self->spin, .cancel = &self->base.guard.closed};
-    int r = pw_wait_until(&w, deadline);
-    if (r != PW_OK) {
-        PyObject *res = r == PW_CANCELLED ? closed_while_waiting(self)
-                        : r == PW_TIMEOUT ? Py_NewRef(Py_False) : pw_raise(r);
-        sync_leave(self);
-        return res;
+    if (!sem_trydown(s)) {
+        if (deadline == 0)
+            Py_RETURN_FALSE;
+        /* Sleeps on the count itself: release() moves it. */
+        PyObject *r = sync_wait(self, sem_trydown_ctx, s, &s->sleepers, &s->value, deadline);
+        if (r != Py_True)
+            return r;
+        Py_DECREF(r);
     }
-    sync_leave(self);
-got:
     atomic_fetch_add_explicit(&s->acquires, 1, memory_order_relaxed);
     Py_RETURN_TRUE;
 }
@@ -927,10 +820,7 @@ static PyObject *Semaphore_release(SyncObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *Semaphore_exit(SyncObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    return Semaphore_release(self, NULL);
-}
+PW_ENTER_EXIT(Semaphore, SyncObject)
 
 static PyObject *Semaphore_get_value(SyncObject *self, PyObject *unused)
 {
@@ -939,42 +829,16 @@ static PyObject *Semaphore_get_value(SyncObject *self, PyObject *unused)
     return PyLong_FromUnsignedLong(atomic_load(&((struct pw_sem *)self->p)->value));
 }
 
-static PyObject *Semaphore_maxvalue(SyncObject *self, void *closure)
-{
-    if (check_open(self) < 0)
-        return NULL;
-    struct pw_sem *s = self->p;
-    return PyLong_FromUnsignedLong(s->bounded ? s->maxvalue : 0);
-}
-
 static PyMethodDef Semaphore_methods[] = {
-    {"acquire", (PyCFunction)(void (*)(void))Semaphore_acquire, METH_FASTCALL | METH_KEYWORDS,
-     "acquire(block=True, timeout=None) -> bool"},
-    {"release", (PyCFunction)Semaphore_release, METH_NOARGS, "release()"},
-    {"__enter__", (PyCFunction)(void (*)(void))Semaphore_acquire,
-     METH_FASTCALL | METH_KEYWORDS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Semaphore_exit, METH_FASTCALL, NULL},
-    {"get_value", (PyCFunction)Semaphore_get_value, METH_NOARGS, "get_value() -> int"},
-    {"_counters", (PyCFunction)Sync_counters, METH_NOARGS, NULL},
-    {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
+    PW_ACQUIRABLE_METHODS(Semaphore, "Take one count; False if the timeout passed first."),
+    PW_NOARGS("get_value", Semaphore_get_value, "The count now."),
+    PW_END_METHODS,
 };
 
-static PyGetSetDef Semaphore_getset[] = {
-    {"_maxvalue", (getter)Semaphore_maxvalue, NULL, NULL, NULL},
-    {"_display", (getter)pw_object_get_name, NULL, NULL, NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-PW_SYNC_TYPE(Semaphore, SyncObject, Sync_dealloc, Semaphore_getset,
-             "Semaphore(buffer, name): a futex semaphore in a mapped segment.");
+PW_SYNC_KIND_TYPE(Semaphore, PW_KIND_SEMAPHORE,
+                  "Semaphore(buffer, name)\n--\n\nA futex semaphore in a mapped segment.");
 
 /* ============================================================= Event */
-
-static int Event_init(SyncObject *self, PyObject *args, PyObject *kwds)
-{
-    return sync_open(self, args, kwds, PW_KIND_EVENT) ? 0 : -1;
-}
 
 static PyObject *Event_is_set(SyncObject *self, PyObject *unused)
 {
@@ -1024,15 +888,9 @@ static int event_happened(void *ctx)
 static PyObject *Event_wait(SyncObject *self, PyObject *const *args, Py_ssize_t nargs,
                             PyObject *kwnames)
 {
-    static const char *const names[] = {"timeout"};
-    PyObject *a[1] = {NULL};
-    int64_t deadline = PW_FOREVER;
-    if (nargs || kwnames) {
-        if (pw_parse_args("wait", args, nargs, kwnames, names, 1, 0, a) < 0 ||
-            pw_deadline_from(1, a[0], &deadline) < 0)
-            return NULL;
-    }
-    if (check_open(self) < 0)
+    int64_t deadline;
+    if (pw_parse_deadline("wait", args, nargs, kwnames, 0, &deadline) < 0 ||
+        check_open(self) < 0)
         return NULL;
     struct pw_event *e = self->p;
     uint32_t s0 = atomic_load_explicit(&e->state, memory_order_acquire);
@@ -1040,70 +898,23 @@ static PyObject *Event_wait(SyncObject *self, PyObject *const *args, Py_ssize_t 
         Py_RETURN_TRUE;
     if (deadline == 0)
         Py_RETURN_FALSE;
-    if (sync_enter(self) < 0)
-        return NULL;
     struct event_wait ew = {e, s0};
-    pw_wait w = {.done = event_happened, .ctx = &ew, .waiters = &e->sleepers,
-                 .futex = &e->state, .mask = PW_FUTEX_ANY, .spin = &self->spin,
-                 .cancel = &self->base.guard.closed};
-    int r = pw_wait_until(&w, deadline);
-    PyObject *res = r == PW_OK ? Py_NewRef(Py_True)
-                    : r == PW_TIMEOUT ? Py_NewRef(Py_False)
-                    : r == PW_CANCELLED ? closed_while_waiting(self) : pw_raise(r);
-    sync_leave(self);
-    return res;
+    return sync_wait(self, event_happened, &ew, &e->sleepers, &e->state, deadline);
 }
 
 static PyMethodDef Event_methods[] = {
-    {"is_set", (PyCFunction)Event_is_set, METH_NOARGS, "is_set() -> bool"},
-    {"set", (PyCFunction)Event_set, METH_NOARGS, "set()"},
-    {"clear", (PyCFunction)Event_clear, METH_NOARGS, "clear()"},
-    {"wait", (PyCFunction)(void (*)(void))Event_wait, METH_FASTCALL | METH_KEYWORDS,
-     "wait(timeout=None) -> bool"},
-    {"_counters", (PyCFunction)Sync_counters, METH_NOARGS, NULL},
-    {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
+    PW_NOARGS("is_set", Event_is_set, "True if the flag is set."),
+    PW_NOARGS("set", Event_set, "Set the flag and wake every waiter."),
+    PW_NOARGS("clear", Event_clear, "Clear the flag."),
+    PW_KWARGS("wait", Event_wait, "timeout=None", "Wait until the flag is set (or was set "
+              "while waiting); False if the timeout passed first."),
+    PW_END_METHODS,
 };
 
-static PyGetSetDef Sync_getset[] = {
-    {"_display", (getter)pw_object_get_name, NULL, NULL, NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-PW_SYNC_TYPE(Event, SyncObject, Sync_dealloc, Sync_getset,
-             "Event(buffer, name): a futex event in a mapped segment.");
+PW_SYNC_KIND_TYPE(Event, PW_KIND_EVENT,
+                  "Event(buffer, name)\n--\n\nA futex event in a mapped segment.");
 
 /* ========================================================= Condition */
-
-static int Condition_init(SyncObject *self, PyObject *args, PyObject *kwds)
-{
-    struct pw_cond *c = sync_open(self, args, kwds, PW_KIND_CONDITION);
-    if (!c)
-        return -1;
-    PyObject *name = self->base.name;
-    if (c->lock_mode > PW_LOCKMODE_EXTERNAL || c->lock_name_len > PW_LOCK_NAME_MAX) {
-        pw_segment_error("%U is corrupt: lock mode %u, lock name length %u", name,
-                         c->lock_mode, c->lock_name_len);
-        sync_release(&self->base);
-        return -1;
-    }
-    int rc = pw_mutex_check(&c->lock.mutex, PyUnicode_AsUTF8(name));
-    if (rc) {
-        pw_raise(rc);
-        sync_release(&self->base);
-        return -1;
-    }
-    return 0;
-}
-
-/* _lock_info() -> (lock_mode, lock_name bytes) */
-static PyObject *Condition_lock_info(SyncObject *self, PyObject *unused)
-{
-    if (check_open(self) < 0)
-        return NULL;
-    struct pw_cond *c = self->p;
-    return Py_BuildValue("(Iy#)", c->lock_mode, c->lock_name, (Py_ssize_t)c->lock_name_len);
-}
 
 /*
  * The `wake` word (layout.h), for waiters without a registry slot only:
@@ -1202,7 +1013,6 @@ static PyObject *Condition_sleep(SyncObject *self, PyObject *const *args, Py_ssi
     if (sync_enter(self) < 0)
         return NULL;
     struct pw_cond *c = self->p;
-    int result;
     unsigned long seq = PyLong_AsUnsignedLong(args[0]);
     int seq_ok = !(seq == (unsigned long)-1 && PyErr_Occurred());
     pw_sleeper sl;
@@ -1210,33 +1020,25 @@ static PyObject *Condition_sleep(SyncObject *self, PyObject *const *args, Py_ssi
     /* The registration is kept from _prepare_wait() to here (no re-claiming
      * of another slot, as pw_sleeper_wait would): state[slot] is ours. */
     int slot = sl.slot;
-    uint32_t mask = slot >= 0 ? 1u << slot : PW_FUTEX_ANY;
-    int64_t deadline = 0;
-    if (!seq_ok || pw_deadline_from(1, args[1], &deadline) < 0) {
-        result = -1;
-        goto out;
-    }
     struct cond_wait cw = {c, slot, (uint32_t)seq};
     pw_wait w = {.done = cond_notified, .ctx = &cw, .waiters = &c->sleepers, .futex = &c->seq,
-                 .mask = mask, .held = &sl, .cancel = &self->base.guard.closed};
-    int r = pw_wait_until(&w, deadline);
-    if (r < 0)
-        pw_raise(r);
-    result = r == PW_OK ? 1 : r == PW_TIMEOUT ? 0 : r == PW_CANCELLED ? -2 : -1;
-out:
+                 .mask = slot >= 0 ? 1u << slot : PW_FUTEX_ANY, .held = &sl,
+                 .cancel = &self->base.guard.closed};
+    int64_t deadline = 0;
+    int r = seq_ok && pw_deadline_from(1, args[1], &deadline) == 0 ? pw_wait_until(&w, deadline)
+                                                                   : PW_ERAISED;
     if (slot >= 0) {
         /* One exchange: either a notify marked us first (we count as woken:
          * "notified just as the timeout passed"), or it will not find us. */
-        if (atomic_exchange(&c->state[slot], 0) == PW_COND_NOTIFIED && result == 0)
-            result = 1;
-    } else if (seq_ok && result != 1 && cond_give_up(c, (uint32_t)seq) && result == 0) {
-        result = 1; /* notified just as the timeout passed */
+        if (atomic_exchange(&c->state[slot], 0) == PW_COND_NOTIFIED && r == PW_TIMEOUT)
+            r = PW_OK;
+    } else if (seq_ok && r != PW_OK && cond_give_up(c, (uint32_t)seq) && r == PW_TIMEOUT) {
+        r = PW_OK; /* notified just as the timeout passed */
     }
     pw_sleeper_leave(&sl);
-    PyObject *res = result == -2 ? closed_while_waiting(self)
-                    : result < 0 ? NULL : PyBool_FromLong(result);
+    PyObject *result = wait_result(self, r);
     sync_leave(self);
-    return res;
+    return result;
 }
 
 /* Marks slot i's waiter notified if it still waits. 1 if marked. */
@@ -1249,10 +1051,8 @@ static int cond_mark(struct pw_cond *c, int i)
 /* _notify(n): wake up to n waiters (lock held). */
 static PyObject *Condition_notify(SyncObject *self, PyObject *arg)
 {
-    Py_ssize_t n = PyLong_AsSsize_t(arg);
-    if (n == -1 && PyErr_Occurred())
-        return NULL;
-    if (check_open(self) < 0)
+    Py_ssize_t n;
+    if (!PyArg_Parse(arg, "n:_notify", &n) || check_open(self) < 0)
         return NULL;
     struct pw_cond *c = self->p;
     if (n <= 0 || !pw_waiters_any(&c->sleepers))
@@ -1311,26 +1111,20 @@ static PyObject *Condition_notify(SyncObject *self, PyObject *arg)
 }
 
 static PyMethodDef Condition_methods[] = {
-    {"_lock_info", (PyCFunction)Condition_lock_info, METH_NOARGS, NULL},
-    {"_prepare_wait", (PyCFunction)Condition_prepare_wait, METH_NOARGS, NULL},
-    {"_sleep", (PyCFunction)(void (*)(void))Condition_sleep, METH_FASTCALL, NULL},
-    {"_notify", (PyCFunction)Condition_notify, METH_O, NULL},
-    {"_counters", (PyCFunction)Sync_counters, METH_NOARGS, NULL},
-    {"_close", (PyCFunction)Sync_close, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
+    PW_NOARGS("_prepare_wait", Condition_prepare_wait,
+              "Register this thread as a waiter (lock held); the token _sleep() takes."),
+    PW_POSARGS("_sleep", Condition_sleep, "seq, timeout",
+               "After _prepare_wait() and releasing the lock: wait for a notify; False on "
+               "timeout."),
+    PW_ONEARG("_notify", Condition_notify, "n", "Wake up to n waiters (lock held)."),
+    PW_END_METHODS,
 };
 
-PW_SYNC_TYPE(Condition, SyncObject, Sync_dealloc, Sync_getset,
-             "Condition(buffer, name): a futex condition variable in a mapped segment.");
+PW_SYNC_KIND_TYPE(Condition, PW_KIND_CONDITION,
+                  "Condition(buffer, name)\n--\n\nA futex condition variable in a mapped "
+                  "segment.");
 
 /* ====================================================== registration */
-
-static PyMethodDef sync_functions[] = {
-    {"sync_init", (PyCFunction)(void (*)(void))sync_init, METH_VARARGS | METH_KEYWORDS,
-     "sync_init(buffer, kind, **params): lay out and publish a fresh sync segment."},
-    {"sync_size", sync_size, METH_O, "sync_size(kind) -> bytes of a segment of that kind."},
-    {NULL, NULL, 0, NULL},
-};
 
 int pw_sync_register(PyObject *module)
 {
@@ -1344,13 +1138,10 @@ int pw_sync_register(PyObject *module)
         }
         atfork_done = 1;
     }
-    PyTypeObject *types[] = {&LockType, &SemaphoreType, &EventType, &ConditionType};
-    for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
-        if (PyType_Ready(types[i]) < 0)
+    PyTypeObject *types[] = {&SyncBaseType, &LockType, &SemaphoreType, &EventType,
+                             &ConditionType};
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++)
+        if (pw_add_type(module, types[i], strrchr(types[i]->tp_name, '.') + 1) < 0)
             return -1;
-        const char *dot = strrchr(types[i]->tp_name, '.');
-        if (PyModule_AddObjectRef(module, dot + 1, (PyObject *)types[i]) < 0)
-            return -1;
-    }
-    return PyModule_AddFunctions(module, sync_functions);
+    return 0;
 }

@@ -1,11 +1,15 @@
 /*
  * header.c -- the common header of every segment (layout.h): the table of
- * kinds, initialise, publish, validate.
+ * kinds, initialise, publish, validate -- and the one validator of each
+ * kind's own header (pw_segment_validate).
  *
  * Naming, creating, mapping and unlinking segments is policy and lives in
  * procwire/_segment.py; this file only reads and writes the header bytes.
  */
 #include "pw.h"
+#include "ring.h"
+
+#include <string.h>
 
 #include <stdio.h>
 #include <time.h>
@@ -109,4 +113,56 @@ int pw_header_validate_kind(const void *base, uint64_t size, uint32_t kind, cons
         return pw_fail(PW_ECORRUPT, "%s is corrupt: its %s header is %u bytes, expected %zu",
                        what, k->name, h->header_size, k->header_size);
     return PW_OK;
+}
+
+/* What a Value's or Array's header must satisfy: elements that fill the data
+ * area exactly, a known lock mode, a NUL-terminated type code. */
+static int shared_validate(const struct pw_header *h, uint64_t size, const char *what)
+{
+    const struct pw_shared *s = (const struct pw_shared *)(h + 1);
+    uint64_t nbytes = s->elem_size * s->length;
+    if (h->data_offset != PW_SHARED_DATA_OFFSET || s->elem_size == 0 ||
+        s->length > (((uint64_t)1 << 46) / s->elem_size) ||
+        PW_SHARED_DATA_OFFSET + (nbytes ? nbytes : 1) != size ||
+        s->lock_mode > PW_LOCKMODE_EXTERNAL || s->lock_name_len > PW_LOCK_NAME_MAX ||
+        memchr(s->typecode, 0, PW_TYPECODE_MAX) == NULL)
+        return pw_fail(PW_ECORRUPT, "%s is corrupt: its value/array header does not match its "
+                       "size", what);
+    return s->lock_mode == PW_LOCKMODE_EMBEDDED ? pw_mutex_check(&s->lock.mutex, what) : PW_OK;
+}
+
+int pw_segment_validate(const void *base, uint64_t size, uint32_t kind, const char *what)
+{
+    int rc = pw_header_validate_kind(base, size, kind, what);
+    if (rc)
+        return rc;
+    const struct pw_header *h = base;
+    const void *p = h + 1;
+    switch (h->kind) {
+    case PW_KIND_QUEUE:
+        return pw_ring_validate(p, size - h->data_offset, what);
+    case PW_KIND_LOCK:
+    case PW_KIND_RLOCK:
+        return pw_mutex_check(&((const struct pw_lock *)p)->mutex, what);
+    case PW_KIND_SEMAPHORE: {
+        const struct pw_sem *s = p;
+        uint32_t value = atomic_load((_Atomic uint32_t *)&s->value);
+        if (s->maxvalue > INT32_MAX || s->bounded > 1 || value > s->maxvalue)
+            return pw_fail(PW_ECORRUPT, "%s is corrupt: value %u, maxvalue %u", what, value,
+                           s->maxvalue);
+        return PW_OK;
+    }
+    case PW_KIND_CONDITION: {
+        const struct pw_cond *c = p;
+        if (c->lock_mode > PW_LOCKMODE_EXTERNAL || c->lock_name_len > PW_LOCK_NAME_MAX)
+            return pw_fail(PW_ECORRUPT, "%s is corrupt: lock mode %u, lock name length %u",
+                           what, c->lock_mode, c->lock_name_len);
+        return pw_mutex_check(&c->lock.mutex, what);
+    }
+    case PW_KIND_VALUE:
+    case PW_KIND_ARRAY:
+        return shared_validate(h, size, what);
+    default: /* an event has nothing more to check; a pipe's ends: pipe.c */
+        return PW_OK;
+    }
 }

@@ -310,6 +310,10 @@ void pw_header_publish(struct pw_header *h);
 int pw_header_validate(const void *base, uint64_t size, uint32_t kind, const char *what);
 /* ... and that the kind-specific header has its kind's size (layout.h table). */
 int pw_header_validate_kind(const void *base, uint64_t size, uint32_t kind, const char *what);
+/* ... and what the kind's own header must satisfy before any of it is used
+ * (a ring's positions and mutexes, a semaphore's count, a lock's mutex, a
+ * Value's element sizes): the one validator of every kind but the pipe's. */
+int pw_segment_validate(const void *base, uint64_t size, uint32_t kind, const char *what);
 #define PW_MAGIC_LOST 0x54534f4c45524957ULL /* "WIRELOST": truncated under its users */
 
 /*
