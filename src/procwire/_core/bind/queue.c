@@ -518,10 +518,14 @@ static const char *const put_names[] = {"obj", "block", "timeout"};
 static PyObject *Queue_put(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
                           PyObject *kwnames)
 {
-    PyObject *a[3];
-    int64_t deadline;
-    if (pw_parse_args("put", args, nargs, kwnames, put_names, 3, 1, a) < 0 ||
-        pw_parse_block_timeout(a[1], a[2], &deadline) < 0 || enter(self) < 0)
+    PyObject *a[3] = {nargs ? args[0] : NULL, NULL, NULL};
+    int64_t deadline = PW_FOREVER;
+    if (nargs != 1 || kwnames) { /* put(obj), the common call, parses nothing */
+        if (pw_parse_args("put", args, nargs, kwnames, put_names, 3, 1, a) < 0 ||
+            pw_parse_block_timeout(a[1], a[2], &deadline) < 0)
+            return NULL;
+    }
+    if (enter(self) < 0)
         return NULL;
     PyObject *r = put_one(self, a[0], deadline);
     leave(self);
@@ -591,15 +595,19 @@ static PyObject *Queue_get(QueueObject *self, PyObject *const *args, Py_ssize_t 
                           PyObject *kwnames)
 {
     PyObject *a[3];
-    int64_t deadline;
-    if (pw_parse_args("get", args, nargs, kwnames, get_names, 3, 0, a) < 0)
-        return NULL;
-    int in_place;
-    PyObject *view = pw_view_instead((PyObject *)self, a[2], "_get_view", a[0] ? a[0] : Py_True,
-                                     a[1], &in_place);
-    if (in_place)
-        return view;
-    if (pw_parse_block_timeout(a[0], a[1], &deadline) < 0 || enter(self) < 0)
+    int64_t deadline = PW_FOREVER;
+    if (nargs || kwnames) { /* get(), the common call, parses nothing */
+        if (pw_parse_args("get", args, nargs, kwnames, get_names, 3, 0, a) < 0)
+            return NULL;
+        int in_place;
+        PyObject *view = pw_view_instead((PyObject *)self, a[2], "_get_view",
+                                         a[0] ? a[0] : Py_True, a[1], &in_place);
+        if (in_place)
+            return view;
+        if (pw_parse_block_timeout(a[0], a[1], &deadline) < 0)
+            return NULL;
+    }
+    if (enter(self) < 0)
         return NULL;
     PyObject *r = get_one(self, deadline);
     leave(self);
