@@ -803,8 +803,9 @@ static PyObject *Queue_join(QueueObject *self, PyObject *const *args, Py_ssize_t
     return result;
 }
 
-/* The counters, from inspect.c's one reader (reconciling: dead sleepers are
- * not counted, and their slots are freed). */
+/* _statistics() -> dict: the live counters, read by inspect.c's one reader
+ * (the same figures `procwire stat` shows); dead sleepers' slots are freed
+ * first, so that they are not counted. */
 static PyObject *Queue_statistics(QueueObject *self, PyObject *unused)
 {
     if (enter(self) < 0)

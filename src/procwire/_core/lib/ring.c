@@ -250,13 +250,6 @@ int pw_ring_set_spill(pw_ringref *rr, int fd)
     return PW_OK;
 }
 
-uint64_t pw_ring_spill_bytes(const pw_ringref *rr)
-{
-    struct pw_ring *r = rr->ring;
-    uint64_t h = atomic_load(&r->ov_head), t = atomic_load(&r->ov_tail);
-    return t > h ? t - h : 0; /* ov_tail is stored just after the publish */
-}
-
 static uint64_t spill_record_size(uint64_t len) { return PW_SPILL_HEADER + ((len + 7) & ~7ULL); }
 
 /* 1 while the spill holds messages or a dead producer's intent is open
