@@ -51,6 +51,22 @@ def _threads():
     return {t for t in threading.enumerate() if t.name.startswith("procwire")}
 
 
+async def _times_out_then_cancelled(wait, timed_out, *args):
+    """``wait(*args, timeout=0.05)`` raises ``timed_out`` (an exception type) or returns
+    it (a value); ``wait(*args)``, cancelled while it waits, raises CancelledError. The
+    caller then checks that the cancelled call took or put nothing."""
+    if isinstance(timed_out, type):
+        with pytest.raises(timed_out):
+            await wait(*args, timeout=0.05)
+    else:
+        assert await wait(*args, timeout=0.05) == timed_out
+    task = asyncio.create_task(wait(*args))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 # ------------------------------------------------------------------ queues
 
 
@@ -94,13 +110,7 @@ def test_get_async_timeout_and_cancel_take_nothing(run):
     q = Queue()
     try:
         async def main():
-            with pytest.raises(Empty):
-                await q.get_async(timeout=0.05)
-            task = asyncio.create_task(q.get_async())
-            await asyncio.sleep(0.02)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            await _times_out_then_cancelled(q.get_async, Empty)
             q.put("still there")
             return await q.get_async(timeout=BOUND)
 
@@ -140,13 +150,7 @@ def test_put_async_waits_for_room_in_a_bounded_queue(run, ctx):
         async def main():
             await q.put_async(1)
             await q.put_async(2)
-            with pytest.raises(Full):
-                await q.put_async(3, timeout=0.05)
-            task = asyncio.create_task(q.put_async("cancelled"))
-            await asyncio.sleep(0.02)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            await _times_out_then_cancelled(q.put_async, Full, "not put")
             assert q.qsize() == 2
             go.set()
             await q.put_async(3)
@@ -243,13 +247,7 @@ def test_recv_async_timeout_cancel_and_eof(run):
     a, b = Pipe()
     try:
         async def main():
-            with pytest.raises(TimeoutError):
-                await a.recv_async(timeout=0.05)
-            task = asyncio.create_task(a.recv_async())
-            await asyncio.sleep(0.02)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            await _times_out_then_cancelled(a.recv_async, TimeoutError)
             b.send("kept")
             assert await a.recv_async() == "kept"
             b.close()
@@ -439,12 +437,7 @@ def test_event_wait_async_timeout_and_cancel(run):
     ev = Event()
     try:
         async def main():
-            assert await ev.wait_async(0.05) is False
-            task = asyncio.create_task(ev.wait_async())
-            await asyncio.sleep(0.02)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            await _times_out_then_cancelled(ev.wait_async, False)
             ev.set()
             return await ev.wait_async(0)
 
