@@ -124,6 +124,14 @@ class _CtrlCHeld:
     def _record(self, signum: int, frame: Any) -> None:
         self.pending = (signum, frame)
 
+    def _after_fork_in_child(self) -> None:
+        # A thread forked while the main thread held Ctrl-C: the child's only
+        # thread would never leave that block; give it its handler back.
+        holding, self.blocks, self.pending = any(self.blocks), [], None
+        if holding:
+            _signal.signal(_SIGINT, self.previous)
+        self.previous = None
+
     def __exit__(self, *exc: object) -> None:
         if threading.current_thread() is not threading.main_thread() or not self.blocks.pop():
             return
@@ -135,6 +143,7 @@ class _CtrlCHeld:
 
 
 _ctrl_c_held = _CtrlCHeld()
+os.register_at_fork(after_in_child=_ctrl_c_held._after_fork_in_child)
 
 
 class Span:
