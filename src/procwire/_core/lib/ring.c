@@ -672,8 +672,8 @@ static int unlock_and_wait(pw_ringref *rr, pthread_mutex_t *lock, _Atomic uint64
 
 /* lock_head once a message waits (the take's and the peek's wait): PW_OK with
  * the head lock held, PW_TIMEOUT, PW_CANCELLED or an error. */
-static inline int lock_head_nonempty(pw_ringref *rr, int64_t deadline, uint64_t *head,
-                                     uint64_t *tail)
+static inline __attribute__((always_inline)) int
+lock_head_nonempty(pw_ringref *rr, int64_t deadline, uint64_t *head, uint64_t *tail)
 {
     struct pw_ring *r = rr->ring;
     const int64_t lock_deadline = lock_deadline_for(deadline);
