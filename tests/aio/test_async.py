@@ -293,94 +293,80 @@ async def _readable(conn):
         loop.remove_reader(conn.fileno())
 
 
-def _bounded(*ends):
-    """Close ``ends`` after BOUND: a loop held by a send ends with an error, not a hang."""
-    timer = threading.Timer(BOUND, lambda: [e.close() for e in ends])
+@pytest.fixture
+def long_pipe():
+    """A Pipe with a 4 KiB ring for BIG messages. Its receiving end closes after BOUND,
+    so that a loop held by a send ends with an error, not a hang. No sender thread
+    is left afterwards."""
+    a, b = Pipe(capacity=4096)
+    timer = threading.Timer(BOUND, b.close)
     timer.daemon = True
     timer.start()
-    return timer
-
-
-def test_send_async_longer_than_the_ring_leaves_the_loop_to_its_receiver(run):
-    a, b = Pipe(capacity=4096)
-    timer = _bounded(b)
-    try:
-        async def main():
-            # The receiver is a coroutine of the same loop: the send must let it run.
-            send = asyncio.create_task(a.send_async(BIG))
-            got = await b.recv_async(timeout=BOUND)
-            await send
-            return got
-
-        assert run(main()) == BIG
-    finally:
-        timer.cancel()
-        a.close()
-        b.close()
+    yield a, b
+    timer.cancel()
+    a.close()
+    b.close()
     assert not any(t.name.startswith("procwire async sender") for t in _threads())
 
 
-def test_send_async_keeps_the_order_of_long_and_short_messages(run):
-    a, b = Pipe(capacity=4096)
-    timer = _bounded(b)
+def test_send_async_longer_than_the_ring_leaves_the_loop_to_its_receiver(run, long_pipe):
+    a, b = long_pipe
+
+    async def main():
+        # The receiver is a coroutine of the same loop: the send must let it run.
+        send = asyncio.create_task(a.send_async(BIG))
+        got = await b.recv_async(timeout=BOUND)
+        await send
+        return got
+
+    assert run(main()) == BIG
+
+
+def test_send_async_keeps_the_order_of_long_and_short_messages(run, long_pipe):
+    a, b = long_pipe
     messages = [BIG, b"short", BIG[::-1], "tail", BIG[:5000]]
-    try:
-        async def main():
-            sends = [asyncio.create_task(a.send_async(m)) for m in messages]
-            got = [await b.recv_async(timeout=BOUND) for _ in messages]
-            await asyncio.gather(*sends)
-            return got
 
-        assert run(main()) == messages
-    finally:
-        timer.cancel()
-        a.close()
-        b.close()
+    async def main():
+        sends = [asyncio.create_task(a.send_async(m)) for m in messages]
+        got = [await b.recv_async(timeout=BOUND) for _ in messages]
+        await asyncio.gather(*sends)
+        return got
+
+    assert run(main()) == messages
 
 
-def test_send_async_of_a_long_message_cancelled_sends_it_whole_or_not_at_all(run):
-    a, b = Pipe(capacity=4096)
-    timer = _bounded(b)
-    try:
-        async def main():
-            first = asyncio.create_task(a.send_async(BIG))        # begins: the ring fills
-            second = asyncio.create_task(a.send_async(BIG[::-1]))  # waits for its turn
-            await _readable(b)       # the first one's pieces began to arrive
-            second.cancel()          # before its turn: nothing of it is sent
-            first.cancel()           # its pieces began: it is sent whole
-            for task in (first, second):
-                with pytest.raises(asyncio.CancelledError):
-                    await task
-            after = asyncio.create_task(a.send_async("after"))  # queued behind the first
-            got = [await b.recv_async(timeout=BOUND) for _ in range(2)]
-            await after
-            return got
+def test_send_async_of_a_long_message_cancelled_sends_it_whole_or_not_at_all(run, long_pipe):
+    a, b = long_pipe
 
-        assert run(main()) == [BIG, "after"]
-    finally:
-        timer.cancel()
-        a.close()
-        b.close()
+    async def main():
+        first = asyncio.create_task(a.send_async(BIG))        # begins: the ring fills
+        second = asyncio.create_task(a.send_async(BIG[::-1]))  # waits for its turn
+        await _readable(b)       # the first one's pieces began to arrive
+        second.cancel()          # before its turn: nothing of it is sent
+        first.cancel()           # its pieces began: it is sent whole
+        for task in (first, second):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        after = asyncio.create_task(a.send_async("after"))  # queued behind the first
+        got = [await b.recv_async(timeout=BOUND) for _ in range(2)]
+        await after
+        return got
+
+    assert run(main()) == [BIG, "after"]
 
 
 @pytest.mark.parametrize("closed", ["sender", "receiver"])
-def test_send_async_of_a_long_message_ends_when_an_end_closes(run, closed):
-    a, b = Pipe(capacity=4096)
-    timer = _bounded(b)
-    try:
-        async def main():
-            send = asyncio.create_task(a.send_async(BIG))
-            await asyncio.sleep(0)  # it is sending: the ring is full and nobody reads
-            (a if closed == "sender" else b).close()
-            with pytest.raises(BrokenPipeError if closed == "receiver" else (OSError, ValueError)):
-                await send
+def test_send_async_of_a_long_message_ends_when_an_end_closes(run, long_pipe, closed):
+    a, b = long_pipe
 
-        run(main())
-    finally:
-        timer.cancel()
-        a.close()
-        b.close()
-    assert not any(t.name.startswith("procwire async sender") for t in _threads())
+    async def main():
+        send = asyncio.create_task(a.send_async(BIG))
+        await asyncio.sleep(0)  # it is sending: the ring is full and nobody reads
+        (a if closed == "sender" else b).close()
+        with pytest.raises(BrokenPipeError if closed == "receiver" else (OSError, ValueError)):
+            await send
+
+    run(main())
 
 
 def test_socket_connection_recv_async(run):
