@@ -118,18 +118,9 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
             pw_ring_init_spill(r, size);
         pw_header_publish(h);
     } else {
-        int rc = pw_header_validate_kind(h, size, kind, what);
-        if (!rc)
-            rc = pw_ring_validate(r, size - h->data_offset, what);
+        int rc = pw_segment_validate(h, size, PW_KIND_QUEUE, what); /* a ring only */
         if (rc) {
             pw_raise(rc);
-            goto fail;
-        }
-        if ((r->ring_flags & ~PW_RING_SPILL) ||
-            ((r->ring_flags & PW_RING_SPILL) && r->spill_base != size)) {
-            pw_raise(pw_fail(PW_ECORRUPT, "%s is corrupt: ring flags %u, spill area at %llu "
-                             "(mapping %llu bytes)", what, r->ring_flags,
-                             (unsigned long long)r->spill_base, (unsigned long long)size));
             goto fail;
         }
     }
