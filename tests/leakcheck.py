@@ -27,6 +27,8 @@ import time
 
 SHM = "/dev/shm"
 GRACE = 5.0  # seconds a suspect another session may have made gets to go away
+_MAGIC = b"PRCWIRE1"  # pw_header.magic (layout.h PW_MAGIC), little-endian
+_PID_MAX = 1 << 22  # the kernel's ceiling for pid_max
 
 
 def shm_entries() -> set[str]:
@@ -40,9 +42,15 @@ def creator(entry: str) -> int | None:
     try:
         with open(os.path.join(SHM, entry), "rb") as f:
             header = f.read(64)
-        return int.from_bytes(header[24:28], "little") if len(header) == 64 else None
     except OSError:
         return None
+    # Only a procwire header is trusted (a `procwire.*` name can be anything:
+    # a file of the cleanup tests, a half-made or scribbled segment), and only
+    # a pid the kernel could have given (os.kill refuses bigger numbers).
+    if len(header) < 28 or header[:8] != _MAGIC:
+        return None
+    pid = int.from_bytes(header[24:28], "little")
+    return pid if 0 < pid <= _PID_MAX else None
 
 
 def children() -> set[int]:
