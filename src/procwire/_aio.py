@@ -27,6 +27,14 @@ readability follows the queue. procwire makes one per process, on demand:
   coroutine reads a position word, tries, and if it must wait, asks the
   watcher thread to call back once that word moves. Cancelling a coroutine
   removes its waiter; nothing is consumed by a cancelled ``get_async``.
+* **A Pipe message that cannot fit the ring is sent from a thread.** It goes
+  in pieces, and the sender must wait for the receiver to take the first ones
+  before it can write the last: ``send_bytes`` would hold the loop (and
+  deadlock a receiver in the same loop). ``send_async`` hands such a message
+  to the end's sender thread (:class:`OrderedSender`: one per end and process,
+  started when needed, gone when idle), and later ``send_async`` calls queue
+  behind it, so that messages keep their order and the loop never waits for
+  the end's send lock.
 
 Costs: one thread and one eventfd per object and process that uses them;
 while the watcher sleeps on an empty queue, the next put makes one futex
@@ -35,6 +43,7 @@ the watcher among ``consumers_waiting`` while it sleeps.
 """
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
@@ -45,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported where used: `import procwire` need not load asyncio
     import asyncio
 
-__all__ = ["FlagWatcher", "Readiness", "TokenWatcher", "wait_readable"]
+__all__ = ["FlagWatcher", "OrderedSender", "Readiness", "TokenWatcher", "wait_readable"]
 
 # Watchers of this process, so that a fork child (which has none of the
 # threads) starts afresh.
@@ -317,9 +326,107 @@ class FlagWatcher:
         self._lock = threading.Lock()
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
+class OrderedSender:
+    """Sends an object's messages from a thread, in order: ``send_async``'s long messages.
+
+    ``await send(data)`` queues ``data`` for ``send_bytes`` in a thread of this
+    object (started when needed, ended when nothing is queued) and returns once
+    it is sent; the send's exception is raised in the coroutine. Cancelled
+    before its turn, a message is not sent; cancelled once its sending began, it
+    is still sent whole (pieces already written cannot be recalled).
+    """
+
+    def __init__(self, what: str, send_bytes: Callable[[bytes], object]) -> None:
+        self._what, self._send_bytes = what, send_bytes
+        self._lock = threading.Lock()
+        self._queue: collections.deque[_Outgoing] = collections.deque()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        _watchers.add(self)
+
+    @property
+    def busy(self) -> bool:
+        """True while a message is queued or being sent: later ones must queue behind it."""
+        return self._thread is not None
+
+    async def send(self, data: bytes) -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        item = _Outgoing(data, loop, loop.create_future())
+        with self._lock:
+            if self._closed:
+                raise OSError("handle is closed")
+            self._queue.append(item)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"procwire async sender: {self._what}", daemon=True)
+                self._thread.start()
+        try:
+            await item.fut
+        except asyncio.CancelledError:
+            with self._lock:
+                if item in self._queue:
+                    self._queue.remove(item)   # not begun: nothing sent
+            raise
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._thread = None
+                    return
+                item = self._queue.popleft()
+            error: BaseException | None = None
+            try:
+                self._send_bytes(item.data)
+            except BaseException as e:  # the coroutine's to raise
+                error = e
+            item.settle(error)
+
+    def close(self) -> None:
+        """After the object's close: wait for a send in progress to fail, fail the queued ones."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+            queued = list(self._queue)
+            self._queue.clear()
+        for item in queued:
+            item.settle(OSError("handle is closed"))
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()  # its send_bytes sees the close within one of its waits' slices
+
+    def _forget_after_fork(self) -> None:
+        self._thread = None
+        self._queue.clear()
+        self._lock = threading.Lock()
+
+
+class _Outgoing:
+    __slots__ = ("data", "fut", "loop")
+
+    def __init__(self, data: bytes, loop: asyncio.AbstractEventLoop,
+                 fut: asyncio.Future[None]) -> None:
+        self.data, self.loop, self.fut = data, loop, fut
+
+    def settle(self, error: BaseException | None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(_settle, self.fut, error)
+        except RuntimeError:
+            pass  # the loop is closed: nobody awaits it
+
+
+def _settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
         fut.set_result(None)
+    else:
+        fut.set_exception(error)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    _settle(fut, None)
 
 
 # ------------------------------------------------------------- add_reader

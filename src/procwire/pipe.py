@@ -76,9 +76,20 @@ DEFAULT_CAPACITY = 1024 * 1024  # bytes per direction
 _live: weakref.WeakSet[Connection] = weakref.WeakSet()
 
 
-# send_async's watcher of each end that needed one (Connection has __slots__).
+# send_async's watcher and sender thread of each end that needed one
+# (Connection has __slots__).
 _send_watchers: weakref.WeakKeyDictionary[Connection, _aio.TokenWatcher] = \
     weakref.WeakKeyDictionary()
+_senders: weakref.WeakKeyDictionary[Connection, _aio.OrderedSender] = weakref.WeakKeyDictionary()
+
+
+def _fits_empty_ring(length: int, capacity: int) -> bool:
+    """Whether send_bytes(length bytes) into an empty ring of ``capacity`` never waits.
+
+    A streamed message goes in pieces of a quarter of the ring less 16 bytes,
+    each a record of at most a quarter: four of them fit.
+    """
+    return length <= 4 * (capacity // 4 - 16)
 
 
 def _before_fork() -> None:
@@ -210,11 +221,21 @@ class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, Lender, _c
         A message that fits returns at once. Otherwise a watcher thread of
         this end (one per end and process, not per call) sleeps until the
         receiver takes a record. A message longer than a quarter of the ring
-        is streamed: it waits for the whole ring to be free, and the loop is
-        blocked while the receiver takes what goes beyond the ring's capacity.
-        ``BrokenPipeError`` if the other end is closed.
+        is streamed: it waits for the whole ring to be free. One that cannot
+        fit even then is sent by this end's sender thread (started when
+        needed), piece by piece as the receiver takes them, while the loop
+        runs; later ``send_async`` calls queue behind it, keeping their order.
+        Cancelled before its turn it sends nothing; once its pieces began, it
+        is sent whole. ``BrokenPipeError`` if the other end is closed.
         """
         data = _pickle.dumps(obj)  # what send() sends: send_bytes(pickle)
+        sender = _senders.get(self)
+        if (sender is not None and sender.busy) or not _fits_empty_ring(
+                len(data), self._send_room()[2]):
+            if sender is None:
+                sender = _senders[self] = _aio.OrderedSender(repr(self), self.send_bytes)
+            await sender.send(data)
+            return
         await self._await_send_room(len(data))
         self.send_bytes(data)
 
@@ -324,6 +345,9 @@ class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, Lender, _c
         if not self.closed:
             self._close()
             _live.discard(self)
+        sender = _senders.pop(self, None)
+        if sender is not None:
+            sender.close()  # after _close(): a send in progress ends with an error
         # Idempotent: it retries the mmap if a call in another thread still held it.
         self._segment.close()
 

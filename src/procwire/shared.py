@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 from procwire import _core
 from procwire._segment import Segment, SegmentObject, new_segment, rebuild
 from procwire.errors import SegmentError
-from procwire.sync import Lock, RLock
+from procwire.sync import Lock, RLock, attach_lock
 
 __all__ = ["Array", "RawArray", "RawValue", "Value"]
 
@@ -147,9 +147,7 @@ def _lock_from_info(h: _Handle) -> Any:
     if mode == "embedded":
         return _embedded_lock(h)
     if mode == "named":
-        from procwire.sync import _attached_kind
-        lname = h.info["lock_name"]
-        return (Lock if _attached_kind(lname) == "lock" else RLock).attach(lname)
+        return attach_lock(h.info["lock_name"])
     if mode == "external":
         raise ValueError(f"procwire object {h.name!r} was created with a lock that "
                          f"has no name; it can only be shared with child processes")

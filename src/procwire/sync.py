@@ -324,10 +324,7 @@ class Condition(_SyncObject["ConditionStatistics"], _core.Condition):
         if mode == "embedded":
             lock = self._embedded_lock_type._from_segment(self._segment, owns=False)
         elif lock is None and mode == "named":
-            kind = _attached_kind(lname)
-            # A Lock segment holds a Lock; every other kind (RLock, or the
-            # lock embedded in a Value, Array or Condition) an RLock.
-            lock = (Lock if kind == "lock" else RLock).attach(lname)
+            lock = attach_lock(lname)
         elif lock is None:
             self._close()
             raise SegmentError(f"{self._describe()} uses an anonymous lock, so it can only be "
@@ -373,21 +370,7 @@ class Condition(_SyncObject["ConditionStatistics"], _core.Condition):
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
         """Wait until ``predicate()`` is true (re-checked after each wake-up)."""
-        result = predicate()
-        if result:
-            return result
-        if timeout is not None:
-            import time
-            endtime = time.monotonic() + timeout
-        waittime = timeout
-        while not result:
-            if timeout is not None:
-                waittime = endtime - time.monotonic()
-                if waittime <= 0:
-                    break
-            self.wait(waittime)
-            result = predicate()
-        return result
+        return wait_for(self.wait, predicate, timeout)
 
     def notify(self, n: int = 1) -> None:
         """Wake up to ``n`` waiters. The caller must hold the lock."""
@@ -427,12 +410,30 @@ class _CountView:
         self.get_value = read
 
 
-def _attached_kind(name: str) -> str:
+def wait_for(wait: Callable[[float | None], object], predicate: Callable[[], Any],
+             timeout: float | None) -> Any:
+    """``Condition.wait_for`` over a condition's ``wait`` (threading's loop): wait until
+    ``predicate()`` is true, re-checked after each wake-up, at most ``timeout`` seconds."""
+    result = predicate()
+    endtime = None if timeout is None else time.monotonic() + timeout
+    while not result:
+        waittime = None if endtime is None else endtime - time.monotonic()
+        if waittime is not None and waittime <= 0:
+            break
+        wait(waittime)
+        result = predicate()
+    return result
+
+
+def attach_lock(name: str) -> Lock:
+    """The named lock a Condition, Value or Array uses: a Lock segment holds a Lock;
+    every other kind (RLock, or the lock embedded in a Value, Array or Condition) an RLock."""
     seg = Segment.attach_named(name)
     try:
-        return _core.header_info(seg.buffer)["kind"]
+        kind = _core.header_info(seg.buffer)["kind"]
     finally:
         seg.close()
+    return (Lock if kind == "lock" else RLock).attach(name)
 
 
 # ------------------------------------------------------------- barrier

@@ -51,6 +51,22 @@ def _threads():
     return {t for t in threading.enumerate() if t.name.startswith("procwire")}
 
 
+async def _times_out_then_cancelled(wait, timed_out, *args):
+    """``wait(*args, timeout=0.05)`` raises ``timed_out`` (an exception type) or returns
+    it (a value); ``wait(*args)``, cancelled while it waits, raises CancelledError. The
+    caller then checks that the cancelled call took or put nothing."""
+    if isinstance(timed_out, type):
+        with pytest.raises(timed_out):
+            await wait(*args, timeout=0.05)
+    else:
+        assert await wait(*args, timeout=0.05) == timed_out
+    task = asyncio.create_task(wait(*args))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 # ------------------------------------------------------------------ queues
 
 
@@ -94,13 +110,7 @@ def test_get_async_timeout_and_cancel_take_nothing(run):
     q = Queue()
     try:
         async def main():
-            with pytest.raises(Empty):
-                await q.get_async(timeout=0.05)
-            task = asyncio.create_task(q.get_async())
-            await asyncio.sleep(0.02)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            await _times_out_then_cancelled(q.get_async, Empty)
             q.put("still there")
             return await q.get_async(timeout=BOUND)
 
@@ -140,13 +150,7 @@ def test_put_async_waits_for_room_in_a_bounded_queue(run, ctx):
         async def main():
             await q.put_async(1)
             await q.put_async(2)
-            with pytest.raises(Full):
-                await q.put_async(3, timeout=0.05)
-            task = asyncio.create_task(q.put_async("cancelled"))
-            await asyncio.sleep(0.02)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            await _times_out_then_cancelled(q.put_async, Full, "not put")
             assert q.qsize() == 2
             go.set()
             await q.put_async(3)
@@ -243,13 +247,7 @@ def test_recv_async_timeout_cancel_and_eof(run):
     a, b = Pipe()
     try:
         async def main():
-            with pytest.raises(TimeoutError):
-                await a.recv_async(timeout=0.05)
-            task = asyncio.create_task(a.recv_async())
-            await asyncio.sleep(0.02)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            await _times_out_then_cancelled(a.recv_async, TimeoutError)
             b.send("kept")
             assert await a.recv_async() == "kept"
             b.close()
@@ -277,6 +275,98 @@ def test_send_async_to_a_closed_peer_raises(run):
     finally:
         a.close()
         b.close()
+
+
+# A message longer than the ring: it goes in pieces, each written once the
+# receiver took room, so send_bytes would hold the loop until the last one.
+BIG = bytes(range(256)) * 400   # 100 KiB through a 4 KiB ring
+
+
+async def _readable(conn):
+    """Until ``conn.fileno()`` is readable (a message, or its first piece, waits)."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    loop.add_reader(conn.fileno(), lambda: fut.done() or fut.set_result(None))
+    try:
+        await fut
+    finally:
+        loop.remove_reader(conn.fileno())
+
+
+@pytest.fixture
+def long_pipe():
+    """A Pipe with a 4 KiB ring for BIG messages. Its receiving end closes after BOUND,
+    so that a loop held by a send ends with an error, not a hang. No sender thread
+    is left afterwards."""
+    a, b = Pipe(capacity=4096)
+    timer = threading.Timer(BOUND, b.close)
+    timer.daemon = True
+    timer.start()
+    yield a, b
+    timer.cancel()
+    a.close()
+    b.close()
+    assert not any(t.name.startswith("procwire async sender") for t in _threads())
+
+
+def test_send_async_longer_than_the_ring_leaves_the_loop_to_its_receiver(run, long_pipe):
+    a, b = long_pipe
+
+    async def main():
+        # The receiver is a coroutine of the same loop: the send must let it run.
+        send = asyncio.create_task(a.send_async(BIG))
+        got = await b.recv_async(timeout=BOUND)
+        await send
+        return got
+
+    assert run(main()) == BIG
+
+
+def test_send_async_keeps_the_order_of_long_and_short_messages(run, long_pipe):
+    a, b = long_pipe
+    messages = [BIG, b"short", BIG[::-1], "tail", BIG[:5000]]
+
+    async def main():
+        sends = [asyncio.create_task(a.send_async(m)) for m in messages]
+        got = [await b.recv_async(timeout=BOUND) for _ in messages]
+        await asyncio.gather(*sends)
+        return got
+
+    assert run(main()) == messages
+
+
+def test_send_async_of_a_long_message_cancelled_sends_it_whole_or_not_at_all(run, long_pipe):
+    a, b = long_pipe
+
+    async def main():
+        first = asyncio.create_task(a.send_async(BIG))        # begins: the ring fills
+        second = asyncio.create_task(a.send_async(BIG[::-1]))  # waits for its turn
+        await _readable(b)       # the first one's pieces began to arrive
+        second.cancel()          # before its turn: nothing of it is sent
+        first.cancel()           # its pieces began: it is sent whole
+        for task in (first, second):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        after = asyncio.create_task(a.send_async("after"))  # queued behind the first
+        got = [await b.recv_async(timeout=BOUND) for _ in range(2)]
+        await after
+        return got
+
+    assert run(main()) == [BIG, "after"]
+
+
+@pytest.mark.parametrize("closed", ["sender", "receiver"])
+def test_send_async_of_a_long_message_ends_when_an_end_closes(run, long_pipe, closed):
+    a, b = long_pipe
+
+    async def main():
+        send = asyncio.create_task(a.send_async(BIG))
+        await asyncio.sleep(0)  # it is sending: the ring is full and nobody reads
+        (a if closed == "sender" else b).close()
+        with pytest.raises(BrokenPipeError if closed == "receiver" else (OSError, ValueError)):
+            await send
+
+    run(main())
 
 
 def test_socket_connection_recv_async(run):
@@ -333,12 +423,7 @@ def test_event_wait_async_timeout_and_cancel(run):
     ev = Event()
     try:
         async def main():
-            assert await ev.wait_async(0.05) is False
-            task = asyncio.create_task(ev.wait_async())
-            await asyncio.sleep(0.02)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            await _times_out_then_cancelled(ev.wait_async, False)
             ev.set()
             return await ev.wait_async(0)
 

@@ -129,14 +129,22 @@ def test_a_directory_as_a_temporary_name_is_skipped(junk):
     assert os.path.isdir(odd)
 
 
-def test_names_are_not_rendered_as_markup(junk):
-    name = "[bold]evil" + unique("m")
+def _listed_by_ls_and_clean(junk, name):
+    """Make a junk file called ``name``; `ls` and `clean --dry-run` succeed on it: their outputs."""
     junk.append(SHM + name)
     with open(SHM + name, "wb") as f:
         f.write(b"x")
+    outs = []
     for args in (("ls",), ("clean", "--dry-run")):
         out = procwire_cmd(*args)
         assert out.returncode == 0, out.stderr
+        outs.append(out)
+    return outs
+
+
+def test_names_are_not_rendered_as_markup(junk):
+    name = "[bold]evil" + unique("m")
+    for out in _listed_by_ls_and_clean(junk, name):
         assert name in out.stdout, out.stdout
 
 
@@ -144,12 +152,7 @@ def test_names_are_not_rendered_as_markup(junk):
                                  "rtl\u202eevil"])
 def test_control_characters_in_names_never_reach_the_terminal(junk, raw):
     name = raw + unique("c")
-    junk.append(SHM + name)
-    with open(SHM + name, "wb") as f:
-        f.write(b"x")
-    for args in (("ls",), ("clean", "--dry-run")):
-        out = procwire_cmd(*args)
-        assert out.returncode == 0, out.stderr
+    for out in _listed_by_ls_and_clean(junk, name):
         _no_traceback(out)
         control = [c for c in out.stdout if (ord(c) < 32 and c != "\n") or 0x7f <= ord(c) < 0xa0
                    or c == "\u202e"]

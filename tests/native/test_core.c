@@ -416,6 +416,49 @@ static void test_header_validation(void)
     queue_free(&q);
 }
 
+/* A segment of `kind` with a kind header of `header_size` bytes, zeroed. */
+static struct pw_header *segment_make(uint32_t kind, size_t size, size_t header_size,
+                                      uint64_t data_offset)
+{
+    struct pw_header *h = calloc(1, size);
+    pw_header_init(h, kind, size, (uint32_t)header_size, data_offset);
+    return h;
+}
+
+static void test_kind_headers_are_validated(void)
+{
+    size_t size = sizeof(struct pw_header) + sizeof(struct pw_sem);
+    struct pw_header *h = segment_make(PW_KIND_SEMAPHORE, size, sizeof(struct pw_sem), size);
+    struct pw_sem *sem = (struct pw_sem *)(h + 1);
+    atomic_store(&sem->value, 2);
+    sem->maxvalue = 2;
+    sem->bounded = 1;
+    pw_header_publish(h);
+    CHECK(pw_segment_validate(h, size, PW_KIND_SEMAPHORE, "s") == PW_OK);
+    atomic_store(&sem->value, 3); /* above a bounded semaphore's ceiling */
+    CHECK(pw_segment_validate(h, size, 0, "s") == PW_ECORRUPT);
+    CHECK(strstr(pw_last_error(), "s is corrupt: value 3, maxvalue 2"));
+    free(h);
+
+    size = PW_SHARED_DATA_OFFSET + 8;
+    h = segment_make(PW_KIND_VALUE, size, sizeof(struct pw_shared), PW_SHARED_DATA_OFFSET);
+    struct pw_shared *v = (struct pw_shared *)(h + 1);
+    v->elem_size = 8;
+    v->length = 1;
+    v->typecode[0] = 'q';
+    v->lock_mode = PW_LOCKMODE_EMBEDDED;
+    CHECK(pw_lock_init(&v->lock, 1) == 0);
+    pw_header_publish(h);
+    CHECK(pw_segment_validate(h, size, PW_KIND_VALUE, "v") == PW_OK);
+    v->length = 2; /* 16 bytes of elements in 8 */
+    CHECK(pw_segment_validate(h, size, PW_KIND_VALUE, "v") == PW_ECORRUPT);
+    CHECK(strstr(pw_last_error(), "does not match its size"));
+    v->length = 1;
+    v->lock.mutex.__data.__kind ^= 0x40; /* the embedded lock's mutex, scribbled */
+    CHECK(pw_segment_validate(h, size, PW_KIND_VALUE, "v") == PW_ECORRUPT);
+    free(h);
+}
+
 static void test_kinds_table(void)
 {
     int n = 0;
@@ -432,6 +475,7 @@ static void test_kinds_table(void)
 int main(void)
 {
     test_kinds_table();
+    test_kind_headers_are_validated();
     test_header_validation();
     test_ring_put_take_in_order();
     test_ring_full_and_empty_time_out();

@@ -11,11 +11,11 @@ reader killed holding a view frees it.
 from __future__ import annotations
 
 import os
-import signal
 import threading
 
 import pytest
 
+from loancrash import killed_inside
 from procwire import MessageTooLarge, Pipe
 from procwire.pipe import Loan, View
 
@@ -192,33 +192,10 @@ def test_close_ends_this_threads_loans_and_views(pipe):
 # -- crashes -------------------------------------------------------------------------
 
 
-def _loan_then_die(conn, ready):
-    loan = conn.loan(1000)
-    loan.buffer[:] = b"z" * 1000
-    ready.set()
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _view_then_die(conn, ready):
-    v = conn.recv_bytes(copy=False, timeout=JOIN)
-    assert bytes(v.value) == b"held"
-    ready.set()
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _run_and_kill(ctx, target, conn):
-    ready = ctx.Event()
-    p = ctx.Process(target=target, args=(conn, ready))
-    p.start()
-    p.join(JOIN)
-    assert p.exitcode == -signal.SIGKILL
-    assert ready.is_set()
-
-
 def test_a_writer_killed_inside_a_loan_publishes_nothing(ctx, pipe):
     a, b = pipe
     a.send_bytes(b"before")
-    _run_and_kill(ctx, _loan_then_die, a)
+    killed_inside(ctx, "loan", a)
     a.send_bytes(b"after")  # the send lock and the ring's lock were handed over
     assert b.recv_bytes(timeout=10) == b"before"
     assert b.recv_bytes(timeout=10) == b"after"
@@ -230,7 +207,7 @@ def test_a_reader_killed_holding_a_view_frees_it(ctx, pipe):
     a, b = pipe
     a.send_bytes(b"held")
     a.send_bytes(b"next")
-    _run_and_kill(ctx, _view_then_die, b)
+    killed_inside(ctx, "view", b, "recv_bytes")
     # The dead reader's message is dropped, its room freed; the rest flows.
     assert b.recv_bytes(timeout=10) == b"next"
     assert not b.poll()

@@ -156,20 +156,25 @@ def _my_connection():
     return _worker.connection
 
 
-def kill_self_mid_send(nbytes):
-    """Return `nbytes` of data, but die by SIGKILL once part of it is in the pipe."""
+def _die_after_2_mib(counter):
+    """SIGKILL this worker once its pipe's ``counter`` statistic has grown by 2 MiB."""
     conn = _my_connection()
-    start = conn.statistics()["bytes_sent"]
+    start = conn.statistics()[counter]
 
     def killer():
         deadline = time.monotonic() + WAIT
-        while conn.statistics()["bytes_sent"] < start + (2 << 20):
+        while conn.statistics()[counter] < start + (2 << 20):
             if time.monotonic() > deadline:
                 return
             time.sleep(0.0005)
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=killer, daemon=True).start()
+
+
+def kill_self_mid_send(nbytes):
+    """Return `nbytes` of data, but die by SIGKILL once part of it is in the pipe."""
+    _die_after_2_mib("bytes_sent")
     return b"s" * nbytes
 
 
@@ -182,18 +187,7 @@ def kill_self_mid_send_array(nbytes):
 
 def arm_kill_mid_receive(_=None):
     """Die by SIGKILL once the next (large) task is partly received."""
-    conn = _my_connection()
-    start = conn.statistics()["bytes_received"]
-
-    def killer():
-        deadline = time.monotonic() + WAIT
-        while conn.statistics()["bytes_received"] < start + (2 << 20):
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.0005)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=killer, daemon=True).start()
+    _die_after_2_mib("bytes_received")
     return os.getpid()
 
 

@@ -129,24 +129,17 @@ def test_map_with_a_killer_chunk_fails_and_the_pool_goes_on():
         assert results == [x * x for x in range(1000)]
 
 
-def test_worker_killed_while_sending_a_large_result():
+@pytest.mark.parametrize("result", ["bytes", "array"])
+def test_worker_killed_while_sending_a_large_result(result):
     # The worker dies after part of a 64 MiB result is in its pipe: the pipe
-    # drops the half-sent message, the task fails alone.
+    # drops the half-sent message, the task fails alone. An array's buffer
+    # follows its message: the worker dies between the two or in the middle of
+    # the buffer.
+    if result == "array":
+        pytest.importorskip("numpy")
+    task = h.kill_self_mid_send_array if result == "array" else h.kill_self_mid_send
     with procwire.Pool(1) as pool:
-        r = pool.apply_async(h.kill_self_mid_send, (64 << 20,))
-        with pytest.raises(WorkerLost) as info:
-            r.get(WAIT)
-        assert info.value.signal == "SIGKILL"
-        assert pool.apply(h.sq, (9,)) == 81
-        assert pool.statistics().worker_deaths == 1
-
-
-def test_worker_killed_while_sending_a_large_array():
-    # The array's buffer follows its message: the worker dies between the two
-    # or in the middle of the buffer, and the task fails alone.
-    pytest.importorskip("numpy")
-    with procwire.Pool(1) as pool:
-        r = pool.apply_async(h.kill_self_mid_send_array, (64 << 20,))
+        r = pool.apply_async(task, (64 << 20,))
         with pytest.raises(WorkerLost) as info:
             r.get(WAIT)
         assert info.value.signal == "SIGKILL"

@@ -7,13 +7,12 @@ taking) and the queue stays usable for everyone else.
 """
 from __future__ import annotations
 
-import os
 import queue
-import signal
 import threading
 
 import pytest
 
+from loancrash import killed_inside
 from procwire import MessageTooLarge, Queue
 from procwire.queue import Loan, View
 
@@ -221,34 +220,11 @@ def test_close_ends_this_threads_loans_and_views():
 # -- crashes -------------------------------------------------------------------------
 
 
-def _loan_then_die(q, ready):
-    loan = q.loan(1000)
-    loan.buffer[:] = b"z" * 1000
-    ready.set()
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _view_then_die(q, ready):
-    v = q.get(copy=False, timeout=JOIN)
-    assert bytes(v.value) == b"held"
-    ready.set()
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _run_and_kill(ctx, target, q):
-    ready = ctx.Event()
-    p = ctx.Process(target=target, args=(q, ready))
-    p.start()
-    p.join(JOIN)
-    assert p.exitcode == -signal.SIGKILL
-    assert ready.is_set()
-
-
 def test_a_writer_killed_inside_a_loan_publishes_nothing(ctx):
     q = Queue()
     try:
         q.put(b"before")
-        _run_and_kill(ctx, _loan_then_die, q)
+        killed_inside(ctx, "loan", q)
         q.put(b"after", timeout=10)  # the producers' lock was handed over
         assert q.get_many(timeout=10) == [b"before", b"after"]
         stats = q.statistics()
@@ -262,7 +238,7 @@ def test_a_reader_killed_holding_a_view_frees_it(ctx):
     try:
         q.put(b"held")
         q.put(b"next")
-        _run_and_kill(ctx, _view_then_die, q)
+        killed_inside(ctx, "view", q)
         # The dead reader's message is dropped, its room freed; the rest flows.
         assert q.get(timeout=10) == b"next"
         with pytest.raises(queue.Empty):

@@ -11,6 +11,7 @@ import gc
 import multiprocessing as mp
 import queue
 import threading
+import types
 
 import pytest
 from pwredis import redis_server  # noqa: F401 (fixture)
@@ -21,35 +22,17 @@ MP = mp.get_context("forkserver")
 JOIN = 60
 
 
-class Local:
-    """The local context's constructors, as a Redis context has them."""
-
-    name = "local"
-    Queue = staticmethod(procwire.Queue)
-    SimpleQueue = staticmethod(procwire.SimpleQueue)
-    JoinableQueue = staticmethod(procwire.JoinableQueue)
-    Lock = staticmethod(procwire.Lock)
-    RLock = staticmethod(procwire.RLock)
-    Semaphore = staticmethod(procwire.Semaphore)
-    Event = staticmethod(procwire.Event)
-    Condition = staticmethod(procwire.Condition)
-    Barrier = staticmethod(procwire.Barrier)
-    Value = staticmethod(procwire.Value)
-    Array = staticmethod(procwire.Array)
-
-    @staticmethod
-    def Pool(processes):
-        # The local procwire.Pool (branch `pool`) replaces multiprocessing's here
-        # once it is on main; until then the local reference is multiprocessing's.
-        if "Pool" in procwire.__all__:
-            return procwire.Pool(processes)
-        return MP.Pool(processes)
+# The local context's constructors, as a Redis context has them (Pool included).
+LOCAL = types.SimpleNamespace(name="local", **{
+    ctor: getattr(procwire, ctor)
+    for ctor in ("Queue", "SimpleQueue", "JoinableQueue", "Lock", "RLock", "Semaphore", "Event",
+                 "Condition", "Barrier", "Value", "Array", "Pool")})
 
 
 @pytest.fixture(params=["local", "redis"])
 def api(request):
     if request.param == "local":
-        yield Local()
+        yield LOCAL
         return
     server = request.getfixturevalue("redis_server")
     # procwire.get_context hands redis:// URLs to procwire.redis.get_context

@@ -261,16 +261,23 @@ def test_bad_signature_refused_counted_never_unpickled(redis_server, tmp_path):
     assert jq.join(timeout=5)
 
 
+@pytest.mark.parametrize("keyless_first", [True, False], ids=["keyless-first", "keyed-first"])
 def test_without_an_authkey_payloads_are_unsigned_and_keyed_contexts_refuse_them(
-        redis_server, tmp_path, monkeypatch):
+        redis_server, tmp_path, monkeypatch, keyless_first):
     """No authkey: no signature (anyone who can reach Redis can inject work, as
     README says), and a context with a key never unpickles such a message; a
-    keyless context refuses a signed one (a key mismatch, not a forgery)."""
+    keyless context refuses a signed one (a key mismatch, not a forgery). A
+    keyless context stays keyless beside a keyed one on the same URL, whichever
+    was opened first."""
     monkeypatch.delenv("PROCWIRE_AUTHKEY", raising=False)
-    # made first: a keyless context otherwise takes the key of an open one on its URL
-    keyless = procwire.redis.get_context(redis_server.url)
-    keyed = procwire.redis.get_context(redis_server.url, authkey=KEY)
-    assert keyless._engine.authkey is None
+    if keyless_first:
+        keyless = procwire.redis.get_context(redis_server.url)
+        keyed = procwire.redis.get_context(redis_server.url, authkey=KEY)
+    else:
+        keyed = procwire.redis.get_context(redis_server.url, authkey=KEY)
+        keyless = procwire.redis.get_context(redis_server.url)
+    assert keyless.authkey is None and keyless._engine.authkey is None
+    assert keyed._engine.authkey == KEY
     target = tmp_path / "pwned"
     keyless.Queue(name="open").put("hello")
     assert keyless.Queue(name="open").get(timeout=5) == "hello"
@@ -283,6 +290,31 @@ def test_without_an_authkey_payloads_are_unsigned_and_keyed_contexts_refuse_them
     with pytest.warns(BadSignatureWarning, match="has none"):
         with pytest.raises(queue.Empty):
             keyless.Queue(name="open").get(timeout=0.2)
+
+
+def test_an_object_unpickled_outside_process_start_finds_its_own_contexts_key(
+        redis_server, monkeypatch):
+    """Outside process start a pickle carries which key, not the key: the receiving
+    process uses its own copy of that key (an open context's on the same URL, or
+    PROCWIRE_AUTHKEY's), never another context's, and a keyless object stays keyless."""
+    monkeypatch.delenv("PROCWIRE_AUTHKEY", raising=False)
+    other = b"another key"
+    contexts = [procwire.redis.get_context(redis_server.url, authkey=KEY),
+                procwire.redis.get_context(redis_server.url),
+                procwire.redis.get_context(redis_server.url, authkey=other)]
+    for i, ctx in enumerate(contexts):
+        q = ctx.Queue(name=f"own-key-{i}")
+        data = pickle.dumps(q)
+        assert KEY not in data and other not in data
+        again = pickle.loads(data)
+        assert again._ctx.authkey == ctx.authkey
+        again.put("round trip")           # signed (or not) as the original's payloads are
+        assert q.get(timeout=5) == "round trip"
+    # A key this process has no context for comes from PROCWIRE_AUTHKEY, if it is that one.
+    data = pickle.dumps(procwire.redis.get_context(redis_server.url, authkey=b"env key"))
+    procwire.redis.get_context(redis_server.url, authkey=b"env key").close()
+    monkeypatch.setenv("PROCWIRE_AUTHKEY", "env key")
+    assert pickle.loads(data).authkey == b"env key"
 
 
 # ------------------------------------------------------------------------------- Ctrl-C

@@ -44,6 +44,26 @@ def test_every_multiprocessing_parameter_is_accepted_the_same_way(name):
         assert p.name in ours and ours[p.name].kind == p.kind, (name, p.name)
 
 
+# The methods procwire's primitives inherit from their native types: each has a
+# text signature (inspect.signature works on it), the same as multiprocessing's.
+NATIVE_METHODS = {"Lock": ["acquire", "release", "__enter__", "__exit__"],
+                  "RLock": ["acquire", "release", "__enter__", "__exit__"],
+                  "Semaphore": ["acquire", "release", "get_value", "__enter__", "__exit__"],
+                  "BoundedSemaphore": ["acquire", "release", "get_value"],
+                  "Event": ["is_set", "set", "clear", "wait"]}
+
+
+@pytest.mark.parametrize("name", sorted(NATIVE_METHODS))
+def test_native_methods_have_multiprocessings_signatures(name):
+    ours, theirs = getattr(procwire, name)(), getattr(mp, name)()
+    try:
+        for method in NATIVE_METHODS[name]:
+            sig = inspect.signature(getattr(ours, method))
+            assert sig == inspect.signature(getattr(theirs, method)), (name, method, sig)
+    finally:
+        ours.close()
+
+
 def test_constructors_take_ctx_as_multiprocessing_passes_it():
     ctx = mp.get_context("spawn")
     objs = [procwire.Lock(ctx=ctx), procwire.RLock(ctx=ctx), procwire.Semaphore(2, ctx=ctx),

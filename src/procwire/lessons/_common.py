@@ -1,5 +1,6 @@
 """Small helpers the lessons share, so that each lesson shows only its idea.
 
+* :func:`in_order` makes a lesson's ``main()`` from its parts.
 * :func:`say` prints and flushes at once. Output that sits in a buffer is
   copied into every child at ``fork`` and printed twice, and lines from
   several processes come out in the order they were *flushed*, not written.
@@ -33,6 +34,14 @@ STATES = {
 def say(*parts: object) -> None:
     """``print`` and flush at once."""
     print(*parts, flush=True)
+
+
+def in_order(*parts: Callable[[], None]) -> Callable[[], None]:
+    """A lesson's ``main`` made of numbered parts: each part, one after the other."""
+    def main() -> None:
+        for part in parts:
+            part()
+    return main
 
 
 def fork(child: Callable[[], int | None]) -> int:

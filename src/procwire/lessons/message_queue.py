@@ -24,7 +24,7 @@ from multiprocessing import Process
 from typing import Any
 
 from procwire import Queue  # the same API as: from multiprocessing import Queue
-from procwire.lessons._common import say
+from procwire.lessons._common import in_order, say
 
 
 def producer(q: Queue, count: int) -> None:
@@ -72,9 +72,7 @@ def producer_consumer() -> None:
     q.close()
 
 
-def main() -> None:
-    limits()
-    producer_consumer()
+main = in_order(limits, producer_consumer)
 
 
 if __name__ == "__main__":

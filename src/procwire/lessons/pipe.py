@@ -23,7 +23,7 @@ import os
 from multiprocessing import Process
 
 from procwire import Pipe  # shared memory, the API of multiprocessing.Pipe
-from procwire.lessons._common import say
+from procwire.lessons._common import in_order, say
 from procwire.pipe import Connection
 
 
@@ -74,9 +74,7 @@ def one_way() -> None:
     receive_end.close()
 
 
-def main() -> None:
-    two_way()
-    one_way()
+main = in_order(two_way, one_way)
 
 
 if __name__ == "__main__":

@@ -183,6 +183,9 @@ class MapResult(ApplyResult):
         super()._set(index, (True, result))
 
 
+_NOTHING = object()  # IMapIterator: no item yet
+
+
 class _Failed:
     """An imap item that is a task's exception, raised when it is handed out."""
 
@@ -218,24 +221,27 @@ class IMapIterator:
     def __iter__(self) -> IMapIterator:
         return self
 
+    def _next_or_stop(self) -> Any:
+        """The next item, or _NOTHING while none has come; StopIteration after the last.
+        Lock held."""
+        try:
+            return self._items.popleft()
+        except IndexError:
+            if self._index == self._length:
+                self._pool = None
+                raise StopIteration from None
+            return _NOTHING
+
     def next(self, timeout: float | None = None) -> Any:
         try:
             item = self._items.popleft()  # atomic: no lock while items are waiting
         except IndexError:
             with self._cond:
-                try:
-                    item = self._items.popleft()
-                except IndexError:
-                    if self._index == self._length:
-                        self._pool = None
-                        raise StopIteration from None
+                item = self._next_or_stop()
+                if item is _NOTHING:
                     self._cond.wait(timeout)
-                    try:
-                        item = self._items.popleft()
-                    except IndexError:
-                        if self._index == self._length:
-                            self._pool = None
-                            raise StopIteration from None
+                    item = self._next_or_stop()
+                    if item is _NOTHING:
                         raise TimeoutError from None
         self._handed += 1
         if self._handed == self._wake_at and self._on_consume is not None:

@@ -1,6 +1,7 @@
 """RedisContext and the base class of every Redis-backed object."""
 from __future__ import annotations
 
+import hashlib
 import multiprocessing.context
 from typing import Any
 
@@ -15,9 +16,9 @@ class RedisContext:
                  lease: float | None = None, max_deliveries: int = 5,
                  retry_for: float | None = None) -> None:
         self.url = check_url(url)
+        # This context's own key (or PROCWIRE_AUTHKEY's): never another context's,
+        # even on the same URL. Only an unpickled context looks for one (below).
         self.authkey = _engine._authkey(authkey)
-        if self.authkey is None:
-            self.authkey = _known_authkey(url)
         self.lease = float(lease) if lease is not None else DEFAULT_LEASE
         if not self.lease > 0:
             raise ValueError(f"lease must be > 0 seconds, not {lease!r}")
@@ -31,9 +32,11 @@ class RedisContext:
     # -- pickling: the key travels only to children being started --------------------
 
     def __reduce__(self) -> tuple[Any, ...]:
-        spawning = multiprocessing.context.get_spawning_popen() is not None
-        return (_rebuild_context, (self.url, self.authkey if spawning else None, self.lease,
-                                   self.max_deliveries))
+        if multiprocessing.context.get_spawning_popen() is not None:
+            key, key_id = self.authkey, None
+        else:  # elsewhere only which key it was, for the receiver to find its own copy
+            key, key_id = None, _key_id(self.authkey)
+        return (_rebuild_context, (self.url, key, self.lease, self.max_deliveries, key_id))
 
     def __repr__(self) -> str:
         return f"<procwire.redis.RedisContext {self._engine.display}>"
@@ -118,17 +121,33 @@ class RedisContext:
                                    ctx=self, retries=retries, lease=lease)
 
 
-def _known_authkey(url: str) -> bytes | None:
+def _key_id(authkey: bytes | None) -> bytes | None:
+    """Which key, without the key (None: no key).
+
+    A hash of the key personalised apart from the signing key's derivation
+    (_engine.Engine), so it tells nothing about the key that signs payloads
+    beyond what a signed payload already does.
+    """
+    if authkey is None:
+        return None
+    return hashlib.blake2b(authkey, digest_size=16, person=b"procwire.keyid").digest()
+
+
+def _known_authkey(url: str, key_id: bytes) -> bytes | None:
     # A context unpickled without its key (outside process start) uses the
-    # key of a context this process already opened on the same URL.
-    for (u, key), e in list(_engine._engines.items()):
-        if u == url and key is not None and not e.closed:
+    # same key of a context this process already opened on the same URL, or
+    # PROCWIRE_AUTHKEY's if that is the one.
+    keys = [key for (u, key), e in list(_engine._engines.items()) if u == url and not e.closed]
+    for key in (*keys, _engine._authkey(None)):
+        if key is not None and _key_id(key) == key_id:
             return key
     return None
 
 
 def _rebuild_context(url: str, authkey: bytes | None, lease: float,
-                     max_deliveries: int) -> RedisContext:
+                     max_deliveries: int, key_id: bytes | None = None) -> RedisContext:
+    if authkey is None and key_id is not None:
+        authkey = _known_authkey(url, key_id)
     return RedisContext(url, authkey=authkey, lease=lease, max_deliveries=max_deliveries)
 
 

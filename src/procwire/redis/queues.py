@@ -164,16 +164,21 @@ class Queue(RedisObject):
 
     # -- get -----------------------------------------------------------------------
 
+    def _space_freed(self, taken: int) -> None:
+        """A bounded queue: wake as many producers waiting for space as messages taken."""
+        if not taken or not self._maxsize:
+            return
+
+        def tokens(r: redis.Redis) -> None:
+            p = r.pipeline(transaction=False)
+            p.rpush(self._space, *([b"1"] * taken))
+            p.ltrim(self._space, -self._maxsize, -1)
+            p.execute()
+        self._engine.call(tokens, what=f"get on {self.name!r}")
+
     def _got(self, blobs: list[bytes]) -> list[Any]:
         """The objects of the blobs taken, refused ones left out (and counted)."""
-        if self._maxsize:
-            # wake as many producers waiting for space as messages taken
-            def tokens(r: redis.Redis) -> None:
-                p = r.pipeline(transaction=False)
-                p.rpush(self._space, *([b"1"] * len(blobs)))
-                p.ltrim(self._space, -self._maxsize, -1)
-                p.execute()
-            self._engine.call(tokens, what=f"get on {self.name!r}")
+        self._space_freed(len(blobs))
         out = self._engine.loads_many(blobs, self._list)
         bad = Engine._BAD
         if bad in out:
@@ -531,13 +536,7 @@ class JoinableQueue(Queue):
                 continue
             self._pending.append(mid)
             out.append(obj)
-        if out and self._maxsize:
-            def tokens(r: redis.Redis) -> None:
-                p = r.pipeline(transaction=False)
-                p.rpush(self._space, *([b"1"] * len(out)))
-                p.ltrim(self._space, -self._maxsize, -1)
-                p.execute()
-            self._engine.call(tokens, what=f"get on {self.name!r}")
+        self._space_freed(len(out))
         return out
 
     def _refuse(self, mid: bytes, blob: bytes) -> None:

@@ -31,6 +31,7 @@ from procwire.errors import BrokenBarrierError
 from procwire.redis._engine import SLICE
 from procwire.redis.context import RedisContext, RedisObject
 from procwire.redis.errors import LeaseLost, OwnerDiedWarning
+from procwire.sync import wait_for
 
 _ACQUIRE = """
 -- KEYS: holders zset, meta hash; ARGV: token, lease_ms, initial value
@@ -462,18 +463,7 @@ class Condition(RedisObject):
         return woken
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
-        deadline = _deadline(True, timeout)
-        result = predicate()
-        while not result:
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self.wait(left)
-            else:
-                self.wait()
-            result = predicate()
-        return result
+        return wait_for(self.wait, predicate, timeout)
 
     def notify(self, n: int = 1) -> None:
         if not self._lock._is_owned():

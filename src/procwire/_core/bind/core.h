@@ -72,6 +72,25 @@ int pw_deadline_from(int block, PyObject *timeout, int64_t *deadline);
 int pw_parse_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                   const char *const *names, int nnames, int nrequired, PyObject **out);
 
+/* An optional integer argument: absent (NULL, or None if none_ok) leaves *v
+ * as it is; below min raises ValueError(below), a format that gets the value
+ * (%zd). 0, or -1 with an exception. Inline: absent is the common case. */
+static inline int pw_index_arg(PyObject *arg, int none_ok, Py_ssize_t min, const char *below,
+                               Py_ssize_t *v)
+{
+    if (!arg || (none_ok && arg == Py_None))
+        return 0;
+    Py_ssize_t x = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (x < min) {
+        PyErr_Format(PyExc_ValueError, below, x);
+        return -1;
+    }
+    *v = x;
+    return 0;
+}
+
 /* pw_deadline_from() for optional (NULL = default) block and timeout objects. */
 int pw_parse_block_timeout(PyObject *block, PyObject *timeout, int64_t *deadline);
 
@@ -209,15 +228,24 @@ PyObject *pw_watch_word(PwObject *o, pw_ringref *rr, PyObject *arg);
 PyObject *pw_watch_wait(PwObject *o, pw_ringref *rr, PyObject *const *args, Py_ssize_t nargs,
                         PyObject *kwnames);
 PyObject *pw_watch_kick(PwObject *o, pw_ringref *rr);
+/* Their method table entries: T##_wait_change, T##_kick. */
+#define PW_WATCH_METHODS(T)                                                                   \
+    {"_wait_change", (PyCFunction)(void (*)(void))T##_wait_change,                            \
+     METH_FASTCALL | METH_KEYWORDS, NULL},                                                    \
+    {"_kick", (PyCFunction)T##_kick, METH_NOARGS, NULL}
 
-/* A receive's copy= argument (NULL: absent): 1 if it asks for a view
- * (copy=False; procwire._loans builds it), 0 if not, -1 with an exception. */
-static inline int pw_wants_view(PyObject *copy)
+/* A receive's copy= argument (NULL: absent): copy=False sets *handled and
+ * returns self.<method>(first, timeout or None), the View that
+ * procwire._loans builds (NULL with an exception); otherwise NULL with
+ * *handled = 0: receive a copy. */
+static inline PyObject *pw_view_instead(PyObject *self, PyObject *copy, const char *method,
+                                        PyObject *first, PyObject *timeout, int *handled)
 {
-    if (!copy)
-        return 0;
-    int c = PyObject_IsTrue(copy);
-    return c < 0 ? -1 : !c;
+    int c = copy ? PyObject_IsTrue(copy) : 1;
+    *handled = c <= 0;
+    if (c != 0)
+        return NULL; /* copy (or an error: c < 0) */
+    return PyObject_CallMethod(self, method, "OO", first, timeout ? timeout : Py_None);
 }
 
 /* A handle's open loan (producers' lock of loan_rr held) and view (the
@@ -242,6 +270,8 @@ PyObject *pw_loan_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos,
 int pw_loan_commit(PwObject *o, pw_lease *l, PyObject *const *args, Py_ssize_t nargs);
 /* Gives an open loan's room back: 1 if one was open. */
 int pw_loan_abort(pw_lease *l);
+/* Before a view: 0, or -1 with RuntimeError if this handle holds one. */
+int pw_view_free(PwObject *o, const pw_lease *l);
 /* After pw_ring_peek: checks the record and returns (type, offset, length,
  * None) with the view open (*held = 1), or, if it wraps around the ring's
  * end, (type, -1, length, bytes) copied out and consumed. NULL with an

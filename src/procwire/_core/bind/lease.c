@@ -253,6 +253,15 @@ int pw_loan_abort(pw_lease *l)
 
 /* ------------------------------------------------------------------ views */
 
+int pw_view_free(PwObject *o, const pw_lease *l)
+{
+    if (!l->view_rr)
+        return 0;
+    PyErr_Format(PyExc_RuntimeError, "%U: this handle holds a view already", o->name);
+    return -1;
+}
+
+
 PyObject *pw_view_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos, uint32_t type,
                          uint64_t len, int *held)
 {

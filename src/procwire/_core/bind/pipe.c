@@ -399,33 +399,18 @@ static PyObject *PipeEnd_send_bytes(PipeEndObject *self, PyObject *const *args,
     if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
         goto out;
     Py_ssize_t n = view.len, offset = 0, size;
-    if (a[1]) {
-        offset = PyNumber_AsSsize_t(a[1], PyExc_OverflowError);
-        if (offset == -1 && PyErr_Occurred())
-            goto release;
-    }
-    if (offset < 0) {
-        PyErr_SetString(PyExc_ValueError, "offset is negative");
+    if (pw_index_arg(a[1], 0, 0, "offset is negative", &offset) < 0)
         goto release;
-    }
     if (n < offset) {
         PyErr_SetString(PyExc_ValueError, "buffer length < offset");
         goto release;
     }
-    if (a[2] && a[2] != Py_None) {
-        size = PyNumber_AsSsize_t(a[2], PyExc_OverflowError);
-        if (size == -1 && PyErr_Occurred())
-            goto release;
-        if (size < 0) {
-            PyErr_SetString(PyExc_ValueError, "size is negative");
-            goto release;
-        }
-        if (offset + size > n) {
-            PyErr_SetString(PyExc_ValueError, "buffer length < offset + size");
-            goto release;
-        }
-    } else {
-        size = n - offset;
+    size = n - offset;
+    if (pw_index_arg(a[2], 1, 0, "size is negative", &size) < 0)
+        goto release;
+    if (offset + size > n) {
+        PyErr_SetString(PyExc_ValueError, "buffer length < offset + size");
+        goto release;
     }
     if (send_buffer(self, (const char *)view.buf + offset, (uint64_t)size) == 0)
         result = Py_NewRef(Py_None);
@@ -773,6 +758,20 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
     return result;
 }
 
+/* receive() as recv_bytes and recv_bytes_into make it: entered, on a
+ * readable end, TimeoutError when the deadline passes. 0 with the message in
+ * c, or -1 with an exception. */
+static int receive_entered(PipeEndObject *self, recv_ctx *c, int64_t deadline)
+{
+    if (enter(self) < 0)
+        return -1;
+    int rc = check_readable(self) < 0 ? -1 : receive(self, c, deadline);
+    leave(self);
+    if (rc == 1)
+        raise_timeout(NO_MESSAGE);
+    return rc == 0 ? 0 : -1;
+}
+
 static int parse_timeout(PyObject *timeout, int64_t *deadline)
 {
     return pw_deadline_from(1, timeout, deadline);
@@ -788,35 +787,19 @@ static PyObject *PipeEnd_recv_bytes(PipeEndObject *self, PyObject *const *args,
     recv_ctx c = {.self = self, .maxlength = UINT64_MAX};
     if (pw_parse_args("recv_bytes", args, nargs, kwnames, recv_bytes_names, 3, 0, a) < 0)
         return NULL;
-    int view = pw_wants_view(a[2]);
-    if (view) /* in place: procwire/_loans.py builds the View */
-        return view < 0 ? NULL : PyObject_CallMethod((PyObject *)self, "_recv_view", "OO",
-                                                     a[0] ? a[0] : Py_None,
-                                                     a[1] ? a[1] : Py_None);
+    int in_place;
+    PyObject *view = pw_view_instead((PyObject *)self, a[2], "_recv_view",
+                                     a[0] ? a[0] : Py_None, a[1], &in_place);
+    if (in_place)
+        return view;
     if (parse_timeout(a[1], &deadline) < 0)
         return NULL;
-    if (a[0] && a[0] != Py_None) {
-        Py_ssize_t m = PyNumber_AsSsize_t(a[0], PyExc_OverflowError);
-        if (m == -1 && PyErr_Occurred())
-            return NULL;
-        if (m < 0) {
-            PyErr_SetString(PyExc_ValueError, "negative maxlength");
-            return NULL;
-        }
-        c.maxlength = (uint64_t)m;
-    }
-    if (enter(self) < 0)
+    Py_ssize_t m = -1;
+    if (pw_index_arg(a[0], 1, 0, "negative maxlength", &m) < 0)
         return NULL;
-    PyObject *result = NULL;
-    if (check_readable(self) == 0) {
-        int rc = receive(self, &c, deadline);
-        if (rc == 0)
-            result = c.bytes, c.bytes = NULL;
-        else if (rc == 1)
-            raise_timeout(NO_MESSAGE);
-    }
-    leave(self);
-    return result;
+    if (m >= 0)
+        c.maxlength = (uint64_t)m;
+    return receive_entered(self, &c, deadline) < 0 ? NULL : c.bytes;
 }
 
 static const char *const recv_names[] = {"timeout"};
@@ -911,31 +894,16 @@ static PyObject *PipeEnd_recv_bytes_into(PipeEndObject *self, PyObject *const *a
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t offset = 0;
-    if (a[1]) {
-        offset = PyNumber_AsSsize_t(a[1], PyExc_OverflowError);
-        if (offset == -1 && PyErr_Occurred())
-            goto release;
-    }
-    if (offset < 0) {
-        PyErr_SetString(PyExc_ValueError, "negative offset");
+    if (pw_index_arg(a[1], 0, 0, "negative offset", &offset) < 0)
         goto release;
-    }
     if (offset > view.len) {
         PyErr_SetString(PyExc_ValueError, "offset too large");
         goto release;
     }
-    if (enter(self) < 0)
-        goto release;
-    if (check_readable(self) == 0) {
-        recv_ctx c = {.self = self, .maxlength = UINT64_MAX, .into = (char *)view.buf + offset,
-                      .into_cap = (uint64_t)(view.len - offset)};
-        int rc = receive(self, &c, deadline);
-        if (rc == 0)
-            result = c.bytes ? c.bytes : PyLong_FromUnsignedLongLong(c.length);
-        else if (rc == 1)
-            raise_timeout(NO_MESSAGE);
-    }
-    leave(self);
+    recv_ctx c = {.self = self, .maxlength = UINT64_MAX, .into = (char *)view.buf + offset,
+                  .into_cap = (uint64_t)(view.len - offset)};
+    if (receive_entered(self, &c, deadline) == 0)
+        result = c.bytes ? c.bytes : PyLong_FromUnsignedLongLong(c.length);
 release:
     PyBuffer_Release(&view);
     return result;
@@ -1101,12 +1069,8 @@ static PyObject *PipeEnd_view_begin(PipeEndObject *self, PyObject *const *args,
     PyObject *a[1];
     int64_t deadline;
     if (pw_parse_args("recv_bytes", args, nargs, kwnames, view_names, 1, 0, a) < 0 ||
-        parse_timeout(a[0], &deadline) < 0)
-        return NULL;
-    if (self->lease.view_rr)
-        return PyErr_Format(PyExc_RuntimeError, "%U: this handle holds a view already",
-                            self->base.name);
-    if (enter(self) < 0)
+        parse_timeout(a[0], &deadline) < 0 || pw_view_free(&self->base, &self->lease) < 0 ||
+        enter(self) < 0)
         return NULL;
     int held = 0;
     PyObject *r = check_readable(self) < 0 ? NULL : view_or_copy(self, deadline, &held);
@@ -1148,11 +1112,11 @@ static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "end must be 0 or 1, not %d", end);
         return -1;
     }
+    Py_XSETREF(self->dumps, Py_NewRef(dumps));
+    Py_XSETREF(self->loads, Py_NewRef(loads));
     const char *what = pw_ring_object_map(&self->base, &pipe_ops, buffer, name);
     if (!what)
         return -1;
-    Py_XSETREF(self->dumps, Py_NewRef(dumps));
-    Py_XSETREF(self->loads, Py_NewRef(loads));
     struct pw_header *h = self->base.view.buf;
     struct pw_pipe *p = (struct pw_pipe *)(h + 1);
     uint64_t size = (uint64_t)self->base.view.len;
@@ -1451,8 +1415,7 @@ static PyMethodDef PipeEnd_methods[] = {
     {"_fileno", (PyCFunction)PipeEnd_fileno, METH_NOARGS, NULL},
     {"_fds", (PyCFunction)PipeEnd_fds, METH_NOARGS, NULL},
     {"_send_room", (PyCFunction)PipeEnd_send_room, METH_NOARGS, NULL},
-    {"_wait_change", FN(PipeEnd_wait_change), FASTKW, NULL},
-    {"_kick", (PyCFunction)PipeEnd_kick, METH_NOARGS, NULL},
+    PW_WATCH_METHODS(PipeEnd),
     {"_statistics", (PyCFunction)PipeEnd_statistics, METH_NOARGS, NULL},
     {"_segment_size", (PyCFunction)PipeEnd_segment_size, METH_VARARGS | METH_STATIC, NULL},
     {NULL, NULL, 0, NULL},

@@ -518,10 +518,14 @@ static const char *const put_names[] = {"obj", "block", "timeout"};
 static PyObject *Queue_put(QueueObject *self, PyObject *const *args, Py_ssize_t nargs,
                           PyObject *kwnames)
 {
-    PyObject *a[3];
-    int64_t deadline;
-    if (pw_parse_args("put", args, nargs, kwnames, put_names, 3, 1, a) < 0 ||
-        pw_parse_block_timeout(a[1], a[2], &deadline) < 0 || enter(self) < 0)
+    PyObject *a[3] = {nargs ? args[0] : NULL, NULL, NULL};
+    int64_t deadline = PW_FOREVER;
+    if (nargs != 1 || kwnames) { /* put(obj), the common call, parses nothing */
+        if (pw_parse_args("put", args, nargs, kwnames, put_names, 3, 1, a) < 0 ||
+            pw_parse_block_timeout(a[1], a[2], &deadline) < 0)
+            return NULL;
+    }
+    if (enter(self) < 0)
         return NULL;
     PyObject *r = put_one(self, a[0], deadline);
     leave(self);
@@ -591,15 +595,19 @@ static PyObject *Queue_get(QueueObject *self, PyObject *const *args, Py_ssize_t 
                           PyObject *kwnames)
 {
     PyObject *a[3];
-    int64_t deadline;
-    if (pw_parse_args("get", args, nargs, kwnames, get_names, 3, 0, a) < 0)
-        return NULL;
-    int view = pw_wants_view(a[2]);
-    if (view) /* in place: procwire/_loans.py builds the View */
-        return view < 0 ? NULL : PyObject_CallMethod((PyObject *)self, "_get_view", "OO",
-                                                     a[0] ? a[0] : Py_True,
-                                                     a[1] ? a[1] : Py_None);
-    if (pw_parse_block_timeout(a[0], a[1], &deadline) < 0 || enter(self) < 0)
+    int64_t deadline = PW_FOREVER;
+    if (nargs || kwnames) { /* get(), the common call, parses nothing */
+        if (pw_parse_args("get", args, nargs, kwnames, get_names, 3, 0, a) < 0)
+            return NULL;
+        int in_place;
+        PyObject *view = pw_view_instead((PyObject *)self, a[2], "_get_view",
+                                         a[0] ? a[0] : Py_True, a[1], &in_place);
+        if (in_place)
+            return view;
+        if (pw_parse_block_timeout(a[0], a[1], &deadline) < 0)
+            return NULL;
+    }
+    if (enter(self) < 0)
         return NULL;
     PyObject *r = get_one(self, deadline);
     leave(self);
@@ -626,15 +634,8 @@ static PyObject *Queue_get_many(QueueObject *self, PyObject *const *args, Py_ssi
     if (pw_parse_args("get_many", args, nargs, kwnames, get_many_names, 3, 0, a) < 0 ||
         pw_parse_block_timeout(a[0], a[1], &deadline) < 0)
         return NULL;
-    if (a[2] && a[2] != Py_None) {
-        max = PyNumber_AsSsize_t(a[2], PyExc_OverflowError);
-        if (max == -1 && PyErr_Occurred())
-            return NULL;
-        if (max < 1) {
-            PyErr_Format(PyExc_ValueError, "max_messages must be at least 1, not %zd", max);
-            return NULL;
-        }
-    }
+    if (pw_index_arg(a[2], 1, 1, "max_messages must be at least 1, not %zd", &max) < 0)
+        return NULL;
     /* Never take more than are there now, and no more than a batch per call
      * into the ring, so the records array stays on the stack. */
     pw_record recs[PW_BATCH];
@@ -802,39 +803,14 @@ static PyObject *Queue_join(QueueObject *self, PyObject *const *args, Py_ssize_t
     return result;
 }
 
+/* _statistics() -> dict: the live counters, read by inspect.c's one reader
+ * (the same figures `procwire stat` shows); dead sleepers' slots are freed
+ * first, so that they are not counted. */
 static PyObject *Queue_statistics(QueueObject *self, PyObject *unused)
 {
     if (enter(self) < 0)
         return NULL;
-    struct pw_ring *r = self->rr.ring;
-    uint64_t head = atomic_load(&r->head), tail = atomic_load(&r->tail);
-    /* Dead sleepers are not counted: reconcile before reporting. */
-    uint32_t consumers = pw_waiters_reconcile(&r->consumers);
-    uint32_t producers = pw_waiters_reconcile(&r->producers);
-    uint32_t joiners = pw_waiters_reconcile(&r->joiners);
-    PyObject *d = Py_BuildValue(
-        "{s:K,s:I,s:I,s:K,s:K,s:K,s:K,s:K,s:K,s:I,s:I,s:I,s:I,s:K,s:K,s:K}",
-        "capacity", (unsigned long long)self->rr.capacity, "maxsize", r->maxsize,
-        "messages", pw_count(tail) - pw_count(head),
-        "bytes_used", (unsigned long long)(uint32_t)(pw_pos(tail) - pw_pos(head)),
-        "total_in", (unsigned long long)pw_widen_count(atomic_load(&r->total_in), pw_count(tail)),
-        "total_out", (unsigned long long)pw_widen_count(atomic_load(&r->total_out), pw_count(head)),
-        "bytes_in", (unsigned long long)atomic_load(&r->bytes_in),
-        "bytes_out", (unsigned long long)atomic_load(&r->bytes_out),
-        "owner_died", (unsigned long long)(atomic_load(&r->tail_owner_died) +
-                                           atomic_load(&r->head_owner_died)),
-        "consumers_waiting", consumers,
-        "producers_waiting", producers,
-        "joiners_waiting", joiners,
-        "unfinished_tasks", pw_count(tail) - atomic_load(&r->tasks_done),
-        "wake_syscalls", (unsigned long long)(atomic_load(&r->consumers.wakes) +
-                                              atomic_load(&r->producers.wakes) +
-                                              atomic_load(&r->joiners.wakes)),
-        "dead_waiters_reaped", (unsigned long long)(atomic_load(&r->consumers.reaped) +
-                                                    atomic_load(&r->producers.reaped) +
-                                                    atomic_load(&r->joiners.reaped)),
-        /* advisory: bytes of spilled records not yet taken */
-        "spill_bytes", (unsigned long long)pw_ring_spill_bytes(&self->rr));
+    PyObject *d = pw_counters(PW_KIND_QUEUE, self->rr.ring, 1);
     leave(self);
     return d;
 }
@@ -966,12 +942,8 @@ static PyObject *Queue_view_begin(QueueObject *self, PyObject *const *args, Py_s
     PyObject *a[2];
     int64_t deadline;
     if (pw_parse_args("get", args, nargs, kwnames, get_names, 2, 0, a) < 0 ||
-        pw_parse_block_timeout(a[0], a[1], &deadline) < 0)
-        return NULL;
-    if (self->lease.view_rr)
-        return PyErr_Format(PyExc_RuntimeError, "%U: this handle holds a view already",
-                            self->base.name);
-    if (enter(self) < 0)
+        pw_parse_block_timeout(a[0], a[1], &deadline) < 0 ||
+        pw_view_free(&self->base, &self->lease) < 0 || enter(self) < 0)
         return NULL;
     if (raise_pending(self)) {
         leave(self);
@@ -1111,9 +1083,7 @@ static PyMethodDef Queue_methods[] = {
     {"_release", (PyCFunction)Queue_release, METH_NOARGS, NULL},
     {"_word", (PyCFunction)Queue_word, METH_O, NULL},
     {"_set_spill_fd", (PyCFunction)Queue_set_spill_fd, METH_O, NULL},
-    {"_wait_change", (PyCFunction)(void (*)(void))Queue_wait_change, METH_FASTCALL | METH_KEYWORDS,
-     NULL},
-    {"_kick", (PyCFunction)Queue_kick, METH_NOARGS, NULL},
+    PW_WATCH_METHODS(Queue),
     {"_segment_size", (PyCFunction)Queue_segment_size, METH_O | METH_STATIC, NULL},
     {NULL, NULL, 0, NULL},
 };

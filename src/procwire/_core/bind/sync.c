@@ -66,9 +66,6 @@ static inline pid_t my_tid(void)
     return cached_tid;
 }
 
-#define mutex_holder(m) ((pid_t)pw_mutex_holder(m))
-#define mutex_owner_died(m) pw_mutex_owner_died(m)
-
 static int never(void *ctx)
 {
     return 0;
@@ -321,7 +318,7 @@ static int Lock_init(LockObject *self, PyObject *args, PyObject *kwds)
 /* This thread of this process holds the mutex (through any handle). */
 static inline int held_by_this_thread(struct pw_lock *l)
 {
-    return mutex_holder(&l->mutex) == my_tid() && !mutex_owner_died(&l->mutex) &&
+    return pw_mutex_holder(&l->mutex) == my_tid() && !pw_mutex_owner_died(&l->mutex) &&
            atomic_load_explicit(&l->holder_proc, memory_order_relaxed) == proc_id;
 }
 
@@ -389,8 +386,8 @@ static int drop_own_hold(LockObject *self, struct pw_lock *l)
 /* Another live thread of this process holds the mutex through this handle. */
 static pid_t other_thread_holds_via(LockObject *self, struct pw_lock *l)
 {
-    pid_t holder = mutex_holder(&l->mutex);
-    if (!holder || holder == my_tid() || self->mine == 0 || mutex_owner_died(&l->mutex) ||
+    pid_t holder = pw_mutex_holder(&l->mutex);
+    if (!holder || holder == my_tid() || self->mine == 0 || pw_mutex_owner_died(&l->mutex) ||
         atomic_load(&l->holder_proc) != proc_id || atomic_load(&l->holder_hold) != self->hold)
         return 0;
     char task[64];
@@ -549,7 +546,7 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
         }
         if (deadline == 0)
             Py_RETURN_FALSE;
-        if (rc == EDEADLK || mutex_holder(&l->mutex) == my_tid()) {
+        if (rc == EDEADLK || pw_mutex_holder(&l->mutex) == my_tid()) {
             /* Same tid, another process: another PID namespace. */
             if (self->sync.base.guard.closed)
                 return closed_while_waiting(&self->sync);
@@ -578,7 +575,7 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
     pw_sleeper_leave(&sl);
     if (r == PW_OK || r == PW_OWNER_DIED) /* pw_mutex_lock made it consistent already */
         return acquired(self, l, r == PW_OWNER_DIED);
-    if (r == PW_EDEADLK && !held_by_this_thread(l) && mutex_holder(&l->mutex) == my_tid())
+    if (r == PW_EDEADLK && !held_by_this_thread(l) && pw_mutex_holder(&l->mutex) == my_tid())
         /* EDEADLK from a same-tid holder in another PID namespace. */
         return lock_acquire_slow(self, l, EDEADLK, deadline);
     return wait_result(&self->sync, r);
@@ -630,7 +627,7 @@ static PyObject *Lock_release(LockObject *self, PyObject *unused)
     if (!l)
         return NULL;
     if (!held_by_this_thread(l) || (l->recursive && !held_via(self, l))) {
-        pid_t holder = mutex_holder(&l->mutex);
+        pid_t holder = pw_mutex_holder(&l->mutex);
         if (l->recursive)
             PyErr_SetString(PyExc_AssertionError,
                             "attempt to release recursive lock not owned by thread");
@@ -731,7 +728,7 @@ static PyObject *Lock_get_owner_died(LockObject *self, void *closure)
     struct pw_lock *l = lock_of(self);
     if (!l)
         return NULL;
-    return PyBool_FromLong(atomic_load(&l->inconsistent) || mutex_owner_died(&l->mutex));
+    return PyBool_FromLong(atomic_load(&l->inconsistent) || pw_mutex_owner_died(&l->mutex));
 }
 
 static PyMethodDef Lock_methods[] = {

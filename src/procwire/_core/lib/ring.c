@@ -250,13 +250,6 @@ int pw_ring_set_spill(pw_ringref *rr, int fd)
     return PW_OK;
 }
 
-uint64_t pw_ring_spill_bytes(const pw_ringref *rr)
-{
-    struct pw_ring *r = rr->ring;
-    uint64_t h = atomic_load(&r->ov_head), t = atomic_load(&r->ov_tail);
-    return t > h ? t - h : 0; /* ov_tail is stored just after the publish */
-}
-
 static uint64_t spill_record_size(uint64_t len) { return PW_SPILL_HEADER + ((len + 7) & ~7ULL); }
 
 /* 1 while the spill holds messages or a dead producer's intent is open
@@ -679,8 +672,8 @@ static int unlock_and_wait(pw_ringref *rr, pthread_mutex_t *lock, _Atomic uint64
 
 /* lock_head once a message waits (the take's and the peek's wait): PW_OK with
  * the head lock held, PW_TIMEOUT, PW_CANCELLED or an error. */
-static inline int lock_head_nonempty(pw_ringref *rr, int64_t deadline, uint64_t *head,
-                                     uint64_t *tail)
+static inline __attribute__((always_inline)) int
+lock_head_nonempty(pw_ringref *rr, int64_t deadline, uint64_t *head, uint64_t *tail)
 {
     struct pw_ring *r = rr->ring;
     const int64_t lock_deadline = lock_deadline_for(deadline);

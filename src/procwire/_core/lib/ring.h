@@ -196,9 +196,6 @@ uint64_t pw_ring_used_bytes(const pw_ringref *rr);
 int pw_ring_wait_word(pw_ringref *rr, int side, uint64_t token, int64_t deadline);
 void pw_ring_kick(pw_ringref *rr);
 
-/* Bytes of spilled records not yet taken (advisory). */
-uint64_t pw_ring_spill_bytes(const pw_ringref *rr);
-
 /* Test hook (bind/testing.c, tests/native): takes a side's lock and keeps it
  * ("head" or "tail"); with `partial` writes half a record beyond the tail,
  * with `publish` moves the side's position by one message as a process
