@@ -119,8 +119,6 @@ def _reserve(fd: int, size: int, what: str, where: str | None) -> None:
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 _SEALS_GROWABLE = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 
-_KIND_QUEUE = 1  # layout.h, enum pw_kind
-
 
 def mapped_size(fd: int, file_size: int) -> int:
     """How many bytes of a segment file to map: the whole file, except for a queue.
@@ -130,7 +128,7 @@ def mapped_size(fd: int, file_size: int) -> int:
     never mapped. Anything else is mapped whole and validated as before.
     """
     head = os.pread(fd, 64, 0)
-    if len(head) == 64 and int.from_bytes(head[12:16], "little") == _KIND_QUEUE:
+    if len(head) == 64 and int.from_bytes(head[12:16], "little") == _core.KIND_QUEUE:
         claimed = int.from_bytes(head[16:24], "little")
         if 0 < claimed < file_size:
             return claimed

@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from loancrash import killed_inside
+from loanchecks import close_ends_this_threads_leases, killed_inside, loan_and_view
 from procwire import MessageTooLarge, Pipe
 from procwire.pipe import Loan, View
 
@@ -71,10 +71,7 @@ def test_one_way_pipes_loan_on_the_sending_end_only():
             r.loan(1)
         with pytest.raises(OSError, match="write-only"):
             w.recv_bytes(copy=False)
-        with w.loan(2) as buf:
-            buf[:] = b"ok"
-        with r.recv_bytes(copy=False, timeout=5) as v:
-            assert bytes(v) == b"ok"
+        loan_and_view(w, r.recv_bytes, b"ok")
     finally:
         r.close()
         w.close()
@@ -180,13 +177,7 @@ def test_a_blocked_view_sees_eof_and_close(pipe):
 
 def test_close_ends_this_threads_loans_and_views(pipe):
     a, b = pipe
-    a.send_bytes(b"kept")
-    view = b.recv_bytes(copy=False)
-    loan = b.loan(10)
-    b.close()
-    with pytest.raises(ValueError, match="already published or discarded"):
-        loan.publish()
-    view.release()  # already released by close(): a no-op
+    close_ends_this_threads_leases(b, a.send_bytes, b.recv_bytes)
 
 
 # -- crashes -------------------------------------------------------------------------
@@ -213,7 +204,4 @@ def test_a_reader_killed_holding_a_view_frees_it(ctx, pipe):
     assert not b.poll()
     stats = b.statistics()
     assert stats["recv_owner_died"] == 1 and stats["messages_received"] == 2
-    with a.loan(4) as buf:
-        buf[:] = b"more"
-    with b.recv_bytes(copy=False, timeout=10) as v:
-        assert bytes(v) == b"more"
+    loan_and_view(a, b.recv_bytes, b"more")

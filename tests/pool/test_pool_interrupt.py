@@ -184,3 +184,43 @@ def test_random_ctrl_c_while_submitting_never_loses_a_task(default_sigint):
         assert len(results) <= stats.tasks_done <= len(results) + rounds
     finally:
         pool.terminate()
+
+
+def _fork_and_try_ctrl_c(result: dict) -> None:
+    """From a thread: fork; the child reports whether Ctrl-C raises KeyboardInterrupt in it."""
+    pid = os.fork()
+    if pid == 0:
+        code = 2
+        try:
+            try:
+                _ctrl_c()
+                for _ in range(1000):  # bytecodes: the handler runs at one of them
+                    pass
+            except KeyboardInterrupt:
+                code = 0
+        finally:
+            os._exit(code)
+    result["exitcode"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_a_process_forked_during_a_submission_gets_ctrl_c_back(monkeypatch, default_sigint):
+    """Another thread forks while the main thread holds Ctrl-C back in a submission:
+    in the child that thread is the main one, and Ctrl-C must raise there."""
+    pool = procwire.Pool(1)
+    try:
+        assert pool.apply(sq, (2,)) == 4
+        real = LocalCore._write
+        result: dict = {}
+
+        def fork_meanwhile(self, w, data):
+            if not result and threading.current_thread() is threading.main_thread():
+                forker = threading.Thread(target=_fork_and_try_ctrl_c, args=(result,))
+                forker.start()
+                forker.join(WAIT)
+            return real(self, w, data)
+
+        monkeypatch.setattr(LocalCore, "_write", fork_meanwhile)
+        assert pool.apply(sq, (3,)) == 9
+        assert result == {"exitcode": 0}, "Ctrl-C stayed held in the forked child"
+    finally:
+        pool.terminate()

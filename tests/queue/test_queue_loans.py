@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from loancrash import killed_inside
+from loanchecks import close_ends_this_threads_leases, killed_inside, loan_and_view
 from procwire import MessageTooLarge, Queue
 from procwire.queue import Loan, View
 
@@ -208,13 +208,7 @@ def test_get_copy_false_times_out_and_refuses_a_second_view(q):
 
 def test_close_ends_this_threads_loans_and_views():
     q = Queue()
-    q.put(b"kept")
-    view = q.get(copy=False)
-    loan = q.loan(10)
-    q.close()
-    with pytest.raises(ValueError, match="already published or discarded"):
-        loan.publish()
-    view.release()  # already released by close(): a no-op
+    close_ends_this_threads_leases(q, q.put, q.get)
 
 
 # -- crashes -------------------------------------------------------------------------
@@ -246,9 +240,6 @@ def test_a_reader_killed_holding_a_view_frees_it(ctx):
         stats = q.statistics()
         assert stats["owner_died"] == 1
         assert stats["total_out"] == stats["total_in"] == 2 and stats["bytes_used"] == 0
-        with q.loan(4) as buf:
-            buf[:] = b"more"
-        with q.get(copy=False, timeout=10) as v:
-            assert bytes(v) == b"more"
+        loan_and_view(q, q.get, b"more")
     finally:
         q.close()

@@ -102,12 +102,13 @@ class _CtrlCHeld:
     """
 
     def __init__(self) -> None:
+        self.main = threading.main_thread().ident  # where handlers run (ident: cheaper)
         self.blocks: list[bool] = []   # the main thread's open blocks: holding or not
         self.previous: Any = None      # the handler put back at the end
         self.pending: tuple[int, Any] | None = None
 
     def __enter__(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        if threading.get_ident() != self.main:
             return
         blocks = self.blocks
         if blocks:
@@ -124,8 +125,17 @@ class _CtrlCHeld:
     def _record(self, signum: int, frame: Any) -> None:
         self.pending = (signum, frame)
 
+    def _after_fork_in_child(self) -> None:
+        # A thread forked while the main thread held Ctrl-C: the child's only
+        # thread would never leave that block; give it its handler back.
+        self.main = threading.get_ident()
+        holding, self.blocks, self.pending = any(self.blocks), [], None
+        if holding:
+            _signal.signal(_SIGINT, self.previous)
+        self.previous = None
+
     def __exit__(self, *exc: object) -> None:
-        if threading.current_thread() is not threading.main_thread() or not self.blocks.pop():
+        if threading.get_ident() != self.main or not self.blocks.pop():
             return
         previous, self.previous = self.previous, None
         _signal.signal(_SIGINT, previous)
@@ -135,6 +145,7 @@ class _CtrlCHeld:
 
 
 _ctrl_c_held = _CtrlCHeld()
+os.register_at_fork(after_in_child=_ctrl_c_held._after_fork_in_child)
 
 
 class Span:

@@ -388,9 +388,11 @@ static const char *const send_bytes_names[] = {"buf", "offset", "size"};
 static PyObject *PipeEnd_send_bytes(PipeEndObject *self, PyObject *const *args,
                                     Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *a[3];
-    if (pw_parse_args("send_bytes", args, nargs, kwnames, send_bytes_names, 3, 1, a) < 0 ||
-        enter(self) < 0)
+    PyObject *a[3] = {nargs ? args[0] : NULL, NULL, NULL};
+    if ((nargs != 1 || kwnames) && /* send_bytes(buf), the common call, parses nothing */
+        pw_parse_args("send_bytes", args, nargs, kwnames, send_bytes_names, 3, 1, a) < 0)
+        return NULL;
+    if (enter(self) < 0)
         return NULL;
     PyObject *result = NULL;
     Py_buffer view;
@@ -783,22 +785,23 @@ static PyObject *PipeEnd_recv_bytes(PipeEndObject *self, PyObject *const *args,
                                     Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *a[3];
-    int64_t deadline;
+    int64_t deadline = PW_FOREVER;
     recv_ctx c = {.self = self, .maxlength = UINT64_MAX};
-    if (pw_parse_args("recv_bytes", args, nargs, kwnames, recv_bytes_names, 3, 0, a) < 0)
-        return NULL;
-    int in_place;
-    PyObject *view = pw_view_instead((PyObject *)self, a[2], "_recv_view",
-                                     a[0] ? a[0] : Py_None, a[1], &in_place);
-    if (in_place)
-        return view;
-    if (parse_timeout(a[1], &deadline) < 0)
-        return NULL;
-    Py_ssize_t m = -1;
-    if (pw_index_arg(a[0], 1, 0, "negative maxlength", &m) < 0)
-        return NULL;
-    if (m >= 0)
-        c.maxlength = (uint64_t)m;
+    if (nargs || kwnames) { /* recv_bytes(), the common call, parses nothing */
+        Py_ssize_t m = -1;
+        int in_place;
+        if (pw_parse_args("recv_bytes", args, nargs, kwnames, recv_bytes_names, 3, 0, a) < 0)
+            return NULL;
+        PyObject *view = pw_view_instead((PyObject *)self, a[2], "_recv_view",
+                                         a[0] ? a[0] : Py_None, a[1], &in_place);
+        if (in_place)
+            return view;
+        if (parse_timeout(a[1], &deadline) < 0 ||
+            pw_index_arg(a[0], 1, 0, "negative maxlength", &m) < 0)
+            return NULL;
+        if (m >= 0)
+            c.maxlength = (uint64_t)m;
+    }
     return receive_entered(self, &c, deadline) < 0 ? NULL : c.bytes;
 }
 

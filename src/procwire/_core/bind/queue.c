@@ -118,18 +118,9 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
             pw_ring_init_spill(r, size);
         pw_header_publish(h);
     } else {
-        int rc = pw_header_validate_kind(h, size, kind, what);
-        if (!rc)
-            rc = pw_ring_validate(r, size - h->data_offset, what);
+        int rc = pw_segment_validate(h, size, PW_KIND_QUEUE, what); /* a ring only */
         if (rc) {
             pw_raise(rc);
-            goto fail;
-        }
-        if ((r->ring_flags & ~PW_RING_SPILL) ||
-            ((r->ring_flags & PW_RING_SPILL) && r->spill_base != size)) {
-            pw_raise(pw_fail(PW_ECORRUPT, "%s is corrupt: ring flags %u, spill area at %llu "
-                             "(mapping %llu bytes)", what, r->ring_flags,
-                             (unsigned long long)r->spill_base, (unsigned long long)size));
             goto fail;
         }
     }
@@ -504,12 +495,15 @@ static PyObject *put_objects(QueueObject *self, PyObject *const *items, Py_ssize
 /* put_objects() for one item, without a batch's arrays on the stack. */
 static PyObject *put_one(QueueObject *self, PyObject *obj, int64_t deadline)
 {
+    if (enter(self) < 0)
+        return NULL;
     pw_msg m;
     msg_refs x;
     size_t done = 0;
     int rc = msg_prepare(self, obj, &m, &x) < 0 ? PW_ERAISED
              : pw_ring_put(&self->rr, &m, 1, &done, deadline);
     msg_release(&m, &x);
+    leave(self);
     return rc ? ring_failed(self, rc, pw_get_state()->Full) : Py_NewRef(Py_None);
 }
 
@@ -525,20 +519,12 @@ static PyObject *Queue_put(QueueObject *self, PyObject *const *args, Py_ssize_t 
             pw_parse_block_timeout(a[1], a[2], &deadline) < 0)
             return NULL;
     }
-    if (enter(self) < 0)
-        return NULL;
-    PyObject *r = put_one(self, a[0], deadline);
-    leave(self);
-    return r;
+    return put_one(self, a[0], deadline);
 }
 
 static PyObject *Queue_put_nowait(QueueObject *self, PyObject *obj)
 {
-    if (enter(self) < 0)
-        return NULL;
-    PyObject *r = put_one(self, obj, 0);
-    leave(self);
-    return r;
+    return put_one(self, obj, 0);
 }
 
 static const char *const put_many_names[] = {"items", "block", "timeout"};
@@ -574,19 +560,18 @@ static int raise_pending(QueueObject *self)
     return 1;
 }
 
+/* get() and get_nowait(): one message. */
 static PyObject *get_one(QueueObject *self, int64_t deadline)
 {
-    if (raise_pending(self))
+    if (enter(self) < 0)
         return NULL;
     pw_record rec;
-    Py_ssize_t got = take_records(self, &rec, 1, deadline);
-    if (got < 0)
-        return NULL;
-    if (got == 0) {
+    Py_ssize_t got = raise_pending(self) ? -1 : take_records(self, &rec, 1, deadline);
+    if (got == 0)
         PyErr_SetNone(pw_get_state()->Empty);
-        return NULL;
-    }
-    return record_to_object(self, &rec);
+    PyObject *r = got > 0 ? record_to_object(self, &rec) : NULL;
+    leave(self);
+    return r;
 }
 
 static const char *const get_names[] = {"block", "timeout", "copy"};
@@ -607,20 +592,12 @@ static PyObject *Queue_get(QueueObject *self, PyObject *const *args, Py_ssize_t 
         if (pw_parse_block_timeout(a[0], a[1], &deadline) < 0)
             return NULL;
     }
-    if (enter(self) < 0)
-        return NULL;
-    PyObject *r = get_one(self, deadline);
-    leave(self);
-    return r;
+    return get_one(self, deadline);
 }
 
 static PyObject *Queue_get_nowait(QueueObject *self, PyObject *unused)
 {
-    if (enter(self) < 0)
-        return NULL;
-    PyObject *r = get_one(self, 0);
-    leave(self);
-    return r;
+    return get_one(self, 0);
 }
 
 static const char *const get_many_names[] = {"block", "timeout", "max_messages"};

@@ -668,9 +668,8 @@ static PyObject *Lock_is_mine(LockObject *self, PyObject *unused)
 static PyObject *Lock_count(LockObject *self, PyObject *unused)
 {
     struct pw_lock *l = lock_of(self);
-    if (!l)
-        return NULL;
-    return PyLong_FromUnsignedLong(held_via(self, l) ? (l->recursive ? self->mine : 1) : 0);
+    return l ? PyLong_FromUnsignedLong(held_via(self, l) ? (l->recursive ? self->mine : 1) : 0)
+             : NULL;
 }
 
 /* _release_save() -> depth: releases what this handle holds (Condition.wait). */
@@ -726,9 +725,8 @@ static PyObject *Lock_make_consistent(LockObject *self, PyObject *unused)
 static PyObject *Lock_get_owner_died(LockObject *self, void *closure)
 {
     struct pw_lock *l = lock_of(self);
-    if (!l)
-        return NULL;
-    return PyBool_FromLong(atomic_load(&l->inconsistent) || pw_mutex_owner_died(&l->mutex));
+    return l ? PyBool_FromLong(atomic_load(&l->inconsistent) || pw_mutex_owner_died(&l->mutex))
+             : NULL;
 }
 
 static PyMethodDef Lock_methods[] = {

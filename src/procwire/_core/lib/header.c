@@ -139,8 +139,15 @@ int pw_segment_validate(const void *base, uint64_t size, uint32_t kind, const ch
     const struct pw_header *h = base;
     const void *p = h + 1;
     switch (h->kind) {
-    case PW_KIND_QUEUE:
-        return pw_ring_validate(p, size - h->data_offset, what);
+    case PW_KIND_QUEUE: {
+        const struct pw_ring *r = p;
+        if ((r->ring_flags & ~PW_RING_SPILL) ||
+            ((r->ring_flags & PW_RING_SPILL) && r->spill_base != size))
+            return pw_fail(PW_ECORRUPT, "%s is corrupt: ring flags %u, spill area at %llu "
+                           "(mapping %llu bytes)", what, r->ring_flags,
+                           (unsigned long long)r->spill_base, (unsigned long long)size);
+        return pw_ring_validate(r, size - h->data_offset, what);
+    }
     case PW_KIND_LOCK:
     case PW_KIND_RLOCK:
         return pw_mutex_check(&((const struct pw_lock *)p)->mutex, what);
