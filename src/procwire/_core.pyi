@@ -66,7 +66,9 @@ def mapping_lost(token: int, /) -> bool: ...
 # a Condition or a Value/Array with an embedded lock a nested dict: its keys
 # depend on the kind read from shared memory, so the values stay Any
 # (procwire.stats reads them by kind). inspect.c is the one reader of every
-# kind's counters: the sync types' _counters() come from it too.
+# kind's counters: the sync types' _counters() and the Queue's and a Pipe end's
+# _statistics() come from it too (a pipe segment's: one dict per end, under
+# "end0" and "end1").
 def inspect(buffer: Buffer, /) -> dict[str, Any]: ...
 # inspect() of a Value/Array segment of `kind` (0: either), errors naming `what`.
 def shared_info(buffer: Buffer, kind: int, what: str, /) -> dict[str, Any]: ...

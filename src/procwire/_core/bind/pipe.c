@@ -293,20 +293,43 @@ static int sleep_in_ppoll(void *ctx, uint32_t unused, int64_t until)
     return PW_OK;
 }
 
+/* What await_data() found. */
+enum { WAIT_AGAIN, WAIT_TIMEOUT, WAIT_ERROR, WAIT_ENDED };
+
 /*
- * Waits until the ring's tail moves away from `tail`, the peer's end is gone,
- * this handle is closed, or the deadline passes. Returns 0 (re-check), 1
- * timeout, -1 with an exception set.
+ * The one wait of a receiver (receive, poll, view_or_copy) that found the
+ * ring empty with its tail at `tail`. With `eof`, a closed peer first ends
+ * it: EOFError once nothing is left (the peer published everything before
+ * closing, so a non-empty ring gets one last look). Otherwise it waits until
+ * the tail moves, the peer's end is gone, this handle is closed, or the
+ * deadline passes. Returns WAIT_AGAIN (re-check the ring), WAIT_TIMEOUT (the
+ * deadline passed and the tail did not move), WAIT_ERROR (the wait raised:
+ * a signal's exception, Ctrl-C) or WAIT_ENDED (EOFError, or the closed
+ * handle's error, set).
  */
-static int wait_for_data(PipeEndObject *self, uint64_t tail, int64_t deadline)
+static int await_data(PipeEndObject *self, uint64_t tail, int64_t deadline, int eof)
 {
+    if (eof && peer_closed(self)) {
+        if (pw_ring_count(&self->in))
+            return WAIT_AGAIN;
+        raise_eof();
+        return WAIT_ENDED;
+    }
     struct data_wait d = {self, tail};
     pw_wait w = {.done = data_arrived, .ctx = &d, .waiters = &self->me->receivers,
-                 .spin = &self->in.spin, .peer_cpu = &self->in.ring->tail_cpu, .cancel = &self->base.guard.closed, .sleep = sleep_in_ppoll};
+                 .spin = &self->in.spin, .peer_cpu = &self->in.ring->tail_cpu,
+                 .cancel = &self->base.guard.closed, .sleep = sleep_in_ppoll};
     int rc = pw_wait_until(&w, deadline);
-    if (rc == PW_OK || rc == PW_CANCELLED)
-        return 0;
-    return rc == PW_TIMEOUT ? 1 : pw_raise_int(rc);
+    if (rc != PW_OK && rc != PW_CANCELLED && rc != PW_TIMEOUT) {
+        pw_raise_int(rc);
+        return WAIT_ERROR;
+    }
+    if (self->base.guard.closed) { /* close() from another thread of ours */
+        closed_error(self);
+        return WAIT_ENDED;
+    }
+    return rc == PW_TIMEOUT && atomic_load(&self->in.ring->tail) == tail ? WAIT_TIMEOUT
+                                                                        : WAIT_AGAIN;
 }
 
 /* ----------------------------------------------------------------- send */
@@ -721,31 +744,13 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
             }
             continue; /* PARTIAL or SKIPPED */
         }
-        if (peer_closed(self)) {
-            /* The peer published everything before closing: one last look. */
-            if (pw_ring_count(&self->in))
-                continue;
-            ctx_drop(c);
-            raise_eof();
-            result = -1;
-            break;
-        }
-        rc = wait_for_data(self, tail, deadline);
-        if (rc < 0) {
-            stash_partial(self, c); /* a signal: Ctrl-C loses nothing either */
-            result = -1;
-            break;
-        }
-        if (self->base.guard.closed) { /* close() from another thread of ours */
-            closed_error(self);
-            result = -1;
-            break;
-        }
-        if (rc == 1 && atomic_load(&self->in.ring->tail) == tail) {
-            stash_partial(self, c);
-            result = 1;
-            break;
-        }
+        rc = await_data(self, tail, deadline, 1);
+        if (rc == WAIT_AGAIN)
+            continue;
+        if (rc != WAIT_ENDED)
+            stash_partial(self, c); /* a timeout or a signal: Ctrl-C loses nothing either */
+        result = rc == WAIT_TIMEOUT ? 1 : -1;
+        break;
     }
     pw_mutex_unlock(&me->recv_lock);
     if (result != 0)
@@ -935,17 +940,11 @@ static PyObject *PipeEnd_poll(PipeEndObject *self, PyObject *const *args, Py_ssi
                 result = Py_NewRef(Py_True);
                 break;
             }
-            int rc = wait_for_data(self, tail, deadline);
-            if (rc < 0)
-                break;
-            if (self->base.guard.closed) {
-                closed_error(self);
-                break;
-            }
-            if (rc == 1) {
+            int rc = await_data(self, tail, deadline, 0);
+            if (rc == WAIT_TIMEOUT)
                 result = PyBool_FromLong(pw_ring_count(&self->in) || peer_hup(self));
+            if (rc != WAIT_AGAIN)
                 break;
-            }
         }
         if (result == Py_True)
             resync_after_take(self);
@@ -1051,15 +1050,11 @@ static PyObject *view_or_copy(PipeEndObject *self, int64_t deadline, int *held)
         }
         if (rc != PW_TIMEOUT)
             return raise_status(self, rc, NO_MESSAGE);
-        if (peer_closed(self) && !pw_ring_count(&self->in))
-            return raise_eof(); /* the peer published everything before closing */
-        rc = wait_for_data(self, tail, deadline);
-        if (rc < 0)
-            return NULL;
-        if (self->base.guard.closed)
-            return closed_error(self);
-        if (rc == 1 && atomic_load(&self->in.ring->tail) == tail)
+        rc = await_data(self, tail, deadline, 1);
+        if (rc == WAIT_TIMEOUT)
             return raise_timeout(NO_MESSAGE);
+        if (rc != WAIT_AGAIN)
+            return NULL;
     }
 }
 
