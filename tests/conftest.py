@@ -19,7 +19,7 @@ import time
 import pytest
 from _pytest.reports import TestReport
 
-from leakcheck import children as _children, is_leak, shm_entries as _shm_entries
+from leakcheck import children as _children, leaks, shm_entries as _shm_entries
 
 # The cleanup tracker (procwire._tracker) removes the names of killed creators.
 # The suite runs without it unless PROCWIRE_TRACKER=1 is set, so that the leak
@@ -144,7 +144,7 @@ def leak_check(request):
     # Other test sessions share /dev/shm: only this test's own entries count
     # (and are removed); see leakcheck.py.
     now_children = _children()
-    leaked_shm = {e for e in _shm_entries() - shm if is_leak(e, now_children)}
+    leaked_shm = leaks(_shm_entries() - shm, now_children)
     leaked_fds = _open_fds() - fds
     for pid in extra_children:
         try:

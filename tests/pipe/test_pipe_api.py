@@ -228,6 +228,27 @@ def test_statistics(pair):
     assert st["bytes_received"] >= 1_500_003
 
 
+def test_statistics_are_the_segments_counters(pair):
+    # One reader: each end's statistics() is what _core.inspect reads from the
+    # segment for that end (the view `procwire stat` would have of it).
+    from procwire import _core
+    from procwire.stats import ConnectionStatistics
+    r, w = pair
+    w.send_bytes(b"abc")
+    w.send_bytes(b"de")
+    r.recv_bytes()
+    for conn in (r, w):
+        seen = _core.inspect(conn._segment.buffer)
+        assert seen["kind"] == "pipe"
+        st = conn.statistics()
+        assert st == ConnectionStatistics.from_counters(seen[f"end{conn._end}"])
+        assert st.end == conn._end
+    assert r.statistics().messages_waiting == 1 and w.statistics().messages_sent == 2
+    assert r.statistics().bytes_received == 3 and not w.statistics().peer_closed
+    r.close()
+    assert w.statistics().peer_closed
+
+
 def test_small_capacity_streams_everything_bigger():
     a, b = procwire.Pipe(capacity=4096)
     with a, b:

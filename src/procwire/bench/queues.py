@@ -339,35 +339,97 @@ def round_trip(impl: str, trips: int, pin: list[int] | None = None,
     return latency(times[trips // 10:])  # drop the warm-up tenth
 
 
-def _loan_producer(q: Any, size: int, n: int, mode: str, go: Any) -> None:
+class _LoanEnds:
+    """Both sides of a loan workload: a procwire Queue, or a procwire Pipe (one
+    way). ``loan``, ``put`` and the sentinel write; ``view`` and ``get`` read,
+    None at the end."""
+
+    def __init__(self, transport: str, capacity: int) -> None:
+        import procwire
+        self.transport = transport
+        if transport == "Pipe":
+            import procwire.pipe
+            self.rx, self.tx = procwire.pipe.Pipe(duplex=False, capacity=capacity)
+        else:
+            self.q = procwire.Queue(capacity=capacity)
+
+    def loan(self, size: int) -> Any:
+        return (self.tx if self.transport == "Pipe" else self.q).loan(size)
+
+    def put(self, frame: Any) -> None:
+        if self.transport == "Pipe":
+            self.tx.send_bytes(frame)
+        else:
+            self.q.put(frame)
+
+    def end(self) -> None:
+        if self.transport == "Pipe":
+            self.tx.send_bytes(b"")
+        else:
+            self.q.put(None)
+
+    def view(self) -> Any:
+        """A View whose value is the message's bytes, or None (empty) at the end."""
+        if self.transport == "Pipe":
+            return self.rx.recv_bytes(copy=False)
+        return self.q.get(copy=False)
+
+    def get(self) -> Any:
+        """The next message as a numpy array, or None at the end."""
+        if self.transport == "Pipe":
+            import numpy as np
+            data = self.rx.recv_bytes()
+            return np.frombuffer(data, np.float64) if data else None
+        return self.q.get()
+
+    def close(self) -> None:
+        if self.transport == "Pipe":
+            self.rx.close()
+            self.tx.close()
+        else:
+            self.q.close()
+
+
+def _loan_producer(ends: _LoanEnds, size: int, n: int, mode: str, go: Any,
+                   cpu: int | None) -> None:
     import numpy as np
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     frame: Any = np.arange(size // 8, dtype=np.float64)
     go.wait()
     if mode == "loan":
         for _ in range(n):
-            with q.loan(size) as buf:
+            with ends.loan(size) as buf:
                 np.copyto(np.frombuffer(buf, np.float64), frame)
     else:
         for _ in range(n):
-            q.put(frame)
-    q.put(None)
+            ends.put(frame)
+    ends.end()
 
 
-def loaned(mode: str, size: int, messages: int) -> dict[str, Any]:
+def loaned(mode: str, size: int, messages: int, transport: str = "Queue",
+           split: bool = False) -> dict[str, Any]:
     """Numpy frames of `size` bytes, 1→1, GB/s of frames delivered.
 
     ``mode="loan"``: the producer copies each frame into a loan (one copy,
     straight into shared memory) and the consumer takes it with
-    ``get(copy=False)`` as a read-only array over the ring, reads its first
-    and last element and releases it (no copy). ``mode="put"``: ``put(frame)``
-    and ``get()`` (one copy in, one copy out). The same frames either way.
+    ``get(copy=False)`` (a Pipe: ``recv_bytes(copy=False)``) as a read-only
+    view of the ring, reads its first and last element and releases it (no
+    copy). ``mode="put"``: ``put(frame)`` and ``get()`` (a Pipe:
+    ``send_bytes`` and ``recv_bytes``; one copy in, one copy out). The same
+    frames either way. ``transport``: "Queue" or "Pipe"; ``split``: consumer
+    and producer pinned to two CPUs.
     """
     import numpy as np
 
-    import procwire
-    q = procwire.Queue(capacity=max(64 * MiB, 8 * size))
+    cons_cpu: int | None = None
+    prod_cpu: int | None = None
+    if split:
+        cons_cpu, prod_cpu = two_cpus()
+        os.sched_setaffinity(0, {cons_cpu})
+    ends = _LoanEnds(transport, max(64 * MiB, 8 * size))
     go = FORK.Event()
-    p = FORK.Process(target=_loan_producer, args=(q, size, messages, mode, go))
+    p = FORK.Process(target=_loan_producer, args=(ends, size, messages, mode, go, prod_cpu))
     p.start()
     last = float(size // 8 - 1)
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -376,8 +438,8 @@ def loaned(mode: str, size: int, messages: int) -> dict[str, Any]:
     got = 0
     if mode == "loan":
         while True:
-            with q.get(copy=False) as v:
-                if v is None:
+            with ends.view() as v:
+                if v is None or len(v) == 0:
                     break
                 arr = np.frombuffer(v, np.float64)
                 if arr[0] != 0.0 or arr[-1] != last:
@@ -385,14 +447,14 @@ def loaned(mode: str, size: int, messages: int) -> dict[str, Any]:
                 del arr
             got += 1
     else:
-        while (arr := q.get()) is not None:
+        while (arr := ends.get()) is not None:
             if arr[0] != 0.0 or arr[-1] != last:
                 raise SystemExit("a frame arrived wrong")
             got += 1
     elapsed = time.perf_counter() - t0
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
     p.join(JOIN)
-    q.close()
+    ends.close()
     if p.exitcode != 0 or got != messages:
         raise SystemExit("the producer failed")
     return {"value": got * size / elapsed / 1e9, "msg_per_s": got / elapsed,
@@ -491,13 +553,25 @@ def cases(scale: float = 1.0) -> list[Case]:
                     W + "throughput", {"impl": "procwire, 4 MiB ring", "payload": "bytes1m",
                                        "messages": big["procwire"], "split": True}, "GB/s"))
     # Zero-copy loans against put/get on the same numpy frames (issue 14, item
-    # 5): where a loan starts to pay, and what it reaches at 8 MiB.
-    for size, label in ((4096, "4 KiB"), (65536, "64 KiB"), (MiB, "1 MiB"), (8 * MiB, "8 MiB")):
+    # 5): where a loan starts to pay (the README's threshold), and what it
+    # reaches at 8 MiB, through the Queue and the Pipe, unpinned and pinned.
+    for size, label in ((256, "256 B"), (1024, "1 KiB"), (4096, "4 KiB"), (65536, "64 KiB"),
+                        (MiB, "1 MiB"), (8 * MiB, "8 MiB")):
         count = max(100, n(4_000_000_000 // size) if size >= MiB else n(200_000))
-        for impl, mode in (("procwire", "loan"), ("procwire put/get", "put")):
-            out.append(Case(f"{label} numpy 1→1, loan + view (vs put/get)", impl,
-                            W + "loaned", {"mode": mode, "size": size, "messages": count},
-                            "GB/s"))
+        for transport in ("Queue", "Pipe"):
+            suffix = "" if transport == "Queue" else " Pipe"
+            for impl, mode in ((f"procwire{suffix}", "loan"),
+                               (f"procwire{suffix} put/get", "put")):
+                out.append(Case(f"{label} numpy 1→1, loan + view (vs put/get)", impl,
+                                W + "loaned", {"mode": mode, "size": size, "messages": count,
+                                               "transport": transport}, "GB/s"))
+    for transport in ("Queue", "Pipe"):
+        suffix = "" if transport == "Queue" else " Pipe"
+        for impl, mode in ((f"procwire{suffix}", "loan"), (f"procwire{suffix} put/get", "put")):
+            out.append(Case("8 MiB numpy 1→1, loan + view (vs put/get), pinned to CPUs 0 and 1",
+                            impl, W + "loaned",
+                            {"mode": mode, "size": 8 * MiB, "messages": max(100, n(500)),
+                             "transport": transport, "split": True}, "GB/s"))
     out.append(Case("8 MiB numpy.copyto, one process (one copy's ceiling)", "numpy",
                     W + "copy_ceiling", {"size": 8 * MiB, "messages": n(2000)}, "GB/s"))
     trips = {"procwire": n(100_000), "multiprocessing": n(20_000), "faster-fifo": n(20_000),

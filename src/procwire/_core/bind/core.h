@@ -340,6 +340,7 @@ int pw_add_type(PyObject *module, PyTypeObject *type, const char *name);
 /* inspect.c: the counters of kind's struct `p` (validated) as a new dict, or
  * NULL; `reconcile` (a live object) frees dead sleepers' slots as it counts. */
 PyObject *pw_counters(uint32_t kind, void *p, int reconcile);
+PyObject *pw_pipe_end_counters(struct pw_pipe *p, int end, int reconcile);
 
 /* Each file's types and functions, added to the module at import (module.c). */
 int pw_segment_register(PyObject *module); /* segment.c: layout, guard, constants */

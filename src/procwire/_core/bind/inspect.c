@@ -1,8 +1,9 @@
 /*
  * inspect.c -- the one reader of a segment's counters: _core.inspect(buffer)
  * for `procwire ls` and `procwire stat`, _core.shared_info() for attaching a
- * Value/Array, and the live _counters() of every sync type (pw_counters),
- * which procwire.stats turns into its dataclasses.
+ * Value/Array, and the live _statistics() of every kind (pw_counters; a Pipe
+ * end's: pw_pipe_end_counters), which procwire.stats turns into its
+ * dataclasses.
  *
  * It only loads: it never takes a lock and never bumps a counter, so
  * inspecting an object cannot disturb the processes using it, and the buffer
@@ -121,6 +122,32 @@ static PyObject *ring_counters(struct pw_ring *r, int reconcile)
         "spill_bytes", (unsigned long long)(ov_tail > ov_head ? ov_tail - ov_head : 0));
 }
 
+/* One Pipe end's view of its two rings: it receives from ring[end] and sends
+ * into ring[1 - end] (pipe.c). Raw totals, as the end has always reported
+ * them; messages_waiting as pw_ring_count counts it. */
+PyObject *pw_pipe_end_counters(struct pw_pipe *p, int end, int reconcile)
+{
+    struct pw_ring *in = &p->ring[end], *out = &p->ring[1 - end];
+    struct pw_pipe_end *me = &p->end[end];
+    uint32_t waiting = (uint32_t)(atomic_load(&in->tail) >> 32) -
+                       (uint32_t)(atomic_load(&in->head) >> 32);
+    return Py_BuildValue(
+        "{s:i,s:O,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:O,s:I,s:K}",
+        "end", end, "duplex", BOOL(p->pipe_flags & PW_PIPE_DUPLEX),
+        "capacity_in", (unsigned long long)in->capacity,
+        "capacity_out", (unsigned long long)out->capacity,
+        "messages_waiting", waiting > INT32_MAX ? 0u : waiting,
+        "messages_received", U64(&in->total_out), "bytes_received", U64(&in->bytes_out),
+        "messages_sent", U64(&out->total_in), "bytes_sent", U64(&out->bytes_in),
+        "handles", (unsigned)atomic_load(&me->handles),
+        "streamed_received", U64(&me->streamed), "partial_dropped", U64(&me->partial_dropped),
+        "send_owner_died", U64(&me->send_owner_died),
+        "recv_owner_died", U64(&me->recv_owner_died),
+        "peer_closed", BOOL(atomic_load(&in->closed_flags) & PW_RING_WRITER_CLOSED),
+        "receivers_waiting", sleepers(&me->receivers, reconcile),
+        "wake_syscalls", U64(&me->receivers.wakes));
+}
+
 PyObject *pw_counters(uint32_t kind, void *p, int reconcile)
 {
     switch (kind) {
@@ -149,8 +176,11 @@ PyObject *pw_counters(uint32_t kind, void *p, int reconcile)
     case PW_KIND_VALUE:
     case PW_KIND_ARRAY:
         return shared_counters(p, reconcile);
+    case PW_KIND_PIPE: /* both ends, as each end's statistics() reports itself */
+        return Py_BuildValue("{s:N,s:N}", "end0", pw_pipe_end_counters(p, 0, reconcile),
+                             "end1", pw_pipe_end_counters(p, 1, reconcile));
     default:
-        return PyDict_New(); /* a kind this file does not describe (a pipe) */
+        return PyDict_New(); /* a kind this file does not describe */
     }
 }
 

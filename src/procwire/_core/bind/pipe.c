@@ -1342,29 +1342,14 @@ static PyObject *PipeEnd_fds(PipeEndObject *self, PyObject *unused)
     return r;
 }
 
+/* _statistics() -> dict: this end's live counters, read by inspect.c's one
+ * reader (the figures `_core.inspect` gives under "end0"/"end1"); dead
+ * receivers' slots are freed first, so that they are not counted. */
 static PyObject *PipeEnd_statistics(PipeEndObject *self, PyObject *unused)
 {
     if (enter(self) < 0)
         return NULL;
-    struct pw_ring *in = self->in.ring, *out = self->out.ring;
-    PyObject *d = Py_BuildValue(
-        "{s:i,s:O,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:I,s:K,s:K,s:K,s:K,s:O,s:I,s:K}",
-        "end", self->end, "duplex", self->pipe->pipe_flags & PW_PIPE_DUPLEX ? Py_True : Py_False,
-        "capacity_in", (unsigned long long)self->in.capacity,
-        "capacity_out", (unsigned long long)self->out.capacity,
-        "messages_waiting", pw_ring_count(&self->in),
-        "messages_received", (unsigned long long)atomic_load(&in->total_out),
-        "bytes_received", (unsigned long long)atomic_load(&in->bytes_out),
-        "messages_sent", (unsigned long long)atomic_load(&out->total_in),
-        "bytes_sent", (unsigned long long)atomic_load(&out->bytes_in),
-        "handles", atomic_load(&self->me->handles),
-        "streamed_received", (unsigned long long)atomic_load(&self->me->streamed),
-        "partial_dropped", (unsigned long long)atomic_load(&self->me->partial_dropped),
-        "send_owner_died", (unsigned long long)atomic_load(&self->me->send_owner_died),
-        "recv_owner_died", (unsigned long long)atomic_load(&self->me->recv_owner_died),
-        "peer_closed", peer_closed(self) ? Py_True : Py_False,
-        "receivers_waiting", pw_waiters_reconcile(&self->me->receivers),
-        "wake_syscalls", (unsigned long long)atomic_load(&self->me->receivers.wakes));
+    PyObject *d = pw_pipe_end_counters(self->pipe, self->end, 1);
     leave(self);
     return d;
 }
