@@ -171,7 +171,8 @@ def _echo_child(ends: _Ends, count: int, pin: list[int] | None = None,
 def rtt(impl: str, pinned: bool | str = False, count: int = 20000,
         warmup: int = 2000, payload: str = "bytes64") -> dict[str, Any]:
     """64-byte round trips; value = median µs, with p10/p99. ``pinned``: see _pin;
-    ``payload``: "bytes64" (send_bytes) or "pickled64" (send/recv of the same bytes)."""
+    ``payload``: "bytes64" (send_bytes), "pickled64" (send/recv of the same bytes) or
+    "tuple" (send/recv of (1, 'abc', 2.5))."""
     child_pin = _pin(pinned)
     ends = _Ends(impl)
     p = FORK.Process(target=_echo_child, args=(ends, count + warmup, child_pin, payload))
@@ -255,11 +256,14 @@ def cases(scale: float = 1.0) -> list[Case]:
     small = {"procwire": n(2_000_000), "procwire oneway": n(2_000_000),
              "multiprocessing": n(400_000), "multiprocessing oneway": n(400_000),
              "pyzmq": n(1_000_000), "os.pipe": n(2_000_000)}
-    # issue 14: send()/recv() of the same 64 bytes, pickled, as most programs send
-    for impl in ("procwire", "multiprocessing", "pyzmq"):
-        out.append(Case("RTT 64 B send/recv (pickled), unpinned", impl, W + "rtt",
-                        {"impl": impl, "count": n(20000), "payload": "pickled64"}, "µs",
-                        higher_is_better=False))
+    # issue 14: send()/recv() of the same 64 bytes, pickled, as most programs send;
+    # and of a small tuple, which the C path for short bytes does not serve.
+    for label, payload in (("RTT 64 B send/recv (pickled), unpinned", "pickled64"),
+                           ("RTT (1,'abc',2.5) send/recv, unpinned", "tuple")):
+        for impl in ("procwire", "multiprocessing", "pyzmq"):
+            out.append(Case(label, impl, W + "rtt",
+                            {"impl": impl, "count": n(20000), "payload": payload}, "µs",
+                            higher_is_better=False))
     for impl in (*PEERS, "os.pipe"):
         out.append(Case("send_bytes 64 B 1→1", impl, W + "throughput",
                         {"impl": impl, "payload": "bytes64", "messages": small[impl]}, "msg/s"))

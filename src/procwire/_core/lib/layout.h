@@ -465,48 +465,38 @@ _Static_assert(sizeof(struct pw_shared) == 640, "pw_shared layout");
  * a PW_LAYOUT_VERSION bump.
  * ------------------------------------------------------------------------ */
 #define PW_ASSERT_AT(type, field, offset)                                      \
-    _Static_assert(offsetof(struct type, field) == (offset), #type "." #field " at " #offset)
+    _Static_assert(offsetof(struct type, field) == (offset), #type "." #field " at " #offset);
 #define PW_ASSERT_SIZE(type, size)                                             \
-    _Static_assert(sizeof(struct type) == (size), #type " is " #size " bytes")
+    _Static_assert(sizeof(struct type) == (size), #type " is " #size " bytes");
+
+/* The checked offsets, X(struct, field, offset): a row per struct, the ring's
+ * and the lock's a row per cache line. */
+#define PW_LAYOUT_OFFSETS(X)                                                   \
+    X(pw_header, magic, 0) X(pw_header, kind, 12) X(pw_header, data_offset, 32) \
+    X(pw_waiters, wakes, 128) X(pw_waiters, last_reconcile_ns, 144)            \
+    X(pw_ring, tail_lock, 64)                                                  \
+    X(pw_ring, tail, 128) X(pw_ring, tail_cpu, 160)                            \
+    X(pw_ring, head_lock, 192)                                                 \
+    X(pw_ring, head, 256) X(pw_ring, view_mark, 288) X(pw_ring, head_cpu, 296) \
+    X(pw_ring, not_empty_seq, 320) X(pw_ring, tasks_done, 336)                 \
+    X(pw_ring, closed_flags, 344)                                              \
+    X(pw_ring, consumers, 384) X(pw_ring, producers, 576) X(pw_ring, joiners, 768) \
+    X(pw_pipe_end, send_lock, 64) X(pw_pipe_end, recv_lock, 128)              \
+    X(pw_pipe_end, receivers, 192)                                             \
+    X(pw_pipe, end, 64) X(pw_pipe, ring, 832)                                  \
+    X(pw_lock, depth, 40) X(pw_lock, holder_proc, 48)                          \
+    X(pw_lock, inconsistent, 64)                                               \
+    X(pw_lock, sleepers, 128)                                                  \
+    X(pw_sem, sleepers, 64)                                                    \
+    X(pw_event, sleepers, 64)                                                  \
+    X(pw_cond, lock, 320) X(pw_cond, sleepers, 640) X(pw_cond, state, 832)     \
+    X(pw_shared, typecode, 320) X(pw_shared, lock_name, 384)
+/* ... and the sizes not asserted beside their structs. */
+#define PW_LAYOUT_SIZES(X) X(pw_ring, 960) X(pw_pipe_end, 384) X(pw_pipe, 2752)
 
 #if defined(__x86_64__) /* the byte layout above: x86-64 glibc's 40-byte mutex */
-PW_ASSERT_AT(pw_header, magic, 0);
-PW_ASSERT_AT(pw_header, kind, 12);
-PW_ASSERT_AT(pw_header, data_offset, 32);
-PW_ASSERT_AT(pw_waiters, wakes, 128);
-PW_ASSERT_AT(pw_waiters, last_reconcile_ns, 144);
-PW_ASSERT_SIZE(pw_ring, 960);
-PW_ASSERT_AT(pw_ring, tail_lock, 64);
-PW_ASSERT_AT(pw_ring, tail, 128);
-PW_ASSERT_AT(pw_ring, head_lock, 192);
-PW_ASSERT_AT(pw_ring, tail_cpu, 160);
-PW_ASSERT_AT(pw_ring, head, 256);
-PW_ASSERT_AT(pw_ring, head_cpu, 296);
-PW_ASSERT_AT(pw_ring, not_empty_seq, 320);
-PW_ASSERT_AT(pw_ring, tasks_done, 336);
-PW_ASSERT_AT(pw_ring, closed_flags, 344);
-PW_ASSERT_AT(pw_ring, consumers, 384);
-PW_ASSERT_AT(pw_ring, producers, 576);
-PW_ASSERT_AT(pw_ring, joiners, 768);
-PW_ASSERT_SIZE(pw_pipe_end, 384);
-PW_ASSERT_AT(pw_pipe_end, send_lock, 64);
-PW_ASSERT_AT(pw_pipe_end, recv_lock, 128);
-PW_ASSERT_AT(pw_pipe_end, receivers, 192);
-PW_ASSERT_SIZE(pw_pipe, 2752);
-PW_ASSERT_AT(pw_pipe, end, 64);
-PW_ASSERT_AT(pw_pipe, ring, 832);
-PW_ASSERT_AT(pw_lock, depth, 40);
-PW_ASSERT_AT(pw_lock, holder_proc, 48);
-PW_ASSERT_AT(pw_lock, inconsistent, 64);
-PW_ASSERT_AT(pw_lock, sleepers, 128);
-PW_ASSERT_AT(pw_sem, sleepers, 64);
-PW_ASSERT_AT(pw_event, sleepers, 64);
-PW_ASSERT_AT(pw_cond, lock, 320);
-PW_ASSERT_AT(pw_cond, sleepers, 640);
-PW_ASSERT_AT(pw_cond, state, 832);
-PW_ASSERT_AT(pw_shared, typecode, 320);
-PW_ASSERT_AT(pw_shared, lock_name, 384);
-PW_ASSERT_AT(pw_ring, view_mark, 288);
+PW_LAYOUT_OFFSETS(PW_ASSERT_AT)
+PW_LAYOUT_SIZES(PW_ASSERT_SIZE)
 #endif
 _Static_assert(PW_SHARED_DATA_OFFSET == sizeof(struct pw_header) + sizeof(struct pw_shared),
                "a Value's data follows its headers");
