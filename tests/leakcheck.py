@@ -38,7 +38,11 @@ def shm_entries() -> set[str]:
 def creator(entry: str) -> int | None:
     """The pid that created a segment, from its header or its temporary name."""
     if ".creating-" in entry:
-        return int(entry.rsplit(".creating-", 1)[1].split("-")[0])
+        try:
+            pid = int(entry.rsplit(".creating-", 1)[1].split("-")[0])
+        except ValueError:
+            return None
+        return pid if 0 < pid <= _PID_MAX else None
     try:
         with open(os.path.join(SHM, entry), "rb") as f:
             header = f.read(64)

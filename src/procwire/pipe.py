@@ -229,15 +229,23 @@ class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, Lender, _c
         is sent whole. ``BrokenPipeError`` if the other end is closed.
         """
         data = _pickle.dumps(obj)  # what send() sends: send_bytes(pickle)
-        sender = _senders.get(self)
-        if (sender is not None and sender.busy) or not _fits_empty_ring(
-                len(data), self._send_room()[2]):
-            if sender is None:
-                sender = _senders[self] = _aio.OrderedSender(repr(self), self.send_bytes)
-            await sender.send(data)
-            return
-        await self._await_send_room(len(data))
-        self.send_bytes(data)
+        fits = _fits_empty_ring(len(data), self._send_room()[2])
+        while True:
+            sender = _senders.get(self)
+            if not fits or (sender is not None and sender.busy):
+                if sender is None:
+                    sender = _senders[self] = _aio.OrderedSender(repr(self), self.send_bytes)
+                await sender.send(data)
+                return
+            await self._await_send_room(len(data))
+            # While this one awaited room, a long message may have gone to the
+            # sender thread, which holds the send lock for all its pieces: a
+            # send_bytes here would wait for it with the loop held (and for
+            # ever if the receiver is a coroutine of this loop). Queue behind it.
+            sender = _senders.get(self)
+            if sender is None or not sender.busy:
+                self.send_bytes(data)
+                return
 
     async def _await_send_room(self, length: int) -> None:
         watcher: _aio.TokenWatcher | None = None

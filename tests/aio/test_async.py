@@ -9,7 +9,17 @@ import time
 
 import pytest
 
-from procwire import Empty, Event, Full, JoinableQueue, Pipe, Queue, SimpleQueue
+from procwire import (
+    Empty,
+    Event,
+    Full,
+    JoinableQueue,
+    Pipe,
+    Queue,
+    SimpleQueue,
+    _aio,
+    pipe as pipe_module,
+)
 
 BOUND = 30  # seconds: a bound for a hang, not a speed check
 
@@ -320,6 +330,34 @@ def test_send_async_longer_than_the_ring_leaves_the_loop_to_its_receiver(run, lo
         return got
 
     assert run(main()) == BIG
+
+
+def test_send_async_that_waited_for_room_queues_behind_a_long_message(run, long_pipe):
+    """A short send that waits for room while a long one starts streaming from the
+    sender thread: both arrive whole, and the loop (whose coroutine receives) is
+    never held by a send_bytes waiting for the thread's send lock."""
+    a, b = long_pipe
+    small = b"s" * 1000
+    while a._send_room()[1] >= 8 + 1100:   # fill the ring with small messages
+        a.send(small)
+    filled = b.statistics().messages_waiting
+    streaming = threading.Event()
+    sender = pipe_module._senders[a] = _aio.OrderedSender(repr(a), lambda data: (
+        streaming.set(), a.send_bytes(data)))
+
+    async def main():
+        waiting = asyncio.create_task(a.send_async(b"late"))   # waits for room
+        await asyncio.sleep(0)                                  # ... in the room wait
+        long = asyncio.create_task(a.send_async(BIG))          # to the sender thread
+        assert await asyncio.to_thread(streaming.wait, BOUND)
+        got = [await b.recv_async(timeout=BOUND) for _ in range(filled + 2)]
+        await asyncio.gather(waiting, long)
+        return got
+
+    got = run(main())
+    assert sender is pipe_module._senders[a]
+    assert got[:filled] == [small] * filled
+    assert sorted(got[filled:], key=len) == [b"late", BIG]
 
 
 def test_send_async_keeps_the_order_of_long_and_short_messages(run, long_pipe):

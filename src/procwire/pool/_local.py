@@ -138,7 +138,13 @@ class _CtrlCHeld:
         if threading.get_ident() != self.main or not self.blocks.pop():
             return
         previous, self.previous = self.previous, None
-        _signal.signal(_SIGINT, previous)
+        try:
+            _signal.signal(_SIGINT, previous)
+        except BaseException:
+            # signal.signal runs pending handlers first: one that raised left
+            # SIGINT on _record, which would swallow every later Ctrl-C.
+            _signal.signal(_SIGINT, previous)
+            raise
         pending, self.pending = self.pending, None
         if pending is not None:
             previous(*pending)  # Python's default handler raises KeyboardInterrupt here
