@@ -210,8 +210,9 @@ static void hammer(struct lockbox *b, int kind, long pairs)
     }
 }
 
-/* Pairs per second in all, two processes (on cpu_a and child_cpu). */
-static double contended(int kind, int child_cpu, long pairs)
+/* A shared lockbox with a robust, process-shared, error-checking mutex (as
+ * procwire's Lock) and a process-shared semaphore (as multiprocessing's). */
+static struct lockbox *new_lockbox(void)
 {
     struct lockbox *b = shared_map(sizeof *b);
     pthread_mutexattr_t a;
@@ -221,6 +222,13 @@ static double contended(int kind, int child_cpu, long pairs)
     pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
     pthread_mutex_init(&b->m, &a);
     sem_init(&b->sem, 1, 1);
+    return b;
+}
+
+/* Pairs per second in all, two processes (on cpu_a and child_cpu). */
+static double contended(int kind, int child_cpu, long pairs)
+{
+    struct lockbox *b = new_lockbox();
     pid_t pid = spawn(child_cpu);
     if (pid == 0) {
         hammer(b, kind, pairs);
@@ -255,14 +263,7 @@ static void floor_lock(void)
         report(what, "M pairs/s", v);
     }
     /* One process alone: the uncontended pair. */
-    struct lockbox *b = shared_map(sizeof *b);
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
-    pthread_mutex_init(&b->m, &a);
-    sem_init(&b->sem, 1, 1);
+    struct lockbox *b = new_lockbox();
     for (int kind = ROBUST; kind <= SEMAPHORE; kind++) {
         for (int r = 0; r < REPEATS; r++) {
             long n = 5000000;
