@@ -23,7 +23,9 @@ import procwire
 
 JOIN = 60
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SRC = os.path.join(os.path.dirname(TESTS), "src")
+# The procwire under test, wherever it is installed (CI installs it into site-packages:
+# the checkout's src/ then has no built core).
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(procwire.__file__)))
 
 # Creates a named queue, forks a process that keeps it mapped, and dies without
 # removing the name: the shape a SIGKILLed creator with a live user leaves. The
