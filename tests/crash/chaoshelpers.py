@@ -209,3 +209,12 @@ def take_some(q, rnd: random.Random, batch: int) -> list:
         return [q.get(timeout=0.01)]
     except Empty:
         return []
+
+
+def stopped(q, items: list) -> bool:
+    """Whether ``items`` (a consumer's take) hold a stop signal (None); the stops
+    beyond the first are other consumers': they go back into ``q``."""
+    stops = items.count(None)
+    if stops > 1:
+        q.put_many([None] * (stops - 1))
+    return stops > 0

@@ -22,6 +22,7 @@ from chaoshelpers import (  # noqa: F401 (chaos: a fixture)
     drain,
     kill_and_replace,
     missing,
+    stopped,
     take_some,
 )
 
@@ -146,13 +147,10 @@ def _chaos_consumer(q, results, tag):
         items = take_some(q, rnd, CONSUMER_BATCH)
         if not items:
             continue
-        stop = items.count(None)
         reports = [(t, s, p == _payload(t, s)) for t, s, p in (i for i in items if i is not None)]
         if reports:
             results.put_many(reports)
-        if stop:
-            if stop > 1:  # another consumer's stop signal: hand it back
-                q.put_many([None] * (stop - 1))
+        if stopped(q, items):
             return
 
 

@@ -12,7 +12,14 @@ import struct
 import time
 
 import pytest
-from chaoshelpers import FORK, JOIN, chaos, kill_producers_and_consumers, take_some  # noqa: F401
+from chaoshelpers import (  # noqa: F401 (chaos: a fixture)
+    FORK,
+    JOIN,
+    chaos,
+    kill_producers_and_consumers,
+    stopped,
+    take_some,
+)
 
 from procwire import Queue
 from procwire._core import _testing
@@ -148,7 +155,6 @@ def _consumer(q, results, me):
         if not items:
             continue
         reports = []
-        stop = items.count(None)
         for item in items:
             if item is None:
                 continue
@@ -158,9 +164,7 @@ def _consumer(q, results, me):
             last[tag] = seq
             reports.append((tag, seq, body == _payload(tag, seq), in_order))
         results.put_many(reports)
-        if stop:
-            if stop > 1:  # another consumer's stop signal: hand it back
-                q.put_many([None] * (stop - 1))
+        if stopped(q, items):
             return
 
 

@@ -262,7 +262,8 @@ int pw_loan_args(PwObject *o, pw_lease *l, PyObject *const *args, Py_ssize_t nar
                  PyObject *kwnames, uint64_t *nbytes, int64_t *deadline);
 /* After pw_ring_reserve: records the loan; returns the payload's offset in
  * the segment buffer, or -1 if it wraps (the caller writes elsewhere and
- * passes that to _loan_commit). */
+ * passes that to _loan_commit). NULL with an exception: no loan, the room
+ * given back (the caller still releases its own locks). */
 PyObject *pw_loan_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos, uint64_t n);
 /* _loan_commit(nbytes, written): publishes the first nbytes of the open loan,
  * copied in from `written` if not None. 0 (the ring's lock released), or -1

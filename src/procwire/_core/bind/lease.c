@@ -195,10 +195,17 @@ int pw_loan_args(PwObject *o, pw_lease *l, PyObject *const *args, Py_ssize_t nar
 
 PyObject *pw_loan_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos, uint64_t n)
 {
+    /* The answer first: a loan recorded but never handed to Python would keep
+     * the producers' lock of a ring other processes share. */
+    PyObject *offset = PyLong_FromSsize_t(buffer_offset(o, rr, pos + PW_REC_HEADER, n));
+    if (!offset) {
+        pw_ring_unreserve(rr);
+        return NULL;
+    }
     l->loan_rr = rr;
     l->loan_pos = pos;
     l->loan_len = n;
-    return PyLong_FromSsize_t(buffer_offset(o, rr, pos + PW_REC_HEADER, n));
+    return offset;
 }
 
 int pw_loan_commit(PwObject *o, pw_lease *l, PyObject *const *args, Py_ssize_t nargs)
@@ -275,10 +282,17 @@ PyObject *pw_view_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos,
     }
     Py_ssize_t off = buffer_offset(o, rr, p, len);
     if (off >= 0) {
+        /* The answer first, as for a loan: a view never handed to Python
+         * would keep the consumers' lock. */
+        PyObject *r = Py_BuildValue("(InKO)", type, off, (unsigned long long)len, Py_None);
+        if (!r) {
+            pw_ring_unpeek(rr);
+            return NULL;
+        }
         l->view_rr = rr;
         l->view_len = len;
         *held = 1;
-        return Py_BuildValue("(InKO)", type, off, (unsigned long long)len, Py_None);
+        return r;
     }
     /* It wraps around the ring's end: no view of it; copied out and consumed. */
     PyObject *copied = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);

@@ -979,8 +979,14 @@ static PyObject *PipeEnd_loan_begin(PipeEndObject *self, PyObject *const *args,
     while (rc == PW_OK) {
         int64_t slice = pw_now_ns() + PW_PIPE_SEND_SLICE_NS;
         rc = pw_ring_reserve(&self->out, n, slice < deadline ? slice : deadline, &pos);
-        if (rc == PW_OK)
-            return pw_loan_opened(&self->base, &self->lease, &self->out, pos, n);
+        if (rc == PW_OK) {
+            PyObject *r = pw_loan_opened(&self->base, &self->lease, &self->out, pos, n);
+            if (!r) { /* no loan open: nothing held */
+                pw_mutex_unlock(&self->me->send_lock);
+                leave(self);
+            }
+            return r;
+        }
         if (rc == PW_TIMEOUT && pw_now_ns() < deadline)
             rc = peer_hup(self) ? (raise_broken(), PW_ERAISED) : PW_OK;
         if (rc != PW_OK)

@@ -832,7 +832,10 @@ static PyObject *Queue_loan_begin(QueueObject *self, PyObject *const *args, Py_s
         leave(self);
         return NULL;
     }
-    return pw_loan_opened(&self->base, &self->lease, &self->rr, pos, n);
+    PyObject *r = pw_loan_opened(&self->base, &self->lease, &self->rr, pos, n);
+    if (!r) /* no loan open: nothing held */
+        leave(self);
+    return r;
 }
 
 /* _loan_commit(nbytes, written): publishes the open loan (lease.c). */
