@@ -42,13 +42,17 @@ __all__ = ["Array", "RawArray", "RawValue", "Value"]
 typecode_to_type: dict[str, type[Any]] = dict(
     _mp_sharedctypes.typecode_to_type)  # type: ignore[attr-defined]
 
-# ctypes' _type_ code -> the ctypes class, for rebuilding a type by name.
+# ctypes' _type_ code -> the ctypes class, for rebuilding a type by name from
+# the code a segment records. Plain data only: the pointer types (c_void_p,
+# c_char_p, c_wchar_p) are left out, because a code read from shared memory is
+# untrusted, and reading a c_char_p element dereferences whatever address the
+# segment holds (a corrupt 'd' turned into 'z' crashed the reader). A Value of
+# a pointer type can still be attached by passing the type itself.
 _SIMPLE_TYPES: dict[str, type] = {}
 for _t in (ctypes.c_char, ctypes.c_wchar, ctypes.c_byte, ctypes.c_ubyte, ctypes.c_short,
            ctypes.c_ushort, ctypes.c_int, ctypes.c_uint, ctypes.c_long, ctypes.c_ulong,
            ctypes.c_longlong, ctypes.c_ulonglong, ctypes.c_float, ctypes.c_double,
-           ctypes.c_longdouble, ctypes.c_bool, ctypes.c_void_p, ctypes.c_char_p,
-           ctypes.c_wchar_p, ctypes.c_size_t, ctypes.c_ssize_t):
+           ctypes.c_longdouble, ctypes.c_bool, ctypes.c_size_t, ctypes.c_ssize_t):
     _SIMPLE_TYPES.setdefault(_t._type_, _t)
 
 
@@ -89,6 +93,10 @@ class _Handle(SegmentObject["SharedStatistics"]):
                                 f"{ctypes.sizeof(elem)} ({elem.__name__})")
         elif info["typecode"]:
             elem = _SIMPLE_TYPES.get(info["typecode"])
+            if elem is None:
+                raise SegmentError(f"{what} is corrupt: unknown element type code "
+                                   f"{info['typecode']!r}; pass the element type to "
+                                   f"attach(name, type) if you trust the segment")
         if elem is None:
             raise TypeError(f"{what} holds a custom ctypes type: pass it to attach(name, type)")
         if ctypes.sizeof(elem) != info["elem_size"]:

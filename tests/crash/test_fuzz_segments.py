@@ -313,18 +313,20 @@ class _Worker:
     def run(self, kind: str, name: str) -> str | None:
         """The outcome's name, or None if the worker crashed or hung (then it is gone)."""
         self.conn.send((kind, name))
-        if self.conn.poll(CASE_TIMEOUT):
+        self.hung = not self.conn.poll(CASE_TIMEOUT)
+        if not self.hung:
             try:
                 return self.conn.recv()
             except EOFError:
-                pass
+                pass  # it died: verdict() reaps it and names the signal
         return None
 
     def verdict(self) -> str:
-        if self.proc.is_alive():
+        if self.hung:
             self.proc.kill()
             self.proc.join(JOIN)
             return f"hang: no result within {CASE_TIMEOUT} s"
+        # EOF on the pipe comes before the exit status: join, then read it.
         self.proc.join(JOIN)
         code = self.proc.exitcode
         if code is not None and code < 0:

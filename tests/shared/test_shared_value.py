@@ -347,3 +347,28 @@ def test_synchronized_structure_has_locked_fields_like_multiprocessing(ctx):
     assert p.exitcode == 0
     assert (v.x, v.y) == (6, 4.0)
     assert type(v).__name__ == "Synchronized_Pt" and v.get_lock().statistics()["locked"] is False
+
+
+@pytest.mark.parametrize("code", ["z", "Z", "P", "O", "x"])
+def test_attach_refuses_a_corrupt_or_pointer_type_code(code):
+    # A segment's type code is untrusted: 'z' (c_char_p) would make every read
+    # dereference an address taken from shared memory. (Found by the segment
+    # fuzzer: a random byte turned an Array's 'd' into 'Z' and list() crashed.)
+    from procwire import _segment
+    name = unique("tc")
+    a = Array("d", range(8), name=name)
+    try:
+        path = _segment.path_of(name)
+        with open(path, "r+b") as f:
+            data = f.read()
+            at = 64 + 320  # after the common header: pw_shared.typecode (layout.h)
+            assert data[at:at + 2] == b"d\0", "the layout moved: update the typecode offset"
+            f.seek(at)
+            f.write(code.encode())
+        for attach in (Array.attach, RawArray.attach):
+            with pytest.raises(SegmentError, match=f"unknown element type code '{code}'"):
+                attach(name)
+        # The caller who knows the type may still say it.
+        assert RawArray.attach(name, "d")[:] == [float(i) for i in range(8)]
+    finally:
+        a.unlink()
