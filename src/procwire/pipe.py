@@ -152,7 +152,13 @@ class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, Lender, _c
         Raises :class:`multiprocessing.BufferTooShort` (carrying the whole
         message as ``args[0]``) if it does not fit; the message is consumed.
         """
-        result = self._recv_bytes_into(buf, offset, timeout)
+        with memoryview(buf) as whole:
+            if offset < 0:
+                raise ValueError("negative offset")
+            if offset > whole.nbytes:
+                raise ValueError("offset too large")
+            with whole.cast("B") as octets:
+                result = self._recv_bytes_into(octets[offset:], timeout)
         if isinstance(result, bytes):
             raise BufferTooShort(result)
         return result

@@ -38,6 +38,8 @@
  */
 #include "core.h"
 
+#include <structmember.h>
+
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
@@ -49,7 +51,8 @@
 
 typedef struct {
     PwObject base;            /* the mapping, its name, the guard against a concurrent close */
-    int end, readable, writable;
+    int end;
+    char readable, writable;  /* T_BOOL members */
     struct pw_pipe *pipe;
     struct pw_pipe_end *me, *peer;
     pw_ringref in, out;       /* in = ring[end], out = ring[1-end] */
@@ -63,7 +66,7 @@ typedef struct {
      * continues it. Valid only while the ring's head is still stash_head,
      * i.e. no other receiver took a record since. Touched under recv_lock. */
     PyObject *stash;
-    uint64_t stash_total, stash_got, stash_head;
+    uint64_t stash_got, stash_head; /* its length is the bytes object's */
     /* An open loan (of `out`: this end's send_lock held too) or view (of
      * `in`: its recv_lock held too), lease.c. */
     pw_lease lease;
@@ -505,9 +508,9 @@ typedef struct {
     uint64_t into_cap;
     PyObject *bytes;     /* the message, when not received into `into`   */
     char *dst;           /* where the message's bytes go                  */
-    uint64_t total, got; /* a streamed message in progress when total > 0  */
-    int in_stream;
-    uint64_t length;     /* length of the finished (or refused) message    */
+    uint64_t length;     /* length of the message (also of a refused one)  */
+    uint64_t got;        /* bytes of it received so far                    */
+    int in_stream;       /* a streamed message is in progress              */
     int status;          /* enum take_status of the last record taken      */
 } recv_ctx;
 
@@ -518,7 +521,7 @@ static void ctx_drop(recv_ctx *c)
     Py_CLEAR(c->bytes);
     c->dst = NULL;
     c->in_stream = 0;
-    c->total = c->got = 0;
+    c->got = 0;
 }
 
 /* Sets up the destination for a message of `len` bytes. */
@@ -545,61 +548,47 @@ static int ctx_begin(recv_ctx *c, uint64_t len)
 static int take_piece(recv_ctx *c, const pw_ringref *rr, uint32_t pos, uint32_t type,
                       uint64_t len)
 {
-    int rc;
-    switch (type) {
-    case PW_REC_BYTES:
-        ctx_drop(c);
-        if ((rc = ctx_begin(c, len)) != 0)
-            return rc;
-        pw_ring_copy_out_large(rr, pos, c->dst, len);
-        return TAKE_DONE;
-    case PW_REC_STREAM_FIRST: {
-        ctx_drop(c);
-        uint64_t total;
-        if (len < 8) {
-            pw_segment_error("%s is corrupt: a stream record of %llu bytes", rr->what,
-                             (unsigned long long)len);
-            return TAKE_ERROR;
+    if (type == PW_REC_BYTES || type == PW_REC_STREAM_FIRST) {
+        ctx_drop(c); /* a message begins: the pieces of an unfinished one are dropped */
+        uint64_t total = len;
+        if (type == PW_REC_STREAM_FIRST) {
+            if (len < 8) {
+                pw_segment_error("%s is corrupt: a stream record of %llu bytes", rr->what,
+                                 (unsigned long long)len);
+                return TAKE_ERROR;
+            }
+            pw_ring_copy_out(rr, pos, &total, 8);
+            pos += 8;
+            len -= 8;
+            if (len > total) {
+                pw_segment_error("%s is corrupt: a %llu-byte piece of a %llu-byte message",
+                                 rr->what, (unsigned long long)len, (unsigned long long)total);
+                return TAKE_ERROR;
+            }
         }
-        pw_ring_copy_out(rr, pos, &total, 8);
-        if (len - 8 > total) {
-            pw_segment_error("%s is corrupt: a %llu-byte piece of a %llu-byte message",
-                             rr->what, (unsigned long long)(len - 8), (unsigned long long)total);
-            return TAKE_ERROR;
-        }
-        if ((rc = ctx_begin(c, total)) != 0)
-            return rc; /* its MORE pieces will be skipped */
-        pw_ring_copy_out_large(rr, pos + 8, c->dst, len - 8);
-        c->total = total;
-        c->got = len - 8;
+        int rc = ctx_begin(c, total);
+        if (rc != 0)
+            return rc; /* a stream's MORE pieces will be skipped */
         c->in_stream = 1;
-        if (c->got == c->total) {
-            c->in_stream = 0;
-            return TAKE_DONE;
-        }
-        return TAKE_PARTIAL;
-    }
-    case PW_REC_STREAM_MORE:
-        if (!c->in_stream)
-            return TAKE_SKIPPED;
-        if (len > c->total - c->got) {
-            ctx_drop(c);
-            pw_segment_error("%s is corrupt: stream pieces exceed their message", rr->what);
-            return TAKE_ERROR;
-        }
-        pw_ring_copy_out_large(rr, pos, c->dst + c->got, len);
-        c->got += len;
-        if (c->got == c->total) {
-            c->in_stream = 0;
-            atomic_fetch_add(&c->self->me->streamed, 1);
-            return TAKE_DONE;
-        }
-        return TAKE_PARTIAL;
-    default:
+    } else if (type != PW_REC_STREAM_MORE) {
         ctx_drop(c);
         pw_segment_error("%s is corrupt: unknown record type %u", rr->what, type);
         return TAKE_ERROR;
+    } else if (!c->in_stream) {
+        return TAKE_SKIPPED;
+    } else if (len > c->length - c->got) {
+        ctx_drop(c);
+        pw_segment_error("%s is corrupt: stream pieces exceed their message", rr->what);
+        return TAKE_ERROR;
     }
+    pw_ring_copy_out_large(rr, pos, c->dst + c->got, len);
+    c->got += len;
+    if (c->got < c->length)
+        return TAKE_PARTIAL;
+    c->in_stream = 0;
+    if (type == PW_REC_STREAM_MORE)
+        atomic_fetch_add(&c->self->me->streamed, 1);
+    return TAKE_DONE;
 }
 
 /* pw_ring_take's callback: one record at a time, consumed whatever becomes
@@ -620,23 +609,19 @@ static void stash_partial(PipeEndObject *self, recv_ctx *c)
 {
     if (!c->in_stream)
         return;
-    PyObject *b = c->bytes;
-    if (!b) { /* the pieces went into recv_bytes_into's buffer: copy them out */
-        b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)c->total);
-        if (!b) {
+    if (!c->bytes) { /* the pieces went into recv_bytes_into's buffer: copy them out */
+        c->bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)c->length);
+        if (!c->bytes) {
             PyErr_Clear(); /* out of memory: the message is dropped, and counted */
             return;
         }
-        memcpy(PyBytes_AS_STRING(b), c->dst, (size_t)c->got);
+        memcpy(PyBytes_AS_STRING(c->bytes), c->dst, (size_t)c->got);
     }
-    c->bytes = NULL;
-    Py_XSETREF(self->stash, b);
-    self->stash_total = c->total;
+    Py_XSETREF(self->stash, c->bytes);
     self->stash_got = c->got;
     self->stash_head = atomic_load(&self->in.ring->head);
+    c->bytes = NULL; /* the stash's now: neither freed nor counted as dropped */
     c->in_stream = 0;
-    c->dst = NULL;
-    c->total = c->got = 0;
 }
 
 /* Under recv_lock: continue a stashed message if no other receiver took a
@@ -654,8 +639,8 @@ static int resume_stash(PipeEndObject *self, recv_ctx *c)
         Py_DECREF(b);
         return 0;
     }
-    c->length = self->stash_total;
-    if (self->stash_total > c->maxlength) {
+    c->length = (uint64_t)PyBytes_GET_SIZE(b);
+    if (c->length > c->maxlength) {
         /* Dropped like any message over maxlength: its remaining pieces
          * are skipped by the next receive. */
         Py_DECREF(b);
@@ -664,7 +649,6 @@ static int resume_stash(PipeEndObject *self, recv_ctx *c)
     }
     c->bytes = b;
     c->dst = PyBytes_AS_STRING(b);
-    c->total = self->stash_total;
     c->got = self->stash_got;
     c->in_stream = 1;
     return 1;
@@ -676,10 +660,34 @@ static int stash_pending(PipeEndObject *self)
     return self->stash && atomic_load(&self->in.ring->head) == self->stash_head;
 }
 
-/*
- * Receives one message into c. Returns 0 (message in c), 1 on timeout, -1
- * with an exception set (EOFError when the peer is gone).
- */
+/* Under recv_lock: takes records into c until a message is whole. 0, 1 on
+ * timeout, or -1 with an exception set (EOFError when the peer is gone). */
+static int take_message(PipeEndObject *self, recv_ctx *c, int64_t deadline)
+{
+    for (;;) {
+        uint64_t tail = atomic_load(&self->in.ring->tail);
+        size_t taken;
+        int rc = pw_ring_take(&self->in, take_cb, c, 1, 0, &taken);
+        if (rc < 0)
+            return pw_raise_int(rc);
+        if (taken && c->status != TAKE_PARTIAL && c->status != TAKE_SKIPPED) {
+            if (c->status == TAKE_TOO_LONG)
+                PyErr_SetString(PyExc_OSError, "bad message length");
+            return c->status == TAKE_DONE ? 0 : -1;
+        }
+        if (taken)
+            continue;
+        rc = await_data(self, tail, deadline, 1);
+        if (rc != WAIT_AGAIN) {
+            if (rc != WAIT_ENDED)
+                stash_partial(self, c); /* a timeout or a signal: Ctrl-C loses nothing either */
+            return rc == WAIT_TIMEOUT ? 1 : -1;
+        }
+    }
+}
+
+/* Receives one message into c: take_message() under this end's recv_lock,
+ * continuing a stashed message first. */
 static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
 {
     struct pw_pipe_end *me = self->me;
@@ -690,47 +698,8 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
         raise_status(self, lr, "");
         return -1;
     }
-    int result;
     int resumed = resume_stash(self, c);
-    if (resumed < 0) {
-        pw_mutex_unlock(&me->recv_lock);
-        resync_after_take(self);
-        return -1;
-    }
-    for (;;) {
-        uint64_t tail = atomic_load(&self->in.ring->tail);
-        size_t taken;
-        int rc = pw_ring_take(&self->in, take_cb, c, 1, 0, &taken);
-        if (rc < 0) {
-            pw_raise(rc);
-            result = -1;
-            break;
-        }
-        if (taken) {
-            int status = c->status;
-            if (status == TAKE_DONE) {
-                result = 0;
-                break;
-            }
-            if (status == TAKE_ERROR) {
-                result = -1;
-                break;
-            }
-            if (status == TAKE_TOO_LONG) {
-                PyErr_SetString(PyExc_OSError, "bad message length");
-                result = -1;
-                break;
-            }
-            continue; /* PARTIAL or SKIPPED */
-        }
-        rc = await_data(self, tail, deadline, 1);
-        if (rc == WAIT_AGAIN)
-            continue;
-        if (rc != WAIT_ENDED)
-            stash_partial(self, c); /* a timeout or a signal: Ctrl-C loses nothing either */
-        result = rc == WAIT_TIMEOUT ? 1 : -1;
-        break;
-    }
+    int result = resumed < 0 ? -1 : take_message(self, c, deadline);
     pw_mutex_unlock(&me->recv_lock);
     if (result != 0)
         ctx_drop(c);
@@ -855,34 +824,25 @@ static PyObject *PipeEnd_recv(PipeEndObject *self, PyObject *const *args, Py_ssi
     return result;
 }
 
-/* _recv_bytes_into(buf, offset, timeout) -> int bytes written, or the whole
- * message as bytes when it does not fit (Python raises BufferTooShort). */
-static const char *const recv_into_names[] = {"buf", "offset", "timeout"};
+/* _recv_bytes_into(buf, timeout) -> int bytes written at the start of buf
+ * (pipe.py slices it at the offset), or the whole message as bytes when it
+ * does not fit (pipe.py raises BufferTooShort). */
+static const char *const recv_into_names[] = {"buf", "timeout"};
 
 static PyObject *PipeEnd_recv_bytes_into(PipeEndObject *self, PyObject *const *args,
                                          Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *a[3];
+    PyObject *a[2];
     int64_t deadline;
-    if (pw_parse_args("recv_bytes_into", args, nargs, kwnames, recv_into_names, 3, 1, a) < 0 ||
-        parse_timeout(a[2], &deadline) < 0)
-        return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(a[0], &view, PyBUF_WRITABLE) < 0)
+    if (pw_parse_args("recv_bytes_into", args, nargs, kwnames, recv_into_names, 2, 1, a) < 0 ||
+        parse_timeout(a[1], &deadline) < 0 || PyObject_GetBuffer(a[0], &view, PyBUF_WRITABLE) < 0)
         return NULL;
+    recv_ctx c = {.self = self, .maxlength = UINT64_MAX, .into = view.buf,
+                  .into_cap = (uint64_t)view.len};
     PyObject *result = NULL;
-    Py_ssize_t offset = 0;
-    if (pw_index_arg(a[1], 0, 0, "negative offset", &offset) < 0)
-        goto release;
-    if (offset > view.len) {
-        PyErr_SetString(PyExc_ValueError, "offset too large");
-        goto release;
-    }
-    recv_ctx c = {.self = self, .maxlength = UINT64_MAX, .into = (char *)view.buf + offset,
-                  .into_cap = (uint64_t)(view.len - offset)};
     if (receive_entered(self, &c, deadline) == 0)
         result = c.bytes ? c.bytes : PyLong_FromUnsignedLongLong(c.length);
-release:
     PyBuffer_Release(&view);
     return result;
 }
@@ -1297,18 +1257,14 @@ static PyObject *PipeEnd_segment_size(PyObject *cls, PyObject *args)
     return PyLong_FromUnsignedLongLong(pipe_segment_size(cap, duplex));
 }
 
-static PyObject *get_readable(PipeEndObject *self, void *c)
-{
-    return PyBool_FromLong(self->readable);
-}
-static PyObject *get_writable(PipeEndObject *self, void *c)
-{
-    return PyBool_FromLong(self->writable);
-}
-static PyObject *get_end(PipeEndObject *self, void *c)
-{
-    return PyLong_FromLong(self->end);
-}
+static PyMemberDef PipeEnd_members[] = {
+    {"readable", T_BOOL, offsetof(PipeEndObject, readable), READONLY,
+     "True if the connection can receive."},
+    {"writable", T_BOOL, offsetof(PipeEndObject, writable), READONLY,
+     "True if the connection can send."},
+    {"_end", T_INT, offsetof(PipeEndObject, end), READONLY, NULL},
+    {NULL},
+};
 
 static PyMethodDef PipeEnd_methods[] = {
     PW_ONEARG("send", PipeEnd_send, "obj",
@@ -1341,9 +1297,6 @@ static PyMethodDef PipeEnd_methods[] = {
 
 static PyGetSetDef PipeEnd_getset[] = {
     {"closed", (getter)pw_object_get_closed, NULL, "True if the connection is closed.", NULL},
-    {"readable", (getter)get_readable, NULL, "True if the connection can receive.", NULL},
-    {"writable", (getter)get_writable, NULL, "True if the connection can send.", NULL},
-    {"_end", (getter)get_end, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1352,5 +1305,6 @@ PW_RING_TYPE(PipeEnd, PipeEndObject, "PipeEnd", PipeEnd_new,
 
 int pw_pipe_register(PyObject *module)
 {
+    PipeEndType.tp_members = PipeEnd_members; /* PW_RING_TYPE sets methods and getset */
     return pw_add_type(module, &PipeEndType, "PipeEnd");
 }
