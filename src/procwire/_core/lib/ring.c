@@ -190,7 +190,8 @@ static int wait_for_move(pw_ringref *rr, int which, uint64_t seen, int watcher, 
     struct moved m = {s.word, seen, watcher ? s.seq : NULL, atomic_load(s.seq)};
     pw_wait w = {.done = word_moved, .ctx = &m, .waiters = s.sleepers, .futex = s.seq,
                  .mask = PW_FUTEX_ANY, .spin = watcher ? NULL : &rr->spin,
-                 .peer_cpu = s.cpu, .cancel = watcher ? NULL : rr->cancel};
+                 .peer_cpu = s.cpu, .cancel = watcher ? NULL : rr->cancel,
+                 .slice = PW_WAIT_LONG_SLICE_NS};
     return pw_wait_until(&w, deadline);
 }
 
