@@ -85,17 +85,17 @@ static void close_fd(int *fd)
 static void release_all(PwObject *o)
 {
     PipeEndObject *self = (PipeEndObject *)o;
+    Py_CLEAR(self->stash);
+    if (!o->mapped) /* never opened (its descriptors are not ours), or released */
+        return;
     close_fd(&self->ev_self);
     close_fd(&self->ev_peer);
     close_fd(&self->life_peer);
     close_fd(&self->life_own);
-    Py_CLEAR(self->stash);
-    if (o->mapped) {
-        self->pipe = NULL;
-        self->me = self->peer = NULL;
-        self->in.ring = self->out.ring = NULL;
-        pw_object_unmap(o);
-    }
+    self->pipe = NULL;
+    self->me = self->peer = NULL;
+    self->in.ring = self->out.ring = NULL;
+    pw_object_unmap(o);
 }
 
 /* A closed end raises OSError("handle is closed"), as multiprocessing's. */
@@ -325,29 +325,37 @@ static int await_data(PipeEndObject *self, uint64_t tail, int64_t deadline, int 
 
 /* ----------------------------------------------------------------- send */
 
+/* A sender found no room in `out` for a slice: PW_OK to wait another, or
+ * PW_ERAISED with the closed handle's error or BrokenPipeError set. */
+static int still_sending(PipeEndObject *self)
+{
+    if (self->base.guard.closed) {
+        closed_error(self);
+        return PW_ERAISED;
+    }
+    if (peer_hup(self)) {
+        raise_broken();
+        return PW_ERAISED;
+    }
+    return PW_OK;
+}
+
 /* Puts one record, waiting for room in slices while the peer lives.
  * 0 done, -1 exception (BrokenPipeError if the peer went away). */
 static int put_record(PipeEndObject *self, pw_msg *m)
 {
-    for (;;) {
+    int rc;
+    do {
         size_t done = 0;
-        int64_t slice = pw_now_ns() + PW_PIPE_SEND_SLICE_NS;
-        int rc = pw_ring_put(&self->out, m, 1, &done, slice);
-        if (rc < 0)
-            return pw_raise_int(rc);
+        rc = pw_ring_put(&self->out, m, 1, &done, pw_now_ns() + PW_PIPE_SEND_SLICE_NS);
         if (rc == PW_OK) {
             signal_peer(self);
             return 0;
         }
-        if (self->base.guard.closed) {
-            closed_error(self);
-            return -1;
-        }
-        if (peer_hup(self)) {
-            raise_broken();
-            return -1;
-        }
-    }
+        if (rc > 0) /* the slice passed, or a close() */
+            rc = still_sending(self);
+    } while (rc == PW_OK);
+    return pw_raise_int(rc);
 }
 
 /* Sends len bytes from buf as one message, streamed in pieces if longer
@@ -728,11 +736,6 @@ static int receive_entered(PipeEndObject *self, recv_ctx *c, int64_t deadline)
     return rc == 0 ? 0 : -1;
 }
 
-static int parse_timeout(PyObject *timeout, int64_t *deadline)
-{
-    return pw_deadline_from(1, timeout, deadline);
-}
-
 static const char *const recv_bytes_names[] = {"maxlength", "timeout", "copy"};
 
 static PyObject *PipeEnd_recv_bytes(PipeEndObject *self, PyObject *const *args,
@@ -750,7 +753,7 @@ static PyObject *PipeEnd_recv_bytes(PipeEndObject *self, PyObject *const *args,
                                          a[0] ? a[0] : Py_None, a[1], &in_place);
         if (in_place)
             return view;
-        if (parse_timeout(a[1], &deadline) < 0 ||
+        if (pw_deadline_from(1, a[1], &deadline) < 0 ||
             pw_index_arg(a[0], 1, 0, "negative maxlength", &m) < 0)
             return NULL;
         if (m >= 0)
@@ -758,8 +761,6 @@ static PyObject *PipeEnd_recv_bytes(PipeEndObject *self, PyObject *const *args,
     }
     return receive_entered(self, &c, deadline) < 0 ? NULL : c.bytes;
 }
-
-static const char *const recv_names[] = {"timeout"};
 
 /*
  * A message that is exactly PROTO 5, BINBYTES8 <n>, <n bytes>, MEMOIZE, STOP
@@ -810,11 +811,10 @@ static PyObject *short_pickled_bytes(PyObject *msg)
 static PyObject *PipeEnd_recv(PipeEndObject *self, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames)
 {
-    PyObject *a[1];
     int64_t deadline;
     recv_ctx c = {.self = self, .maxlength = UINT64_MAX};
-    if (pw_parse_args("recv", args, nargs, kwnames, recv_names, 1, 0, a) < 0 ||
-        parse_timeout(a[0], &deadline) < 0 || receive_entered(self, &c, deadline) < 0)
+    if (pw_parse_deadline("recv", args, nargs, kwnames, 0, &deadline) < 0 ||
+        receive_entered(self, &c, deadline) < 0)
         return NULL;
     PyObject *result = short_pickled_bytes(c.bytes);
     if (!result && !PyErr_Occurred())
@@ -837,7 +837,8 @@ static PyObject *PipeEnd_recv_bytes_into(PipeEndObject *self, PyObject *const *a
     int64_t deadline;
     Py_buffer view;
     if (pw_parse_args("recv_bytes_into", args, nargs, kwnames, recv_into_names, 2, 1, a) < 0 ||
-        parse_timeout(a[1], &deadline) < 0 || PyObject_GetBuffer(a[0], &view, PyBUF_WRITABLE) < 0)
+        pw_deadline_from(1, a[1], &deadline) < 0 ||
+        PyObject_GetBuffer(a[0], &view, PyBUF_WRITABLE) < 0)
         return NULL;
     recv_ctx c = {.self = self, .maxlength = UINT64_MAX, .into = view.buf,
                   .into_cap = (uint64_t)view.len};
@@ -850,16 +851,12 @@ static PyObject *PipeEnd_recv_bytes_into(PipeEndObject *self, PyObject *const *a
 
 /* ----------------------------------------------------------------- poll */
 
-static const char *const poll_names[] = {"timeout"};
-
 static PyObject *PipeEnd_poll(PipeEndObject *self, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames)
 {
-    PyObject *a[1];
-    int64_t deadline = 0;
-    if (pw_parse_args("poll", args, nargs, kwnames, poll_names, 1, 0, a) < 0)
-        return NULL;
-    if (a[0] && pw_deadline_from(1, a[0], &deadline) < 0) /* None = forever, as mp */
+    int64_t deadline = 0; /* poll(): look once; poll(None): forever, as mp */
+    if ((nargs || kwnames) &&
+        pw_parse_deadline_args("poll", args, nargs, kwnames, 0, &deadline) < 0)
         return NULL;
     if (enter(self) < 0)
         return NULL;
@@ -902,9 +899,9 @@ static PyObject *PipeEnd_loan_begin(PipeEndObject *self, PyObject *const *args,
     int rc = check_writable(self) < 0 ? PW_ERAISED : PW_OK;
     if (rc == PW_OK && n > limit)
         rc = pw_too_large(self->base.name, &self->out, n, limit);
-    else if (rc == PW_OK && peer_hup(self))
-        rc = (raise_broken(), PW_ERAISED);
-    else if (rc == PW_OK)
+    if (rc == PW_OK)
+        rc = still_sending(self);
+    if (rc == PW_OK)
         rc = lock_end(self, &self->me->send_lock, &self->me->send_owner_died, deadline);
     uint32_t pos;
     while (rc == PW_OK) {
@@ -919,7 +916,7 @@ static PyObject *PipeEnd_loan_begin(PipeEndObject *self, PyObject *const *args,
             return r;
         }
         if (rc == PW_TIMEOUT && pw_now_ns() < deadline)
-            rc = peer_hup(self) ? (raise_broken(), PW_ERAISED) : PW_OK;
+            rc = still_sending(self);
         if (rc != PW_OK)
             pw_mutex_unlock(&self->me->send_lock);
     }
@@ -995,16 +992,13 @@ static PyObject *view_or_copy(PipeEndObject *self, int64_t deadline, int *held)
     }
 }
 
-static const char *const view_names[] = {"timeout"};
-
 /* _view_begin(timeout) -> (type, offset, length, copied): see view_or_copy. */
 static PyObject *PipeEnd_view_begin(PipeEndObject *self, PyObject *const *args,
                                     Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *a[1];
     int64_t deadline;
-    if (pw_parse_args("recv_bytes", args, nargs, kwnames, view_names, 1, 0, a) < 0 ||
-        parse_timeout(a[0], &deadline) < 0 || pw_view_free(&self->base, &self->lease) < 0 ||
+    if (pw_parse_deadline("recv_bytes", args, nargs, kwnames, 0, &deadline) < 0 ||
+        pw_view_free(&self->base, &self->lease) < 0 ||
         enter(self) < 0)
         return NULL;
     int held = 0;
@@ -1159,15 +1153,6 @@ static void PipeEnd_dealloc(PipeEndObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *PipeEnd_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
-{
-    PipeEndObject *self = (PipeEndObject *)type->tp_alloc(type, 0);
-    if (self) {
-        self->ev_self = self->ev_peer = self->life_peer = self->life_own = -1;
-    }
-    return (PyObject *)self;
-}
-
 /* Another holder of this end comes to exist (a fork child, a pickle). */
 static PyObject *PipeEnd_add_handle(PipeEndObject *self, PyObject *unused)
 {
@@ -1301,7 +1286,7 @@ static PyGetSetDef PipeEnd_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-PW_RING_TYPE(PipeEnd, PipeEndObject, "PipeEnd", PipeEnd_new,
+PW_RING_TYPE(PipeEnd, PipeEndObject, "PipeEnd", PyType_GenericNew,
              "One end of a shared-memory pipe (see procwire.pipe.Connection).");
 
 int pw_pipe_register(PyObject *module)
