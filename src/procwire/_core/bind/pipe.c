@@ -454,7 +454,7 @@ static PyObject *PipeEnd_send_bytes(PipeEndObject *self, PyObject *const *args,
  * pickle.dumps(obj, 5) (and procwire._pickle.dumps) makes it: PROTO 5,
  * FRAME <n + 4>, SHORT_BINBYTES <n>, the bytes, MEMOIZE, STOP. Made here, it
  * spares send() a call into Python (a third of a small message's cost), and
- * recv() recognises it (short_pickled_bytes).
+ * recv() recognises it (pickled_bytes).
  */
 #define SHORT_BYTES_HEAD 13
 #define SHORT_BYTES_PICKLE(n) ((n) + SHORT_BYTES_HEAD + 2)
@@ -763,23 +763,32 @@ static PyObject *PipeEnd_recv_bytes(PipeEndObject *self, PyObject *const *args,
 }
 
 /*
- * A message that is exactly PROTO 5, BINBYTES8 <n>, <n bytes>, MEMOIZE, STOP
- * is a pickled bytes object (what Pipe.send makes of large bytes). Unwrap it
- * in place rather than have pickle.loads copy it into a second buffer:
- * returns the bytes (stealing *msg), or NULL without an error when the
- * message is anything else.
+ * A message that is the pickle of a bytes object, as Pipe.send makes it:
+ * pickle_short_bytes()'s form, or (64 KiB and more) PROTO 5, BINBYTES8 <n>,
+ * the n bytes, MEMOIZE, STOP. Returns the bytes object, made without an
+ * unpickler -- a large one unwrapped in place (stealing *msg) rather than
+ * copied into a second buffer by pickle.loads -- or NULL without an error
+ * when the message is anything else.
  */
-static PyObject *unwrap_pickled_bytes(PyObject **msg)
+static PyObject *pickled_bytes(PyObject **msg)
 {
     PyObject *b = *msg;
-    Py_ssize_t n = PyBytes_GET_SIZE(b);
-    if (n < 65536 + 13 || Py_REFCNT(b) != 1)
-        return NULL;
+    Py_ssize_t size = PyBytes_GET_SIZE(b);
     unsigned char *p = (unsigned char *)PyBytes_AS_STRING(b);
+    if (size < SHORT_BYTES_PICKLE(0) || p[size - 2] != 0x94 || p[size - 1] != '.')
+        return NULL;
+    if (size <= SHORT_BYTES_PICKLE(255)) {
+        size_t n = (size_t)size - SHORT_BYTES_PICKLE(0);
+        unsigned char expected[SHORT_BYTES_HEAD];
+        short_bytes_head(expected, n);
+        if (memcmp(p, expected, SHORT_BYTES_HEAD) != 0)
+            return NULL;
+        return PyBytes_FromStringAndSize((const char *)p + SHORT_BYTES_HEAD, (Py_ssize_t)n);
+    }
     uint64_t len;
     memcpy(&len, p + 3, 8);
-    if (p[0] != 0x80 || p[1] != 5 || p[2] != 0x8e || p[n - 2] != 0x94 || p[n - 1] != '.' ||
-        len != (uint64_t)(n - 13))
+    if (size < 65536 + 13 || Py_REFCNT(b) != 1 || p[0] != 0x80 || p[1] != 5 || p[2] != 0x8e ||
+        len != (uint64_t)(size - 13))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     memmove(p, p + 11, (size_t)len);
@@ -791,23 +800,6 @@ static PyObject *unwrap_pickled_bytes(PyObject **msg)
     return result;
 }
 
-/* A message that is pickle_short_bytes()'s form of a bytes object: the
- * object, made without an unpickler; NULL without an error when the message
- * is anything else. */
-static PyObject *short_pickled_bytes(PyObject *msg)
-{
-    Py_ssize_t len = PyBytes_GET_SIZE(msg);
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(msg);
-    if (len < SHORT_BYTES_PICKLE(0) || len > SHORT_BYTES_PICKLE(255))
-        return NULL;
-    size_t n = (size_t)len - SHORT_BYTES_PICKLE(0);
-    unsigned char expected[SHORT_BYTES_HEAD];
-    short_bytes_head(expected, n);
-    if (memcmp(p, expected, SHORT_BYTES_HEAD) != 0 || p[len - 2] != 0x94 || p[len - 1] != '.')
-        return NULL;
-    return PyBytes_FromStringAndSize((const char *)p + SHORT_BYTES_HEAD, (Py_ssize_t)n);
-}
-
 static PyObject *PipeEnd_recv(PipeEndObject *self, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames)
 {
@@ -816,9 +808,7 @@ static PyObject *PipeEnd_recv(PipeEndObject *self, PyObject *const *args, Py_ssi
     if (pw_parse_deadline("recv", args, nargs, kwnames, 0, &deadline) < 0 ||
         receive_entered(self, &c, deadline) < 0)
         return NULL;
-    PyObject *result = short_pickled_bytes(c.bytes);
-    if (!result && !PyErr_Occurred())
-        result = unwrap_pickled_bytes(&c.bytes);
+    PyObject *result = pickled_bytes(&c.bytes);
     if (!result && !PyErr_Occurred())
         result = PyObject_CallOneArg(self->loads, c.bytes);
     Py_XDECREF(c.bytes);
