@@ -387,21 +387,6 @@ static int release_mine(LockObject *self, struct pw_lock *l)
     return unlock_now(l);
 }
 
-/* Gives up what this handle acquired in the current hold, if anything; the
- * mutex itself is unlocked when no handle of this thread holds it any more.
- * Returns 1 if the mutex stays held by this thread through another handle
- * after this one took it (its robust-list entry points into our mapping). */
-static int drop_own_hold(LockObject *self, struct pw_lock *l)
-{
-    if (!held_via(self, l)) {
-        self->mine = 0;
-        return 0;
-    }
-    int shared = atomic_load_explicit(&l->depth, memory_order_relaxed) > self->mine;
-    return release_mine(self, l) != 0 /* still on our robust list */ ||
-           (shared && self->locked_here);
-}
-
 /* Another live thread of this process holds the mutex through this handle. */
 static pid_t other_thread_holds_via(LockObject *self, struct pw_lock *l)
 {
@@ -439,8 +424,15 @@ static int lock_drop(LockObject *self, int from_close)
                 return -1;
             }
             self->sync.base.keep_mapping = 1; /* the view is deliberately never released */
-        } else if (drop_own_hold(self, l)) {
-            self->sync.base.keep_mapping = 1;
+        } else if (held_via(self, l)) {
+            /* What this handle acquired in the current hold is given up (the
+             * mutex is unlocked when no handle of this thread holds it any
+             * more). If the mutex stays on this thread's robust list (its
+             * unlock failed, or another handle of this thread holds it after
+             * this mapping took it), the list's entry points into our view. */
+            int shared = atomic_load_explicit(&l->depth, memory_order_relaxed) > self->mine;
+            if (release_mine(self, l) != 0 || (shared && self->locked_here))
+                self->sync.base.keep_mapping = 1;
         }
     }
     pw_object_close(&self->sync.base);
