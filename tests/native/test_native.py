@@ -42,3 +42,23 @@ def test_native_core(tmp_path: Path, flags: list[str]) -> None:
                          env={"ASAN_OPTIONS": "detect_leaks=1", "PATH": "/usr/bin:/bin"})
     assert run.returncode == 0, run.stdout + run.stderr
     assert "all tests passed" in run.stdout
+
+
+# A native object whose __init__ never ran (made with __new__, as a subclass or a
+# broken unpickler may) has no mapping and no name: every call says it is closed,
+# naming its type. (Its name was passed to "%U" as None: a garbage message.)
+_NEVER_INITIALISED = [("PipeEnd", "send", (1,)), ("PipeEnd", "recv_bytes", ()),
+                      ("QueueBase", "get", ()), ("QueueBase", "put", (1,)),
+                      ("Lock", "acquire", ()), ("Lock", "release", ()),
+                      ("Semaphore", "acquire", ()), ("Event", "is_set", ()),
+                      ("Event", "wait", (0,)), ("Condition", "_counters", ())]
+
+
+@pytest.mark.parametrize(("type_name", "method", "args"), _NEVER_INITIALISED)
+def test_a_native_object_whose_init_never_ran_says_it_is_closed(type_name, method, args):
+    from procwire import _core
+    cls = getattr(_core, type_name)
+    obj = cls.__new__(cls)
+    with pytest.raises(ValueError) as caught:
+        getattr(obj, method)(*args)
+    assert str(caught.value) == f"this procwire._core.{type_name} is closed"

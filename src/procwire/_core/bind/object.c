@@ -46,20 +46,29 @@ static void release(PwObject *o)
         pw_object_unmap(o);
 }
 
+/* ValueError("<name> <what>"), or "this <type> <what>" for an object that
+ * has no name (one whose __init__ never ran). NULL. */
+static PyObject *closed_value_error(PwObject *o, const char *what)
+{
+    if (o->name && PyUnicode_Check(o->name))
+        PyErr_Format(PyExc_ValueError, "%U %s", o->name, what);
+    else
+        PyErr_Format(PyExc_ValueError, "this %s %s", Py_TYPE(o)->tp_name, what);
+    return NULL;
+}
+
 PyObject *pw_object_closed(PwObject *o)
 {
-    if (o->ops && o->ops->closed_msg)
+    if (o->ops && o->ops->closed_msg) {
         PyErr_SetString(PyExc_OSError, o->ops->closed_msg);
-    else
-        PyErr_Format(PyExc_ValueError, "%U is closed", o->name ? o->name : Py_None);
-    return NULL;
+        return NULL;
+    }
+    return closed_value_error(o, "is closed");
 }
 
 PyObject *pw_object_closed_while_waiting(PwObject *o)
 {
-    PyErr_Format(PyExc_ValueError, "%U was closed by another thread while this one waited on it",
-                 o->name ? o->name : Py_None);
-    return NULL;
+    return closed_value_error(o, "was closed by another thread while this one waited on it");
 }
 
 void pw_object_leave(PwObject *o)
