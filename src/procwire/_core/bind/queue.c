@@ -16,7 +16,6 @@
 typedef struct {
     PwObject base;       /* the mapping, its name, the guard against a concurrent close */
     pw_ringref rr;
-    uint64_t max_msg;    /* the largest message put() takes: the ring's, or the spill's */
     PyObject *dumps;     /* dumps(obj, protocol) -> bytes */
     PyObject *protocol;  /* int, the pickle protocol */
     PyObject *dumps_buffers; /* for buffer exporters: obj -> bytes or [pickle, buffer, ...] */
@@ -63,26 +62,20 @@ static PyObject *ring_failed(QueueObject *self, int rc, PyObject *timed_out)
     return NULL;
 }
 
+/* QueueBase(buffer, *, name, dumps, protocol, dumps_buffers, loads, spill_fd):
+ * opens the queue segment_init() laid out in `buffer`, validating it; the
+ * spill area beyond the mapping is read and written through spill_fd (the
+ * segment's file, the caller's: it stays open while the handle is). */
 static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", "create", "capacity", "maxsize", "kind", "name",
-                             "dumps", "protocol", "dumps_buffers", "loads", "spill", NULL};
+    static char *kwlist[] = {"buffer", "name", "dumps", "protocol", "dumps_buffers", "loads",
+                             "spill_fd", NULL};
     PyObject *buffer, *name, *dumps, *protocol, *dumps_buffers, *loads;
-    int create = 0, spill = 0;
-    unsigned long long capacity = 0;
-    unsigned int maxsize = 0, kind = PW_KIND_QUEUE;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$pKIIUOO!OOp:QueueBase", kwlist, &buffer,
-                                     &create, &capacity, &maxsize, &kind, &name, &dumps,
-                                     &PyLong_Type, &protocol, &dumps_buffers, &loads, &spill))
+    int spill_fd;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$UOO!OOi:QueueBase", kwlist, &buffer, &name,
+                                     &dumps, &PyLong_Type, &protocol, &dumps_buffers, &loads,
+                                     &spill_fd))
         return -1;
-    if (!PyCallable_Check(dumps) || !PyCallable_Check(loads) || !PyCallable_Check(dumps_buffers)) {
-        PyErr_SetString(PyExc_TypeError, "dumps, dumps_buffers and loads must be callables");
-        return -1;
-    }
-    if (kind == 0 || kind >= PW_KIND_MAX_) {
-        PyErr_Format(PyExc_ValueError, "invalid kind %u", kind);
-        return -1;
-    }
     const char *what = pw_ring_object_map(&self->base, &queue_ops, buffer, name);
     if (!what)
         return -1;
@@ -91,47 +84,19 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->dumps_buffers, Py_NewRef(dumps_buffers));
     Py_XSETREF(self->loads, Py_NewRef(loads));
     struct pw_header *h = self->base.view.buf;
-    struct pw_ring *r = (struct pw_ring *)(h + 1);
-    uint64_t size = (uint64_t)self->base.view.len;
-    if (create) {
-        if (pw_check_capacity(capacity) < 0)
-            goto fail;
-        if (maxsize > INT32_MAX) {
-            PyErr_Format(PyExc_ValueError, "maxsize must be at most %d", INT32_MAX);
-            goto fail;
-        }
-        if (size != pw_ring_segment_size(capacity)) {
-            PyErr_Format(PyExc_ValueError, "buffer is %llu bytes; a ring of capacity %llu "
-                         "needs exactly %llu", (unsigned long long)size, capacity,
-                         (unsigned long long)pw_ring_segment_size(capacity));
-            goto fail;
-        }
-        uint64_t data_offset = size - capacity;
-        pw_header_init(h, kind, size, sizeof *r, data_offset);
-        int rc = pw_ring_init(r, capacity, maxsize);
-        if (rc) {
-            errno = rc;
-            PyErr_SetFromErrno(PyExc_OSError);
-            goto fail;
-        }
-        if (spill) /* its spill area starts where the mapping ends */
-            pw_ring_init_spill(r, size);
-        pw_header_publish(h);
-    } else {
-        int rc = pw_segment_validate(h, size, PW_KIND_QUEUE, what); /* a ring only */
-        if (rc) {
-            pw_raise(rc);
-            goto fail;
-        }
+    int rc = pw_segment_validate(h, (uint64_t)self->base.view.len, PW_KIND_QUEUE, what);
+    if (rc == PW_OK) {
+        /* `what`: UTF-8 cached by `name`, which we keep */
+        pw_ringref_init(&self->rr, (struct pw_ring *)(h + 1), (uint8_t *)h + h->data_offset, what);
+        self->rr.cancel = &self->base.guard.closed; /* a close() from another thread ends waits */
+        rc = pw_ring_set_spill(&self->rr, spill_fd);
     }
-    /* `what`: UTF-8 cached by `name`, which we keep */
-    pw_ringref_init(&self->rr, r, (uint8_t *)h + h->data_offset, what);
-    self->rr.cancel = &self->base.guard.closed; /* a close() from another thread ends waits */
-    self->max_msg = pw_ring_max_payload(r->capacity); /* the spill's once _set_spill_fd() */
+    if (rc) {
+        pw_raise(rc);
+        release_mapping(&self->base);
+        return -1;
+    }
     return 0;
-fail:
-    release_mapping(&self->base);
-    return -1;
 }
 
 #define QUEUE_OBJECTS(X) X(dumps) X(protocol) X(dumps_buffers) X(loads) \
@@ -275,8 +240,8 @@ static int msg_prepare(QueueObject *self, PyObject *obj, pw_msg *m, msg_refs *x)
             return -1;
         }
     }
-    if (m->len > self->max_msg)
-        return pw_too_large(self->base.name, &self->rr, m->len, self->max_msg);
+    if (m->len > PW_SPILL_MAX_PAYLOAD) /* what the ring cannot take spills */
+        return pw_too_large(self->base.name, &self->rr, m->len, PW_SPILL_MAX_PAYLOAD);
     return 0;
 }
 
@@ -847,30 +812,6 @@ static PyObject *Queue_loan_commit(QueueObject *self, PyObject *const *args, Py_
     Py_RETURN_NONE;
 }
 
-/* _set_spill_fd(fd): the segment's file, through which this handle reads and
- * writes the spill area (a queue made with spill=True). The descriptor stays
- * the caller's; it must stay open while the handle is. */
-static PyObject *Queue_set_spill_fd(QueueObject *self, PyObject *arg)
-{
-    long fd = PyLong_AsLong(arg);
-    if (fd == -1 && PyErr_Occurred())
-        return NULL;
-    if (enter(self) < 0)
-        return NULL;
-    PyObject *r = NULL;
-    if (fd > INT32_MAX)
-        fd = -1;
-    int rc = pw_ring_set_spill(&self->rr, (int)fd);
-    if (rc)
-        pw_raise(rc);
-    else {
-        self->max_msg = PW_SPILL_MAX_PAYLOAD;
-        r = Py_NewRef(Py_None);
-    }
-    leave(self);
-    return r;
-}
-
 static PyObject *Queue_loan_abort(QueueObject *self, PyObject *unused)
 {
     if (pw_loan_abort(&self->lease))
@@ -1008,14 +949,6 @@ out:
     return result;
 }
 
-static PyObject *Queue_segment_size(PyObject *cls, PyObject *arg)
-{
-    unsigned long long cap = PyLong_AsUnsignedLongLong(arg);
-    if (cap == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    return PyLong_FromUnsignedLongLong(pw_ring_segment_size(cap));
-}
-
 static PyObject *Queue_get_capacity(QueueObject *self, void *c)
 {
     return PyLong_FromUnsignedLongLong(self->rr.capacity);
@@ -1062,9 +995,7 @@ static PyMethodDef Queue_methods[] = {
     {"_statistics", (PyCFunction)Queue_statistics, METH_NOARGS, NULL},
     {"_release", (PyCFunction)Queue_release, METH_NOARGS, NULL},
     {"_word", (PyCFunction)Queue_word, METH_O, NULL},
-    {"_set_spill_fd", (PyCFunction)Queue_set_spill_fd, METH_O, NULL},
     PW_WATCH_METHODS(Queue),
-    {"_segment_size", (PyCFunction)Queue_segment_size, METH_O | METH_STATIC, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1076,7 +1007,7 @@ static PyGetSetDef Queue_getset[] = {
 };
 
 PW_RING_TYPE(Queue, QueueObject, "QueueBase", PyType_GenericNew,
-             "QueueBase(buffer, *, create, capacity, maxsize, kind, name, dumps, protocol, dumps_buffers, loads, spill)\n--\n\n"
+             "QueueBase(buffer, *, name, dumps, protocol, dumps_buffers, loads, spill_fd)\n--\n\n"
              "A multi-producer multi-consumer message ring in a shared segment.");
 
 int pw_queue_register(PyObject *module)
