@@ -115,76 +115,58 @@ static void Queue_dealloc(QueueObject *self)
 
 /* The Python side of a message being put: what keeps its bytes alive. */
 typedef struct {
-    uint64_t *oob_prefix;     /* PICKLE_OOB: nparts word + part lengths */
-    Py_buffer *views;         /* buffers to release */
+    Py_buffer *views; /* exported buffers to release (in `block`) */
     int nviews;
-    PyObject *keep;           /* a reference that keeps the bytes alive */
+    void *block;      /* one allocation: the views, an out-of-band prefix, part arrays */
+    PyObject *keep;   /* a reference that keeps the bytes alive */
 } msg_refs;
 
-static void msg_release(pw_msg *m, msg_refs *x)
+static void msg_release(msg_refs *x)
 {
     for (int i = 0; i < x->nviews; i++)
         PyBuffer_Release(&x->views[i]);
-    PyMem_Free(x->views);
-    if (m->part != m->part_inline) {
-        PyMem_Free(m->part);
-        PyMem_Free(m->part_len);
-    }
-    PyMem_Free(x->oob_prefix);
+    PyMem_Free(x->block);
     Py_CLEAR(x->keep);
 }
 
-static int msg_set_parts(pw_msg *m, int n)
+/* Makes the buffers of the n objects m's parts: after a prefix of their
+ * count and lengths if `oob` (a PICKLE_OOB record's), else alone. The
+ * arrays this needs are one allocation (x->block). 0, or -1 with an
+ * exception. */
+static int msg_export(pw_msg *m, msg_refs *x, PyObject *const *objs, Py_ssize_t n, int oob)
 {
-    if (n <= PW_MSG_INLINE_PARTS) {
-        m->part = m->part_inline;
-        m->part_len = m->part_len_inline;
-        return 0;
-    }
-    m->part = PyMem_Malloc(sizeof *m->part * n);
-    m->part_len = PyMem_Malloc(sizeof *m->part_len * n);
-    if (!m->part || !m->part_len) {
-        PyMem_Free(m->part);
-        PyMem_Free(m->part_len);
-        m->part = m->part_inline;
-        m->part_len = m->part_len_inline;
+    int nparts = (int)n + oob;
+    size_t views = sizeof(Py_buffer) * (size_t)n, prefix = oob ? sizeof(uint64_t) * (size_t)nparts : 0;
+    size_t arrays = nparts > PW_MSG_INLINE_PARTS ? (sizeof(void *) + sizeof(uint64_t)) * nparts : 0;
+    char *block = x->block = PyMem_Calloc(1, views + prefix + arrays);
+    if (!block) {
         PyErr_NoMemory();
         return -1;
     }
-    return 0;
-}
-
-/* A protocol-5 pickle plus its out-of-band buffers: [pickle, buf, ...]. */
-static int msg_prepare_oob(pw_msg *m, msg_refs *x, PyObject *parts)
-{
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(parts);
-    if (n < 1 || n > 64) {
-        PyErr_Format(PyExc_ValueError, "dumps() returned %zd parts; between 1 and 64 "
-                     "are supported", n);
-        return -1;
+    x->views = (Py_buffer *)block;
+    uint64_t *lens = (uint64_t *)(block + views); /* the prefix: nparts word, part lengths */
+    if (arrays) {
+        m->part = (const void **)(block + views + prefix);
+        m->part_len = (uint64_t *)(m->part + nparts);
     }
-    m->type = PW_REC_PICKLE_OOB;
-    x->views = PyMem_Calloc((size_t)n, sizeof(Py_buffer));
-    x->oob_prefix = PyMem_Malloc(sizeof(uint64_t) * (size_t)(n + 1));
-    if (!x->views || !x->oob_prefix || msg_set_parts(m, (int)n + 1) < 0) {
-        PyErr_NoMemory();
-        return -1;
+    m->nparts = nparts;
+    m->len = prefix;
+    if (oob) {
+        lens[0] = (uint64_t)n;
+        m->part[0] = lens;
+        m->part_len[0] = prefix;
     }
-    x->oob_prefix[0] = (uint64_t)n;
-    m->part[0] = x->oob_prefix;
-    m->part_len[0] = sizeof(uint64_t) * (uint64_t)(n + 1);
-    m->len = m->part_len[0];
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(parts, i), &x->views[i],
-                               PyBUF_SIMPLE) < 0)
+        if (PyObject_GetBuffer(objs[i], &x->views[i], PyBUF_SIMPLE) < 0)
             return -1;
         x->nviews++;
-        x->oob_prefix[i + 1] = (uint64_t)x->views[i].len;
-        m->part[i + 1] = x->views[i].buf;
-        m->part_len[i + 1] = (uint64_t)x->views[i].len;
-        m->len += (uint64_t)x->views[i].len;
+        uint64_t len = (uint64_t)x->views[i].len;
+        if (oob)
+            lens[i + 1] = len;
+        m->part[oob + i] = x->views[i].buf;
+        m->part_len[oob + i] = len;
+        m->len += len;
     }
-    m->nparts = (int)n + 1;
     return 0;
 }
 
@@ -204,16 +186,8 @@ static int msg_prepare(QueueObject *self, PyObject *obj, pw_msg *m, msg_refs *x)
     } else if (PyByteArray_CheckExact(obj)) {
         /* An export pins the bytearray's size while we copy it. */
         m->type = PW_REC_BYTEARRAY;
-        x->views = PyMem_Calloc(1, sizeof(Py_buffer));
-        if (!x->views) {
-            PyErr_NoMemory();
+        if (msg_export(m, x, &obj, 1, 0) < 0)
             return -1;
-        }
-        if (PyObject_GetBuffer(obj, &x->views[0], PyBUF_SIMPLE) < 0)
-            return -1;
-        x->nviews = 1;
-        m->part[0] = x->views[0].buf;
-        m->len = m->part_len[0] = (uint64_t)x->views[0].len;
     } else {
         /* Objects that export a buffer (numpy arrays, ...) may travel out
          * of band; everything else takes the direct dumps(obj, protocol). */
@@ -232,7 +206,15 @@ static int msg_prepare(QueueObject *self, PyObject *obj, pw_msg *m, msg_refs *x)
             m->part[0] = PyBytes_AS_STRING(data);
             m->len = m->part_len[0] = (uint64_t)PyBytes_GET_SIZE(data);
         } else if (PyList_CheckExact(data) || PyTuple_CheckExact(data)) {
-            if (msg_prepare_oob(m, x, data) < 0)
+            /* A protocol-5 pickle plus its out-of-band buffers: [pickle, buf, ...]. */
+            Py_ssize_t n = PySequence_Fast_GET_SIZE(data);
+            if (n < 1 || n > PW_OOB_MAX_PARTS) {
+                PyErr_Format(PyExc_ValueError, "dumps() returned %zd parts; between 1 and %d "
+                             "are supported", n, PW_OOB_MAX_PARTS);
+                return -1;
+            }
+            m->type = PW_REC_PICKLE_OOB;
+            if (msg_export(m, x, PySequence_Fast_ITEMS(data), n, 1) < 0)
                 return -1;
         } else {
             PyErr_Format(PyExc_TypeError, "dumps() must return bytes or a list of buffers, "
@@ -245,71 +227,68 @@ static int msg_prepare(QueueObject *self, PyObject *obj, pw_msg *m, msg_refs *x)
     return 0;
 }
 
-/* A record copied out of the ring. */
+/* A record copied out of the ring: its payload (bytes; a bytearray for a
+ * BYTEARRAY record) and, for PICKLE_OOB, the pickle as payload and the
+ * out-of-band buffers as bytearrays, mutable as such buffers are (numpy
+ * arrays stay writable). */
 typedef struct {
     uint32_t type;
-    PyObject *payload; /* bytes or bytearray; for PICKLE_OOB, a list [bytes, bytearray...] */
+    PyObject *payload;
+    PyObject *buffers; /* a list for PICKLE_OOB; else NULL */
 } pw_record;
 
-/* Allocates the payload object(s) for a record and copies it out. */
-static int read_record(const pw_ringref *rr, uint32_t p, uint32_t type, uint64_t len,
+/* Allocates the payload object(s) for a record and copies it out; `raw`: its
+ * whole payload as bytes, whatever its type (a spilled message's view). */
+static int read_record(const pw_ringref *rr, uint32_t p, uint32_t type, uint64_t len, int raw,
                        pw_record *out)
 {
-    PyObject *obj;
-    uint64_t nparts, lens[PW_OOB_MAX_PARTS];
+    uint64_t nparts = 1, lens[PW_OOB_MAX_PARTS];
+    lens[0] = len;
     /* Checked before use; only an out-of-band record has more than its type to check. */
-    if (type == PW_REC_PICKLE_OOB || type == 0 || type >= PW_REC_MAX_) {
+    if (!raw && (type == PW_REC_PICKLE_OOB || type == 0 || type >= PW_REC_MAX_)) {
         int rc = pw_check_record(rr, p, type, len, &nparts, lens);
         if (rc)
             return rc;
     }
-    if (type == PW_REC_PICKLE_OOB) {
-        obj = PyList_New((Py_ssize_t)nparts);
-        if (!obj)
-            return PW_ERAISED;
-        p += (uint32_t)(8 + 8 * nparts);
-        for (uint64_t i = 0; i < nparts; i++) {
-            /* Part 0 is the pickle; the others become mutable buffers, as
-             * out-of-band buffers are (numpy arrays stay writable). */
-            PyObject *part = i == 0 ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)lens[i])
-                                    : PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)lens[i]);
-            if (!part) {
-                Py_DECREF(obj);
-                return PW_ERAISED;
-            }
-            char *dst = i == 0 ? PyBytes_AS_STRING(part) : PyByteArray_AS_STRING(part);
-            pw_ring_copy_out_large(rr, p, dst, lens[i]);
-            p += (uint32_t)lens[i];
-            PyList_SET_ITEM(obj, (Py_ssize_t)i, part);
-        }
-    } else {
-        char *dst;
-        if (type == PW_REC_BYTEARRAY) {
-            obj = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)len);
-            dst = obj ? PyByteArray_AS_STRING(obj) : NULL;
-        } else {
-            obj = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
-            dst = obj ? PyBytes_AS_STRING(obj) : NULL;
-        }
-        if (!obj)
-            return PW_ERAISED;
-        pw_ring_copy_out_large(rr, p, dst, len);
-    }
+    int oob = !raw && type == PW_REC_PICKLE_OOB;
     out->type = type;
-    out->payload = obj;
+    out->buffers = oob ? PyList_New((Py_ssize_t)nparts - 1) : NULL;
+    if (oob && !out->buffers)
+        return PW_ERAISED;
+    if (oob)
+        p += (uint32_t)(8 + 8 * nparts);
+    for (uint64_t i = 0; i < nparts; i++) {
+        int mutable = i > 0 || (!raw && type == PW_REC_BYTEARRAY);
+        PyObject *part = mutable ? PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)lens[i])
+                                 : PyBytes_FromStringAndSize(NULL, (Py_ssize_t)lens[i]);
+        if (!part) {
+            if (i)
+                Py_DECREF(out->payload);
+            Py_XDECREF(out->buffers);
+            return PW_ERAISED;
+        }
+        pw_ring_copy_out_large(rr, p, mutable ? PyByteArray_AS_STRING(part)
+                                              : PyBytes_AS_STRING(part), lens[i]);
+        p += (uint32_t)lens[i];
+        if (i == 0)
+            out->payload = part;
+        else
+            PyList_SET_ITEM(out->buffers, (Py_ssize_t)i - 1, part);
+    }
     return 0;
 }
 
 struct take_ctx {
     pw_record *out;
     size_t n;
+    int raw;
 };
 
 static int take_record(void *ctx, const pw_ringref *rr, uint32_t pos, uint32_t type,
                        uint64_t len)
 {
     struct take_ctx *c = ctx;
-    int rc = read_record(rr, pos, type, len, &c->out[c->n]);
+    int rc = read_record(rr, pos, type, len, c->raw, &c->out[c->n]);
     if (rc == 0)
         c->n++;
     return rc;
@@ -317,12 +296,14 @@ static int take_record(void *ctx, const pw_ringref *rr, uint32_t pos, uint32_t t
 
 /*
  * Takes up to `max` records (at least 1), waiting for the first until the
- * deadline. Returns the number taken (>= 1), 0 on timeout, -1 with an
- * exception set. A bad record after good ones is left for the next call.
+ * deadline (`raw`: see read_record). Returns the number taken (>= 1), 0 on
+ * timeout, -1 with an exception set. A bad record after good ones is left
+ * for the next call.
  */
-static Py_ssize_t take_records(QueueObject *self, pw_record *out, size_t max, int64_t deadline)
+static Py_ssize_t take_records(QueueObject *self, pw_record *out, size_t max, int64_t deadline,
+                               int raw)
 {
-    struct take_ctx c = {out, 0};
+    struct take_ctx c = {out, 0, raw};
     size_t taken;
     int rc = pw_ring_take(&self->rr, take_record, &c, max, deadline, &taken);
     if (taken) {
@@ -336,33 +317,22 @@ static Py_ssize_t take_records(QueueObject *self, pw_record *out, size_t max, in
     return -1;
 }
 
-/* Turns a record into the object that was put. Steals rec->payload. */
+/* Turns a record into the object that was put. Steals the record's objects. */
 static PyObject *record_to_object(QueueObject *self, pw_record *rec)
 {
-    PyObject *payload = rec->payload, *result;
-    switch (rec->type) {
-    case PW_REC_BYTES:
-    case PW_REC_BYTEARRAY:
-        return payload;
-    case PW_REC_PICKLE:
-        result = PyObject_CallOneArg(self->loads, payload);
-        break;
-    default: { /* PW_REC_PICKLE_OOB: loads(pickle, buffers=[...]) */
-        Py_ssize_t n = PyList_GET_SIZE(payload);
-        PyObject *buffers = PyList_GetSlice(payload, 1, n);
-        if (!buffers) {
-            result = NULL;
-            break;
-        }
-        PyObject *callargs[2] = {PyList_GET_ITEM(payload, 0), buffers};
+    PyObject *result;
+    if (rec->type == PW_REC_BYTES || rec->type == PW_REC_BYTEARRAY)
+        return rec->payload;
+    if (rec->type == PW_REC_PICKLE) {
+        result = PyObject_CallOneArg(self->loads, rec->payload);
+    } else { /* PICKLE_OOB: loads(pickle, buffers=[...]) */
+        PyObject *callargs[2] = {rec->payload, rec->buffers};
         PyObject *kwnames = PyTuple_Pack(1, pw_get_state()->str_buffers);
         result = kwnames ? PyObject_Vectorcall(self->loads, callargs, 1, kwnames) : NULL;
         Py_XDECREF(kwnames);
-        Py_DECREF(buffers);
-        break;
+        Py_DECREF(rec->buffers);
     }
-    }
-    Py_DECREF(payload);
+    Py_DECREF(rec->payload);
     return result;
 }
 
@@ -413,7 +383,7 @@ static PyObject *put_objects(QueueObject *self, PyObject *const *items, Py_ssize
         for (; prepared < batch; prepared++) {
             if (msg_prepare(self, items[total_done + prepared], &msgs[prepared],
                             &refs[prepared]) < 0) {
-                msg_release(&msgs[prepared], &refs[prepared]);
+                msg_release(&refs[prepared]);
                 bad = 1;
                 PyErr_Fetch(&et, &ev, &etb);
                 break;
@@ -422,7 +392,7 @@ static PyObject *put_objects(QueueObject *self, PyObject *const *items, Py_ssize
         if (prepared)
             rc = pw_ring_put(&self->rr, msgs, (size_t)prepared, &done, deadline);
         for (Py_ssize_t i = 0; i < prepared; i++)
-            msg_release(&msgs[i], &refs[i]);
+            msg_release(&refs[i]);
         total_done += (Py_ssize_t)done;
         if (rc != PW_OK) {
             /* The put itself failed or timed out: that is the error; the
@@ -467,7 +437,7 @@ static PyObject *put_one(QueueObject *self, PyObject *obj, int64_t deadline)
     size_t done = 0;
     int rc = msg_prepare(self, obj, &m, &x) < 0 ? PW_ERAISED
              : pw_ring_put(&self->rr, &m, 1, &done, deadline);
-    msg_release(&m, &x);
+    msg_release(&x);
     leave(self);
     return rc ? ring_failed(self, rc, pw_get_state()->Full) : Py_NewRef(Py_None);
 }
@@ -531,7 +501,7 @@ static PyObject *get_one(QueueObject *self, int64_t deadline)
     if (enter(self) < 0)
         return NULL;
     pw_record rec;
-    Py_ssize_t got = raise_pending(self) ? -1 : take_records(self, &rec, 1, deadline);
+    Py_ssize_t got = raise_pending(self) ? -1 : take_records(self, &rec, 1, deadline, 0);
     if (got == 0)
         PyErr_SetNone(pw_get_state()->Empty);
     PyObject *r = got > 0 ? record_to_object(self, &rec) : NULL;
@@ -598,7 +568,7 @@ static PyObject *Queue_get_many(QueueObject *self, PyObject *const *args, Py_ssi
     while (result && got < max) {
         Py_ssize_t want = max - got < PW_BATCH ? max - got : PW_BATCH;
         /* Wait only for the first message; then take what is already there. */
-        Py_ssize_t n = take_records(self, recs, (size_t)want, got || failed ? 0 : deadline);
+        Py_ssize_t n = take_records(self, recs, (size_t)want, got || failed ? 0 : deadline, 0);
         if (n < 0) {
             if (got || failed) /* deliver what we have; the error comes back next call */
                 PyErr_Clear();
@@ -616,6 +586,7 @@ static PyObject *Queue_get_many(QueueObject *self, PyObject *const *args, Py_ssi
         for (Py_ssize_t i = 0; i < n; i++) {
             if (!result) { /* out of memory: nothing more can be returned */
                 Py_DECREF(recs[i].payload);
+                Py_XDECREF(recs[i].buffers);
                 continue;
             }
             PyObject *obj = record_to_object(self, &recs[i]);
@@ -819,38 +790,18 @@ static PyObject *Queue_loan_abort(QueueObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-struct raw_ctx {
-    uint32_t type;
-    uint64_t len;
-    PyObject *copied;
-};
-
-static int take_raw_record(void *ctx, const pw_ringref *rr, uint32_t pos, uint32_t type,
-                           uint64_t len)
-{
-    struct raw_ctx *c = ctx;
-    c->copied = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
-    if (!c->copied)
-        return PW_ERAISED;
-    pw_ring_copy_out_large(rr, pos, PyBytes_AS_STRING(c->copied), len);
-    c->type = type;
-    c->len = len;
-    return 1; /* one message */
-}
-
 /* _view_begin's answer for a spilled message: taken now, its payload copied
  * (offset -1), as for a record that wraps. */
 static PyObject *take_raw(QueueObject *self)
 {
-    struct raw_ctx c = {0, 0, NULL};
-    size_t taken;
-    int rc = pw_ring_take(&self->rr, take_raw_record, &c, 1, 0, &taken);
-    if (!taken) {
-        Py_XDECREF(c.copied);
-        return ring_failed(self, rc, pw_get_state()->Empty); /* timeout: another reader took it */
-    }
-    return Py_BuildValue("(InKN)", c.type, (Py_ssize_t)-1, (unsigned long long)c.len,
-                         c.copied);
+    pw_record rec;
+    Py_ssize_t got = take_records(self, &rec, 1, 0, 1);
+    if (got == 0) /* another reader took it */
+        PyErr_SetNone(pw_get_state()->Empty);
+    if (got <= 0)
+        return NULL;
+    return Py_BuildValue("(InnN)", rec.type, (Py_ssize_t)-1, PyBytes_GET_SIZE(rec.payload),
+                         rec.payload);
 }
 
 /* _view_begin(block, timeout) -> (type, offset, length, copied): the oldest
