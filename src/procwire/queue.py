@@ -295,7 +295,16 @@ class Queue(SegmentObject["QueueStatistics"], ClosedOnExit, Lender, _core.QueueB
         the number of items put (its index). On timeout raises ``queue.Full``,
         whose ``count`` attribute says the same.
         """
-        return _core.QueueBase.put_many(self, items, block, timeout)
+        try:
+            _core.QueueBase.put_many(self, items, block, timeout)
+        except Full:
+            raise
+        except BaseException as exc:
+            count = getattr(exc, "count", None)  # set by the native put_many for an item
+            if count is not None:
+                exc.add_note(f"put_many() put the {count} items before this one; this one "
+                             f"and the rest were not put")
+            raise
 
 
 class SimpleQueue(Queue[_T]):

@@ -22,8 +22,8 @@ typedef struct {
     PyObject *loads;     /* loads(data, buffers=None) */
     /* get_many() found a message it could not unpickle: its exception, raised
      * by this handle's next get call (the batch's other messages were
-     * returned). Type, value, traceback as PyErr_Fetch gives them. */
-    PyObject *pending_type, *pending_value, *pending_tb;
+     * returned); its traceback attached (take_raised). */
+    PyObject *pending;
     pw_lease lease;      /* this handle's open loan and view (lease.c) */
 } QueueObject;
 
@@ -100,7 +100,7 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 }
 
 #define QUEUE_OBJECTS(X) X(dumps) X(protocol) X(dumps_buffers) X(loads) \
-    X(pending_type) X(pending_value) X(pending_tb)
+    X(pending)
 PW_RING_GC(Queue, QueueObject, QUEUE_OBJECTS)
 
 static void Queue_dealloc(QueueObject *self)
@@ -338,90 +338,78 @@ static PyObject *record_to_object(QueueObject *self, pw_record *rec)
 
 /* ------------------------------------------------------------ put / get */
 
-/* Sets exc.count = n on the current exception (put_many's "how many went
- * in"); with `note`, a note that says so for an item that failed. */
-static void set_count_on_error(Py_ssize_t n, int note)
+/* The exception being raised, cleared: its value, with its traceback
+ * attached (3.12's PyErr_GetRaisedException). */
+static PyObject *take_raised(void)
 {
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     PyErr_NormalizeException(&type, &value, &tb);
-    if (value) {
-        PyObject *count = PyLong_FromSsize_t(n);
-        if (!count || PyObject_SetAttrString(value, "count", count) < 0)
-            PyErr_Clear(); /* an exception type that takes no attributes */
-        Py_XDECREF(count);
-        PyObject *text = note ? PyUnicode_FromFormat("put_many() put the %zd items before "
-                                                     "this one; this one and the rest were "
-                                                     "not put", n) : NULL;
-        PyObject *r = text ? PyObject_CallMethod(value, "add_note", "O", text) : NULL;
-        if (!r)
-            PyErr_Clear();
-        Py_XDECREF(r);
-        Py_XDECREF(text);
-    }
-    PyErr_Restore(type, value, tb);
+    if (tb)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+/* Raises exc, a take_raised() value (stolen). NULL. */
+static PyObject *raise_taken(PyObject *exc)
+{
+    PyErr_Restore(Py_NewRef(Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+    return NULL;
+}
+
+/* Sets count = n on the exception being raised: put_many()'s items put. NULL. */
+static PyObject *raise_with_count(Py_ssize_t n)
+{
+    PyObject *exc = take_raised(), *count = PyLong_FromSsize_t(n);
+    if (!count || PyObject_SetAttrString(exc, "count", count) < 0)
+        PyErr_Clear(); /* an exception type that takes no attributes */
+    Py_XDECREF(count);
+    return raise_taken(exc);
 }
 
 /*
- * put_many(): puts items in order. If one cannot be serialised, every item
- * before it is put (waiting for room as usual), it and the rest are not, and
- * its exception is raised carrying `count`, the number of items put, which is
- * always its index. On timeout queue.Full carries `count` the same way.
+ * put_many(): puts items in order, serialising a batch at a time. If one
+ * cannot be serialised, every item before it is put (waiting for room as
+ * usual), it and the rest are not, and its exception is raised carrying
+ * `count`, the number of items put, which is always its index (the note that
+ * says so is procwire.queue's). On timeout queue.Full carries `count` the
+ * same way. A put that fails before reaching an item that would not
+ * serialise raises its own error, as putting them one at a time would.
  */
 static PyObject *put_objects(QueueObject *self, PyObject *const *items, Py_ssize_t n,
                              int64_t deadline)
 {
     pw_msg msgs[PW_BATCH];
     msg_refs refs[PW_BATCH];
-    Py_ssize_t total_done = 0;
-    while (total_done < n) {
-        Py_ssize_t batch = n - total_done < PW_BATCH ? n - total_done : PW_BATCH;
-        Py_ssize_t prepared = 0;
-        size_t done = 0;
-        int rc = 0, bad = 0;
-        PyObject *et = NULL, *ev = NULL, *etb = NULL;
+    Py_ssize_t put = 0;
+    while (put < n) {
+        Py_ssize_t batch = n - put < PW_BATCH ? n - put : PW_BATCH, prepared = 0;
+        PyObject *bad = NULL; /* an item's error, held while the items before it go in */
         for (; prepared < batch; prepared++) {
-            if (msg_prepare(self, items[total_done + prepared], &msgs[prepared],
-                            &refs[prepared]) < 0) {
+            if (msg_prepare(self, items[put + prepared], &msgs[prepared], &refs[prepared]) < 0) {
                 msg_release(&refs[prepared]);
-                bad = 1;
-                PyErr_Fetch(&et, &ev, &etb);
+                bad = take_raised();
                 break;
             }
         }
-        if (prepared)
-            rc = pw_ring_put(&self->rr, msgs, (size_t)prepared, &done, deadline);
+        size_t done = 0;
+        int rc = prepared ? pw_ring_put(&self->rr, msgs, (size_t)prepared, &done, deadline) : PW_OK;
         for (Py_ssize_t i = 0; i < prepared; i++)
             msg_release(&refs[i]);
-        total_done += (Py_ssize_t)done;
+        put += (Py_ssize_t)done;
         if (rc != PW_OK) {
-            /* The put itself failed or timed out: that is the error; the
-             * serialisation error, if any, becomes its context. */
-            if (rc == PW_TIMEOUT) {
-                PyErr_SetString(pw_get_state()->Full, "put_many() timed out: see the "
-                                "exception's count attribute for how many items were put");
-                set_count_on_error(total_done, 0);
-            } else {
-                ring_failed(self, rc, NULL);
-            }
-            if (bad) {
-                PyErr_NormalizeException(&et, &ev, &etb);
-                PyObject *t, *v, *tb;
-                PyErr_Fetch(&t, &v, &tb);
-                PyErr_NormalizeException(&t, &v, &tb);
-                if (v && ev)
-                    PyException_SetContext(v, Py_NewRef(ev));
-                PyErr_Restore(t, v, tb);
-                Py_XDECREF(et);
-                Py_XDECREF(ev);
-                Py_XDECREF(etb);
-            }
-            return NULL;
+            Py_XDECREF(bad);
+            if (rc != PW_TIMEOUT)
+                return ring_failed(self, rc, NULL);
+            PyErr_SetString(pw_get_state()->Full, "put_many() timed out: see the exception's "
+                            "count attribute for how many items were put");
+            return raise_with_count(put);
         }
         if (bad) {
-            PyErr_Restore(et, ev, etb);
-            set_count_on_error(total_done, 1);
-            return NULL;
+            raise_taken(bad);
+            return raise_with_count(put);
         }
     }
     Py_RETURN_NONE;
@@ -488,10 +476,10 @@ static PyObject *Queue_put_many(QueueObject *self, PyObject *const *args, Py_ssi
 /* Raises the error get_many() deferred, if any: 1 if it did. */
 static int raise_pending(QueueObject *self)
 {
-    if (!self->pending_type)
+    if (!self->pending)
         return 0;
-    PyErr_Restore(self->pending_type, self->pending_value, self->pending_tb);
-    self->pending_type = self->pending_value = self->pending_tb = NULL;
+    raise_taken(self->pending);
+    self->pending = NULL;
     return 1;
 }
 
@@ -548,38 +536,27 @@ static PyObject *Queue_get_many(QueueObject *self, PyObject *const *args, Py_ssi
         return NULL;
     if (pw_index_arg(a[2], 1, 1, "max_messages must be at least 1, not %zd", &max) < 0)
         return NULL;
-    /* Never take more than are there now, and no more than a batch per call
-     * into the ring, so the records array stays on the stack. */
-    pw_record recs[PW_BATCH];
     if (enter(self) < 0)
         return NULL;
-    if (raise_pending(self)) {
-        leave(self);
-        return NULL;
-    }
-    PyObject *result = PyList_New(0);
-    Py_ssize_t got = 0, failed = 0;
     /* A record that does not unpickle is consumed, as get() consumes it;
      * every other record of the batch is still returned (they are out of
      * the ring already: dropping them would lose them). The first failure's
      * exception is raised by this handle's next get call, or now if nothing
      * converted. */
-    PyObject *et = NULL, *ev = NULL, *etb = NULL;
-    while (result && got < max) {
-        Py_ssize_t want = max - got < PW_BATCH ? max - got : PW_BATCH;
+    PyObject *result = raise_pending(self) ? NULL : PyList_New(0), *first_error = NULL;
+    Py_ssize_t taken = 0, failed = 0;
+    pw_record recs[PW_BATCH]; /* at most a batch per call into the ring: on the stack */
+    while (result && taken < max) {
+        Py_ssize_t want = max - taken < PW_BATCH ? max - taken : PW_BATCH;
         /* Wait only for the first message; then take what is already there. */
-        Py_ssize_t n = take_records(self, recs, (size_t)want, got || failed ? 0 : deadline, 0);
-        if (n < 0) {
-            if (got || failed) /* deliver what we have; the error comes back next call */
+        Py_ssize_t n = take_records(self, recs, (size_t)want, taken ? 0 : deadline, 0);
+        if (n <= 0) {
+            if (taken) { /* deliver what we have; an error comes back next call */
                 PyErr_Clear();
-            else
+            } else {
+                if (n == 0)
+                    PyErr_SetNone(pw_get_state()->Empty);
                 Py_CLEAR(result);
-            break;
-        }
-        if (n == 0) {
-            if (!got && !failed) {
-                Py_CLEAR(result);
-                PyErr_SetNone(pw_get_state()->Empty);
             }
             break;
         }
@@ -592,7 +569,7 @@ static PyObject *Queue_get_many(QueueObject *self, PyObject *const *args, Py_ssi
             PyObject *obj = record_to_object(self, &recs[i]);
             if (!obj) {
                 if (failed++ == 0)
-                    PyErr_Fetch(&et, &ev, &etb);
+                    first_error = take_raised();
                 else
                     PyErr_Clear();
                 continue;
@@ -601,14 +578,13 @@ static PyObject *Queue_get_many(QueueObject *self, PyObject *const *args, Py_ssi
                 Py_CLEAR(result);
             Py_DECREF(obj);
         }
-        got += n;
+        taken += n;
         if (n < want)
             break;
     }
-    if (failed) {
-        PyErr_NormalizeException(&et, &ev, &etb);
-        if (ev && failed > 1) {
-            PyObject *r = PyObject_CallMethod(ev, "add_note", "s",
+    if (first_error) {
+        if (failed > 1) {
+            PyObject *r = PyObject_CallMethod(first_error, "add_note", "s",
                                               "get_many(): more messages of the same batch "
                                               "failed to unpickle; this is the first");
             if (!r)
@@ -616,13 +592,10 @@ static PyObject *Queue_get_many(QueueObject *self, PyObject *const *args, Py_ssi
             Py_XDECREF(r);
         }
         if (result && PyList_GET_SIZE(result) > 0) {
-            /* Deferred: raised by the next get call on this handle. */
-            self->pending_type = et;
-            self->pending_value = ev;
-            self->pending_tb = etb;
+            self->pending = first_error; /* raised by the next get call on this handle */
         } else {
             Py_CLEAR(result);
-            PyErr_Restore(et, ev, etb);
+            raise_taken(first_error);
         }
     }
     leave(self);
