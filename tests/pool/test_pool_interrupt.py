@@ -224,3 +224,35 @@ def test_a_process_forked_during_a_submission_gets_ctrl_c_back(monkeypatch, defa
         assert result == {"exitcode": 0}, "Ctrl-C stayed held in the forked child"
     finally:
         pool.terminate()
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_ctrl_c_hold_gives_the_users_own_handler_back(step, monkeypatch):
+    """A handler of the user's own (not raising) runs once, after the submission, and is
+    SIGINT's handler again afterwards; Python's default handler is put back the same way."""
+    calls: list[int] = []
+
+    def handler(signum, frame):
+        calls.append(signum)
+
+    old = signal.signal(signal.SIGINT, handler)
+    pool = procwire.Pool(1)
+    try:
+        assert pool.apply(sq, (2,)) == 4
+        fired = _interrupt_once_in(monkeypatch, step)
+        result = pool.apply_async(sq, (3,))      # no KeyboardInterrupt: the handler does not raise
+        assert fired and calls == [signal.SIGINT]
+        assert signal.getsignal(signal.SIGINT) is handler
+        assert result.get(WAIT) == 9
+        monkeypatch.undo()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        fired = _interrupt_once_in(monkeypatch, step)
+        with pytest.raises(KeyboardInterrupt):
+            pool.apply_async(sq, (4,))
+        assert fired
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        monkeypatch.undo()
+        _settles(pool, 3)
+    finally:
+        pool.terminate()
+        signal.signal(signal.SIGINT, old)

@@ -318,7 +318,8 @@ static int await_data(PipeEndObject *self, uint64_t tail, int64_t deadline, int 
     struct data_wait d = {self, tail};
     pw_wait w = {.done = data_arrived, .ctx = &d, .waiters = &self->me->receivers,
                  .spin = &self->in.spin, .peer_cpu = &self->in.ring->tail_cpu,
-                 .cancel = &self->base.guard.closed, .sleep = sleep_in_ppoll};
+                 .cancel = &self->base.guard.closed, .sleep = sleep_in_ppoll,
+                 .slice = PW_WAIT_LONG_SLICE_NS};
     int rc = pw_wait_until(&w, deadline);
     if (rc != PW_OK && rc != PW_CANCELLED && rc != PW_TIMEOUT) {
         pw_raise_int(rc);

@@ -171,7 +171,7 @@ static int wait_for_move(pw_ringref *rr, _Atomic uint64_t *word, uint64_t seen,
     struct moved m = {word, seen};
     pw_wait w = {.done = word_moved, .ctx = &m, .waiters = sleepers, .futex = seq,
                  .mask = PW_FUTEX_ANY, .spin = &rr->spin, .peer_cpu = peer_cpu,
-                 .cancel = rr->cancel};
+                 .cancel = rr->cancel, .slice = PW_WAIT_LONG_SLICE_NS};
     return pw_wait_until(&w, deadline);
 }
 
@@ -769,7 +769,7 @@ int pw_ring_wait_word(pw_ringref *rr, int side, uint64_t token, int64_t deadline
      * wake-up (a publish, or pw_ring_kick) bumps the sequence and returns. */
     pw_wait w = {.done = word_moved_or_woken, .ctx = &m,
                  .waiters = side ? &r->producers : &r->consumers, .futex = m.seq,
-                 .mask = PW_FUTEX_ANY, .spin = NULL};
+                 .mask = PW_FUTEX_ANY, .spin = NULL, .slice = PW_WAIT_LONG_SLICE_NS};
     return pw_wait_until(&w, deadline);
 }
 

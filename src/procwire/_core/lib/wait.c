@@ -413,7 +413,7 @@ int pw_wait_until(const pw_wait *w, int64_t deadline)
             rc = PW_TIMEOUT;
             break;
         }
-        int64_t slice = s->slot >= 0 ? PW_WAIT_SLICE_NS : PW_WAIT_POLL_NS;
+        int64_t slice = s->slot < 0 ? PW_WAIT_POLL_NS : w->slice ? w->slice : PW_WAIT_SLICE_NS;
         int64_t until = deadline - now > slice ? now + slice : deadline;
         rc = w->sleep ? w->sleep(w->ctx, seen, until) : futex_sleep(w, seen, until);
         if (rc < 0)
