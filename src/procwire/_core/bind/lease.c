@@ -4,8 +4,9 @@
  * "too large" advice, and zero-copy loans and views (procwire/_loans.py).
  *
  * A loan holds the producers' lock of its ring (pw_ring_reserve) from
- * _loan_begin to _loan_commit/_loan_abort, a view the consumers' lock
- * (pw_ring_peek) from _view_begin to _view_end, both in the calling thread.
+ * _loan_begin to _loan_commit/_end_lease(False), a view the consumers' lock
+ * (pw_ring_peek) from _view_begin to _end_lease(True), both in the calling
+ * thread.
  * Each keeps one `active` count of its object (an enter without a leave), so
  * that the mapping outlives a close() until it ends. The crash guarantees
  * are the ring's (ring.c): a writer killed inside a loan published nothing;
@@ -248,13 +249,18 @@ int pw_loan_commit(PwObject *o, pw_lease *l, PyObject *const *args, Py_ssize_t n
     return 0;
 }
 
-int pw_loan_abort(pw_lease *l)
+int pw_lease_end(pw_lease *l, int view)
 {
-    pw_ringref *rr = l->loan_rr;
+    pw_ringref *rr = view ? l->view_rr : l->loan_rr;
     if (!rr)
         return 0;
-    l->loan_rr = NULL;
-    pw_ring_unreserve(rr);
+    if (view) {
+        l->view_rr = NULL;
+        pw_ring_consume_peeked(rr, l->view_len);
+    } else {
+        l->loan_rr = NULL;
+        pw_ring_unreserve(rr);
+    }
     return 1;
 }
 
@@ -267,7 +273,6 @@ int pw_view_free(PwObject *o, const pw_lease *l)
     PyErr_Format(PyExc_RuntimeError, "%U: this handle holds a view already", o->name);
     return -1;
 }
-
 
 PyObject *pw_view_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos, uint32_t type,
                          uint64_t len, int *held)
@@ -303,14 +308,4 @@ PyObject *pw_view_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos,
     pw_ring_copy_out_large(rr, p, PyBytes_AS_STRING(copied), len);
     pw_ring_consume_peeked(rr, len);
     return Py_BuildValue("(InKN)", type, (Py_ssize_t)-1, (unsigned long long)len, copied);
-}
-
-int pw_view_end(pw_lease *l)
-{
-    pw_ringref *rr = l->view_rr;
-    if (!rr)
-        return 0;
-    l->view_rr = NULL;
-    pw_ring_consume_peeked(rr, l->view_len);
-    return 1;
 }

@@ -756,9 +756,13 @@ static PyObject *Queue_loan_commit(QueueObject *self, PyObject *const *args, Py_
     Py_RETURN_NONE;
 }
 
-static PyObject *Queue_loan_abort(QueueObject *self, PyObject *unused)
+/* _end_lease(view): ends the open view or loan (lease.c). */
+static PyObject *Queue_end_lease(QueueObject *self, PyObject *view)
 {
-    if (pw_loan_abort(&self->lease))
+    int v = PyObject_IsTrue(view);
+    if (v < 0)
+        return NULL;
+    if (pw_lease_end(&self->lease, v))
         leave(self);
     Py_RETURN_NONE;
 }
@@ -812,14 +816,6 @@ static PyObject *Queue_view_begin(QueueObject *self, PyObject *const *args, Py_s
     if (!held) /* no view open (copied, or an error): nothing held */
         leave(self);
     return r;
-}
-
-/* _view_end(): consumes the message the open view holds, freeing its room. */
-static PyObject *Queue_view_end(QueueObject *self, PyObject *unused)
-{
-    if (pw_view_end(&self->lease))
-        leave(self);
-    Py_RETURN_NONE;
 }
 
 static PyObject *Queue_release(QueueObject *self, PyObject *unused)
@@ -886,41 +882,34 @@ static PyObject *Queue_get_maxsize(QueueObject *self, void *c)
 }
 
 static PyMethodDef Queue_methods[] = {
-    {"put", (PyCFunction)(void (*)(void))Queue_put, METH_FASTCALL | METH_KEYWORDS,
-     "put($self, obj, block=True, timeout=None)\n--\n\nPut obj into the queue. Blocks while it is "
-     "full; raises queue.Full if block is false or the timeout passes."},
-    {"put_nowait", (PyCFunction)Queue_put_nowait, METH_O,
-     "put_nowait($self, obj, /)\n--\n\nEquivalent to put(obj, False)."},
-    {"put_many", (PyCFunction)(void (*)(void))Queue_put_many, METH_FASTCALL | METH_KEYWORDS,
-     "put_many($self, items, block=True, timeout=None)\n--\n\nPut every item, in order, taking the "
-     "lock once per group of items. If an item cannot be pickled, the items before it are "
-     "put and it and the rest are not; its exception carries `count`, the number put. On "
-     "timeout raises queue.Full whose `count` attribute says how many items were put."},
-    {"get", (PyCFunction)(void (*)(void))Queue_get, METH_FASTCALL | METH_KEYWORDS,
-     "get($self, block=True, timeout=None, *, copy=True)\n--\n\nRemove and return an item. "
-     "Blocks while the queue is empty; raises queue.Empty if block is false or the timeout "
-     "passes. copy=False: a procwire.queue.View of the message in place instead."},
-    {"get_nowait", (PyCFunction)Queue_get_nowait, METH_NOARGS,
-     "get_nowait($self)\n--\n\nEquivalent to get(False)."},
-    {"get_many", (PyCFunction)(void (*)(void))Queue_get_many, METH_FASTCALL | METH_KEYWORDS,
-     "get_many($self, block=True, timeout=None, max_messages=None)\n--\n\nWait like get() for the "
-     "first item, then return a list of it and every item already queued behind it, up to "
-     "max_messages. A message that fails to unpickle is consumed (as get() consumes it) and "
-     "the others are returned; its exception is raised by this queue handle's next get call."},
+    PW_KWARGS("put", Queue_put, "obj, block=True, timeout=None",
+              "Put obj into the queue. Blocks while it is full; raises queue.Full if block is "
+              "false or the timeout passes."),
+    PW_ONEARG("put_nowait", Queue_put_nowait, "obj", "Equivalent to put(obj, False)."),
+    PW_KWARGS("put_many", Queue_put_many, "items, block=True, timeout=None",
+              "Put every item, in order, taking the lock once per group of items (see "
+              "procwire.Queue.put_many)."),
+    PW_KWARGS("get", Queue_get, "block=True, timeout=None, *, copy=True",
+              "Remove and return an item. Blocks while the queue is empty; raises queue.Empty "
+              "if block is false or the timeout passes. copy=False: a procwire.queue.View of "
+              "the message in place instead."),
+    PW_NOARGS("get_nowait", Queue_get_nowait, "Equivalent to get(False)."),
+    PW_KWARGS("get_many", Queue_get_many, "block=True, timeout=None, max_messages=None",
+              "Wait like get() for the first item, then return a list of it and every item "
+              "already queued behind it, up to max_messages. A message that fails to unpickle "
+              "is consumed (as get() consumes it) and the others are returned; its exception "
+              "is raised by this queue handle's next get call."),
     PW_LEASE_METHODS(Queue),
-    {"qsize", (PyCFunction)Queue_qsize, METH_NOARGS,
-     "qsize($self)\n--\n\nThe number of items in the queue now."},
-    {"empty", (PyCFunction)Queue_empty, METH_NOARGS,
-     "empty($self)\n--\n\nTrue if the queue holds no item now."},
-    {"full", (PyCFunction)Queue_full, METH_NOARGS,
-     "full($self)\n--\n\nTrue if a put() would block now (maxsize items queued)."},
+    PW_NOARGS("qsize", Queue_qsize, "The number of items in the queue now."),
+    PW_NOARGS("empty", Queue_empty, "True if the queue holds no item now."),
+    PW_NOARGS("full", Queue_full, "True if a put() would block now (maxsize items queued)."),
     {"_task_done", (PyCFunction)Queue_task_done, METH_NOARGS, NULL},
     {"_join", (PyCFunction)(void (*)(void))Queue_join, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_statistics", (PyCFunction)Queue_statistics, METH_NOARGS, NULL},
     {"_release", (PyCFunction)Queue_release, METH_NOARGS, NULL},
     {"_word", (PyCFunction)Queue_word, METH_O, NULL},
     PW_WATCH_METHODS(Queue),
-    {NULL, NULL, 0, NULL},
+    PW_END_METHODS,
 };
 
 static PyGetSetDef Queue_getset[] = {
