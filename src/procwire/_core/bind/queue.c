@@ -136,7 +136,8 @@ static void msg_release(msg_refs *x)
 static int msg_export(pw_msg *m, msg_refs *x, PyObject *const *objs, Py_ssize_t n, int oob)
 {
     int nparts = (int)n + oob;
-    size_t views = sizeof(Py_buffer) * (size_t)n, prefix = oob ? sizeof(uint64_t) * (size_t)nparts : 0;
+    size_t views = sizeof(Py_buffer) * (size_t)n;
+    size_t prefix = oob ? sizeof(uint64_t) * (size_t)nparts : 0;
     size_t arrays = nparts > PW_MSG_INLINE_PARTS ? (sizeof(void *) + sizeof(uint64_t)) * nparts : 0;
     char *block = x->block = PyMem_Calloc(1, views + prefix + arrays);
     if (!block) {
@@ -736,12 +737,8 @@ static PyObject *Queue_loan_begin(QueueObject *self, PyObject *const *args, Py_s
     uint64_t limit = pw_ring_max_payload(self->rr.capacity); /* in place: the ring's */
     int rc = n > limit ? pw_too_large(self->base.name, &self->rr, n, limit)
                        : pw_ring_reserve(&self->rr, n, deadline, &pos);
-    if (rc) {
-        ring_failed(self, rc, pw_get_state()->Full);
-        leave(self);
-        return NULL;
-    }
-    PyObject *r = pw_loan_opened(&self->base, &self->lease, &self->rr, pos, n);
+    PyObject *r = rc ? ring_failed(self, rc, pw_get_state()->Full)
+                     : pw_loan_opened(&self->base, &self->lease, &self->rr, pos, n);
     if (!r) /* no loan open: nothing held */
         leave(self);
     return r;
@@ -794,25 +791,14 @@ static PyObject *Queue_view_begin(QueueObject *self, PyObject *const *args, Py_s
         pw_parse_block_timeout(a[0], a[1], &deadline) < 0 ||
         pw_view_free(&self->base, &self->lease) < 0 || enter(self) < 0)
         return NULL;
-    if (raise_pending(self)) {
-        leave(self);
-        return NULL;
-    }
     uint32_t pos, type;
     uint64_t len;
-    int rc = pw_ring_peek(&self->rr, deadline, &pos, &type, &len);
-    if (rc == PW_SPILLED) { /* no view of the spill: its raw payload, copied */
-        PyObject *r = take_raw(self);
-        leave(self);
-        return r;
-    }
-    if (rc) {
-        ring_failed(self, rc, pw_get_state()->Empty);
-        leave(self);
-        return NULL;
-    }
-    int held;
-    PyObject *r = pw_view_opened(&self->base, &self->lease, &self->rr, pos, type, len, &held);
+    int held = 0, rc = raise_pending(self) ? PW_ERAISED
+                                           : pw_ring_peek(&self->rr, deadline, &pos, &type, &len);
+    PyObject *r = rc == PW_SPILLED ? take_raw(self) /* no view of the spill: its payload, copied */
+                  : rc           ? ring_failed(self, rc, pw_get_state()->Empty)
+                                 : pw_view_opened(&self->base, &self->lease, &self->rr, pos,
+                                                  type, len, &held);
     if (!held) /* no view open (copied, or an error): nothing held */
         leave(self);
     return r;
@@ -842,31 +828,21 @@ static PyObject *Queue_release(QueueObject *self, PyObject *unused)
 PyObject *pw_testing_queue_hold(PyObject *module, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"queue", "side", "partial", "publish", NULL};
-    PyObject *ring_obj;
+    QueueObject *self;
     const char *side;
     Py_buffer partial = {0};
-    int publish = 0;
+    int publish = 0, rc = PW_ERAISED;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!s|z*p:hold_queue_lock", kwlist, &QueueType,
-                                     &ring_obj, &side, &partial, &publish))
+                                     &self, &side, &partial, &publish))
         return NULL;
-    QueueObject *self = (QueueObject *)ring_obj;
     int producer = strcmp(side, "tail") == 0;
-    PyObject *result = NULL;
-    if (!self->base.mapped || self->base.guard.closed || (!producer && strcmp(side, "head") != 0)) {
-        PyErr_SetString(PyExc_ValueError, "side must be 'head' or 'tail' on an open ring");
-        goto out;
-    }
-    int rc = pw_ring_debug_hold(&self->rr, producer, partial.buf, (uint64_t)partial.len,
-                                publish);
-    if (rc < 0) {
-        pw_raise(rc);
-        goto out;
-    }
-    result = Py_NewRef(Py_None);
-out:
+    if (!producer && strcmp(side, "head") != 0)
+        PyErr_SetString(PyExc_ValueError, "side must be 'head' or 'tail'");
+    else if (pw_object_check_open(&self->base) == 0)
+        rc = pw_ring_debug_hold(&self->rr, producer, partial.buf, (uint64_t)partial.len, publish);
     if (partial.buf)
         PyBuffer_Release(&partial);
-    return result;
+    return rc < 0 ? pw_raise(rc) : Py_NewRef(Py_None);
 }
 
 static PyObject *Queue_get_capacity(QueueObject *self, void *c)
