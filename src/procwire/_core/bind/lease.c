@@ -6,11 +6,11 @@
  * A loan holds the producers' lock of its ring (pw_ring_reserve) from
  * _loan_begin to _loan_commit/_end_lease(False), a view the consumers' lock
  * (pw_ring_peek) from _view_begin to _end_lease(True), both in the calling
- * thread.
- * Each keeps one `active` count of its object (an enter without a leave), so
- * that the mapping outlives a close() until it ends. The crash guarantees
- * are the ring's (ring.c): a writer killed inside a loan published nothing;
- * a reader killed holding a view has its message dropped by the next reader.
+ * thread. Each keeps one `active` count of its object (an enter without a
+ * leave), so that the mapping outlives a close() until it ends. The crash
+ * guarantees are the ring's (ring.c): a writer killed inside a loan
+ * published nothing; a reader killed holding a view has its message dropped
+ * by the next reader.
  * What differs stays with the types: the Pipe also holds its end's send or
  * receive lock, wakes its peer, and streams what does not fit the ring.
  */
@@ -179,13 +179,9 @@ int pw_loan_args(PwObject *o, pw_lease *l, PyObject *const *args, Py_ssize_t nar
     if (pw_parse_args("loan", args, nargs, kwnames, loan_names, 3, 1, a) < 0 ||
         pw_parse_block_timeout(a[1], a[2], deadline) < 0)
         return -1;
-    long long n = PyLong_AsLongLong(a[0]);
-    if (n == -1 && PyErr_Occurred())
+    unsigned long long n = PyLong_AsUnsignedLongLong(a[0]); /* procwire._loans checks it */
+    if (n == (unsigned long long)-1 && PyErr_Occurred())
         return -1;
-    if (n < 0) {
-        PyErr_Format(PyExc_ValueError, "nbytes must be >= 0, not %lld", n);
-        return -1;
-    }
     if (l->loan_rr) {
         PyErr_Format(PyExc_RuntimeError, "%U: this handle has an open loan already", o->name);
         return -1;

@@ -12,10 +12,12 @@
 #include "core.h"
 
 #include <string.h>
+#include <structmember.h>
 
 typedef struct {
     PwObject base;       /* the mapping, its name, the guard against a concurrent close */
     pw_ringref rr;
+    uint32_t maxsize;    /* the ring's, which never changes: readable once closed */
     PyObject *dumps;     /* dumps(obj, protocol) -> bytes */
     PyObject *protocol;  /* int, the pickle protocol */
     PyObject *dumps_buffers; /* for buffer exporters: obj -> bytes or [pickle, buffer, ...] */
@@ -89,6 +91,7 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
         /* `what`: UTF-8 cached by `name`, which we keep */
         pw_ringref_init(&self->rr, (struct pw_ring *)(h + 1), (uint8_t *)h + h->data_offset, what);
         self->rr.cancel = &self->base.guard.closed; /* a close() from another thread ends waits */
+        self->maxsize = self->rr.ring->maxsize;
         rc = pw_ring_set_spill(&self->rr, spill_fd);
     }
     if (rc) {
@@ -845,18 +848,6 @@ PyObject *pw_testing_queue_hold(PyObject *module, PyObject *args, PyObject *kwds
     return rc < 0 ? pw_raise(rc) : Py_NewRef(Py_None);
 }
 
-static PyObject *Queue_get_capacity(QueueObject *self, void *c)
-{
-    return PyLong_FromUnsignedLongLong(self->rr.capacity);
-}
-
-static PyObject *Queue_get_maxsize(QueueObject *self, void *c)
-{
-    if (!self->base.mapped) /* remembered capacity stays readable; maxsize needs the header */
-        return PyLong_FromLong(0);
-    return PyLong_FromUnsignedLong(self->rr.ring->maxsize);
-}
-
 static PyMethodDef Queue_methods[] = {
     PW_KWARGS("put", Queue_put, "obj, block=True, timeout=None",
               "Put obj into the queue. Blocks while it is full; raises queue.Full if block is "
@@ -888,9 +879,15 @@ static PyMethodDef Queue_methods[] = {
     PW_END_METHODS,
 };
 
+static PyMemberDef Queue_members[] = {
+    {"capacity", T_ULONGLONG, offsetof(QueueObject, rr.capacity), READONLY,
+     "Bytes of messages the ring holds."},
+    {"maxsize", T_UINT, offsetof(QueueObject, maxsize), READONLY,
+     "Most messages queued at once; 0 = no count limit."},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyGetSetDef Queue_getset[] = {
-    {"capacity", (getter)Queue_get_capacity, NULL, "Bytes of messages the ring holds.", NULL},
-    {"maxsize", (getter)Queue_get_maxsize, NULL, "Most messages queued at once; 0 = no count limit.", NULL},
     {"_released", (getter)pw_object_get_closed, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -901,5 +898,6 @@ PW_RING_TYPE(Queue, QueueObject, "QueueBase", PyType_GenericNew,
 
 int pw_queue_register(PyObject *module)
 {
+    QueueType.tp_members = Queue_members;
     return pw_add_type(module, &QueueType, "QueueBase");
 }
