@@ -152,7 +152,13 @@ class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, Lender, _c
         Raises :class:`multiprocessing.BufferTooShort` (carrying the whole
         message as ``args[0]``) if it does not fit; the message is consumed.
         """
-        result = self._recv_bytes_into(buf, offset, timeout)
+        with memoryview(buf) as whole:
+            if offset < 0:
+                raise ValueError("negative offset")
+            if offset > whole.nbytes:
+                raise ValueError("offset too large")
+            with whole.cast("B") as octets:
+                result = self._recv_bytes_into(octets[offset:], timeout)
         if isinstance(result, bytes):
             raise BufferTooShort(result)
         return result
@@ -199,7 +205,21 @@ class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, Lender, _c
         asked for, every message to this end costs the sender one eventfd
         write and the receiver one read when the ring runs empty.
         """
-        return self._fileno()
+        ev_self, _, life_peer, _ = self._fds()  # OSError("handle is closed") once closed
+        epoll: select.epoll | None = self.__dict__.get("_epoll")
+        if epoll is None:
+            epoll = select.epoll()
+            try:
+                epoll.register(ev_self, select.EPOLLIN)
+                # The peer's death only (EPOLLHUP is always reported): descriptors
+                # waiting for recv_handle() do not make recv() ready.
+                epoll.register(life_peer, 0)
+                self._signal_fd()  # senders signal the eventfd from now on
+            except BaseException:
+                epoll.close()
+                raise
+            self.__dict__["_epoll"] = epoll
+        return epoll.fileno()
 
     # -- event loops (see procwire._aio) ------------------------------------------
 
@@ -353,6 +373,9 @@ class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, Lender, _c
         if not self.closed:
             self._close()
             _live.discard(self)
+        epoll = self.__dict__.pop("_epoll", None)
+        if epoll is not None:
+            epoll.close()
         sender = _senders.pop(self, None)
         if sender is not None:
             sender.close()  # after _close(): a send in progress ends with an error

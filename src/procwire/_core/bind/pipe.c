@@ -26,10 +26,11 @@
  *    A sender waiting for room sleeps on the ring's futex in 20 ms slices
  *    and checks the peer's life pipe between slices.
  *
- *  - fileno(): an epoll descriptor watching the eventfd and the peer's life
- *    pipe, readable while a message waits or the peer is gone. Once it has
- *    been asked for, senders signal the eventfd on each message (at most one
- *    signal outstanding) and receivers drain it when the ring runs empty.
+ *  - fileno(): an epoll descriptor (made by pipe.py) watching the eventfd and
+ *    the peer's life pipe, readable while a message waits or the peer is
+ *    gone. Once it has been asked for, senders signal the eventfd on each
+ *    message (at most one signal outstanding) and receivers drain it when the
+ *    ring runs empty.
  *
  * A message longer than a quarter of the ring is streamed in pieces, which
  * the end's send_lock keeps together; the receiver copies each piece straight
@@ -37,10 +38,11 @@
  */
 #include "core.h"
 
+#include <structmember.h>
+
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -49,13 +51,13 @@
 
 typedef struct {
     PwObject base;            /* the mapping, its name, the guard against a concurrent close */
-    int end, readable, writable;
+    int end;
+    char readable, writable;  /* T_BOOL members */
     struct pw_pipe *pipe;
     struct pw_pipe_end *me, *peer;
     pw_ringref in, out;       /* in = ring[end], out = ring[1-end] */
     int ev_self, ev_peer;     /* eventfds: wake this end's / the peer's receivers */
     int life_peer, life_own;  /* read side of the peer's life pipe, write side of ours */
-    int epfd;                 /* fileno(), made on first use */
     int counted;              /* this object holds one of me->handles */
     int64_t last_check;       /* when send() last polled the peer's life pipe */
     PyObject *dumps, *loads;
@@ -64,7 +66,7 @@ typedef struct {
      * continues it. Valid only while the ring's head is still stash_head,
      * i.e. no other receiver took a record since. Touched under recv_lock. */
     PyObject *stash;
-    uint64_t stash_total, stash_got, stash_head;
+    uint64_t stash_got, stash_head; /* its length is the bytes object's */
     /* An open loan (of `out`: this end's send_lock held too) or view (of
      * `in`: its recv_lock held too), lease.c. */
     pw_lease lease;
@@ -87,7 +89,6 @@ static void release_all(PwObject *o)
     close_fd(&self->ev_peer);
     close_fd(&self->life_peer);
     close_fd(&self->life_own);
-    close_fd(&self->epfd);
     Py_CLEAR(self->stash);
     if (o->mapped) {
         self->pipe = NULL;
@@ -104,23 +105,18 @@ static const pw_object_ops pipe_ops = {release_all, "handle is closed"};
 #define leave(self) pw_object_leave(&(self)->base)
 #define closed_error(self) pw_object_closed(&(self)->base)
 
-static int check_readable(PipeEndObject *self)
+/* 0 if this end may go that way (its `readable` or `writable`), else -1 with
+ * OSError("connection is write-only") or ("... read-only"), as multiprocessing's. */
+static int check_mode(int allowed, const char *message)
 {
-    if (!self->readable) {
-        PyErr_SetString(PyExc_OSError, "connection is write-only");
-        return -1;
-    }
-    return 0;
+    if (allowed)
+        return 0;
+    PyErr_SetString(PyExc_OSError, message);
+    return -1;
 }
 
-static int check_writable(PipeEndObject *self)
-{
-    if (!self->writable) {
-        PyErr_SetString(PyExc_OSError, "connection is read-only");
-        return -1;
-    }
-    return 0;
-}
+#define check_readable(self) check_mode((self)->readable, "connection is write-only")
+#define check_writable(self) check_mode((self)->writable, "connection is read-only")
 
 static void ev_write(int fd)
 {
@@ -176,12 +172,6 @@ static PyObject *raise_broken(void)
         PyErr_SetObject(PyExc_BrokenPipeError, args);
         Py_DECREF(args);
     }
-    return NULL;
-}
-
-static PyObject *raise_eof(void)
-{
-    PyErr_SetString(PyExc_EOFError, "the other end of the pipe is closed");
     return NULL;
 }
 
@@ -312,7 +302,7 @@ static int await_data(PipeEndObject *self, uint64_t tail, int64_t deadline, int 
     if (eof && peer_closed(self)) {
         if (pw_ring_count(&self->in))
             return WAIT_AGAIN;
-        raise_eof();
+        PyErr_SetString(PyExc_EOFError, "the other end of the pipe is closed");
         return WAIT_ENDED;
     }
     struct data_wait d = {self, tail};
@@ -360,27 +350,23 @@ static int put_record(PipeEndObject *self, pw_msg *m)
     }
 }
 
-static int send_buffer(PipeEndObject *self, const char *buf, uint64_t len)
+/* Sends len bytes from buf as one message, streamed in pieces if longer
+ * than a quarter of the ring. None, or NULL with an exception. */
+static PyObject *send_buffer(PipeEndObject *self, const char *buf, uint64_t len)
 {
-    if (peer_closed(self)) {
-        raise_broken();
-        return -1;
-    }
     int64_t now = pw_now_ns();
-    if (now - self->last_check > PW_PIPE_PEER_CHECK_NS) {
+    int gone = peer_closed(self);
+    if (!gone && now - self->last_check > PW_PIPE_PEER_CHECK_NS) {
         self->last_check = now;
-        if (peer_hup(self)) {
-            raise_broken();
-            return -1;
-        }
+        gone = peer_hup(self);
     }
+    if (gone)
+        return raise_broken();
     /* A sender that died mid-message: the receiver drops its pieces when
      * this message begins. */
     int lr = lock_end(self, &self->me->send_lock, &self->me->send_owner_died, PW_FOREVER);
-    if (lr != PW_OK) {
-        raise_status(self, lr, "");
-        return -1;
-    }
+    if (lr != PW_OK)
+        return raise_status(self, lr, "");
     pw_msg m;
     uint64_t piece = self->out.capacity / 4;
     int rc;
@@ -404,7 +390,39 @@ static int send_buffer(PipeEndObject *self, const char *buf, uint64_t len)
         }
     }
     pw_mutex_unlock(&self->me->send_lock);
-    return rc;
+    return rc ? NULL : Py_NewRef(Py_None);
+}
+
+/* Sends [offset, offset + size) of a bytes-like object's bytes as one
+ * message (absent offset: 0; absent or None size: to its end), checked as
+ * multiprocessing's send_bytes checks them. Entered, on a writable end. */
+static PyObject *send_object(PipeEndObject *self, PyObject *obj, PyObject *offset_arg,
+                             PyObject *size_arg)
+{
+    if (PyBytes_CheckExact(obj) && !offset_arg && !size_arg) /* the common call: no view */
+        return send_buffer(self, PyBytes_AS_STRING(obj), (uint64_t)PyBytes_GET_SIZE(obj));
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = view.len, offset = 0, size;
+    if (pw_index_arg(offset_arg, 0, 0, "offset is negative", &offset) < 0)
+        goto release;
+    if (n < offset) {
+        PyErr_SetString(PyExc_ValueError, "buffer length < offset");
+        goto release;
+    }
+    size = n - offset;
+    if (pw_index_arg(size_arg, 1, 0, "size is negative", &size) < 0)
+        goto release;
+    if (offset + size > n) {
+        PyErr_SetString(PyExc_ValueError, "buffer length < offset + size");
+        goto release;
+    }
+    result = send_buffer(self, (const char *)view.buf + offset, (uint64_t)size);
+release:
+    PyBuffer_Release(&view);
+    return result;
 }
 
 static const char *const send_bytes_names[] = {"buf", "offset", "size"};
@@ -418,31 +436,7 @@ static PyObject *PipeEnd_send_bytes(PipeEndObject *self, PyObject *const *args,
         return NULL;
     if (enter(self) < 0)
         return NULL;
-    PyObject *result = NULL;
-    Py_buffer view;
-    if (check_writable(self) < 0)
-        goto out;
-    if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
-        goto out;
-    Py_ssize_t n = view.len, offset = 0, size;
-    if (pw_index_arg(a[1], 0, 0, "offset is negative", &offset) < 0)
-        goto release;
-    if (n < offset) {
-        PyErr_SetString(PyExc_ValueError, "buffer length < offset");
-        goto release;
-    }
-    size = n - offset;
-    if (pw_index_arg(a[2], 1, 0, "size is negative", &size) < 0)
-        goto release;
-    if (offset + size > n) {
-        PyErr_SetString(PyExc_ValueError, "buffer length < offset + size");
-        goto release;
-    }
-    if (send_buffer(self, (const char *)view.buf + offset, (uint64_t)size) == 0)
-        result = Py_NewRef(Py_None);
-release:
-    PyBuffer_Release(&view);
-out:
+    PyObject *result = check_writable(self) < 0 ? NULL : send_object(self, a[0], a[1], a[2]);
     leave(self);
     return result;
 }
@@ -483,28 +477,16 @@ static PyObject *PipeEnd_send(PipeEndObject *self, PyObject *obj)
 {
     if (enter(self) < 0)
         return NULL;
-    PyObject *result = NULL;
+    PyObject *result = NULL, *data;
     if (check_writable(self) < 0) {
         /* error set */
     } else if (PyBytes_CheckExact(obj) && PyBytes_GET_SIZE(obj) < 256) {
         unsigned char rec[SHORT_BYTES_PICKLE(255)];
         size_t len = pickle_short_bytes(rec, PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj));
-        if (send_buffer(self, (const char *)rec, len) == 0)
-            result = Py_NewRef(Py_None);
-    } else {
-        PyObject *data = PyObject_CallOneArg(self->dumps, obj);
-        if (data) {
-            Py_buffer view;
-            if (PyBytes_CheckExact(data)) {
-                if (send_buffer(self, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) == 0)
-                    result = Py_NewRef(Py_None);
-            } else if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) == 0) {
-                if (send_buffer(self, view.buf, view.len) == 0)
-                    result = Py_NewRef(Py_None);
-                PyBuffer_Release(&view);
-            }
-            Py_DECREF(data);
-        }
+        result = send_buffer(self, (const char *)rec, len);
+    } else if ((data = PyObject_CallOneArg(self->dumps, obj))) {
+        result = send_object(self, data, NULL, NULL);
+        Py_DECREF(data);
     }
     leave(self);
     return result;
@@ -527,9 +509,9 @@ typedef struct {
     uint64_t into_cap;
     PyObject *bytes;     /* the message, when not received into `into`   */
     char *dst;           /* where the message's bytes go                  */
-    uint64_t total, got; /* a streamed message in progress when total > 0  */
-    int in_stream;
-    uint64_t length;     /* length of the finished (or refused) message    */
+    uint64_t length;     /* length of the message (also of a refused one)  */
+    uint64_t got;        /* bytes of it received so far                    */
+    int in_stream;       /* a streamed message is in progress              */
     int status;          /* enum take_status of the last record taken      */
 } recv_ctx;
 
@@ -540,7 +522,7 @@ static void ctx_drop(recv_ctx *c)
     Py_CLEAR(c->bytes);
     c->dst = NULL;
     c->in_stream = 0;
-    c->total = c->got = 0;
+    c->got = 0;
 }
 
 /* Sets up the destination for a message of `len` bytes. */
@@ -567,61 +549,47 @@ static int ctx_begin(recv_ctx *c, uint64_t len)
 static int take_piece(recv_ctx *c, const pw_ringref *rr, uint32_t pos, uint32_t type,
                       uint64_t len)
 {
-    int rc;
-    switch (type) {
-    case PW_REC_BYTES:
-        ctx_drop(c);
-        if ((rc = ctx_begin(c, len)) != 0)
-            return rc;
-        pw_ring_copy_out_large(rr, pos, c->dst, len);
-        return TAKE_DONE;
-    case PW_REC_STREAM_FIRST: {
-        ctx_drop(c);
-        uint64_t total;
-        if (len < 8) {
-            pw_segment_error("%s is corrupt: a stream record of %llu bytes", rr->what,
-                             (unsigned long long)len);
-            return TAKE_ERROR;
+    if (type == PW_REC_BYTES || type == PW_REC_STREAM_FIRST) {
+        ctx_drop(c); /* a message begins: the pieces of an unfinished one are dropped */
+        uint64_t total = len;
+        if (type == PW_REC_STREAM_FIRST) {
+            if (len < 8) {
+                pw_segment_error("%s is corrupt: a stream record of %llu bytes", rr->what,
+                                 (unsigned long long)len);
+                return TAKE_ERROR;
+            }
+            pw_ring_copy_out(rr, pos, &total, 8);
+            pos += 8;
+            len -= 8;
+            if (len > total) {
+                pw_segment_error("%s is corrupt: a %llu-byte piece of a %llu-byte message",
+                                 rr->what, (unsigned long long)len, (unsigned long long)total);
+                return TAKE_ERROR;
+            }
         }
-        pw_ring_copy_out(rr, pos, &total, 8);
-        if (len - 8 > total) {
-            pw_segment_error("%s is corrupt: a %llu-byte piece of a %llu-byte message",
-                             rr->what, (unsigned long long)(len - 8), (unsigned long long)total);
-            return TAKE_ERROR;
-        }
-        if ((rc = ctx_begin(c, total)) != 0)
-            return rc; /* its MORE pieces will be skipped */
-        pw_ring_copy_out_large(rr, pos + 8, c->dst, len - 8);
-        c->total = total;
-        c->got = len - 8;
+        int rc = ctx_begin(c, total);
+        if (rc != 0)
+            return rc; /* a stream's MORE pieces will be skipped */
         c->in_stream = 1;
-        if (c->got == c->total) {
-            c->in_stream = 0;
-            return TAKE_DONE;
-        }
-        return TAKE_PARTIAL;
-    }
-    case PW_REC_STREAM_MORE:
-        if (!c->in_stream)
-            return TAKE_SKIPPED;
-        if (len > c->total - c->got) {
-            ctx_drop(c);
-            pw_segment_error("%s is corrupt: stream pieces exceed their message", rr->what);
-            return TAKE_ERROR;
-        }
-        pw_ring_copy_out_large(rr, pos, c->dst + c->got, len);
-        c->got += len;
-        if (c->got == c->total) {
-            c->in_stream = 0;
-            atomic_fetch_add(&c->self->me->streamed, 1);
-            return TAKE_DONE;
-        }
-        return TAKE_PARTIAL;
-    default:
+    } else if (type != PW_REC_STREAM_MORE) {
         ctx_drop(c);
         pw_segment_error("%s is corrupt: unknown record type %u", rr->what, type);
         return TAKE_ERROR;
+    } else if (!c->in_stream) {
+        return TAKE_SKIPPED;
+    } else if (len > c->length - c->got) {
+        ctx_drop(c);
+        pw_segment_error("%s is corrupt: stream pieces exceed their message", rr->what);
+        return TAKE_ERROR;
     }
+    pw_ring_copy_out_large(rr, pos, c->dst + c->got, len);
+    c->got += len;
+    if (c->got < c->length)
+        return TAKE_PARTIAL;
+    c->in_stream = 0;
+    if (type == PW_REC_STREAM_MORE)
+        atomic_fetch_add(&c->self->me->streamed, 1);
+    return TAKE_DONE;
 }
 
 /* pw_ring_take's callback: one record at a time, consumed whatever becomes
@@ -642,23 +610,19 @@ static void stash_partial(PipeEndObject *self, recv_ctx *c)
 {
     if (!c->in_stream)
         return;
-    PyObject *b = c->bytes;
-    if (!b) { /* the pieces went into recv_bytes_into's buffer: copy them out */
-        b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)c->total);
-        if (!b) {
+    if (!c->bytes) { /* the pieces went into recv_bytes_into's buffer: copy them out */
+        c->bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)c->length);
+        if (!c->bytes) {
             PyErr_Clear(); /* out of memory: the message is dropped, and counted */
             return;
         }
-        memcpy(PyBytes_AS_STRING(b), c->dst, (size_t)c->got);
+        memcpy(PyBytes_AS_STRING(c->bytes), c->dst, (size_t)c->got);
     }
-    c->bytes = NULL;
-    Py_XSETREF(self->stash, b);
-    self->stash_total = c->total;
+    Py_XSETREF(self->stash, c->bytes);
     self->stash_got = c->got;
     self->stash_head = atomic_load(&self->in.ring->head);
+    c->bytes = NULL; /* the stash's now: neither freed nor counted as dropped */
     c->in_stream = 0;
-    c->dst = NULL;
-    c->total = c->got = 0;
 }
 
 /* Under recv_lock: continue a stashed message if no other receiver took a
@@ -676,8 +640,8 @@ static int resume_stash(PipeEndObject *self, recv_ctx *c)
         Py_DECREF(b);
         return 0;
     }
-    c->length = self->stash_total;
-    if (self->stash_total > c->maxlength) {
+    c->length = (uint64_t)PyBytes_GET_SIZE(b);
+    if (c->length > c->maxlength) {
         /* Dropped like any message over maxlength: its remaining pieces
          * are skipped by the next receive. */
         Py_DECREF(b);
@@ -686,7 +650,6 @@ static int resume_stash(PipeEndObject *self, recv_ctx *c)
     }
     c->bytes = b;
     c->dst = PyBytes_AS_STRING(b);
-    c->total = self->stash_total;
     c->got = self->stash_got;
     c->in_stream = 1;
     return 1;
@@ -698,10 +661,34 @@ static int stash_pending(PipeEndObject *self)
     return self->stash && atomic_load(&self->in.ring->head) == self->stash_head;
 }
 
-/*
- * Receives one message into c. Returns 0 (message in c), 1 on timeout, -1
- * with an exception set (EOFError when the peer is gone).
- */
+/* Under recv_lock: takes records into c until a message is whole. 0, 1 on
+ * timeout, or -1 with an exception set (EOFError when the peer is gone). */
+static int take_message(PipeEndObject *self, recv_ctx *c, int64_t deadline)
+{
+    for (;;) {
+        uint64_t tail = atomic_load(&self->in.ring->tail);
+        size_t taken;
+        int rc = pw_ring_take(&self->in, take_cb, c, 1, 0, &taken);
+        if (rc < 0)
+            return pw_raise_int(rc);
+        if (taken && c->status != TAKE_PARTIAL && c->status != TAKE_SKIPPED) {
+            if (c->status == TAKE_TOO_LONG)
+                PyErr_SetString(PyExc_OSError, "bad message length");
+            return c->status == TAKE_DONE ? 0 : -1;
+        }
+        if (taken)
+            continue;
+        rc = await_data(self, tail, deadline, 1);
+        if (rc != WAIT_AGAIN) {
+            if (rc != WAIT_ENDED)
+                stash_partial(self, c); /* a timeout or a signal: Ctrl-C loses nothing either */
+            return rc == WAIT_TIMEOUT ? 1 : -1;
+        }
+    }
+}
+
+/* Receives one message into c: take_message() under this end's recv_lock,
+ * continuing a stashed message first. */
 static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
 {
     struct pw_pipe_end *me = self->me;
@@ -712,47 +699,8 @@ static int receive(PipeEndObject *self, recv_ctx *c, int64_t deadline)
         raise_status(self, lr, "");
         return -1;
     }
-    int result;
     int resumed = resume_stash(self, c);
-    if (resumed < 0) {
-        pw_mutex_unlock(&me->recv_lock);
-        resync_after_take(self);
-        return -1;
-    }
-    for (;;) {
-        uint64_t tail = atomic_load(&self->in.ring->tail);
-        size_t taken;
-        int rc = pw_ring_take(&self->in, take_cb, c, 1, 0, &taken);
-        if (rc < 0) {
-            pw_raise(rc);
-            result = -1;
-            break;
-        }
-        if (taken) {
-            int status = c->status;
-            if (status == TAKE_DONE) {
-                result = 0;
-                break;
-            }
-            if (status == TAKE_ERROR) {
-                result = -1;
-                break;
-            }
-            if (status == TAKE_TOO_LONG) {
-                PyErr_SetString(PyExc_OSError, "bad message length");
-                result = -1;
-                break;
-            }
-            continue; /* PARTIAL or SKIPPED */
-        }
-        rc = await_data(self, tail, deadline, 1);
-        if (rc == WAIT_AGAIN)
-            continue;
-        if (rc != WAIT_ENDED)
-            stash_partial(self, c); /* a timeout or a signal: Ctrl-C loses nothing either */
-        result = rc == WAIT_TIMEOUT ? 1 : -1;
-        break;
-    }
+    int result = resumed < 0 ? -1 : take_message(self, c, deadline);
     pw_mutex_unlock(&me->recv_lock);
     if (result != 0)
         ctx_drop(c);
@@ -866,54 +814,36 @@ static PyObject *PipeEnd_recv(PipeEndObject *self, PyObject *const *args, Py_ssi
     int64_t deadline;
     recv_ctx c = {.self = self, .maxlength = UINT64_MAX};
     if (pw_parse_args("recv", args, nargs, kwnames, recv_names, 1, 0, a) < 0 ||
-        parse_timeout(a[0], &deadline) < 0 || enter(self) < 0)
+        parse_timeout(a[0], &deadline) < 0 || receive_entered(self, &c, deadline) < 0)
         return NULL;
-    PyObject *result = NULL;
-    if (check_readable(self) == 0) {
-        int rc = receive(self, &c, deadline);
-        if (rc == 0) {
-            result = short_pickled_bytes(c.bytes);
-            if (!result && !PyErr_Occurred())
-                result = unwrap_pickled_bytes(&c.bytes);
-            if (!result && !PyErr_Occurred())
-                result = PyObject_CallOneArg(self->loads, c.bytes);
-            Py_CLEAR(c.bytes);
-        } else if (rc == 1) {
-            raise_timeout(NO_MESSAGE);
-        }
-    }
-    leave(self);
+    PyObject *result = short_pickled_bytes(c.bytes);
+    if (!result && !PyErr_Occurred())
+        result = unwrap_pickled_bytes(&c.bytes);
+    if (!result && !PyErr_Occurred())
+        result = PyObject_CallOneArg(self->loads, c.bytes);
+    Py_XDECREF(c.bytes);
     return result;
 }
 
-/* _recv_bytes_into(buf, offset, timeout) -> int bytes written, or the whole
- * message as bytes when it does not fit (Python raises BufferTooShort). */
-static const char *const recv_into_names[] = {"buf", "offset", "timeout"};
+/* _recv_bytes_into(buf, timeout) -> int bytes written at the start of buf
+ * (pipe.py slices it at the offset), or the whole message as bytes when it
+ * does not fit (pipe.py raises BufferTooShort). */
+static const char *const recv_into_names[] = {"buf", "timeout"};
 
 static PyObject *PipeEnd_recv_bytes_into(PipeEndObject *self, PyObject *const *args,
                                          Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *a[3];
+    PyObject *a[2];
     int64_t deadline;
-    if (pw_parse_args("recv_bytes_into", args, nargs, kwnames, recv_into_names, 3, 1, a) < 0 ||
-        parse_timeout(a[2], &deadline) < 0)
-        return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(a[0], &view, PyBUF_WRITABLE) < 0)
+    if (pw_parse_args("recv_bytes_into", args, nargs, kwnames, recv_into_names, 2, 1, a) < 0 ||
+        parse_timeout(a[1], &deadline) < 0 || PyObject_GetBuffer(a[0], &view, PyBUF_WRITABLE) < 0)
         return NULL;
+    recv_ctx c = {.self = self, .maxlength = UINT64_MAX, .into = view.buf,
+                  .into_cap = (uint64_t)view.len};
     PyObject *result = NULL;
-    Py_ssize_t offset = 0;
-    if (pw_index_arg(a[1], 0, 0, "negative offset", &offset) < 0)
-        goto release;
-    if (offset > view.len) {
-        PyErr_SetString(PyExc_ValueError, "offset too large");
-        goto release;
-    }
-    recv_ctx c = {.self = self, .maxlength = UINT64_MAX, .into = (char *)view.buf + offset,
-                  .into_cap = (uint64_t)(view.len - offset)};
     if (receive_entered(self, &c, deadline) == 0)
         result = c.bytes ? c.bytes : PyLong_FromUnsignedLongLong(c.length);
-release:
     PyBuffer_Release(&view);
     return result;
 }
@@ -1093,6 +1023,47 @@ static PyObject *PipeEnd_end_lease(PipeEndObject *self, PyObject *view)
 
 /* ------------------------------------------------------------ lifecycle */
 
+/* Bytes of a pipe segment: headers, ring 0 of `capacity` bytes, and ring 1
+ * as large if duplex, else the smallest ring (unused). */
+static uint64_t pipe_segment_size(uint64_t capacity, int duplex)
+{
+    uint64_t off = pw_ring_data_offset(sizeof(struct pw_header) + sizeof(struct pw_pipe));
+    return off + capacity + (duplex ? capacity : PW_RING_MIN_CAPACITY);
+}
+
+/* Lays out a new pipe in the `size` bytes at h and publishes its header:
+ * PW_OK, or a status (PW_ERAISED: ValueError for a bad capacity or size). */
+static int create_pipe(struct pw_header *h, uint64_t size, uint64_t capacity, int duplex)
+{
+    struct pw_pipe *p = (struct pw_pipe *)(h + 1);
+    uint64_t cap1 = duplex ? capacity : PW_RING_MIN_CAPACITY;
+    if (pw_check_capacity(capacity) < 0)
+        return PW_ERAISED;
+    if (size != pipe_segment_size(capacity, duplex)) {
+        PyErr_Format(PyExc_ValueError, "buffer is %llu bytes, a pipe needs %llu",
+                     (unsigned long long)size,
+                     (unsigned long long)pipe_segment_size(capacity, duplex));
+        return PW_ERAISED;
+    }
+    pw_header_init(h, PW_KIND_PIPE, size, sizeof *p, size - capacity - cap1);
+    memset(p, 0, sizeof *p);
+    p->pipe_flags = duplex ? PW_PIPE_DUPLEX : 0;
+    p->capacity[0] = capacity;
+    p->capacity[1] = cap1;
+    int rc = pw_ring_init(&p->ring[0], capacity, 0);
+    if (!rc)
+        rc = pw_ring_init(&p->ring[1], cap1, 0);
+    for (int e = 0; e < 2 && !rc; e++) {
+        rc = pw_mutex_init(&p->end[e].send_lock);
+        if (!rc)
+            rc = pw_mutex_init(&p->end[e].recv_lock);
+    }
+    if (rc)
+        return pw_fail_errno(rc);
+    pw_header_publish(h);
+    return PW_OK;
+}
+
 static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"buffer", "create", "end", "capacity", "duplex", "fds",
@@ -1105,85 +1076,33 @@ static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
                                      &create, &end, &capacity, &duplex, &fds[0], &fds[1],
                                      &fds[2], &fds[3], &count, &name, &dumps, &loads))
         return -1;
-    if (self->ev_self > 0) {
-        PyErr_SetString(PyExc_RuntimeError, "PipeEnd.__init__ called twice");
-        return -1;
-    }
     if (end != 0 && end != 1) {
         PyErr_Format(PyExc_ValueError, "end must be 0 or 1, not %d", end);
         return -1;
     }
-    Py_XSETREF(self->dumps, Py_NewRef(dumps));
-    Py_XSETREF(self->loads, Py_NewRef(loads));
     const char *what = pw_ring_object_map(&self->base, &pipe_ops, buffer, name);
     if (!what)
-        return -1;
+        return -1; /* also when called twice */
     struct pw_header *h = self->base.view.buf;
     struct pw_pipe *p = (struct pw_pipe *)(h + 1);
     uint64_t size = (uint64_t)self->base.view.len;
-    uint64_t data_offset = pw_ring_data_offset(sizeof *h + sizeof *p);
-    if (create) {
-        uint64_t cap1 = duplex ? capacity : PW_RING_MIN_CAPACITY;
-        if (pw_check_capacity(capacity) < 0)
-            goto fail;
-        if (size != data_offset + capacity + cap1) {
-            PyErr_Format(PyExc_ValueError, "buffer is %llu bytes, a pipe needs %llu",
-                         (unsigned long long)size,
-                         (unsigned long long)(data_offset + capacity + cap1));
-            goto fail;
-        }
-        pw_header_init(h, PW_KIND_PIPE, size, sizeof *p, data_offset);
-        memset(p, 0, sizeof *p);
-        p->pipe_flags = duplex ? PW_PIPE_DUPLEX : 0;
-        p->capacity[0] = capacity;
-        p->capacity[1] = cap1;
-        int rc = pw_ring_init(&p->ring[0], capacity, 0);
-        if (!rc)
-            rc = pw_ring_init(&p->ring[1], cap1, 0);
-        for (int e = 0; e < 2 && !rc; e++) {
-            rc = pw_mutex_init(&p->end[e].send_lock);
-            if (!rc)
-                rc = pw_mutex_init(&p->end[e].recv_lock);
-        }
-        if (rc) {
-            errno = rc;
-            PyErr_SetFromErrno(PyExc_OSError);
-            goto fail;
-        }
-        pw_header_publish(h);
-    } else {
-        int rc = pw_header_validate_kind(h, size, PW_KIND_PIPE, what);
-        if (rc) {
-            pw_raise(rc);
-            goto fail;
-        }
-        if (h->data_offset != data_offset) {
-            pw_segment_error("%s is corrupt: pipe header is %u bytes, expected %zu", what,
-                             h->header_size, sizeof *p);
-            goto fail;
-        }
-        if (p->capacity[0] != p->ring[0].capacity || p->capacity[1] != p->ring[1].capacity ||
-            p->capacity[0] > size || p->capacity[1] > size ||
-            data_offset + p->capacity[0] + p->capacity[1] != size) {
-            pw_segment_error("%s is corrupt: ring capacities do not fit the segment", what);
-            goto fail;
-        }
-        rc = pw_ring_validate(&p->ring[0], p->capacity[0], what);
-        if (!rc)
-            rc = pw_ring_validate(&p->ring[1], p->capacity[1], what);
-        if (rc) {
-            pw_raise(rc);
-            goto fail;
-        }
-        duplex = (p->pipe_flags & PW_PIPE_DUPLEX) != 0;
+    int rc = create ? create_pipe(h, size, capacity, duplex)
+                    : pw_segment_validate(h, size, PW_KIND_PIPE, what);
+    if (rc) {
+        pw_raise(rc);
+        pw_object_unmap(&self->base); /* the descriptors stay the caller's */
+        return -1;
     }
+    Py_XSETREF(self->dumps, Py_NewRef(dumps));
+    Py_XSETREF(self->loads, Py_NewRef(loads));
+    duplex = (p->pipe_flags & PW_PIPE_DUPLEX) != 0;
     self->pipe = p;
     self->end = end;
     self->me = &p->end[end];
     self->peer = &p->end[1 - end];
     self->readable = duplex || end == 0;
     self->writable = duplex || end == 1;
-    uint8_t *data = (uint8_t *)h + data_offset;
+    uint8_t *data = (uint8_t *)h + h->data_offset;
     uint8_t *ring_data[2] = {data, data + p->capacity[0]};
     pw_ringref_init(&self->in, &p->ring[end], ring_data[end], what);
     pw_ringref_init(&self->out, &p->ring[1 - end], ring_data[1 - end], what);
@@ -1192,15 +1111,10 @@ static int PipeEnd_init(PipeEndObject *self, PyObject *args, PyObject *kwds)
     self->ev_peer = fds[1];
     self->life_peer = fds[2];
     self->life_own = fds[3];
-    self->epfd = -1;
     self->counted = 1;
     if (count)
         atomic_fetch_add(&self->me->handles, 1);
     return 0;
-fail:
-    /* The descriptors stay the caller's on failure. */
-    pw_object_unmap(&self->base);
-    return -1;
 }
 
 /* Drops this object's handle; the last one marks the end closed at once. */
@@ -1245,7 +1159,7 @@ static PyObject *PipeEnd_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PipeEndObject *self = (PipeEndObject *)type->tp_alloc(type, 0);
     if (self) {
-        self->ev_self = self->ev_peer = self->life_peer = self->life_own = self->epfd = -1;
+        self->ev_self = self->ev_peer = self->life_peer = self->life_own = -1;
     }
     return (PyObject *)self;
 }
@@ -1260,40 +1174,19 @@ static PyObject *PipeEnd_add_handle(PipeEndObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *PipeEnd_fileno(PipeEndObject *self, PyObject *unused)
+/* _signal_fd(): fileno() made its epoll descriptor over this end's eventfd
+ * (pipe.py). From now on senders signal that eventfd on each message. Brings
+ * it in step with the ring: readable now if a message already waits, and not
+ * readable from a stale count (a sender may have signalled a receiver that
+ * then found its message without sleeping). */
+static PyObject *PipeEnd_signal_fd(PipeEndObject *self, PyObject *unused)
 {
     if (enter(self) < 0)
         return NULL;
-    PyObject *result = NULL;
-    if (self->epfd < 0) {
-        int ep = epoll_create1(EPOLL_CLOEXEC);
-        struct epoll_event ev = {.events = EPOLLIN};
-        if (ep < 0) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            goto out;
-        }
-        ev.data.fd = self->ev_self;
-        if (epoll_ctl(ep, EPOLL_CTL_ADD, self->ev_self, &ev) < 0 ||
-            /* The peer's death only (EPOLLHUP is always reported): descriptors
-             * waiting for recv_handle() do not make recv() ready. */
-            (ev.events = 0, ev.data.fd = self->life_peer,
-             epoll_ctl(ep, EPOLL_CTL_ADD, self->life_peer, &ev) < 0)) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            close(ep);
-            goto out;
-        }
-        self->epfd = ep;
-        /* From now on senders signal this end's eventfd. Bring it in step
-         * with the ring: readable now if a message already waits, and not
-         * readable from a stale count (a sender may have signalled a
-         * receiver that then found its message without sleeping). */
-        atomic_store(&self->me->fd_interest, 1);
-        resync_after_take(self);
-    }
-    result = PyLong_FromLong(self->epfd);
-out:
+    atomic_store(&self->me->fd_interest, 1);
+    resync_after_take(self);
     leave(self);
-    return result;
+    Py_RETURN_NONE;
 }
 
 /* _send_room() -> (token, free bytes, capacity) of the ring this end sends
@@ -1358,60 +1251,49 @@ static PyObject *PipeEnd_segment_size(PyObject *cls, PyObject *args)
     int duplex;
     if (!PyArg_ParseTuple(args, "Kp", &cap, &duplex))
         return NULL;
-    uint64_t off = pw_ring_data_offset(sizeof(struct pw_header) + sizeof(struct pw_pipe));
-    return PyLong_FromUnsignedLongLong(off + cap + (duplex ? cap : PW_RING_MIN_CAPACITY));
+    return PyLong_FromUnsignedLongLong(pipe_segment_size(cap, duplex));
 }
 
-static PyObject *get_readable(PipeEndObject *self, void *c)
-{
-    return PyBool_FromLong(self->readable);
-}
-static PyObject *get_writable(PipeEndObject *self, void *c)
-{
-    return PyBool_FromLong(self->writable);
-}
-static PyObject *get_end(PipeEndObject *self, void *c)
-{
-    return PyLong_FromLong(self->end);
-}
-
-#define FASTKW METH_FASTCALL | METH_KEYWORDS
-#define FN(f) (PyCFunction)(void (*)(void))(f)
+static PyMemberDef PipeEnd_members[] = {
+    {"readable", T_BOOL, offsetof(PipeEndObject, readable), READONLY,
+     "True if the connection can receive."},
+    {"writable", T_BOOL, offsetof(PipeEndObject, writable), READONLY,
+     "True if the connection can send."},
+    {"_end", T_INT, offsetof(PipeEndObject, end), READONLY, NULL},
+    {NULL},
+};
 
 static PyMethodDef PipeEnd_methods[] = {
-    {"send", (PyCFunction)PipeEnd_send, METH_O,
-     "send($self, obj, /)\n--\n\nSend a picklable object; the other end gets it from recv()."},
-    {"send_bytes", FN(PipeEnd_send_bytes), FASTKW,
-     "send_bytes($self, buf, offset=0, size=None)\n--\n\nSend bytes from a bytes-like object as "
-     "one message."},
-    {"recv", FN(PipeEnd_recv), FASTKW,
-     "recv($self, *, timeout=None)\n--\n\nReturn the next object sent with send(). Blocks until "
-     "one arrives; EOFError when the other end is closed and nothing is left."},
-    {"recv_bytes", FN(PipeEnd_recv_bytes), FASTKW,
-     "recv_bytes($self, maxlength=None, *, timeout=None, copy=True)\n--\n\nReturn the next "
-     "message as bytes. OSError('bad message length') (the message is dropped) if longer than "
-     "maxlength. copy=False: a procwire.View of the message in place instead."},
-    {"_recv_bytes_into", FN(PipeEnd_recv_bytes_into), FASTKW, NULL},
+    PW_ONEARG("send", PipeEnd_send, "obj",
+              "Send a picklable object; the other end gets it from recv()."),
+    PW_KWARGS("send_bytes", PipeEnd_send_bytes, "buf, offset=0, size=None",
+              "Send bytes from a bytes-like object as one message."),
+    PW_KWARGS("recv", PipeEnd_recv, "*, timeout=None",
+              "Return the next object sent with send(). Blocks until one arrives; EOFError "
+              "when the other end is closed and nothing is left."),
+    PW_KWARGS("recv_bytes", PipeEnd_recv_bytes, "maxlength=None, *, timeout=None, copy=True",
+              "Return the next message as bytes. OSError('bad message length') (the message "
+              "is dropped) if longer than maxlength. copy=False: a procwire.View of the "
+              "message in place instead."),
+    {"_recv_bytes_into", (PyCFunction)(void (*)(void))PipeEnd_recv_bytes_into,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
     PW_LEASE_METHODS(PipeEnd),
-    {"poll", FN(PipeEnd_poll), FASTKW,
-     "poll($self, timeout=0.0)\n--\n\nWhether there is anything to read, waiting up to timeout "
-     "seconds (None: forever). True also when the other end is closed (recv raises EOFError)."},
+    PW_KWARGS("poll", PipeEnd_poll, "timeout=0.0",
+              "Whether there is anything to read, waiting up to timeout seconds (None: "
+              "forever). True also when the other end is closed (recv raises EOFError)."),
     {"_close", (PyCFunction)PipeEnd_close, METH_NOARGS, NULL},
     {"_add_handle", (PyCFunction)PipeEnd_add_handle, METH_NOARGS, NULL},
-    {"_fileno", (PyCFunction)PipeEnd_fileno, METH_NOARGS, NULL},
+    {"_signal_fd", (PyCFunction)PipeEnd_signal_fd, METH_NOARGS, NULL},
     {"_fds", (PyCFunction)PipeEnd_fds, METH_NOARGS, NULL},
     {"_send_room", (PyCFunction)PipeEnd_send_room, METH_NOARGS, NULL},
     PW_WATCH_METHODS(PipeEnd),
     {"_statistics", (PyCFunction)PipeEnd_statistics, METH_NOARGS, NULL},
     {"_segment_size", (PyCFunction)PipeEnd_segment_size, METH_VARARGS | METH_STATIC, NULL},
-    {NULL, NULL, 0, NULL},
+    PW_END_METHODS,
 };
 
 static PyGetSetDef PipeEnd_getset[] = {
     {"closed", (getter)pw_object_get_closed, NULL, "True if the connection is closed.", NULL},
-    {"readable", (getter)get_readable, NULL, "True if the connection can receive.", NULL},
-    {"writable", (getter)get_writable, NULL, "True if the connection can send.", NULL},
-    {"_end", (getter)get_end, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1420,5 +1302,6 @@ PW_RING_TYPE(PipeEnd, PipeEndObject, "PipeEnd", PipeEnd_new,
 
 int pw_pipe_register(PyObject *module)
 {
+    PipeEndType.tp_members = PipeEnd_members; /* PW_RING_TYPE sets methods and getset */
     return pw_add_type(module, &PipeEndType, "PipeEnd");
 }

@@ -169,7 +169,18 @@ int pw_segment_validate(const void *base, uint64_t size, uint32_t kind, const ch
     case PW_KIND_VALUE:
     case PW_KIND_ARRAY:
         return shared_validate(h, size, what);
-    default: /* an event has nothing more to check; a pipe's ends: pipe.c */
+    case PW_KIND_PIPE: { /* its two rings' data fill the segment, one after the other */
+        const struct pw_pipe *pp = p;
+        if (h->data_offset != pw_ring_data_offset(sizeof *h + sizeof *pp) ||
+            pp->capacity[0] != pp->ring[0].capacity || pp->capacity[1] != pp->ring[1].capacity ||
+            pp->capacity[0] > size || pp->capacity[1] > size ||
+            h->data_offset + pp->capacity[0] + pp->capacity[1] != size)
+            return pw_fail(PW_ECORRUPT, "%s is corrupt: ring capacities do not fit the segment",
+                           what);
+        rc = pw_ring_validate(&pp->ring[0], pp->capacity[0], what);
+        return rc ? rc : pw_ring_validate(&pp->ring[1], pp->capacity[1], what);
+    }
+    default: /* an event has nothing more to check */
         return PW_OK;
     }
 }
