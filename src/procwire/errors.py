@@ -15,10 +15,43 @@ from queue import Empty, Full
 from threading import BrokenBarrierError
 from typing import Any
 
-from procwire._core import MessageTooLarge, OwnerDiedWarning, ProcwireError, SegmentError
-
 __all__ = ["BrokenBarrierError", "Empty", "Full", "MessageTooLarge", "OwnerDiedWarning",
            "ProcwireError", "SegmentError", "WorkerLost"]
+
+# procwire's own exceptions are defined here, in Python, as multiprocessing
+# defines its own; the native core (procwire._core) imports them to raise them
+# (and re-exports them), so nothing here may import procwire._core. They are
+# shown as procwire's, where the public API exports them.
+
+
+class ProcwireError(Exception):
+    """Base class of procwire's own exceptions."""
+
+    __module__ = "procwire"
+
+
+class SegmentError(ProcwireError):
+    """A shared segment is not a whole, initialised procwire object of the expected kind.
+
+    Foreign, truncated, corrupt, or made by another procwire version.
+    """
+
+    __module__ = "procwire"
+
+
+class MessageTooLarge(ProcwireError, ValueError):
+    """A message can never fit the object's ring; the message names the setting to raise."""
+
+    __module__ = "procwire"
+
+
+class OwnerDiedWarning(RuntimeWarning):
+    """An ``acquire()`` found that the lock's previous holder died holding it.
+
+    The lock is now held by the caller; the state it protects may be half-updated.
+    """
+
+    __module__ = "procwire"
 
 
 class WorkerLost(ProcwireError):

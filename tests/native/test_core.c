@@ -245,7 +245,7 @@ static void test_wait_times_out_at_its_deadline(void)
     CHECK(pw_wait_until(&wt, t0 + 50 * MS) == PW_TIMEOUT);
     int64_t waited = pw_now_ns() - t0;
     CHECK(waited >= 50 * MS && waited < 2000 * MS);
-    CHECK(pw_waiters_reconcile(&w->waiters) == 0); /* it left the registry */
+    CHECK(pw_waiters_live(&w->waiters, 1) == 0); /* it left the registry */
     CHECK(pw_wait_until(&wt, 0) == PW_TIMEOUT);   /* a passed deadline: one look */
     int cancel = 1;
     wt.cancel = &cancel;
@@ -290,11 +290,11 @@ static void test_a_killed_sleeper_is_reaped(void)
     int64_t t0 = pw_now_ns();
     while (!pw_waiters_any(&w->waiters) && pw_now_ns() - t0 < 5000 * MS)
         usleep(1000);
-    CHECK(pw_waiters_reconcile(&w->waiters) == 1); /* alive: counted */
+    CHECK(pw_waiters_live(&w->waiters, 1) == 1); /* alive: counted */
     kill(pid, SIGKILL);
     reap(pid);
     CHECK(pw_waiters_any(&w->waiters)); /* its slot is still taken ... */
-    CHECK(pw_waiters_reconcile(&w->waiters) == 0); /* ... until reaped */
+    CHECK(pw_waiters_live(&w->waiters, 1) == 0); /* ... until reaped */
     CHECK(!pw_waiters_any(&w->waiters) && atomic_load(&w->waiters.reaped) == 1);
     munmap(w, sizeof *w);
 }

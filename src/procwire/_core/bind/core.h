@@ -142,13 +142,6 @@ typedef struct {
     int active; /* calls in progress in this process */
 } pw_guard;
 
-static inline int pw_guard_leave(pw_guard *g) { return --g->active == 0 && g->closed; }
-static inline int pw_guard_close(pw_guard *g)
-{
-    g->closed = 1;
-    return g->active == 0;
-}
-
 typedef struct PwObject PwObject;
 
 /* What differs between the types. */

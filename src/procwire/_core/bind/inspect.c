@@ -8,7 +8,7 @@
  * inspecting an object cannot disturb the processes using it, and the buffer
  * may be (and for the CLI is) a read-only mapping. The one exception is a
  * live object's `reconcile`: counting a wait queue's sleepers then also frees
- * the slots of dead ones (pw_waiters_reconcile), as every statistics() call
+ * the slots of dead ones (pw_waiters_live), as every statistics() call
  * does; `procwire stat` never writes. Every counter is read with one atomic
  * load; a set of them is not a consistent snapshot, which is fine for
  * advisory figures.
@@ -27,7 +27,7 @@
 /* Live sleepers of a wait queue (the waits' registry, wait.c). */
 static unsigned sleepers(struct pw_waiters *w, int reconcile)
 {
-    return reconcile ? pw_waiters_reconcile(w) : pw_waiters_count_live(w);
+    return pw_waiters_live(w, reconcile);
 }
 
 static PyObject *lock_counters(struct pw_lock *l, int reconcile)

@@ -2,7 +2,7 @@
  * module.c -- procwire._core: its state (exceptions, interned strings) and
  * its set-up.
  *
- * The module is private. procwire/errors.py re-exports the exceptions, and
+ * The module is private. procwire/errors.py defines the exceptions, and
  * the Python modules build the public API on the types registered here. All
  * module-level Python objects live in one pw_state (msgspec's MsgspecState
  * is the model), reached with pw_get_state(); there are no C globals holding
@@ -10,6 +10,7 @@
  */
 #include "core.h"
 
+#include <stddef.h>
 #include <string.h>
 
 static struct PyModuleDef core_module;
@@ -45,54 +46,36 @@ static void core_free(void *m)
     core_clear((PyObject *)m);
 }
 
-/* A new exception class, also added to the module as `name`'s last part. */
-static PyObject *new_exception(PyObject *m, const char *name, const char *doc, PyObject *bases)
-{
-    PyObject *exc = PyErr_NewExceptionWithDoc(name, doc, bases, NULL);
-    if (exc && PyModule_AddObjectRef(m, strrchr(name, '.') + 1, exc) < 0)
-        Py_CLEAR(exc);
-    return exc;
-}
-
+/*
+ * The exceptions the C code raises, from the modules that define them:
+ * procwire's own are plain classes in procwire/errors.py (as multiprocessing
+ * keeps its exceptions in Python), also added to this module; Empty and Full
+ * are the queue module's, as multiprocessing raises them.
+ */
 static int init_state(PyObject *m, pw_state *st)
 {
-    PyObject *queue = PyImport_ImportModule("queue");
-    if (!queue)
-        return -1;
-    st->Empty = PyObject_GetAttrString(queue, "Empty");
-    st->Full = PyObject_GetAttrString(queue, "Full");
-    Py_DECREF(queue);
-    if (!st->Empty || !st->Full)
-        return -1;
-    st->str_buffers = PyUnicode_InternFromString("buffers");
-    if (!st->str_buffers)
-        return -1;
-
-    st->ProcwireError = new_exception(m, "procwire.ProcwireError",
-                                      "Base class of procwire's own exceptions.", NULL);
-    if (!st->ProcwireError)
-        return -1;
-    st->SegmentError = new_exception(
-        m, "procwire.SegmentError",
-        "A shared segment is not a whole, initialised procwire object of the expected kind: "
-        "foreign, truncated, corrupt, or made by another procwire version.",
-        st->ProcwireError);
-    PyObject *bases = PyTuple_Pack(2, st->ProcwireError, PyExc_ValueError);
-    if (!st->SegmentError || !bases) {
-        Py_XDECREF(bases);
-        return -1;
+    static const struct {
+        const char *module, *name;
+        size_t slot;
+    } imported[] = {
+        {"procwire.errors", "ProcwireError", offsetof(pw_state, ProcwireError)},
+        {"procwire.errors", "SegmentError", offsetof(pw_state, SegmentError)},
+        {"procwire.errors", "MessageTooLarge", offsetof(pw_state, MessageTooLarge)},
+        {"procwire.errors", "OwnerDiedWarning", offsetof(pw_state, OwnerDiedWarning)},
+        {"queue", "Empty", offsetof(pw_state, Empty)},
+        {"queue", "Full", offsetof(pw_state, Full)},
+    };
+    for (size_t i = 0; i < sizeof imported / sizeof *imported; i++) {
+        PyObject *module = PyImport_ImportModule(imported[i].module);
+        PyObject *obj = module ? PyObject_GetAttrString(module, imported[i].name) : NULL;
+        Py_XDECREF(module);
+        *(PyObject **)((char *)st + imported[i].slot) = obj;
+        if (!obj || (strcmp(imported[i].module, "queue") != 0 &&
+                     PyModule_AddObjectRef(m, imported[i].name, obj) < 0))
+            return -1;
     }
-    st->MessageTooLarge = new_exception(
-        m, "procwire.MessageTooLarge",
-        "A message can never fit the object's ring; the message names the setting to raise.",
-        bases);
-    Py_DECREF(bases);
-    st->OwnerDiedWarning = new_exception(
-        m, "procwire.OwnerDiedWarning",
-        "An acquire() found that the lock's previous holder died holding it. The lock is "
-        "now held by the caller; the state it protects may be half-updated.",
-        PyExc_RuntimeWarning);
-    return st->MessageTooLarge && st->OwnerDiedWarning ? 0 : -1;
+    st->str_buffers = PyUnicode_InternFromString("buffers");
+    return st->str_buffers ? 0 : -1;
 }
 
 static struct PyModuleDef core_module = {

@@ -64,17 +64,17 @@ PyObject *pw_object_closed_while_waiting(PwObject *o)
 
 void pw_object_leave(PwObject *o)
 {
-    if (pw_guard_leave(&o->guard))
+    if (--o->guard.active == 0 && o->guard.closed)
         release(o);
 }
 
 int pw_object_close(PwObject *o)
 {
-    if (pw_guard_close(&o->guard)) {
-        release(o);
-        return 1;
-    }
-    return 0;
+    o->guard.closed = 1;
+    if (o->guard.active)
+        return 0;
+    release(o);
+    return 1;
 }
 
 void pw_object_dealloc(PwObject *o)

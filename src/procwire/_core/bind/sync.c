@@ -66,11 +66,6 @@ static inline pid_t my_tid(void)
     return cached_tid;
 }
 
-static int never(void *ctx)
-{
-    return 0;
-}
-
 /* ------------------------------------------------------- common object */
 
 typedef struct {
@@ -108,33 +103,24 @@ static int sync_fail(SyncObject *self)
 
 /*
  * Maps `buffer` for a sync object and validates it whole (header.c,
- * pw_segment_validate) as one of the accepted kinds: the struct at the
- * kind's offset, or NULL with SegmentError set.
+ * pw_segment_validate) as a segment of `kind` (0: of any kind): the struct
+ * after the header, or NULL with SegmentError set.
  */
-static void *sync_map(SyncObject *self, PyObject *buffer, PyObject *name, const uint32_t *kinds,
-                      int nkinds)
+static void *sync_map(SyncObject *self, PyObject *buffer, PyObject *name, uint32_t kind)
 {
     if (pw_object_map(&self->base, &sync_ops, buffer, name) < 0)
         return NULL;
     const char *what = PyUnicode_AsUTF8(name);
     const struct pw_header *h = self->base.view.buf;
-    int rc = what ? pw_segment_validate(h, (uint64_t)self->base.view.len,
-                                        nkinds == 1 ? kinds[0] : 0, what) : PW_ERAISED;
-    int ok = 0;
-    for (int i = 0; i < nkinds && !rc; i++)
-        ok |= h->kind == kinds[i];
+    int rc = what ? pw_segment_validate(h, (uint64_t)self->base.view.len, kind, what) : PW_ERAISED;
     if (rc) {
         pw_raise(rc);
-    } else if (!ok) {
-        pw_segment_error("%s is a %s, not a %s", what, pw_kind_name(h->kind),
-                         pw_kind_name(kinds[0]));
-    } else {
-        pw_spinner_init(&self->spin);
-        self->kind = h->kind;
-        return self->p = (char *)self->base.view.buf + sizeof *h;
+        sync_fail(self);
+        return NULL;
     }
-    sync_fail(self);
-    return NULL;
+    pw_spinner_init(&self->spin);
+    self->kind = h->kind;
+    return self->p = (char *)self->base.view.buf + sizeof *h;
 }
 
 /* The __init__(buffer, name) of a type of one kind: its struct, or NULL. */
@@ -144,7 +130,7 @@ static void *sync_open(SyncObject *self, PyObject *args, PyObject *kwds, uint32_
     PyObject *buffer, *name;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OU", kwlist, &buffer, &name))
         return NULL;
-    return sync_map(self, buffer, name, &kind, 1);
+    return sync_map(self, buffer, name, kind);
 }
 
 /* A wait's outcome as the call's result: True (done), False (timed out), or
@@ -163,19 +149,50 @@ static PyObject *wait_result(SyncObject *self, int status)
     }
 }
 
-/* Waits with the GIL released until done(ctx), sleeping on `futex` when
- * waking is needed, registered in `sleepers`, spinning first; the wait's
- * result (wait_result). */
-static PyObject *sync_wait(SyncObject *self, int (*done)(void *), void *ctx,
-                           struct pw_waiters *sleepers, _Atomic uint32_t *futex, int64_t deadline)
+/* What a wait's done() looks at: the kind's struct (sync.p), and its futex
+ * word when the call began. */
+struct watch {
+    void *p;
+    uint32_t start;
+};
+
+/* sync_wait's slow path: waits with the GIL released until done(ctx),
+ * spinning first, then sleeping on `word`; the wait's result (wait_result). */
+static __attribute__((noinline)) PyObject *
+sync_sleep(SyncObject *self, int (*done)(void *), struct watch *ctx, struct pw_waiters *sleepers,
+           _Atomic uint32_t *word, int64_t deadline)
 {
     if (sync_enter(self) < 0)
         return NULL;
-    pw_wait w = {.done = done, .ctx = ctx, .waiters = sleepers, .futex = futex,
+    pw_wait w = {.done = done, .ctx = ctx, .waiters = sleepers, .futex = word,
                  .mask = PW_FUTEX_ANY, .spin = &self->spin, .cancel = &self->base.guard.closed};
     PyObject *result = wait_result(self, pw_wait_until(&w, deadline));
     sync_leave(self);
     return result;
+}
+
+/*
+ * The one waiting call of Semaphore.acquire and Event.wait, which differ only
+ * in done(watch) and where the kind's sleepers and futex word are (offsets in
+ * the kind's struct): parses (block=True,) timeout=None; True at once if
+ * done(), False at once for a zero deadline; else sync_sleep(). Inlined, so
+ * that each caller's fast path calls its done() directly.
+ */
+static inline __attribute__((always_inline)) PyObject *
+sync_wait(SyncObject *self, const char *func, int with_block, PyObject *const *args,
+          Py_ssize_t nargs, PyObject *kwnames, int (*done)(void *), size_t sleepers, size_t futex)
+{
+    int64_t deadline;
+    if (pw_parse_deadline(func, args, nargs, kwnames, with_block, &deadline) < 0 ||
+        check_open(self) < 0)
+        return NULL;
+    _Atomic uint32_t *word = (_Atomic uint32_t *)((char *)self->p + futex);
+    struct watch ctx = {self->p, atomic_load_explicit(word, memory_order_acquire)};
+    if (done(&ctx))
+        Py_RETURN_TRUE;
+    if (deadline == 0)
+        Py_RETURN_FALSE;
+    return sync_sleep(self, done, &ctx, (void *)((char *)self->p + sleepers), word, deadline);
 }
 
 /* _counters() -> dict: the live counters, read by inspect.c's one reader,
@@ -285,22 +302,24 @@ static int Lock_init(LockObject *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OU|$p:Lock", kwlist, &buffer, &name,
                                      &recursive))
         return -1;
-    /* A lock's own segment, or the RLock a Condition, Value or Array embeds. */
-    static const uint32_t kinds[] = {PW_KIND_LOCK, PW_KIND_RLOCK, PW_KIND_VALUE, PW_KIND_ARRAY,
-                                     PW_KIND_CONDITION};
-    void *p = sync_map(&self->sync, buffer, name, kinds, 5);
+    void *p = sync_map(&self->sync, buffer, name, 0);
     if (!p)
         return -1;
+    /* A lock's own segment, or the RLock a Condition, Value or Array embeds. */
     struct pw_lock *l = p;
-    if (self->sync.kind == PW_KIND_CONDITION) {
+    uint32_t kind = self->sync.kind;
+    if (kind == PW_KIND_CONDITION) {
         l = &((struct pw_cond *)p)->lock; /* (checked by pw_segment_validate) */
-    } else if (self->sync.kind != PW_KIND_LOCK && self->sync.kind != PW_KIND_RLOCK) {
+    } else if (kind == PW_KIND_VALUE || kind == PW_KIND_ARRAY) {
         struct pw_shared *s = p;
         if (s->lock_mode != PW_LOCKMODE_EMBEDDED) {
             pw_segment_error("%U has no lock of its own", name);
             return sync_fail(&self->sync);
         }
         l = &s->lock;
+    } else if (kind != PW_KIND_LOCK && kind != PW_KIND_RLOCK) {
+        pw_segment_error("%U is a %s, not a lock", name, pw_kind_name(kind));
+        return sync_fail(&self->sync);
     }
     if (l->recursive != (uint32_t)recursive) {
         pw_segment_error("%U holds %s, not %s", name, l->recursive ? "an RLock" : "a Lock",
@@ -446,38 +465,28 @@ static inline struct pw_lock *lock_of(LockObject *self)
     return check_open(&self->sync) < 0 ? NULL : LOCK(self);
 }
 
-/* We hold the mutex now (took() was called); its previous holder died holding it. */
-static PyObject *owner_died(LockObject *self, struct pw_lock *l)
-{
-    atomic_fetch_add(&l->owner_deaths, 1);
-    atomic_store(&l->inconsistent, 1);
-    if (PyErr_WarnFormat(pw_get_state()->OwnerDiedWarning, 1,
-                         "%U: a process died while holding this lock; it is yours now, "
-                         "but what it protected may be half-updated. Repair it, then call "
-                         "make_consistent()", self->sync.base.name) < 0) {
-        /* Warnings are errors here: do not keep a lock we report failing to take. */
-        self->mine = 0;
-        unlock_now(l);
-        return NULL;
-    }
-    Py_RETURN_TRUE;
-}
-
-/* The mutex was taken (rc 0 or EOWNERDEAD) through this handle. */
+/* The mutex was taken (rc 0 or EOWNERDEAD) through this handle: True, or
+ * an error with the mutex given back. */
 static PyObject *acquired(LockObject *self, struct pw_lock *l, int owner_dead)
 {
-    if (owner_dead)
+    if (owner_dead) {
         pthread_mutex_consistent(&l->mutex);
+        atomic_fetch_add(&l->owner_deaths, 1);
+        atomic_store(&l->inconsistent, 1);
+    }
     took(self, l);
-    if (self->sync.base.guard.closed) {
-        /* close() ran while we waited: do not keep a lock through a handle
-         * that is going away. */
+    /* Do not keep a lock through a handle that close() is taking away while
+     * we waited, nor one we report failing to take (warnings are errors). */
+    if (self->sync.base.guard.closed ||
+        (owner_dead &&
+         PyErr_WarnFormat(pw_get_state()->OwnerDiedWarning, 1,
+                          "%U: a process died while holding this lock; it is yours now, but "
+                          "what it protected may be half-updated. Repair it, then call "
+                          "make_consistent()", self->sync.base.name) < 0)) {
         self->mine = 0;
         unlock_now(l);
-        return closed_while_waiting(&self->sync);
+        return PyErr_Occurred() ? NULL : closed_while_waiting(&self->sync);
     }
-    if (owner_dead)
-        return owner_died(self, l);
     Py_RETURN_TRUE;
 }
 
@@ -494,13 +503,15 @@ static int lock_word_moved(void *ctx)
 }
 
 /*
- * The lock word names this tid, but not this process: a thread with the same
- * tid in another PID namespace holds it, and glibc (which answers EDEADLK)
- * cannot wait for it. Sleep on the lock word ourselves, flagging it so that
- * the holder's unlock wakes us, until it changes or the deadline.
+ * The lock word names this tid. Either this thread holds the lock (only it
+ * could release it, by returning from here: this waits out the deadline,
+ * counted as blocked in acquire as every waiter), or a thread with the same
+ * tid in another PID namespace does, and glibc (which answers EDEADLK) cannot
+ * wait for it. Sleep on the lock word ourselves, flagging it so that the
+ * holder's unlock wakes us, until it changes or the deadline.
  * Returns 0 to retry the lock, 1 on timeout, -1 with an exception set.
  */
-static int wait_foreign_holder(LockObject *self, struct pw_lock *l, int64_t deadline)
+static int wait_lock_word(LockObject *self, struct pw_lock *l, int64_t deadline)
 {
     _Atomic uint32_t *word = (_Atomic uint32_t *)&l->mutex.__data.__lock;
     uint32_t w = atomic_load(word);
@@ -519,6 +530,7 @@ static int wait_foreign_holder(LockObject *self, struct pw_lock *l, int64_t dead
     return rc == PW_TIMEOUT ? 1 : rc < 0 ? pw_raise_int(rc) : 0;
 }
 
+/* Lock_acquire once its trylock answered rc (not 0 or EOWNERDEAD at first). */
 static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
                                    int64_t deadline)
 {
@@ -527,30 +539,20 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
             return acquired(self, l, rc == EOWNERDEAD);
         if (rc != EBUSY && rc != EDEADLK)
             return pw_raise(pw_fail_errno(rc));
-        if (held_by_this_thread(l)) {
-            /* A Lock this thread already holds: only this thread could
-             * release it, and procwire locks are released by their holder only. */
-            if (deadline == PW_FOREVER) {
-                PyErr_Format(PyExc_RuntimeError,
-                             "%U: this thread already holds this Lock, so acquire() would "
-                             "wait forever (use an RLock for re-entrant locking)",
-                             self->sync.base.name);
-                return NULL;
-            }
-            /* Counted as blocked in acquire, as every waiter; sleeps until
-             * the deadline (or a close). */
-            _Atomic uint32_t nothing = 0;
-            pw_wait wt = {.done = never, .waiters = &l->sleepers, .futex = &nothing,
-                          .mask = PW_FUTEX_ANY, .cancel = &self->sync.base.guard.closed};
-            return wait_result(&self->sync, pw_wait_until(&wt, deadline));
+        if (deadline == PW_FOREVER && held_by_this_thread(l)) {
+            /* Procwire locks are released by their holder only. */
+            PyErr_Format(PyExc_RuntimeError,
+                         "%U: this thread already holds this Lock, so acquire() would "
+                         "wait forever (use an RLock for re-entrant locking)",
+                         self->sync.base.name);
+            return NULL;
         }
         if (deadline == 0)
             Py_RETURN_FALSE;
+        if (self->sync.base.guard.closed)
+            return closed_while_waiting(&self->sync);
         if (rc == EDEADLK || pw_mutex_holder(&l->mutex) == my_tid()) {
-            /* Same tid, another process: another PID namespace. */
-            if (self->sync.base.guard.closed)
-                return closed_while_waiting(&self->sync);
-            int r = wait_foreign_holder(self, l, deadline);
+            int r = wait_lock_word(self, l, deadline);
             if (r < 0)
                 return NULL;
             if (r == 1)
@@ -558,27 +560,24 @@ static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
             rc = pthread_mutex_trylock(&l->mutex);
             continue;
         }
-        break;
+        /* Adaptive: a lock held for a few microseconds is cheaper to spin for
+         * than to sleep on, when the holder runs on another CPU. Taking the
+         * GIL back while holding the mutex is safe (core.h, rule 4). */
+        rc = pw_mutex_spin(&l->mutex, &self->sync.spin, deadline);
+        if (rc == 0 || rc == EOWNERDEAD || rc == EDEADLK)
+            continue;
+        atomic_fetch_add(&l->contended, 1);
+        pw_sleeper sl; /* issue 9 #15: registered so a killed waiter is reaped */
+        pw_sleeper_enter(&l->sleepers, &sl);
+        int r = pw_mutex_lock(&l->mutex, deadline, &self->sync.base.guard.closed);
+        pw_sleeper_leave(&sl);
+        if (r == PW_OK || r == PW_OWNER_DIED) /* pw_mutex_lock made it consistent already */
+            return acquired(self, l, r == PW_OWNER_DIED);
+        /* Only EDEADLK from a same-tid holder in another PID namespace goes round again. */
+        if (r != PW_EDEADLK || held_by_this_thread(l) || pw_mutex_holder(&l->mutex) != my_tid())
+            return wait_result(&self->sync, r);
+        rc = EDEADLK;
     }
-    /* Adaptive: a lock held for a few microseconds is cheaper to spin for
-     * than to sleep on, when the holder runs on another CPU. Taking the GIL
-     * back while holding the mutex is safe (core.h, rule 4). */
-    rc = pw_mutex_spin(&l->mutex, &self->sync.spin, deadline);
-    if (rc == 0 || rc == EOWNERDEAD)
-        return acquired(self, l, rc == EOWNERDEAD);
-    if (rc == EDEADLK)
-        return lock_acquire_slow(self, l, rc, deadline);
-    atomic_fetch_add(&l->contended, 1);
-    pw_sleeper sl; /* issue 9 #15: registered so a killed waiter is reaped */
-    pw_sleeper_enter(&l->sleepers, &sl);
-    int r = pw_mutex_lock(&l->mutex, deadline, &self->sync.base.guard.closed);
-    pw_sleeper_leave(&sl);
-    if (r == PW_OK || r == PW_OWNER_DIED) /* pw_mutex_lock made it consistent already */
-        return acquired(self, l, r == PW_OWNER_DIED);
-    if (r == PW_EDEADLK && !held_by_this_thread(l) && pw_mutex_holder(&l->mutex) == my_tid())
-        /* EDEADLK from a same-tid holder in another PID namespace. */
-        return lock_acquire_slow(self, l, EDEADLK, deadline);
-    return wait_result(&self->sync, r);
 }
 
 static PyObject *Lock_acquire(LockObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -758,40 +757,26 @@ PW_SYNC_TYPE(Lock, LockObject, Lock_dealloc, Lock_getset,
 
 /* ========================================================= Semaphore */
 
-static inline int sem_trydown(struct pw_sem *s)
+/* Takes one count if there is one: 1 if taken (and counted). */
+static int sem_trydown(void *ctx)
 {
+    struct pw_sem *s = ((struct watch *)ctx)->p;
     uint32_t v = atomic_load_explicit(&s->value, memory_order_relaxed);
     while (v > 0) {
-        if (atomic_compare_exchange_weak(&s->value, &v, v - 1))
+        if (atomic_compare_exchange_weak(&s->value, &v, v - 1)) {
+            atomic_fetch_add_explicit(&s->acquires, 1, memory_order_relaxed);
             return 1;
+        }
     }
     return 0;
 }
 
-static int sem_trydown_ctx(void *s)
-{
-    return sem_trydown(s);
-}
-
+/* Sleeps on the count itself: release() moves it. */
 static PyObject *Semaphore_acquire(SyncObject *self, PyObject *const *args, Py_ssize_t nargs,
                                    PyObject *kwnames)
 {
-    int64_t deadline;
-    if (pw_parse_deadline("acquire", args, nargs, kwnames, 1, &deadline) < 0 ||
-        check_open(self) < 0)
-        return NULL;
-    struct pw_sem *s = self->p;
-    if (!sem_trydown(s)) {
-        if (deadline == 0)
-            Py_RETURN_FALSE;
-        /* Sleeps on the count itself: release() moves it. */
-        PyObject *r = sync_wait(self, sem_trydown_ctx, s, &s->sleepers, &s->value, deadline);
-        if (r != Py_True)
-            return r;
-        Py_DECREF(r);
-    }
-    atomic_fetch_add_explicit(&s->acquires, 1, memory_order_relaxed);
-    Py_RETURN_TRUE;
+    return sync_wait(self, "acquire", 1, args, nargs, kwnames, sem_trydown,
+                     offsetof(struct pw_sem, sleepers), offsetof(struct pw_sem, value));
 }
 
 static PyObject *Semaphore_release(SyncObject *self, PyObject *unused)
@@ -867,34 +852,20 @@ static PyObject *Event_clear(SyncObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* A set() changes the generation bits even if a clear() follows at once. */
-struct event_wait {
-    struct pw_event *e;
-    uint32_t s0; /* the state when the wait began */
-};
-
+/* The flag is set, or a set() came since the wait began: a set() changes
+ * the generation bits even if a clear() follows at once. */
 static int event_happened(void *ctx)
 {
-    struct event_wait *w = ctx;
-    uint32_t s = atomic_load_explicit(&w->e->state, memory_order_acquire);
-    return (s & 1) || (s >> 1) != (w->s0 >> 1);
+    struct watch *w = ctx;
+    uint32_t s = atomic_load_explicit(&((struct pw_event *)w->p)->state, memory_order_acquire);
+    return (s & 1) || (s >> 1) != (w->start >> 1);
 }
 
 static PyObject *Event_wait(SyncObject *self, PyObject *const *args, Py_ssize_t nargs,
                             PyObject *kwnames)
 {
-    int64_t deadline;
-    if (pw_parse_deadline("wait", args, nargs, kwnames, 0, &deadline) < 0 ||
-        check_open(self) < 0)
-        return NULL;
-    struct pw_event *e = self->p;
-    uint32_t s0 = atomic_load_explicit(&e->state, memory_order_acquire);
-    if (s0 & 1)
-        Py_RETURN_TRUE;
-    if (deadline == 0)
-        Py_RETURN_FALSE;
-    struct event_wait ew = {e, s0};
-    return sync_wait(self, event_happened, &ew, &e->sleepers, &e->state, deadline);
+    return sync_wait(self, "wait", 0, args, nargs, kwnames, event_happened,
+                     offsetof(struct pw_event, sleepers), offsetof(struct pw_event, state));
 }
 
 static PyMethodDef Event_methods[] = {

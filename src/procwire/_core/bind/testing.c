@@ -33,20 +33,11 @@ static struct PyModuleDef testing_module = {
  * spill_intent_valid, the flag of an open intent (layout.h). */
 static int add_queue_words(PyObject *sub)
 {
-#define W(f) {#f, sizeof(struct pw_header) + offsetof(struct pw_ring, f)}
-    static const struct {
-        const char *name;
-        size_t offset;
-    } words[] = {W(head), W(tail), W(ov_head), W(ov_tail), W(ov_head_intent),
-                 W(ov_tail_intent), W(ov_head_intent_end), W(ov_tail_intent_end)};
+#define W(f) #f, (unsigned long)(sizeof(struct pw_header) + offsetof(struct pw_ring, f))
+    PyObject *d = Py_BuildValue("{sksksksksksksksk}", W(head), W(tail), W(ov_head), W(ov_tail),
+                                W(ov_head_intent), W(ov_tail_intent), W(ov_head_intent_end),
+                                W(ov_tail_intent_end));
 #undef W
-    PyObject *d = PyDict_New();
-    for (size_t i = 0; d && i < sizeof words / sizeof words[0]; i++) {
-        PyObject *v = PyLong_FromSize_t(words[i].offset);
-        if (!v || PyDict_SetItemString(d, words[i].name, v) < 0)
-            Py_CLEAR(d);
-        Py_XDECREF(v);
-    }
     PyObject *valid = PyLong_FromUnsignedLongLong(PW_INTENT_VALID);
     int rc = d && valid && PyModule_AddObjectRef(sub, "queue_words", d) == 0 &&
                      PyModule_AddObjectRef(sub, "spill_intent_valid", valid) == 0 ? 0 : -1;

@@ -76,7 +76,6 @@ struct pw_header {
     uint64_t flags;           /* 48: kind-specific flags                       */
     uint64_t reserved;        /* 56 */
 };
-_Static_assert(sizeof(struct pw_header) == 64, "pw_header is one cache line");
 
 /*
  * A wait queue's sleepers (wait.c). 192 bytes, 64-byte aligned.
@@ -108,7 +107,6 @@ struct pw_waiters {
                                                   reconciliation by a waker      */
     uint64_t reserved[5];                 /* 152..191                            */
 };
-_Static_assert(sizeof(struct pw_waiters) == 192, "pw_waiters is three cache lines");
 
 /*
  * A message ring (Queue, SimpleQueue, JoinableQueue, one direction of a Pipe).
@@ -350,11 +348,6 @@ struct pw_lock {
                                             only: the mutex does its own wakes)  */
 };
 _Static_assert(sizeof(pthread_mutex_t) <= PW_CACHELINE, "mutex fits one line");
-#if defined(__x86_64__)
-_Static_assert(offsetof(struct pw_lock, holder_hold) + 8 == PW_CACHELINE,
-               "the holder's words share the mutex's line");
-_Static_assert(sizeof(struct pw_lock) == 320, "pw_lock layout");
-#endif
 
 /* Semaphore and BoundedSemaphore. 64 bytes. */
 struct pw_sem {
@@ -368,7 +361,6 @@ struct pw_sem {
     uint64_t reserved[4];           /* 32..63 */
     struct pw_waiters sleepers;     /* 64: threads asleep in acquire             */
 };
-_Static_assert(sizeof(struct pw_sem) == 256, "pw_sem layout");
 
 /*
  * Event. 64 bytes. `state` is the futex word: bit 0 is the flag, bits 31..1
@@ -382,7 +374,6 @@ struct pw_event {
     uint64_t reserved[6];           /* 16..63 */
     struct pw_waiters sleepers;     /* 64: threads asleep in wait                */
 };
-_Static_assert(sizeof(struct pw_event) == 256, "pw_event layout");
 
 /* Where a Condition's (or a Value's/Array's) lock lives. */
 enum pw_lock_mode {
@@ -435,7 +426,6 @@ struct pw_cond {
     _Atomic uint32_t state[PW_WAIT_SLOTS]; /* 832: notify state of the waiter in
                                             sleepers.slot[i], see above           */
 };
-_Static_assert(sizeof(struct pw_cond) == 896, "pw_cond layout");
 #define PW_COND_WAITING 1u
 #define PW_COND_NOTIFIED 2u
 
@@ -456,7 +446,6 @@ struct pw_shared {
     uint64_t reserved[3];           /* 360..383 */
     char lock_name[PW_LOCK_NAME_MAX]; /* 384..639 */
 };
-_Static_assert(sizeof(struct pw_shared) == 640, "pw_shared layout");
 #define PW_SHARED_DATA_OFFSET 704u  /* 64 + 640, a multiple of 64 */
 
 /* ------------------------------------------------------------------------
@@ -484,20 +473,23 @@ _Static_assert(sizeof(struct pw_shared) == 640, "pw_shared layout");
     X(pw_pipe_end, send_lock, 64) X(pw_pipe_end, recv_lock, 128)              \
     X(pw_pipe_end, receivers, 192)                                             \
     X(pw_pipe, end, 64) X(pw_pipe, ring, 832)                                  \
-    X(pw_lock, depth, 40) X(pw_lock, holder_proc, 48)                          \
+    X(pw_lock, depth, 40) X(pw_lock, holder_proc, 48) X(pw_lock, holder_hold, 56) \
     X(pw_lock, inconsistent, 64)                                               \
     X(pw_lock, sleepers, 128)                                                  \
     X(pw_sem, sleepers, 64)                                                    \
     X(pw_event, sleepers, 64)                                                  \
     X(pw_cond, lock, 320) X(pw_cond, sleepers, 640) X(pw_cond, state, 832)     \
     X(pw_shared, typecode, 320) X(pw_shared, lock_name, 384)
-/* ... and the sizes not asserted beside their structs. */
-#define PW_LAYOUT_SIZES(X) X(pw_ring, 960) X(pw_pipe_end, 384) X(pw_pipe, 2752)
+/* ... and every shared struct's size. */
+#define PW_LAYOUT_SIZES(X)                                                     \
+    X(pw_header, 64) X(pw_waiters, 192) X(pw_ring, 960) X(pw_pipe_end, 384)    \
+    X(pw_pipe, 2752) X(pw_lock, 320) X(pw_sem, 256) X(pw_event, 256)           \
+    X(pw_cond, 896) X(pw_shared, 640)
 
 #if defined(__x86_64__) /* the byte layout above: x86-64 glibc's 40-byte mutex */
 PW_LAYOUT_OFFSETS(PW_ASSERT_AT)
-PW_LAYOUT_SIZES(PW_ASSERT_SIZE)
 #endif
+PW_LAYOUT_SIZES(PW_ASSERT_SIZE)
 _Static_assert(PW_SHARED_DATA_OFFSET == sizeof(struct pw_header) + sizeof(struct pw_shared),
                "a Value's data follows its headers");
 /* Every kind's header keeps the data cache-line aligned. */

@@ -76,15 +76,10 @@ extern struct pw_hooks pw_hooks;
 
 #define PW_FOREVER INT64_MAX
 int64_t pw_now_ns(void); /* CLOCK_MONOTONIC */
-/* now + ns, saturating at PW_FOREVER; ns <= 0 gives 0 (already passed). */
-int64_t pw_deadline_after(int64_t ns);
 
 /* ---------------------------------------------------------------- futex */
 
-/* Sleeps while *word == expected (and a wake names a bit of mask), at most
- * until the deadline; no hooks. PW_OK (woken, word differed, or EINTR),
- * PW_TIMEOUT, PW_ESYS. */
-int pw_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline, uint32_t mask);
+/* Wakes up to n sleepers of *word whose futex bitset meets mask. */
 int pw_futex_wake(_Atomic uint32_t *word, int n, uint32_t mask); /* how many woke */
 #define PW_FUTEX_ANY 0xffffffffu
 
@@ -101,7 +96,7 @@ int pw_futex_wake(_Atomic uint32_t *word, int n, uint32_t mask); /* how many wok
  *
  * Neither side can miss the other: the sleeper's slot store precedes its
  * re-check, the waker's change precedes its look at the slots. Sleepers
- * killed while asleep are reaped (pw_waiters_reconcile), so their slot never
+ * killed while asleep are reaped (pw_waiters_live), so their slot never
  * makes wakers pay a system call for long. pw_wait() below does the
  * sleeper's side; callers rarely touch these directly.
  */
@@ -116,8 +111,6 @@ void pw_sleeper_leave(pw_sleeper *s); /* idempotent */
 /* Rebuilds a registration made earlier by this thread (Condition's
  * _prepare_wait then _sleep); a bad slot makes leave a no-op. */
 void pw_sleeper_resume(struct pw_waiters *w, pw_sleeper *s, int slot);
-/* Registers again if the slot was lost (none free, or reaped): 1 if it has one. */
-int pw_sleeper_refresh(pw_sleeper *s);
 
 /* The wakers' fast path: 1 if any slot is taken (no system call). */
 static inline int pw_waiters_any(struct pw_waiters *w)
@@ -140,10 +133,9 @@ void pw_waiters_notify_all(struct pw_waiters *w, _Atomic uint32_t *seq);
 void pw_waiters_woke_unknown(struct pw_waiters *w);
 /* 1 if slot i is free or its process is dead (freeing it), 0 if it may live. */
 int pw_waiters_slot_dead(struct pw_waiters *w, int i);
-/* Frees dead sleepers' slots; returns the live ones. Never blocks. */
-uint32_t pw_waiters_reconcile(struct pw_waiters *w);
-/* Counts live sleepers without changing anything (read-only inspection). */
-uint32_t pw_waiters_count_live(const struct pw_waiters *w);
+/* Counts the live sleepers; with `reap`, frees dead ones' slots first (without,
+ * it writes nothing: read-only inspection). Never blocks. */
+uint32_t pw_waiters_live(struct pw_waiters *w, int reap);
 /* The pid written in a slot's identity (0 when free). */
 static inline int pw_waiters_slot_pid(struct pw_waiters *w, int i)
 {

@@ -66,17 +66,10 @@ int pw_ring_validate(const struct pw_ring *r, uint64_t data_bytes, const char *w
 
 void pw_ringref_init(pw_ringref *rr, struct pw_ring *r, uint8_t *data, const char *what)
 {
-    rr->ring = r;
-    rr->data = data;
-    rr->capacity = r->capacity;
+    /* No spill until pw_ring_set_spill, no cancel flag until the caller sets one. */
+    *rr = (pw_ringref){.ring = r, .data = data, .capacity = r->capacity, .what = what,
+                       .spill_fd = -1};
     pw_spinner_init(&rr->spin);
-    rr->what = what;
-    rr->spill = 0; /* until pw_ring_set_spill */
-    rr->spill_fd = -1;
-    rr->src_spill = 0;
-    rr->src_err = 0;
-    rr->src_off = 0;
-    rr->cancel = NULL;
 }
 
 uint32_t pw_ring_count(const pw_ringref *rr)
@@ -148,31 +141,70 @@ static uint32_t write_record(pw_ringref *rr, uint32_t pos, const pw_msg *m)
     return pos + (uint32_t)pw_record_size(m->len);
 }
 
-/* ------------------------------------------------------------------ waits */
+/* ------------------------------------------------------------------ sides */
+
+/*
+ * The ring's two sides mirror each other: producers hold tail_lock and
+ * publish the tail word, consumers hold head_lock and publish the head. A
+ * side's publish wakes the threads waiting for its word to move: the other
+ * side's sleepers.
+ */
+enum { TAIL, HEAD };
+struct side {
+    pthread_mutex_t *lock;
+    _Atomic uint64_t *word, *other;               /* its position word; the other side's */
+    _Atomic uint64_t *total, *bytes, *owner_died; /* its statistics (advisory)          */
+    _Atomic uint32_t *cpu;            /* CPU + 1 of its last publisher (spin policy) */
+    _Atomic uint32_t *seq;            /* bumped after its publish, to wake ...       */
+    struct pw_waiters *sleepers;      /* ... the threads waiting for its word        */
+};
+
+static inline __attribute__((always_inline)) struct side side_of(struct pw_ring *r, int which)
+{
+    if (which == HEAD)
+        return (struct side){&r->head_lock, &r->head, &r->tail, &r->total_out, &r->bytes_out,
+                             &r->head_owner_died, &r->head_cpu, &r->not_full_seq, &r->producers};
+    return (struct side){&r->tail_lock, &r->tail, &r->head, &r->total_in, &r->bytes_in,
+                         &r->tail_owner_died, &r->tail_cpu, &r->not_empty_seq, &r->consumers};
+}
 
 struct moved {
     _Atomic uint64_t *word;
     uint64_t seen;
+    _Atomic uint32_t *seq; /* a watcher's: any wake-up ends the wait too (NULL: not) */
+    uint32_t seq_seen;
 };
 
 static int word_moved(void *ctx)
 {
     struct moved *m = ctx;
-    return atomic_load(m->word) != m->seen;
+    return atomic_load(m->word) != m->seen || (m->seq && atomic_load(m->seq) != m->seq_seen);
 }
 
-/* Waits until *word (the head or the tail) moves away from `seen`: the other
- * side published. That side's published CPU decides the spin. */
-static int wait_for_move(pw_ringref *rr, _Atomic uint64_t *word, uint64_t seen,
-                         _Atomic uint32_t *seq, struct pw_waiters *sleepers, int64_t deadline)
+/* Waits until side `which`'s word moves away from `seen`: it published. Its
+ * last publisher's CPU decides the spin. A watcher (pw_ring_wait_word) never
+ * spins, is never cancelled, and returns at any wake-up too. */
+static int wait_for_move(pw_ringref *rr, int which, uint64_t seen, int watcher, int64_t deadline)
 {
-    struct pw_ring *r = rr->ring;
-    const _Atomic uint32_t *peer_cpu = word == &r->head ? &r->head_cpu : &r->tail_cpu;
-    struct moved m = {word, seen};
-    pw_wait w = {.done = word_moved, .ctx = &m, .waiters = sleepers, .futex = seq,
-                 .mask = PW_FUTEX_ANY, .spin = &rr->spin, .peer_cpu = peer_cpu,
-                 .cancel = rr->cancel, .slice = PW_WAIT_LONG_SLICE_NS};
+    const struct side s = side_of(rr->ring, which);
+    struct moved m = {s.word, seen, watcher ? s.seq : NULL, atomic_load(s.seq)};
+    pw_wait w = {.done = word_moved, .ctx = &m, .waiters = s.sleepers, .futex = s.seq,
+                 .mask = PW_FUTEX_ANY, .spin = watcher ? NULL : &rr->spin,
+                 .peer_cpu = s.cpu, .cancel = watcher ? NULL : rr->cancel,
+                 .slice = PW_WAIT_LONG_SLICE_NS};
     return pw_wait_until(&w, deadline);
+}
+
+/* Found no room (no message): unlocks side `mine` and waits for the other
+ * side to move its word from seen. PW_OK to look again, PW_TIMEOUT, or an
+ * error. */
+static int unlock_and_wait(pw_ringref *rr, int mine, uint64_t seen, int64_t deadline)
+{
+    pw_mutex_unlock(side_of(rr->ring, mine).lock);
+    int rc = wait_for_move(rr, !mine, seen, 0, deadline);
+    if (rc == PW_TIMEOUT && atomic_load(side_of(rr->ring, !mine).word) != seen)
+        return PW_OK; /* timed out, but it moved meanwhile: one last look */
+    return rc;
 }
 
 /*
@@ -194,19 +226,26 @@ static int64_t lock_deadline_for(int64_t deadline)
     return deadline > grace ? deadline : grace;
 }
 
-/* Locks the producers' side, counting an owner's death, and reads the tail
- * and the published head: PW_OK, PW_TIMEOUT, PW_CANCELLED or an error. */
-static inline int lock_tail(const pw_ringref *rr, int64_t deadline, uint64_t *tail,
-                            uint64_t *head)
+static void drop_dead_view(pw_ringref *rr);
+
+/* Locks a side, counting an owner's death (the consumers' also drop a dead
+ * reader's view; otherwise nothing to repair: the dead process's last publish
+ * is the state), and reads its word and the other side's published one:
+ * PW_OK, PW_TIMEOUT, PW_CANCELLED or an error. */
+static inline __attribute__((always_inline)) int
+lock_side(pw_ringref *rr, int which, int64_t deadline, uint64_t *mine, uint64_t *theirs)
 {
-    struct pw_ring *r = rr->ring;
-    int rc = pw_mutex_lock(&r->tail_lock, deadline, rr->cancel);
-    if (rc == PW_OWNER_DIED) /* nothing to repair: the dead process's last publish is the state */
-        atomic_fetch_add_explicit(&r->tail_owner_died, 1, memory_order_relaxed);
-    else if (rc)
+    const struct side s = side_of(rr->ring, which);
+    int rc = pw_mutex_lock(s.lock, deadline, rr->cancel);
+    if (rc == PW_OWNER_DIED) {
+        atomic_fetch_add_explicit(s.owner_died, 1, memory_order_relaxed);
+        if (which == HEAD)
+            drop_dead_view(rr);
+    } else if (rc) {
         return rc;
-    *tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-    *head = atomic_load_explicit(&r->head, memory_order_acquire);
+    }
+    *mine = atomic_load_explicit(s.word, memory_order_relaxed);
+    *theirs = atomic_load_explicit(s.other, memory_order_acquire);
     return PW_OK;
 }
 
@@ -300,6 +339,30 @@ static int spill_reserve(pw_ringref *rr, uint64_t end)
     return rc;
 }
 
+/* Reads (preadv) or writes (pwritev) all the n byte ranges of iov, from spill
+ * offset off on; 0 or an errno (EIO: the file ended). */
+static int spill_io(const pw_ringref *rr, int writing, struct iovec *iov, int n, uint64_t off)
+{
+    off_t at = (off_t)(rr->ring->spill_base + off);
+    for (;;) {
+        for (; n && iov->iov_len == 0; n--) /* the ranges done (or empty) */
+            iov++;
+        if (!n)
+            return 0;
+        ssize_t done = writing ? pwritev(rr->spill_fd, iov, n, at)
+                               : preadv(rr->spill_fd, iov, n, at);
+        if (done < 0 && errno == EINTR)
+            continue;
+        if (done <= 0)
+            return done == 0 ? EIO : errno;
+        at += done;
+        for (; (size_t)done > iov->iov_len; n--, iov++)
+            done -= (ssize_t)iov->iov_len;
+        iov->iov_base = (char *)iov->iov_base + done;
+        iov->iov_len -= (size_t)done;
+    }
+}
+
 /* Writes one spilled record at spill offset off; 0 or an errno. */
 static int spill_write(pw_ringref *rr, uint64_t off, const pw_msg *m, uint32_t count)
 {
@@ -315,46 +378,14 @@ static int spill_write(pw_ringref *rr, uint64_t off, const pw_msg *m, uint32_t c
     uint64_t pad = ((m->len + 7) & ~7ULL) - m->len;
     if (pad)
         iov[n++] = (struct iovec){(void *)&zero, pad};
-    uint64_t left = PW_SPILL_HEADER + m->len + pad;
-    off_t at = (off_t)(rr->ring->spill_base + off);
-    int first = 0;
-    while (left) {
-        ssize_t w = pwritev(rr->spill_fd, iov + first, n - first, at);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return errno;
-        }
-        at += w;
-        left -= (uint64_t)w;
-        while (first < n && (size_t)w >= iov[first].iov_len) {
-            w -= (ssize_t)iov[first].iov_len;
-            first++;
-        }
-        if (first < n) {
-            iov[first].iov_base = (char *)iov[first].iov_base + w;
-            iov[first].iov_len -= (size_t)w;
-        }
-    }
-    return 0;
+    return spill_io(rr, 1, iov, n, off);
 }
 
 /* Reads n bytes of the spill at offset off; 0 or an errno (EIO if short). */
 static int spill_read(const pw_ringref *rr, uint64_t off, void *dst, uint64_t n)
 {
-    off_t at = (off_t)(rr->ring->spill_base + off);
-    char *p = dst;
-    while (n) {
-        ssize_t got = pread(rr->spill_fd, p, n, at);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            return got == 0 ? EIO : errno;
-        p += got;
-        at += got;
-        n -= (uint64_t)got;
-    }
-    return 0;
+    struct iovec iov = {dst, n};
+    return spill_io(rr, 0, &iov, 1, off);
 }
 
 static void spill_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
@@ -480,23 +511,27 @@ static __attribute__((noinline, cold)) void spill_take_done(pw_ringref *rr)
     spill_punch(rr);
 }
 
-/* The producers' publishing store: the records before pos, count messages in
- * all, appear at once; then the advisory statistics. Tail lock held. */
-static void publish_tail(struct pw_ring *r, uint32_t count, uint32_t pos, uint64_t bytes)
+/* A side's publishing store: the producers' makes the records before pos,
+ * count messages in all, appear at once; the consumers' frees them. Then the
+ * advisory statistics. The side's lock held. */
+static inline __attribute__((always_inline)) void
+publish_side(struct pw_ring *r, int which, uint32_t count, uint32_t pos, uint64_t bytes)
 {
-    atomic_store(&r->tail, pw_pack(count, pos));
-    store_total(&r->total_in, count);
-    add_relaxed(&r->bytes_in, bytes);
-    pw_publish_cpu(&r->tail_cpu); /* for the consumers' spin policy */
+    const struct side s = side_of(r, which);
+    atomic_store(s.word, pw_pack(count, pos));
+    store_total(s.total, count);
+    add_relaxed(s.bytes, bytes);
+    pw_publish_cpu(s.cpu); /* for the other side's spin policy */
 }
 
-/* The consumers' one: frees the records before pos. Head lock held. */
-static void publish_head(struct pw_ring *r, uint32_t count, uint32_t pos, uint64_t bytes)
+/* Unlocks a side; if it published, wakes the threads waiting for that. */
+static inline __attribute__((always_inline)) void unlock_side(struct pw_ring *r, int which,
+                                                              int published)
 {
-    atomic_store(&r->head, pw_pack(count, pos));
-    store_total(&r->total_out, count);
-    add_relaxed(&r->bytes_out, bytes);
-    pw_publish_cpu(&r->head_cpu); /* for the producers' spin policy */
+    const struct side s = side_of(r, which);
+    pw_mutex_unlock(s.lock);
+    if (published)
+        pw_waiters_notify_all(s.sleepers, s.seq);
 }
 
 /* 1 if a record of `need` bytes fits after the tail (pos, count). */
@@ -518,7 +553,7 @@ int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int6
     int64_t grace = -1; /* until when a full ring is waited for before spilling */
     for (;;) {
         uint64_t tail, head;
-        int rc = lock_tail(rr, lock_deadline, &tail, &head);
+        int rc = lock_side(rr, TAIL, lock_deadline, &tail, &head);
         if (rc)
             return rc;
         uint32_t pos = pw_pos(tail), count = pw_count(tail);
@@ -566,13 +601,11 @@ int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int6
             i = j;
         }
         if (i > first) {
-            publish_tail(r, count, pos, bytes);
+            publish_side(r, TAIL, count, pos, bytes);
             if (spilled)
                 spill_put_done(r);
         }
-        pw_mutex_unlock(&r->tail_lock);
-        if (i > first)
-            pw_waiters_notify_all(&r->consumers, &r->not_empty_seq);
+        unlock_side(r, TAIL, i > first);
         *done = i;
         if (spill_err)
             return spill_failed(rr, "writing to", spill_err);
@@ -582,8 +615,7 @@ int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int6
             /* No room: wait for a consumer to move the head (in the grace
              * before spilling, until its end: then the loop spills). */
             int in_grace = grace > 0 && rr->spill && !r->maxsize;
-            rc = wait_for_move(rr, &r->head, head, &r->not_full_seq, &r->producers,
-                               in_grace ? grace : deadline);
+            rc = wait_for_move(rr, HEAD, head, 0, in_grace ? grace : deadline);
             if (rc < 0 || rc == PW_CANCELLED)
                 return rc;
             /* Timed out: one last look, in case room appeared meanwhile. */
@@ -616,6 +648,15 @@ static inline int record_at(const pw_ringref *rr, uint64_t head, uint64_t tail, 
     return PW_OK;
 }
 
+/* The consumers' publish of the one record of len payload bytes at head (a
+ * view's). Head lock held. */
+static void consume_head(struct pw_ring *r, uint64_t len)
+{
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+    publish_side(r, HEAD, pw_count(head) + 1, pw_pos(head) + (uint32_t)pw_record_size(len),
+                 len);
+}
+
 /*
  * The head lock came from a reader that died holding it. If it died holding
  * a view (the record at head, in place: pw_ring_peek), that record is
@@ -634,55 +675,22 @@ static void drop_dead_view(pw_ringref *rr)
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
     uint32_t type = 0;
     uint64_t len = 0;
-    if (mark != (head | 1) || pw_count(head) == pw_count(tail) ||
-        record_at(rr, head, tail, &type, &len) != PW_OK)
-        return;
-    publish_head(r, pw_count(head) + 1, pw_pos(head) + (uint32_t)pw_record_size(len), len);
+    if (mark == (head | 1) && pw_count(head) != pw_count(tail) &&
+        record_at(rr, head, tail, &type, &len) == PW_OK)
+        consume_head(r, len);
 }
 
-/* Locks the consumers' side (as lock_tail, plus a dead reader's view
- * dropped) and reads the head and the published tail. */
-static inline int lock_head(pw_ringref *rr, int64_t deadline, uint64_t *head, uint64_t *tail)
-{
-    struct pw_ring *r = rr->ring;
-    int rc = pw_mutex_lock(&r->head_lock, deadline, rr->cancel);
-    if (rc == PW_OWNER_DIED) {
-        atomic_fetch_add_explicit(&r->head_owner_died, 1, memory_order_relaxed);
-        drop_dead_view(rr);
-    } else if (rc) {
-        return rc;
-    }
-    *head = atomic_load_explicit(&r->head, memory_order_relaxed);
-    *tail = atomic_load_explicit(&r->tail, memory_order_acquire);
-    return PW_OK;
-}
-
-/* Found no room (no message): unlocks the side's lock and waits for the other
- * side to move *word from seen. PW_OK to look again, PW_TIMEOUT, or an error. */
-static int unlock_and_wait(pw_ringref *rr, pthread_mutex_t *lock, _Atomic uint64_t *word,
-                           uint64_t seen, _Atomic uint32_t *seq, struct pw_waiters *sleepers,
-                           int64_t deadline)
-{
-    pw_mutex_unlock(lock);
-    int rc = wait_for_move(rr, word, seen, seq, sleepers, deadline);
-    if (rc == PW_TIMEOUT && atomic_load(word) != seen)
-        return PW_OK; /* timed out, but it moved meanwhile: one last look */
-    return rc;
-}
-
-/* lock_head once a message waits (the take's and the peek's wait): PW_OK with
- * the head lock held, PW_TIMEOUT, PW_CANCELLED or an error. */
+/* Locks the consumers' side once a message waits (the take's and the peek's
+ * wait): PW_OK with the head lock held, PW_TIMEOUT, PW_CANCELLED or an error. */
 static inline __attribute__((always_inline)) int
 lock_head_nonempty(pw_ringref *rr, int64_t deadline, uint64_t *head, uint64_t *tail)
 {
-    struct pw_ring *r = rr->ring;
     const int64_t lock_deadline = lock_deadline_for(deadline);
     for (;;) {
-        int rc = lock_head(rr, lock_deadline, head, tail);
+        int rc = lock_side(rr, HEAD, lock_deadline, head, tail);
         if (rc || pw_count(*head) != pw_count(*tail))
             return rc;
-        rc = unlock_and_wait(rr, &r->head_lock, &r->tail, *tail, &r->not_empty_seq,
-                             &r->consumers, deadline);
+        rc = unlock_and_wait(rr, HEAD, *tail, deadline);
         if (rc)
             return rc;
     }
@@ -733,51 +741,28 @@ int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t d
             break;
     }
     if (taken) {
-        publish_head(r, count, pos, bytes);
+        publish_side(r, HEAD, count, pos, bytes);
         if (spilled)
             spill_take_done(rr);
     }
-    pw_mutex_unlock(&r->head_lock);
-    if (taken)
-        pw_waiters_notify_all(&r->producers, &r->not_full_seq);
+    unlock_side(r, HEAD, taken);
     *taken_out = taken;
     return err;
 }
 
 /* ---------------------------------------------------------------- watchers */
 
-struct word_or_wake {
-    _Atomic uint64_t *word;
-    uint64_t token;
-    _Atomic uint32_t *seq;
-    uint32_t seen;
-};
-
-static int word_moved_or_woken(void *ctx)
-{
-    struct word_or_wake *m = ctx;
-    return atomic_load(m->word) != m->token || atomic_load(m->seq) != m->seen;
-}
-
 int pw_ring_wait_word(pw_ringref *rr, int side, uint64_t token, int64_t deadline)
 {
-    struct pw_ring *r = rr->ring;
-    struct word_or_wake m = {side ? &r->head : &r->tail, token,
-                             side ? &r->not_full_seq : &r->not_empty_seq, 0};
-    m.seen = atomic_load(m.seq);
     /* No spin: a watcher is a background thread, off the data path. Any
      * wake-up (a publish, or pw_ring_kick) bumps the sequence and returns. */
-    pw_wait w = {.done = word_moved_or_woken, .ctx = &m,
-                 .waiters = side ? &r->producers : &r->consumers, .futex = m.seq,
-                 .mask = PW_FUTEX_ANY, .spin = NULL, .slice = PW_WAIT_LONG_SLICE_NS};
-    return pw_wait_until(&w, deadline);
+    return wait_for_move(rr, side ? HEAD : TAIL, token, 1, deadline);
 }
 
 void pw_ring_kick(pw_ringref *rr)
 {
-    struct pw_ring *r = rr->ring;
-    pw_waiters_notify_all(&r->consumers, &r->not_empty_seq);
-    pw_waiters_notify_all(&r->producers, &r->not_full_seq);
+    pw_waiters_notify_all(&rr->ring->consumers, &rr->ring->not_empty_seq);
+    pw_waiters_notify_all(&rr->ring->producers, &rr->ring->not_full_seq);
 }
 
 /* --------------------------------------------------------- loans and views */
@@ -789,7 +774,7 @@ int pw_ring_reserve(pw_ringref *rr, uint64_t len, int64_t deadline, uint32_t *po
     const int64_t lock_deadline = lock_deadline_for(deadline);
     for (;;) {
         uint64_t tail, head;
-        int rc = lock_tail(rr, lock_deadline, &tail, &head);
+        int rc = lock_side(rr, TAIL, lock_deadline, &tail, &head);
         if (rc)
             return rc;
         /* Not while the spill holds messages: the loan would overtake them. */
@@ -798,8 +783,7 @@ int pw_ring_reserve(pw_ringref *rr, uint64_t len, int64_t deadline, uint32_t *po
             *pos = pw_pos(tail);
             return PW_OK; /* the tail lock stays held until publish or unreserve */
         }
-        rc = unlock_and_wait(rr, &r->tail_lock, &r->head, head, &r->not_full_seq,
-                             &r->producers, deadline);
+        rc = unlock_and_wait(rr, TAIL, head, deadline);
         if (rc)
             return rc;
     }
@@ -807,13 +791,11 @@ int pw_ring_reserve(pw_ringref *rr, uint64_t len, int64_t deadline, uint32_t *po
 
 void pw_ring_publish_reserved(pw_ringref *rr, uint32_t pos, uint32_t type, uint64_t len)
 {
-    struct pw_ring *r = rr->ring;
     uint32_t hdr[2] = {(uint32_t)len, type};
     pw_ring_copy_in(rr, pos, hdr, sizeof hdr);
-    uint32_t count = pw_count(atomic_load_explicit(&r->tail, memory_order_relaxed)) + 1;
-    publish_tail(r, count, pos + (uint32_t)pw_record_size(len), len);
-    pw_mutex_unlock(&r->tail_lock);
-    pw_waiters_notify_all(&r->consumers, &r->not_empty_seq);
+    uint32_t count = pw_count(atomic_load_explicit(&rr->ring->tail, memory_order_relaxed)) + 1;
+    publish_side(rr->ring, TAIL, count, pos + (uint32_t)pw_record_size(len), len);
+    unlock_side(rr->ring, TAIL, 1);
 }
 
 void pw_ring_unreserve(pw_ringref *rr)
@@ -844,12 +826,9 @@ int pw_ring_peek(pw_ringref *rr, int64_t deadline, uint32_t *pos, uint32_t *type
 
 void pw_ring_consume_peeked(pw_ringref *rr, uint64_t len)
 {
-    struct pw_ring *r = rr->ring;
-    uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
-    publish_head(r, pw_count(head) + 1, pw_pos(head) + (uint32_t)pw_record_size(len), len);
-    atomic_store_explicit(&r->view_mark, 0, memory_order_relaxed);
-    pw_mutex_unlock(&r->head_lock);
-    pw_waiters_notify_all(&r->producers, &r->not_full_seq);
+    consume_head(rr->ring, len);
+    pw_ring_unpeek(rr);
+    pw_waiters_notify_all(&rr->ring->producers, &rr->ring->not_full_seq);
 }
 
 void pw_ring_unpeek(pw_ringref *rr)
@@ -868,30 +847,27 @@ int pw_ring_debug_hold(pw_ringref *rr, int producer, const void *partial, uint64
     int rc = pw_mutex_lock(m, PW_FOREVER, NULL);
     if (rc < 0)
         return rc;
-    uint64_t head = atomic_load(&r->head), tail = atomic_load(&r->tail);
+    uint64_t head = atomic_load(&r->head), tail = atomic_load(&r->tail), len = 0;
+    uint32_t type;
     if (producer && (partial || publish)) {
-        uint64_t len = partial ? partial_len : 0;
-        uint32_t hdr[2] = {(uint32_t)len, PW_REC_BYTES};
-        if (pw_record_size(len) > rr->capacity - (uint32_t)(pw_pos(tail) - pw_pos(head))) {
-            pw_mutex_unlock(m);
-            return pw_fail(PW_EINVAL, "no room for the record");
-        }
-        uint32_t pos = pw_pos(tail);
-        pw_ring_copy_in(rr, pos, hdr, sizeof hdr);
-        if (len)
-            pw_ring_copy_in(rr, pos + PW_REC_HEADER, partial, len);
-        if (publish)
-            atomic_store(&r->tail, pw_pack(pw_count(tail) + 1,
-                                           pos + (uint32_t)pw_record_size(len)));
+        pw_msg msg;
+        pw_msg_single(&msg, PW_REC_BYTES, partial, partial ? partial_len : 0);
+        msg.nparts = partial != NULL; /* no copy from NULL */
+        if (pw_record_size(msg.len) > rr->capacity - (uint32_t)(pw_pos(tail) - pw_pos(head)))
+            rc = pw_fail(PW_EINVAL, "no room for the record");
+        else if (publish) /* the position word alone: no statistics */
+            atomic_store(&r->tail,
+                         pw_pack(pw_count(tail) + 1, write_record(rr, pw_pos(tail), &msg)));
+        else
+            write_record(rr, pw_pos(tail), &msg);
     } else if (!producer && publish) {
-        if (pw_count(head) == pw_count(tail)) {
-            pw_mutex_unlock(m);
-            return pw_fail(PW_EINVAL, "the ring is empty");
-        }
-        uint32_t hdr[2];
-        pw_ring_copy_out(rr, pw_pos(head), hdr, sizeof hdr);
-        atomic_store(&r->head, pw_pack(pw_count(head) + 1,
-                                       pw_pos(head) + (uint32_t)pw_record_size(hdr[0])));
+        rc = pw_count(head) == pw_count(tail) ? pw_fail(PW_EINVAL, "the ring is empty")
+                                              : record_at(rr, head, tail, &type, &len);
+        if (rc == PW_OK)
+            atomic_store(&r->head, pw_pack(pw_count(head) + 1,
+                                           pw_pos(head) + (uint32_t)pw_record_size(len)));
     }
-    return PW_OK;
+    if (rc)
+        pw_mutex_unlock(m);
+    return rc;
 }

@@ -30,38 +30,25 @@ int64_t pw_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-int64_t pw_deadline_after(int64_t ns)
+/* Sleeps while *word == seen (and a wake names a bit of w->mask), at most
+ * until `until`, with the hooks' unblock around the system call. PW_OK
+ * (woken, word differed, or EINTR: the caller re-checks, and its hooks look
+ * at signals), PW_TIMEOUT, PW_ESYS. */
+static int futex_sleep(const pw_wait *w, uint32_t seen, int64_t until)
 {
-    if (ns <= 0)
-        return 0;
-    int64_t now = pw_now_ns();
-    return ns >= PW_FOREVER - now ? PW_FOREVER : now + ns;
-}
-
-int pw_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t deadline, uint32_t mask)
-{
-    struct timespec ts, *tsp = NULL;
-    if (deadline != PW_FOREVER) {
-        if (pw_now_ns() >= deadline)
-            return PW_TIMEOUT;
-        /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline. */
-        ts.tv_sec = deadline / 1000000000LL;
-        ts.tv_nsec = deadline % 1000000000LL;
-        tsp = &ts;
-    }
+    if (pw_now_ns() >= until)
+        return PW_TIMEOUT;
+    /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline; until is
+     * never PW_FOREVER (waits sleep in slices). */
+    struct timespec ts = {.tv_sec = until / 1000000000LL, .tv_nsec = until % 1000000000LL};
+    int err;
     /* Shared futexes (no FUTEX_PRIVATE_FLAG): the word lives in a MAP_SHARED
      * segment, and sleeper and waker are different processes. */
-    if (syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET, expected, tsp, NULL, mask) == 0)
+    PW_UNBLOCKED(err = syscall(SYS_futex, (uint32_t *)w->futex, FUTEX_WAIT_BITSET, seen, &ts,
+                               NULL, w->mask) == 0 ? 0 : errno);
+    if (err == 0 || err == EAGAIN || err == EINTR)
         return PW_OK;
-    switch (errno) {
-    case EAGAIN: /* the word had already changed */
-    case EINTR:  /* the caller re-checks (and its hooks look at signals) */
-        return PW_OK;
-    case ETIMEDOUT:
-        return PW_TIMEOUT;
-    default:
-        return pw_fail_errno(errno);
-    }
+    return err == ETIMEDOUT ? PW_TIMEOUT : pw_fail_errno(err);
 }
 
 int pw_futex_wake(_Atomic uint32_t *word, int n, uint32_t mask)
@@ -195,11 +182,11 @@ void pw_sleeper_resume(struct pw_waiters *w, pw_sleeper *s, int slot)
     s->slot = slot >= 0 && slot < PW_WAIT_SLOTS ? slot : -1;
 }
 
-int pw_sleeper_refresh(pw_sleeper *s)
+/* Registers again if the slot was lost (none free, or reaped). */
+static void sleeper_refresh(pw_sleeper *s)
 {
     if (s->slot < 0 || atomic_load(&s->w->slot[s->slot]) != s->id)
         s->slot = claim_slot(s->w, s->id);
-    return s->slot >= 0;
 }
 
 void pw_sleeper_leave(pw_sleeper *s)
@@ -212,39 +199,30 @@ void pw_sleeper_leave(pw_sleeper *s)
     }
 }
 
-uint32_t pw_waiters_reconcile(struct pw_waiters *w)
+/* 1 if slot i is free or its sleeper's process is certainly dead, freeing
+ * it with `reap`; 0 if it may live. */
+static int slot_dead(struct pw_waiters *w, int i, uint64_t self, int reap)
 {
-    uint64_t self = self_identity();
-    uint32_t live = 0;
-    for (int i = 0; i < PW_WAIT_SLOTS; i++) {
-        uint64_t id = atomic_load(&w->slot[i]);
-        if (!id)
-            continue;
-        if (sleeper_dead(id, self)) {
-            /* Only a dead process's slot is freed, and only once: a live
-             * sleeper's slot never holds a dead process's identity. */
-            if (atomic_compare_exchange_strong(&w->slot[i], &id, 0)) {
-                atomic_fetch_add_explicit(&w->reaped, 1, memory_order_relaxed);
-                continue;
-            }
-            if (!id)
-                continue;
-        }
-        live++;
+    uint64_t id = atomic_load(&w->slot[i]);
+    if (!id || !sleeper_dead(id, self))
+        return !id;
+    if (!reap)
+        return 1;
+    /* Only a dead process's slot is freed, and only once: a live sleeper's
+     * slot never holds a dead process's identity. */
+    if (atomic_compare_exchange_strong(&w->slot[i], &id, 0)) {
+        atomic_fetch_add_explicit(&w->reaped, 1, memory_order_relaxed);
+        return 1;
     }
-    return live;
+    return !id; /* freed by another reconciler meanwhile, or taken by a new sleeper */
 }
 
-uint32_t pw_waiters_count_live(const struct pw_waiters *w)
+uint32_t pw_waiters_live(struct pw_waiters *w, int reap)
 {
-    struct pw_waiters *ww = (struct pw_waiters *)w;
     uint64_t self = self_identity();
     uint32_t live = 0;
-    for (int i = 0; i < PW_WAIT_SLOTS; i++) {
-        uint64_t id = atomic_load(&ww->slot[i]);
-        if (id && !sleeper_dead(id, self))
-            live++;
-    }
+    for (int i = 0; i < PW_WAIT_SLOTS; i++)
+        live += !slot_dead(w, i, self, reap);
     return live;
 }
 
@@ -256,7 +234,7 @@ static void reconcile_at_most_every(struct pw_waiters *w, int64_t interval_ns)
     if (now - last < interval_ns && last <= now)
         return;
     if (atomic_compare_exchange_strong(&w->last_reconcile_ns, &last, now))
-        pw_waiters_reconcile(w);
+        pw_waiters_live(w, 1);
 }
 
 #define PW_RECONCILE_AFTER_EMPTY_WAKE_NS 1000000LL  /* 1 ms  */
@@ -285,14 +263,7 @@ void pw_waiters_notify_all(struct pw_waiters *w, _Atomic uint32_t *seq)
 
 int pw_waiters_slot_dead(struct pw_waiters *w, int i)
 {
-    uint64_t id = atomic_load(&w->slot[i]);
-    if (!id)
-        return 1;
-    if (!sleeper_dead(id, self_identity()))
-        return 0;
-    if (atomic_compare_exchange_strong(&w->slot[i], &id, 0))
-        atomic_fetch_add_explicit(&w->reaped, 1, memory_order_relaxed);
-    return 1;
+    return slot_dead(w, i, self_identity(), 1);
 }
 
 void pw_waiters_woke_unknown(struct pw_waiters *w)
@@ -375,13 +346,6 @@ int pw_spin(pw_spinner *sp, int (*done)(void *ctx), void *ctx, int64_t deadline,
     return paid;
 }
 
-static int futex_sleep(const pw_wait *w, uint32_t seen, int64_t until)
-{
-    int rc;
-    PW_UNBLOCKED(rc = pw_futex_wait(w->futex, seen, until, w->mask));
-    return rc;
-}
-
 int pw_wait_until(const pw_wait *w, int64_t deadline)
 {
     if (w->done(w->ctx))
@@ -425,7 +389,7 @@ int pw_wait_until(const pw_wait *w, int64_t deadline)
         /* Without a slot (all taken), or it was reaped: register again
          * before re-checking. A caller-held registration stays as it is. */
         if (!w->held)
-            pw_sleeper_refresh(s);
+            sleeper_refresh(s);
     }
     if (!w->held)
         pw_sleeper_leave(s);
