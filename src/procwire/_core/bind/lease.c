@@ -55,25 +55,15 @@ int pw_check_capacity(unsigned long long capacity)
 
 int pw_too_large(PyObject *name, const pw_ringref *rr, uint64_t len, uint64_t limit)
 {
-    uint64_t cap = rr->capacity, suggest = cap;
-    while (suggest < PW_RING_MAX_CAPACITY && pw_ring_max_payload(suggest) < len)
-        suggest <<= 1;
-    if (limit > pw_ring_max_payload(PW_RING_MAX_CAPACITY))
-        PyErr_Format(pw_get_state()->MessageTooLarge,
-                     "a message of %llu bytes is larger than the %llu bytes one message of "
-                     "%U may have: send it in parts", (unsigned long long)len,
-                     (unsigned long long)limit, name);
-    else if (pw_ring_max_payload(suggest) < len)
-        PyErr_Format(pw_get_state()->MessageTooLarge,
-                     "a message of %llu bytes is larger than the biggest ring procwire "
-                     "makes (%llu bytes): send it in parts, or through a Value/Array",
-                     (unsigned long long)len, (unsigned long long)pw_ring_max_payload(suggest));
-    else
-        PyErr_Format(pw_get_state()->MessageTooLarge,
-                     "a message of %llu bytes does not fit %U, whose ring holds %llu bytes "
-                     "(at most %llu per message): create it with capacity=%llu or more",
-                     (unsigned long long)len, name, (unsigned long long)cap,
-                     (unsigned long long)pw_ring_max_payload(cap), (unsigned long long)suggest);
+    /* The advice is procwire.errors' (policy text): MessageTooLarge._advising. */
+    PyObject *exc = PyObject_CallMethod(pw_get_state()->MessageTooLarge, "_advising", "KKOKII",
+                                        (unsigned long long)len, (unsigned long long)limit,
+                                        name, (unsigned long long)rr->capacity,
+                                        (unsigned)PW_REC_HEADER, (unsigned)PW_RING_MAX_CAPACITY);
+    if (exc) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
     return PW_ERAISED;
 }
 

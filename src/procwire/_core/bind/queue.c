@@ -630,13 +630,8 @@ static PyObject *Queue_full(QueueObject *self, PyObject *unused)
 {
     if (enter(self) < 0)
         return NULL;
-    int full;
-    if (self->rr.ring->maxsize)
-        full = pw_ring_count(&self->rr) >= self->rr.ring->maxsize;
-    else if (self->rr.spill) /* never: what the ring cannot take spills */
-        full = 0;
-    else /* not even an empty message fits */
-        full = self->rr.capacity - pw_ring_used_bytes(&self->rr) < PW_REC_HEADER;
+    /* Without maxsize, never: what the ring cannot take spills (every QueueBase has a spill). */
+    int full = self->maxsize && pw_ring_count(&self->rr) >= self->maxsize;
     leave(self);
     return PyBool_FromLong(full);
 }
