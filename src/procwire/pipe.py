@@ -208,17 +208,19 @@ class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, Lender, _c
         ev_self, _, life_peer, _ = self._fds()  # OSError("handle is closed") once closed
         epoll: select.epoll | None = self.__dict__.get("_epoll")
         if epoll is None:
-            epoll = select.epoll()
+            made = select.epoll()
             try:
-                epoll.register(ev_self, select.EPOLLIN)
+                made.register(ev_self, select.EPOLLIN)
                 # The peer's death only (EPOLLHUP is always reported): descriptors
                 # waiting for recv_handle() do not make recv() ready.
-                epoll.register(life_peer, 0)
+                made.register(life_peer, 0)
                 self._signal_fd()  # senders signal the eventfd from now on
             except BaseException:
-                epoll.close()
+                made.close()
                 raise
-            self.__dict__["_epoll"] = epoll
+            epoll = self.__dict__.setdefault("_epoll", made)
+            if epoll is not made:  # another thread of ours made one meanwhile
+                made.close()
         return epoll.fileno()
 
     # -- event loops (see procwire._aio) ------------------------------------------

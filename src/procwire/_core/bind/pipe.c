@@ -85,17 +85,17 @@ static void close_fd(int *fd)
 static void release_all(PwObject *o)
 {
     PipeEndObject *self = (PipeEndObject *)o;
+    Py_CLEAR(self->stash);
+    if (!o->mapped) /* never opened (its descriptors are not ours), or released */
+        return;
     close_fd(&self->ev_self);
     close_fd(&self->ev_peer);
     close_fd(&self->life_peer);
     close_fd(&self->life_own);
-    Py_CLEAR(self->stash);
-    if (o->mapped) {
-        self->pipe = NULL;
-        self->me = self->peer = NULL;
-        self->in.ring = self->out.ring = NULL;
-        pw_object_unmap(o);
-    }
+    self->pipe = NULL;
+    self->me = self->peer = NULL;
+    self->in.ring = self->out.ring = NULL;
+    pw_object_unmap(o);
 }
 
 /* A closed end raises OSError("handle is closed"), as multiprocessing's. */
@@ -325,29 +325,37 @@ static int await_data(PipeEndObject *self, uint64_t tail, int64_t deadline, int 
 
 /* ----------------------------------------------------------------- send */
 
+/* A sender found no room in `out` for a slice: PW_OK to wait another, or
+ * PW_ERAISED with the closed handle's error or BrokenPipeError set. */
+static int still_sending(PipeEndObject *self)
+{
+    if (self->base.guard.closed) {
+        closed_error(self);
+        return PW_ERAISED;
+    }
+    if (peer_hup(self)) {
+        raise_broken();
+        return PW_ERAISED;
+    }
+    return PW_OK;
+}
+
 /* Puts one record, waiting for room in slices while the peer lives.
  * 0 done, -1 exception (BrokenPipeError if the peer went away). */
 static int put_record(PipeEndObject *self, pw_msg *m)
 {
-    for (;;) {
+    int rc;
+    do {
         size_t done = 0;
-        int64_t slice = pw_now_ns() + PW_PIPE_SEND_SLICE_NS;
-        int rc = pw_ring_put(&self->out, m, 1, &done, slice);
-        if (rc < 0)
-            return pw_raise_int(rc);
+        rc = pw_ring_put(&self->out, m, 1, &done, pw_now_ns() + PW_PIPE_SEND_SLICE_NS);
         if (rc == PW_OK) {
             signal_peer(self);
             return 0;
         }
-        if (self->base.guard.closed) {
-            closed_error(self);
-            return -1;
-        }
-        if (peer_hup(self)) {
-            raise_broken();
-            return -1;
-        }
-    }
+        if (rc > 0) /* the slice passed, or a close() */
+            rc = still_sending(self);
+    } while (rc == PW_OK);
+    return pw_raise_int(rc);
 }
 
 /* Sends len bytes from buf as one message, streamed in pieces if longer
@@ -446,7 +454,7 @@ static PyObject *PipeEnd_send_bytes(PipeEndObject *self, PyObject *const *args,
  * pickle.dumps(obj, 5) (and procwire._pickle.dumps) makes it: PROTO 5,
  * FRAME <n + 4>, SHORT_BINBYTES <n>, the bytes, MEMOIZE, STOP. Made here, it
  * spares send() a call into Python (a third of a small message's cost), and
- * recv() recognises it (short_pickled_bytes).
+ * recv() recognises it (pickled_bytes).
  */
 #define SHORT_BYTES_HEAD 13
 #define SHORT_BYTES_PICKLE(n) ((n) + SHORT_BYTES_HEAD + 2)
@@ -728,11 +736,6 @@ static int receive_entered(PipeEndObject *self, recv_ctx *c, int64_t deadline)
     return rc == 0 ? 0 : -1;
 }
 
-static int parse_timeout(PyObject *timeout, int64_t *deadline)
-{
-    return pw_deadline_from(1, timeout, deadline);
-}
-
 static const char *const recv_bytes_names[] = {"maxlength", "timeout", "copy"};
 
 static PyObject *PipeEnd_recv_bytes(PipeEndObject *self, PyObject *const *args,
@@ -750,7 +753,7 @@ static PyObject *PipeEnd_recv_bytes(PipeEndObject *self, PyObject *const *args,
                                          a[0] ? a[0] : Py_None, a[1], &in_place);
         if (in_place)
             return view;
-        if (parse_timeout(a[1], &deadline) < 0 ||
+        if (pw_deadline_from(1, a[1], &deadline) < 0 ||
             pw_index_arg(a[0], 1, 0, "negative maxlength", &m) < 0)
             return NULL;
         if (m >= 0)
@@ -759,26 +762,33 @@ static PyObject *PipeEnd_recv_bytes(PipeEndObject *self, PyObject *const *args,
     return receive_entered(self, &c, deadline) < 0 ? NULL : c.bytes;
 }
 
-static const char *const recv_names[] = {"timeout"};
-
 /*
- * A message that is exactly PROTO 5, BINBYTES8 <n>, <n bytes>, MEMOIZE, STOP
- * is a pickled bytes object (what Pipe.send makes of large bytes). Unwrap it
- * in place rather than have pickle.loads copy it into a second buffer:
- * returns the bytes (stealing *msg), or NULL without an error when the
- * message is anything else.
+ * A message that is the pickle of a bytes object, as Pipe.send makes it:
+ * pickle_short_bytes()'s form, or (64 KiB and more) PROTO 5, BINBYTES8 <n>,
+ * the n bytes, MEMOIZE, STOP. Returns the bytes object, made without an
+ * unpickler -- a large one unwrapped in place (stealing *msg) rather than
+ * copied into a second buffer by pickle.loads -- or NULL without an error
+ * when the message is anything else.
  */
-static PyObject *unwrap_pickled_bytes(PyObject **msg)
+static PyObject *pickled_bytes(PyObject **msg)
 {
     PyObject *b = *msg;
-    Py_ssize_t n = PyBytes_GET_SIZE(b);
-    if (n < 65536 + 13 || Py_REFCNT(b) != 1)
-        return NULL;
+    Py_ssize_t size = PyBytes_GET_SIZE(b);
     unsigned char *p = (unsigned char *)PyBytes_AS_STRING(b);
+    if (size < SHORT_BYTES_PICKLE(0) || p[size - 2] != 0x94 || p[size - 1] != '.')
+        return NULL;
+    if (size <= SHORT_BYTES_PICKLE(255)) {
+        size_t n = (size_t)size - SHORT_BYTES_PICKLE(0);
+        unsigned char expected[SHORT_BYTES_HEAD];
+        short_bytes_head(expected, n);
+        if (memcmp(p, expected, SHORT_BYTES_HEAD) != 0)
+            return NULL;
+        return PyBytes_FromStringAndSize((const char *)p + SHORT_BYTES_HEAD, (Py_ssize_t)n);
+    }
     uint64_t len;
     memcpy(&len, p + 3, 8);
-    if (p[0] != 0x80 || p[1] != 5 || p[2] != 0x8e || p[n - 2] != 0x94 || p[n - 1] != '.' ||
-        len != (uint64_t)(n - 13))
+    if (size < 65536 + 13 || Py_REFCNT(b) != 1 || p[0] != 0x80 || p[1] != 5 || p[2] != 0x8e ||
+        len != (uint64_t)(size - 13))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     memmove(p, p + 11, (size_t)len);
@@ -790,35 +800,15 @@ static PyObject *unwrap_pickled_bytes(PyObject **msg)
     return result;
 }
 
-/* A message that is pickle_short_bytes()'s form of a bytes object: the
- * object, made without an unpickler; NULL without an error when the message
- * is anything else. */
-static PyObject *short_pickled_bytes(PyObject *msg)
-{
-    Py_ssize_t len = PyBytes_GET_SIZE(msg);
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(msg);
-    if (len < SHORT_BYTES_PICKLE(0) || len > SHORT_BYTES_PICKLE(255))
-        return NULL;
-    size_t n = (size_t)len - SHORT_BYTES_PICKLE(0);
-    unsigned char expected[SHORT_BYTES_HEAD];
-    short_bytes_head(expected, n);
-    if (memcmp(p, expected, SHORT_BYTES_HEAD) != 0 || p[len - 2] != 0x94 || p[len - 1] != '.')
-        return NULL;
-    return PyBytes_FromStringAndSize((const char *)p + SHORT_BYTES_HEAD, (Py_ssize_t)n);
-}
-
 static PyObject *PipeEnd_recv(PipeEndObject *self, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames)
 {
-    PyObject *a[1];
     int64_t deadline;
     recv_ctx c = {.self = self, .maxlength = UINT64_MAX};
-    if (pw_parse_args("recv", args, nargs, kwnames, recv_names, 1, 0, a) < 0 ||
-        parse_timeout(a[0], &deadline) < 0 || receive_entered(self, &c, deadline) < 0)
+    if (pw_parse_deadline("recv", args, nargs, kwnames, 0, &deadline) < 0 ||
+        receive_entered(self, &c, deadline) < 0)
         return NULL;
-    PyObject *result = short_pickled_bytes(c.bytes);
-    if (!result && !PyErr_Occurred())
-        result = unwrap_pickled_bytes(&c.bytes);
+    PyObject *result = pickled_bytes(&c.bytes);
     if (!result && !PyErr_Occurred())
         result = PyObject_CallOneArg(self->loads, c.bytes);
     Py_XDECREF(c.bytes);
@@ -837,7 +827,8 @@ static PyObject *PipeEnd_recv_bytes_into(PipeEndObject *self, PyObject *const *a
     int64_t deadline;
     Py_buffer view;
     if (pw_parse_args("recv_bytes_into", args, nargs, kwnames, recv_into_names, 2, 1, a) < 0 ||
-        parse_timeout(a[1], &deadline) < 0 || PyObject_GetBuffer(a[0], &view, PyBUF_WRITABLE) < 0)
+        pw_deadline_from(1, a[1], &deadline) < 0 ||
+        PyObject_GetBuffer(a[0], &view, PyBUF_WRITABLE) < 0)
         return NULL;
     recv_ctx c = {.self = self, .maxlength = UINT64_MAX, .into = view.buf,
                   .into_cap = (uint64_t)view.len};
@@ -850,16 +841,12 @@ static PyObject *PipeEnd_recv_bytes_into(PipeEndObject *self, PyObject *const *a
 
 /* ----------------------------------------------------------------- poll */
 
-static const char *const poll_names[] = {"timeout"};
-
 static PyObject *PipeEnd_poll(PipeEndObject *self, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames)
 {
-    PyObject *a[1];
-    int64_t deadline = 0;
-    if (pw_parse_args("poll", args, nargs, kwnames, poll_names, 1, 0, a) < 0)
-        return NULL;
-    if (a[0] && pw_deadline_from(1, a[0], &deadline) < 0) /* None = forever, as mp */
+    int64_t deadline = 0; /* poll(): look once; poll(None): forever, as mp */
+    if ((nargs || kwnames) &&
+        pw_parse_deadline_args("poll", args, nargs, kwnames, 0, &deadline) < 0)
         return NULL;
     if (enter(self) < 0)
         return NULL;
@@ -902,9 +889,9 @@ static PyObject *PipeEnd_loan_begin(PipeEndObject *self, PyObject *const *args,
     int rc = check_writable(self) < 0 ? PW_ERAISED : PW_OK;
     if (rc == PW_OK && n > limit)
         rc = pw_too_large(self->base.name, &self->out, n, limit);
-    else if (rc == PW_OK && peer_hup(self))
-        rc = (raise_broken(), PW_ERAISED);
-    else if (rc == PW_OK)
+    if (rc == PW_OK)
+        rc = still_sending(self);
+    if (rc == PW_OK)
         rc = lock_end(self, &self->me->send_lock, &self->me->send_owner_died, deadline);
     uint32_t pos;
     while (rc == PW_OK) {
@@ -919,7 +906,7 @@ static PyObject *PipeEnd_loan_begin(PipeEndObject *self, PyObject *const *args,
             return r;
         }
         if (rc == PW_TIMEOUT && pw_now_ns() < deadline)
-            rc = peer_hup(self) ? (raise_broken(), PW_ERAISED) : PW_OK;
+            rc = still_sending(self);
         if (rc != PW_OK)
             pw_mutex_unlock(&self->me->send_lock);
     }
@@ -986,16 +973,13 @@ static PyObject *view_or_copy(PipeEndObject *self, int64_t deadline, int *held)
     }
 }
 
-static const char *const view_names[] = {"timeout"};
-
 /* _view_begin(timeout) -> (type, offset, length, copied): see view_or_copy. */
 static PyObject *PipeEnd_view_begin(PipeEndObject *self, PyObject *const *args,
                                     Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *a[1];
     int64_t deadline;
-    if (pw_parse_args("recv_bytes", args, nargs, kwnames, view_names, 1, 0, a) < 0 ||
-        parse_timeout(a[0], &deadline) < 0 || pw_view_free(&self->base, &self->lease) < 0 ||
+    if (pw_parse_deadline("recv_bytes", args, nargs, kwnames, 0, &deadline) < 0 ||
+        pw_view_free(&self->base, &self->lease) < 0 ||
         enter(self) < 0)
         return NULL;
     int held = 0;
@@ -1155,22 +1139,16 @@ static void PipeEnd_dealloc(PipeEndObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *PipeEnd_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
-{
-    PipeEndObject *self = (PipeEndObject *)type->tp_alloc(type, 0);
-    if (self) {
-        self->ev_self = self->ev_peer = self->life_peer = self->life_own = -1;
-    }
-    return (PyObject *)self;
-}
+/* The calls below never let the GIL go while they use the mapping, so a
+ * check that the handle is open stands for enter/leave. */
+#define check_open(self) pw_object_check_open(&(self)->base)
 
 /* Another holder of this end comes to exist (a fork child, a pickle). */
 static PyObject *PipeEnd_add_handle(PipeEndObject *self, PyObject *unused)
 {
-    if (enter(self) < 0)
+    if (check_open(self) < 0)
         return NULL;
     atomic_fetch_add(&self->me->handles, 1);
-    leave(self);
     Py_RETURN_NONE;
 }
 
@@ -1181,11 +1159,10 @@ static PyObject *PipeEnd_add_handle(PipeEndObject *self, PyObject *unused)
  * then found its message without sleeping). */
 static PyObject *PipeEnd_signal_fd(PipeEndObject *self, PyObject *unused)
 {
-    if (enter(self) < 0)
+    if (check_open(self) < 0)
         return NULL;
     atomic_store(&self->me->fd_interest, 1);
     resync_after_take(self);
-    leave(self);
     Py_RETURN_NONE;
 }
 
@@ -1195,18 +1172,12 @@ static PyObject *PipeEnd_signal_fd(PipeEndObject *self, PyObject *unused)
  * takes a record. */
 static PyObject *PipeEnd_send_room(PipeEndObject *self, PyObject *unused)
 {
-    if (enter(self) < 0)
+    if (check_open(self) < 0 || check_writable(self) < 0)
         return NULL;
-    PyObject *r = NULL;
-    if (check_writable(self) == 0) {
-        uint64_t head = atomic_load(&self->out.ring->head);
-        r = Py_BuildValue("(KKK)", (unsigned long long)head,
-                          (unsigned long long)(self->out.capacity -
-                                               pw_ring_used_bytes(&self->out)),
-                          (unsigned long long)self->out.capacity);
-    }
-    leave(self);
-    return r;
+    uint64_t head = atomic_load(&self->out.ring->head);
+    return Py_BuildValue("(KKK)", (unsigned long long)head,
+                         (unsigned long long)(self->out.capacity - pw_ring_used_bytes(&self->out)),
+                         (unsigned long long)self->out.capacity);
 }
 
 /* _wait_change(1, token, timeout), _kick(): lease.c's watcher calls on the
@@ -1225,12 +1196,9 @@ static PyObject *PipeEnd_kick(PipeEndObject *self, PyObject *unused)
 
 static PyObject *PipeEnd_fds(PipeEndObject *self, PyObject *unused)
 {
-    if (enter(self) < 0)
+    if (check_open(self) < 0)
         return NULL;
-    PyObject *r = Py_BuildValue("(iiii)", self->ev_self, self->ev_peer, self->life_peer,
-                                self->life_own);
-    leave(self);
-    return r;
+    return Py_BuildValue("(iiii)", self->ev_self, self->ev_peer, self->life_peer, self->life_own);
 }
 
 /* _statistics() -> dict: this end's live counters, read by inspect.c's one
@@ -1297,7 +1265,7 @@ static PyGetSetDef PipeEnd_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-PW_RING_TYPE(PipeEnd, PipeEndObject, "PipeEnd", PipeEnd_new,
+PW_RING_TYPE(PipeEnd, PipeEndObject, "PipeEnd", PyType_GenericNew,
              "One end of a shared-memory pipe (see procwire.pipe.Connection).");
 
 int pw_pipe_register(PyObject *module)
