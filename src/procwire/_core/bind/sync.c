@@ -372,34 +372,21 @@ static int unlock_now(struct pw_lock *l)
     return pthread_mutex_unlock(&l->mutex);
 }
 
-/* Gives up this handle's acquisitions in the current hold (held through it):
- * the depth drops by them, and the mutex is unlocked when none are left.
- * 0, or unlock_now()'s errno. */
-static int release_mine(LockObject *self, struct pw_lock *l)
+/* Gives up n of this thread's acquisitions in the current hold (n <= this
+ * handle's while the depth exceeds n): the depth drops by n, and when none
+ * are left the mutex is unlocked (other handles of this thread may hold it
+ * too: they keep it). A Lock's release() may come through a handle that did
+ * not acquire it. 0, or unlock_now()'s errno. */
+static int release_n(LockObject *self, struct pw_lock *l, uint32_t n)
 {
-    uint32_t d = atomic_load_explicit(&l->depth, memory_order_relaxed), mine = self->mine;
+    uint32_t d = atomic_load_explicit(&l->depth, memory_order_relaxed);
+    if (d > n) {
+        self->mine -= n;
+        atomic_store_explicit(&l->depth, d - n, memory_order_relaxed);
+        return 0;
+    }
     self->mine = 0;
-    if (d > mine) {
-        /* Other handles of this thread hold it too: they keep it. */
-        atomic_store_explicit(&l->depth, d - mine, memory_order_relaxed);
-        return 0;
-    }
     return unlock_now(l);
-}
-
-/* Gives up what this handle acquired in the current hold, if anything; the
- * mutex itself is unlocked when no handle of this thread holds it any more.
- * Returns 1 if the mutex stays held by this thread through another handle
- * after this one took it (its robust-list entry points into our mapping). */
-static int drop_own_hold(LockObject *self, struct pw_lock *l)
-{
-    if (!held_via(self, l)) {
-        self->mine = 0;
-        return 0;
-    }
-    int shared = atomic_load_explicit(&l->depth, memory_order_relaxed) > self->mine;
-    return release_mine(self, l) != 0 /* still on our robust list */ ||
-           (shared && self->locked_here);
 }
 
 /* Another live thread of this process holds the mutex through this handle. */
@@ -439,8 +426,15 @@ static int lock_drop(LockObject *self, int from_close)
                 return -1;
             }
             self->sync.base.keep_mapping = 1; /* the view is deliberately never released */
-        } else if (drop_own_hold(self, l)) {
-            self->sync.base.keep_mapping = 1;
+        } else if (held_via(self, l)) {
+            /* What this handle acquired in the current hold is given up (the
+             * mutex is unlocked when no handle of this thread holds it any
+             * more). If the mutex stays on this thread's robust list (its
+             * unlock failed, or another handle of this thread holds it after
+             * this mapping took it), the list's entry points into our view. */
+            int shared = atomic_load_explicit(&l->depth, memory_order_relaxed) > self->mine;
+            if (release_n(self, l, self->mine) != 0 || (shared && self->locked_here))
+                self->sync.base.keep_mapping = 1;
         }
     }
     pw_object_close(&self->sync.base);
@@ -530,8 +524,9 @@ static int wait_lock_word(LockObject *self, struct pw_lock *l, int64_t deadline)
     return rc == PW_TIMEOUT ? 1 : rc < 0 ? pw_raise_int(rc) : 0;
 }
 
-/* Lock_acquire once its trylock answered rc (not 0 or EOWNERDEAD at first). */
-static PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
+/* Lock_acquire once its trylock answered rc (not 0 or EOWNERDEAD at first).
+ * Not inlined: the uncontended acquire stays a small function. */
+static __attribute__((noinline)) PyObject *lock_acquire_slow(LockObject *self, struct pw_lock *l, int rc,
                                    int64_t deadline)
 {
     for (;;) {
@@ -640,16 +635,7 @@ static PyObject *Lock_release(LockObject *self, PyObject *unused)
                          "Semaphore or an Event", self->sync.base.name, (int)holder);
         return NULL;
     }
-    if (l->recursive) {
-        uint32_t d = atomic_load_explicit(&l->depth, memory_order_relaxed);
-        self->mine--;
-        if (d > 1) {
-            atomic_store_explicit(&l->depth, d - 1, memory_order_relaxed);
-            Py_RETURN_NONE;
-        }
-    }
-    self->mine = 0;
-    int rc = unlock_now(l);
+    int rc = release_n(self, l, 1); /* (a Lock's depth is 1) */
     if (rc)
         return pw_raise(pw_fail_errno(rc));
     Py_RETURN_NONE;
@@ -682,7 +668,7 @@ static PyObject *Lock_release_save(LockObject *self, PyObject *unused)
         return NULL;
     }
     uint32_t saved = self->mine; /* 1 for a Lock */
-    int rc = release_mine(self, l);
+    int rc = release_n(self, l, saved);
     return rc ? pw_raise(pw_fail_errno(rc)) : PyLong_FromUnsignedLong(saved);
 }
 

@@ -10,8 +10,6 @@
 #include "ring.h"
 
 #include <string.h>
-
-#include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 

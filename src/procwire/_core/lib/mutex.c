@@ -21,7 +21,19 @@
  * first use (-1 until then). */
 int pw_mutex_kind = -1;
 
-static int init_raw(pthread_mutex_t *m);
+static int init_raw(pthread_mutex_t *m)
+{
+    pthread_mutexattr_t attr;
+    int rc = pthread_mutexattr_init(&attr);
+    if (rc)
+        return rc;
+    if ((rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED)) == 0 &&
+        (rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST)) == 0 &&
+        (rc = pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK)) == 0)
+        rc = pthread_mutex_init(m, &attr);
+    pthread_mutexattr_destroy(&attr);
+    return rc;
+}
 
 static void learn_kind(void)
 {
@@ -77,20 +89,6 @@ int pw_mutex_check(const pthread_mutex_t *m, const char *what)
     return pw_fail(PW_ECORRUPT, "%s is corrupt: one of its robust mutexes has kind 0x%x, "
                    "expected 0x%x (re-create the object)", what, (unsigned)kind,
                    (unsigned)pw_mutex_kind);
-}
-
-static int init_raw(pthread_mutex_t *m)
-{
-    pthread_mutexattr_t attr;
-    int rc = pthread_mutexattr_init(&attr);
-    if (rc)
-        return rc;
-    if ((rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED)) == 0 &&
-        (rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST)) == 0 &&
-        (rc = pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK)) == 0)
-        rc = pthread_mutex_init(m, &attr);
-    pthread_mutexattr_destroy(&attr);
-    return rc;
 }
 
 int pw_mutex_status(pthread_mutex_t *m, int rc)
