@@ -110,24 +110,6 @@ void pw_ring_copy_in(pw_ringref *rr, uint32_t pos, const void *src, uint64_t n)
         memcpy(rr->data, (const uint8_t *)src + first, n - first);
 }
 
-static void spill_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n);
-
-void pw_ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
-{
-    if (__builtin_expect(rr->src_spill, 0))
-        spill_copy_out(rr, pos, dst, n); /* a spilled record's callback */
-    else
-        pw_ring_read(rr, pos, dst, n);
-}
-
-void pw_ring_copy_out_slow(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
-{
-    if (n >= PW_LARGE_COPY)
-        PW_UNBLOCKED(pw_ring_copy_out(rr, pos, dst, n));
-    else
-        pw_ring_copy_out(rr, pos, dst, n);
-}
-
 /* Writes one record at pos; returns the position after it. */
 static uint32_t write_record(pw_ringref *rr, uint32_t pos, const pw_msg *m)
 {
@@ -249,20 +231,6 @@ lock_side(pw_ringref *rr, int which, int64_t deadline, uint64_t *mine, uint64_t 
     return PW_OK;
 }
 
-/* Adds to a statistics counter only its side's lock holder writes. */
-static inline void add_relaxed(_Atomic uint64_t *c, uint64_t n)
-{
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
-                          memory_order_relaxed);
-}
-
-static inline void store_total(_Atomic uint64_t *total, uint32_t count)
-{
-    atomic_store_explicit(total, pw_widen_count(atomic_load_explicit(total,
-                                                                     memory_order_relaxed),
-                                                count), memory_order_relaxed);
-}
-
 int pw_ring_bad_record(const pw_ringref *rr, const char *why, uint64_t a, uint64_t b)
 {
     return pw_fail(PW_ECORRUPT, "%s is corrupt: %s (%llu, %llu); no message was taken",
@@ -299,8 +267,9 @@ static inline int spill_busy(struct pw_ring *r)
            atomic_load_explicit(&r->ov_tail, memory_order_relaxed) != atomic_load(&r->ov_head);
 }
 
-/* Finishes a dead holder's intent on one side (layout.h, "The spill area"):
- * the side's lock is held and `count` is its position word's count now. */
+/* Finishes the intent on one side (layout.h, "The spill area"): a dead
+ * holder's, or the caller's own after its publish. The side's lock is held
+ * and `count` is its position word's count now. */
 static void spill_repair(_Atomic uint64_t *intent, _Atomic uint64_t *intent_end,
                          _Atomic uint64_t *offset, uint32_t count)
 {
@@ -388,13 +357,26 @@ static int spill_read(const pw_ringref *rr, uint64_t off, void *dst, uint64_t n)
     return spill_io(rr, 0, &iov, 1, off);
 }
 
-static void spill_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
+void pw_ring_copy_out(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
 {
+    if (__builtin_expect(!rr->src_spill, 1)) {
+        pw_ring_read(rr, pos, dst, n);
+        return;
+    }
+    /* A spilled record's callback reads the spill. */
     int err = spill_read(rr, rr->src_off + pos, dst, n);
     if (err) { /* only if the file was truncated under us: reported after the callback */
         memset(dst, 0, n);
         ((pw_ringref *)rr)->src_err = err;
     }
+}
+
+void pw_ring_copy_out_slow(const pw_ringref *rr, uint32_t pos, void *dst, uint64_t n)
+{
+    if (n >= PW_LARGE_COPY)
+        PW_UNBLOCKED(pw_ring_copy_out(rr, pos, dst, n));
+    else
+        pw_ring_copy_out(rr, pos, dst, n);
 }
 
 /* Frees the spill's pages below ov_head (head lock held). */
@@ -449,13 +431,6 @@ spill_put(pw_ringref *rr, const pw_msg *msgs, size_t i, size_t n, uint32_t head_
     return i;
 }
 
-/* After the publish: the spill's new end, then the intent is done. */
-static __attribute__((noinline, cold)) void spill_put_done(struct pw_ring *r)
-{
-    atomic_store(&r->ov_tail, atomic_load(&r->ov_tail_intent_end));
-    atomic_store(&r->ov_tail_intent, 0);
-}
-
 /*
  * Hands the oldest spilled record to fn (head lock held; the ring is empty up
  * to the tail snapshot and `count` says more were published). *ovh is the
@@ -502,15 +477,6 @@ spill_take(pw_ringref *rr, pw_take_fn fn, void *ctx, uint32_t before, uint32_t c
     return f;
 }
 
-/* After the publish: the spill's new start, the intent done, pages freed. */
-static __attribute__((noinline, cold)) void spill_take_done(pw_ringref *rr)
-{
-    struct pw_ring *r = rr->ring;
-    atomic_store(&r->ov_head, atomic_load(&r->ov_head_intent_end));
-    atomic_store(&r->ov_head_intent, 0);
-    spill_punch(rr);
-}
-
 /* A side's publishing store: the producers' makes the records before pos,
  * count messages in all, appear at once; the consumers' frees them. Then the
  * advisory statistics. The side's lock held. */
@@ -519,8 +485,11 @@ publish_side(struct pw_ring *r, int which, uint32_t count, uint32_t pos, uint64_
 {
     const struct side s = side_of(r, which);
     atomic_store(s.word, pw_pack(count, pos));
-    store_total(s.total, count);
-    add_relaxed(s.bytes, bytes);
+    /* Only the side's lock holder writes these: plain loads and stores. */
+    uint64_t total = atomic_load_explicit(s.total, memory_order_relaxed);
+    atomic_store_explicit(s.total, pw_widen_count(total, count), memory_order_relaxed);
+    uint64_t sum = atomic_load_explicit(s.bytes, memory_order_relaxed);
+    atomic_store_explicit(s.bytes, sum + bytes, memory_order_relaxed);
     pw_publish_cpu(s.cpu); /* for the other side's spin policy */
 }
 
@@ -602,8 +571,8 @@ int pw_ring_put(pw_ringref *rr, const pw_msg *msgs, size_t n, size_t *done, int6
         }
         if (i > first) {
             publish_side(r, TAIL, count, pos, bytes);
-            if (spilled)
-                spill_put_done(r);
+            if (spilled) /* the spill's new end, then the intent is done */
+                spill_repair(&r->ov_tail_intent, &r->ov_tail_intent_end, &r->ov_tail, count);
         }
         unlock_side(r, TAIL, i > first);
         *done = i;
@@ -742,8 +711,10 @@ int pw_ring_take(pw_ringref *rr, pw_take_fn fn, void *ctx, size_t max, int64_t d
     }
     if (taken) {
         publish_side(r, HEAD, count, pos, bytes);
-        if (spilled)
-            spill_take_done(rr);
+        if (spilled) { /* the spill's new start, the intent done, pages freed */
+            spill_repair(&r->ov_head_intent, &r->ov_head_intent_end, &r->ov_head, count);
+            spill_punch(rr);
+        }
     }
     unlock_side(r, HEAD, taken);
     *taken_out = taken;
