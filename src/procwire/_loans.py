@@ -45,7 +45,7 @@ _REC_BYTES, _REC_BYTEARRAY, _REC_PICKLE, _REC_PICKLE_OOB = 1, 2, 3, 4
 class Lender:
     """What a Queue and a Pipe end share for loans and views: the bookkeeping of
     this handle's open ones, per thread. The native methods are the type's
-    (``_loan_begin``/``_loan_commit``/``_loan_abort``, ``_view_begin``/``_view_end``)."""
+    (``_loan_begin``/``_loan_commit``, ``_view_begin``, and ``_end_lease`` for both)."""
 
     if TYPE_CHECKING:
         _segment: Segment  # its mapping is what the offsets index
@@ -54,8 +54,7 @@ class Lender:
         def _loan_begin(self, nbytes: int, block: bool = ...,
                         timeout: float | None = ...) -> int: ...
         def _loan_commit(self, nbytes: int, written: Any, /) -> None: ...
-        def _loan_abort(self) -> None: ...
-        def _view_end(self) -> None: ...
+        def _end_lease(self, view: bool, /) -> None: ...
 
     _leases: set[Loan | View]  # this handle's open loans and views
     _loads = staticmethod(_pickle.loads)  # what a view's pickled message goes through
@@ -70,7 +69,7 @@ class Lender:
         try:
             loan = Loan(self, nbytes, offset)
         except BaseException:
-            self._loan_abort()
+            self._end_lease(False)
             raise
         self._leases.add(loan)
         return loan
@@ -176,7 +175,7 @@ class Loan(_Lease):
     def discard(self) -> None:
         """Give the room back: nothing is published. Idempotent."""
         if self._source is not None:
-            self._end("discard")._loan_abort()
+            self._end("discard")._end_lease(False)
 
     _close = discard
 
@@ -256,7 +255,7 @@ class View(_Lease):
             return
         for v in reversed(self._views):
             _release(v)
-        source._view_end()
+        source._end_lease(True)
 
     def __enter__(self) -> Any:
         return self.value

@@ -44,6 +44,27 @@ class MessageTooLarge(ProcwireError, ValueError):
 
     __module__ = "procwire"
 
+    @classmethod
+    def _advising(cls, length: int, limit: int, what: str, capacity: int, header: int,
+                  max_capacity: int) -> MessageTooLarge:
+        """The error the native core raises for a message of ``length`` bytes where at
+        most ``limit`` fit (the ring's largest record, or more: a Queue's spill), in
+        ``what``, whose ring holds ``capacity`` bytes with a ``header`` per record
+        (rings hold at most ``max_capacity``): the advice says what would take it."""
+        suggest = capacity
+        while suggest < max_capacity and suggest - header < length:
+            suggest <<= 1
+        if limit > max_capacity - header:
+            return cls(f"a message of {length} bytes is larger than the {limit} bytes one "
+                       f"message of {what} may have: send it in parts")
+        if suggest - header < length:
+            return cls(f"a message of {length} bytes is larger than the biggest ring procwire "
+                       f"makes ({suggest - header} bytes): send it in parts, or through a "
+                       f"Value/Array")
+        return cls(f"a message of {length} bytes does not fit {what}, whose ring holds "
+                   f"{capacity} bytes (at most {capacity - header} per message): create it "
+                   f"with capacity={suggest} or more")
+
 
 class OwnerDiedWarning(RuntimeWarning):
     """An ``acquire()`` found that the lock's previous holder died holding it.

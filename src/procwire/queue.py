@@ -114,25 +114,17 @@ class Queue(SegmentObject["QueueStatistics"], ClosedOnExit, Lender, _core.QueueB
                  name: str | None = None, ctx: object = None) -> None:
         maxsize = _maxsize_for(maxsize)
         cap = ring_capacity(capacity, DEFAULT_CAPACITY)
-
-        def layout(buffer: Any) -> None:
-            # A throw-away QueueBase writes the initial state; this object opens it
-            # like any attacher (so that one _bind serves every path).
-            ring = _core.QueueBase.__new__(_core.QueueBase)
-            _core.QueueBase.__init__(ring, buffer, create=True, capacity=cap, maxsize=maxsize,
-                                     kind=_core.KIND_QUEUE, name=self._label, spill=True,
-                                     **_SERIALIZER)
-            ring._release()
-
-        self._create(name, _core.QueueBase._segment_size(cap), layout)
+        # Laid out here; this object then opens it like any attacher (one _bind
+        # serves every path).
+        self._create(name, _core.segment_size(_core.KIND_QUEUE, cap),
+                     lambda buf: _core.segment_init(buf, _core.KIND_QUEUE, capacity=cap,
+                                                    maxsize=maxsize))
 
     def _bind(self, **state: Any) -> None:
         self._leases: set[Loan | View] = set()  # this handle's open loans and views
-        _core.QueueBase.__init__(self, self._segment.buffer, create=False, capacity=0,
-                                 maxsize=0, kind=_core.KIND_QUEUE, name=self._describe(),
-                                 spill=False, **_SERIALIZER)
         # The spill area lies beyond the mapping, reached through the file.
-        self._set_spill_fd(self._segment.io_fd)
+        _core.QueueBase.__init__(self, self._segment.buffer, name=self._describe(),
+                                 spill_fd=self._segment.io_fd, **_SERIALIZER)
 
     def close(self) -> None:
         """Release this process's handle. Further use of it raises ValueError.
@@ -303,7 +295,16 @@ class Queue(SegmentObject["QueueStatistics"], ClosedOnExit, Lender, _core.QueueB
         the number of items put (its index). On timeout raises ``queue.Full``,
         whose ``count`` attribute says the same.
         """
-        return _core.QueueBase.put_many(self, items, block, timeout)
+        try:
+            _core.QueueBase.put_many(self, items, block, timeout)
+        except Full:
+            raise
+        except BaseException as exc:
+            count = getattr(exc, "count", None)  # set by the native put_many for an item
+            if count is not None:
+                exc.add_note(f"put_many() put the {count} items before this one; this one "
+                             f"and the rest were not put")
+            raise
 
 
 class SimpleQueue(Queue[_T]):

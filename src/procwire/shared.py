@@ -84,7 +84,9 @@ class _Handle(SegmentObject["SharedStatistics"]):
         """Check the segment's layout (and ``type_hint`` against it), learn the element type."""
         segment = self._segment
         what = f"procwire object {segment.name!r}" if segment.name else "the shared value"
-        info = _core.shared_info(segment.buffer, kind, what)
+        info = _core.inspect(segment.buffer, kind, what)
+        if info["kind"] not in ("value", "array"):
+            raise SegmentError(f"{what} is a {info['kind']}, not a value or array")
         elem = None
         if type_hint is not None:
             elem = _resolve(type_hint)

@@ -262,8 +262,6 @@ PyObject *pw_loan_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos,
  * copied in from `written` if not None. 0 (the ring's lock released), or -1
  * with an exception (the loan stays open). */
 int pw_loan_commit(PwObject *o, pw_lease *l, PyObject *const *args, Py_ssize_t nargs);
-/* Gives an open loan's room back: 1 if one was open. */
-int pw_loan_abort(pw_lease *l);
 /* Before a view: 0, or -1 with RuntimeError if this handle holds one. */
 int pw_view_free(PwObject *o, const pw_lease *l);
 /* After pw_ring_peek: checks the record and returns (type, offset, length,
@@ -272,19 +270,21 @@ int pw_view_free(PwObject *o, const pw_lease *l);
  * exception (the record left in place, the lock released). */
 PyObject *pw_view_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos, uint32_t type,
                          uint64_t len, int *held);
-/* Consumes the open view's message: 1 if one was open. */
-int pw_view_end(pw_lease *l);
+/* _end_lease(view): ends the open view (its message consumed, its room
+ * freed) or, view false, the open loan (its room given back, nothing
+ * published): 1 if one was open (the caller releases its own locks and
+ * leaves the object). */
+int pw_lease_end(pw_lease *l, int view);
 
 /* The method table entries of a type's loans and views (procwire._loans):
- * T##_loan_begin, T##_loan_commit, T##_loan_abort, T##_view_begin, T##_view_end. */
+ * T##_loan_begin, T##_loan_commit, T##_view_begin, T##_end_lease. */
 #define PW_LEASE_METHODS(T)                                                                   \
     {"_loan_begin", (PyCFunction)(void (*)(void))T##_loan_begin,                              \
      METH_FASTCALL | METH_KEYWORDS, NULL},                                                    \
     {"_loan_commit", (PyCFunction)(void (*)(void))T##_loan_commit, METH_FASTCALL, NULL},      \
-    {"_loan_abort", (PyCFunction)T##_loan_abort, METH_NOARGS, NULL},                          \
     {"_view_begin", (PyCFunction)(void (*)(void))T##_view_begin,                              \
      METH_FASTCALL | METH_KEYWORDS, NULL},                                                    \
-    {"_view_end", (PyCFunction)T##_view_end, METH_NOARGS, NULL}
+    {"_end_lease", (PyCFunction)T##_end_lease, METH_O, NULL}
 
 /* P##_traverse and P##_clear of a ring type, over the Python objects that
  * OBJECTS(X) lists (X(field) each): the serializer may refer back to the

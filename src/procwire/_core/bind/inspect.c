@@ -1,9 +1,8 @@
 /*
  * inspect.c -- the one reader of a segment's counters: _core.inspect(buffer)
- * for `procwire ls` and `procwire stat`, _core.shared_info() for attaching a
- * Value/Array, and the live _statistics() of every kind (pw_counters; a Pipe
- * end's: pw_pipe_end_counters), which procwire.stats turns into its
- * dataclasses.
+ * for `procwire ls`, `procwire stat` and attaching a Value/Array, and the
+ * live _statistics() of every kind (pw_counters; a Pipe end's:
+ * pw_pipe_end_counters), which procwire.stats turns into its dataclasses.
  *
  * It only loads: it never takes a lock and never bumps a counter, so
  * inspecting an object cannot disturb the processes using it, and the buffer
@@ -214,10 +213,17 @@ done:
     return d;
 }
 
-/* _core.inspect(buffer) -> dict: the common header and the kind's counters. */
-static PyObject *inspect(PyObject *self, PyObject *arg)
+/* _core.inspect(buffer, kind=0, what="the segment") -> dict: the common
+ * header and the counters of a segment of `kind` (0: any), errors naming
+ * `what`. */
+static PyObject *inspect(PyObject *self, PyObject *args)
 {
-    return describe(arg, 0, "the segment", 1);
+    PyObject *buffer;
+    unsigned int kind = 0;
+    const char *what = "the segment";
+    if (!PyArg_ParseTuple(args, "O|Is:inspect", &buffer, &kind, &what))
+        return NULL;
+    return describe(buffer, kind, what, 1);
 }
 
 /* _core.header_info(buffer) -> dict: the validated common header. */
@@ -226,36 +232,15 @@ static PyObject *header_info(PyObject *self, PyObject *arg)
     return describe(arg, 0, "the segment", 0);
 }
 
-/* _core.shared_info(buffer, kind, what) -> dict: inspect() of a Value/Array
- * segment (kind 0 accepts either), with `what` in its errors. */
-static PyObject *shared_info(PyObject *mod, PyObject *args)
-{
-    PyObject *buffer;
-    unsigned int kind;
-    const char *what;
-    if (!PyArg_ParseTuple(args, "OIs:shared_info", &buffer, &kind, &what))
-        return NULL;
-    PyObject *d = describe(buffer, kind, what, 1);
-    PyObject *id = d ? PyDict_GetItemString(d, "kind_id") : NULL;
-    long found = id ? PyLong_AsLong(id) : PW_KIND_VALUE;
-    if (found != PW_KIND_VALUE && found != PW_KIND_ARRAY) {
-        pw_segment_error("%s is a %s, not a value or array", what, pw_kind_name((uint32_t)found));
-        Py_CLEAR(d);
-    }
-    return d;
-}
-
 static PyMethodDef inspect_methods[] = {
     {"header_info", header_info, METH_O,
      "header_info($module, buffer, /)\n--\n\nValidate a segment's common header and describe "
      "it. Raises SegmentError for anything that is not a whole, initialised procwire segment."},
-    {"inspect", inspect, METH_O,
-     "inspect($module, buffer, /)\n--\n\nThe common header and the live counters of a "
-     "segment, read without locking or writing (a read-only mapping will do). Raises "
-     "SegmentError for anything that is not a whole, initialised procwire segment."},
-    {"shared_info", shared_info, METH_VARARGS,
-     "shared_info($module, buffer, kind, what, /)\n--\n\ninspect() of a Value or Array "
-     "segment of `kind` (0: either); errors name `what`."},
+    {"inspect", inspect, METH_VARARGS,
+     "inspect($module, buffer, kind=0, what='the segment', /)\n--\n\nThe common header and "
+     "the live counters of a segment of `kind` (0: any), read without locking or writing (a "
+     "read-only mapping will do). Raises SegmentError, naming `what`, for anything that is "
+     "not a whole, initialised procwire segment of that kind."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -4,12 +4,13 @@
  * "too large" advice, and zero-copy loans and views (procwire/_loans.py).
  *
  * A loan holds the producers' lock of its ring (pw_ring_reserve) from
- * _loan_begin to _loan_commit/_loan_abort, a view the consumers' lock
- * (pw_ring_peek) from _view_begin to _view_end, both in the calling thread.
- * Each keeps one `active` count of its object (an enter without a leave), so
- * that the mapping outlives a close() until it ends. The crash guarantees
- * are the ring's (ring.c): a writer killed inside a loan published nothing;
- * a reader killed holding a view has its message dropped by the next reader.
+ * _loan_begin to _loan_commit/_end_lease(False), a view the consumers' lock
+ * (pw_ring_peek) from _view_begin to _end_lease(True), both in the calling
+ * thread. Each keeps one `active` count of its object (an enter without a
+ * leave), so that the mapping outlives a close() until it ends. The crash
+ * guarantees are the ring's (ring.c): a writer killed inside a loan
+ * published nothing; a reader killed holding a view has its message dropped
+ * by the next reader.
  * What differs stays with the types: the Pipe also holds its end's send or
  * receive lock, wakes its peer, and streams what does not fit the ring.
  */
@@ -54,25 +55,15 @@ int pw_check_capacity(unsigned long long capacity)
 
 int pw_too_large(PyObject *name, const pw_ringref *rr, uint64_t len, uint64_t limit)
 {
-    uint64_t cap = rr->capacity, suggest = cap;
-    while (suggest < PW_RING_MAX_CAPACITY && pw_ring_max_payload(suggest) < len)
-        suggest <<= 1;
-    if (limit > pw_ring_max_payload(PW_RING_MAX_CAPACITY))
-        PyErr_Format(pw_get_state()->MessageTooLarge,
-                     "a message of %llu bytes is larger than the %llu bytes one message of "
-                     "%U may have: send it in parts", (unsigned long long)len,
-                     (unsigned long long)limit, name);
-    else if (pw_ring_max_payload(suggest) < len)
-        PyErr_Format(pw_get_state()->MessageTooLarge,
-                     "a message of %llu bytes is larger than the biggest ring procwire "
-                     "makes (%llu bytes): send it in parts, or through a Value/Array",
-                     (unsigned long long)len, (unsigned long long)pw_ring_max_payload(suggest));
-    else
-        PyErr_Format(pw_get_state()->MessageTooLarge,
-                     "a message of %llu bytes does not fit %U, whose ring holds %llu bytes "
-                     "(at most %llu per message): create it with capacity=%llu or more",
-                     (unsigned long long)len, name, (unsigned long long)cap,
-                     (unsigned long long)pw_ring_max_payload(cap), (unsigned long long)suggest);
+    /* The advice is procwire.errors' (policy text): MessageTooLarge._advising. */
+    PyObject *exc = PyObject_CallMethod(pw_get_state()->MessageTooLarge, "_advising", "KKOKII",
+                                        (unsigned long long)len, (unsigned long long)limit,
+                                        name, (unsigned long long)rr->capacity,
+                                        (unsigned)PW_REC_HEADER, (unsigned)PW_RING_MAX_CAPACITY);
+    if (exc) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
     return PW_ERAISED;
 }
 
@@ -178,13 +169,9 @@ int pw_loan_args(PwObject *o, pw_lease *l, PyObject *const *args, Py_ssize_t nar
     if (pw_parse_args("loan", args, nargs, kwnames, loan_names, 3, 1, a) < 0 ||
         pw_parse_block_timeout(a[1], a[2], deadline) < 0)
         return -1;
-    long long n = PyLong_AsLongLong(a[0]);
-    if (n == -1 && PyErr_Occurred())
+    unsigned long long n = PyLong_AsUnsignedLongLong(a[0]); /* procwire._loans checks it */
+    if (n == (unsigned long long)-1 && PyErr_Occurred())
         return -1;
-    if (n < 0) {
-        PyErr_Format(PyExc_ValueError, "nbytes must be >= 0, not %lld", n);
-        return -1;
-    }
     if (l->loan_rr) {
         PyErr_Format(PyExc_RuntimeError, "%U: this handle has an open loan already", o->name);
         return -1;
@@ -248,13 +235,18 @@ int pw_loan_commit(PwObject *o, pw_lease *l, PyObject *const *args, Py_ssize_t n
     return 0;
 }
 
-int pw_loan_abort(pw_lease *l)
+int pw_lease_end(pw_lease *l, int view)
 {
-    pw_ringref *rr = l->loan_rr;
+    pw_ringref *rr = view ? l->view_rr : l->loan_rr;
     if (!rr)
         return 0;
-    l->loan_rr = NULL;
-    pw_ring_unreserve(rr);
+    if (view) {
+        l->view_rr = NULL;
+        pw_ring_consume_peeked(rr, l->view_len);
+    } else {
+        l->loan_rr = NULL;
+        pw_ring_unreserve(rr);
+    }
     return 1;
 }
 
@@ -267,7 +259,6 @@ int pw_view_free(PwObject *o, const pw_lease *l)
     PyErr_Format(PyExc_RuntimeError, "%U: this handle holds a view already", o->name);
     return -1;
 }
-
 
 PyObject *pw_view_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos, uint32_t type,
                          uint64_t len, int *held)
@@ -303,14 +294,4 @@ PyObject *pw_view_opened(PwObject *o, pw_lease *l, pw_ringref *rr, uint32_t pos,
     pw_ring_copy_out_large(rr, p, PyBytes_AS_STRING(copied), len);
     pw_ring_consume_peeked(rr, len);
     return Py_BuildValue("(InKN)", type, (Py_ssize_t)-1, (unsigned long long)len, copied);
-}
-
-int pw_view_end(pw_lease *l)
-{
-    pw_ringref *rr = l->view_rr;
-    if (!rr)
-        return 0;
-    l->view_rr = NULL;
-    pw_ring_consume_peeked(rr, l->view_len);
-    return 1;
 }

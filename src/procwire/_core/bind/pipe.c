@@ -928,15 +928,6 @@ static PyObject *PipeEnd_loan_commit(PipeEndObject *self, PyObject *const *args,
     Py_RETURN_NONE;
 }
 
-static PyObject *PipeEnd_loan_abort(PipeEndObject *self, PyObject *unused)
-{
-    if (pw_loan_abort(&self->lease)) {
-        pw_mutex_unlock(&self->me->send_lock);
-        leave(self);
-    }
-    Py_RETURN_NONE;
-}
-
 /* The next message in place, this end's recv_lock held: a view of it (the
  * ring's consumers' lock held too), or, for a streamed message or one that
  * wraps around the ring's end, the message copied (type, -1, length, bytes)
@@ -998,12 +989,17 @@ static PyObject *PipeEnd_view_begin(PipeEndObject *self, PyObject *const *args,
     return r;
 }
 
-/* _view_end(): consumes the message the open view holds, freeing its room. */
-static PyObject *PipeEnd_view_end(PipeEndObject *self, PyObject *unused)
+/* _end_lease(view): ends the open view or loan (lease.c) and the receive or
+ * send lock it holds. */
+static PyObject *PipeEnd_end_lease(PipeEndObject *self, PyObject *view)
 {
-    if (pw_view_end(&self->lease)) {
-        pw_mutex_unlock(&self->me->recv_lock);
-        resync_after_take(self);
+    int v = PyObject_IsTrue(view);
+    if (v < 0)
+        return NULL;
+    if (pw_lease_end(&self->lease, v)) {
+        pw_mutex_unlock(v ? &self->me->recv_lock : &self->me->send_lock);
+        if (v)
+            resync_after_take(self);
         leave(self);
     }
     Py_RETURN_NONE;

@@ -12,19 +12,20 @@
 #include "core.h"
 
 #include <string.h>
+#include <structmember.h>
 
 typedef struct {
     PwObject base;       /* the mapping, its name, the guard against a concurrent close */
     pw_ringref rr;
-    uint64_t max_msg;    /* the largest message put() takes: the ring's, or the spill's */
+    uint32_t maxsize;    /* the ring's, which never changes: readable once closed */
     PyObject *dumps;     /* dumps(obj, protocol) -> bytes */
     PyObject *protocol;  /* int, the pickle protocol */
     PyObject *dumps_buffers; /* for buffer exporters: obj -> bytes or [pickle, buffer, ...] */
     PyObject *loads;     /* loads(data, buffers=None) */
     /* get_many() found a message it could not unpickle: its exception, raised
      * by this handle's next get call (the batch's other messages were
-     * returned). Type, value, traceback as PyErr_Fetch gives them. */
-    PyObject *pending_type, *pending_value, *pending_tb;
+     * returned); its traceback attached (take_raised). */
+    PyObject *pending;
     pw_lease lease;      /* this handle's open loan and view (lease.c) */
 } QueueObject;
 
@@ -63,26 +64,20 @@ static PyObject *ring_failed(QueueObject *self, int rc, PyObject *timed_out)
     return NULL;
 }
 
+/* QueueBase(buffer, *, name, dumps, protocol, dumps_buffers, loads, spill_fd):
+ * opens the queue segment_init() laid out in `buffer`, validating it; the
+ * spill area beyond the mapping is read and written through spill_fd (the
+ * segment's file, the caller's: it stays open while the handle is). */
 static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", "create", "capacity", "maxsize", "kind", "name",
-                             "dumps", "protocol", "dumps_buffers", "loads", "spill", NULL};
+    static char *kwlist[] = {"buffer", "name", "dumps", "protocol", "dumps_buffers", "loads",
+                             "spill_fd", NULL};
     PyObject *buffer, *name, *dumps, *protocol, *dumps_buffers, *loads;
-    int create = 0, spill = 0;
-    unsigned long long capacity = 0;
-    unsigned int maxsize = 0, kind = PW_KIND_QUEUE;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$pKIIUOO!OOp:QueueBase", kwlist, &buffer,
-                                     &create, &capacity, &maxsize, &kind, &name, &dumps,
-                                     &PyLong_Type, &protocol, &dumps_buffers, &loads, &spill))
+    int spill_fd;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O$UOO!OOi:QueueBase", kwlist, &buffer, &name,
+                                     &dumps, &PyLong_Type, &protocol, &dumps_buffers, &loads,
+                                     &spill_fd))
         return -1;
-    if (!PyCallable_Check(dumps) || !PyCallable_Check(loads) || !PyCallable_Check(dumps_buffers)) {
-        PyErr_SetString(PyExc_TypeError, "dumps, dumps_buffers and loads must be callables");
-        return -1;
-    }
-    if (kind == 0 || kind >= PW_KIND_MAX_) {
-        PyErr_Format(PyExc_ValueError, "invalid kind %u", kind);
-        return -1;
-    }
     const char *what = pw_ring_object_map(&self->base, &queue_ops, buffer, name);
     if (!what)
         return -1;
@@ -91,51 +86,24 @@ static int Queue_init(QueueObject *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->dumps_buffers, Py_NewRef(dumps_buffers));
     Py_XSETREF(self->loads, Py_NewRef(loads));
     struct pw_header *h = self->base.view.buf;
-    struct pw_ring *r = (struct pw_ring *)(h + 1);
-    uint64_t size = (uint64_t)self->base.view.len;
-    if (create) {
-        if (pw_check_capacity(capacity) < 0)
-            goto fail;
-        if (maxsize > INT32_MAX) {
-            PyErr_Format(PyExc_ValueError, "maxsize must be at most %d", INT32_MAX);
-            goto fail;
-        }
-        if (size != pw_ring_segment_size(capacity)) {
-            PyErr_Format(PyExc_ValueError, "buffer is %llu bytes; a ring of capacity %llu "
-                         "needs exactly %llu", (unsigned long long)size, capacity,
-                         (unsigned long long)pw_ring_segment_size(capacity));
-            goto fail;
-        }
-        uint64_t data_offset = size - capacity;
-        pw_header_init(h, kind, size, sizeof *r, data_offset);
-        int rc = pw_ring_init(r, capacity, maxsize);
-        if (rc) {
-            errno = rc;
-            PyErr_SetFromErrno(PyExc_OSError);
-            goto fail;
-        }
-        if (spill) /* its spill area starts where the mapping ends */
-            pw_ring_init_spill(r, size);
-        pw_header_publish(h);
-    } else {
-        int rc = pw_segment_validate(h, size, PW_KIND_QUEUE, what); /* a ring only */
-        if (rc) {
-            pw_raise(rc);
-            goto fail;
-        }
+    int rc = pw_segment_validate(h, (uint64_t)self->base.view.len, PW_KIND_QUEUE, what);
+    if (rc == PW_OK) {
+        /* `what`: UTF-8 cached by `name`, which we keep */
+        pw_ringref_init(&self->rr, (struct pw_ring *)(h + 1), (uint8_t *)h + h->data_offset, what);
+        self->rr.cancel = &self->base.guard.closed; /* a close() from another thread ends waits */
+        self->maxsize = self->rr.ring->maxsize;
+        rc = pw_ring_set_spill(&self->rr, spill_fd);
     }
-    /* `what`: UTF-8 cached by `name`, which we keep */
-    pw_ringref_init(&self->rr, r, (uint8_t *)h + h->data_offset, what);
-    self->rr.cancel = &self->base.guard.closed; /* a close() from another thread ends waits */
-    self->max_msg = pw_ring_max_payload(r->capacity); /* the spill's once _set_spill_fd() */
+    if (rc) {
+        pw_raise(rc);
+        release_mapping(&self->base);
+        return -1;
+    }
     return 0;
-fail:
-    release_mapping(&self->base);
-    return -1;
 }
 
 #define QUEUE_OBJECTS(X) X(dumps) X(protocol) X(dumps_buffers) X(loads) \
-    X(pending_type) X(pending_value) X(pending_tb)
+    X(pending)
 PW_RING_GC(Queue, QueueObject, QUEUE_OBJECTS)
 
 static void Queue_dealloc(QueueObject *self)
@@ -150,76 +118,59 @@ static void Queue_dealloc(QueueObject *self)
 
 /* The Python side of a message being put: what keeps its bytes alive. */
 typedef struct {
-    uint64_t *oob_prefix;     /* PICKLE_OOB: nparts word + part lengths */
-    Py_buffer *views;         /* buffers to release */
+    Py_buffer *views; /* exported buffers to release (in `block`) */
     int nviews;
-    PyObject *keep;           /* a reference that keeps the bytes alive */
+    void *block;      /* one allocation: the views, an out-of-band prefix, part arrays */
+    PyObject *keep;   /* a reference that keeps the bytes alive */
 } msg_refs;
 
-static void msg_release(pw_msg *m, msg_refs *x)
+static void msg_release(msg_refs *x)
 {
     for (int i = 0; i < x->nviews; i++)
         PyBuffer_Release(&x->views[i]);
-    PyMem_Free(x->views);
-    if (m->part != m->part_inline) {
-        PyMem_Free(m->part);
-        PyMem_Free(m->part_len);
-    }
-    PyMem_Free(x->oob_prefix);
+    PyMem_Free(x->block);
     Py_CLEAR(x->keep);
 }
 
-static int msg_set_parts(pw_msg *m, int n)
+/* Makes the buffers of the n objects m's parts: after a prefix of their
+ * count and lengths if `oob` (a PICKLE_OOB record's), else alone. The
+ * arrays this needs are one allocation (x->block). 0, or -1 with an
+ * exception. */
+static int msg_export(pw_msg *m, msg_refs *x, PyObject *const *objs, Py_ssize_t n, int oob)
 {
-    if (n <= PW_MSG_INLINE_PARTS) {
-        m->part = m->part_inline;
-        m->part_len = m->part_len_inline;
-        return 0;
-    }
-    m->part = PyMem_Malloc(sizeof *m->part * n);
-    m->part_len = PyMem_Malloc(sizeof *m->part_len * n);
-    if (!m->part || !m->part_len) {
-        PyMem_Free(m->part);
-        PyMem_Free(m->part_len);
-        m->part = m->part_inline;
-        m->part_len = m->part_len_inline;
+    int nparts = (int)n + oob;
+    size_t views = sizeof(Py_buffer) * (size_t)n;
+    size_t prefix = oob ? sizeof(uint64_t) * (size_t)nparts : 0;
+    size_t arrays = nparts > PW_MSG_INLINE_PARTS ? (sizeof(void *) + sizeof(uint64_t)) * nparts : 0;
+    char *block = x->block = PyMem_Calloc(1, views + prefix + arrays);
+    if (!block) {
         PyErr_NoMemory();
         return -1;
     }
-    return 0;
-}
-
-/* A protocol-5 pickle plus its out-of-band buffers: [pickle, buf, ...]. */
-static int msg_prepare_oob(pw_msg *m, msg_refs *x, PyObject *parts)
-{
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(parts);
-    if (n < 1 || n > 64) {
-        PyErr_Format(PyExc_ValueError, "dumps() returned %zd parts; between 1 and 64 "
-                     "are supported", n);
-        return -1;
+    x->views = (Py_buffer *)block;
+    uint64_t *lens = (uint64_t *)(block + views); /* the prefix: nparts word, part lengths */
+    if (arrays) {
+        m->part = (const void **)(block + views + prefix);
+        m->part_len = (uint64_t *)(m->part + nparts);
     }
-    m->type = PW_REC_PICKLE_OOB;
-    x->views = PyMem_Calloc((size_t)n, sizeof(Py_buffer));
-    x->oob_prefix = PyMem_Malloc(sizeof(uint64_t) * (size_t)(n + 1));
-    if (!x->views || !x->oob_prefix || msg_set_parts(m, (int)n + 1) < 0) {
-        PyErr_NoMemory();
-        return -1;
+    m->nparts = nparts;
+    m->len = prefix;
+    if (oob) {
+        lens[0] = (uint64_t)n;
+        m->part[0] = lens;
+        m->part_len[0] = prefix;
     }
-    x->oob_prefix[0] = (uint64_t)n;
-    m->part[0] = x->oob_prefix;
-    m->part_len[0] = sizeof(uint64_t) * (uint64_t)(n + 1);
-    m->len = m->part_len[0];
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(parts, i), &x->views[i],
-                               PyBUF_SIMPLE) < 0)
+        if (PyObject_GetBuffer(objs[i], &x->views[i], PyBUF_SIMPLE) < 0)
             return -1;
         x->nviews++;
-        x->oob_prefix[i + 1] = (uint64_t)x->views[i].len;
-        m->part[i + 1] = x->views[i].buf;
-        m->part_len[i + 1] = (uint64_t)x->views[i].len;
-        m->len += (uint64_t)x->views[i].len;
+        uint64_t len = (uint64_t)x->views[i].len;
+        if (oob)
+            lens[i + 1] = len;
+        m->part[oob + i] = x->views[i].buf;
+        m->part_len[oob + i] = len;
+        m->len += len;
     }
-    m->nparts = (int)n + 1;
     return 0;
 }
 
@@ -239,16 +190,8 @@ static int msg_prepare(QueueObject *self, PyObject *obj, pw_msg *m, msg_refs *x)
     } else if (PyByteArray_CheckExact(obj)) {
         /* An export pins the bytearray's size while we copy it. */
         m->type = PW_REC_BYTEARRAY;
-        x->views = PyMem_Calloc(1, sizeof(Py_buffer));
-        if (!x->views) {
-            PyErr_NoMemory();
+        if (msg_export(m, x, &obj, 1, 0) < 0)
             return -1;
-        }
-        if (PyObject_GetBuffer(obj, &x->views[0], PyBUF_SIMPLE) < 0)
-            return -1;
-        x->nviews = 1;
-        m->part[0] = x->views[0].buf;
-        m->len = m->part_len[0] = (uint64_t)x->views[0].len;
     } else {
         /* Objects that export a buffer (numpy arrays, ...) may travel out
          * of band; everything else takes the direct dumps(obj, protocol). */
@@ -267,7 +210,15 @@ static int msg_prepare(QueueObject *self, PyObject *obj, pw_msg *m, msg_refs *x)
             m->part[0] = PyBytes_AS_STRING(data);
             m->len = m->part_len[0] = (uint64_t)PyBytes_GET_SIZE(data);
         } else if (PyList_CheckExact(data) || PyTuple_CheckExact(data)) {
-            if (msg_prepare_oob(m, x, data) < 0)
+            /* A protocol-5 pickle plus its out-of-band buffers: [pickle, buf, ...]. */
+            Py_ssize_t n = PySequence_Fast_GET_SIZE(data);
+            if (n < 1 || n > PW_OOB_MAX_PARTS) {
+                PyErr_Format(PyExc_ValueError, "dumps() returned %zd parts; between 1 and %d "
+                             "are supported", n, PW_OOB_MAX_PARTS);
+                return -1;
+            }
+            m->type = PW_REC_PICKLE_OOB;
+            if (msg_export(m, x, PySequence_Fast_ITEMS(data), n, 1) < 0)
                 return -1;
         } else {
             PyErr_Format(PyExc_TypeError, "dumps() must return bytes or a list of buffers, "
@@ -275,76 +226,73 @@ static int msg_prepare(QueueObject *self, PyObject *obj, pw_msg *m, msg_refs *x)
             return -1;
         }
     }
-    if (m->len > self->max_msg)
-        return pw_too_large(self->base.name, &self->rr, m->len, self->max_msg);
+    if (m->len > PW_SPILL_MAX_PAYLOAD) /* what the ring cannot take spills */
+        return pw_too_large(self->base.name, &self->rr, m->len, PW_SPILL_MAX_PAYLOAD);
     return 0;
 }
 
-/* A record copied out of the ring. */
+/* A record copied out of the ring: its payload (bytes; a bytearray for a
+ * BYTEARRAY record) and, for PICKLE_OOB, the pickle as payload and the
+ * out-of-band buffers as bytearrays, mutable as such buffers are (numpy
+ * arrays stay writable). */
 typedef struct {
     uint32_t type;
-    PyObject *payload; /* bytes or bytearray; for PICKLE_OOB, a list [bytes, bytearray...] */
+    PyObject *payload;
+    PyObject *buffers; /* a list for PICKLE_OOB; else NULL */
 } pw_record;
 
-/* Allocates the payload object(s) for a record and copies it out. */
-static int read_record(const pw_ringref *rr, uint32_t p, uint32_t type, uint64_t len,
+/* Allocates the payload object(s) for a record and copies it out; `raw`: its
+ * whole payload as bytes, whatever its type (a spilled message's view). */
+static int read_record(const pw_ringref *rr, uint32_t p, uint32_t type, uint64_t len, int raw,
                        pw_record *out)
 {
-    PyObject *obj;
-    uint64_t nparts, lens[PW_OOB_MAX_PARTS];
+    uint64_t nparts = 1, lens[PW_OOB_MAX_PARTS];
+    lens[0] = len;
     /* Checked before use; only an out-of-band record has more than its type to check. */
-    if (type == PW_REC_PICKLE_OOB || type == 0 || type >= PW_REC_MAX_) {
+    if (!raw && (type == PW_REC_PICKLE_OOB || type == 0 || type >= PW_REC_MAX_)) {
         int rc = pw_check_record(rr, p, type, len, &nparts, lens);
         if (rc)
             return rc;
     }
-    if (type == PW_REC_PICKLE_OOB) {
-        obj = PyList_New((Py_ssize_t)nparts);
-        if (!obj)
-            return PW_ERAISED;
-        p += (uint32_t)(8 + 8 * nparts);
-        for (uint64_t i = 0; i < nparts; i++) {
-            /* Part 0 is the pickle; the others become mutable buffers, as
-             * out-of-band buffers are (numpy arrays stay writable). */
-            PyObject *part = i == 0 ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)lens[i])
-                                    : PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)lens[i]);
-            if (!part) {
-                Py_DECREF(obj);
-                return PW_ERAISED;
-            }
-            char *dst = i == 0 ? PyBytes_AS_STRING(part) : PyByteArray_AS_STRING(part);
-            pw_ring_copy_out_large(rr, p, dst, lens[i]);
-            p += (uint32_t)lens[i];
-            PyList_SET_ITEM(obj, (Py_ssize_t)i, part);
-        }
-    } else {
-        char *dst;
-        if (type == PW_REC_BYTEARRAY) {
-            obj = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)len);
-            dst = obj ? PyByteArray_AS_STRING(obj) : NULL;
-        } else {
-            obj = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
-            dst = obj ? PyBytes_AS_STRING(obj) : NULL;
-        }
-        if (!obj)
-            return PW_ERAISED;
-        pw_ring_copy_out_large(rr, p, dst, len);
-    }
+    int oob = !raw && type == PW_REC_PICKLE_OOB;
     out->type = type;
-    out->payload = obj;
+    out->buffers = oob ? PyList_New((Py_ssize_t)nparts - 1) : NULL;
+    if (oob && !out->buffers)
+        return PW_ERAISED;
+    if (oob)
+        p += (uint32_t)(8 + 8 * nparts);
+    for (uint64_t i = 0; i < nparts; i++) {
+        int mutable = i > 0 || (!raw && type == PW_REC_BYTEARRAY);
+        PyObject *part = mutable ? PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)lens[i])
+                                 : PyBytes_FromStringAndSize(NULL, (Py_ssize_t)lens[i]);
+        if (!part) {
+            if (i)
+                Py_DECREF(out->payload);
+            Py_XDECREF(out->buffers);
+            return PW_ERAISED;
+        }
+        pw_ring_copy_out_large(rr, p, mutable ? PyByteArray_AS_STRING(part)
+                                              : PyBytes_AS_STRING(part), lens[i]);
+        p += (uint32_t)lens[i];
+        if (i == 0)
+            out->payload = part;
+        else
+            PyList_SET_ITEM(out->buffers, (Py_ssize_t)i - 1, part);
+    }
     return 0;
 }
 
 struct take_ctx {
     pw_record *out;
     size_t n;
+    int raw;
 };
 
 static int take_record(void *ctx, const pw_ringref *rr, uint32_t pos, uint32_t type,
                        uint64_t len)
 {
     struct take_ctx *c = ctx;
-    int rc = read_record(rr, pos, type, len, &c->out[c->n]);
+    int rc = read_record(rr, pos, type, len, c->raw, &c->out[c->n]);
     if (rc == 0)
         c->n++;
     return rc;
@@ -352,12 +300,14 @@ static int take_record(void *ctx, const pw_ringref *rr, uint32_t pos, uint32_t t
 
 /*
  * Takes up to `max` records (at least 1), waiting for the first until the
- * deadline. Returns the number taken (>= 1), 0 on timeout, -1 with an
- * exception set. A bad record after good ones is left for the next call.
+ * deadline (`raw`: see read_record). Returns the number taken (>= 1), 0 on
+ * timeout, -1 with an exception set. A bad record after good ones is left
+ * for the next call.
  */
-static Py_ssize_t take_records(QueueObject *self, pw_record *out, size_t max, int64_t deadline)
+static Py_ssize_t take_records(QueueObject *self, pw_record *out, size_t max, int64_t deadline,
+                               int raw)
 {
-    struct take_ctx c = {out, 0};
+    struct take_ctx c = {out, 0, raw};
     size_t taken;
     int rc = pw_ring_take(&self->rr, take_record, &c, max, deadline, &taken);
     if (taken) {
@@ -371,122 +321,99 @@ static Py_ssize_t take_records(QueueObject *self, pw_record *out, size_t max, in
     return -1;
 }
 
-/* Turns a record into the object that was put. Steals rec->payload. */
+/* Turns a record into the object that was put. Steals the record's objects. */
 static PyObject *record_to_object(QueueObject *self, pw_record *rec)
 {
-    PyObject *payload = rec->payload, *result;
-    switch (rec->type) {
-    case PW_REC_BYTES:
-    case PW_REC_BYTEARRAY:
-        return payload;
-    case PW_REC_PICKLE:
-        result = PyObject_CallOneArg(self->loads, payload);
-        break;
-    default: { /* PW_REC_PICKLE_OOB: loads(pickle, buffers=[...]) */
-        Py_ssize_t n = PyList_GET_SIZE(payload);
-        PyObject *buffers = PyList_GetSlice(payload, 1, n);
-        if (!buffers) {
-            result = NULL;
-            break;
-        }
-        PyObject *callargs[2] = {PyList_GET_ITEM(payload, 0), buffers};
+    PyObject *result;
+    if (rec->type == PW_REC_BYTES || rec->type == PW_REC_BYTEARRAY)
+        return rec->payload;
+    if (rec->type == PW_REC_PICKLE) {
+        result = PyObject_CallOneArg(self->loads, rec->payload);
+    } else { /* PICKLE_OOB: loads(pickle, buffers=[...]) */
+        PyObject *callargs[2] = {rec->payload, rec->buffers};
         PyObject *kwnames = PyTuple_Pack(1, pw_get_state()->str_buffers);
         result = kwnames ? PyObject_Vectorcall(self->loads, callargs, 1, kwnames) : NULL;
         Py_XDECREF(kwnames);
-        Py_DECREF(buffers);
-        break;
+        Py_DECREF(rec->buffers);
     }
-    }
-    Py_DECREF(payload);
+    Py_DECREF(rec->payload);
     return result;
 }
 
 /* ------------------------------------------------------------ put / get */
 
-/* Sets exc.count = n on the current exception (put_many's "how many went
- * in"); with `note`, a note that says so for an item that failed. */
-static void set_count_on_error(Py_ssize_t n, int note)
+/* The exception being raised, cleared: its value, with its traceback
+ * attached (3.12's PyErr_GetRaisedException). */
+static PyObject *take_raised(void)
 {
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     PyErr_NormalizeException(&type, &value, &tb);
-    if (value) {
-        PyObject *count = PyLong_FromSsize_t(n);
-        if (!count || PyObject_SetAttrString(value, "count", count) < 0)
-            PyErr_Clear(); /* an exception type that takes no attributes */
-        Py_XDECREF(count);
-        PyObject *text = note ? PyUnicode_FromFormat("put_many() put the %zd items before "
-                                                     "this one; this one and the rest were "
-                                                     "not put", n) : NULL;
-        PyObject *r = text ? PyObject_CallMethod(value, "add_note", "O", text) : NULL;
-        if (!r)
-            PyErr_Clear();
-        Py_XDECREF(r);
-        Py_XDECREF(text);
-    }
-    PyErr_Restore(type, value, tb);
+    if (tb)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+/* Raises exc, a take_raised() value (stolen). NULL. */
+static PyObject *raise_taken(PyObject *exc)
+{
+    PyErr_Restore(Py_NewRef(Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+    return NULL;
+}
+
+/* Sets count = n on the exception being raised: put_many()'s items put. NULL. */
+static PyObject *raise_with_count(Py_ssize_t n)
+{
+    PyObject *exc = take_raised(), *count = PyLong_FromSsize_t(n);
+    if (!count || PyObject_SetAttrString(exc, "count", count) < 0)
+        PyErr_Clear(); /* an exception type that takes no attributes */
+    Py_XDECREF(count);
+    return raise_taken(exc);
 }
 
 /*
- * put_many(): puts items in order. If one cannot be serialised, every item
- * before it is put (waiting for room as usual), it and the rest are not, and
- * its exception is raised carrying `count`, the number of items put, which is
- * always its index. On timeout queue.Full carries `count` the same way.
+ * put_many(): puts items in order, serialising a batch at a time. If one
+ * cannot be serialised, every item before it is put (waiting for room as
+ * usual), it and the rest are not, and its exception is raised carrying
+ * `count`, the number of items put, which is always its index (the note that
+ * says so is procwire.queue's). On timeout queue.Full carries `count` the
+ * same way. A put that fails before reaching an item that would not
+ * serialise raises its own error, as putting them one at a time would.
  */
 static PyObject *put_objects(QueueObject *self, PyObject *const *items, Py_ssize_t n,
                              int64_t deadline)
 {
     pw_msg msgs[PW_BATCH];
     msg_refs refs[PW_BATCH];
-    Py_ssize_t total_done = 0;
-    while (total_done < n) {
-        Py_ssize_t batch = n - total_done < PW_BATCH ? n - total_done : PW_BATCH;
-        Py_ssize_t prepared = 0;
-        size_t done = 0;
-        int rc = 0, bad = 0;
-        PyObject *et = NULL, *ev = NULL, *etb = NULL;
+    Py_ssize_t put = 0;
+    while (put < n) {
+        Py_ssize_t batch = n - put < PW_BATCH ? n - put : PW_BATCH, prepared = 0;
+        PyObject *bad = NULL; /* an item's error, held while the items before it go in */
         for (; prepared < batch; prepared++) {
-            if (msg_prepare(self, items[total_done + prepared], &msgs[prepared],
-                            &refs[prepared]) < 0) {
-                msg_release(&msgs[prepared], &refs[prepared]);
-                bad = 1;
-                PyErr_Fetch(&et, &ev, &etb);
+            if (msg_prepare(self, items[put + prepared], &msgs[prepared], &refs[prepared]) < 0) {
+                msg_release(&refs[prepared]);
+                bad = take_raised();
                 break;
             }
         }
-        if (prepared)
-            rc = pw_ring_put(&self->rr, msgs, (size_t)prepared, &done, deadline);
+        size_t done = 0;
+        int rc = prepared ? pw_ring_put(&self->rr, msgs, (size_t)prepared, &done, deadline) : PW_OK;
         for (Py_ssize_t i = 0; i < prepared; i++)
-            msg_release(&msgs[i], &refs[i]);
-        total_done += (Py_ssize_t)done;
+            msg_release(&refs[i]);
+        put += (Py_ssize_t)done;
         if (rc != PW_OK) {
-            /* The put itself failed or timed out: that is the error; the
-             * serialisation error, if any, becomes its context. */
-            if (rc == PW_TIMEOUT) {
-                PyErr_SetString(pw_get_state()->Full, "put_many() timed out: see the "
-                                "exception's count attribute for how many items were put");
-                set_count_on_error(total_done, 0);
-            } else {
-                ring_failed(self, rc, NULL);
-            }
-            if (bad) {
-                PyErr_NormalizeException(&et, &ev, &etb);
-                PyObject *t, *v, *tb;
-                PyErr_Fetch(&t, &v, &tb);
-                PyErr_NormalizeException(&t, &v, &tb);
-                if (v && ev)
-                    PyException_SetContext(v, Py_NewRef(ev));
-                PyErr_Restore(t, v, tb);
-                Py_XDECREF(et);
-                Py_XDECREF(ev);
-                Py_XDECREF(etb);
-            }
-            return NULL;
+            Py_XDECREF(bad);
+            if (rc != PW_TIMEOUT)
+                return ring_failed(self, rc, NULL);
+            PyErr_SetString(pw_get_state()->Full, "put_many() timed out: see the exception's "
+                            "count attribute for how many items were put");
+            return raise_with_count(put);
         }
         if (bad) {
-            PyErr_Restore(et, ev, etb);
-            set_count_on_error(total_done, 1);
-            return NULL;
+            raise_taken(bad);
+            return raise_with_count(put);
         }
     }
     Py_RETURN_NONE;
@@ -502,7 +429,7 @@ static PyObject *put_one(QueueObject *self, PyObject *obj, int64_t deadline)
     size_t done = 0;
     int rc = msg_prepare(self, obj, &m, &x) < 0 ? PW_ERAISED
              : pw_ring_put(&self->rr, &m, 1, &done, deadline);
-    msg_release(&m, &x);
+    msg_release(&x);
     leave(self);
     return rc ? ring_failed(self, rc, pw_get_state()->Full) : Py_NewRef(Py_None);
 }
@@ -553,10 +480,10 @@ static PyObject *Queue_put_many(QueueObject *self, PyObject *const *args, Py_ssi
 /* Raises the error get_many() deferred, if any: 1 if it did. */
 static int raise_pending(QueueObject *self)
 {
-    if (!self->pending_type)
+    if (!self->pending)
         return 0;
-    PyErr_Restore(self->pending_type, self->pending_value, self->pending_tb);
-    self->pending_type = self->pending_value = self->pending_tb = NULL;
+    raise_taken(self->pending);
+    self->pending = NULL;
     return 1;
 }
 
@@ -566,7 +493,7 @@ static PyObject *get_one(QueueObject *self, int64_t deadline)
     if (enter(self) < 0)
         return NULL;
     pw_record rec;
-    Py_ssize_t got = raise_pending(self) ? -1 : take_records(self, &rec, 1, deadline);
+    Py_ssize_t got = raise_pending(self) ? -1 : take_records(self, &rec, 1, deadline, 0);
     if (got == 0)
         PyErr_SetNone(pw_get_state()->Empty);
     PyObject *r = got > 0 ? record_to_object(self, &rec) : NULL;
@@ -613,50 +540,40 @@ static PyObject *Queue_get_many(QueueObject *self, PyObject *const *args, Py_ssi
         return NULL;
     if (pw_index_arg(a[2], 1, 1, "max_messages must be at least 1, not %zd", &max) < 0)
         return NULL;
-    /* Never take more than are there now, and no more than a batch per call
-     * into the ring, so the records array stays on the stack. */
-    pw_record recs[PW_BATCH];
     if (enter(self) < 0)
         return NULL;
-    if (raise_pending(self)) {
-        leave(self);
-        return NULL;
-    }
-    PyObject *result = PyList_New(0);
-    Py_ssize_t got = 0, failed = 0;
     /* A record that does not unpickle is consumed, as get() consumes it;
      * every other record of the batch is still returned (they are out of
      * the ring already: dropping them would lose them). The first failure's
      * exception is raised by this handle's next get call, or now if nothing
      * converted. */
-    PyObject *et = NULL, *ev = NULL, *etb = NULL;
-    while (result && got < max) {
-        Py_ssize_t want = max - got < PW_BATCH ? max - got : PW_BATCH;
+    PyObject *result = raise_pending(self) ? NULL : PyList_New(0), *first_error = NULL;
+    Py_ssize_t taken = 0, failed = 0;
+    pw_record recs[PW_BATCH]; /* at most a batch per call into the ring: on the stack */
+    while (result && taken < max) {
+        Py_ssize_t want = max - taken < PW_BATCH ? max - taken : PW_BATCH;
         /* Wait only for the first message; then take what is already there. */
-        Py_ssize_t n = take_records(self, recs, (size_t)want, got || failed ? 0 : deadline);
-        if (n < 0) {
-            if (got || failed) /* deliver what we have; the error comes back next call */
+        Py_ssize_t n = take_records(self, recs, (size_t)want, taken ? 0 : deadline, 0);
+        if (n <= 0) {
+            if (taken) { /* deliver what we have; an error comes back next call */
                 PyErr_Clear();
-            else
+            } else {
+                if (n == 0)
+                    PyErr_SetNone(pw_get_state()->Empty);
                 Py_CLEAR(result);
-            break;
-        }
-        if (n == 0) {
-            if (!got && !failed) {
-                Py_CLEAR(result);
-                PyErr_SetNone(pw_get_state()->Empty);
             }
             break;
         }
         for (Py_ssize_t i = 0; i < n; i++) {
             if (!result) { /* out of memory: nothing more can be returned */
                 Py_DECREF(recs[i].payload);
+                Py_XDECREF(recs[i].buffers);
                 continue;
             }
             PyObject *obj = record_to_object(self, &recs[i]);
             if (!obj) {
                 if (failed++ == 0)
-                    PyErr_Fetch(&et, &ev, &etb);
+                    first_error = take_raised();
                 else
                     PyErr_Clear();
                 continue;
@@ -665,14 +582,13 @@ static PyObject *Queue_get_many(QueueObject *self, PyObject *const *args, Py_ssi
                 Py_CLEAR(result);
             Py_DECREF(obj);
         }
-        got += n;
+        taken += n;
         if (n < want)
             break;
     }
-    if (failed) {
-        PyErr_NormalizeException(&et, &ev, &etb);
-        if (ev && failed > 1) {
-            PyObject *r = PyObject_CallMethod(ev, "add_note", "s",
+    if (first_error) {
+        if (failed > 1) {
+            PyObject *r = PyObject_CallMethod(first_error, "add_note", "s",
                                               "get_many(): more messages of the same batch "
                                               "failed to unpickle; this is the first");
             if (!r)
@@ -680,13 +596,10 @@ static PyObject *Queue_get_many(QueueObject *self, PyObject *const *args, Py_ssi
             Py_XDECREF(r);
         }
         if (result && PyList_GET_SIZE(result) > 0) {
-            /* Deferred: raised by the next get call on this handle. */
-            self->pending_type = et;
-            self->pending_value = ev;
-            self->pending_tb = etb;
+            self->pending = first_error; /* raised by the next get call on this handle */
         } else {
             Py_CLEAR(result);
-            PyErr_Restore(et, ev, etb);
+            raise_taken(first_error);
         }
     }
     leave(self);
@@ -717,13 +630,8 @@ static PyObject *Queue_full(QueueObject *self, PyObject *unused)
 {
     if (enter(self) < 0)
         return NULL;
-    int full;
-    if (self->rr.ring->maxsize)
-        full = pw_ring_count(&self->rr) >= self->rr.ring->maxsize;
-    else if (self->rr.spill) /* never: what the ring cannot take spills */
-        full = 0;
-    else /* not even an empty message fits */
-        full = self->rr.capacity - pw_ring_used_bytes(&self->rr) < PW_REC_HEADER;
+    /* Without maxsize, never: what the ring cannot take spills (every QueueBase has a spill). */
+    int full = self->maxsize && pw_ring_count(&self->rr) >= self->maxsize;
     leave(self);
     return PyBool_FromLong(full);
 }
@@ -827,12 +735,8 @@ static PyObject *Queue_loan_begin(QueueObject *self, PyObject *const *args, Py_s
     uint64_t limit = pw_ring_max_payload(self->rr.capacity); /* in place: the ring's */
     int rc = n > limit ? pw_too_large(self->base.name, &self->rr, n, limit)
                        : pw_ring_reserve(&self->rr, n, deadline, &pos);
-    if (rc) {
-        ring_failed(self, rc, pw_get_state()->Full);
-        leave(self);
-        return NULL;
-    }
-    PyObject *r = pw_loan_opened(&self->base, &self->lease, &self->rr, pos, n);
+    PyObject *r = rc ? ring_failed(self, rc, pw_get_state()->Full)
+                     : pw_loan_opened(&self->base, &self->lease, &self->rr, pos, n);
     if (!r) /* no loan open: nothing held */
         leave(self);
     return r;
@@ -847,69 +751,29 @@ static PyObject *Queue_loan_commit(QueueObject *self, PyObject *const *args, Py_
     Py_RETURN_NONE;
 }
 
-/* _set_spill_fd(fd): the segment's file, through which this handle reads and
- * writes the spill area (a queue made with spill=True). The descriptor stays
- * the caller's; it must stay open while the handle is. */
-static PyObject *Queue_set_spill_fd(QueueObject *self, PyObject *arg)
+/* _end_lease(view): ends the open view or loan (lease.c). */
+static PyObject *Queue_end_lease(QueueObject *self, PyObject *view)
 {
-    long fd = PyLong_AsLong(arg);
-    if (fd == -1 && PyErr_Occurred())
+    int v = PyObject_IsTrue(view);
+    if (v < 0)
         return NULL;
-    if (enter(self) < 0)
-        return NULL;
-    PyObject *r = NULL;
-    if (fd > INT32_MAX)
-        fd = -1;
-    int rc = pw_ring_set_spill(&self->rr, (int)fd);
-    if (rc)
-        pw_raise(rc);
-    else {
-        self->max_msg = PW_SPILL_MAX_PAYLOAD;
-        r = Py_NewRef(Py_None);
-    }
-    leave(self);
-    return r;
-}
-
-static PyObject *Queue_loan_abort(QueueObject *self, PyObject *unused)
-{
-    if (pw_loan_abort(&self->lease))
+    if (pw_lease_end(&self->lease, v))
         leave(self);
     Py_RETURN_NONE;
-}
-
-struct raw_ctx {
-    uint32_t type;
-    uint64_t len;
-    PyObject *copied;
-};
-
-static int take_raw_record(void *ctx, const pw_ringref *rr, uint32_t pos, uint32_t type,
-                           uint64_t len)
-{
-    struct raw_ctx *c = ctx;
-    c->copied = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
-    if (!c->copied)
-        return PW_ERAISED;
-    pw_ring_copy_out_large(rr, pos, PyBytes_AS_STRING(c->copied), len);
-    c->type = type;
-    c->len = len;
-    return 1; /* one message */
 }
 
 /* _view_begin's answer for a spilled message: taken now, its payload copied
  * (offset -1), as for a record that wraps. */
 static PyObject *take_raw(QueueObject *self)
 {
-    struct raw_ctx c = {0, 0, NULL};
-    size_t taken;
-    int rc = pw_ring_take(&self->rr, take_raw_record, &c, 1, 0, &taken);
-    if (!taken) {
-        Py_XDECREF(c.copied);
-        return ring_failed(self, rc, pw_get_state()->Empty); /* timeout: another reader took it */
-    }
-    return Py_BuildValue("(InKN)", c.type, (Py_ssize_t)-1, (unsigned long long)c.len,
-                         c.copied);
+    pw_record rec;
+    Py_ssize_t got = take_records(self, &rec, 1, 0, 1);
+    if (got == 0) /* another reader took it */
+        PyErr_SetNone(pw_get_state()->Empty);
+    if (got <= 0)
+        return NULL;
+    return Py_BuildValue("(InnN)", rec.type, (Py_ssize_t)-1, PyBytes_GET_SIZE(rec.payload),
+                         rec.payload);
 }
 
 /* _view_begin(block, timeout) -> (type, offset, length, copied): the oldest
@@ -925,36 +789,17 @@ static PyObject *Queue_view_begin(QueueObject *self, PyObject *const *args, Py_s
         pw_parse_block_timeout(a[0], a[1], &deadline) < 0 ||
         pw_view_free(&self->base, &self->lease) < 0 || enter(self) < 0)
         return NULL;
-    if (raise_pending(self)) {
-        leave(self);
-        return NULL;
-    }
     uint32_t pos, type;
     uint64_t len;
-    int rc = pw_ring_peek(&self->rr, deadline, &pos, &type, &len);
-    if (rc == PW_SPILLED) { /* no view of the spill: its raw payload, copied */
-        PyObject *r = take_raw(self);
-        leave(self);
-        return r;
-    }
-    if (rc) {
-        ring_failed(self, rc, pw_get_state()->Empty);
-        leave(self);
-        return NULL;
-    }
-    int held;
-    PyObject *r = pw_view_opened(&self->base, &self->lease, &self->rr, pos, type, len, &held);
+    int held = 0, rc = raise_pending(self) ? PW_ERAISED
+                                           : pw_ring_peek(&self->rr, deadline, &pos, &type, &len);
+    PyObject *r = rc == PW_SPILLED ? take_raw(self) /* no view of the spill: its payload, copied */
+                  : rc           ? ring_failed(self, rc, pw_get_state()->Empty)
+                                 : pw_view_opened(&self->base, &self->lease, &self->rr, pos,
+                                                  type, len, &held);
     if (!held) /* no view open (copied, or an error): nothing held */
         leave(self);
     return r;
-}
-
-/* _view_end(): consumes the message the open view holds, freeing its room. */
-static PyObject *Queue_view_end(QueueObject *self, PyObject *unused)
-{
-    if (pw_view_end(&self->lease))
-        leave(self);
-    Py_RETURN_NONE;
 }
 
 static PyObject *Queue_release(QueueObject *self, PyObject *unused)
@@ -981,105 +826,73 @@ static PyObject *Queue_release(QueueObject *self, PyObject *unused)
 PyObject *pw_testing_queue_hold(PyObject *module, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"queue", "side", "partial", "publish", NULL};
-    PyObject *ring_obj;
+    QueueObject *self;
     const char *side;
     Py_buffer partial = {0};
-    int publish = 0;
+    int publish = 0, rc = PW_ERAISED;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!s|z*p:hold_queue_lock", kwlist, &QueueType,
-                                     &ring_obj, &side, &partial, &publish))
+                                     &self, &side, &partial, &publish))
         return NULL;
-    QueueObject *self = (QueueObject *)ring_obj;
     int producer = strcmp(side, "tail") == 0;
-    PyObject *result = NULL;
-    if (!self->base.mapped || self->base.guard.closed || (!producer && strcmp(side, "head") != 0)) {
-        PyErr_SetString(PyExc_ValueError, "side must be 'head' or 'tail' on an open ring");
-        goto out;
-    }
-    int rc = pw_ring_debug_hold(&self->rr, producer, partial.buf, (uint64_t)partial.len,
-                                publish);
-    if (rc < 0) {
-        pw_raise(rc);
-        goto out;
-    }
-    result = Py_NewRef(Py_None);
-out:
+    if (!producer && strcmp(side, "head") != 0)
+        PyErr_SetString(PyExc_ValueError, "side must be 'head' or 'tail'");
+    else if (pw_object_check_open(&self->base) == 0)
+        rc = pw_ring_debug_hold(&self->rr, producer, partial.buf, (uint64_t)partial.len, publish);
     if (partial.buf)
         PyBuffer_Release(&partial);
-    return result;
-}
-
-static PyObject *Queue_segment_size(PyObject *cls, PyObject *arg)
-{
-    unsigned long long cap = PyLong_AsUnsignedLongLong(arg);
-    if (cap == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    return PyLong_FromUnsignedLongLong(pw_ring_segment_size(cap));
-}
-
-static PyObject *Queue_get_capacity(QueueObject *self, void *c)
-{
-    return PyLong_FromUnsignedLongLong(self->rr.capacity);
-}
-
-static PyObject *Queue_get_maxsize(QueueObject *self, void *c)
-{
-    if (!self->base.mapped) /* remembered capacity stays readable; maxsize needs the header */
-        return PyLong_FromLong(0);
-    return PyLong_FromUnsignedLong(self->rr.ring->maxsize);
+    return rc < 0 ? pw_raise(rc) : Py_NewRef(Py_None);
 }
 
 static PyMethodDef Queue_methods[] = {
-    {"put", (PyCFunction)(void (*)(void))Queue_put, METH_FASTCALL | METH_KEYWORDS,
-     "put($self, obj, block=True, timeout=None)\n--\n\nPut obj into the queue. Blocks while it is "
-     "full; raises queue.Full if block is false or the timeout passes."},
-    {"put_nowait", (PyCFunction)Queue_put_nowait, METH_O,
-     "put_nowait($self, obj, /)\n--\n\nEquivalent to put(obj, False)."},
-    {"put_many", (PyCFunction)(void (*)(void))Queue_put_many, METH_FASTCALL | METH_KEYWORDS,
-     "put_many($self, items, block=True, timeout=None)\n--\n\nPut every item, in order, taking the "
-     "lock once per group of items. If an item cannot be pickled, the items before it are "
-     "put and it and the rest are not; its exception carries `count`, the number put. On "
-     "timeout raises queue.Full whose `count` attribute says how many items were put."},
-    {"get", (PyCFunction)(void (*)(void))Queue_get, METH_FASTCALL | METH_KEYWORDS,
-     "get($self, block=True, timeout=None, *, copy=True)\n--\n\nRemove and return an item. "
-     "Blocks while the queue is empty; raises queue.Empty if block is false or the timeout "
-     "passes. copy=False: a procwire.queue.View of the message in place instead."},
-    {"get_nowait", (PyCFunction)Queue_get_nowait, METH_NOARGS,
-     "get_nowait($self)\n--\n\nEquivalent to get(False)."},
-    {"get_many", (PyCFunction)(void (*)(void))Queue_get_many, METH_FASTCALL | METH_KEYWORDS,
-     "get_many($self, block=True, timeout=None, max_messages=None)\n--\n\nWait like get() for the "
-     "first item, then return a list of it and every item already queued behind it, up to "
-     "max_messages. A message that fails to unpickle is consumed (as get() consumes it) and "
-     "the others are returned; its exception is raised by this queue handle's next get call."},
+    PW_KWARGS("put", Queue_put, "obj, block=True, timeout=None",
+              "Put obj into the queue. Blocks while it is full; raises queue.Full if block is "
+              "false or the timeout passes."),
+    PW_ONEARG("put_nowait", Queue_put_nowait, "obj", "Equivalent to put(obj, False)."),
+    PW_KWARGS("put_many", Queue_put_many, "items, block=True, timeout=None",
+              "Put every item, in order, taking the lock once per group of items (see "
+              "procwire.Queue.put_many)."),
+    PW_KWARGS("get", Queue_get, "block=True, timeout=None, *, copy=True",
+              "Remove and return an item. Blocks while the queue is empty; raises queue.Empty "
+              "if block is false or the timeout passes. copy=False: a procwire.queue.View of "
+              "the message in place instead."),
+    PW_NOARGS("get_nowait", Queue_get_nowait, "Equivalent to get(False)."),
+    PW_KWARGS("get_many", Queue_get_many, "block=True, timeout=None, max_messages=None",
+              "Wait like get() for the first item, then return a list of it and every item "
+              "already queued behind it, up to max_messages. A message that fails to unpickle "
+              "is consumed (as get() consumes it) and the others are returned; its exception "
+              "is raised by this queue handle's next get call."),
     PW_LEASE_METHODS(Queue),
-    {"qsize", (PyCFunction)Queue_qsize, METH_NOARGS,
-     "qsize($self)\n--\n\nThe number of items in the queue now."},
-    {"empty", (PyCFunction)Queue_empty, METH_NOARGS,
-     "empty($self)\n--\n\nTrue if the queue holds no item now."},
-    {"full", (PyCFunction)Queue_full, METH_NOARGS,
-     "full($self)\n--\n\nTrue if a put() would block now (maxsize items queued)."},
+    PW_NOARGS("qsize", Queue_qsize, "The number of items in the queue now."),
+    PW_NOARGS("empty", Queue_empty, "True if the queue holds no item now."),
+    PW_NOARGS("full", Queue_full, "True if a put() would block now (maxsize items queued)."),
     {"_task_done", (PyCFunction)Queue_task_done, METH_NOARGS, NULL},
     {"_join", (PyCFunction)(void (*)(void))Queue_join, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_statistics", (PyCFunction)Queue_statistics, METH_NOARGS, NULL},
     {"_release", (PyCFunction)Queue_release, METH_NOARGS, NULL},
     {"_word", (PyCFunction)Queue_word, METH_O, NULL},
-    {"_set_spill_fd", (PyCFunction)Queue_set_spill_fd, METH_O, NULL},
     PW_WATCH_METHODS(Queue),
-    {"_segment_size", (PyCFunction)Queue_segment_size, METH_O | METH_STATIC, NULL},
-    {NULL, NULL, 0, NULL},
+    PW_END_METHODS,
+};
+
+static PyMemberDef Queue_members[] = {
+    {"capacity", T_ULONGLONG, offsetof(QueueObject, rr.capacity), READONLY,
+     "Bytes of messages the ring holds."},
+    {"maxsize", T_UINT, offsetof(QueueObject, maxsize), READONLY,
+     "Most messages queued at once; 0 = no count limit."},
+    {NULL, 0, 0, 0, NULL},
 };
 
 static PyGetSetDef Queue_getset[] = {
-    {"capacity", (getter)Queue_get_capacity, NULL, "Bytes of messages the ring holds.", NULL},
-    {"maxsize", (getter)Queue_get_maxsize, NULL, "Most messages queued at once; 0 = no count limit.", NULL},
     {"_released", (getter)pw_object_get_closed, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 PW_RING_TYPE(Queue, QueueObject, "QueueBase", PyType_GenericNew,
-             "QueueBase(buffer, *, create, capacity, maxsize, kind, name, dumps, protocol, dumps_buffers, loads, spill)\n--\n\n"
+             "QueueBase(buffer, *, name, dumps, protocol, dumps_buffers, loads, spill_fd)\n--\n\n"
              "A multi-producer multi-consumer message ring in a shared segment.");
 
 int pw_queue_register(PyObject *module)
 {
+    QueueType.tp_members = Queue_members;
     return pw_add_type(module, &QueueType, "QueueBase");
 }

@@ -1,12 +1,12 @@
 /*
- * segment.c -- laying out the segments without a ring (locks, semaphores,
- * events, conditions, values and arrays), the SIGBUS guard's entry points,
- * and the module's layout constants (the kinds come from layout.h's table).
+ * segment.c -- laying out the segments of every kind but the pipe (queues,
+ * locks, semaphores, events, conditions, values and arrays), the SIGBUS
+ * guard's entry points, and the module's layout constants (the kinds come
+ * from layout.h's table).
  *
  * Python creates a segment of segment_size() bytes, lays it out with
  * segment_init(), then opens it with the kind's type, which validates it:
- * creating and attaching share one path. Queues and pipes lay out their own
- * segments (queue.c, pipe.c).
+ * creating and attaching share one path. Pipes lay out their own (pipe.c).
  */
 #include "core.h"
 #include "../lib/guard.h"
@@ -16,10 +16,12 @@
 /* The most shared bytes a Value or Array may hold (64 TiB). */
 #define PW_SHARED_MAX ((uint64_t)1 << 46)
 
-/* Bytes of a segment of `kind` holding `nbytes` of elements (Value, Array),
- * or 0 with ValueError set. */
+/* Bytes of a segment of `kind` holding `nbytes` of elements (Value, Array)
+ * or of messages (a queue's ring capacity), or 0 with ValueError set. */
 static size_t size_of(unsigned long kind, unsigned long long nbytes)
 {
+    if (kind == PW_KIND_QUEUE)
+        return pw_check_capacity(nbytes) < 0 ? 0 : pw_ring_segment_size(nbytes);
     if (kind == PW_KIND_VALUE || kind == PW_KIND_ARRAY) {
         if (nbytes <= PW_SHARED_MAX) /* at least one byte: a zero-length Array still maps */
             return PW_SHARED_DATA_OFFSET + (nbytes ? nbytes : 1);
@@ -47,6 +49,8 @@ static PyObject *segment_size(PyObject *mod, PyObject *args)
 /* segment_init()'s keyword arguments. */
 struct layout_params {
     unsigned int value, lock_mode;       /* a semaphore's count; where a lock lives */
+    unsigned int maxsize;                /* a queue's message limit (0: none)       */
+    unsigned long long capacity;         /* a queue's ring bytes                    */
     int bounded;                         /* a BoundedSemaphore                      */
     Py_buffer lock_name;                 /* a named lock's name (buf NULL: none)    */
     const char *typecode;                /* a Value's or Array's elements ...       */
@@ -74,16 +78,20 @@ static int lay_out(struct pw_header *h, const struct layout_params *a)
 {
     struct pw_lock *lock = NULL;
     switch (h->kind) {
+    case PW_KIND_QUEUE: {
+        struct pw_ring *r = (struct pw_ring *)(h + 1);
+        int rc = pw_ring_init(r, a->capacity, a->maxsize);
+        if (rc)
+            return pw_raise_int(pw_fail_errno(rc));
+        pw_ring_init_spill(r, h->total_size); /* its spill area starts where the mapping ends */
+        break;
+    }
     case PW_KIND_LOCK:
     case PW_KIND_RLOCK:
         lock = (struct pw_lock *)(h + 1);
         break;
     case PW_KIND_SEMAPHORE: {
         struct pw_sem *sem = (struct pw_sem *)(h + 1);
-        if (a->value > INT32_MAX) {
-            PyErr_Format(PyExc_ValueError, "semaphore value %u out of range", a->value);
-            return -1;
-        }
         atomic_store(&sem->value, a->value);
         sem->maxvalue = a->bounded ? a->value : INT32_MAX;
         sem->bounded = a->bounded ? 1 : 0;
@@ -110,26 +118,34 @@ static int lay_out(struct pw_header *h, const struct layout_params *a)
 
 /*
  * _core.segment_init(buffer, kind, *, value=0, bounded=False, lock_mode=0,
- *                    lock_name=b"", typecode="", elem_size=0, length=0)
- * Lays out a fresh segment of `kind` in `buffer` (segment_size() bytes) and
- * publishes it. value/bounded: a semaphore's; lock_mode/lock_name: where a
- * Condition's, Value's or Array's lock lives; typecode/elem_size/length: a
- * Value's or Array's elements (zeroed, as ctypes would). Keeps no reference
- * to the buffer.
+ *                    lock_name=b"", typecode="", elem_size=0, length=0,
+ *                    capacity=0, maxsize=0)
+ * Lays out a fresh segment of `kind` in `buffer` (segment_size() bytes, a
+ * new file's zeroes) and publishes it. value/bounded: a semaphore's;
+ * lock_mode/lock_name: where a Condition's, Value's or Array's lock lives;
+ * typecode/elem_size/length: a Value's or Array's elements (left zero, as
+ * ctypes would have them); capacity/maxsize: a queue's ring and message
+ * limit. Keeps no reference to the buffer.
  */
 static PyObject *segment_init(PyObject *mod, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"buffer", "kind", "value", "bounded", "lock_mode", "lock_name",
-                             "typecode", "elem_size", "length", NULL};
+                             "typecode", "elem_size", "length", "capacity", "maxsize", NULL};
     Py_buffer view;
     unsigned int kind;
     struct layout_params a = {.typecode = ""};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "w*I|$IpIy*s#KK:segment_init", kwlist, &view,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "w*I|$IpIy*s#KKKI:segment_init", kwlist, &view,
                                      &kind, &a.value, &a.bounded, &a.lock_mode, &a.lock_name,
-                                     &a.typecode, &a.typecode_len, &a.elem_size, &a.length))
+                                     &a.typecode, &a.typecode_len, &a.elem_size, &a.length,
+                                     &a.capacity, &a.maxsize))
         return NULL;
     PyObject *result = NULL;
     int shared = kind == PW_KIND_VALUE || kind == PW_KIND_ARRAY;
+    if (a.value > INT32_MAX || a.maxsize > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "a semaphore value or a maxsize may be at most %d, not "
+                     "%u", INT32_MAX, a.value > INT32_MAX ? a.value : a.maxsize);
+        goto out;
+    }
     if (shared && (a.typecode_len >= PW_TYPECODE_MAX || a.elem_size == 0 ||
                    (kind == PW_KIND_VALUE && a.length != 1) ||
                    a.length > PW_SHARED_MAX / a.elem_size)) {
@@ -137,7 +153,7 @@ static PyObject *segment_init(PyObject *mod, PyObject *args, PyObject *kwds)
                      "type code of %zd characters", a.length, a.elem_size, a.typecode_len);
         goto out;
     }
-    size_t size = size_of(kind, a.elem_size * a.length);
+    size_t size = size_of(kind, kind == PW_KIND_QUEUE ? a.capacity : a.elem_size * a.length);
     if (!size)
         goto out;
     if ((size_t)view.len != size) {
@@ -152,9 +168,12 @@ static PyObject *segment_init(PyObject *mod, PyObject *args, PyObject *kwds)
         goto out;
     }
     struct pw_header *h = view.buf;
-    memset(view.buf, 0, view.len);
+    uint64_t data_offset = shared                   ? PW_SHARED_DATA_OFFSET
+                           : kind == PW_KIND_QUEUE ? view.len - a.capacity
+                                                   : (uint64_t)view.len;
+    memset(view.buf, 0, data_offset); /* the headers; the data is a new file's zeroes */
     pw_header_init(h, kind, (uint64_t)view.len, (uint32_t)pw_kind_info(kind)->header_size,
-                   shared ? PW_SHARED_DATA_OFFSET : (uint64_t)view.len);
+                   data_offset);
     if (lay_out(h, &a) < 0)
         goto out;
     pw_header_publish(h);
@@ -206,11 +225,12 @@ static PyObject *mapping_lost(PyObject *self, PyObject *token)
 static PyMethodDef segment_methods[] = {
     {"segment_size", segment_size, METH_VARARGS,
      "segment_size($module, kind, nbytes=0, /)\n--\n\nBytes of a segment of `kind` (a lock, "
-     "semaphore, event or condition; a Value or Array holding `nbytes`)."},
+     "semaphore, event or condition; a Value or Array holding `nbytes`; a queue whose ring "
+     "holds `nbytes`)."},
     {"segment_init", (PyCFunction)(void (*)(void))segment_init, METH_VARARGS | METH_KEYWORDS,
      "segment_init($module, /, buffer, kind, *, value=0, bounded=False, lock_mode=0, "
-     "lock_name=b'', typecode='', elem_size=0, length=0)\n--\n\nLay out and publish a fresh "
-     "segment of `kind` in `buffer` (segment_size() bytes)."},
+     "lock_name=b'', typecode='', elem_size=0, length=0, capacity=0, maxsize=0)\n--\n\nLay "
+     "out and publish a fresh segment of `kind` in `buffer` (segment_size() bytes)."},
     {"guard_mapping", guard_mapping, METH_VARARGS,
      "guard_mapping($module, buffer, fd, /)\n--\n\nRepair SIGBUS faults in this mapping of a "
      "named segment whose file `fd` gets truncated, instead of dying; returns a token. The "
