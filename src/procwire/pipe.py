@@ -221,6 +221,10 @@ class Connection(SegmentObject["ConnectionStatistics"], ClosedOnExit, Lender, _c
             epoll = self.__dict__.setdefault("_epoll", made)
             if epoll is not made:  # another thread of ours made one meanwhile
                 made.close()
+            if self.closed:  # close() ran in another thread meanwhile: it found no epoll
+                self.__dict__.pop("_epoll", None)
+                epoll.close()
+                raise OSError("handle is closed")
         return epoll.fileno()
 
     # -- event loops (see procwire._aio) ------------------------------------------

@@ -105,6 +105,26 @@ def test_a_waiter_is_woken_by_the_owners_death(ctx):
         q.close()
 
 
+def test_the_hold_hook_holds_a_lock_whose_holder_died(ctx):
+    # The crash tests' hook must really hold the lock it took from a dead
+    # holder (it once gave it back at once): a put then finds the lock held.
+    q = Queue()
+    try:
+        _kill_holding(ctx, q, "tail")
+        ready = ctx.Event()
+        p = ctx.Process(target=_hold_until_killed, args=(q, ready))
+        p.start()
+        assert ready.wait(JOIN)
+        with pytest.raises(Full):
+            q.put("held back", timeout=0.2)
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(JOIN)
+        q.put("through", timeout=10)
+        assert q.get(timeout=10) == "through"
+    finally:
+        q.close()
+
+
 # -- chaos ----------------------------------------------------------------------
 
 def _payload(tag: int, seq: int) -> bytes:

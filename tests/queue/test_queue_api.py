@@ -303,6 +303,34 @@ def test_close_ends_a_call_another_thread_is_blocked_in(blocked):
     assert waited < 30
 
 
+def test_close_ends_a_join_another_thread_is_blocked_in():
+    # The joiners are woken too (without moving the task count): join() raises
+    # the closed error at once, not at its timeout.
+    q = JoinableQueue()
+    q.put("task")
+    result = []
+
+    def joiner():
+        start = time.monotonic()
+        try:
+            q.join(timeout=60)
+            result.append("returned")
+        except ValueError as e:
+            result.append((str(e), time.monotonic() - start))
+
+    t = threading.Thread(target=joiner)
+    t.start()
+    deadline = time.monotonic() + 10
+    while q.statistics().joiners_waiting == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    q.close()
+    t.join(30)
+    assert not t.is_alive()
+    [(message, waited)] = result
+    assert "closed by another thread" in message
+    assert waited < 10
+
+
 def test_context_manager_closes():
     with Queue() as q:
         q.put(1)

@@ -678,12 +678,14 @@ static PyObject *Queue_join(QueueObject *self, PyObject *const *args, Py_ssize_t
         pw_deadline_from(1, a[0], &deadline) < 0 || enter(self) < 0)
         return NULL;
     struct pw_ring *r = self->rr.ring;
-    /* Sleeps on tasks_done, which every task_done() moves. */
+    /* Sleeps on tasks_done, which every task_done() moves, and close() from
+     * another thread of ours (Queue_release wakes the joiners too). */
     pw_wait w = {.done = all_tasks_done, .ctx = r, .waiters = &r->joiners,
-                 .futex = &r->tasks_done, .mask = PW_FUTEX_ANY};
+                 .futex = &r->tasks_done, .mask = PW_FUTEX_ANY,
+                 .cancel = &self->base.guard.closed};
     int rc = pw_wait_until(&w, deadline);
     PyObject *result = rc == PW_OK ? Py_NewRef(Py_True)
-                       : rc == PW_TIMEOUT ? Py_NewRef(Py_False) : pw_raise(rc);
+                       : rc == PW_TIMEOUT ? Py_NewRef(Py_False) : ring_failed(self, rc, NULL);
     leave(self);
     return result;
 }
@@ -808,8 +810,14 @@ static PyObject *Queue_release(QueueObject *self, PyObject *unused)
      * this process's threads waiting in it wake (as every sleeper does, and
      * re-checks), see the flag and raise. */
     int was_closed = self->base.guard.closed;
-    if (!pw_object_close(&self->base) && !was_closed)
+    if (!pw_object_close(&self->base) && !was_closed) {
         pw_ring_kick(&self->rr);
+        /* A wake with no bump: tasks_done is a count, not a sequence. A joiner
+         * about to sleep misses it and sees the flag at its slice's end. */
+        struct pw_ring *r = self->rr.ring;
+        if (pw_waiters_any(&r->joiners))
+            pw_waiters_wake(&r->joiners, &r->tasks_done, INT32_MAX, PW_FUTEX_ANY);
+    }
     Py_RETURN_NONE;
 }
 

@@ -645,8 +645,12 @@ static void drop_dead_view(pw_ringref *rr)
     uint32_t type = 0;
     uint64_t len = 0;
     if (mark == (head | 1) && pw_count(head) != pw_count(tail) &&
-        record_at(rr, head, tail, &type, &len) == PW_OK)
+        record_at(rr, head, tail, &type, &len) == PW_OK) {
         consume_head(r, len);
+        /* Its room is free: producers blocked on a full ring must not wait for
+         * their slice's end (a second) to see it. */
+        pw_waiters_notify_all(&r->producers, &r->not_full_seq);
+    }
 }
 
 /* Locks the consumers' side once a message waits (the take's and the peek's
@@ -818,6 +822,7 @@ int pw_ring_debug_hold(pw_ringref *rr, int producer, const void *partial, uint64
     int rc = pw_mutex_lock(m, PW_FOREVER, NULL);
     if (rc < 0)
         return rc;
+    rc = PW_OK; /* PW_OWNER_DIED: held all the same (a crash test's second hold) */
     uint64_t head = atomic_load(&r->head), tail = atomic_load(&r->tail), len = 0;
     uint32_t type;
     if (producer && (partial || publish)) {
